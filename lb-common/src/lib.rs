@@ -1,0 +1,20 @@
+//! Shared between the XDP program (`no_std`) and userspace: every map key/value layout, the flow
+//! hash, checksum arithmetic, connection-state rules and SNAT port maths. Userspace-only pieces
+//! (Maglev table generation) sit behind the `user` feature because they allocate.
+#![cfg_attr(not(test), no_std)]
+
+#[cfg(all(feature = "user", not(test)))]
+extern crate std;
+
+pub mod conntrack;
+pub mod csum;
+pub mod hash;
+pub mod maps;
+pub mod reason;
+pub mod snat;
+
+#[cfg(feature = "user")]
+pub mod maglev;
+
+pub use maps::*;
+pub use reason::Reason;
