@@ -39,8 +39,6 @@ pub enum Reason {
     DropNoSnatAddress,
     /// bpf_fib_lookup found no route (or forwarding is disabled on the interface).
     DropFibFailed,
-    /// Protocol other than TCP, UDP or ICMP aimed at a VIP.
-    DropUnsupportedProtocol,
     /// Reply matched a reverse entry whose forward entry is gone (expiry race).
     DropReverseOrphan,
     /// A map that must hold an entry did not (should never happen; counted, not aborted).
@@ -70,7 +68,6 @@ impl Reason {
         Reason::DropSnatExhausted,
         Reason::DropNoSnatAddress,
         Reason::DropFibFailed,
-        Reason::DropUnsupportedProtocol,
         Reason::DropReverseOrphan,
         Reason::DropInternal,
         Reason::DropRedirectFailed,
@@ -96,7 +93,6 @@ impl Reason {
             Reason::DropSnatExhausted => "drop_snat_exhausted",
             Reason::DropNoSnatAddress => "drop_no_snat_address",
             Reason::DropFibFailed => "drop_fib_failed",
-            Reason::DropUnsupportedProtocol => "drop_unsupported_protocol",
             Reason::DropReverseOrphan => "drop_reverse_orphan",
             Reason::DropInternal => "drop_internal",
             Reason::DropRedirectFailed => "drop_redirect_failed",

@@ -1,0 +1,56 @@
+//! Per-CPU counters: no atomics needed, userspace sums the CPUs.
+
+use lb_common::Reason;
+
+use crate::maps::{BACKEND_STATS, REASONS, VIP_STATS};
+
+#[inline(always)]
+pub fn count(reason: Reason) {
+    if let Some(c) = REASONS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn vip(vip_id: u32, bytes: u64, new_flow: bool) {
+    if let Some(s) = VIP_STATS.get_ptr_mut(vip_id) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += bytes;
+            (*s).new_flows += new_flow as u64;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn vip_no_backend(vip_id: u32) {
+    if let Some(s) = VIP_STATS.get_ptr_mut(vip_id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*s).no_backend += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn backend_in(backend_id: u32, bytes: u64, new_flow: bool) {
+    if let Some(s) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*s).packets_in += 1;
+            (*s).bytes_in += bytes;
+            (*s).new_flows += new_flow as u64;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn backend_out(backend_id: u32, bytes: u64) {
+    if let Some(s) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*s).packets_out += 1;
+            (*s).bytes_out += bytes;
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Loads the XDP object, attaches it, pins its maps and gives typed access to every map.
+//! The daemon is the one writer of configuration maps; this module is its only way in.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode},
+};
+use lb_common::{
+    Addr, AddrClass, AddrKey, Backend, BackendStats, DataplaneConfig, FAMILY_IPV4, Flow, FlowKey,
+    MAGLEV_TABLE_SIZE, MAX_SNAT_ADDRS, Reason, SnatAddr, VipKey, VipMeta, VipStats, names,
+};
+
+/// The compiled XDP object, built by build.rs (lb-ebpf via aya-build).
+pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wklb-xdp"));
+
+/// The program's name inside the object.
+pub const PROGRAM: &str = "wklb";
+
+/// How to attach: `Auto` tries native (driver) XDP and falls back to generic (skb) mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Auto,
+    Driver,
+    Generic,
+}
+
+impl std::str::FromStr for AttachMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(AttachMode::Auto),
+            "driver" => Ok(AttachMode::Driver),
+            "generic" => Ok(AttachMode::Generic),
+            other => bail!("xdp mode {other:?} is not one of auto, driver, generic"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Capacity of the connection table (FLOWS and REV_FLOWS each).
+    pub max_flows: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { max_flows: lb_common::DEFAULT_MAX_FLOWS }
+    }
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+}
+
+impl Dataplane {
+    /// Loads and verifies the program; maps are created fresh.
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        crate::privileges::require_root("loading the data plane")?;
+        if opts.max_flows == 0 {
+            bail!("max_flows must be at least 1");
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::FLOWS, opts.max_flows)
+            .map_max_entries(names::REV_FLOWS, opts.max_flows)
+            .load(XDP_OBJECT)
+            .context("loading the XDP object into the kernel")?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| anyhow!("program {PROGRAM} missing from the object"))?
+            .try_into()?;
+        prog.load().context("the kernel verifier rejected the XDP program")?;
+        let mut dp = Dataplane { ebpf };
+        dp.set_config(&DataplaneConfig::default())?;
+        Ok(dp)
+    }
+
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| anyhow!("program {PROGRAM} missing"))?
+            .try_into()?)
+    }
+
+    /// The verifier's instruction count for the loaded program.
+    pub fn verified_instructions(&mut self) -> Result<u32> {
+        self.program()?
+            .info()?
+            .verified_instruction_count()
+            .ok_or_else(|| anyhow!("this kernel does not report verified instruction counts"))
+    }
+
+    /// Attaches to `iface`; returns the mode that worked.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpMode> {
+        let prog = self.program()?;
+        let tries: &[XdpMode] = match mode {
+            AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
+            AttachMode::Driver => &[XdpMode::Driver],
+            AttachMode::Generic => &[XdpMode::Skb],
+        };
+        let mut last = None;
+        for m in tries {
+            match prog.attach(iface, *m) {
+                Ok(_) => return Ok(*m),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(anyhow!(last.expect("at least one mode tried")))
+            .with_context(|| format!("attaching XDP to interface {iface:?} ({mode:?} mode)"))
+    }
+
+    /// Pins every map under `dir` (created if missing), so they outlive this process.
+    pub fn pin_maps(&mut self, dir: &Path) -> Result<()> {
+        crate::privileges::ensure_bpffs(dir)?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for name in names::ALL {
+            let path = dir.join(name);
+            let map = self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
+            map.pin(&path).with_context(|| format!("pinning {name} at {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn map<'a, T>(&'a self, name: &str) -> Result<T>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let m = self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
+        T::try_from(m).with_context(|| format!("map {name} has an unexpected type"))
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &str) -> Result<T>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let m = self.ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing"))?;
+        T::try_from(m).with_context(|| format!("map {name} has an unexpected type"))
+    }
+
+    pub fn set_config(&mut self, cfg: &DataplaneConfig) -> Result<()> {
+        let mut a: Array<&mut MapData, DataplaneConfig> = self.map_mut(names::CONFIG)?;
+        a.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    pub fn config(&self) -> Result<DataplaneConfig> {
+        let a: Array<&MapData, DataplaneConfig> = self.map(names::CONFIG)?;
+        Ok(a.get(&0, 0)?)
+    }
+
+    /// Writes the SNAT address list, then the count in CONFIG (so a packet never indexes an
+    /// address not yet written), and marks each address in ADDR_CLASS.
+    pub fn set_snat_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<()> {
+        if addrs.len() > MAX_SNAT_ADDRS as usize {
+            bail!("{} SNAT addresses given, at most {MAX_SNAT_ADDRS} supported", addrs.len());
+        }
+        {
+            let mut a: Array<&mut MapData, SnatAddr> = self.map_mut(names::SNAT_ADDRS)?;
+            for (i, ip) in addrs.iter().enumerate() {
+                let v = SnatAddr { addr: Addr::v4(ip.octets()), family: FAMILY_IPV4, _pad: [0; 3] };
+                a.set(i as u32, v, 0)?;
+            }
+        }
+        for ip in addrs {
+            self.update_addr_class(*ip, AddrClass::SNAT, 0)?;
+        }
+        let mut cfg = self.config()?;
+        cfg.snat_count = addrs.len() as u32;
+        self.set_config(&cfg)
+    }
+
+    /// Sets `set` and clears `clear` flag bits of an address's class; removes the entry when no
+    /// bit is left.
+    pub fn update_addr_class(&mut self, ip: Ipv4Addr, set: u32, clear: u32) -> Result<()> {
+        let mut m: HashMap<&mut MapData, AddrKey, AddrClass> = self.map_mut(names::ADDR_CLASS)?;
+        let key = AddrKey::new(Addr::v4(ip.octets()), FAMILY_IPV4);
+        let old = m.get(&key, 0).map(|c| c.flags).unwrap_or(0);
+        let flags = (old | set) & !clear;
+        if flags == 0 {
+            let _ = m.remove(&key);
+        } else {
+            m.insert(key, AddrClass { flags }, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Adds or updates a VIP (and its address class bits).
+    pub fn set_vip(&mut self, ip: Ipv4Addr, port: u16, proto: u8, meta: VipMeta) -> Result<()> {
+        {
+            let mut m: HashMap<&mut MapData, VipKey, VipMeta> = self.map_mut(names::VIPS)?;
+            m.insert(vip_key(ip, port, proto), meta, 0)?;
+        }
+        let mut class = AddrClass::VIP;
+        if port == 0 {
+            class |= any_port_flag(proto);
+        }
+        self.update_addr_class(ip, class, 0)
+    }
+
+    pub fn vip_meta(&self, ip: Ipv4Addr, port: u16, proto: u8) -> Result<Option<VipMeta>> {
+        let m: HashMap<&MapData, VipKey, VipMeta> = self.map(names::VIPS)?;
+        Ok(m.get(&vip_key(ip, port, proto), 0).ok())
+    }
+
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        let mut a: Array<&mut MapData, Backend> = self.map_mut(names::BACKENDS)?;
+        a.set(id, backend, 0).with_context(|| format!("writing backend id {id}"))?;
+        Ok(())
+    }
+
+    /// Replaces a VIP's Maglev table atomically: a fresh inner map is filled completely, then
+    /// swapped in with one update of the outer map. Packets see the old or the new table whole.
+    pub fn install_table(&mut self, vip_id: u32, table: &[u32]) -> Result<()> {
+        if table.len() != MAGLEV_TABLE_SIZE as usize {
+            bail!("Maglev table has {} slots, the data plane needs {MAGLEV_TABLE_SIZE}", table.len());
+        }
+        let mut inner: Array<MapData, u32> = Array::create(MAGLEV_TABLE_SIZE, 0)
+            .context("creating a Maglev table map")?;
+        for (i, b) in table.iter().enumerate() {
+            inner.set(i as u32, b, 0)?;
+        }
+        let mut outer: ArrayOfMaps<&mut MapData, Array<MapData, u32>> = self.map_mut(names::MAGLEV)?;
+        outer
+            .set(vip_id, &inner, 0)
+            .with_context(|| format!("swapping in the Maglev table of VIP id {vip_id}"))?;
+        Ok(())
+    }
+
+    /// The backend id in a VIP's live table at `slot`.
+    pub fn table_slot(&self, vip_id: u32, slot: u32) -> Result<u32> {
+        let outer: ArrayOfMaps<&MapData, Array<MapData, u32>> = self.map(names::MAGLEV)?;
+        let inner = outer.get(&vip_id, 0).with_context(|| format!("VIP id {vip_id} has no table"))?;
+        Ok(inner.get(&slot, 0)?)
+    }
+
+    /// Every reason counter, summed over CPUs, indexed by `Reason as usize`.
+    pub fn reasons(&self) -> Result<Vec<u64>> {
+        let a: PerCpuArray<&MapData, u64> = self.map(names::REASONS)?;
+        Reason::ALL
+            .iter()
+            .map(|r| Ok(a.get(&(*r as u32), 0)?.iter().sum()))
+            .collect()
+    }
+
+    pub fn reason(&self, r: Reason) -> Result<u64> {
+        Ok(self.reasons()?[r as usize])
+    }
+
+    pub fn backend_stats(&self, id: u32) -> Result<BackendStats> {
+        let a: PerCpuArray<&MapData, BackendStats> = self.map(names::BACKEND_STATS)?;
+        Ok(a.get(&id, 0)?.iter().fold(BackendStats::default(), |mut t, s| {
+            t.packets_in += s.packets_in;
+            t.bytes_in += s.bytes_in;
+            t.packets_out += s.packets_out;
+            t.bytes_out += s.bytes_out;
+            t.new_flows += s.new_flows;
+            t
+        }))
+    }
+
+    pub fn vip_stats(&self, id: u32) -> Result<VipStats> {
+        let a: PerCpuArray<&MapData, VipStats> = self.map(names::VIP_STATS)?;
+        Ok(a.get(&id, 0)?.iter().fold(VipStats::default(), |mut t, s| {
+            t.packets += s.packets;
+            t.bytes += s.bytes;
+            t.new_flows += s.new_flows;
+            t.no_backend += s.no_backend;
+            t
+        }))
+    }
+
+    /// Every forward flow entry (client tuple → flow).
+    pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        let m: HashMap<&MapData, FlowKey, Flow> = self.map(names::FLOWS)?;
+        Ok(m.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    /// Number of reverse entries (each live flow has exactly one).
+    pub fn reverse_flow_count(&self) -> Result<usize> {
+        let m: HashMap<&MapData, FlowKey, FlowKey> = self.map(names::REV_FLOWS)?;
+        Ok(m.keys().filter(|k| k.is_ok()).count())
+    }
+
+    /// Removes a flow and its reverse entry (expiry); the SNAT port becomes free again.
+    pub fn remove_flow(&mut self, key: &FlowKey, flow: &Flow) -> Result<()> {
+        {
+            let mut r: HashMap<&mut MapData, FlowKey, FlowKey> = self.map_mut(names::REV_FLOWS)?;
+            let _ = r.remove(&flow.reverse_key(key.proto));
+        }
+        let mut f: HashMap<&mut MapData, FlowKey, Flow> = self.map_mut(names::FLOWS)?;
+        let _ = f.remove(key);
+        Ok(())
+    }
+
+    /// Inserts a flow entry directly (tests fill the table this way).
+    pub fn insert_flow(&mut self, key: &FlowKey, flow: &Flow) -> Result<()> {
+        let mut f: HashMap<&mut MapData, FlowKey, Flow> = self.map_mut(names::FLOWS)?;
+        f.insert(key, flow, 0)?;
+        Ok(())
+    }
+
+    /// Pin directory default, for callers that do not configure one.
+    pub fn default_pin_dir() -> PathBuf {
+        PathBuf::from("/sys/fs/bpf/wklb")
+    }
+}
+
+pub fn vip_key(ip: Ipv4Addr, port: u16, proto: u8) -> VipKey {
+    VipKey { addr: Addr::v4(ip.octets()), port, proto, family: FAMILY_IPV4 }
+}
+
+const fn any_port_flag(proto: u8) -> u32 {
+    if proto == lb_common::PROTO_TCP { AddrClass::VIP_ANY_PORT_TCP } else { AddrClass::VIP_ANY_PORT_UDP }
+}
