@@ -149,7 +149,11 @@ mod tests {
     #[test]
     fn handshake_and_close() {
         let s = State::SynSent as u8;
-        assert_eq!(next_tcp_state(s, Direction::Forward, SYN), s, "retransmitted SYN");
+        assert_eq!(
+            next_tcp_state(s, Direction::Forward, SYN),
+            s,
+            "retransmitted SYN"
+        );
         assert_eq!(
             next_tcp_state(s, Direction::Reverse, SYN | ACK),
             State::Established as u8
@@ -164,7 +168,10 @@ mod tests {
             next_tcp_state(e, Direction::Reverse, FIN | ACK),
             State::Closing as u8
         );
-        assert_eq!(next_tcp_state(e, Direction::Forward, RST), State::Closed as u8);
+        assert_eq!(
+            next_tcp_state(e, Direction::Forward, RST),
+            State::Closed as u8
+        );
         let c = State::Closed as u8;
         assert_eq!(next_tcp_state(c, Direction::Forward, FIN), c);
     }

@@ -172,7 +172,10 @@ mod tests {
             } else {
                 b.udp(sp, dp).write(&mut pkt, &payload).unwrap();
             }
-            assert!(full_checksums_ok(&pkt), "fixture {i} built with bad checksums");
+            assert!(
+                full_checksums_ok(&pkt),
+                "fixture {i} built with bad checksums"
+            );
             let out = rewrite(
                 &pkt,
                 rng.bytes4(),
@@ -180,7 +183,10 @@ mod tests {
                 rng.next() as u16,
                 rng.next() as u16,
             );
-            assert!(full_checksums_ok(&out), "packet {i}: incremental checksum disagrees");
+            assert!(
+                full_checksums_ok(&out),
+                "packet {i}: incremental checksum disagrees"
+            );
         }
     }
 

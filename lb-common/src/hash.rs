@@ -8,8 +8,14 @@ const SEED: u32 = 0x5741_4b4c; // "WAKL"
 #[inline(always)]
 const fn mix(h: u32, k: u32) -> u32 {
     // murmur3 x86_32 body round.
-    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -21,40 +27,58 @@ const fn finish(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// Hash of an IPv4 5-tuple (addresses as network-order octets, ports in host order).
+/// Hash of an IPv4 5-tuple given addresses as words loaded natively from packet memory.
 #[inline(always)]
-pub const fn flow_hash_v4(src: [u8; 4], dst: [u8; 4], src_port: u16, dst_port: u16, proto: u8) -> u32 {
+pub const fn flow_hash_v4_words(
+    src: u32,
+    dst: u32,
+    src_port: u16,
+    dst_port: u16,
+    proto: u8,
+) -> u32 {
     let mut h = SEED;
-    h = mix(h, u32::from_be_bytes(src));
-    h = mix(h, u32::from_be_bytes(dst));
+    h = mix(h, u32::from_be(src));
+    h = mix(h, u32::from_be(dst));
     h = mix(h, ((src_port as u32) << 16) | dst_port as u32);
     h = mix(h, proto as u32);
     finish(h)
 }
 
+/// Hash of an IPv4 5-tuple (addresses as network-order octets, ports in host order).
+#[inline(always)]
+pub const fn flow_hash_v4(
+    src: [u8; 4],
+    dst: [u8; 4],
+    src_port: u16,
+    dst_port: u16,
+    proto: u8,
+) -> u32 {
+    flow_hash_v4_words(
+        u32::from_ne_bytes(src),
+        u32::from_ne_bytes(dst),
+        src_port,
+        dst_port,
+        proto,
+    )
+}
+
 /// Hash of any flow key. IPv4 hashes only the 4 address bytes so the fast path and this agree.
 pub fn flow_hash(key: &FlowKey) -> u32 {
     if key.family == FAMILY_IPV4 {
-        return flow_hash_v4(
-            key.src.v4_octets(),
-            key.dst.v4_octets(),
+        return flow_hash_v4_words(
+            key.src.words[0],
+            key.dst.words[0],
             key.src_port,
             key.dst_port,
             key.proto,
         );
     }
     let mut h = SEED;
-    let mut i = 0;
-    while i < 16 {
-        let s = &key.src.bytes;
-        h = mix(h, u32::from_be_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]));
-        i += 4;
+    for w in key.src.words {
+        h = mix(h, u32::from_be(w));
     }
-    i = 0;
-    while i < 16 {
-        let d = &key.dst.bytes;
-        h = mix(h, u32::from_be_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]));
-        i += 4;
+    for w in key.dst.words {
+        h = mix(h, u32::from_be(w));
     }
     h = mix(h, ((key.src_port as u32) << 16) | key.dst_port as u32);
     h = mix(h, key.proto as u32);
@@ -75,15 +99,14 @@ mod tests {
 
     #[test]
     fn generic_and_v4_agree() {
-        let key = FlowKey {
-            src: Addr::v4([203, 0, 113, 7]),
-            dst: Addr::v4([198, 51, 100, 1]),
-            src_port: 40001,
-            dst_port: 5100,
-            proto: PROTO_TCP,
-            family: FAMILY_IPV4,
-            _pad: [0; 2],
-        };
+        let key = FlowKey::new(
+            Addr::v4([203, 0, 113, 7]),
+            Addr::v4([198, 51, 100, 1]),
+            40001,
+            5100,
+            PROTO_TCP,
+            FAMILY_IPV4,
+        );
         assert_eq!(
             flow_hash(&key),
             flow_hash_v4([203, 0, 113, 7], [198, 51, 100, 1], 40001, 5100, PROTO_TCP)
@@ -94,7 +117,10 @@ mod tests {
     fn hash_is_stable_across_builds() {
         // Pinned value: the kernel and every userspace build must agree forever (a change would
         // make `wklb lookup` lie and, across an upgrade, move nothing but predictions).
-        assert_eq!(flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, 6), 0x3d8f_f125);
+        assert_eq!(
+            flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, 6),
+            0x3d8f_f125
+        );
     }
 
     #[test]

@@ -30,12 +30,12 @@ pub fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return n == 2;
     }
     let mut d = 3u64;
     while d * d <= n as u64 {
-        if n as u64 % d == 0 {
+        if (n as u64).is_multiple_of(d) {
             return false;
         }
         d += 2;
@@ -159,7 +159,10 @@ mod tests {
             let expect = m as f64 / n as f64;
             for (i, c) in shares(&t, n).iter().enumerate() {
                 let dev = (*c as f64 - expect).abs() / expect;
-                assert!(dev < 0.01, "n={n} backend {i}: {c} slots vs {expect:.1} ({dev:.4})");
+                assert!(
+                    dev < 0.01,
+                    "n={n} backend {i}: {c} slots vs {expect:.1} ({dev:.4})"
+                );
             }
         }
     }
@@ -172,7 +175,11 @@ mod tests {
         for (i, c) in shares(&t, weights.len()).iter().enumerate() {
             let expect = 65537.0 * weights[i] as f64 / total as f64;
             let dev = (*c as f64 - expect).abs() / expect;
-            assert!(dev < 0.01, "backend {i} weight {}: {c} vs {expect:.1}", weights[i]);
+            assert!(
+                dev < 0.01,
+                "backend {i} weight {}: {c} vs {expect:.1}",
+                weights[i]
+            );
         }
     }
 
@@ -191,7 +198,11 @@ mod tests {
             let all = members(&vec![1; n]);
             let before = build_table(&all, 65537);
             let removed = n / 2;
-            let rest: Vec<Member> = all.iter().filter(|m| m.id as usize != removed).cloned().collect();
+            let rest: Vec<Member> = all
+                .iter()
+                .filter(|m| m.id as usize != removed)
+                .cloned()
+                .collect();
             let after = build_table(&rest, 65537);
             let changed = slots_changed(&before, &after);
             let owned = before.iter().filter(|s| **s as usize == removed).count();

@@ -40,6 +40,8 @@ pub mod names {
     pub const REASONS: &str = "REASONS";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// Benchmark template (not pinned: only the benchmark uses it).
+    pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
     pub const ALL: [&str; 11] = [
         ADDR_CLASS,
@@ -56,24 +58,40 @@ pub mod names {
     ];
 }
 
-/// An IP address of either family. IPv4 occupies the first 4 bytes; the rest stay zero.
-#[repr(C)]
+/// An IP address of either family, as four 32-bit words in network byte order in memory
+/// (IPv4 in `words[0]`, the rest zero). Words, not bytes, and 8-byte aligned: byte-granular
+/// structs make LLVM emit out-of-line byte-loop memset/memmove calls in the BPF program.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct Addr {
-    pub bytes: [u8; 16],
+    pub words: [u32; 4],
 }
 
 impl Addr {
     pub const fn v4(octets: [u8; 4]) -> Self {
-        let mut bytes = [0u8; 16];
-        bytes[0] = octets[0];
-        bytes[1] = octets[1];
-        bytes[2] = octets[2];
-        bytes[3] = octets[3];
-        Addr { bytes }
+        Addr {
+            words: [u32::from_ne_bytes(octets), 0, 0, 0],
+        }
+    }
+    /// An IPv4 address from its 4 bytes loaded natively from packet memory.
+    pub const fn v4_word(word: u32) -> Self {
+        Addr {
+            words: [word, 0, 0, 0],
+        }
+    }
+    pub const fn v4_word_of(&self) -> u32 {
+        self.words[0]
     }
     pub const fn v4_octets(&self) -> [u8; 4] {
-        [self.bytes[0], self.bytes[1], self.bytes[2], self.bytes[3]]
+        self.words[0].to_ne_bytes()
+    }
+    /// All 16 bytes in network order.
+    pub fn bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        for (i, w) in self.words.iter().enumerate() {
+            b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        b
     }
 }
 
@@ -83,12 +101,20 @@ impl Addr {
 pub struct AddrKey {
     pub addr: Addr,
     pub family: u8,
-    pub _pad: [u8; 3],
+    pub _pad0: u8,
+    pub _pad1: u16,
+    pub _pad2: u32,
 }
 
 impl AddrKey {
     pub const fn new(addr: Addr, family: u8) -> Self {
-        AddrKey { addr, family, _pad: [0; 3] }
+        AddrKey {
+            addr,
+            family,
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
+        }
     }
 }
 
@@ -119,6 +145,19 @@ pub struct VipKey {
     pub port: u16,
     pub proto: u8,
     pub family: u8,
+    pub _pad: u32,
+}
+
+impl VipKey {
+    pub const fn new(addr: Addr, port: u16, proto: u8, family: u8) -> Self {
+        VipKey {
+            addr,
+            port,
+            proto,
+            family,
+            _pad: 0,
+        }
+    }
 }
 
 /// VIPS value.
@@ -147,9 +186,20 @@ pub struct Backend {
     pub family: u8,
     /// `Backend::*` flags.
     pub flags: u8,
+    pub _pad: u32,
 }
 
 impl Backend {
+    pub const fn new(addr: Addr, port: u16, family: u8, flags: u8) -> Self {
+        Backend {
+            addr,
+            port,
+            family,
+            flags,
+            _pad: 0,
+        }
+    }
+
     /// The backend is configured. A SYN whose flow entry points at a backend without this flag (or
     /// at a slot now holding another address) starts a new flow instead of following the stale one.
     pub const ACTIVE: u8 = 1;
@@ -166,7 +216,41 @@ pub struct FlowKey {
     pub dst_port: u16,
     pub proto: u8,
     pub family: u8,
-    pub _pad: [u8; 2],
+    pub _pad: u16,
+}
+
+impl FlowKey {
+    pub const fn new(
+        src: Addr,
+        dst: Addr,
+        src_port: u16,
+        dst_port: u16,
+        proto: u8,
+        family: u8,
+    ) -> Self {
+        FlowKey {
+            src,
+            dst,
+            src_port,
+            dst_port,
+            proto,
+            family,
+            _pad: 0,
+        }
+    }
+}
+
+/// A cached next hop for one direction of a flow: the bpf_fib_lookup answer, so established
+/// packets skip the FIB (which costs several times the rest of the data path). `ifindex` 0 means
+/// "look it up"; the program clears both hops whenever it refreshes `last_seen_ns` (at most once
+/// per `TOUCH_INTERVAL_NS`), so a changed route or neighbour is picked up within about a second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NextHop {
+    pub ifindex: u32,
+    /// MAC addresses as three 16-bit words each, copied without byte loops.
+    pub dmac: [u16; 3],
+    pub smac: [u16; 3],
 }
 
 /// FLOWS value: everything the forward rewrite needs, plus state for expiry.
@@ -182,26 +266,29 @@ pub struct Flow {
     /// `conntrack::State` as u8.
     pub state: u8,
     pub family: u8,
-    pub _pad: [u8; 2],
+    pub _pad: u16,
     /// CLOCK_MONOTONIC ns (bpf_ktime_get_coarse_ns) when the flow was created.
     pub created_ns: u64,
     /// CLOCK_MONOTONIC ns of the last packet either way, refreshed at most every
     /// `conntrack::TOUCH_INTERVAL_NS` so busy flows do not bounce a cache line per packet.
     pub last_seen_ns: u64,
+    /// Next hop toward the backend (forward direction).
+    pub to_backend: NextHop,
+    /// Next hop toward the client (reverse direction).
+    pub to_client: NextHop,
 }
 
 impl Flow {
     /// The reverse-map key of this flow's replies: backend → SNAT address.
     pub const fn reverse_key(&self, proto: u8) -> FlowKey {
-        FlowKey {
-            src: self.backend_addr,
-            dst: self.snat_addr,
-            src_port: self.backend_port,
-            dst_port: self.snat_port,
+        FlowKey::new(
+            self.backend_addr,
+            self.snat_addr,
+            self.backend_port,
+            self.snat_port,
             proto,
-            family: self.family,
-            _pad: [0; 2],
-        }
+            self.family,
+        )
     }
 }
 
@@ -211,7 +298,21 @@ impl Flow {
 pub struct SnatAddr {
     pub addr: Addr,
     pub family: u8,
-    pub _pad: [u8; 3],
+    pub _pad0: u8,
+    pub _pad1: u16,
+    pub _pad2: u32,
+}
+
+impl SnatAddr {
+    pub const fn new(addr: Addr, family: u8) -> Self {
+        SnatAddr {
+            addr,
+            family,
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
+        }
+    }
 }
 
 /// CONFIG[0]: global data-plane settings written by the daemon.
@@ -271,6 +372,22 @@ pub struct BackendStats {
     pub new_flows: u64,
 }
 
+/// Bytes of the benchmark template restored before every benchmark run.
+pub const BENCH_FRAME_LEN: usize = 64;
+
+/// BENCH_FRAME[0]: the frame the benchmark entry points copy over the packet before running,
+/// because BPF_PROG_TEST_RUN repeats the program on one buffer and the data path rewrites it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct BenchFrame {
+    /// The frame's first BENCH_FRAME_LEN bytes, as u64 words so the copy is 8 moves.
+    pub data: [u64; BENCH_FRAME_LEN / 8],
+    /// Non-zero: give every run a new client (source port and address bytes from a per-CPU
+    /// sequence), so each run is a new flow.
+    pub vary_source: u32,
+    pub _pad: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod_impls {
     use super::*;
@@ -283,10 +400,12 @@ mod pod_impls {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for SnatAddr {}
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for BenchFrame {}
 }
 
 #[cfg(test)]
@@ -297,11 +416,12 @@ mod tests {
     #[test]
     fn layouts_are_stable() {
         // These sizes are part of the pinned-map ABI: a change breaks adoption of pinned maps.
-        assert_eq!(size_of::<AddrKey>(), 20);
-        assert_eq!(size_of::<VipKey>(), 20);
-        assert_eq!(size_of::<Backend>(), 20);
+        assert_eq!(size_of::<AddrKey>(), 24);
+        assert_eq!(size_of::<VipKey>(), 24);
+        assert_eq!(size_of::<Backend>(), 24);
+        assert_eq!(size_of::<SnatAddr>(), 24);
         assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<Flow>(), 64);
+        assert_eq!(size_of::<Flow>(), 96);
         assert_eq!(size_of::<DataplaneConfig>(), 16);
     }
 

@@ -43,14 +43,17 @@ mod tests {
             assert!(distinct >= 10, "attempts should mostly differ: {seen:?}");
         }
         assert_eq!(port_candidate(7, 0, 5000, 5000), 5000);
-        assert_eq!(port_candidate(7, 3, 1, 65535) >= 1, true);
+        assert!(port_candidate(7, 3, 1, 65535) >= 1);
     }
 
     #[test]
     fn addresses_spread() {
         let mut n = [0u32; 3];
         for h in 0..30_000u32 {
-            n[addr_index(crate::hash::flow_hash_v4([1, 2, 3, 4], [5, 6, 7, 8], h as u16, 80, 6), 3) as usize] += 1;
+            n[addr_index(
+                crate::hash::flow_hash_v4([1, 2, 3, 4], [5, 6, 7, 8], h as u16, 80, 6),
+                3,
+            ) as usize] += 1;
         }
         for c in n {
             assert!((9_500..10_500).contains(&c), "{n:?}");

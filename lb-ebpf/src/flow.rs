@@ -3,10 +3,12 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
-    Backend, FAMILY_IPV4, Flow, FlowKey, MAGLEV_TABLE_SIZE, NO_BACKEND, PROTO_TCP, Reason,
-    VipMeta,
-    conntrack::{Direction, State, TOUCH_INTERVAL_NS, next_tcp_state, syn_restarts_flow, tcp_flags},
-    hash::flow_hash_v4,
+    Addr, Backend, DataplaneConfig, FAMILY_IPV4, Flow, FlowKey, MAGLEV_TABLE_SIZE, NO_BACKEND,
+    NextHop, PROTO_TCP, Reason, VipMeta,
+    conntrack::{
+        Direction, State, TOUCH_INTERVAL_NS, next_tcp_state, syn_restarts_flow, tcp_flags,
+    },
+    hash::flow_hash_v4_words,
     snat,
 };
 
@@ -15,24 +17,31 @@ use crate::parse::Packet;
 
 const EEXIST: i32 = 17;
 
-/// What the forward rewrite needs, copied out of the flow entry.
+/// What the forward rewrite needs, copied out of the flow entry, plus the entry itself for the
+/// next-hop cache.
 pub struct Target {
+    pub flow: *mut Flow,
+    pub vip_id: u32,
     pub backend_id: u32,
-    pub backend_addr: [u8; 4],
+    pub backend_addr: u32,
     pub backend_port: u16,
-    pub snat_addr: [u8; 4],
+    pub snat_addr: u32,
     pub snat_port: u16,
     pub new_flow: bool,
 }
 
 impl Target {
     #[inline(always)]
-    fn of(f: &Flow, new_flow: bool) -> Self {
+    fn of(ptr: *mut Flow, new_flow: bool) -> Self {
+        // SAFETY: callers pass a live FLOWS value pointer.
+        let f = unsafe { &*ptr };
         Target {
+            flow: ptr,
+            vip_id: f.vip_id,
             backend_id: f.backend_id,
-            backend_addr: f.backend_addr.v4_octets(),
+            backend_addr: f.backend_addr.v4_word_of(),
             backend_port: f.backend_port,
-            snat_addr: f.snat_addr.v4_octets(),
+            snat_addr: f.snat_addr.v4_word_of(),
             snat_port: f.snat_port,
             new_flow,
         }
@@ -41,15 +50,14 @@ impl Target {
 
 #[inline(always)]
 pub fn key_of(p: &Packet) -> FlowKey {
-    FlowKey {
-        src: lb_common::Addr::v4(p.src),
-        dst: lb_common::Addr::v4(p.dst),
-        src_port: p.src_port,
-        dst_port: p.dst_port,
-        proto: p.proto,
-        family: FAMILY_IPV4,
-        _pad: [0; 2],
-    }
+    FlowKey::new(
+        Addr::v4_word(p.src),
+        Addr::v4_word(p.dst),
+        p.src_port,
+        p.dst_port,
+        p.proto,
+        FAMILY_IPV4,
+    )
 }
 
 #[inline(always)]
@@ -58,7 +66,9 @@ fn now_ns() -> u64 {
     unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() }
 }
 
-/// Advances state and refreshes `last_seen_ns` (at most once per TOUCH_INTERVAL_NS).
+/// Advances state and refreshes `last_seen_ns` (at most once per TOUCH_INTERVAL_NS); each
+/// refresh also forgets the cached next hops, so routes and neighbours are re-read about once a
+/// second per flow.
 #[inline(always)]
 pub fn touch(f: &mut Flow, p: &Packet, dir: Direction) {
     if p.proto == PROTO_TCP {
@@ -70,12 +80,9 @@ pub fn touch(f: &mut Flow, p: &Packet, dir: Direction) {
     let now = now_ns();
     if now.wrapping_sub(f.last_seen_ns) > TOUCH_INTERVAL_NS {
         f.last_seen_ns = now;
+        f.to_backend.ifindex = 0;
+        f.to_client.ifindex = 0;
     }
-}
-
-#[inline(always)]
-fn same_v4(a: &lb_common::Addr, b: &lb_common::Addr) -> bool {
-    u32::from_ne_bytes(a.v4_octets()) == u32::from_ne_bytes(b.v4_octets())
 }
 
 /// A SYN on this entry belongs to a new connection: the old one is closing/reset, or its backend
@@ -88,45 +95,77 @@ fn stale_for_syn(f: &Flow) -> bool {
     match BACKENDS.get(f.backend_id) {
         Some(b) => {
             b.flags & Backend::ACTIVE == 0
-                || !same_v4(&b.addr, &f.backend_addr)
+                || b.addr.v4_word_of() != f.backend_addr.v4_word_of()
                 || b.port != f.backend_port
         }
         None => true,
     }
 }
 
-/// The backend for a client → VIP packet: the recorded one, or a new flow's.
+/// Outcome of the forward stage for a packet to a VIP address.
+pub enum Forward {
+    /// Send to this flow's backend.
+    Send(Target),
+    /// No flow, and no VIP serves this (port, protocol): not ours.
+    NotVip,
+    /// Ours, but refused (counted under the reason); `vip_id` is set when the VIP is known.
+    Refused(Reason, Option<u32>),
+}
+
+/// The backend for a packet to a VIP address: the flow table decides first (so established
+/// packets need no VIP lookup and never move), then a new flow is created from the VIP's table.
 #[inline(always)]
-pub fn forward_target(key: &FlowKey, p: &Packet, vip: &VipMeta, non_syn_pass: bool) -> Result<Target, Reason> {
+pub fn forward_target(key: &FlowKey, p: &Packet, class: u32, ttl_ok: bool) -> Forward {
     let is_tcp = p.proto == PROTO_TCP;
     let syn = is_tcp && p.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
     if let Some(ptr) = FLOWS.get_ptr_mut(key) {
         // SAFETY: hash map values stay valid for this program run; racing writers only store
-        // whole scalars (state, timestamp).
+        // whole scalars (state, timestamp, next hop).
         let f = unsafe { &mut *ptr };
+        if !ttl_ok {
+            return Forward::Refused(Reason::DropTtlExpired, None);
+        }
         if !(syn && stale_for_syn(f)) {
             touch(f, p, Direction::Forward);
-            return Ok(Target::of(f, false));
+            return Forward::Send(Target::of(ptr, false));
         }
         // Source port reused for a new connection: forget the old flow entirely.
         let _ = REV_FLOWS.remove(f.reverse_key(p.proto));
         let _ = FLOWS.remove(key);
-    } else if is_tcp && !syn {
-        return Err(if non_syn_pass { Reason::PassNonSynNoState } else { Reason::DropNonSynNoState });
     }
-    create(key, p, vip)
+    let Some(vip) = crate::vip::lookup(p, class) else {
+        return Forward::NotVip;
+    };
+    if !ttl_ok {
+        return Forward::Refused(Reason::DropTtlExpired, Some(vip.vip_id));
+    }
+    if is_tcp && !syn {
+        let pass = CONFIG
+            .get(0)
+            .is_some_and(|c| c.flags & DataplaneConfig::NON_SYN_PASS != 0);
+        let reason = if pass {
+            Reason::PassNonSynNoState
+        } else {
+            Reason::DropNonSynNoState
+        };
+        return Forward::Refused(reason, Some(vip.vip_id));
+    }
+    match create(key, p, &vip) {
+        Ok(t) => Forward::Send(t),
+        Err(r) => Forward::Refused(r, Some(vip.vip_id)),
+    }
 }
 
 #[inline(always)]
 fn create(key: &FlowKey, p: &Packet, vip: &VipMeta) -> Result<Target, Reason> {
-    let hash = flow_hash_v4(p.src, p.dst, p.src_port, p.dst_port, p.proto);
+    let hash = flow_hash_v4_words(p.src, p.dst, p.src_port, p.dst_port, p.proto);
     let slot = hash % MAGLEV_TABLE_SIZE;
     let backend_id = match MAGLEV.get_value(vip.vip_id, &slot) {
         Some(id) if *id != NO_BACKEND => *id,
         _ => return Err(Reason::DropNoBackend),
     };
-    let backend = match BACKENDS.get(backend_id) {
-        Some(b) if b.flags & Backend::ACTIVE != 0 => *b,
+    let (backend_word, backend_port) = match BACKENDS.get(backend_id) {
+        Some(b) if b.flags & Backend::ACTIVE != 0 => (b.addr.v4_word_of(), b.port),
         _ => return Err(Reason::DropNoBackend),
     };
     let Some(cfg) = CONFIG.get(0) else {
@@ -138,15 +177,10 @@ fn create(key: &FlowKey, p: &Packet, vip: &VipMeta) -> Result<Target, Reason> {
     let Some(snat_addr) = SNAT_ADDRS.get(snat::addr_index(hash, cfg.snat_count)) else {
         return Err(Reason::DropInternal);
     };
-    let mut rev = FlowKey {
-        src: backend.addr,
-        dst: snat_addr.addr,
-        src_port: backend.port,
-        dst_port: 0,
-        proto: p.proto,
-        family: FAMILY_IPV4,
-        _pad: [0; 2],
-    };
+    // IPv4: only word 0 of each address is live; copying just it avoids 16-byte memmoves.
+    let backend_addr = Addr::v4_word(backend_word);
+    let snat = Addr::v4_word(snat_addr.addr.v4_word_of());
+    let mut rev = FlowKey::new(backend_addr, snat, backend_port, 0, p.proto, FAMILY_IPV4);
     let mut claimed = false;
     for attempt in 0..snat::PORT_RETRIES {
         rev.dst_port = snat::port_candidate(hash, attempt, cfg.snat_port_min, cfg.snat_port_max);
@@ -165,31 +199,45 @@ fn create(key: &FlowKey, p: &Packet, vip: &VipMeta) -> Result<Target, Reason> {
     }
     let now = now_ns();
     let flow = Flow {
-        backend_addr: backend.addr,
-        snat_addr: snat_addr.addr,
-        backend_port: backend.port,
+        backend_addr,
+        snat_addr: snat,
+        backend_port,
         snat_port: rev.dst_port,
         backend_id,
         vip_id: vip.vip_id,
-        state: if p.proto == PROTO_TCP { State::SynSent as u8 } else { State::Udp as u8 },
+        state: if p.proto == PROTO_TCP {
+            State::SynSent as u8
+        } else {
+            State::Udp as u8
+        },
         family: FAMILY_IPV4,
-        _pad: [0; 2],
+        _pad: 0,
         created_ns: now,
         last_seen_ns: now,
+        to_backend: NextHop {
+            ifindex: 0,
+            dmac: [0; 3],
+            smac: [0; 3],
+        },
+        to_client: NextHop {
+            ifindex: 0,
+            dmac: [0; 3],
+            smac: [0; 3],
+        },
     };
-    match FLOWS.insert(key, &flow, BPF_NOEXIST as u64) {
-        Ok(()) => Ok(Target::of(&flow, true)),
+    let new_flow = match FLOWS.insert(key, &flow, BPF_NOEXIST as u64) {
+        Ok(()) => true,
         Err(e) => {
             let _ = REV_FLOWS.remove(&rev);
             if e != -EEXIST {
                 return Err(Reason::DropConntrackFull);
             }
             // Another CPU created this flow between our lookup and insert: follow its choice.
-            match FLOWS.get_ptr(key) {
-                // SAFETY: valid map value pointer for this run.
-                Some(f) => Ok(Target::of(unsafe { &*f }, false)),
-                None => Err(Reason::DropInternal),
-            }
+            false
         }
+    };
+    match FLOWS.get_ptr_mut(key) {
+        Some(ptr) => Ok(Target::of(ptr, new_flow)),
+        None => Err(Reason::DropInternal),
     }
 }

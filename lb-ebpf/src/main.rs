@@ -5,41 +5,57 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg(target_arch = "bpf")]
+// Map keys are passed by reference on purpose: by value they would be copied to the stack again.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
+mod bench;
 mod egress;
 mod flow;
 mod maps;
 mod nat;
 mod parse;
 mod stats;
+mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    Addr, AddrClass, AddrKey, DataplaneConfig, FAMILY_IPV4, FlowKey, PROTO_ICMP, PROTO_TCP,
-    Reason, VipKey, VipMeta, conntrack::Direction,
+    Addr, AddrClass, AddrKey, FAMILY_IPV4, FlowKey, PROTO_ICMP, Reason, conntrack::Direction,
 };
 use network_types::ip::Ipv4Hdr;
 
 use egress::Verdict;
-use maps::{ADDR_CLASS, CONFIG, FLOWS, REV_FLOWS, VIPS};
+use flow::{Forward, Target};
+use maps::{ADDR_CLASS, FLOWS, REV_FLOWS};
 use nat::Rewrite;
 use parse::{L3, L4, Packet, ptr_at};
 
 #[xdp]
 pub fn wklb(ctx: XdpContext) -> u32 {
-    let v = process(&ctx);
+    pipeline(&ctx)
+}
+
+/// The whole data path for one packet; counts the verdict's reason.
+#[inline(always)]
+fn pipeline(ctx: &XdpContext) -> u32 {
+    let v = process(ctx);
     stats::count(v.reason);
     v.action
 }
 
 #[inline(always)]
 const fn pass(reason: Reason) -> Verdict {
-    Verdict { action: xdp_action::XDP_PASS, reason }
+    Verdict {
+        action: xdp_action::XDP_PASS,
+        reason,
+    }
 }
 
 #[inline(always)]
 const fn drop(reason: Reason) -> Verdict {
-    Verdict { action: xdp_action::XDP_DROP, reason }
+    Verdict {
+        action: xdp_action::XDP_DROP,
+        reason,
+    }
 }
 
 #[inline(always)]
@@ -53,9 +69,9 @@ fn process(ctx: &XdpContext) -> Verdict {
         return pass(Reason::PassUnparsable);
     };
     // SAFETY: bounds checked by ptr_at.
-    let dst = unsafe { (*ip).dst_addr };
+    let dst = unsafe { parse::load_addr(&raw const (*ip).dst_addr) };
     // One lookup settles host traffic: only VIP and SNAT addresses go further.
-    let class = match ADDR_CLASS.get_ptr(AddrKey::new(Addr::v4(dst), FAMILY_IPV4)) {
+    let class = match ADDR_CLASS.get_ptr(AddrKey::new(Addr::v4_word(dst), FAMILY_IPV4)) {
         // SAFETY: valid map value pointer.
         Some(c) => unsafe { (*c).flags },
         None => return pass(Reason::PassNotOurs),
@@ -71,8 +87,20 @@ fn process(ctx: &XdpContext) -> Verdict {
         L4::Fragment => return pass(Reason::PassNotOurs),
     };
     if vip_addr {
-        if let Some(vip) = vip_lookup(&p, class) {
-            return forward(ctx, &p, &vip);
+        let key = flow::key_of(&p);
+        match flow::forward_target(&key, &p, class, ttl_ok(&p)) {
+            Forward::Send(t) => return forward(ctx, &p, &t),
+            Forward::Refused(reason, vip_id) => {
+                if let (Reason::DropNoBackend, Some(id)) = (reason, vip_id) {
+                    stats::vip_no_backend(id);
+                }
+                return if reason == Reason::PassNonSynNoState {
+                    pass(reason)
+                } else {
+                    drop(reason)
+                };
+            }
+            Forward::NotVip => {}
         }
     }
     if class & AddrClass::SNAT != 0 {
@@ -86,53 +114,15 @@ fn process(ctx: &XdpContext) -> Verdict {
     pass(Reason::PassNotOurs)
 }
 
-/// VIP by exact port, then the any-port VIP of the protocol when the address has one.
-#[inline(always)]
-fn vip_lookup(p: &Packet, class: u32) -> Option<VipMeta> {
-    let mut key = VipKey {
-        addr: Addr::v4(p.dst),
-        port: p.dst_port,
-        proto: p.proto,
-        family: FAMILY_IPV4,
-    };
-    if let Some(v) = VIPS.get_ptr(&key) {
-        // SAFETY: valid map value pointer.
-        return Some(unsafe { *v });
-    }
-    let any_port = if p.proto == PROTO_TCP { AddrClass::VIP_ANY_PORT_TCP } else { AddrClass::VIP_ANY_PORT_UDP };
-    if class & any_port == 0 {
-        return None;
-    }
-    key.port = 0;
-    // SAFETY: valid map value pointer.
-    VIPS.get_ptr(&key).map(|v| unsafe { *v })
-}
-
 #[inline(always)]
 fn ttl_ok(p: &Packet) -> bool {
     // SAFETY: p.ip was bounds checked during parsing.
     unsafe { (*p.ip).ttl > 1 }
 }
 
-/// Client → VIP: pick or follow the backend, full-NAT the packet, send it on.
+/// Client → VIP: full-NAT the packet toward the flow's backend and send it on.
 #[inline(always)]
-fn forward(ctx: &XdpContext, p: &Packet, vip: &VipMeta) -> Verdict {
-    if !ttl_ok(p) {
-        return drop(Reason::DropTtlExpired);
-    }
-    let non_syn_pass = CONFIG
-        .get(0)
-        .is_some_and(|c| c.flags & DataplaneConfig::NON_SYN_PASS != 0);
-    let key = flow::key_of(p);
-    let t = match flow::forward_target(&key, p, vip, non_syn_pass) {
-        Ok(t) => t,
-        Err(reason) => {
-            if reason == Reason::DropNoBackend {
-                stats::vip_no_backend(vip.vip_id);
-            }
-            return if reason == Reason::PassNonSynNoState { pass(reason) } else { drop(reason) };
-        }
-    };
+fn forward(ctx: &XdpContext, p: &Packet, t: &Target) -> Verdict {
     let to = Rewrite {
         src: t.snat_addr,
         dst: t.backend_addr,
@@ -142,9 +132,19 @@ fn forward(ctx: &XdpContext, p: &Packet, vip: &VipMeta) -> Verdict {
     if nat::rewrite(ctx, p, &to).is_none() {
         return drop(Reason::DropInternal);
     }
-    let v = egress::send(ctx, p.proto, to.src, to.dst, p.ip_len, Reason::Forwarded);
+    // SAFETY: t.flow is the live FLOWS value this packet matched or created.
+    let hop = unsafe { &mut (*t.flow).to_backend };
+    let v = egress::send(
+        ctx,
+        hop,
+        p.proto,
+        to.src,
+        to.dst,
+        p.ip_len,
+        Reason::Forwarded,
+    );
     if v.action != xdp_action::XDP_DROP {
-        stats::vip(vip.vip_id, p.ip_len as u64, t.new_flow);
+        stats::vip(t.vip_id, p.ip_len as u64, t.new_flow);
         stats::backend_in(t.backend_id, p.ip_len as u64, t.new_flow);
     }
     v
@@ -164,15 +164,23 @@ fn reverse(ctx: &XdpContext, p: &Packet, client: &FlowKey) -> Verdict {
     flow::touch(f, p, Direction::Reverse);
     let backend_id = f.backend_id;
     let to = Rewrite {
-        src: client.dst.v4_octets(),
-        dst: client.src.v4_octets(),
+        src: client.dst.v4_word_of(),
+        dst: client.src.v4_word_of(),
         src_port: client.dst_port,
         dst_port: client.src_port,
     };
     if nat::rewrite(ctx, p, &to).is_none() {
         return drop(Reason::DropInternal);
     }
-    let v = egress::send(ctx, p.proto, to.src, to.dst, p.ip_len, Reason::Reversed);
+    let v = egress::send(
+        ctx,
+        &mut f.to_client,
+        p.proto,
+        to.src,
+        to.dst,
+        p.ip_len,
+        Reason::Reversed,
+    );
     if v.action != xdp_action::XDP_DROP {
         stats::backend_out(backend_id, p.ip_len as u64);
     }

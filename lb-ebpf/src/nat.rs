@@ -2,17 +2,18 @@
 
 use lb_common::{PROTO_TCP, csum::CsumDelta};
 
-use crate::parse::{Packet, ptr_at};
+use crate::parse::{Packet, ptr_at, store_addr};
 use aya_ebpf::programs::XdpContext;
 
 /// Offsets of the checksum field inside the L4 header.
 const TCP_CSUM_OFFSET: usize = 16;
 const UDP_CSUM_OFFSET: usize = 6;
 
-/// The new 4-tuple of a packet. Ports in host byte order.
+/// The new 4-tuple of a packet. Addresses as native words of network-order bytes, ports in
+/// host byte order.
 pub struct Rewrite {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+    pub src: u32,
+    pub dst: u32,
     pub src_port: u16,
     pub dst_port: u16,
 }
@@ -23,8 +24,8 @@ pub struct Rewrite {
 pub fn rewrite(ctx: &XdpContext, p: &Packet, to: &Rewrite) -> Option<()> {
     let ip = p.ip;
     let addr_delta = CsumDelta::new()
-        .replace_bytes4(p.src, to.src)
-        .replace_bytes4(p.dst, to.dst);
+        .replace32(p.src, to.src)
+        .replace32(p.dst, to.dst);
     // SAFETY: `ip` points at a bounds-checked IPv4 header.
     unsafe {
         // TTL shares a 16-bit checksum word with the protocol byte.
@@ -32,9 +33,12 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, to: &Rewrite) -> Option<()> {
         (*ip).ttl -= 1;
         let new_word = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
         let check = u16::from_ne_bytes((*ip).check);
-        (*ip).check = addr_delta.replace16(old_word, new_word).apply(check).to_ne_bytes();
-        (*ip).src_addr = to.src;
-        (*ip).dst_addr = to.dst;
+        (*ip).check = addr_delta
+            .replace16(old_word, new_word)
+            .apply(check)
+            .to_ne_bytes();
+        store_addr(&raw mut (*ip).src_addr, to.src);
+        store_addr(&raw mut (*ip).dst_addr, to.dst);
     }
 
     let old_ports = [p.src_port.to_be(), p.dst_port.to_be()];

@@ -2,13 +2,7 @@
 //! Every access is bounds-checked against `data_end`, as the verifier demands.
 
 use aya_ebpf::programs::XdpContext;
-use network_types::{
-    eth::EthHdr,
-    ip::Ipv4Hdr,
-    tcp::TcpHdr,
-    udp::UdpHdr,
-    vlan::VlanHdr,
-};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr, vlan::VlanHdr};
 
 // Host byte order (network-types' EtherType values are stored pre-swapped).
 const ETH_P_8021Q: u16 = 0x8100;
@@ -24,6 +18,27 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
         return None;
     }
     Some((start + offset) as *mut T)
+}
+
+/// One 32-bit load of an address field (byte loads would be four). Packet memory need not be
+/// aligned for BPF on the architectures we target.
+///
+/// # Safety
+/// `p` must point at 4 readable bytes of packet data.
+#[inline(always)]
+pub unsafe fn load_addr(p: *const [u8; 4]) -> u32 {
+    // SAFETY: per the contract; see above on alignment.
+    unsafe { *(p as *const u32) }
+}
+
+/// One 32-bit store of an address field.
+///
+/// # Safety
+/// `p` must point at 4 writable bytes of packet data.
+#[inline(always)]
+pub unsafe fn store_addr(p: *mut [u8; 4], v: u32) {
+    // SAFETY: per the contract.
+    unsafe { *(p as *mut u32) = v }
 }
 
 /// Where the IPv4 header starts, or why there is none.
@@ -45,7 +60,10 @@ pub fn l3(ctx: &XdpContext) -> L3 {
             return L3::Truncated;
         };
         // SAFETY: bounds checked by ptr_at.
-        (u16::from_be(unsafe { (*vlan).ether_type }), EthHdr::LEN + VlanHdr::LEN)
+        (
+            u16::from_be(unsafe { (*vlan).ether_type }),
+            EthHdr::LEN + VlanHdr::LEN,
+        )
     } else {
         (ether_type, EthHdr::LEN)
     };
@@ -61,8 +79,9 @@ pub struct Packet {
     /// Offset of the L4 header from the start of the frame.
     pub l4_offset: usize,
     pub proto: u8,
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+    /// Addresses as loaded natively from the packet (network byte order in memory).
+    pub src: u32,
+    pub dst: u32,
     pub src_port: u16,
     pub dst_port: u16,
     /// TCP flags byte (0 for UDP).
@@ -75,7 +94,9 @@ pub struct Packet {
 pub enum L4 {
     Ok(Packet),
     /// Not TCP or UDP (`proto` says which).
-    Other { proto: u8 },
+    Other {
+        proto: u8,
+    },
     /// IHL < 5, wrong version, or the L4 header is cut short.
     Malformed,
     /// A fragment: only the first one carries ports, so none can be balanced.
@@ -90,8 +111,8 @@ pub fn l4(ctx: &XdpContext, ip: *mut Ipv4Hdr, l3_offset: usize) -> L4 {
             (*ip).vihl,
             u16::from_be_bytes((*ip).frags),
             (*ip).proto,
-            (*ip).src_addr,
-            (*ip).dst_addr,
+            load_addr(&raw const (*ip).src_addr),
+            load_addr(&raw const (*ip).dst_addr),
             u16::from_be_bytes((*ip).tot_len),
         )
     };
@@ -123,7 +144,13 @@ pub fn l4(ctx: &XdpContext, ip: *mut Ipv4Hdr, l3_offset: usize) -> L4 {
                 return L4::Malformed;
             };
             // SAFETY: bounds checked by ptr_at.
-            unsafe { (u16::from_be_bytes((*udp).src), u16::from_be_bytes((*udp).dst), 0) }
+            unsafe {
+                (
+                    u16::from_be_bytes((*udp).src),
+                    u16::from_be_bytes((*udp).dst),
+                    0,
+                )
+            }
         }
         _ => return L4::Other { proto },
     };

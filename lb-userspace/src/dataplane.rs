@@ -51,7 +51,9 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { max_flows: lb_common::DEFAULT_MAX_FLOWS }
+        LoadOptions {
+            max_flows: lb_common::DEFAULT_MAX_FLOWS,
+        }
     }
 }
 
@@ -75,7 +77,8 @@ impl Dataplane {
             .program_mut(PROGRAM)
             .ok_or_else(|| anyhow!("program {PROGRAM} missing from the object"))?
             .try_into()?;
-        prog.load().context("the kernel verifier rejected the XDP program")?;
+        prog.load()
+            .context("the kernel verifier rejected the XDP program")?;
         let mut dp = Dataplane { ebpf };
         dp.set_config(&DataplaneConfig::default())?;
         Ok(dp)
@@ -87,6 +90,28 @@ impl Dataplane {
             .program_mut(PROGRAM)
             .ok_or_else(|| anyhow!("program {PROGRAM} missing"))?
             .try_into()?)
+    }
+
+    /// Another program of the object (the benchmark entries), loaded on first use. It shares
+    /// every map with the main program.
+    pub fn extra_program(&mut self, name: &str) -> Result<&mut Xdp> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("loading program {name}"))?;
+        }
+        Ok(prog)
+    }
+
+    /// Sets the template frame of the benchmark entries.
+    pub fn set_bench_frame(&mut self, frame: &lb_common::BenchFrame) -> Result<()> {
+        let mut a: Array<&mut MapData, lb_common::BenchFrame> = self.map_mut(names::BENCH_FRAME)?;
+        a.set(0, frame, 0)?;
+        Ok(())
     }
 
     /// The verifier's instruction count for the loaded program.
@@ -122,8 +147,12 @@ impl Dataplane {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for name in names::ALL {
             let path = dir.join(name);
-            let map = self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
-            map.pin(&path).with_context(|| format!("pinning {name} at {}", path.display()))?;
+            let map = self
+                .ebpf
+                .map(name)
+                .ok_or_else(|| anyhow!("map {name} missing"))?;
+            map.pin(&path)
+                .with_context(|| format!("pinning {name} at {}", path.display()))?;
         }
         Ok(())
     }
@@ -132,7 +161,10 @@ impl Dataplane {
     where
         T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let m = self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
+        let m = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing"))?;
         T::try_from(m).with_context(|| format!("map {name} has an unexpected type"))
     }
 
@@ -140,7 +172,10 @@ impl Dataplane {
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let m = self.ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing"))?;
+        let m = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing"))?;
         T::try_from(m).with_context(|| format!("map {name} has an unexpected type"))
     }
 
@@ -159,12 +194,15 @@ impl Dataplane {
     /// address not yet written), and marks each address in ADDR_CLASS.
     pub fn set_snat_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<()> {
         if addrs.len() > MAX_SNAT_ADDRS as usize {
-            bail!("{} SNAT addresses given, at most {MAX_SNAT_ADDRS} supported", addrs.len());
+            bail!(
+                "{} SNAT addresses given, at most {MAX_SNAT_ADDRS} supported",
+                addrs.len()
+            );
         }
         {
             let mut a: Array<&mut MapData, SnatAddr> = self.map_mut(names::SNAT_ADDRS)?;
             for (i, ip) in addrs.iter().enumerate() {
-                let v = SnatAddr { addr: Addr::v4(ip.octets()), family: FAMILY_IPV4, _pad: [0; 3] };
+                let v = SnatAddr::new(Addr::v4(ip.octets()), FAMILY_IPV4);
                 a.set(i as u32, v, 0)?;
             }
         }
@@ -211,7 +249,8 @@ impl Dataplane {
 
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
         let mut a: Array<&mut MapData, Backend> = self.map_mut(names::BACKENDS)?;
-        a.set(id, backend, 0).with_context(|| format!("writing backend id {id}"))?;
+        a.set(id, backend, 0)
+            .with_context(|| format!("writing backend id {id}"))?;
         Ok(())
     }
 
@@ -219,14 +258,18 @@ impl Dataplane {
     /// swapped in with one update of the outer map. Packets see the old or the new table whole.
     pub fn install_table(&mut self, vip_id: u32, table: &[u32]) -> Result<()> {
         if table.len() != MAGLEV_TABLE_SIZE as usize {
-            bail!("Maglev table has {} slots, the data plane needs {MAGLEV_TABLE_SIZE}", table.len());
+            bail!(
+                "Maglev table has {} slots, the data plane needs {MAGLEV_TABLE_SIZE}",
+                table.len()
+            );
         }
-        let mut inner: Array<MapData, u32> = Array::create(MAGLEV_TABLE_SIZE, 0)
-            .context("creating a Maglev table map")?;
+        let mut inner: Array<MapData, u32> =
+            Array::create(MAGLEV_TABLE_SIZE, 0).context("creating a Maglev table map")?;
         for (i, b) in table.iter().enumerate() {
             inner.set(i as u32, b, 0)?;
         }
-        let mut outer: ArrayOfMaps<&mut MapData, Array<MapData, u32>> = self.map_mut(names::MAGLEV)?;
+        let mut outer: ArrayOfMaps<&mut MapData, Array<MapData, u32>> =
+            self.map_mut(names::MAGLEV)?;
         outer
             .set(vip_id, &inner, 0)
             .with_context(|| format!("swapping in the Maglev table of VIP id {vip_id}"))?;
@@ -236,7 +279,9 @@ impl Dataplane {
     /// The backend id in a VIP's live table at `slot`.
     pub fn table_slot(&self, vip_id: u32, slot: u32) -> Result<u32> {
         let outer: ArrayOfMaps<&MapData, Array<MapData, u32>> = self.map(names::MAGLEV)?;
-        let inner = outer.get(&vip_id, 0).with_context(|| format!("VIP id {vip_id} has no table"))?;
+        let inner = outer
+            .get(&vip_id, 0)
+            .with_context(|| format!("VIP id {vip_id} has no table"))?;
         Ok(inner.get(&slot, 0)?)
     }
 
@@ -255,14 +300,16 @@ impl Dataplane {
 
     pub fn backend_stats(&self, id: u32) -> Result<BackendStats> {
         let a: PerCpuArray<&MapData, BackendStats> = self.map(names::BACKEND_STATS)?;
-        Ok(a.get(&id, 0)?.iter().fold(BackendStats::default(), |mut t, s| {
-            t.packets_in += s.packets_in;
-            t.bytes_in += s.bytes_in;
-            t.packets_out += s.packets_out;
-            t.bytes_out += s.bytes_out;
-            t.new_flows += s.new_flows;
-            t
-        }))
+        Ok(a.get(&id, 0)?
+            .iter()
+            .fold(BackendStats::default(), |mut t, s| {
+                t.packets_in += s.packets_in;
+                t.bytes_in += s.bytes_in;
+                t.packets_out += s.packets_out;
+                t.bytes_out += s.bytes_out;
+                t.new_flows += s.new_flows;
+                t
+            }))
     }
 
     pub fn vip_stats(&self, id: u32) -> Result<VipStats> {
@@ -313,9 +360,13 @@ impl Dataplane {
 }
 
 pub fn vip_key(ip: Ipv4Addr, port: u16, proto: u8) -> VipKey {
-    VipKey { addr: Addr::v4(ip.octets()), port, proto, family: FAMILY_IPV4 }
+    VipKey::new(Addr::v4(ip.octets()), port, proto, FAMILY_IPV4)
 }
 
 const fn any_port_flag(proto: u8) -> u32 {
-    if proto == lb_common::PROTO_TCP { AddrClass::VIP_ANY_PORT_TCP } else { AddrClass::VIP_ANY_PORT_UDP }
+    if proto == lb_common::PROTO_TCP {
+        AddrClass::VIP_ANY_PORT_TCP
+    } else {
+        AddrClass::VIP_ANY_PORT_UDP
+    }
 }

@@ -63,7 +63,9 @@ impl Fixture {
         }
         ip("addr add 10.10.0.1/24 dev wkc0")?;
         ip("addr add 10.20.0.1/24 dev wkb0")?;
-        ip(&format!("neigh add {CLIENT} lladdr 02:00:00:00:0c:02 dev wkc0 nud permanent"))?;
+        ip(&format!(
+            "neigh add {CLIENT} lladdr 02:00:00:00:0c:02 dev wkc0 nud permanent"
+        ))?;
         for (i, b) in BACKENDS.iter().enumerate() {
             let m = backend_mac(i);
             ip(&format!(
@@ -75,8 +77,24 @@ impl Fixture {
 
         let mut dp = Dataplane::load(&LoadOptions { max_flows })?;
         dp.set_snat_addrs(&[SNAT])?;
-        dp.set_vip(VIP, VIP_TCP_PORT, PROTO_TCP, VipMeta { vip_id: TCP_VIP_ID, flags: 0 })?;
-        dp.set_vip(VIP, VIP_UDP_PORT, PROTO_UDP, VipMeta { vip_id: UDP_VIP_ID, flags: 0 })?;
+        dp.set_vip(
+            VIP,
+            VIP_TCP_PORT,
+            PROTO_TCP,
+            VipMeta {
+                vip_id: TCP_VIP_ID,
+                flags: 0,
+            },
+        )?;
+        dp.set_vip(
+            VIP,
+            VIP_UDP_PORT,
+            PROTO_UDP,
+            VipMeta {
+                vip_id: UDP_VIP_ID,
+                flags: 0,
+            },
+        )?;
         let mut fx = Fixture {
             dp,
             client_if: ifindex(CLIENT_IF)?,
@@ -95,12 +113,8 @@ impl Fixture {
     }
 
     pub fn set_backend(&mut self, id: u32, addr: Ipv4Addr, port: u16, active: bool) -> Result<()> {
-        let b = Backend {
-            addr: lb_common::Addr::v4(addr.octets()),
-            port,
-            family: FAMILY_IPV4,
-            flags: if active { Backend::ACTIVE } else { 0 },
-        };
+        let flags = if active { Backend::ACTIVE } else { 0 };
+        let b = Backend::new(lb_common::Addr::v4(addr.octets()), port, FAMILY_IPV4, flags);
         self.dp.set_backend(id, &b)
     }
 
@@ -108,7 +122,11 @@ impl Fixture {
     pub fn install(&mut self, vip_id: u32, members: &[(u32, u32)]) -> Result<()> {
         let members: Vec<Member> = members
             .iter()
-            .map(|(id, w)| Member { id: *id, key: format!("backend-{id}"), weight: *w })
+            .map(|(id, w)| Member {
+                id: *id,
+                key: format!("backend-{id}"),
+                weight: *w,
+            })
             .collect();
         let table = build_table(&members, MAGLEV_TABLE_SIZE);
         self.dp.install_table(vip_id, &table)?;
@@ -117,7 +135,13 @@ impl Fixture {
     }
 
     /// The backend id a new flow gets, computed in userspace from the shared hash and table.
-    pub fn predict(&self, vip_id: u32, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: u8) -> u32 {
+    pub fn predict(
+        &self,
+        vip_id: u32,
+        src: (Ipv4Addr, u16),
+        dst: (Ipv4Addr, u16),
+        proto: u8,
+    ) -> u32 {
         let h = flow_hash_v4(src.0.octets(), dst.0.octets(), src.1, dst.1, proto);
         self.tables[vip_id as usize][(h % MAGLEV_TABLE_SIZE) as usize]
     }

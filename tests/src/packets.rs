@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use etherparse::{
-    Ethernet2Header, EtherType, IpNumber, Ipv4Header, PacketBuilder, SlicedPacket, TransportSlice,
+    EtherType, Ethernet2Header, IpNumber, Ipv4Header, PacketBuilder, SlicedPacket, TransportSlice,
 };
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x02];
@@ -109,12 +109,16 @@ pub struct Seen {
 
 pub fn inspect(frame: &[u8]) -> Seen {
     let s = SlicedPacket::from_ethernet(frame).expect("output frame parses");
-    let Some(etherparse::LinkSlice::Ethernet2(eth)) = s.link else { panic!("no ethernet") };
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = s.link else {
+        panic!("no ethernet")
+    };
     let vlan = s.vlan.as_ref().map(|v| match v {
         etherparse::VlanSlice::SingleVlan(v) => v.vlan_identifier().value(),
         etherparse::VlanSlice::DoubleVlan(v) => v.outer().vlan_identifier().value(),
     });
-    let Some(etherparse::NetSlice::Ipv4(ip)) = &s.net else { panic!("not ipv4") };
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &s.net else {
+        panic!("not ipv4")
+    };
     let hdr = ip.header().to_header();
     let mut ok = hdr.calc_header_checksum() == hdr.header_checksum;
     let (sp, dp, payload) = match &s.transport {

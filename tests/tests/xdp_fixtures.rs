@@ -3,10 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use lb_common::{
-    DataplaneConfig, FlowKey, PROTO_TCP, PROTO_UDP, Reason,
-    conntrack::State,
-};
+use lb_common::{DataplaneConfig, FlowKey, PROTO_TCP, PROTO_UDP, Reason, conntrack::State};
 use wklb_tests::{
     fixture::*,
     netns::in_private_netns,
@@ -49,23 +46,27 @@ const VIP_TCP: (Ipv4Addr, u16) = (VIP, VIP_TCP_PORT);
 const VIP_UDP: (Ipv4Addr, u16) = (VIP, VIP_UDP_PORT);
 
 fn flow_key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: u8) -> FlowKey {
-    FlowKey {
-        src: lb_common::Addr::v4(src.0.octets()),
-        dst: lb_common::Addr::v4(dst.0.octets()),
-        src_port: src.1,
-        dst_port: dst.1,
+    FlowKey::new(
+        lb_common::Addr::v4(src.0.octets()),
+        lb_common::Addr::v4(dst.0.octets()),
+        src.1,
+        dst.1,
         proto,
-        family: lb_common::FAMILY_IPV4,
-        _pad: [0; 2],
-    }
+        lb_common::FAMILY_IPV4,
+    )
 }
 
 /// Sends a SYN and returns (backend index, SNAT port) the program chose.
 fn open(fx: &mut Fixture, port: u16) -> (usize, u16) {
-    let (act, out) = fx.run(fx.client_if, &tcp(client(port), VIP_TCP, "S", b"")).unwrap();
+    let (act, out) = fx
+        .run(fx.client_if, &tcp(client(port), VIP_TCP, "S", b""))
+        .unwrap();
     assert_eq!(act, XDP_REDIRECT, "SYN from port {port} not redirected");
     let s = inspect(&out);
-    let idx = BACKENDS.iter().position(|b| *b == s.dst).expect("sent to a backend");
+    let idx = BACKENDS
+        .iter()
+        .position(|b| *b == s.dst)
+        .expect("sent to a backend");
     (idx, s.src_port)
 }
 
@@ -88,7 +89,10 @@ fn syn_goes_to_the_maglev_backend_from_the_snat_address() {
         assert_eq!(s.eth_src, fx.backend_side_mac);
         assert_only(fx, &before, Reason::Forwarded, 1);
         let st = fx.dp.backend_stats(want as u32).unwrap();
-        assert_eq!((st.new_flows, st.packets_in, st.bytes_in), (1, 1, (syn.len() - 14) as u64));
+        assert_eq!(
+            (st.new_flows, st.packets_in, st.bytes_in),
+            (1, 1, (syn.len() - 14) as u64)
+        );
         let vs = fx.dp.vip_stats(TCP_VIP_ID).unwrap();
         assert_eq!((vs.packets, vs.new_flows), (1, 1));
         let flows = fx.dp.flows().unwrap();
@@ -115,12 +119,23 @@ fn later_packets_follow_the_flow_and_the_reply_is_translated_back() {
         assert_eq!(s.eth_src, fx.client_side_mac);
         assert_only(fx, &before, Reason::Reversed, 1);
         let key = flow_key(client(40002), VIP_TCP, PROTO_TCP);
-        let state = |fx: &Fixture| fx.dp.flows().unwrap().iter().find(|(k, _)| *k == key).unwrap().1.state;
+        let state = |fx: &Fixture| {
+            fx.dp
+                .flows()
+                .unwrap()
+                .iter()
+                .find(|(k, _)| *k == key)
+                .unwrap()
+                .1
+                .state
+        };
         assert_eq!(state(fx), State::Established as u8);
 
         // Client data follows the same backend and SNAT port; payload intact.
         for flags in ["A", "PA", "PA"] {
-            let (act, out) = fx.run(fx.client_if, &tcp(client(40002), VIP_TCP, flags, b"\x70")).unwrap();
+            let (act, out) = fx
+                .run(fx.client_if, &tcp(client(40002), VIP_TCP, flags, b"\x70"))
+                .unwrap();
             assert_eq!(act, XDP_REDIRECT);
             let s = inspect(&out);
             assert_eq!((s.dst, s.src, s.src_port), (BACKENDS[b], SNAT, snat_port));
@@ -131,7 +146,8 @@ fn later_packets_follow_the_flow_and_the_reply_is_translated_back() {
         assert_eq!((st.new_flows, st.packets_in, st.packets_out), (1, 4, 1));
 
         // FIN moves the flow to closing.
-        fx.run(fx.client_if, &tcp(client(40002), VIP_TCP, "FA", b"")).unwrap();
+        fx.run(fx.client_if, &tcp(client(40002), VIP_TCP, "FA", b""))
+            .unwrap();
         assert_eq!(state(fx), State::Closing as u8);
     });
 }
@@ -152,10 +168,16 @@ fn ring_change_keeps_existing_flows_and_moves_new_ones() {
         // New table: backend 2 only.
         fx.install(TCP_VIP_ID, &[(0, 0), (1, 0), (2, 1)]).unwrap();
         for (p, b, sp) in &existing {
-            let (act, out) = fx.run(fx.client_if, &tcp(client(*p), VIP_TCP, "A", b"")).unwrap();
+            let (act, out) = fx
+                .run(fx.client_if, &tcp(client(*p), VIP_TCP, "A", b""))
+                .unwrap();
             assert_eq!(act, XDP_REDIRECT);
             let s = inspect(&out);
-            assert_eq!((s.dst, s.src_port), (BACKENDS[*b], *sp), "flow from port {p} moved");
+            assert_eq!(
+                (s.dst, s.src_port),
+                (BACKENDS[*b], *sp),
+                "flow from port {p} moved"
+            );
         }
         for p in 42000..42050 {
             assert_eq!(open(fx, p).0, 2, "new flow from {p} ignored the new table");
@@ -170,24 +192,38 @@ fn syn_reusing_a_closed_tuple_or_a_removed_backend_starts_a_new_flow() {
         // A retransmitted SYN follows the live flow: no new flow, same SNAT port.
         assert_eq!(open(fx, 43000), (b, sp));
         assert_eq!(fx.dp.backend_stats(b as u32).unwrap().new_flows, 1);
-        fx.run(fx.client_if, &tcp(client(43000), VIP_TCP, "A", b"")).unwrap();
-        fx.run(fx.client_if, &tcp(client(43000), VIP_TCP, "R", b"")).unwrap();
+        fx.run(fx.client_if, &tcp(client(43000), VIP_TCP, "A", b""))
+            .unwrap();
+        fx.run(fx.client_if, &tcp(client(43000), VIP_TCP, "R", b""))
+            .unwrap();
         // Same tuple, new connection: a fresh flow (counted as new) on the table's choice.
         let (b2, _) = open(fx, 43000);
         assert_eq!(b2, b, "same table, same hash");
         assert_eq!(fx.dp.backend_stats(b as u32).unwrap().new_flows, 2);
         assert_eq!(fx.dp.flows().unwrap().len(), 1);
-        assert_eq!(fx.dp.reverse_flow_count().unwrap(), 1, "old reverse entry removed");
+        assert_eq!(
+            fx.dp.reverse_flow_count().unwrap(),
+            1,
+            "old reverse entry removed"
+        );
 
         // Established flows keep their backend even when it leaves the table...
         let (e, esp) = open(fx, 43001);
-        fx.run(fx.client_if, &tcp(client(43001), VIP_TCP, "A", b"")).unwrap();
+        fx.run(fx.client_if, &tcp(client(43001), VIP_TCP, "A", b""))
+            .unwrap();
         let others: Vec<(u32, u32)> = (0..3u32).map(|i| (i, (i as usize != e) as u32)).collect();
-        fx.set_backend(e as u32, BACKENDS[e], VIP_TCP_PORT, false).unwrap();
+        fx.set_backend(e as u32, BACKENDS[e], VIP_TCP_PORT, false)
+            .unwrap();
         fx.install(TCP_VIP_ID, &others).unwrap();
-        let (_, out) = fx.run(fx.client_if, &tcp(client(43001), VIP_TCP, "PA", b"x")).unwrap();
+        let (_, out) = fx
+            .run(fx.client_if, &tcp(client(43001), VIP_TCP, "PA", b"x"))
+            .unwrap();
         let s = inspect(&out);
-        assert_eq!((s.dst, s.src_port), (BACKENDS[e], esp), "established flow moved");
+        assert_eq!(
+            (s.dst, s.src_port),
+            (BACKENDS[e], esp),
+            "established flow moved"
+        );
         // ...but a SYN on that tuple after the backend was removed picks a live one.
         let (e2, _) = open(fx, 43001);
         assert_ne!(e2, e, "SYN followed a removed backend");
@@ -199,16 +235,28 @@ fn udp_request_and_reply_both_ways() {
     with_fixture("udp_request_and_reply", 1024, |fx| {
         let want = fx.predict(UDP_VIP_ID, client(50000), VIP_UDP, PROTO_UDP);
         let idx = (want - UDP_BACKEND_BASE) as usize;
-        let (act, out) = fx.run(fx.client_if, &udp(client(50000), VIP_UDP, b"ping")).unwrap();
+        let (act, out) = fx
+            .run(fx.client_if, &udp(client(50000), VIP_UDP, b"ping"))
+            .unwrap();
         assert_eq!(act, XDP_REDIRECT);
         let s = inspect(&out);
-        assert_eq!((s.dst, s.dst_port, s.src), (BACKENDS[idx], VIP_UDP_PORT, SNAT));
+        assert_eq!(
+            (s.dst, s.dst_port, s.src),
+            (BACKENDS[idx], VIP_UDP_PORT, SNAT)
+        );
         assert!(s.checksums_ok, "{s:?}");
-        let reply = udp((BACKENDS[idx], VIP_UDP_PORT), (SNAT, s.src_port), b"backend-1");
+        let reply = udp(
+            (BACKENDS[idx], VIP_UDP_PORT),
+            (SNAT, s.src_port),
+            b"backend-1",
+        );
         let (act, out) = fx.run(fx.backend_if, &reply).unwrap();
         assert_eq!(act, XDP_REDIRECT);
         let r = inspect(&out);
-        assert_eq!(((r.src, r.src_port), (r.dst, r.dst_port)), (VIP_UDP, client(50000)));
+        assert_eq!(
+            ((r.src, r.src_port), (r.dst, r.dst_port)),
+            (VIP_UDP, client(50000))
+        );
         assert_eq!(r.payload, b"backend-1");
         assert!(r.checksums_ok, "{r:?}");
         let flows = fx.dp.flows().unwrap();
@@ -223,8 +271,13 @@ fn udp_request_and_reply_both_ways() {
         // Many source ports spread over all three backends.
         let mut seen = [0u32; 3];
         for p in 51000..51300 {
-            let (_, out) = fx.run(fx.client_if, &udp(client(p), VIP_UDP, b"q")).unwrap();
-            seen[BACKENDS.iter().position(|b| *b == inspect(&out).dst).unwrap()] += 1;
+            let (_, out) = fx
+                .run(fx.client_if, &udp(client(p), VIP_UDP, b"q"))
+                .unwrap();
+            seen[BACKENDS
+                .iter()
+                .position(|b| *b == inspect(&out).dst)
+                .unwrap()] += 1;
         }
         assert!(seen.iter().all(|n| *n > 60), "{seen:?}");
     });
@@ -241,10 +294,26 @@ fn traffic_that_is_not_ours_passes_byte_for_byte() {
         let cases: [(&str, Vec<u8>, Reason); 6] = [
             ("arp", packets::arp_request(), Reason::PassNotIpv4),
             ("ssh to the host", ssh_to_host, Reason::PassNotOurs),
-            ("VIP address, other port", vip_other_port, Reason::PassNotOurs),
-            ("UDP to a TCP-only VIP port", udp_on_tcp_port, Reason::PassNotOurs),
-            ("routed through the edge", routed_through, Reason::PassNotOurs),
-            ("to the SNAT address without a flow", from_snat_addr_no_flow, Reason::PassNotOurs),
+            (
+                "VIP address, other port",
+                vip_other_port,
+                Reason::PassNotOurs,
+            ),
+            (
+                "UDP to a TCP-only VIP port",
+                udp_on_tcp_port,
+                Reason::PassNotOurs,
+            ),
+            (
+                "routed through the edge",
+                routed_through,
+                Reason::PassNotOurs,
+            ),
+            (
+                "to the SNAT address without a flow",
+                from_snat_addr_no_flow,
+                Reason::PassNotOurs,
+            ),
         ];
         for (what, frame, reason) in cases {
             let before = reasons(fx);
@@ -277,7 +346,11 @@ fn truncated_and_bad_headers_never_abort_and_are_counted() {
         for len in 14..syn.len() {
             let before = reasons(fx);
             let (act, out) = fx.run(fx.client_if, &syn[..len]).unwrap();
-            let expect = if len < 34 { Reason::PassUnparsable } else { Reason::DropMalformed };
+            let expect = if len < 34 {
+                Reason::PassUnparsable
+            } else {
+                Reason::DropMalformed
+            };
             let want_act = if len < 34 { XDP_PASS } else { XDP_DROP };
             assert_eq!(act, want_act, "cut at {len}");
             assert_eq!(out, &syn[..len], "cut at {len}: frame changed");
@@ -304,12 +377,42 @@ fn truncated_and_bad_headers_never_abort_and_are_counted() {
         };
         let cases: [(&str, Vec<u8>, u32, Reason); 7] = [
             ("IHL 4", bad_ihl, XDP_DROP, Reason::DropMalformed),
-            ("version 6 in an IPv4 frame", bad_version, XDP_DROP, Reason::DropMalformed),
-            ("IHL beyond the frame", ihl_past_end, XDP_DROP, Reason::DropMalformed),
-            ("more-fragments", more_fragments, XDP_DROP, Reason::DropFragment),
-            ("fragment offset", later_fragment, XDP_DROP, Reason::DropFragment),
-            ("TTL 1", tcp_ttl(client(44001), VIP_TCP, "S", b"", 1), XDP_DROP, Reason::DropTtlExpired),
-            ("ACK without state", tcp(client(44002), VIP_TCP, "A", b""), XDP_DROP, Reason::DropNonSynNoState),
+            (
+                "version 6 in an IPv4 frame",
+                bad_version,
+                XDP_DROP,
+                Reason::DropMalformed,
+            ),
+            (
+                "IHL beyond the frame",
+                ihl_past_end,
+                XDP_DROP,
+                Reason::DropMalformed,
+            ),
+            (
+                "more-fragments",
+                more_fragments,
+                XDP_DROP,
+                Reason::DropFragment,
+            ),
+            (
+                "fragment offset",
+                later_fragment,
+                XDP_DROP,
+                Reason::DropFragment,
+            ),
+            (
+                "TTL 1",
+                tcp_ttl(client(44001), VIP_TCP, "S", b"", 1),
+                XDP_DROP,
+                Reason::DropTtlExpired,
+            ),
+            (
+                "ACK without state",
+                tcp(client(44002), VIP_TCP, "A", b""),
+                XDP_DROP,
+                Reason::DropNonSynNoState,
+            ),
         ];
         for (what, frame, act, reason) in cases {
             let before = reasons(fx);
@@ -324,7 +427,10 @@ fn truncated_and_bad_headers_never_abort_and_are_counted() {
         let ack = tcp(client(44003), VIP_TCP, "A", b"");
         assert_eq!(fx.run(fx.client_if, &ack).unwrap(), (XDP_PASS, ack));
         assert_only(fx, &before, Reason::PassNonSynNoState, 1);
-        assert!(fx.dp.flows().unwrap().is_empty(), "no bad packet may create a flow");
+        assert!(
+            fx.dp.flows().unwrap().is_empty(),
+            "no bad packet may create a flow"
+        );
     });
 }
 
@@ -356,11 +462,15 @@ fn full_connection_table_refuses_new_flows_but_keeps_established_ones() {
             open(fx, 46000 + p);
         }
         let before = reasons(fx);
-        let (act, _) = fx.run(fx.client_if, &tcp(client(46100), VIP_TCP, "S", b"")).unwrap();
+        let (act, _) = fx
+            .run(fx.client_if, &tcp(client(46100), VIP_TCP, "S", b""))
+            .unwrap();
         assert_eq!(act, XDP_DROP);
         assert_only(fx, &before, Reason::DropConntrackFull, 1);
         // Established flows still pass, and no half-created state was left behind.
-        let (act, _) = fx.run(fx.client_if, &tcp(client(46000), VIP_TCP, "A", b"")).unwrap();
+        let (act, _) = fx
+            .run(fx.client_if, &tcp(client(46000), VIP_TCP, "A", b""))
+            .unwrap();
         assert_eq!(act, XDP_REDIRECT);
         assert_eq!(fx.dp.flows().unwrap().len(), 8);
         assert_eq!(fx.dp.reverse_flow_count().unwrap(), 8);
@@ -378,9 +488,15 @@ fn exhausted_snat_ports_are_counted() {
         let ports: Vec<u16> = (0..2).map(|i| open(fx, 47000 + i).1).collect();
         let mut sorted = ports.clone();
         sorted.sort();
-        assert_eq!(sorted, vec![40000, 40001], "two flows, two distinct SNAT ports");
+        assert_eq!(
+            sorted,
+            vec![40000, 40001],
+            "two flows, two distinct SNAT ports"
+        );
         let before = reasons(fx);
-        let (act, _) = fx.run(fx.client_if, &tcp(client(47002), VIP_TCP, "S", b"")).unwrap();
+        let (act, _) = fx
+            .run(fx.client_if, &tcp(client(47002), VIP_TCP, "S", b""))
+            .unwrap();
         assert_eq!(act, XDP_DROP);
         assert_only(fx, &before, Reason::DropSnatExhausted, 1);
     });
@@ -391,16 +507,21 @@ fn empty_table_and_unresolved_neighbour_are_counted() {
     with_fixture("empty_table_and_unresolved_neighbour", 1024, |fx| {
         fx.install(TCP_VIP_ID, &[(0, 0), (1, 0), (2, 0)]).unwrap();
         let before = reasons(fx);
-        let (act, _) = fx.run(fx.client_if, &tcp(client(48000), VIP_TCP, "S", b"")).unwrap();
+        let (act, _) = fx
+            .run(fx.client_if, &tcp(client(48000), VIP_TCP, "S", b""))
+            .unwrap();
         assert_eq!(act, XDP_DROP);
         assert_only(fx, &before, Reason::DropNoBackend, 1);
         assert_eq!(fx.dp.vip_stats(TCP_VIP_ID).unwrap().no_backend, 1);
 
         // A backend whose MAC is not known yet: the translated packet goes to the kernel.
-        fx.set_backend(0, UNRESOLVED_BACKEND, VIP_TCP_PORT, true).unwrap();
+        fx.set_backend(0, UNRESOLVED_BACKEND, VIP_TCP_PORT, true)
+            .unwrap();
         fx.install(TCP_VIP_ID, &[(0, 1)]).unwrap();
         let before = reasons(fx);
-        let (act, out) = fx.run(fx.client_if, &tcp(client(48001), VIP_TCP, "S", b"")).unwrap();
+        let (act, out) = fx
+            .run(fx.client_if, &tcp(client(48001), VIP_TCP, "S", b""))
+            .unwrap();
         assert_eq!(act, XDP_PASS);
         let s = inspect(&out);
         assert_eq!((s.src, s.dst), (SNAT, UNRESOLVED_BACKEND));

@@ -1,1 +1,54 @@
-fn main(){}
+//! `cargo xtask <setup|build|test|bench>`: the project's build and test entry points.
+mod cmd;
+mod setup;
+
+use anyhow::Result;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "wklb build, test and benchmark tasks")]
+enum Task {
+    /// Install what a fresh machine lacks: Debian packages, nightly rust-src, bpf-linker.
+    Setup,
+    /// Build the XDP object and the `wklb` binary (release).
+    Build,
+    /// Run setup if needed, then every test (privileged ones need root; CI runs as root).
+    Test {
+        /// Extra arguments passed to `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Task::parse()) {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Setup => setup::ensure(),
+        Task::Build => {
+            setup::ensure()?;
+            cmd::step("building the XDP object and wklb (release)");
+            cmd::cargo(&["build", "--release", "-p", "lb-userspace"])
+        }
+        Task::Test { args } => {
+            setup::ensure()?;
+            if !setup::is_root() {
+                println!(
+                    "xtask: not root: privileged tests (XDP load, network namespaces) will be skipped; run `sudo cargo xtask test` to include them"
+                );
+            }
+            cmd::step("running every test (host unit tests and privileged XDP fixtures)");
+            let mut a: Vec<&str> = vec!["test", "--workspace", "--exclude", "lb-ebpf"];
+            if !args.is_empty() {
+                a.push("--");
+                a.extend(args.iter().map(String::as_str));
+            }
+            cmd::cargo(&a)
+        }
+    }
+}

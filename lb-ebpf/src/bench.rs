@@ -1,0 +1,80 @@
+//! Benchmark entry points (`cargo xtask bench`), never attached to an interface.
+//!
+//! BPF_PROG_TEST_RUN with `repeat` runs the program again and again on one buffer, and the data
+//! path rewrites that buffer (after one run a forward packet no longer targets the VIP). So each
+//! benchmark entry first restores a template frame, then runs; the floor entry does the same
+//! restore and returns XDP_TX, so the ratio between them is the data path's own cost.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    btf_maps::{Array, PerCpuArray},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use lb_common::{BENCH_FRAME_LEN, BenchFrame};
+
+use crate::parse::ptr_at;
+
+#[btf_map]
+static BENCH_FRAME: Array<BenchFrame, 1> = Array::new();
+
+#[btf_map]
+static BENCH_SEQ: PerCpuArray<u32, 1> = PerCpuArray::new();
+
+/// Copies the template over the first BENCH_FRAME_LEN bytes; optionally makes the client new.
+#[inline(always)]
+fn restore(ctx: &XdpContext) -> Option<()> {
+    let t = BENCH_FRAME.get(0)?;
+    let dst = ptr_at::<[u64; BENCH_FRAME_LEN / 8]>(ctx, 0)? as *mut u64;
+    // SAFETY: bounds checked by ptr_at. Volatile word stores, so LLVM cannot fold them into a
+    // memmove call (which bpf-linker resolves to a byte loop).
+    unsafe {
+        let mut i = 0;
+        while i < BENCH_FRAME_LEN / 8 {
+            core::ptr::write_volatile(dst.add(i), t.data[i]);
+            i += 1;
+        }
+    }
+    if t.vary_source != 0 {
+        let seq = BENCH_SEQ.get_ptr_mut(0)?;
+        // SAFETY: per-CPU slot.
+        let n = unsafe {
+            *seq = (*seq).wrapping_add(1);
+            *seq
+        };
+        // Source address bytes 2-3 (offset 28-29) and TCP/UDP source port (34-35), for an
+        // untagged IPv4 frame with a 20-byte header.
+        let ip_src = ptr_at::<[u8; 2]>(ctx, 28)?;
+        let sport = ptr_at::<[u8; 2]>(ctx, 34)?;
+        // SAFETY: bounds checked by ptr_at.
+        unsafe {
+            *ip_src = ((n >> 16) as u16).to_be_bytes();
+            *sport = (n as u16).to_be_bytes();
+        }
+    }
+    Some(())
+}
+
+/// Restore + the full wklb data path.
+#[xdp]
+pub fn bench_wklb(ctx: XdpContext) -> u32 {
+    if restore(&ctx).is_none() {
+        return xdp_action::XDP_DROP;
+    }
+    crate::pipeline(&ctx)
+}
+
+/// Restore + XDP_TX: the floor the data path is compared against.
+#[xdp]
+pub fn bench_floor(ctx: XdpContext) -> u32 {
+    if restore(&ctx).is_none() {
+        return xdp_action::XDP_DROP;
+    }
+    xdp_action::XDP_TX
+}
+
+/// The bare minimum: XDP_TX with no work at all.
+#[xdp]
+pub fn bench_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}

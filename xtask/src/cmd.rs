@@ -1,0 +1,51 @@
+//! Running commands with visible progress and one-sentence failures.
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+pub fn step(what: &str) {
+    println!("==> {what}");
+}
+
+/// Runs a command inheriting stdio; fails naming the command.
+pub fn run(program: &str, args: &[&str]) -> Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("could not start {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout if it succeeded.
+pub fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `cargo` from the toolchain running xtask, at the workspace root.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = workspace_root();
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(&root)
+        .status()
+        .with_context(|| format!("could not start {cargo}"))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
