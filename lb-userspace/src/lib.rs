@@ -1,3 +1,6 @@
-//! wklb userspace: the loader and typed map access the daemon and tests build on.
+//! wklb userspace: loader and typed map access, configuration, controller, health checks,
+//! control socket and CLI.
+pub mod config;
 pub mod dataplane;
+pub mod netdev;
 pub mod privileges;
