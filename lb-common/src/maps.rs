@@ -181,22 +181,23 @@ impl VipMeta {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Backend {
     pub addr: Addr,
-    /// Host byte order.
+    /// Host byte order; 0 = keep the client's destination port (any-port VIPs).
     pub port: u16,
     pub family: u8,
     /// `Backend::*` flags.
     pub flags: u8,
-    pub _pad: u32,
+    /// The VIP this backend serves: lets a restarted daemon re-adopt ids from the pinned map.
+    pub vip_id: u32,
 }
 
 impl Backend {
-    pub const fn new(addr: Addr, port: u16, family: u8, flags: u8) -> Self {
+    pub const fn new(addr: Addr, port: u16, family: u8, flags: u8, vip_id: u32) -> Self {
         Backend {
             addr,
             port,
             family,
             flags,
-            _pad: 0,
+            vip_id,
         }
     }
 

@@ -96,7 +96,7 @@ fn stale_for_syn(f: &Flow) -> bool {
         Some(b) => {
             b.flags & Backend::ACTIVE == 0
                 || b.addr.v4_word_of() != f.backend_addr.v4_word_of()
-                || b.port != f.backend_port
+                || (b.port != 0 && b.port != f.backend_port)
         }
         None => true,
     }
@@ -165,7 +165,11 @@ fn create(key: &FlowKey, p: &Packet, vip: &VipMeta) -> Result<Target, Reason> {
         _ => return Err(Reason::DropNoBackend),
     };
     let (backend_word, backend_port) = match BACKENDS.get(backend_id) {
-        Some(b) if b.flags & Backend::ACTIVE != 0 => (b.addr.v4_word_of(), b.port),
+        // Port 0: an any-port VIP's backend takes the client's destination port.
+        Some(b) if b.flags & Backend::ACTIVE != 0 => (
+            b.addr.v4_word_of(),
+            if b.port == 0 { p.dst_port } else { b.port },
+        ),
         _ => return Err(Reason::DropNoBackend),
     };
     let Some(cfg) = CONFIG.get(0) else {

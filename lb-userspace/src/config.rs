@@ -275,7 +275,11 @@ pub struct Vip {
 pub enum ProbeKind {
     None,
     Tcp,
-    Http { path: String, headers: BTreeMap<String, String>, expect_status: u16 },
+    Http {
+        path: String,
+        headers: BTreeMap<String, String>,
+        expect_status: u16,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -346,7 +350,12 @@ pub struct ConfigErrors {
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} has {} error(s):", self.file.display(), self.errors.len())?;
+        write!(
+            f,
+            "{} has {} error(s):",
+            self.file.display(),
+            self.errors.len()
+        )?;
         for e in &self.errors {
             write!(f, "\n  {e}")?;
         }
@@ -366,12 +375,21 @@ impl Collector<'_> {
         if span.start == 0 && span.end == 0 {
             return None; // a default, not from the file
         }
-        Some(self.src[..span.start.min(self.src.len())].matches('\n').count() + 1)
+        Some(
+            self.src[..span.start.min(self.src.len())]
+                .matches('\n')
+                .count()
+                + 1,
+        )
     }
 
     fn err<T>(&mut self, path: impl Into<String>, at: &Spanned<T>, message: impl Into<String>) {
         let line = self.line_of(at.span());
-        self.errors.push(ConfigError { path: path.into(), line, message: message.into() });
+        self.errors.push(ConfigError {
+            path: path.into(),
+            line,
+            message: message.into(),
+        });
     }
 
     fn duration(&mut self, path: &str, v: &Spanned<String>) -> Duration {
@@ -382,7 +400,14 @@ impl Collector<'_> {
                 Duration::from_secs(1)
             }
             Err(e) => {
-                self.err(path, v, format!("{:?} is not a duration like \"500ms\", \"2s\", \"15m\": {e}", v.get_ref()));
+                self.err(
+                    path,
+                    v,
+                    format!(
+                        "{:?} is not a duration like \"500ms\", \"2s\", \"15m\": {e}",
+                        v.get_ref()
+                    ),
+                );
                 Duration::from_secs(1)
             }
         }
@@ -391,7 +416,11 @@ impl Collector<'_> {
     fn ranged(&mut self, path: &str, v: &Spanned<i64>, lo: i64, hi: i64, what: &str) -> i64 {
         let n = *v.get_ref();
         if n < lo || n > hi {
-            self.err(path, v, format!("{what} must be between {lo} and {hi}, got {n}"));
+            self.err(
+                path,
+                v,
+                format!("{what} must be between {lo} and {hi}, got {n}"),
+            );
             return lo;
         }
         n
@@ -418,9 +447,16 @@ impl Collector<'_> {
 pub fn load(file: &Path, check_interfaces: bool) -> Result<Config, ConfigErrors> {
     let src = std::fs::read_to_string(file).map_err(|e| ConfigErrors {
         file: file.to_path_buf(),
-        errors: vec![ConfigError { path: "(file)".into(), line: None, message: format!("cannot read: {e}") }],
+        errors: vec![ConfigError {
+            path: "(file)".into(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        }],
     })?;
-    parse(&src, check_interfaces).map_err(|errors| ConfigErrors { file: file.to_path_buf(), errors })
+    parse(&src, check_interfaces).map_err(|errors| ConfigErrors {
+        file: file.to_path_buf(),
+        errors,
+    })
 }
 
 /// Parses and validates TOML text.
@@ -430,41 +466,77 @@ pub fn parse(src: &str, check_interfaces: bool) -> Result<Config, Vec<ConfigErro
         let path = e.path().to_string();
         vec![toml_error(src, &path, e.inner())]
     })?;
-    let mut c = Collector { src, errors: Vec::new() };
+    let mut c = Collector {
+        src,
+        errors: Vec::new(),
+    };
     let cfg = validate(&mut c, raw, check_interfaces);
-    if c.errors.is_empty() { Ok(cfg) } else { Err(c.errors) }
+    if c.errors.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(c.errors)
+    }
 }
 
 fn toml_error(src: &str, path: &str, e: &toml::de::Error) -> ConfigError {
-    let line = e.span().map(|s| src[..s.start.min(src.len())].matches('\n').count() + 1);
-    let path = if path.is_empty() || path == "." { "(top level)".to_string() } else { path.to_string() };
-    ConfigError { path, line, message: e.message().trim().to_string() }
+    let line = e
+        .span()
+        .map(|s| src[..s.start.min(src.len())].matches('\n').count() + 1);
+    let path = if path.is_empty() || path == "." {
+        "(top level)".to_string()
+    } else {
+        path.to_string()
+    };
+    ConfigError {
+        path,
+        line,
+        message: e.message().trim().to_string(),
+    }
 }
 
 fn validate(c: &mut Collector, raw: RawConfig, check_interfaces: bool) -> Config {
     // [daemon]
     let d = &raw.daemon;
     if d.interfaces.get_ref().is_empty() {
-        c.err("daemon.interfaces", &d.interfaces, "at least one interface is needed");
+        c.err(
+            "daemon.interfaces",
+            &d.interfaces,
+            "at least one interface is needed",
+        );
     }
     if check_interfaces {
         for (i, name) in d.interfaces.get_ref().iter().enumerate() {
             if crate::netdev::ifindex(name).is_none() {
-                c.err(format!("daemon.interfaces[{i}]"), &d.interfaces, format!("interface {name:?} does not exist on this host"));
+                c.err(
+                    format!("daemon.interfaces[{i}]"),
+                    &d.interfaces,
+                    format!("interface {name:?} does not exist on this host"),
+                );
             }
         }
     }
     let xdp_mode = match d.xdp_mode.get_ref().parse::<AttachMode>() {
         Ok(m) => m,
         Err(_) => {
-            c.err("daemon.xdp_mode", &d.xdp_mode, format!("{:?} is not one of auto, driver, generic", d.xdp_mode.get_ref()));
+            c.err(
+                "daemon.xdp_mode",
+                &d.xdp_mode,
+                format!(
+                    "{:?} is not one of auto, driver, generic",
+                    d.xdp_mode.get_ref()
+                ),
+            );
             AttachMode::Auto
         }
     };
     let metrics_listen = match d.metrics_listen.get_ref().parse::<SocketAddr>() {
         Ok(a) => a,
         Err(_) => {
-            c.err("daemon.metrics_listen", &d.metrics_listen, format!("{:?} is not an address:port", d.metrics_listen.get_ref()));
+            c.err(
+                "daemon.metrics_listen",
+                &d.metrics_listen,
+                format!("{:?} is not an address:port", d.metrics_listen.get_ref()),
+            );
             SocketAddr::from(([127, 0, 0, 1], 9330))
         }
     };
@@ -480,11 +552,20 @@ fn validate(c: &mut Collector, raw: RawConfig, check_interfaces: bool) -> Config
 
     // [conntrack]
     let ct = &raw.conntrack;
-    let max_flows = c.ranged("conntrack.max_flows", &ct.max_flows, 1, u32::MAX as i64, "max_flows") as u32;
+    let max_flows = c.ranged(
+        "conntrack.max_flows",
+        &ct.max_flows,
+        1,
+        u32::MAX as i64,
+        "max_flows",
+    ) as u32;
     let ns = |d: Duration| d.as_nanos().min(u64::MAX as u128) as u64;
     let timeouts = Timeouts {
         syn_sent_ns: ns(c.duration("conntrack.tcp_syn_timeout", &ct.tcp_syn_timeout)),
-        established_ns: ns(c.duration("conntrack.tcp_established_timeout", &ct.tcp_established_timeout)),
+        established_ns: ns(c.duration(
+            "conntrack.tcp_established_timeout",
+            &ct.tcp_established_timeout,
+        )),
         closing_ns: ns(c.duration("conntrack.tcp_closing_timeout", &ct.tcp_closing_timeout)),
         closed_ns: ns(c.duration("conntrack.tcp_closed_timeout", &ct.tcp_closed_timeout)),
         udp_ns: ns(c.duration("conntrack.udp_timeout", &ct.udp_timeout)),
@@ -493,70 +574,134 @@ fn validate(c: &mut Collector, raw: RawConfig, check_interfaces: bool) -> Config
         "drop" => false,
         "pass" => true,
         other => {
-            c.err("conntrack.non_syn_policy", &ct.non_syn_policy, format!("{other:?} is not one of drop, pass"));
+            c.err(
+                "conntrack.non_syn_policy",
+                &ct.non_syn_policy,
+                format!("{other:?} is not one of drop, pass"),
+            );
             false
         }
     };
-    let conntrack = Conntrack { max_flows, timeouts, non_syn_pass };
+    let conntrack = Conntrack {
+        max_flows,
+        timeouts,
+        non_syn_pass,
+    };
 
     // [snat]
     let s = &raw.snat;
     if s.addresses.get_ref().is_empty() {
-        c.err("snat.addresses", &s.addresses, "at least one SNAT address is needed (replies from the backends come back to it)");
+        c.err(
+            "snat.addresses",
+            &s.addresses,
+            "at least one SNAT address is needed (replies from the backends come back to it)",
+        );
     }
     if s.addresses.get_ref().len() > lb_common::MAX_SNAT_ADDRS as usize {
-        c.err("snat.addresses", &s.addresses, format!("at most {} SNAT addresses are supported", lb_common::MAX_SNAT_ADDRS));
+        c.err(
+            "snat.addresses",
+            &s.addresses,
+            format!(
+                "at most {} SNAT addresses are supported",
+                lb_common::MAX_SNAT_ADDRS
+            ),
+        );
     }
     let mut addresses = Vec::new();
     for (i, a) in s.addresses.get_ref().iter().enumerate() {
         let ip = c.ipv4(&format!("snat.addresses[{i}]"), a, "SNAT address");
         if addresses.contains(&ip) {
-            c.err(format!("snat.addresses[{i}]"), a, format!("{ip} is listed twice"));
+            c.err(
+                format!("snat.addresses[{i}]"),
+                a,
+                format!("{ip} is listed twice"),
+            );
         }
         addresses.push(ip);
     }
     let port_min = c.ranged("snat.port_min", &s.port_min, 1, 65535, "port_min") as u16;
     let port_max = c.ranged("snat.port_max", &s.port_max, 1, 65535, "port_max") as u16;
     if port_min > port_max {
-        c.err("snat.port_max", &s.port_max, format!("port_max {port_max} is below port_min {port_min}"));
+        c.err(
+            "snat.port_max",
+            &s.port_max,
+            format!("port_max {port_max} is below port_min {port_min}"),
+        );
     }
-    let snat = Snat { addresses, port_min, port_max };
+    let snat = Snat {
+        addresses,
+        port_min,
+        port_max,
+    };
 
     // [[vip]]
     let mut vips = Vec::new();
     let mut names = HashSet::new();
     let mut tuples = HashSet::new();
     if raw.vip.len() > lb_common::MAX_VIPS as usize {
-        c.errors.push(ConfigError { path: "vip".into(), line: None, message: format!("at most {} VIPs are supported", lb_common::MAX_VIPS) });
+        c.errors.push(ConfigError {
+            path: "vip".into(),
+            line: None,
+            message: format!("at most {} VIPs are supported", lb_common::MAX_VIPS),
+        });
     }
     for (vi, v) in raw.vip.iter().enumerate() {
         let p = format!("vip[{vi}]");
         let name = v.name.get_ref().clone();
         if name.is_empty() || name.chars().any(|ch| ch.is_whitespace()) {
-            c.err(format!("{p}.name"), &v.name, "a VIP name must be non-empty without spaces");
+            c.err(
+                format!("{p}.name"),
+                &v.name,
+                "a VIP name must be non-empty without spaces",
+            );
         }
         if !names.insert(name.clone()) {
-            c.err(format!("{p}.name"), &v.name, format!("VIP name {name:?} is used twice"));
+            c.err(
+                format!("{p}.name"),
+                &v.name,
+                format!("VIP name {name:?} is used twice"),
+            );
         }
         let address = c.ipv4(&format!("{p}.address"), &v.address, "VIP address");
-        let port = c.ranged(&format!("{p}.port"), &v.port, 0, 65535, "port (0 = every port)") as u16;
+        let port = c.ranged(
+            &format!("{p}.port"),
+            &v.port,
+            0,
+            65535,
+            "port (0 = every port)",
+        ) as u16;
         let protocol = match v.protocol.get_ref().as_str() {
             "tcp" => Protocol::Tcp,
             "udp" => Protocol::Udp,
             other => {
-                c.err(format!("{p}.protocol"), &v.protocol, format!("{other:?} is not one of tcp, udp"));
+                c.err(
+                    format!("{p}.protocol"),
+                    &v.protocol,
+                    format!("{other:?} is not one of tcp, udp"),
+                );
                 Protocol::Tcp
             }
         };
         if !tuples.insert((address, port, protocol)) {
-            c.err(format!("{p}.address"), &v.address, format!("another VIP already serves {address}:{port}/{}", protocol.name()));
+            c.err(
+                format!("{p}.address"),
+                &v.address,
+                format!(
+                    "another VIP already serves {address}:{port}/{}",
+                    protocol.name()
+                ),
+            );
         }
         let health = match &v.health_check {
             None => HealthCheck::default(),
             Some(h) => health_check(c, &format!("{p}.health_check"), h),
         };
         if v.backend.is_empty() {
-            c.err(format!("{p}.backend"), &v.name, format!("VIP {name:?} has no backends ([[vip.backend]] entries)"));
+            c.err(
+                format!("{p}.backend"),
+                &v.name,
+                format!("VIP {name:?} has no backends ([[vip.backend]] entries)"),
+            );
         }
         let mut backends: Vec<BackendConfig> = Vec::new();
         for (bi, b) in v.backend.iter().enumerate() {
@@ -567,60 +712,133 @@ fn validate(c: &mut Collector, raw: RawConfig, check_interfaces: bool) -> Config
                 None => port,
             };
             if bport == 0 && port != 0 {
-                c.err(format!("{bp}.port"), &b.address, "port 0 (keep the client's port) only fits a VIP with port 0");
+                c.err(
+                    format!("{bp}.port"),
+                    &b.address,
+                    "port 0 (keep the client's port) only fits a VIP with port 0",
+                );
             }
             let w = *b.weight.get_ref();
             let weight = if w < 0 {
-                c.err(format!("{bp}.weight"), &b.weight, format!("weight must be 0 or more, got {w}"));
+                c.err(
+                    format!("{bp}.weight"),
+                    &b.weight,
+                    format!("weight must be 0 or more, got {w}"),
+                );
                 0
             } else if w > 1_000_000 {
-                c.err(format!("{bp}.weight"), &b.weight, format!("weight must be at most 1000000, got {w}"));
+                c.err(
+                    format!("{bp}.weight"),
+                    &b.weight,
+                    format!("weight must be at most 1000000, got {w}"),
+                );
                 0
             } else {
                 w as u32
             };
-            if backends.iter().any(|x| x.address == address && x.port == bport) {
-                c.err(format!("{bp}.address"), &b.address, format!("backend {address}:{bport} is listed twice"));
+            if backends
+                .iter()
+                .any(|x| x.address == address && x.port == bport)
+            {
+                c.err(
+                    format!("{bp}.address"),
+                    &b.address,
+                    format!("backend {address}:{bport} is listed twice"),
+                );
             }
-            backends.push(BackendConfig { address, port: bport, weight });
+            backends.push(BackendConfig {
+                address,
+                port: bport,
+                weight,
+            });
         }
         if !v.backend.is_empty() && v.backend.iter().all(|b| *b.weight.get_ref() == 0) {
-            c.err(format!("{p}.backend"), &v.name, format!("every backend of VIP {name:?} has weight 0: it could never take a connection"));
+            c.err(
+                format!("{p}.backend"),
+                &v.name,
+                format!(
+                    "every backend of VIP {name:?} has weight 0: it could never take a connection"
+                ),
+            );
         }
-        vips.push(Vip { name, address, port, protocol, health, backends });
+        vips.push(Vip {
+            name,
+            address,
+            port,
+            protocol,
+            health,
+            backends,
+        });
     }
-    Config { daemon, conntrack, snat, vips }
+    Config {
+        daemon,
+        conntrack,
+        snat,
+        vips,
+    }
 }
 
 fn health_check(c: &mut Collector, p: &str, h: &RawHealthCheck) -> HealthCheck {
     let interval = c.duration(&format!("{p}.interval"), &h.interval);
     let timeout = c.duration(&format!("{p}.timeout"), &h.timeout);
     if timeout >= interval {
-        c.err(format!("{p}.timeout"), &h.timeout, format!(
-            "timeout {} must be shorter than interval {}",
-            humantime::format_duration(timeout),
-            humantime::format_duration(interval)
-        ));
+        c.err(
+            format!("{p}.timeout"),
+            &h.timeout,
+            format!(
+                "timeout {} must be shorter than interval {}",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+        );
     }
     let rise = c.ranged(&format!("{p}.rise"), &h.rise, 1, 100, "rise") as u32;
     let fall = c.ranged(&format!("{p}.fall"), &h.fall, 1, 100, "fall") as u32;
-    let port = h.port.as_ref().map(|x| c.ranged(&format!("{p}.port"), x, 1, 65535, "port") as u16);
+    let port = h
+        .port
+        .as_ref()
+        .map(|x| c.ranged(&format!("{p}.port"), x, 1, 65535, "port") as u16);
     let kind = match h.kind.get_ref().as_str() {
         "none" => ProbeKind::None,
         "tcp" => ProbeKind::Tcp,
         "http" => {
-            let status = c.ranged(&format!("{p}.expect_status"), &h.expect_status, 100, 599, "expect_status") as u16;
+            let status = c.ranged(
+                &format!("{p}.expect_status"),
+                &h.expect_status,
+                100,
+                599,
+                "expect_status",
+            ) as u16;
             if !h.path.starts_with('/') {
-                c.errors.push(ConfigError { path: format!("{p}.path"), line: c.line_of(h.kind.span()), message: format!("{:?} must start with /", h.path) });
+                c.errors.push(ConfigError {
+                    path: format!("{p}.path"),
+                    line: c.line_of(h.kind.span()),
+                    message: format!("{:?} must start with /", h.path),
+                });
             }
-            ProbeKind::Http { path: h.path.clone(), headers: h.headers.clone(), expect_status: status }
+            ProbeKind::Http {
+                path: h.path.clone(),
+                headers: h.headers.clone(),
+                expect_status: status,
+            }
         }
         other => {
-            c.err(format!("{p}.kind"), &h.kind, format!("{other:?} is not one of tcp, http, none"));
+            c.err(
+                format!("{p}.kind"),
+                &h.kind,
+                format!("{other:?} is not one of tcp, http, none"),
+            );
             ProbeKind::None
         }
     };
-    HealthCheck { kind, port, interval, timeout, rise, fall }
+    HealthCheck {
+        kind,
+        port,
+        interval,
+        timeout,
+        rise,
+        fall,
+    }
 }
 
 #[cfg(test)]
@@ -673,9 +891,23 @@ weight = 50
         assert_eq!(c.conntrack.timeouts.established_ns, 15 * 60 * 1_000_000_000);
         let v = &c.vips[0];
         assert_eq!((v.port, v.protocol), (5100, Protocol::Tcp));
-        assert_eq!(v.backends[0], BackendConfig { address: "192.0.2.21".parse().unwrap(), port: 5100, weight: 100 });
+        assert_eq!(
+            v.backends[0],
+            BackendConfig {
+                address: "192.0.2.21".parse().unwrap(),
+                port: 5100,
+                weight: 100
+            }
+        );
         assert_eq!(v.backends[1].weight, 50);
-        let ProbeKind::Http { headers, expect_status, .. } = &v.health.kind else { panic!() };
+        let ProbeKind::Http {
+            headers,
+            expect_status,
+            ..
+        } = &v.health.kind
+        else {
+            panic!()
+        };
         assert_eq!((headers["token"].as_str(), *expect_status), ("secret", 200));
         assert_eq!(v.health.port, Some(5001));
     }
@@ -699,7 +931,9 @@ weight = 50
 
     #[test]
     fn duplicate_vip_tuple() {
-        let dup = format!("{GOOD}\n[[vip]]\nname = \"again\"\naddress = \"198.51.100.1\"\nport = 5100\n[[vip.backend]]\naddress = \"192.0.2.30\"\n");
+        let dup = format!(
+            "{GOOD}\n[[vip]]\nname = \"again\"\naddress = \"198.51.100.1\"\nport = 5100\n[[vip.backend]]\naddress = \"192.0.2.30\"\n"
+        );
         let e = one_error(&dup);
         assert_eq!(e.path, "vip[1].address");
         assert!(e.message.contains("198.51.100.1:5100/tcp"), "{e}");
@@ -740,14 +974,20 @@ weight = 50
 
     #[test]
     fn several_errors_are_reported_together() {
-        let src = GOOD.replace("weight = 50", "weight = -1").replace("timeout = \"500ms\"", "timeout = \"5s\"");
+        let src = GOOD
+            .replace("weight = 50", "weight = -1")
+            .replace("timeout = \"500ms\"", "timeout = \"5s\"");
         assert_eq!(errors(&src).len(), 2);
     }
 
     #[test]
     fn missing_interface_is_an_error_when_checked() {
         let e = parse(&GOOD.replace("eth0", "wklb-no-such-if0"), true).unwrap_err();
-        assert!(e.iter().any(|e| e.path == "daemon.interfaces[0]" && e.message.contains("does not exist")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|e| e.path == "daemon.interfaces[0]" && e.message.contains("does not exist")),
+            "{e:?}"
+        );
     }
 
     #[test]

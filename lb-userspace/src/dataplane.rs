@@ -10,7 +10,11 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use lb_common::{
     Addr, AddrClass, AddrKey, Backend, BackendStats, DataplaneConfig, FAMILY_IPV4, Flow, FlowKey,
@@ -47,41 +51,104 @@ impl std::str::FromStr for AttachMode {
 pub struct LoadOptions {
     /// Capacity of the connection table (FLOWS and REV_FLOWS each).
     pub max_flows: u32,
+    /// Pin every map under this directory, adopting maps already pinned there (a restarted or
+    /// upgraded daemon keeps every flow and counter). None: private maps (tests).
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             max_flows: lb_common::DEFAULT_MAX_FLOWS,
+            pin_dir: None,
         }
     }
 }
 
 pub struct Dataplane {
     ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+    /// The maps were already pinned: this load adopted a running data plane.
+    adopted: bool,
+}
+
+/// Pin file of the XDP link on `iface`.
+fn link_pin(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("link_{iface}"))
 }
 
 impl Dataplane {
-    /// Loads and verifies the program; maps are created fresh.
+    /// Loads and verifies the program, creating its maps or adopting pinned ones.
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         crate::privileges::require_root("loading the data plane")?;
         if opts.max_flows == 0 {
             bail!("max_flows must be at least 1");
         }
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(names::FLOWS, opts.max_flows)
-            .map_max_entries(names::REV_FLOWS, opts.max_flows)
-            .load(XDP_OBJECT)
-            .context("loading the XDP object into the kernel")?;
+            .map_max_entries(names::REV_FLOWS, opts.max_flows);
+        let mut adopted = false;
+        let pins: Vec<(&str, PathBuf)> = match &opts.pin_dir {
+            Some(dir) => {
+                crate::privileges::ensure_bpffs(dir)?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                adopted = dir.join(names::FLOWS).exists();
+                names::ALL.iter().map(|n| (*n, dir.join(n))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(XDP_OBJECT).with_context(|| match &opts.pin_dir {
+            Some(d) if adopted => format!(
+                "loading the XDP object with the maps pinned in {} (if they come from an incompatible wklb version, `wklb unload` removes them, which breaks live connections)",
+                d.display()
+            ),
+            _ => "loading the XDP object into the kernel".to_string(),
+        })?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROGRAM)
             .ok_or_else(|| anyhow!("program {PROGRAM} missing from the object"))?
             .try_into()?;
         prog.load()
             .context("the kernel verifier rejected the XDP program")?;
-        let mut dp = Dataplane { ebpf };
-        dp.set_config(&DataplaneConfig::default())?;
+        let mut dp = Dataplane {
+            ebpf,
+            pin_dir: opts.pin_dir.clone(),
+            adopted,
+        };
+        if adopted {
+            let have = dp.max_flows()?;
+            if have != opts.max_flows {
+                log::warn!(
+                    "the pinned connection table holds {have} flows, not the configured {}: resizing needs `wklb unload` (which breaks live connections)",
+                    opts.max_flows
+                );
+            }
+        } else {
+            dp.set_config(&DataplaneConfig::default())?;
+        }
         Ok(dp)
+    }
+
+    /// Whether this load adopted already-pinned maps.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Capacity of the connection table.
+    pub fn max_flows(&self) -> Result<u32> {
+        let m = self
+            .ebpf
+            .map(names::FLOWS)
+            .ok_or_else(|| anyhow!("map FLOWS missing"))?;
+        let aya::maps::Map::HashMap(data) = m else {
+            bail!("FLOWS is not a hash map")
+        };
+        Ok(data.info()?.max_entries())
     }
 
     pub fn program(&mut self) -> Result<&mut Xdp> {
@@ -122,8 +189,13 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("this kernel does not report verified instruction counts"))
     }
 
-    /// Attaches to `iface`; returns the mode that worked.
+    /// Attaches to `iface` (the link lives as long as this object); returns the mode that
+    /// worked. `Auto` tries native XDP, then generic.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpMode> {
+        self.attach_link(iface, mode).map(|(_, m)| m)
+    }
+
+    fn attach_link(&mut self, iface: &str, mode: AttachMode) -> Result<(XdpLinkId, XdpMode)> {
         let prog = self.program()?;
         let tries: &[XdpMode] = match mode {
             AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
@@ -133,7 +205,7 @@ impl Dataplane {
         let mut last = None;
         for m in tries {
             match prog.attach(iface, *m) {
-                Ok(_) => return Ok(*m),
+                Ok(id) => return Ok((id, *m)),
                 Err(e) => last = Some(e),
             }
         }
@@ -141,20 +213,91 @@ impl Dataplane {
             .with_context(|| format!("attaching XDP to interface {iface:?} ({mode:?} mode)"))
     }
 
-    /// Pins every map under `dir` (created if missing), so they outlive this process.
-    pub fn pin_maps(&mut self, dir: &Path) -> Result<()> {
-        crate::privileges::ensure_bpffs(dir)?;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        for name in names::ALL {
-            let path = dir.join(name);
-            let map = self
-                .ebpf
-                .map(name)
-                .ok_or_else(|| anyhow!("map {name} missing"))?;
-            map.pin(&path)
-                .with_context(|| format!("pinning {name} at {}", path.display()))?;
+    /// Attaches to `iface` through a pinned link, so the program stays attached when this
+    /// process exits. A link pinned by an earlier daemon is re-pointed at this program in one
+    /// atomic update: no packet goes unprocessed during a restart or an upgrade.
+    pub fn attach_pinned(&mut self, iface: &str, mode: AttachMode) -> Result<String> {
+        let dir = self
+            .pin_dir
+            .clone()
+            .ok_or_else(|| anyhow!("attaching with a pinned link needs a pin directory"))?;
+        let pin = link_pin(&dir, iface);
+        if pin.exists() {
+            let pinned =
+                PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+            let link = XdpLink::try_from(FdLink::from(pinned))
+                .with_context(|| format!("{} is not an XDP link", pin.display()))?;
+            let prog = self.program()?;
+            let id = prog
+                .attach_to_link(link)
+                .with_context(|| format!("replacing the program on {iface}"))?;
+            // The pin keeps the link attached; our handle can go.
+            drop(prog.take_link(id)?);
+            return Ok("existing link adopted, program replaced in place".into());
         }
-        Ok(())
+        let (id, mode_used) = self.attach_link(iface, mode)?;
+        let link = self.program()?.take_link(id)?;
+        let fd_link = FdLink::try_from(link)
+            .with_context(|| format!("XDP on {iface} is not a bpf_link; cannot pin it"))?;
+        fd_link
+            .pin(&pin)
+            .with_context(|| format!("pinning the XDP link of {iface} at {}", pin.display()))?;
+        Ok(format!("attached in {} mode", mode_name(mode_used)))
+    }
+
+    /// Detaches the pinned link of `iface` (removing its pin).
+    pub fn detach_pinned(dir: &Path, iface: &str) -> Result<bool> {
+        let pin = link_pin(dir, iface);
+        if !pin.exists() {
+            return Ok(false);
+        }
+        std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+        Ok(true)
+    }
+
+    /// Interfaces with a pinned link under `dir`.
+    pub fn pinned_interfaces(dir: &Path) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("link_"))
+                    .map(str::to_string)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Detaches every pinned link and removes every pinned map under `dir`, then `dir` itself.
+    /// Returns what was removed.
+    pub fn unload_pinned(dir: &Path) -> Result<Vec<String>> {
+        crate::privileges::require_root("unloading the data plane")?;
+        let mut removed = Vec::new();
+        for iface in Self::pinned_interfaces(dir) {
+            Self::detach_pinned(dir, &iface)?;
+            removed.push(format!("detached XDP from {iface}"));
+        }
+        for name in names::ALL {
+            let p = dir.join(name);
+            if p.exists() {
+                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+                removed.push(format!("removed map {name}"));
+            }
+        }
+        if dir.exists() {
+            std::fs::remove_dir(dir).with_context(|| {
+                format!(
+                    "removing {} (something else is pinned there?)",
+                    dir.display()
+                )
+            })?;
+        }
+        Ok(removed)
     }
 
     fn map<'a, T>(&'a self, name: &str) -> Result<T>
@@ -240,6 +383,35 @@ impl Dataplane {
             class |= any_port_flag(proto);
         }
         self.update_addr_class(ip, class, 0)
+    }
+
+    /// Removes a VIP entry (its address class bits are the controller's to update).
+    pub fn remove_vip(&mut self, ip: Ipv4Addr, port: u16, proto: u8) -> Result<()> {
+        let mut m: HashMap<&mut MapData, VipKey, VipMeta> = self.map_mut(names::VIPS)?;
+        let _ = m.remove(&vip_key(ip, port, proto));
+        Ok(())
+    }
+
+    /// Every VIP entry.
+    pub fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>> {
+        let m: HashMap<&MapData, VipKey, VipMeta> = self.map(names::VIPS)?;
+        Ok(m.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    /// Every backend slot that was ever written (non-zero).
+    pub fn backends(&self) -> Result<Vec<(u32, Backend)>> {
+        let a: Array<&MapData, Backend> = self.map(names::BACKENDS)?;
+        Ok(a.iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.ok().map(|b| (i as u32, b)))
+            .filter(|(_, b)| *b != Backend::default())
+            .collect())
+    }
+
+    /// One forward flow entry.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
+        let m: HashMap<&MapData, FlowKey, Flow> = self.map(names::FLOWS)?;
+        Ok(m.get(key, 0).ok())
     }
 
     pub fn vip_meta(&self, ip: Ipv4Addr, port: u16, proto: u8) -> Result<Option<VipMeta>> {
@@ -356,6 +528,15 @@ impl Dataplane {
     /// Pin directory default, for callers that do not configure one.
     pub fn default_pin_dir() -> PathBuf {
         PathBuf::from("/sys/fs/bpf/wklb")
+    }
+}
+
+const fn mode_name(m: XdpMode) -> &'static str {
+    match m {
+        XdpMode::Driver => "driver",
+        XdpMode::Skb => "generic",
+        XdpMode::Hardware => "hardware",
+        XdpMode::Default => "default",
     }
 }
 

@@ -75,7 +75,10 @@ impl Fixture {
         }
         enable_forwarding()?;
 
-        let mut dp = Dataplane::load(&LoadOptions { max_flows })?;
+        let mut dp = Dataplane::load(&LoadOptions {
+            max_flows,
+            pin_dir: None,
+        })?;
         dp.set_snat_addrs(&[SNAT])?;
         dp.set_vip(
             VIP,
@@ -114,7 +117,18 @@ impl Fixture {
 
     pub fn set_backend(&mut self, id: u32, addr: Ipv4Addr, port: u16, active: bool) -> Result<()> {
         let flags = if active { Backend::ACTIVE } else { 0 };
-        let b = Backend::new(lb_common::Addr::v4(addr.octets()), port, FAMILY_IPV4, flags);
+        let vip_id = if id < UDP_BACKEND_BASE {
+            TCP_VIP_ID
+        } else {
+            UDP_VIP_ID
+        };
+        let b = Backend::new(
+            lb_common::Addr::v4(addr.octets()),
+            port,
+            FAMILY_IPV4,
+            flags,
+            vip_id,
+        );
         self.dp.set_backend(id, &b)
     }
 

@@ -62,10 +62,19 @@ fn run(task: Task) -> Result<()> {
             }
             setup::ensure()?;
             cmd::step("building the benchmark (release)");
-            cmd::cargo(&["build", "--release", "-p", "wklb-tests", "--bin", "wklb-bench"])?;
+            cmd::cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "wklb-tests",
+                "--bin",
+                "wklb-bench",
+            ])?;
             cmd::step("running the data-path benchmark");
             let bin = cmd::workspace_root().join("target/release/wklb-bench");
-            let bin = bin.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
+            let bin = bin
+                .to_str()
+                .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
             cmd::run(bin, if quick { &["--quick"] } else { &[] })
         }
     }

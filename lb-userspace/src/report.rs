@@ -1,0 +1,78 @@
+//! What the daemon reports over the control socket: serialisable, shared by daemon and CLI.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct BackendReport {
+    pub vip: String,
+    pub address: String,
+    pub port: u16,
+    /// Current weight (0 = drained); `configured_weight` is what the config file says.
+    pub weight: u32,
+    pub configured_weight: u32,
+    pub healthy: bool,
+    /// In the VIP's live Maglev table.
+    pub in_table: bool,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub new_flows: u64,
+    pub active_flows: u64,
+    /// Round-trip time of the last health probe.
+    pub probe_rtt_ms: Option<f64>,
+    pub last_probe_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct VipReport {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub protocol: String,
+    /// Every eligible backend is down, so all of them are kept in the table.
+    pub fail_open: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub no_backend_drops: u64,
+    pub backends_total: usize,
+    pub backends_in_table: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StatsReport {
+    pub vips: Vec<VipReport>,
+    pub backends: Vec<BackendReport>,
+    /// Every verdict reason of the data path → packets.
+    pub reasons: BTreeMap<String, u64>,
+    pub flows: u64,
+    pub max_flows: u32,
+    pub expired_flows_total: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConnReport {
+    pub vip: String,
+    pub protocol: String,
+    pub client: String,
+    pub backend: String,
+    pub snat: String,
+    pub state: String,
+    pub age_secs: f64,
+    pub idle_secs: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LookupReport {
+    pub vip: String,
+    pub client: String,
+    pub flow_hash: u32,
+    pub slot: u32,
+    /// "address:port" of the backend a new flow gets, None when the table is empty.
+    pub backend: Option<String>,
+    /// An existing flow for this tuple, which wins over the table.
+    pub existing_flow_backend: Option<String>,
+}
