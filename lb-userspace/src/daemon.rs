@@ -93,8 +93,17 @@ impl Shared {
     }
 }
 
-/// An exclusive lock on a file, held while the daemon runs.
-struct LockFile(#[allow(dead_code)] std::fs::File);
+/// An exclusive lock on a file, held while the daemon runs and removed when it ends.
+struct LockFile {
+    _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
 
 fn lock_file(path: &Path, what: &str) -> Result<LockFile> {
     if let Some(dir) = path.parent() {
@@ -113,7 +122,7 @@ fn lock_file(path: &Path, what: &str) -> Result<LockFile> {
             path.display()
         );
     }
-    Ok(LockFile(f))
+    Ok(LockFile { _file: f, path: path.to_path_buf() })
 }
 
 /// Lock file of a pin directory: one daemon per pin path.

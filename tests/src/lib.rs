@@ -4,3 +4,4 @@ pub mod fixture;
 pub mod netns;
 pub mod packets;
 pub mod root;
+pub mod topology;

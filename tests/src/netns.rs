@@ -71,3 +71,32 @@ pub fn mac_of(name: &str) -> Result<[u8; 6]> {
 pub fn enable_forwarding() -> Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling ip_forward")
 }
+
+/// Runs `f` on a thread that has joined the named namespace (/run/netns/NAME); sockets it
+/// creates live there.
+pub fn in_named_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("opening netns {ns}"))?;
+    let h = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: setns only affects this thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            panic!("setns: {}", std::io::Error::last_os_error());
+        }
+        f()
+    });
+    h.join().map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))
+}
+
+/// HTTP GET of `path` from `addr` inside namespace `ns`; returns the body.
+pub fn http_get_in(ns: &str, addr: std::net::SocketAddr, path: &str) -> Result<String> {
+    let path = path.to_string();
+    in_named_netns(ns, move || -> Result<String> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })?
+}

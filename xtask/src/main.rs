@@ -48,7 +48,9 @@ fn run(task: Task) -> Result<()> {
                     "xtask: not root: privileged tests (XDP load, network namespaces) will be skipped; run `sudo cargo xtask test` to include them"
                 );
             }
-            cmd::step("running every test (host unit tests and privileged XDP fixtures)");
+            cmd::step("building wklb and the test binaries (backends, client driver)");
+            cmd::cargo(&["build", "-p", "lb-userspace", "-p", "wklb-tests", "--bins"])?;
+            cmd::step("running every test (host unit tests, XDP fixtures, namespace end-to-end)");
             let mut a: Vec<&str> = vec!["test", "--workspace", "--exclude", "lb-ebpf"];
             if !args.is_empty() {
                 a.push("--");

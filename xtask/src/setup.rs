@@ -7,7 +7,8 @@ use anyhow::{Context as _, Result, bail};
 use crate::cmd::{output, run, step};
 
 /// Debian packages the tests and tasks use.
-const PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping"];
+/// Debian packages the tests, demo and benchmarks use (nginx serves backends' /health).
+const PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping", "nginx"];
 
 /// The bpf-linker release that matches our aya versions (see docs/toolchain notes in README).
 const BPF_LINKER_VERSION: &str = "0.13.0";

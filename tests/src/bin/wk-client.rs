@@ -1,0 +1,258 @@
+//! Client driver for end-to-end scenarios: many long-lived TCP connections that ping like
+//! WuKongIM clients, or UDP request/response from many source ports. Prints one JSON report.
+//! Every run is bounded by --duration (TCP) or --requests (UDP) plus timeouts.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{TcpStream, UdpSocket},
+    sync::Semaphore,
+};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Long-lived TCP connections, each pinging at an interval.
+    Tcp {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        conns: usize,
+        /// 0: connect, read the greeting, hold without pinging.
+        #[arg(long, default_value_t = 1000)]
+        ping_interval_ms: u64,
+        /// How long every connection stays open after all are connected.
+        #[arg(long, default_value_t = 10)]
+        duration_s: u64,
+        /// Connections opened at once.
+        #[arg(long, default_value_t = 200)]
+        parallel: usize,
+        /// A PONG later than this is lost.
+        #[arg(long, default_value_t = 3000)]
+        pong_timeout_ms: u64,
+    },
+    /// UDP requests from distinct source ports; each expects the backend's name.
+    Udp {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        requests: usize,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+}
+
+#[derive(Serialize, Default)]
+struct TcpReport {
+    attempted: usize,
+    connected: usize,
+    connect_failures: usize,
+    /// Connections per backend name (from the greeting).
+    per_backend: BTreeMap<String, usize>,
+    /// Connections that ended early (reset, EOF, error, lost pong), per backend.
+    broken_per_backend: BTreeMap<String, usize>,
+    broken: usize,
+    pongs: u64,
+    lost_pongs: u64,
+    connect_ms_p50: f64,
+    connect_ms_p99: f64,
+    rtt_ms_p50: f64,
+    rtt_ms_p99: f64,
+    bytes_sent: u64,
+    bytes_received: u64,
+}
+
+#[derive(Serialize, Default)]
+struct UdpReport {
+    requests: usize,
+    answered: usize,
+    lost: usize,
+    per_backend: BTreeMap<String, usize>,
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+struct Conn {
+    name: String,
+    connect_ms: f64,
+}
+
+enum Outcome {
+    Done { rtts: Vec<f64> },
+    Broken { name: String, rtts: Vec<f64>, lost: u64 },
+}
+
+async fn run_tcp(target: SocketAddr, conns: usize, ping_ms: u64, duration: Duration, parallel: usize, pong_timeout: Duration) -> TcpReport {
+    let sem = Arc::new(Semaphore::new(parallel.max(1)));
+    let sent = Arc::new(AtomicU64::new(0));
+    let recv = Arc::new(AtomicU64::new(0));
+    // Phase 1: connect everything (bounded parallelism), read greetings.
+    let mut handles = Vec::new();
+    for _ in 0..conns {
+        let sem = sem.clone();
+        let recv = recv.clone();
+        handles.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await.ok()?;
+            let t0 = Instant::now();
+            let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target)).await.ok()?.ok()?;
+            s.set_nodelay(true).ok()?;
+            let mut r = BufReader::new(s);
+            let mut name = String::new();
+            tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut name)).await.ok()?.ok()?;
+            if name.is_empty() {
+                return None;
+            }
+            recv.fetch_add(name.len() as u64, Relaxed);
+            let connect_ms = t0.elapsed().as_secs_f64() * 1000.0;
+            Some((Conn { name: name.trim().to_string(), connect_ms }, r))
+        }));
+    }
+    let mut report = TcpReport { attempted: conns, ..Default::default() };
+    let mut live = Vec::new();
+    let mut connect_ms = Vec::new();
+    for h in handles {
+        match h.await.ok().flatten() {
+            Some((c, r)) => {
+                *report.per_backend.entry(c.name.clone()).or_default() += 1;
+                connect_ms.push(c.connect_ms);
+                live.push((c, r));
+            }
+            None => report.connect_failures += 1,
+        }
+    }
+    report.connected = live.len();
+    eprintln!("wk-client: {} of {conns} connected; holding for {}s", live.len(), duration.as_secs());
+    // Phase 2: every connection pings until the deadline.
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for (i, (c, mut r)) in live.into_iter().enumerate() {
+        let sent = sent.clone();
+        let recv = recv.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rtts = Vec::new();
+            if ping_ms > 0 {
+                // Spread pings over the interval.
+                tokio::time::sleep(Duration::from_millis((i as u64 * 37) % ping_ms)).await;
+            }
+            let mut lost = 0;
+            loop {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Outcome::Done { rtts };
+                }
+                if ping_ms == 0 {
+                    // Hold: any byte or EOF before the deadline means the connection broke.
+                    let mut b = [0u8; 1];
+                    return match tokio::time::timeout_at(deadline, r.read(&mut b)).await {
+                        Err(_) => Outcome::Done { rtts },
+                        Ok(_) => Outcome::Broken { name: c.name, rtts, lost },
+                    };
+                }
+                let t0 = Instant::now();
+                if r.get_mut().write_all(&[0x70]).await.is_err() {
+                    return Outcome::Broken { name: c.name, rtts, lost };
+                }
+                sent.fetch_add(1, Relaxed);
+                let mut b = [0u8; 1];
+                match tokio::time::timeout(pong_timeout, r.read(&mut b)).await {
+                    Ok(Ok(1)) if b[0] == 0x80 => {
+                        recv.fetch_add(1, Relaxed);
+                        rtts.push(t0.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    Err(_) => {
+                        lost += 1;
+                        return Outcome::Broken { name: c.name, rtts, lost };
+                    }
+                    _ => return Outcome::Broken { name: c.name, rtts, lost },
+                }
+                let next = now + Duration::from_millis(ping_ms);
+                tokio::time::sleep_until(next.min(deadline)).await;
+            }
+        }));
+    }
+    let mut all_rtts = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(Outcome::Done { rtts, .. }) => {
+                report.pongs += rtts.len() as u64;
+                all_rtts.extend(rtts);
+            }
+            Ok(Outcome::Broken { name, rtts, lost }) => {
+                report.pongs += rtts.len() as u64;
+                report.lost_pongs += lost;
+                all_rtts.extend(rtts);
+                report.broken += 1;
+                *report.broken_per_backend.entry(name).or_default() += 1;
+            }
+            Err(_) => report.broken += 1,
+        }
+    }
+    report.connect_ms_p50 = pct(&mut connect_ms, 0.5);
+    report.connect_ms_p99 = pct(&mut connect_ms, 0.99);
+    report.rtt_ms_p50 = pct(&mut all_rtts, 0.5);
+    report.rtt_ms_p99 = pct(&mut all_rtts, 0.99);
+    report.bytes_sent = sent.load(Relaxed);
+    report.bytes_received = recv.load(Relaxed);
+    report
+}
+
+async fn run_udp(target: SocketAddr, requests: usize, timeout: Duration) -> UdpReport {
+    let mut report = UdpReport { requests, ..Default::default() };
+    let mut tasks = Vec::new();
+    for i in 0..requests {
+        tasks.push(tokio::spawn(async move {
+            let s = UdpSocket::bind("0.0.0.0:0").await.ok()?;
+            s.connect(target).await.ok()?;
+            s.send(format!("req {i}").as_bytes()).await.ok()?;
+            let mut buf = [0u8; 512];
+            let n = tokio::time::timeout(timeout, s.recv(&mut buf)).await.ok()?.ok()?;
+            Some(String::from_utf8_lossy(&buf[..n]).to_string())
+        }));
+    }
+    for t in tasks {
+        match t.await.ok().flatten() {
+            Some(name) => {
+                report.answered += 1;
+                *report.per_backend.entry(name).or_default() += 1;
+            }
+            None => report.lost += 1,
+        }
+    }
+    report
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let json = match cli.mode {
+        Mode::Tcp { target, conns, ping_interval_ms, duration_s, parallel, pong_timeout_ms } => serde_json::to_string(
+            &run_tcp(target, conns, ping_interval_ms, Duration::from_secs(duration_s), parallel, Duration::from_millis(pong_timeout_ms)).await,
+        ),
+        Mode::Udp { target, requests, timeout_ms } => {
+            serde_json::to_string(&run_udp(target, requests, Duration::from_millis(timeout_ms)).await)
+        }
+    };
+    println!("{}", json.expect("report serialises"));
+}

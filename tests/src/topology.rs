@@ -1,0 +1,438 @@
+//! Network-namespace topology for end-to-end tests, the demo and benchmarks:
+//!
+//! ```text
+//!  [client ns] c0 10.1.0.2 ──── e0 10.1.0.1 [edge ns: wklb daemon, XDP on e0 and e1]
+//!                                 e1 10.2.0.1 (+ SNAT 10.2.0.100) ──── [switch ns: bridge]
+//!                                                       ├── [b1 ns] 10.2.0.11  wk-backend :5100/udp 5300, nginx :5001
+//!                                                       ├── [b2 ns] 10.2.0.12  ...
+//!                                                       └── ...
+//!  VIP 10.100.0.1 (tcp 5100, udp 5300) routed by the client to the edge
+//! ```
+//!
+//! Names are unique per run; everything (processes we started, namespaces, pinned objects) is
+//! removed on drop, also when a test panics.
+
+use std::{
+    fs::File,
+    net::Ipv4Addr,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::netns::run;
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
+pub const EDGE_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+pub const EDGE_BACKEND_SIDE: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 1);
+pub const SNAT: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 100);
+pub const TCP_PORT: u16 = 5100;
+pub const UDP_PORT: u16 = 5300;
+pub const HEALTH_PORT: u16 = 5001;
+
+pub fn backend_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 2, 0, 11 + i as u8)
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A binary of the workspace next to the running test executable (target/<profile>/NAME).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!("WKLB_BIN_{}", name.to_uppercase().replace('-', "_"))) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (`cargo build -p lb-userspace -p wklb-tests --bins`; `cargo xtask test` does)",
+        p.display()
+    );
+    p
+}
+
+/// A process started in a namespace, stopped (by its PID) on drop.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; returns once it has exited.
+    pub fn stop(&mut self, grace: Duration) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // SAFETY: signalling a child we started, by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < grace {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(3));
+    }
+}
+
+/// `cmd` with its network namespace switched to `ns` (only the network namespace: the mount
+/// namespace and so /sys/fs/bpf stay the host's, unlike `ip netns exec`).
+pub fn command_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+    let f = File::open(format!("/run/netns/{ns}")).with_context(|| format!("opening netns {ns}"))?;
+    let mut cmd = Command::new(program);
+    // SAFETY: setns is async-signal-safe. The closure owns the file, so the descriptor stays
+    // open as long as the Command (it is close-on-exec, so the child does not keep it).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+pub struct Topology {
+    pub id: String,
+    pub client_ns: String,
+    pub edge_ns: String,
+    pub switch_ns: String,
+    pub backend_ns: Vec<String>,
+    pub dir: tempfile::TempDir,
+    pub pin_path: PathBuf,
+    pub socket: PathBuf,
+    pub backends: Vec<Option<Proc>>,
+    pub health: Vec<Option<Proc>>,
+    pub daemon: Option<Proc>,
+    created: Vec<String>,
+}
+
+impl Topology {
+    /// Builds the namespaces and links for `n` backends (more can be added later with
+    /// `add_backend_host`). Backends are not started yet.
+    pub fn new(n: usize) -> Result<Self> {
+        let id = format!("wk{}x{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed));
+        let dir = tempfile::Builder::new().prefix(&format!("{id}-")).tempdir()?;
+        let mut t = Topology {
+            client_ns: format!("{id}-cli"),
+            edge_ns: format!("{id}-edge"),
+            switch_ns: format!("{id}-sw"),
+            backend_ns: Vec::new(),
+            pin_path: PathBuf::from(format!("/sys/fs/bpf/{id}")),
+            socket: dir.path().join("wklb.sock"),
+            dir,
+            backends: Vec::new(),
+            health: Vec::new(),
+            daemon: None,
+            created: Vec::new(),
+            id,
+        };
+        t.build()?;
+        for _ in 0..n {
+            t.add_backend_host()?;
+        }
+        Ok(t)
+    }
+
+    fn ns_add(&mut self, ns: &str) -> Result<()> {
+        run("ip", &["netns", "add", ns])?;
+        self.created.push(ns.to_string());
+        run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// Short interface names (15 chars max): id + suffix.
+    fn ifname(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.id)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        for ns in [self.client_ns.clone(), self.edge_ns.clone(), self.switch_ns.clone()] {
+            self.ns_add(&ns)?;
+        }
+        let (c0, e0, e1, s0) = (self.ifname("c0"), self.ifname("e0"), self.ifname("e1"), self.ifname("s0"));
+        let (cli, edge, sw) = (self.client_ns.clone(), self.edge_ns.clone(), self.switch_ns.clone());
+        ip(&["link", "add", &c0, "netns", &cli, "type", "veth", "peer", "name", &e0, "netns", &edge])?;
+        ip(&["link", "add", &e1, "netns", &edge, "type", "veth", "peer", "name", &s0, "netns", &sw])?;
+        ipn(&cli, &["addr", "add", "10.1.0.2/24", "dev", &c0])?;
+        ipn(&cli, &["link", "set", &c0, "up"])?;
+        ipn(&cli, &["route", "add", "default", "via", "10.1.0.1"])?;
+        ipn(&edge, &["addr", "add", "10.1.0.1/24", "dev", &e0])?;
+        ipn(&edge, &["addr", "add", "10.2.0.1/24", "dev", &e1])?;
+        ipn(&edge, &["addr", "add", &format!("{SNAT}/32"), "dev", &e1])?;
+        ipn(&edge, &["link", "set", &e0, "up"])?;
+        ipn(&edge, &["link", "set", &e1, "up"])?;
+        ipn(&sw, &["link", "add", "br0", "type", "bridge"])?;
+        ipn(&sw, &["link", "set", "br0", "up"])?;
+        ipn(&sw, &["link", "set", &s0, "master", "br0", "up"])?;
+        run("ip", &["netns", "exec", &edge, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        // Locally generated packets on veth carry partial checksums that XDP rewrites would
+        // break: the senders compute full checksums. Frames redirected into a veth need NAPI
+        // (GRO) on the receiving side.
+        ethtool(&cli, &c0, &["tx", "off"])?;
+        ethtool(&cli, &c0, &["gro", "on"])?;
+        ethtool(&sw, &s0, &["gro", "on"])?;
+        ethtool(&edge, &e0, &["tx", "off"])?;
+        ethtool(&edge, &e1, &["tx", "off"])?;
+        Ok(())
+    }
+
+    /// Adds a backend host (namespace, link to the switch, address); returns its index.
+    pub fn add_backend_host(&mut self) -> Result<usize> {
+        let i = self.backend_ns.len();
+        let ns = format!("{}-b{}", self.id, i + 1);
+        self.ns_add(&ns)?;
+        let (b, s) = (self.ifname(&format!("b{}", i + 1)), self.ifname(&format!("p{}", i + 1)));
+        let sw = self.switch_ns.clone();
+        ip(&["link", "add", &b, "netns", &ns, "type", "veth", "peer", "name", &s, "netns", &sw])?;
+        ipn(&ns, &["addr", "add", &format!("{}/24", backend_addr(i)), "dev", &b])?;
+        ipn(&ns, &["link", "set", &b, "up"])?;
+        ipn(&ns, &["route", "add", "default", "via", "10.2.0.1"])?;
+        ipn(&sw, &["link", "set", &s, "master", "br0", "up"])?;
+        ethtool(&ns, &b, &["tx", "off"])?;
+        self.backend_ns.push(ns);
+        self.backends.push(None);
+        self.health.push(None);
+        Ok(i)
+    }
+
+    /// Starts backend `i`'s test server (TCP 5100, UDP 5300) named "b{i+1}".
+    pub fn start_backend(&mut self, i: usize) -> Result<()> {
+        let mut cmd = command_in(&self.backend_ns[i], workspace_bin("wk-backend"))?;
+        cmd.args(["--name", &format!("b{}", i + 1), "--listen", "0.0.0.0:5100", "--udp", "0.0.0.0:5300"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let child = cmd.spawn().context("starting wk-backend")?;
+        self.backends[i] = Some(Proc { name: format!("b{}", i + 1), child });
+        wait_port(&self.backend_ns[i], backend_addr(i), TCP_PORT)?;
+        Ok(())
+    }
+
+    /// Starts nginx answering `GET /health` with 200 on port 5001 of backend `i`.
+    pub fn start_health(&mut self, i: usize) -> Result<()> {
+        let prefix = self.dir.path().join(format!("nginx-b{}", i + 1));
+        std::fs::create_dir_all(prefix.join("logs"))?;
+        let conf = prefix.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {p};\n  proxy_temp_path {p};\n  fastcgi_temp_path {p};\n  uwsgi_temp_path {p};\n  scgi_temp_path {p};\n\
+                 server {{ listen {addr}:{HEALTH_PORT}; location = /health {{ default_type application/json; return 200 '{{\"status\":\"ok\"}}'; }} location / {{ return 404; }} }}\n}}\n",
+                p = prefix.display(),
+                addr = backend_addr(i),
+            ),
+        )?;
+        let mut cmd = command_in(&self.backend_ns[i], "nginx")?;
+        cmd.args(["-c", &conf.to_string_lossy(), "-p", &prefix.to_string_lossy()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().context("starting nginx (apt-get install nginx)")?;
+        self.health[i] = Some(Proc { name: format!("nginx-b{}", i + 1), child });
+        wait_port(&self.backend_ns[i], backend_addr(i), HEALTH_PORT)?;
+        Ok(())
+    }
+
+    pub fn stop_backend(&mut self, i: usize) {
+        if let Some(mut p) = self.backends[i].take() {
+            p.kill();
+        }
+    }
+
+    pub fn stop_health(&mut self, i: usize) {
+        if let Some(mut p) = self.health[i].take() {
+            p.stop(Duration::from_secs(3));
+        }
+    }
+
+    /// A config for this topology: one TCP VIP (5100) and one UDP VIP (5300) over the given
+    /// backends (index, weight), HTTP health checks on 5001.
+    pub fn config(&self, backends: &[(usize, u32)], extra: &str) -> String {
+        let mut s = format!(
+            "[daemon]\ninterfaces = [\"{e0}\", \"{e1}\"]\nxdp_mode = \"auto\"\npin_path = \"{pin}\"\ncontrol_socket = \"{sock}\"\nmetrics_listen = \"127.0.0.1:9330\"\ngc_interval = \"1s\"\n\n\
+             [conntrack]\nmax_flows = 65536\n\n[snat]\naddresses = [\"{SNAT}\"]\n{extra}\n",
+            e0 = self.ifname("e0"),
+            e1 = self.ifname("e1"),
+            pin = self.pin_path.display(),
+            sock = self.socket.display(),
+        );
+        for (name, port, proto) in [("im-tcp", TCP_PORT, "tcp"), ("im-udp", UDP_PORT, "udp")] {
+            s.push_str(&format!(
+                "[[vip]]\nname = \"{name}\"\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{proto}\"\n\n\
+                 [vip.health_check]\nkind = \"http\"\nport = {HEALTH_PORT}\npath = \"/health\"\ninterval = \"500ms\"\ntimeout = \"300ms\"\nrise = 2\nfall = 2\n\n"
+            ));
+            for (i, w) in backends {
+                s.push_str(&format!("[[vip.backend]]\naddress = \"{}\"\nweight = {w}\n\n", backend_addr(*i)));
+            }
+        }
+        s
+    }
+
+    pub fn write_config(&self, text: &str) -> Result<PathBuf> {
+        let p = self.dir.path().join("wklb.toml");
+        std::fs::write(&p, text)?;
+        Ok(p)
+    }
+
+    /// Starts `wklb daemon` in the edge namespace and waits until its socket answers.
+    pub fn start_daemon(&mut self, config: &Path) -> Result<()> {
+        let log = File::create(self.dir.path().join("daemon.log"))?;
+        let mut cmd = command_in(&self.edge_ns, workspace_bin("wklb"))?;
+        cmd.args(["daemon", "--config", &config.to_string_lossy()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn().context("starting wklb daemon")?;
+        self.daemon = Some(Proc { name: "wklb daemon".into(), child });
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return Ok(());
+            }
+            if let Some(d) = self.daemon.as_mut()
+                && !d.running()
+            {
+                bail!("wklb daemon exited at start:\n{}", self.daemon_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("wklb daemon did not open its socket within 20 s:\n{}", self.daemon_log())
+    }
+
+    /// SIGTERM the daemon (the data plane stays attached) and wait for it.
+    pub fn stop_daemon(&mut self) -> Result<std::process::ExitStatus> {
+        let mut d = self.daemon.take().context("no daemon running")?;
+        d.stop(Duration::from_secs(10));
+        Ok(d.child.wait()?)
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this topology's daemon; returns stdout, or stderr as the error.
+    pub fn wklb(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(workspace_bin("wklb"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("wklb {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.wklb(&["stats", "--json"])?)?)
+    }
+
+    /// Starts the client driver in the client namespace with `args` (after the mode).
+    pub fn client(&self, args: &[&str]) -> Result<Child> {
+        let mut cmd = command_in(&self.client_ns, workspace_bin("wk-client"))?;
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        Ok(cmd.spawn()?)
+    }
+
+    /// Waits for a client started with `client` and parses its JSON report.
+    pub fn client_report(child: Child) -> Result<serde_json::Value> {
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("wk-client failed ({})", out.status);
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Runs a command inside a namespace (through `ip netns exec`) and returns stdout.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Result<String> {
+        let mut a = vec!["netns", "exec", ns];
+        a.extend_from_slice(args);
+        run("ip", &a)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.stop(Duration::from_secs(10));
+        }
+        for p in self.backends.iter_mut().chain(self.health.iter_mut()) {
+            if let Some(mut p) = p.take() {
+                p.stop(Duration::from_secs(3));
+            }
+        }
+        // Deleting the namespaces removes their interfaces, which detaches any XDP link.
+        for ns in self.created.iter().rev() {
+            let _ = run("ip", &["netns", "del", ns]);
+        }
+        if self.pin_path.exists() {
+            let _ = std::fs::remove_dir_all(&self.pin_path);
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<String> {
+    run("ip", args)
+}
+
+fn ipn(ns: &str, args: &[&str]) -> Result<String> {
+    let mut a = vec!["-n", ns];
+    a.extend_from_slice(args);
+    run("ip", &a)
+}
+
+fn ethtool(ns: &str, dev: &str, what: &[&str]) -> Result<()> {
+    let mut a = vec!["netns", "exec", ns, "ethtool", "-K", dev];
+    a.extend_from_slice(what);
+    run("ip", &a).map(|_| ())
+}
+
+/// Waits until something listens on addr:port inside `ns` (ss), up to 10 s.
+fn wait_port(ns: &str, addr: Ipv4Addr, port: u16) -> Result<()> {
+    let t = Instant::now();
+    let want = format!("{addr}:{port}");
+    let any = format!("0.0.0.0:{port}");
+    while t.elapsed() < Duration::from_secs(10) {
+        if let Ok(out) = run("ip", &["netns", "exec", ns, "ss", "-Hltn"])
+            && (out.contains(&want) || out.contains(&any))
+        {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("nothing listens on {want} in {ns} after 10 s")
+}
