@@ -6,7 +6,6 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::cmd::{output, run, step};
 
-/// Debian packages the tests and tasks use.
 /// Debian packages the tests, demo and benchmarks use (nginx serves backends' /health).
 const PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping", "nginx"];
 
