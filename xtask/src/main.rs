@@ -18,6 +18,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The whole thing on this machine (root): namespaces, daemon, clients, a failover. ~1 min.
+    Demo,
     /// Benchmarks (root): per-packet cost of the data path against the XDP floor.
     Bench {
         /// Fewer repetitions (100,000 instead of 1,000,000 per round): about 10 s.
@@ -57,6 +59,18 @@ fn run(task: Task) -> Result<()> {
                 a.extend(args.iter().map(String::as_str));
             }
             cmd::cargo(&a)
+        }
+        Task::Demo => {
+            if !setup::is_root() {
+                anyhow::bail!(
+                    "the demo creates network namespaces and loads XDP: run `sudo cargo xtask demo`"
+                );
+            }
+            setup::ensure()?;
+            cmd::step("building wklb and the demo (release)");
+            cmd::cargo(&["build", "--release", "-p", "lb-userspace", "-p", "wklb-tests", "--bins"])?;
+            cmd::step("running the demo (Ctrl-C at any time removes everything it created)");
+            cmd::run_foreground(&cmd::workspace_root().join("target/release/wklb-demo"))
         }
         Task::Bench { quick } => {
             if !setup::is_root() {

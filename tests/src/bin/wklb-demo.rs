@@ -1,0 +1,186 @@
+//! `cargo xtask demo`: the whole thing on one machine. Builds a topology in network namespaces
+//! (client, edge running the real `wklb daemon`, three backends with nginx health endpoints),
+//! drives a few hundred long-lived clients, shows the distribution and counters, kills one
+//! backend and shows the health change and where new connections go, then tears down.
+//! Ctrl-C at any moment stops the demo and removes everything it created.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use wklb_tests::{root::have_root, topology::*};
+
+struct Demo {
+    stop: Arc<AtomicBool>,
+    start: Instant,
+}
+
+impl Demo {
+    fn step(&self, what: &str) -> Result<()> {
+        self.check()?;
+        println!("\n[{:>5.1}s] == {what}", self.start.elapsed().as_secs_f64());
+        Ok(())
+    }
+    fn say(&self, what: &str) {
+        println!("[{:>5.1}s]    {what}", self.start.elapsed().as_secs_f64());
+    }
+    fn check(&self) -> Result<()> {
+        if self.stop.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        Ok(())
+    }
+    /// Sleeps in small steps so Ctrl-C is noticed quickly.
+    fn sleep(&self, d: Duration) -> Result<()> {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            self.check()?;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
+fn main() {
+    if !have_root() {
+        eprintln!("the demo creates network namespaces and loads XDP: run `sudo cargo xtask demo`");
+        std::process::exit(1);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).expect("signal handler");
+    }
+    let demo = Demo { stop, start: Instant::now() };
+    let result = run(&demo);
+    // The topology was dropped inside run(): namespaces, processes and pins are gone.
+    match result {
+        Ok(()) => println!("\n[{:>5.1}s] == done: namespaces, processes and pinned objects removed", demo.start.elapsed().as_secs_f64()),
+        Err(e) if demo.stop.load(Ordering::Relaxed) => {
+            println!("\ninterrupted ({e}); everything the demo created has been removed");
+            std::process::exit(130);
+        }
+        Err(e) => {
+            eprintln!("\ndemo failed: {e:#}\neverything the demo created has been removed");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(d: &Demo) -> Result<()> {
+    d.step("building the topology in network namespaces")?;
+    let mut t = Topology::new(3)?;
+    d.say(&format!(
+        "client ns {} (10.1.0.2) -> edge ns {} (wklb, XDP on both sides) -> switch {} -> backends {}",
+        t.client_ns,
+        t.edge_ns,
+        t.switch_ns,
+        t.backend_ns.join(", ")
+    ));
+    d.say(&format!("VIP {VIP}:{TCP_PORT}/tcp and :{UDP_PORT}/udp, SNAT address {SNAT}"));
+    d.step("starting three WuKongIM-like backends and their nginx /health endpoints")?;
+    for i in 0..3 {
+        t.start_backend(i)?;
+        t.start_health(i)?;
+        d.say(&format!("b{} at {}:{TCP_PORT}, health http://{}:{HEALTH_PORT}/health", i + 1, backend_addr(i), backend_addr(i)));
+    }
+    d.step("starting `wklb daemon` with the embedded default config")?;
+    let cfg = t.write_config(&t.config(&[(0, 100), (1, 100), (2, 100)], ""))?;
+    d.say(&format!("config: {} (HTTP health checks every 500 ms, rise 2, fall 2)", cfg.display()));
+    t.start_daemon(&cfg)?;
+    for line in t.daemon_log().lines().filter(|l| l.contains("XDP on") || l.contains("ready")) {
+        d.say(line.split("] ").last().unwrap_or(line));
+    }
+
+    d.step("400 long-lived clients connect and ping every second (WKProto-style 0x70/0x80) for 40 s")?;
+    let clients = t.client(&["tcp", "--target", &format!("{VIP}:{TCP_PORT}"), "--conns", "400", "--ping-interval-ms", "1000", "--duration-s", "40"])?;
+    let _clients = ClientGuard(Some(clients));
+    d.sleep(Duration::from_secs(6))?;
+    d.step("`wklb stats`: distribution and counters")?;
+    println!("{}", t.wklb(&["stats"])?);
+
+    d.step("killing backend b2 (its server and its health endpoint)")?;
+    t.stop_backend(1);
+    t.stop_health(1);
+    let killed = Instant::now();
+    loop {
+        d.check()?;
+        let s = t.stats()?;
+        let row = s["backends"].as_array().and_then(|b| {
+            b.iter().find(|r| r["vip"] == "im-tcp" && r["address"] == backend_addr(1).to_string().as_str()).cloned()
+        });
+        if row.is_some_and(|r| r["in_table"] == false) {
+            d.say(&format!(
+                "health check marked b2 DOWN and swapped it out of the Maglev table after {:.2} s",
+                killed.elapsed().as_secs_f64()
+            ));
+            break;
+        }
+        if killed.elapsed() > Duration::from_secs(10) {
+            bail!("b2 still in the table 10 s after it died:\n{}", t.daemon_log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("{}", t.wklb(&["backend", "list"])?);
+
+    d.step("150 new connections: none goes to the dead backend")?;
+    let fresh = Topology::client_report(t.client(&["tcp", "--target", &format!("{VIP}:{TCP_PORT}"), "--conns", "150", "--ping-interval-ms", "0", "--duration-s", "1"])?)?;
+    d.say(&format!("new connections per backend: {}", fresh["per_backend"]));
+
+    d.step("a few live connections (`wklb conns`): client, backend, SNAT address:port")?;
+    println!("{}", t.wklb(&["conns", "--limit", "5"])?);
+
+    d.step("waiting for the long-lived clients to finish their 40 s")?;
+    let report = _clients.wait(d)?;
+    d.say(&format!(
+        "connected {} of 400; per backend {}; ended early {} (all on b2: {}); pongs {}, lost {}; ping rtt p50 {:.2} ms p99 {:.2} ms",
+        report["connected"],
+        report["per_backend"],
+        report["broken"],
+        report["broken_per_backend"],
+        report["pongs"],
+        report["lost_pongs"],
+        report["rtt_ms_p50"].as_f64().unwrap_or(0.0),
+        report["rtt_ms_p99"].as_f64().unwrap_or(0.0)
+    ));
+    d.step("final `wklb stats`")?;
+    println!("{}", t.wklb(&["stats"])?);
+
+    d.step("tearing down: `wklb unload`, then the namespaces")?;
+    println!("{}", t.wklb(&["unload"])?.trim());
+    drop(t);
+    Ok(())
+}
+
+/// Stops the client driver (by its PID) if the demo ends early.
+struct ClientGuard(Option<std::process::Child>);
+
+impl ClientGuard {
+    fn wait(mut self, d: &Demo) -> Result<serde_json::Value> {
+        let mut c = self.0.take().expect("client");
+        loop {
+            if let Some(_status) = c.try_wait()? {
+                return Topology::client_report(c);
+            }
+            if d.stop.load(Ordering::Relaxed) {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("interrupted");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
