@@ -99,13 +99,13 @@ fn dispatch_inner(shared: &Shared, req: Request) -> Result<Response> {
             weight,
         } => {
             let msg = shared.lock()?.add_backend(&vip, address, port, weight)?;
-            shared.targets_changed.notify_one();
+            shared.changed();
             info!("{msg}");
             Response::ok(format!("{msg} ({runtime_note})"))
         }
         Request::BackendRemove { vip, address, port } => {
             let msg = shared.lock()?.remove_backend(&vip, address, port)?;
-            shared.targets_changed.notify_one();
+            shared.changed();
             info!("{msg}");
             Response::ok(format!("{msg} ({runtime_note})"))
         }

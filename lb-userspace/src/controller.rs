@@ -828,6 +828,14 @@ impl Controller {
         })
     }
 
+    /// Every backend address (for neighbour warm-up).
+    pub fn backend_addresses(&self) -> BTreeSet<Ipv4Addr> {
+        self.vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.address))
+            .collect()
+    }
+
     /// VIP names (for the CLI).
     pub fn vip_names(&self) -> Vec<String> {
         self.vips.iter().map(|v| v.name.clone()).collect()

@@ -34,6 +34,8 @@ pub struct Shared {
     pub config_path: PathBuf,
     /// Probe targets changed (reload, add, remove): the scheduler re-syncs.
     pub targets_changed: Notify,
+    /// Same event, for the neighbour warm-up task.
+    pub targets_changed_neigh: Notify,
     /// Stop the daemon; `unload` also detaches and removes the pinned objects.
     pub shutdown: Notify,
     pub unload_requested: Mutex<bool>,
@@ -41,6 +43,12 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The backend set changed: re-sync probes and resolve new neighbours.
+    pub fn changed(&self) {
+        self.targets_changed.notify_one();
+        self.targets_changed_neigh.notify_one();
+    }
+
     pub fn lock(&self) -> Result<std::sync::MutexGuard<'_, Controller>> {
         self.ctl
             .lock()
@@ -88,7 +96,7 @@ impl Shared {
         }
         let summary = ctl.apply(new)?;
         drop(ctl);
-        self.targets_changed.notify_one();
+        self.changed();
         Ok(summary)
     }
 }
@@ -122,7 +130,10 @@ fn lock_file(path: &Path, what: &str) -> Result<LockFile> {
             path.display()
         );
     }
-    Ok(LockFile { _file: f, path: path.to_path_buf() })
+    Ok(LockFile {
+        _file: f,
+        path: path.to_path_buf(),
+    })
 }
 
 /// Lock file of a pin directory: one daemon per pin path.
@@ -184,6 +195,13 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
     for line in &summary {
         info!("{line}");
     }
+    // Resolve the backends' MACs before traffic arrives (see neighbors.rs).
+    let addrs = ctl.backend_addresses();
+    let n = crate::neighbors::warm(&addrs, Duration::from_secs(1));
+    info!(
+        "neighbour entries: {n} of {} backend address(es) resolved",
+        addrs.len()
+    );
     // Interfaces: attach (or adopt the pinned link); detach ones no longer configured.
     for iface in Dataplane::pinned_interfaces(&cfg.daemon.pin_path) {
         if !cfg.daemon.interfaces.contains(&iface) {
@@ -200,6 +218,7 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
         ctl: ctl.clone(),
         config_path,
         targets_changed: Notify::new(),
+        targets_changed_neigh: Notify::new(),
         shutdown: Notify::new(),
         unload_requested: Mutex::new(false),
         rtt: metrics::probe_rtt_family(),
@@ -213,6 +232,7 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
     let control_task = tokio::spawn(crate::control::serve(listener, shared.clone()));
     let health_task = tokio::spawn(health_scheduler(shared.clone()));
     let gc_task = tokio::spawn(expiry_loop(shared.clone(), cfg.daemon.gc_interval));
+    let neigh_task = tokio::spawn(neighbor_loop(shared.clone()));
     info!(
         "wklb daemon ready: control socket {}, metrics http://{}/metrics",
         socket.display(),
@@ -234,7 +254,7 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
             _ = shared.shutdown.notified() => break,
         }
     }
-    for t in [control_task, health_task, gc_task, metrics_task] {
+    for t in [control_task, health_task, gc_task, metrics_task, neigh_task] {
         t.abort();
     }
     let _ = std::fs::remove_file(&socket);
@@ -306,6 +326,19 @@ async fn probe_loop(shared: Arc<Shared>, t: ProbeTarget, hc: config::HealthCheck
         let res = shared.lock().and_then(|mut c| c.record_probe(&t, &r));
         if let Err(e) = res {
             error!("applying the health of {} failed: {e:#}", t.backend);
+        }
+    }
+}
+
+/// Keeps backend neighbour entries fresh, and resolves new backends right after a change.
+async fn neighbor_loop(shared: Arc<Shared>) {
+    loop {
+        if let Ok(c) = shared.lock() {
+            crate::neighbors::poke(&c.backend_addresses());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+            _ = shared.targets_changed_neigh.notified() => {}
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod metrics;
+pub mod neighbors;
 pub mod netdev;
 pub mod privileges;
 pub mod protocol;

@@ -74,8 +74,12 @@ pub fn enable_forwarding() -> Result<()> {
 
 /// Runs `f` on a thread that has joined the named namespace (/run/netns/NAME); sockets it
 /// creates live there.
-pub fn in_named_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("opening netns {ns}"))?;
+pub fn in_named_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let file = std::fs::File::open(format!("/run/netns/{ns}"))
+        .with_context(|| format!("opening netns {ns}"))?;
     let h = std::thread::spawn(move || {
         use std::os::fd::AsRawFd as _;
         // SAFETY: setns only affects this thread.
@@ -84,7 +88,8 @@ pub fn in_named_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send 
         }
         f()
     });
-    h.join().map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))
+    h.join()
+        .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))
 }
 
 /// HTTP GET of `path` from `addr` inside namespace `ns`; returns the body.

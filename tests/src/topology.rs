@@ -43,7 +43,10 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A binary of the workspace next to the running test executable (target/<profile>/NAME).
 pub fn workspace_bin(name: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(format!("WKLB_BIN_{}", name.to_uppercase().replace('-', "_"))) {
+    if let Ok(p) = std::env::var(format!(
+        "WKLB_BIN_{}",
+        name.to_uppercase().replace('-', "_")
+    )) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
@@ -108,7 +111,8 @@ impl Drop for Proc {
 /// `cmd` with its network namespace switched to `ns` (only the network namespace: the mount
 /// namespace and so /sys/fs/bpf stay the host's, unlike `ip netns exec`).
 pub fn command_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
-    let f = File::open(format!("/run/netns/{ns}")).with_context(|| format!("opening netns {ns}"))?;
+    let f =
+        File::open(format!("/run/netns/{ns}")).with_context(|| format!("opening netns {ns}"))?;
     let mut cmd = Command::new(program);
     // SAFETY: setns is async-signal-safe. The closure owns the file, so the descriptor stays
     // open as long as the Command (it is close-on-exec, so the child does not keep it).
@@ -142,8 +146,14 @@ impl Topology {
     /// Builds the namespaces and links for `n` backends (more can be added later with
     /// `add_backend_host`). Backends are not started yet.
     pub fn new(n: usize) -> Result<Self> {
-        let id = format!("wk{}x{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed));
-        let dir = tempfile::Builder::new().prefix(&format!("{id}-")).tempdir()?;
+        let id = format!(
+            "wk{}x{}",
+            std::process::id() % 100_000,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{id}-"))
+            .tempdir()?;
         let mut t = Topology {
             client_ns: format!("{id}-cli"),
             edge_ns: format!("{id}-edge"),
@@ -178,13 +188,30 @@ impl Topology {
     }
 
     fn build(&mut self) -> Result<()> {
-        for ns in [self.client_ns.clone(), self.edge_ns.clone(), self.switch_ns.clone()] {
+        for ns in [
+            self.client_ns.clone(),
+            self.edge_ns.clone(),
+            self.switch_ns.clone(),
+        ] {
             self.ns_add(&ns)?;
         }
-        let (c0, e0, e1, s0) = (self.ifname("c0"), self.ifname("e0"), self.ifname("e1"), self.ifname("s0"));
-        let (cli, edge, sw) = (self.client_ns.clone(), self.edge_ns.clone(), self.switch_ns.clone());
-        ip(&["link", "add", &c0, "netns", &cli, "type", "veth", "peer", "name", &e0, "netns", &edge])?;
-        ip(&["link", "add", &e1, "netns", &edge, "type", "veth", "peer", "name", &s0, "netns", &sw])?;
+        let (c0, e0, e1, s0) = (
+            self.ifname("c0"),
+            self.ifname("e0"),
+            self.ifname("e1"),
+            self.ifname("s0"),
+        );
+        let (cli, edge, sw) = (
+            self.client_ns.clone(),
+            self.edge_ns.clone(),
+            self.switch_ns.clone(),
+        );
+        ip(&[
+            "link", "add", &c0, "netns", &cli, "type", "veth", "peer", "name", &e0, "netns", &edge,
+        ])?;
+        ip(&[
+            "link", "add", &e1, "netns", &edge, "type", "veth", "peer", "name", &s0, "netns", &sw,
+        ])?;
         ipn(&cli, &["addr", "add", "10.1.0.2/24", "dev", &c0])?;
         ipn(&cli, &["link", "set", &c0, "up"])?;
         ipn(&cli, &["route", "add", "default", "via", "10.1.0.1"])?;
@@ -196,7 +223,17 @@ impl Topology {
         ipn(&sw, &["link", "add", "br0", "type", "bridge"])?;
         ipn(&sw, &["link", "set", "br0", "up"])?;
         ipn(&sw, &["link", "set", &s0, "master", "br0", "up"])?;
-        run("ip", &["netns", "exec", &edge, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &edge,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
         // Locally generated packets on veth carry partial checksums that XDP rewrites would
         // break: the senders compute full checksums. Frames redirected into a veth need NAPI
         // (GRO) on the receiving side.
@@ -213,10 +250,18 @@ impl Topology {
         let i = self.backend_ns.len();
         let ns = format!("{}-b{}", self.id, i + 1);
         self.ns_add(&ns)?;
-        let (b, s) = (self.ifname(&format!("b{}", i + 1)), self.ifname(&format!("p{}", i + 1)));
+        let (b, s) = (
+            self.ifname(&format!("b{}", i + 1)),
+            self.ifname(&format!("p{}", i + 1)),
+        );
         let sw = self.switch_ns.clone();
-        ip(&["link", "add", &b, "netns", &ns, "type", "veth", "peer", "name", &s, "netns", &sw])?;
-        ipn(&ns, &["addr", "add", &format!("{}/24", backend_addr(i)), "dev", &b])?;
+        ip(&[
+            "link", "add", &b, "netns", &ns, "type", "veth", "peer", "name", &s, "netns", &sw,
+        ])?;
+        ipn(
+            &ns,
+            &["addr", "add", &format!("{}/24", backend_addr(i)), "dev", &b],
+        )?;
         ipn(&ns, &["link", "set", &b, "up"])?;
         ipn(&ns, &["route", "add", "default", "via", "10.2.0.1"])?;
         ipn(&sw, &["link", "set", &s, "master", "br0", "up"])?;
@@ -229,12 +274,28 @@ impl Topology {
 
     /// Starts backend `i`'s test server (TCP 5100, UDP 5300) named "b{i+1}".
     pub fn start_backend(&mut self, i: usize) -> Result<()> {
+        self.start_backend_with(i, &[])
+    }
+
+    /// Starts backend `i` with extra wk-backend arguments (fault modes, its own /health).
+    pub fn start_backend_with(&mut self, i: usize, extra: &[&str]) -> Result<()> {
         let mut cmd = command_in(&self.backend_ns[i], workspace_bin("wk-backend"))?;
-        cmd.args(["--name", &format!("b{}", i + 1), "--listen", "0.0.0.0:5100", "--udp", "0.0.0.0:5300"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+        cmd.args([
+            "--name",
+            &format!("b{}", i + 1),
+            "--listen",
+            "0.0.0.0:5100",
+            "--udp",
+            "0.0.0.0:5300",
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
         let child = cmd.spawn().context("starting wk-backend")?;
-        self.backends[i] = Some(Proc { name: format!("b{}", i + 1), child });
+        self.backends[i] = Some(Proc {
+            name: format!("b{}", i + 1),
+            child,
+        });
         wait_port(&self.backend_ns[i], backend_addr(i), TCP_PORT)?;
         Ok(())
     }
@@ -256,12 +317,22 @@ impl Topology {
             ),
         )?;
         let mut cmd = command_in(&self.backend_ns[i], "nginx")?;
-        cmd.args(["-c", &conf.to_string_lossy(), "-p", &prefix.to_string_lossy()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd.spawn().context("starting nginx (apt-get install nginx)")?;
-        self.health[i] = Some(Proc { name: format!("nginx-b{}", i + 1), child });
+        cmd.args([
+            "-c",
+            &conf.to_string_lossy(),
+            "-p",
+            &prefix.to_string_lossy(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .context("starting nginx (apt-get install nginx)")?;
+        self.health[i] = Some(Proc {
+            name: format!("nginx-b{}", i + 1),
+            child,
+        });
         wait_port(&self.backend_ns[i], backend_addr(i), HEALTH_PORT)?;
         Ok(())
     }
@@ -295,7 +366,10 @@ impl Topology {
                  [vip.health_check]\nkind = \"http\"\nport = {HEALTH_PORT}\npath = \"/health\"\ninterval = \"500ms\"\ntimeout = \"300ms\"\nrise = 2\nfall = 2\n\n"
             ));
             for (i, w) in backends {
-                s.push_str(&format!("[[vip.backend]]\naddress = \"{}\"\nweight = {w}\n\n", backend_addr(*i)));
+                s.push_str(&format!(
+                    "[[vip.backend]]\naddress = \"{}\"\nweight = {w}\n\n",
+                    backend_addr(*i)
+                ));
             }
         }
         s
@@ -317,7 +391,10 @@ impl Topology {
             .stdout(log.try_clone()?)
             .stderr(log);
         let child = cmd.spawn().context("starting wklb daemon")?;
-        self.daemon = Some(Proc { name: "wklb daemon".into(), child });
+        self.daemon = Some(Proc {
+            name: "wklb daemon".into(),
+            child,
+        });
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(20) {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
@@ -330,7 +407,10 @@ impl Topology {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("wklb daemon did not open its socket within 20 s:\n{}", self.daemon_log())
+        bail!(
+            "wklb daemon did not open its socket within 20 s:\n{}",
+            self.daemon_log()
+        )
     }
 
     /// SIGTERM the daemon (the data plane stays attached) and wait for it.
@@ -352,7 +432,11 @@ impl Topology {
             .args(args)
             .output()?;
         if !out.status.success() {
-            bail!("wklb {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "wklb {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -364,7 +448,10 @@ impl Topology {
     /// Starts the client driver in the client namespace with `args` (after the mode).
     pub fn client(&self, args: &[&str]) -> Result<Child> {
         let mut cmd = command_in(&self.client_ns, workspace_bin("wk-client"))?;
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         Ok(cmd.spawn()?)
     }
 

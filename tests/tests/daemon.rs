@@ -5,77 +5,29 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wklb_tests::{netns::http_get_in, root::require_root, topology::*};
-
-/// End-to-end tests share two cores with their own traffic: run them one at a time so timing
-/// bounds (failover within 1.5 s) measure wklb, not the neighbouring test.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-struct Serial<T> {
-    t: T,
-    _guard: std::sync::MutexGuard<'static, ()>,
-}
-
-impl<T> std::ops::Deref for Serial<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.t
-    }
-}
-
-impl<T> std::ops::DerefMut for Serial<T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.t
-    }
-}
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn topology(test: &str, n: usize) -> Option<Serial<Topology>> {
-    if !require_root(test) {
-        return None;
-    }
-    let guard = serial();
-    let mut t = Topology::new(n).expect("topology");
-    for i in 0..n {
-        t.start_backend(i).expect("backend");
-        t.start_health(i).expect("health endpoint");
-    }
-    Some(Serial { t, _guard: guard })
-}
-
-fn backend_row<'a>(stats: &'a Value, vip: &str, i: usize) -> &'a Value {
-    let addr = backend_addr(i).to_string();
-    stats["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["vip"] == vip && b["address"] == addr.as_str())
-        .unwrap_or_else(|| panic!("no stats row for {vip} {addr}: {stats:#}"))
-}
-
-/// Polls `cond` on stats until it holds or `limit` passes; returns the time it took.
-fn wait_stats(t: &Topology, limit: Duration, what: &str, cond: impl Fn(&Value) -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        let s = t.stats().expect("stats");
-        if cond(&s) {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what} not reached within {limit:?}: {s:#}\n{}", t.daemon_log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use wklb_tests::{e2e::*, netns::http_get_in, root::require_root, topology::*};
 
 #[test]
 fn daemon_balances_real_connections_and_reports_them() {
-    let Some(mut t) = topology("daemon_balances_real_connections", 3) else { return };
-    let cfg = t.write_config(&t.config(&[(0, 100), (1, 100), (2, 100)], "")).unwrap();
+    let Some(mut t) = topology("daemon_balances_real_connections", 3) else {
+        return;
+    };
+    let cfg = t
+        .write_config(&t.config(&[(0, 100), (1, 100), (2, 100)], ""))
+        .unwrap();
     t.start_daemon(&cfg).unwrap();
     let c = t
-        .client(&["tcp", "--target", &format!("{VIP}:{TCP_PORT}"), "--conns", "300", "--ping-interval-ms", "500", "--duration-s", "3"])
+        .client(&[
+            "tcp",
+            "--target",
+            &format!("{VIP}:{TCP_PORT}"),
+            "--conns",
+            "300",
+            "--ping-interval-ms",
+            "500",
+            "--duration-s",
+            "3",
+        ])
         .unwrap();
     let r = Topology::client_report(c).unwrap();
     assert_eq!(r["connected"], 300, "{r:#}\n{}", t.daemon_log());
@@ -89,7 +41,11 @@ fn daemon_balances_real_connections_and_reports_them() {
     for i in 0..3 {
         let row = backend_row(&s, "im-tcp", i);
         assert_eq!(row["healthy"], true, "{row:#}");
-        assert_eq!(row["new_flows"].as_u64().unwrap(), r["per_backend"][format!("b{}", i + 1)].as_u64().unwrap(), "{row:#}");
+        assert_eq!(
+            row["new_flows"].as_u64().unwrap(),
+            r["per_backend"][format!("b{}", i + 1)].as_u64().unwrap(),
+            "{row:#}"
+        );
         assert!(row["probe_rtt_ms"].as_f64().is_some(), "{row:#}");
     }
     assert_eq!(s["vips"][0]["fail_open"], false);
@@ -100,34 +56,22 @@ fn daemon_balances_real_connections_and_reports_them() {
     }
     // Metrics are served inside the edge namespace.
     let m = http_get_in(&t.edge_ns, "127.0.0.1:9330".parse().unwrap(), "/metrics").unwrap();
-    assert!(m.contains("wklb_backend_new_flows_total{vip=\"im-tcp\""), "{m}");
+    assert!(
+        m.contains("wklb_backend_new_flows_total{vip=\"im-tcp\""),
+        "{m}"
+    );
     assert!(m.contains("wklb_probe_rtt_seconds_bucket"), "{m}");
     assert!(m.contains("wklb_vip_fail_open{vip=\"im-tcp\"} 0"), "{m}");
 }
 
-fn tcp_client(t: &Topology, conns: usize, ping_ms: u64, secs: u64) -> std::process::Child {
-    t.client(&[
-        "tcp",
-        "--target",
-        &format!("{VIP}:{TCP_PORT}"),
-        "--conns",
-        &conns.to_string(),
-        "--ping-interval-ms",
-        &ping_ms.to_string(),
-        "--duration-s",
-        &secs.to_string(),
-    ])
-    .unwrap()
-}
-
-fn count(r: &Value, key: &str, b: &str) -> u64 {
-    r[key][b].as_u64().unwrap_or(0)
-}
-
 #[test]
 fn killed_backend_leaves_the_table_within_fall_times_interval_and_others_keep_working() {
-    let Some(mut t) = topology("killed_backend_leaves_the_table", 3) else { return };
-    let cfg = t.write_config(&t.config(&[(0, 100), (1, 100), (2, 100)], "")).unwrap();
+    let Some(mut t) = topology("killed_backend_leaves_the_table", 3) else {
+        return;
+    };
+    let cfg = t
+        .write_config(&t.config(&[(0, 100), (1, 100), (2, 100)], ""))
+        .unwrap();
     t.start_daemon(&cfg).unwrap();
     let long = tcp_client(&t, 300, 300, 6);
     std::thread::sleep(Duration::from_millis(2000));
@@ -135,9 +79,12 @@ fn killed_backend_leaves_the_table_within_fall_times_interval_and_others_keep_wo
     t.stop_backend(1);
     t.stop_health(1);
     // fall (2) x interval (500 ms) + one interval = 1.5 s.
-    let took = wait_stats(&t, Duration::from_millis(1500), "b2 out of the table", |s| {
-        backend_row(s, "im-tcp", 1)["in_table"] == false
-    });
+    let took = wait_stats(
+        &t,
+        Duration::from_millis(1500),
+        "b2 out of the table",
+        |s| backend_row(s, "im-tcp", 1)["in_table"] == false,
+    );
     println!("dead backend left the table after {took:?} (bound 1.5 s)");
     let s = t.stats().unwrap();
     assert_eq!(backend_row(&s, "im-tcp", 1)["healthy"], false);
@@ -148,55 +95,103 @@ fn killed_backend_leaves_the_table_within_fall_times_interval_and_others_keep_wo
     let r = Topology::client_report(long).unwrap();
     // b2's clients saw their connections end; nobody else's broke.
     assert!(count(&r, "broken_per_backend", "b2") > 0, "{r:#}");
-    assert_eq!(count(&r, "broken_per_backend", "b1") + count(&r, "broken_per_backend", "b3"), 0, "{r:#}");
+    assert_eq!(
+        count(&r, "broken_per_backend", "b1") + count(&r, "broken_per_backend", "b3"),
+        0,
+        "{r:#}"
+    );
 }
 
 #[test]
 fn drain_add_remove_and_weight_at_runtime() {
-    let Some(mut t) = topology("drain_add_remove_and_weight_at_runtime", 4) else { return };
-    let cfg = t.write_config(&t.config(&[(0, 100), (1, 100), (2, 100)], "")).unwrap();
+    let Some(mut t) = topology("drain_add_remove_and_weight_at_runtime", 4) else {
+        return;
+    };
+    let cfg = t
+        .write_config(&t.config(&[(0, 100), (1, 100), (2, 100)], ""))
+        .unwrap();
     t.start_daemon(&cfg).unwrap();
     let held = tcp_client(&t, 150, 300, 5);
     std::thread::sleep(Duration::from_millis(1500));
-    let msg = t.wklb(&["backend", "drain", "im-tcp", &backend_addr(0).to_string()]).unwrap();
+    let msg = t
+        .wklb(&["backend", "drain", "im-tcp", &backend_addr(0).to_string()])
+        .unwrap();
     assert!(msg.contains("draining"), "{msg}");
     let fresh = Topology::client_report(tcp_client(&t, 90, 0, 1)).unwrap();
-    assert_eq!(count(&fresh, "per_backend", "b1"), 0, "drained backend got new connections: {fresh:#}");
+    assert_eq!(
+        count(&fresh, "per_backend", "b1"),
+        0,
+        "drained backend got new connections: {fresh:#}"
+    );
     // Existing connections to the drained backend keep pinging until closed.
     let r = Topology::client_report(held).unwrap();
     assert!(count(&r, "per_backend", "b1") > 20, "{r:#}");
     assert_eq!(r["broken"], 0, "{r:#}");
 
     // Add a fourth backend at runtime: new connections reach it.
-    let out = t.wklb(&["backend", "add", "im-tcp", &format!("{}:{TCP_PORT}", backend_addr(3)), "--weight", "100"]).unwrap();
+    let out = t
+        .wklb(&[
+            "backend",
+            "add",
+            "im-tcp",
+            &format!("{}:{TCP_PORT}", backend_addr(3)),
+            "--weight",
+            "100",
+        ])
+        .unwrap();
     assert!(out.contains("added"), "{out}");
     let fresh = Topology::client_report(tcp_client(&t, 120, 0, 1)).unwrap();
     assert!(count(&fresh, "per_backend", "b4") > 15, "{fresh:#}");
     // Remove it again: no new connection goes there.
-    t.wklb(&["backend", "remove", "im-tcp", &backend_addr(3).to_string()]).unwrap();
+    t.wklb(&["backend", "remove", "im-tcp", &backend_addr(3).to_string()])
+        .unwrap();
     let fresh = Topology::client_report(tcp_client(&t, 90, 0, 1)).unwrap();
     assert_eq!(count(&fresh, "per_backend", "b4"), 0, "{fresh:#}");
     // Weight: b3 at 300 vs b2 at 100 (b1 still drained) -> about 3:1.
-    t.wklb(&["backend", "weight", "im-tcp", &backend_addr(2).to_string(), "300"]).unwrap();
+    t.wklb(&[
+        "backend",
+        "weight",
+        "im-tcp",
+        &backend_addr(2).to_string(),
+        "300",
+    ])
+    .unwrap();
     let fresh = Topology::client_report(tcp_client(&t, 1000, 0, 1)).unwrap();
-    let (b2, b3) = (count(&fresh, "per_backend", "b2") as f64, count(&fresh, "per_backend", "b3") as f64);
-    assert!(b3 / b2 > 2.4 && b3 / b2 < 3.8, "expected about 3:1, got {b3}:{b2}: {fresh:#}");
+    let (b2, b3) = (
+        count(&fresh, "per_backend", "b2") as f64,
+        count(&fresh, "per_backend", "b3") as f64,
+    );
+    assert!(
+        b3 / b2 > 2.4 && b3 / b2 < 3.8,
+        "expected about 3:1, got {b3}:{b2}: {fresh:#}"
+    );
     // Commands naming what does not exist fail with a clear message and change nothing.
-    let e = t.wklb(&["backend", "drain", "nope", "10.2.0.11"]).unwrap_err().to_string();
+    let e = t
+        .wklb(&["backend", "drain", "nope", "10.2.0.11"])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no VIP named \"nope\""), "{e}");
-    let e = t.wklb(&["backend", "remove", "im-tcp", "10.9.9.9"]).unwrap_err().to_string();
+    let e = t
+        .wklb(&["backend", "remove", "im-tcp", "10.9.9.9"])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("has no backend 10.9.9.9"), "{e}");
 }
 
 #[test]
 fn reload_applies_the_difference_and_refuses_a_bad_file() {
-    let Some(mut t) = topology("reload_applies_the_difference", 3) else { return };
-    let cfg = t.write_config(&t.config(&[(0, 100), (1, 100)], "")).unwrap();
+    let Some(mut t) = topology("reload_applies_the_difference", 3) else {
+        return;
+    };
+    let cfg = t
+        .write_config(&t.config(&[(0, 100), (1, 100)], ""))
+        .unwrap();
     t.start_daemon(&cfg).unwrap();
     let held = tcp_client(&t, 100, 300, 4);
     std::thread::sleep(Duration::from_millis(1000));
     // Add b3, drop b1's weight to 0, through the file.
-    t.write_config(&t.config(&[(0, 0), (1, 100), (2, 100)], "")).unwrap();
+    t.write_config(&t.config(&[(0, 0), (1, 100), (2, 100)], ""))
+        .unwrap();
     let out = t.wklb(&["reload"]).unwrap();
     assert!(out.contains("+backend 10.2.0.13:5100"), "{out}");
     assert!(out.contains("10.2.0.11:5100 weight 100 -> 0"), "{out}");
@@ -207,28 +202,44 @@ fn reload_applies_the_difference_and_refuses_a_bad_file() {
     let good = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, good.replace("weight = 0", "weight = -3")).unwrap();
     let e = t.wklb(&["reload"]).unwrap_err().to_string();
-    assert!(e.contains("weight must be 0 or more, got -3") && e.contains("line "), "{e}");
+    assert!(
+        e.contains("weight must be 0 or more, got -3") && e.contains("line "),
+        "{e}"
+    );
     let fresh = Topology::client_report(tcp_client(&t, 60, 0, 1)).unwrap();
-    assert_eq!(count(&fresh, "per_backend", "b1"), 0, "bad reload changed something: {fresh:#}");
+    assert_eq!(
+        count(&fresh, "per_backend", "b1"),
+        0,
+        "bad reload changed something: {fresh:#}"
+    );
     // SIGHUP reloads too.
     std::fs::write(&cfg, t.config(&[(0, 100), (1, 100), (2, 100)], "")).unwrap();
     unsafe { libc::kill(t.daemon.as_ref().unwrap().pid() as i32, libc::SIGHUP) };
-    wait_stats(&t, Duration::from_secs(5), "b1 weight back to 100", |s| backend_row(s, "im-tcp", 0)["weight"] == 100);
+    wait_stats(&t, Duration::from_secs(5), "b1 weight back to 100", |s| {
+        backend_row(s, "im-tcp", 0)["weight"] == 100
+    });
     let r = Topology::client_report(held).unwrap();
     assert_eq!(r["broken"], 0, "reloads broke connections: {r:#}");
 }
 
 #[test]
 fn restart_keeps_every_connection_and_unload_removes_everything() {
-    let Some(mut t) = topology("restart_keeps_every_connection", 3) else { return };
-    let cfg = t.write_config(&t.config(&[(0, 100), (1, 100), (2, 100)], "")).unwrap();
+    let Some(mut t) = topology("restart_keeps_every_connection", 3) else {
+        return;
+    };
+    let cfg = t
+        .write_config(&t.config(&[(0, 100), (1, 100), (2, 100)], ""))
+        .unwrap();
     t.start_daemon(&cfg).unwrap();
     let held = tcp_client(&t, 300, 200, 7);
     std::thread::sleep(Duration::from_millis(2000));
     let before = t.stats().unwrap();
     let status = t.stop_daemon().unwrap();
     assert!(status.success(), "daemon exit {status}\n{}", t.daemon_log());
-    assert!(t.pin_path.join("FLOWS").exists(), "maps must stay pinned after SIGTERM");
+    assert!(
+        t.pin_path.join("FLOWS").exists(),
+        "maps must stay pinned after SIGTERM"
+    );
     std::thread::sleep(Duration::from_millis(1000));
     t.start_daemon(&cfg).unwrap();
     assert!(t.daemon_log().contains("adopted"), "{}", t.daemon_log());
@@ -238,11 +249,25 @@ fn restart_keeps_every_connection_and_unload_removes_everything() {
     assert_eq!(r["lost_pongs"], 0, "{r:#}");
     // Counters survived the restart.
     let after = t.stats().unwrap();
-    let nf = |s: &Value| -> u64 { s["backends"].as_array().unwrap().iter().filter(|b| b["vip"] == "im-tcp").map(|b| b["new_flows"].as_u64().unwrap()).sum() };
-    assert!(nf(&after) >= nf(&before) && nf(&before) >= 300, "{before:#} {after:#}");
+    let nf = |s: &Value| -> u64 {
+        s["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["vip"] == "im-tcp")
+            .map(|b| b["new_flows"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(
+        nf(&after) >= nf(&before) && nf(&before) >= 300,
+        "{before:#} {after:#}"
+    );
     // A second daemon on the same pin path is refused.
     let mut second = command_in(&t.edge_ns, workspace_bin("wklb")).unwrap();
-    let out = second.args(["daemon", "--config", &cfg.to_string_lossy()]).output().unwrap();
+    let out = second
+        .args(["daemon", "--config", &cfg.to_string_lossy()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another wklb daemon"), "{err}");
@@ -262,17 +287,27 @@ fn restart_keeps_every_connection_and_unload_removes_everything() {
 
 #[test]
 fn fail_open_when_every_health_check_fails() {
-    let Some(mut t) = topology("fail_open_when_every_health_check_fails", 3) else { return };
-    let cfg = t.write_config(&t.config(&[(0, 100), (1, 100), (2, 100)], "")).unwrap();
+    let Some(mut t) = topology("fail_open_when_every_health_check_fails", 3) else {
+        return;
+    };
+    let cfg = t
+        .write_config(&t.config(&[(0, 100), (1, 100), (2, 100)], ""))
+        .unwrap();
     t.start_daemon(&cfg).unwrap();
     for i in 0..3 {
         t.stop_health(i);
     }
-    wait_stats(&t, Duration::from_secs(5), "fail-open", |s| s["vips"][0]["fail_open"] == true);
+    wait_stats(&t, Duration::from_secs(5), "fail-open", |s| {
+        s["vips"][0]["fail_open"] == true
+    });
     let s = t.stats().unwrap();
     for i in 0..3 {
         let row = backend_row(&s, "im-tcp", i);
-        assert_eq!((row["healthy"].clone(), row["in_table"].clone()), (Value::Bool(false), Value::Bool(true)), "{row:#}");
+        assert_eq!(
+            (row["healthy"].clone(), row["in_table"].clone()),
+            (Value::Bool(false), Value::Bool(true)),
+            "{row:#}"
+        );
     }
     let r = Topology::client_report(tcp_client(&t, 90, 200, 1)).unwrap();
     assert_eq!(r["connected"], 90, "fail-open must keep forwarding: {r:#}");
@@ -282,7 +317,9 @@ fn fail_open_when_every_health_check_fails() {
     assert!(m.contains("wklb_vip_fail_open{vip=\"im-tcp\"} 1"), "{m}");
     // One health endpoint recovers: fail-open ends and only that backend takes new flows.
     t.start_health(2).unwrap();
-    wait_stats(&t, Duration::from_secs(5), "fail-open over", |s| s["vips"][0]["fail_open"] == false);
+    wait_stats(&t, Duration::from_secs(5), "fail-open over", |s| {
+        s["vips"][0]["fail_open"] == false
+    });
     let r = Topology::client_report(tcp_client(&t, 60, 0, 1)).unwrap();
     assert_eq!(count(&r, "per_backend", "b3"), 60, "{r:#}");
 }
@@ -294,20 +331,45 @@ fn check_config_and_cli_errors_are_one_clear_sentence() {
     }
     let _serial = serial();
     let t = Topology::new(1).unwrap();
-    let bad = t.write_config(&t.config(&[(0, 100)], "").replace("timeout = \"300ms\"", "timeout = \"2s\"")).unwrap();
-    let out = std::process::Command::new(workspace_bin("wklb")).args(["check-config", &bad.to_string_lossy()]).output().unwrap();
+    let bad = t
+        .write_config(
+            &t.config(&[(0, 100)], "")
+                .replace("timeout = \"300ms\"", "timeout = \"2s\""),
+        )
+        .unwrap();
+    let out = std::process::Command::new(workspace_bin("wklb"))
+        .args(["check-config", &bad.to_string_lossy()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("vip[0].health_check.timeout") && err.contains("shorter than interval"), "{err}");
+    assert!(
+        err.contains("vip[0].health_check.timeout") && err.contains("shorter than interval"),
+        "{err}"
+    );
     // Interfaces are checked in the namespace the command runs in: the host has no e0.
     let good = t.write_config(&t.config(&[(0, 100)], "")).unwrap();
-    let out = std::process::Command::new(workspace_bin("wklb")).args(["check-config", &good.to_string_lossy()]).output().unwrap();
+    let out = std::process::Command::new(workspace_bin("wklb"))
+        .args(["check-config", &good.to_string_lossy()])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not exist on this host"), "{err}");
-    let out = command_in(&t.edge_ns, workspace_bin("wklb")).unwrap().args(["check-config", &good.to_string_lossy()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = command_in(&t.edge_ns, workspace_bin("wklb"))
+        .unwrap()
+        .args(["check-config", &good.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // No daemon: the CLI says how to fix it.
-    let out = std::process::Command::new(workspace_bin("wklb")).args(["--socket", "/nonexistent/wklb.sock", "stats"]).output().unwrap();
+    let out = std::process::Command::new(workspace_bin("wklb"))
+        .args(["--socket", "/nonexistent/wklb.sock", "stats"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is `wklb daemon` running"), "{err}");
 }

@@ -68,7 +68,15 @@ fn run(task: Task) -> Result<()> {
             }
             setup::ensure()?;
             cmd::step("building wklb and the demo (release)");
-            cmd::cargo(&["build", "--release", "-p", "lb-userspace", "-p", "wklb-tests", "--bins"])?;
+            cmd::cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "lb-userspace",
+                "-p",
+                "wklb-tests",
+                "--bins",
+            ])?;
             cmd::step("running the demo (Ctrl-C at any time removes everything it created)");
             cmd::run_foreground(&cmd::workspace_root().join("target/release/wklb-demo"))
         }

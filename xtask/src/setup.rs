@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::cmd::{output, run, step};
 
 /// Debian packages the tests, demo and benchmarks use (nginx serves backends' /health).
-const PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping", "nginx"];
+const PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping", "nginx", "nftables"];
 
 /// The bpf-linker release that matches our aya versions (see docs/toolchain notes in README).
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -2,21 +2,48 @@
 //! its name and a newline, answers each PING byte 0x70 with a PONG byte 0x80, echoes every other
 //! byte; over UDP it answers every datagram with its name. Runs until killed.
 //!
-//! wk-backend --name NAME --listen ADDR:PORT [--udp ADDR:PORT]
+//! Fault modes for the harness: `--mode reset` accepts and resets at once; `--mode slow` waits
+//! `--delay-ms` before every answer (greeting, pongs, health).
+//! `--health ADDR:PORT` answers any HTTP request with 200 (after the delay in slow mode).
+//!
+//! wk-backend --name NAME --listen ADDR:PORT [--udp ADDR:PORT] [--health ADDR:PORT]
+//!            [--mode normal|reset|slow] [--delay-ms MS]
 
 use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream, UdpSocket},
     thread,
+    time::Duration,
 };
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Normal,
+    Reset,
+    Slow(Duration),
+}
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
-fn serve_tcp(mut s: TcpStream, name: String) {
+fn delay(mode: Mode) {
+    if let Mode::Slow(d) = mode {
+        thread::sleep(d);
+    }
+}
+
+fn serve_tcp(mut s: TcpStream, name: String, mode: Mode) {
+    if mode == Mode::Reset {
+        // SO_LINGER 0: close() sends a RST.
+        let _ = socket_linger_zero(&s);
+        return;
+    }
     let _ = s.set_nodelay(true);
+    delay(mode);
     if s.write_all(format!("{name}\n").as_bytes()).is_err() {
         return;
     }
@@ -26,6 +53,7 @@ fn serve_tcp(mut s: TcpStream, name: String) {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        delay(mode);
         for b in &mut buf[..n] {
             if *b == 0x70 {
                 *b = 0x80;
@@ -37,9 +65,57 @@ fn serve_tcp(mut s: TcpStream, name: String) {
     }
 }
 
+fn socket_linger_zero(s: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own with a correctly sized struct.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+    if rc != 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Answers every HTTP request with 200, after the mode's delay.
+fn serve_health(addr: String, mode: Mode) {
+    let l = TcpListener::bind(&addr).unwrap_or_else(|e| panic!("bind health {addr}: {e}"));
+    for mut s in l.incoming().flatten() {
+        thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            delay(mode);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 15\r\nconnection: close\r\n\r\n{\"status\":\"ok\"}");
+        });
+    }
+}
+
 fn main() {
     let name = arg("--name").expect("--name NAME");
     let listen = arg("--listen").expect("--listen ADDR:PORT");
+    let delay_ms: u64 = arg("--delay-ms")
+        .map(|d| d.parse().expect("--delay-ms MS"))
+        .unwrap_or(2000);
+    let mode = match arg("--mode").as_deref() {
+        None | Some("normal") => Mode::Normal,
+        Some("reset") => Mode::Reset,
+        Some("slow") => Mode::Slow(Duration::from_millis(delay_ms)),
+        Some(other) => panic!("--mode {other}: expected normal, reset or slow"),
+    };
+    if let Some(h) = arg("--health") {
+        thread::spawn(move || serve_health(h, mode));
+    }
     if let Some(udp) = arg("--udp") {
         let sock = UdpSocket::bind(&udp).unwrap_or_else(|e| panic!("bind udp {udp}: {e}"));
         let name = name.clone();
@@ -53,6 +129,6 @@ fn main() {
     let l = TcpListener::bind(&listen).unwrap_or_else(|e| panic!("bind {listen}: {e}"));
     for s in l.incoming().flatten() {
         let name = name.clone();
-        thread::spawn(move || serve_tcp(s, name));
+        thread::spawn(move || serve_tcp(s, name, mode));
     }
 }

@@ -100,11 +100,24 @@ struct Conn {
 }
 
 enum Outcome {
-    Done { rtts: Vec<f64> },
-    Broken { name: String, rtts: Vec<f64>, lost: u64 },
+    Done {
+        rtts: Vec<f64>,
+    },
+    Broken {
+        name: String,
+        rtts: Vec<f64>,
+        lost: u64,
+    },
 }
 
-async fn run_tcp(target: SocketAddr, conns: usize, ping_ms: u64, duration: Duration, parallel: usize, pong_timeout: Duration) -> TcpReport {
+async fn run_tcp(
+    target: SocketAddr,
+    conns: usize,
+    ping_ms: u64,
+    duration: Duration,
+    parallel: usize,
+    pong_timeout: Duration,
+) -> TcpReport {
     let sem = Arc::new(Semaphore::new(parallel.max(1)));
     let sent = Arc::new(AtomicU64::new(0));
     let recv = Arc::new(AtomicU64::new(0));
@@ -116,20 +129,35 @@ async fn run_tcp(target: SocketAddr, conns: usize, ping_ms: u64, duration: Durat
         handles.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.ok()?;
             let t0 = Instant::now();
-            let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target)).await.ok()?.ok()?;
+            let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target))
+                .await
+                .ok()?
+                .ok()?;
             s.set_nodelay(true).ok()?;
             let mut r = BufReader::new(s);
             let mut name = String::new();
-            tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut name)).await.ok()?.ok()?;
+            tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut name))
+                .await
+                .ok()?
+                .ok()?;
             if name.is_empty() {
                 return None;
             }
             recv.fetch_add(name.len() as u64, Relaxed);
             let connect_ms = t0.elapsed().as_secs_f64() * 1000.0;
-            Some((Conn { name: name.trim().to_string(), connect_ms }, r))
+            Some((
+                Conn {
+                    name: name.trim().to_string(),
+                    connect_ms,
+                },
+                r,
+            ))
         }));
     }
-    let mut report = TcpReport { attempted: conns, ..Default::default() };
+    let mut report = TcpReport {
+        attempted: conns,
+        ..Default::default()
+    };
     let mut live = Vec::new();
     let mut connect_ms = Vec::new();
     for h in handles {
@@ -143,7 +171,11 @@ async fn run_tcp(target: SocketAddr, conns: usize, ping_ms: u64, duration: Durat
         }
     }
     report.connected = live.len();
-    eprintln!("wk-client: {} of {conns} connected; holding for {}s", live.len(), duration.as_secs());
+    eprintln!(
+        "wk-client: {} of {conns} connected; holding for {}s",
+        live.len(),
+        duration.as_secs()
+    );
     // Phase 2: every connection pings until the deadline.
     let deadline = tokio::time::Instant::now() + duration;
     let mut tasks = Vec::new();
@@ -167,12 +199,20 @@ async fn run_tcp(target: SocketAddr, conns: usize, ping_ms: u64, duration: Durat
                     let mut b = [0u8; 1];
                     return match tokio::time::timeout_at(deadline, r.read(&mut b)).await {
                         Err(_) => Outcome::Done { rtts },
-                        Ok(_) => Outcome::Broken { name: c.name, rtts, lost },
+                        Ok(_) => Outcome::Broken {
+                            name: c.name,
+                            rtts,
+                            lost,
+                        },
                     };
                 }
                 let t0 = Instant::now();
                 if r.get_mut().write_all(&[0x70]).await.is_err() {
-                    return Outcome::Broken { name: c.name, rtts, lost };
+                    return Outcome::Broken {
+                        name: c.name,
+                        rtts,
+                        lost,
+                    };
                 }
                 sent.fetch_add(1, Relaxed);
                 let mut b = [0u8; 1];
@@ -183,9 +223,19 @@ async fn run_tcp(target: SocketAddr, conns: usize, ping_ms: u64, duration: Durat
                     }
                     Err(_) => {
                         lost += 1;
-                        return Outcome::Broken { name: c.name, rtts, lost };
+                        return Outcome::Broken {
+                            name: c.name,
+                            rtts,
+                            lost,
+                        };
                     }
-                    _ => return Outcome::Broken { name: c.name, rtts, lost },
+                    _ => {
+                        return Outcome::Broken {
+                            name: c.name,
+                            rtts,
+                            lost,
+                        };
+                    }
                 }
                 let next = now + Duration::from_millis(ping_ms);
                 tokio::time::sleep_until(next.min(deadline)).await;
@@ -219,7 +269,10 @@ async fn run_tcp(target: SocketAddr, conns: usize, ping_ms: u64, duration: Durat
 }
 
 async fn run_udp(target: SocketAddr, requests: usize, timeout: Duration) -> UdpReport {
-    let mut report = UdpReport { requests, ..Default::default() };
+    let mut report = UdpReport {
+        requests,
+        ..Default::default()
+    };
     let mut tasks = Vec::new();
     for i in 0..requests {
         tasks.push(tokio::spawn(async move {
@@ -227,7 +280,10 @@ async fn run_udp(target: SocketAddr, requests: usize, timeout: Duration) -> UdpR
             s.connect(target).await.ok()?;
             s.send(format!("req {i}").as_bytes()).await.ok()?;
             let mut buf = [0u8; 512];
-            let n = tokio::time::timeout(timeout, s.recv(&mut buf)).await.ok()?.ok()?;
+            let n = tokio::time::timeout(timeout, s.recv(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
             Some(String::from_utf8_lossy(&buf[..n]).to_string())
         }));
     }
@@ -247,12 +303,31 @@ async fn run_udp(target: SocketAddr, requests: usize, timeout: Duration) -> UdpR
 async fn main() {
     let cli = Cli::parse();
     let json = match cli.mode {
-        Mode::Tcp { target, conns, ping_interval_ms, duration_s, parallel, pong_timeout_ms } => serde_json::to_string(
-            &run_tcp(target, conns, ping_interval_ms, Duration::from_secs(duration_s), parallel, Duration::from_millis(pong_timeout_ms)).await,
+        Mode::Tcp {
+            target,
+            conns,
+            ping_interval_ms,
+            duration_s,
+            parallel,
+            pong_timeout_ms,
+        } => serde_json::to_string(
+            &run_tcp(
+                target,
+                conns,
+                ping_interval_ms,
+                Duration::from_secs(duration_s),
+                parallel,
+                Duration::from_millis(pong_timeout_ms),
+            )
+            .await,
         ),
-        Mode::Udp { target, requests, timeout_ms } => {
-            serde_json::to_string(&run_udp(target, requests, Duration::from_millis(timeout_ms)).await)
-        }
+        Mode::Udp {
+            target,
+            requests,
+            timeout_ms,
+        } => serde_json::to_string(
+            &run_udp(target, requests, Duration::from_millis(timeout_ms)).await,
+        ),
     };
     println!("{}", json.expect("report serialises"));
 }

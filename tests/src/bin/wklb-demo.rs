@@ -55,11 +55,17 @@ fn main() {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).expect("signal handler");
     }
-    let demo = Demo { stop, start: Instant::now() };
+    let demo = Demo {
+        stop,
+        start: Instant::now(),
+    };
     let result = run(&demo);
     // The topology was dropped inside run(): namespaces, processes and pins are gone.
     match result {
-        Ok(()) => println!("\n[{:>5.1}s] == done: namespaces, processes and pinned objects removed", demo.start.elapsed().as_secs_f64()),
+        Ok(()) => println!(
+            "\n[{:>5.1}s] == done: namespaces, processes and pinned objects removed",
+            demo.start.elapsed().as_secs_f64()
+        ),
         Err(e) if demo.stop.load(Ordering::Relaxed) => {
             println!("\ninterrupted ({e}); everything the demo created has been removed");
             std::process::exit(130);
@@ -81,23 +87,49 @@ fn run(d: &Demo) -> Result<()> {
         t.switch_ns,
         t.backend_ns.join(", ")
     ));
-    d.say(&format!("VIP {VIP}:{TCP_PORT}/tcp and :{UDP_PORT}/udp, SNAT address {SNAT}"));
+    d.say(&format!(
+        "VIP {VIP}:{TCP_PORT}/tcp and :{UDP_PORT}/udp, SNAT address {SNAT}"
+    ));
     d.step("starting three WuKongIM-like backends and their nginx /health endpoints")?;
     for i in 0..3 {
         t.start_backend(i)?;
         t.start_health(i)?;
-        d.say(&format!("b{} at {}:{TCP_PORT}, health http://{}:{HEALTH_PORT}/health", i + 1, backend_addr(i), backend_addr(i)));
+        d.say(&format!(
+            "b{} at {}:{TCP_PORT}, health http://{}:{HEALTH_PORT}/health",
+            i + 1,
+            backend_addr(i),
+            backend_addr(i)
+        ));
     }
     d.step("starting `wklb daemon` with the embedded default config")?;
     let cfg = t.write_config(&t.config(&[(0, 100), (1, 100), (2, 100)], ""))?;
-    d.say(&format!("config: {} (HTTP health checks every 500 ms, rise 2, fall 2)", cfg.display()));
+    d.say(&format!(
+        "config: {} (HTTP health checks every 500 ms, rise 2, fall 2)",
+        cfg.display()
+    ));
     t.start_daemon(&cfg)?;
-    for line in t.daemon_log().lines().filter(|l| l.contains("XDP on") || l.contains("ready")) {
+    for line in t
+        .daemon_log()
+        .lines()
+        .filter(|l| l.contains("XDP on") || l.contains("ready"))
+    {
         d.say(line.split("] ").last().unwrap_or(line));
     }
 
-    d.step("400 long-lived clients connect and ping every second (WKProto-style 0x70/0x80) for 40 s")?;
-    let clients = t.client(&["tcp", "--target", &format!("{VIP}:{TCP_PORT}"), "--conns", "400", "--ping-interval-ms", "1000", "--duration-s", "40"])?;
+    d.step(
+        "400 long-lived clients connect and ping every second (WKProto-style 0x70/0x80) for 40 s",
+    )?;
+    let clients = t.client(&[
+        "tcp",
+        "--target",
+        &format!("{VIP}:{TCP_PORT}"),
+        "--conns",
+        "400",
+        "--ping-interval-ms",
+        "1000",
+        "--duration-s",
+        "40",
+    ])?;
     let _clients = ClientGuard(Some(clients));
     d.sleep(Duration::from_secs(6))?;
     d.step("`wklb stats`: distribution and counters")?;
@@ -111,7 +143,11 @@ fn run(d: &Demo) -> Result<()> {
         d.check()?;
         let s = t.stats()?;
         let row = s["backends"].as_array().and_then(|b| {
-            b.iter().find(|r| r["vip"] == "im-tcp" && r["address"] == backend_addr(1).to_string().as_str()).cloned()
+            b.iter()
+                .find(|r| {
+                    r["vip"] == "im-tcp" && r["address"] == backend_addr(1).to_string().as_str()
+                })
+                .cloned()
         });
         if row.is_some_and(|r| r["in_table"] == false) {
             d.say(&format!(
@@ -121,15 +157,31 @@ fn run(d: &Demo) -> Result<()> {
             break;
         }
         if killed.elapsed() > Duration::from_secs(10) {
-            bail!("b2 still in the table 10 s after it died:\n{}", t.daemon_log());
+            bail!(
+                "b2 still in the table 10 s after it died:\n{}",
+                t.daemon_log()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     println!("{}", t.wklb(&["backend", "list"])?);
 
     d.step("150 new connections: none goes to the dead backend")?;
-    let fresh = Topology::client_report(t.client(&["tcp", "--target", &format!("{VIP}:{TCP_PORT}"), "--conns", "150", "--ping-interval-ms", "0", "--duration-s", "1"])?)?;
-    d.say(&format!("new connections per backend: {}", fresh["per_backend"]));
+    let fresh = Topology::client_report(t.client(&[
+        "tcp",
+        "--target",
+        &format!("{VIP}:{TCP_PORT}"),
+        "--conns",
+        "150",
+        "--ping-interval-ms",
+        "0",
+        "--duration-s",
+        "1",
+    ])?)?;
+    d.say(&format!(
+        "new connections per backend: {}",
+        fresh["per_backend"]
+    ));
 
     d.step("a few live connections (`wklb conns`): client, backend, SNAT address:port")?;
     println!("{}", t.wklb(&["conns", "--limit", "5"])?);

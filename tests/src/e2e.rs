@@ -1,0 +1,132 @@
+//! Helpers shared by the end-to-end tests (daemon, scenarios, demo).
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{root::require_root, topology::*};
+
+/// End-to-end tests share two cores with their own traffic: run them one at a time so timing
+/// bounds (failover within 1.5 s) measure wklb, not the neighbouring test.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub struct Serial<T> {
+    pub t: T,
+    _guard: std::sync::MutexGuard<'static, ()>,
+}
+
+impl<T> std::ops::Deref for Serial<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.t
+    }
+}
+
+impl<T> std::ops::DerefMut for Serial<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.t
+    }
+}
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A topology whose backends are not started yet (for fault modes).
+pub fn bare_topology(test: &str, n: usize) -> Option<Serial<Topology>> {
+    if !require_root(test) {
+        return None;
+    }
+    let guard = serial();
+    let t = Topology::new(n).expect("topology");
+    Some(Serial { t, _guard: guard })
+}
+
+pub fn topology(test: &str, n: usize) -> Option<Serial<Topology>> {
+    if !require_root(test) {
+        return None;
+    }
+    let guard = serial();
+    let mut t = Topology::new(n).expect("topology");
+    for i in 0..n {
+        t.start_backend(i).expect("backend");
+        t.start_health(i).expect("health endpoint");
+    }
+    Some(Serial { t, _guard: guard })
+}
+
+pub fn backend_row<'a>(stats: &'a Value, vip: &str, i: usize) -> &'a Value {
+    let addr = backend_addr(i).to_string();
+    stats["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["vip"] == vip && b["address"] == addr.as_str())
+        .unwrap_or_else(|| panic!("no stats row for {vip} {addr}: {stats:#}"))
+}
+
+/// Polls `cond` on stats until it holds or `limit` passes; returns the time it took.
+pub fn wait_stats(
+    t: &Topology,
+    limit: Duration,
+    what: &str,
+    cond: impl Fn(&Value) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let s = t.stats().expect("stats");
+        if cond(&s) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what} not reached within {limit:?}: {s:#}\n{}",
+            t.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn tcp_client(t: &Topology, conns: usize, ping_ms: u64, secs: u64) -> std::process::Child {
+    t.client(&[
+        "tcp",
+        "--target",
+        &format!("{VIP}:{TCP_PORT}"),
+        "--conns",
+        &conns.to_string(),
+        "--ping-interval-ms",
+        &ping_ms.to_string(),
+        "--duration-s",
+        &secs.to_string(),
+    ])
+    .unwrap()
+}
+
+pub fn count(r: &Value, key: &str, b: &str) -> u64 {
+    r[key][b].as_u64().unwrap_or(0)
+}
+
+pub fn udp_client(t: &Topology, requests: usize) -> std::process::Child {
+    t.client(&[
+        "udp",
+        "--target",
+        &format!("{VIP}:{UDP_PORT}"),
+        "--requests",
+        &requests.to_string(),
+    ])
+    .unwrap()
+}
+
+/// Asserts every backend's share of `total` is within `tol` (relative) of its weight share.
+pub fn assert_spread(r: &Value, weights: &[(&str, u32)], total: u64, tol: f64) {
+    let wsum: u32 = weights.iter().map(|(_, w)| w).sum();
+    for (b, w) in weights {
+        let want = total as f64 * *w as f64 / wsum as f64;
+        let got = count(r, "per_backend", b) as f64;
+        assert!(
+            (got - want).abs() <= want * tol,
+            "{b}: {got} connections, weight share {want:.0} (tolerance {:.0}%): {r:#}",
+            tol * 100.0
+        );
+    }
+}
