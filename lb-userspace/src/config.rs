@@ -991,6 +991,13 @@ weight = 50
     }
 
     #[test]
+    fn shipped_example_is_valid() {
+        let c = parse(include_str!("../../examples/wklb.toml"), false).expect("examples/wklb.toml");
+        assert_eq!(c.vips.len(), 2);
+        assert_eq!(c.vips[1].port, 5200);
+    }
+
+    #[test]
     fn syntax_error_has_a_line() {
         let e = one_error("[daemon\ninterfaces = []");
         assert_eq!(e.line, Some(1));

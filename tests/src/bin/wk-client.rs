@@ -280,22 +280,31 @@ async fn run_udp(target: SocketAddr, requests: usize, timeout: Duration) -> UdpR
             s.connect(target).await.ok()?;
             s.send(format!("req {i}").as_bytes()).await.ok()?;
             let mut buf = [0u8; 512];
-            let n = tokio::time::timeout(timeout, s.recv(&mut buf))
-                .await
-                .ok()?
-                .ok()?;
-            Some(String::from_utf8_lossy(&buf[..n]).to_string())
+            let answer = match tokio::time::timeout(timeout, s.recv(&mut buf)).await {
+                Ok(Ok(n)) => Some(String::from_utf8_lossy(&buf[..n]).to_string()),
+                _ => None,
+            };
+            // The socket goes back with the answer and stays open until every request is done,
+            // so no source port is reused: each request is a distinct flow.
+            Some((s, answer))
         }));
     }
+    let mut keep = Vec::new();
     for t in tasks {
         match t.await.ok().flatten() {
-            Some(name) => {
+            Some((s, Some(name))) => {
+                keep.push(s);
                 report.answered += 1;
                 *report.per_backend.entry(name).or_default() += 1;
+            }
+            Some((s, None)) => {
+                keep.push(s);
+                report.lost += 1;
             }
             None => report.lost += 1,
         }
     }
+    drop(keep);
     report
 }
 
