@@ -139,6 +139,25 @@ impl Dataplane {
         self.adopted
     }
 
+    /// Kernel memory charged to a map (its `memlock` in /proc/self/fdinfo), in bytes.
+    pub fn map_memory(&self, name: &str) -> Result<u64> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let m = self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
+        let data: &MapData = match m {
+            aya::maps::Map::HashMap(d)
+            | aya::maps::Map::Array(d)
+            | aya::maps::Map::PerCpuArray(d)
+            | aya::maps::Map::ArrayOfMaps(d) => d,
+            _ => bail!("map {name}: unexpected type"),
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no memlock for map {name}"))
+    }
+
     /// Capacity of the connection table.
     pub fn max_flows(&self) -> Result<u32> {
         let m = self

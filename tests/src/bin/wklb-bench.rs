@@ -57,6 +57,13 @@ fn run(repeat: u32, rounds: usize) -> Result<()> {
         "verifier: {} instructions processed",
         fx.dp.verified_instructions()?
     );
+    let table_bytes = fx.dp.map_memory(lb_common::names::FLOWS)?
+        + fx.dp.map_memory(lb_common::names::REV_FLOWS)?;
+    println!(
+        "connection table memory (FLOWS + REV_FLOWS, preallocated): {:.1} MiB for {max_flows} flows = {:.0} bytes per flow",
+        table_bytes as f64 / (1 << 20) as f64,
+        table_bytes as f64 / max_flows as f64
+    );
 
     // One established flow for the forward and reverse cases.
     let client = (CLIENT, 40000);
