@@ -293,28 +293,8 @@ impl Flow {
     }
 }
 
-/// SNAT_ADDRS value.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct SnatAddr {
-    pub addr: Addr,
-    pub family: u8,
-    pub _pad0: u8,
-    pub _pad1: u16,
-    pub _pad2: u32,
-}
-
-impl SnatAddr {
-    pub const fn new(addr: Addr, family: u8) -> Self {
-        SnatAddr {
-            addr,
-            family,
-            _pad0: 0,
-            _pad1: 0,
-            _pad2: 0,
-        }
-    }
-}
+/// SNAT_ADDRS value: an address and its family, the same layout as an ADDR_CLASS key.
+pub type SnatAddr = AddrKey;
 
 /// CONFIG[0]: global data-plane settings written by the daemon.
 #[repr(C)]
@@ -402,7 +382,6 @@ mod pod_impls {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for NextHop {}
-    unsafe impl aya::Pod for SnatAddr {}
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for BackendStats {}
@@ -420,7 +399,6 @@ mod tests {
         assert_eq!(size_of::<AddrKey>(), 24);
         assert_eq!(size_of::<VipKey>(), 24);
         assert_eq!(size_of::<Backend>(), 24);
-        assert_eq!(size_of::<SnatAddr>(), 24);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<Flow>(), 96);
         assert_eq!(size_of::<DataplaneConfig>(), 16);

@@ -207,6 +207,9 @@ fn default_weight() -> Spanned<i64> {
 
 // ---------------------------------------------------------------- validated config
 
+/// Largest backend weight accepted (config and CLI).
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub daemon: Daemon,
@@ -726,11 +729,11 @@ fn validate(c: &mut Collector, raw: RawConfig, check_interfaces: bool) -> Config
                     format!("weight must be 0 or more, got {w}"),
                 );
                 0
-            } else if w > 1_000_000 {
+            } else if w > MAX_WEIGHT as i64 {
                 c.err(
                     format!("{bp}.weight"),
                     &b.weight,
-                    format!("weight must be at most 1000000, got {w}"),
+                    format!("weight must be at most {MAX_WEIGHT}, got {w}"),
                 );
                 0
             } else {

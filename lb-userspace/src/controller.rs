@@ -637,8 +637,11 @@ impl Controller {
         port: Option<u16>,
         weight: u32,
     ) -> Result<String> {
-        if weight > 1_000_000 {
-            bail!("weight must be between 0 and 1000000, got {weight}");
+        if weight > crate::config::MAX_WEIGHT {
+            bail!(
+                "weight must be between 0 and {}, got {weight}",
+                crate::config::MAX_WEIGHT
+            );
         }
         let idx = self.vip_index(vip)?;
         let bi = self.backend_index(idx, address, port)?;

@@ -142,7 +142,10 @@ impl Dataplane {
     /// Kernel memory charged to a map (its `memlock` in /proc/self/fdinfo), in bytes.
     pub fn map_memory(&self, name: &str) -> Result<u64> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
-        let m = self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
+        let m = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing"))?;
         let data: &MapData = match m {
             aya::maps::Map::HashMap(d)
             | aya::maps::Map::Array(d)

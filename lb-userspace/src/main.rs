@@ -122,6 +122,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// `backend weight` and `backend drain` (weight 0).
+fn set_weight(
+    s: &std::path::Path,
+    vip: String,
+    backend: &str,
+    weight: u32,
+    json: bool,
+) -> Result<()> {
+    let (address, port) = cli::parse_backend(backend)?;
+    cli::simple(
+        s,
+        &Request::BackendWeight {
+            vip,
+            address,
+            port,
+            weight,
+        },
+        json,
+    )
+}
+
 fn run(cli: Cli) -> Result<()> {
     let s = cli.socket.as_path();
     let json = cli.json;
@@ -163,36 +184,12 @@ fn run(cli: Cli) -> Result<()> {
                 let (address, port) = cli::parse_backend(&backend)?;
                 cli::simple(s, &Request::BackendRemove { vip, address, port }, json)
             }
-            BackendCmd::Drain { vip, backend } => {
-                let (address, port) = cli::parse_backend(&backend)?;
-                cli::simple(
-                    s,
-                    &Request::BackendWeight {
-                        vip,
-                        address,
-                        port,
-                        weight: 0,
-                    },
-                    json,
-                )
-            }
+            BackendCmd::Drain { vip, backend } => set_weight(s, vip, &backend, 0, json),
             BackendCmd::Weight {
                 vip,
                 backend,
                 weight,
-            } => {
-                let (address, port) = cli::parse_backend(&backend)?;
-                cli::simple(
-                    s,
-                    &Request::BackendWeight {
-                        vip,
-                        address,
-                        port,
-                        weight,
-                    },
-                    json,
-                )
-            }
+            } => set_weight(s, vip, &backend, weight, json),
         },
         Cmd::Stats { watch, count } => cli::stats(s, json, watch, count),
         Cmd::Conns {

@@ -101,7 +101,7 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response>
             "the daemon closed the connection without answering"
         ));
     }
-    Ok(serde_json::from_str(&answer).context("the daemon's answer is not valid JSON")?)
+    serde_json::from_str(&answer).context("the daemon's answer is not valid JSON")
 }
 
 #[cfg(test)]
