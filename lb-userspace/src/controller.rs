@@ -554,6 +554,7 @@ impl Controller {
         port: Option<u16>,
         weight: u32,
     ) -> Result<String> {
+        check_weight(weight)?;
         let idx = self.vip_index(vip)?;
         let port = port.unwrap_or(self.vips[idx].port);
         if self.vips[idx]
@@ -637,12 +638,7 @@ impl Controller {
         port: Option<u16>,
         weight: u32,
     ) -> Result<String> {
-        if weight > crate::config::MAX_WEIGHT {
-            bail!(
-                "weight must be between 0 and {}, got {weight}",
-                crate::config::MAX_WEIGHT
-            );
-        }
+        check_weight(weight)?;
         let idx = self.vip_index(vip)?;
         let bi = self.backend_index(idx, address, port)?;
         let b = &mut self.vips[idx].backends[bi];
@@ -843,6 +839,16 @@ impl Controller {
     pub fn vip_names(&self) -> Vec<String> {
         self.vips.iter().map(|v| v.name.clone()).collect()
     }
+}
+
+fn check_weight(weight: u32) -> Result<()> {
+    if weight > crate::config::MAX_WEIGHT {
+        bail!(
+            "weight must be between 0 and {}, got {weight}",
+            crate::config::MAX_WEIGHT
+        );
+    }
+    Ok(())
 }
 
 fn eligible_len(v: &VipState) -> usize {
