@@ -56,6 +56,8 @@ pub struct VipState {
     pub in_table: BTreeSet<u32>,
     /// The live table (for `lookup`).
     pub table: Vec<u32>,
+    /// Rebuilt from pinned maps and not yet matched with the config.
+    pub adopted: bool,
 }
 
 /// One probe target, for the health scheduler.
@@ -133,6 +135,7 @@ impl Controller {
                 fail_open: meta.flags & VipMeta::FAIL_OPEN != 0,
                 in_table: BTreeSet::new(),
                 table: Vec::new(),
+                adopted: true,
             };
             for (id, b) in backends.iter().filter(|(_, b)| b.vip_id == meta.vip_id) {
                 if b.flags & Backend::ACTIVE == 0 {
@@ -291,6 +294,7 @@ impl Controller {
             fail_open: false,
             in_table: BTreeSet::new(),
             table: Vec::new(),
+            adopted: false,
         };
         for b in &vc.backends {
             let bid = self.alloc_backend_id_with(&vs)?;
@@ -366,8 +370,14 @@ impl Controller {
     fn update_vip(&mut self, idx: usize, vc: &Vip) -> Result<Vec<String>> {
         let mut changes = Vec::new();
         let vip_id = self.vips[idx].id;
-        let name_changed = self.vips[idx].name != vc.name;
-        if name_changed && !self.vips[idx].name.starts_with("(adopted") {
+        let adopted = std::mem::take(&mut self.vips[idx].adopted);
+        if adopted {
+            changes.push(format!(
+                "vip {}: adopted from the pinned maps with {} backend(s)",
+                vc.name,
+                self.vips[idx].backends.len()
+            ));
+        } else if self.vips[idx].name != vc.name {
             changes.push(format!(
                 "vip {}: renamed to {}",
                 self.vips[idx].name, vc.name
@@ -375,7 +385,7 @@ impl Controller {
         }
         self.vips[idx].name = vc.name.clone();
         if self.vips[idx].health != vc.health {
-            if !self.vips[idx].name.starts_with("(adopted") && !name_changed {
+            if !adopted {
                 changes.push(format!("vip {}: health check changed", vc.name));
             }
             self.vips[idx].health = vc.health.clone();
@@ -384,56 +394,54 @@ impl Controller {
                 b.health = Health::with_state(vc.health.rise, vc.health.fall, b.health.up);
             }
         }
-        // Backends removed from the file.
-        let keep: BTreeSet<(Ipv4Addr, u16)> =
-            vc.backends.iter().map(|b| (b.address, b.port)).collect();
-        let mut i = 0;
-        let mut table_dirty = false;
-        while i < self.vips[idx].backends.len() {
-            let b = &self.vips[idx].backends[i];
-            if keep.contains(&(b.address, b.port)) {
-                i += 1;
-                continue;
-            }
-            let b = self.vips[idx].backends.remove(i);
-            self.retire_backend(vip_id, &b)?;
-            changes.push(format!("vip {}: -backend {}", vc.name, b.key()));
-            table_dirty = true;
-        }
-        for bc in &vc.backends {
+        let current: Vec<(Ipv4Addr, u16, u32)> = self.vips[idx]
+            .backends
+            .iter()
+            .map(|b| (b.address, b.port, b.weight))
+            .collect();
+        let diff = diff_backends(&current, &vc.backends);
+        for (address, port) in &diff.removed {
             let pos = self.vips[idx]
                 .backends
                 .iter()
-                .position(|b| (b.address, b.port) == (bc.address, bc.port));
-            match pos {
-                Some(p) => {
-                    let b = &mut self.vips[idx].backends[p];
-                    if b.weight != bc.weight || b.configured_weight != bc.weight {
-                        if b.configured_weight != 0 || b.weight != 0 {
-                            changes.push(format!(
-                                "vip {}: backend {} weight {} -> {}",
-                                vc.name,
-                                b.key(),
-                                b.weight,
-                                bc.weight
-                            ));
-                        }
-                        b.weight = bc.weight;
-                        b.configured_weight = bc.weight;
-                        table_dirty = true;
-                    }
-                }
-                None => {
-                    let id = self.alloc_backend_id()?;
-                    let b = self.new_backend(bc, id, &vc.health);
-                    self.write_backend(vip_id, &b)?;
-                    changes.push(format!("vip {}: +backend {}", vc.name, b.key()));
-                    self.vips[idx].backends.push(b);
-                    table_dirty = true;
-                }
+                .position(|b| (b.address, b.port) == (*address, *port))
+                .expect("diff names a current backend");
+            let b = self.vips[idx].backends.remove(pos);
+            self.retire_backend(vip_id, &b)?;
+            changes.push(format!("vip {}: -backend {}", vc.name, b.key()));
+        }
+        for (address, port, old, new) in &diff.reweighted {
+            let b = self.vips[idx]
+                .backends
+                .iter_mut()
+                .find(|b| (b.address, b.port) == (*address, *port))
+                .expect("diff names a current backend");
+            b.weight = *new;
+            if !adopted {
+                changes.push(format!(
+                    "vip {}: backend {} weight {old} -> {new}",
+                    vc.name,
+                    b.key()
+                ));
             }
         }
-        if table_dirty || self.vips[idx].table.is_empty() {
+        for b in &mut self.vips[idx].backends {
+            if let Some(bc) = vc
+                .backends
+                .iter()
+                .find(|c| (c.address, c.port) == (b.address, b.port))
+            {
+                b.configured_weight = bc.weight;
+            }
+        }
+        for bc in &diff.added {
+            let id = self.alloc_backend_id()?;
+            let b = self.new_backend(bc, id, &vc.health);
+            self.write_backend(vip_id, &b)?;
+            changes.push(format!("vip {}: +backend {}", vc.name, b.key()));
+            self.vips[idx].backends.push(b);
+        }
+        if !diff.is_empty() || self.vips[idx].table.is_empty() {
             self.rebuild_table(idx)?;
         }
         Ok(changes)
@@ -841,6 +849,43 @@ impl Controller {
     }
 }
 
+/// What making a VIP's backends equal to the file changes. Backends are identified by
+/// (address, port); a runtime weight (CLI) that differs from the file's is set back to it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BackendDiff {
+    pub added: Vec<BackendConfig>,
+    pub removed: Vec<(Ipv4Addr, u16)>,
+    /// (address, port, current weight, file's weight)
+    pub reweighted: Vec<(Ipv4Addr, u16, u32, u32)>,
+}
+
+impl BackendDiff {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.reweighted.is_empty()
+    }
+}
+
+/// `current`: (address, port, current weight) of the running backends.
+pub fn diff_backends(current: &[(Ipv4Addr, u16, u32)], wanted: &[BackendConfig]) -> BackendDiff {
+    let mut d = BackendDiff::default();
+    for (a, p, _) in current {
+        if !wanted.iter().any(|w| (w.address, w.port) == (*a, *p)) {
+            d.removed.push((*a, *p));
+        }
+    }
+    for w in wanted {
+        match current
+            .iter()
+            .find(|(a, p, _)| (*a, *p) == (w.address, w.port))
+        {
+            Some((a, p, cur)) if *cur != w.weight => d.reweighted.push((*a, *p, *cur, w.weight)),
+            Some(_) => {}
+            None => d.added.push(*w),
+        }
+    }
+    d
+}
+
 fn check_weight(weight: u32) -> Result<()> {
     if weight > crate::config::MAX_WEIGHT {
         bail!(
@@ -853,4 +898,48 @@ fn check_weight(weight: u32) -> Result<()> {
 
 fn eligible_len(v: &VipState) -> usize {
     v.backends.iter().filter(|b| b.weight > 0).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(last: u8, weight: u32) -> BackendConfig {
+        BackendConfig {
+            address: Ipv4Addr::new(10, 0, 0, last),
+            port: 5100,
+            weight,
+        }
+    }
+
+    #[test]
+    fn reload_diff_names_only_what_changed() {
+        let current = [
+            (Ipv4Addr::new(10, 0, 0, 1), 5100, 100),
+            (Ipv4Addr::new(10, 0, 0, 2), 5100, 100),
+            (Ipv4Addr::new(10, 0, 0, 3), 5100, 0),
+        ];
+        // Same as the file: nothing to do.
+        assert!(diff_backends(&current, &[b(1, 100), b(2, 100), b(3, 0)]).is_empty());
+        // One removed, one added, one re-weighted; the drained one (CLI) goes back to the file's.
+        let d = diff_backends(&current, &[b(1, 50), b(3, 100), b(4, 100)]);
+        assert_eq!(d.removed, vec![(Ipv4Addr::new(10, 0, 0, 2), 5100)]);
+        assert_eq!(d.added, vec![b(4, 100)]);
+        assert_eq!(
+            d.reweighted,
+            vec![
+                (Ipv4Addr::new(10, 0, 0, 1), 5100, 100, 50),
+                (Ipv4Addr::new(10, 0, 0, 3), 5100, 0, 100)
+            ]
+        );
+        // Same address on another port is another backend.
+        let d = diff_backends(
+            &current[..1],
+            &[BackendConfig {
+                port: 5200,
+                ..b(1, 100)
+            }],
+        );
+        assert_eq!((d.added.len(), d.removed.len()), (1, 1));
+    }
 }

@@ -58,7 +58,12 @@ fn run(task: Task) -> Result<()> {
                 a.push("--");
                 a.extend(args.iter().map(String::as_str));
             }
-            cmd::cargo(&a)
+            cmd::cargo(&a)?;
+            if setup::is_root() {
+                let wklb = cmd::workspace_root().join("target/debug/wklb");
+                cmd::run(&wklb.to_string_lossy(), &["verify"])?;
+            }
+            Ok(())
         }
         Task::Demo => {
             if !setup::is_root() {
