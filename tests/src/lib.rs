@@ -4,5 +4,6 @@ pub mod e2e;
 pub mod fixture;
 pub mod netns;
 pub mod packets;
+pub mod peers;
 pub mod root;
 pub mod topology;

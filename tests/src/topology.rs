@@ -34,6 +34,10 @@ pub const SNAT: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 100);
 pub const TCP_PORT: u16 = 5100;
 pub const UDP_PORT: u16 = 5300;
 pub const HEALTH_PORT: u16 = 5001;
+/// Small HTTP responses for connection-rate benchmarks (nginx on every backend).
+pub const HTTP_PORT: u16 = 8080;
+/// iperf3 servers on the backends.
+pub const IPERF_PORT: u16 = 5201;
 
 pub fn backend_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 2, 0, 11 + i as u8)
@@ -311,7 +315,8 @@ impl Topology {
                 "daemon off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\n\
                  events {{ worker_connections 256; }}\n\
                  http {{\n  access_log off;\n  client_body_temp_path {p};\n  proxy_temp_path {p};\n  fastcgi_temp_path {p};\n  uwsgi_temp_path {p};\n  scgi_temp_path {p};\n\
-                 server {{ listen {addr}:{HEALTH_PORT}; location = /health {{ default_type application/json; return 200 '{{\"status\":\"ok\"}}'; }} location / {{ return 404; }} }}\n}}\n",
+                 server {{ listen {addr}:{HEALTH_PORT}; location = /health {{ default_type application/json; return 200 '{{\"status\":\"ok\"}}'; }} location / {{ return 404; }} }}\n\
+                 server {{ listen {addr}:{HTTP_PORT}; keepalive_timeout 0; location / {{ default_type text/plain; return 200 'ok\\n'; }} }}\n}}\n",
                 p = prefix.display(),
                 addr = backend_addr(i),
             ),
@@ -335,6 +340,23 @@ impl Topology {
         });
         wait_port(&self.backend_ns[i], backend_addr(i), HEALTH_PORT)?;
         Ok(())
+    }
+
+    /// Starts an iperf3 server on backend `i` (kept with the backend's processes).
+    pub fn start_iperf(&mut self, i: usize) -> Result<Proc> {
+        let mut cmd = command_in(&self.backend_ns[i], "iperf3")?;
+        cmd.args(["-s", "-p", &IPERF_PORT.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .context("starting iperf3 (apt-get install iperf3)")?;
+        wait_port(&self.backend_ns[i], backend_addr(i), IPERF_PORT)?;
+        Ok(Proc {
+            name: format!("iperf3-b{}", i + 1),
+            child,
+        })
     }
 
     pub fn stop_backend(&mut self, i: usize) {
@@ -513,9 +535,10 @@ fn wait_port(ns: &str, addr: Ipv4Addr, port: u16) -> Result<()> {
     let t = Instant::now();
     let want = format!("{addr}:{port}");
     let any = format!("0.0.0.0:{port}");
+    let dual = format!("*:{port}");
     while t.elapsed() < Duration::from_secs(10) {
         if let Ok(out) = run("ip", &["netns", "exec", ns, "ss", "-Hltn"])
-            && (out.contains(&want) || out.contains(&any))
+            && (out.contains(&want) || out.contains(&any) || out.contains(&dual))
         {
             return Ok(());
         }

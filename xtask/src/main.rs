@@ -20,7 +20,8 @@ enum Task {
     },
     /// The whole thing on this machine (root): namespaces, daemon, clients, a failover. ~1 min.
     Demo,
-    /// Benchmarks (root): per-packet cost of the data path against the XDP floor.
+    /// Benchmarks (root): data path against the XDP floor, control plane, and end to end
+    /// against nginx stream, HAProxy, nftables and no balancer. Writes bench/results/.
     Bench {
         /// Fewer repetitions (100,000 instead of 1,000,000 per round): about 10 s.
         #[arg(long)]
@@ -90,16 +91,18 @@ fn run(task: Task) -> Result<()> {
                 anyhow::bail!("the benchmark loads XDP programs: run `sudo cargo xtask bench`");
             }
             setup::ensure()?;
-            cmd::step("building the benchmark (release)");
+            setup::packages(setup::BENCH_PACKAGES)?;
+            cmd::step("building wklb and the benchmark (release)");
             cmd::cargo(&[
                 "build",
                 "--release",
                 "-p",
+                "lb-userspace",
+                "-p",
                 "wklb-tests",
-                "--bin",
-                "wklb-bench",
+                "--bins",
             ])?;
-            cmd::step("running the data-path benchmark");
+            cmd::step("running the benchmarks (data path, control plane, end to end)");
             let bin = cmd::workspace_root().join("target/release/wklb-bench");
             let bin = bin
                 .to_str()

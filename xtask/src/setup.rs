@@ -9,6 +9,16 @@ use crate::cmd::{output, run, step};
 /// Debian packages the tests, demo and benchmarks use (nginx serves backends' /health).
 const PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping", "nginx", "nftables"];
 
+/// Extra Debian packages for `cargo xtask bench`: the balancers wklb is compared with, the load
+/// generators, and a font for the chart.
+pub const BENCH_PACKAGES: &[&str] = &[
+    "libnginx-mod-stream",
+    "haproxy",
+    "wrk",
+    "iperf3",
+    "fonts-dejavu-core",
+];
+
 /// The bpf-linker release that matches our aya versions (see docs/toolchain notes in README).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -17,14 +27,14 @@ pub fn is_root() -> bool {
 }
 
 pub fn ensure() -> Result<()> {
-    packages()?;
+    packages(PACKAGES)?;
     nightly_rust_src()?;
     bpf_linker()?;
     Ok(())
 }
 
-fn packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+pub fn packages(wanted: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = wanted
         .iter()
         .copied()
         .filter(|p| {

@@ -1,12 +1,32 @@
-//! `cargo xtask bench`: per-packet cost of the data path against the XDP floor, measured with
-//! BPF_PROG_TEST_RUN (repeat >= 1,000,000 unless --quick) in one run, median of several rounds.
+//! `cargo xtask bench`: everything measured side by side in one run, written to
+//! bench/results/<timestamp>.{json,md,png}:
+//! 1. data path: ns per packet with BPF_PROG_TEST_RUN (repeat >= 1,000,000 unless --quick),
+//!    median of several rounds, against the XDP floor;
+//! 2. control plane: Maglev generation, table swap, memory per flow, death-to-swap time;
+//! 3. end to end: wklb, nginx stream, HAProxy, nftables and no balancer in turn in one
+//!    namespace topology (connection rate, CPU, ping latency with long-lived connections,
+//!    throughput).
 
-use std::net::Ipv4Addr;
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::programs::{TestRun, TestRunOptions};
-use lb_common::{BENCH_FRAME_LEN, BenchFrame, PROTO_TCP, Reason};
-use wklb_tests::{fixture::*, netns::in_private_netns, packets::tcp, root::have_root};
+use lb_common::{
+    BENCH_FRAME_LEN, BenchFrame, MAGLEV_TABLE_SIZE, Reason,
+    maglev::{Member, build_table},
+};
+use serde::Serialize;
+use wklb_tests::{
+    fixture::*,
+    netns::in_private_netns,
+    packets::tcp,
+    peers::{self, PEERS, PeerResult},
+    root::have_root,
+    topology::{self, Topology},
+};
 
 struct Case {
     name: &'static str,
@@ -19,14 +39,217 @@ struct Case {
     expect: Option<Reason>,
 }
 
+#[derive(Serialize, Default)]
+struct DataPath {
+    repeat: u32,
+    rounds: usize,
+    /// (path, median ns per packet)
+    rows: Vec<(String, f64)>,
+    verifier_instructions: u32,
+    max_flows: u32,
+    table_bytes_per_flow: f64,
+    table_mib: f64,
+    snat_exhausted: u64,
+    /// Filling and swapping in one VIP's 65537-slot table, median of 5, ms.
+    table_swap_ms: f64,
+}
+
+#[derive(Serialize)]
+struct MaglevRow {
+    backends: usize,
+    table_size: u32,
+    ms: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    started: String,
+    machine: String,
+    quick: bool,
+    datapath: DataPath,
+    maglev: Vec<MaglevRow>,
+    /// Backend death to its removal from the live table, with health checks every 500 ms,
+    /// fall 2 (bound: fall x interval + interval = 1.5 s).
+    death_to_swap_ms: Option<f64>,
+    e2e: Vec<PeerResult>,
+}
+
 fn main() -> Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let skip_e2e = args.iter().any(|a| a == "--no-e2e");
     if !have_root() {
         bail!("the benchmark loads XDP programs: run `sudo cargo xtask bench`");
     }
+    let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let repeat: u32 = if quick { 100_000 } else { 1_000_000 };
     let rounds = if quick { 3 } else { 5 };
-    in_private_netns(move || run(repeat, rounds))
+    println!("== 1/3 data path");
+    let datapath = in_private_netns(move || datapath(repeat, rounds))?;
+    println!("\n== 2/3 control plane: Maglev table generation");
+    let maglev = maglev_times(quick);
+    let (death_to_swap_ms, e2e) = if skip_e2e {
+        (None, Vec::new())
+    } else {
+        println!("\n== 3/3 end to end: each balancer in turn over the same backends");
+        end_to_end(quick)?
+    };
+    let report = Report {
+        started,
+        machine: machine(),
+        quick,
+        datapath,
+        maglev,
+        death_to_swap_ms,
+        e2e,
+    };
+    write_results(&report)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores {cpu}, kernel {}", kernel.trim())
+}
+
+fn maglev_times(quick: bool) -> Vec<MaglevRow> {
+    let mut rows = Vec::new();
+    for size in [MAGLEV_TABLE_SIZE, 655_373] {
+        for n in [10usize, 100, 1000] {
+            let members: Vec<Member> = (0..n)
+                .map(|i| Member {
+                    id: i as u32,
+                    key: format!("10.{}.{}.{}:5100", i / 65536, (i / 256) % 256, i % 256),
+                    weight: 100,
+                })
+                .collect();
+            let mut samples: Vec<f64> = (0..if quick { 3 } else { 7 })
+                .map(|_| {
+                    let t = Instant::now();
+                    std::hint::black_box(build_table(&members, size));
+                    t.elapsed().as_secs_f64() * 1000.0
+                })
+                .collect();
+            samples.sort_by(f64::total_cmp);
+            let ms = samples[samples.len() / 2];
+            println!("  {n:>5} backends, M = {size:>6}: {ms:7.2} ms");
+            rows.push(MaglevRow {
+                backends: n,
+                table_size: size,
+                ms,
+            });
+        }
+    }
+    rows
+}
+
+fn end_to_end(quick: bool) -> Result<(Option<f64>, Vec<PeerResult>)> {
+    let mut t = Topology::new(3)?;
+    for i in 0..3 {
+        t.start_backend(i)?;
+        t.start_health(i)?;
+    }
+    let _iperf = t.start_iperf(0)?;
+    let stats_enabled =
+        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
+        .context("enabling kernel.bpf_stats_enabled")?;
+    let mut results = Vec::new();
+    for name in PEERS {
+        println!("  {name}: starting");
+        let r = match peers::start(&mut t, name) {
+            Ok(p) => {
+                let r = peers::measure(&t, &p, quick).unwrap_or_else(|e| PeerResult {
+                    peer: name.into(),
+                    error: Some(format!("{e:#}")),
+                    ..Default::default()
+                });
+                if let Err(e) = peers::stop(&mut t, p) {
+                    println!("  {name}: stopping failed: {e:#}");
+                }
+                r
+            }
+            Err(e) => PeerResult {
+                peer: name.into(),
+                error: Some(format!("failed to start: {e:#}")),
+                ..Default::default()
+            },
+        };
+        match &r.error {
+            None => println!(
+                "  {name}: {:.0} conn/s, own CPU {:.1} ms + softirq {:.1} ms per 1k conn, ping p50 {:.2} ms p99 {:.2} ms ({} conns, {} broken), {:.2} Gbit/s",
+                r.conn_per_s,
+                r.own_cpu_ms_per_1k_conn,
+                r.softirq_ms_per_1k_conn,
+                r.ping_rtt_ms_p50,
+                r.ping_rtt_ms_p99,
+                r.ping_conns,
+                r.ping_broken,
+                r.throughput_gbit_s
+            ),
+            Some(e) => println!("  {name}: FAILED: {e}"),
+        }
+        results.push(r);
+    }
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_enabled.trim());
+    // Death to swap, with wklb again.
+    println!("  wklb: backend death to table swap");
+    let death = death_to_swap(&mut t)
+        .map_err(|e| println!("  death to swap failed: {e:#}"))
+        .ok();
+    peers::attribute_cpu(&mut results);
+    Ok((
+        death,
+        results
+            .into_iter()
+            .map(|mut r| {
+                r.ok = r.error.is_none();
+                r
+            })
+            .collect(),
+    ))
+}
+
+fn death_to_swap(t: &mut Topology) -> Result<f64> {
+    let p = peers::start(t, "wklb")?;
+    std::thread::sleep(Duration::from_secs(2));
+    t.stop_backend(2);
+    t.stop_health(2);
+    let killed = Instant::now();
+    let took = loop {
+        let s = t.stats()?;
+        let row = s["backends"].as_array().and_then(|b| {
+            b.iter()
+                .find(|r| {
+                    r["vip"] == "im-tcp"
+                        && r["address"] == topology::backend_addr(2).to_string().as_str()
+                })
+                .cloned()
+        });
+        if row.is_some_and(|r| r["in_table"] == false) {
+            break killed.elapsed();
+        }
+        if killed.elapsed() > Duration::from_secs(10) {
+            bail!("backend still in the table after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    peers::stop(t, p)?;
+    println!(
+        "  backend death to table swap: {:.0} ms (bound 1500 ms)",
+        took.as_secs_f64() * 1000.0
+    );
+    Ok(took.as_secs_f64() * 1000.0)
 }
 
 fn pad(mut f: Vec<u8>) -> Vec<u8> {
@@ -41,7 +264,7 @@ fn tcp64(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: &str) -> Vec<u8> {
     tcp(src, dst, flags, &payload)
 }
 
-fn run(repeat: u32, rounds: usize) -> Result<()> {
+fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
     // Capacity for every new flow the SYN case creates, plus headroom; 64 SNAT addresses keep
     // SNAT tuples (3 backends x 64 x 64512 ports) far from full.
     let syn_rounds = 3usize;
@@ -53,10 +276,8 @@ fn run(repeat: u32, rounds: usize) -> Result<()> {
     let mut fx = Fixture::new(max_flows)?;
     let snat: Vec<Ipv4Addr> = (0..64).map(|i| Ipv4Addr::new(10, 20, 1, i)).collect();
     fx.dp.set_snat_addrs(&snat)?;
-    println!(
-        "verifier: {} instructions processed",
-        fx.dp.verified_instructions()?
-    );
+    let verifier_instructions = fx.dp.verified_instructions()?;
+    println!("verifier: {verifier_instructions} instructions processed");
     let table_bytes = fx.dp.map_memory(lb_common::names::FLOWS)?
         + fx.dp.map_memory(lb_common::names::REV_FLOWS)?;
     println!(
@@ -177,13 +398,30 @@ fn run(repeat: u32, rounds: usize) -> Result<()> {
             ns / bare
         );
     }
-    let flows = fx.dp.reason(Reason::DropSnatExhausted)?;
-    println!(
-        "\nSNAT exhausted during the run: {flows}; flows in table: {}",
-        fx.dp.flows()?.len()
-    );
-    let _ = PROTO_TCP;
-    Ok(())
+    let snat_exhausted = fx.dp.reason(Reason::DropSnatExhausted)?;
+    println!("\nSNAT exhausted during the run: {snat_exhausted}");
+    // Table swap: fill a fresh 65537-slot inner map and swap it in.
+    let mut swaps: Vec<f64> = (0..5)
+        .map(|i| {
+            let t = Instant::now();
+            fx.install(TCP_VIP_ID, &[(0, 1 + i), (1, 1), (2, 1)])
+                .map(|_| t.elapsed().as_secs_f64() * 1000.0)
+        })
+        .collect::<Result<_>>()?;
+    swaps.sort_by(f64::total_cmp);
+    let table_swap_ms = swaps[2];
+    println!("table build + fill + atomic swap: {table_swap_ms:.1} ms");
+    Ok(DataPath {
+        repeat,
+        rounds,
+        rows: results.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+        verifier_instructions,
+        max_flows,
+        table_bytes_per_flow: table_bytes as f64 / max_flows as f64,
+        table_mib: table_bytes as f64 / (1 << 20) as f64,
+        snat_exhausted,
+        table_swap_ms,
+    })
 }
 
 /// Runs `program` `repeat` times in the kernel; returns the kernel-measured ns per run.
@@ -202,4 +440,159 @@ fn time(fx: &mut Fixture, program: &str, frame: &[u8], repeat: u32) -> Result<f6
         })
         .with_context(|| format!("test run of {program}"))?;
     Ok(res.duration.as_nanos() as f64)
+}
+
+fn write_results(r: &Report) -> Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let stamp = r.started.replace(':', "-");
+    let base = dir.join(&stamp);
+    std::fs::write(
+        base.with_extension("json"),
+        serde_json::to_string_pretty(r)?,
+    )?;
+    let md = markdown(r);
+    std::fs::write(base.with_extension("md"), &md)?;
+    if !r.e2e.is_empty() {
+        chart(r, &base.with_extension("png"))?;
+    }
+    println!("\n{md}");
+    println!(
+        "written: {}.{{json,md{}}}",
+        base.display(),
+        if r.e2e.is_empty() { "" } else { ",png" }
+    );
+    Ok(())
+}
+
+fn markdown(r: &Report) -> String {
+    let d = &r.datapath;
+    let floor = d
+        .rows
+        .iter()
+        .find(|x| x.0.starts_with("floor: restore"))
+        .map(|x| x.1)
+        .unwrap_or(1.0);
+    let mut s = format!(
+        "# wklb benchmark {}\n\nMachine: {}. {}\n\n",
+        r.started,
+        r.machine,
+        if r.quick { "Quick run." } else { "" }
+    );
+    s += &format!(
+        "## Data path (BPF_PROG_TEST_RUN, repeat {}, median of {} rounds)\n\n| path | ns/packet | vs floor (restore + XDP_TX) |\n|---|---:|---:|\n",
+        d.repeat, d.rounds
+    );
+    for (n, v) in &d.rows {
+        s += &format!("| {n} | {v:.1} | {:.2}x |\n", v / floor);
+    }
+    s += &format!(
+        "\nVerifier: {} instructions. Connection table: {:.0} bytes per flow preallocated ({:.0} MiB for {} flows; {:.0} MiB at 1,000,000). Table build + fill + atomic swap: {:.1} ms.\n\n",
+        d.verifier_instructions,
+        d.table_bytes_per_flow,
+        d.table_mib,
+        d.max_flows,
+        d.table_bytes_per_flow * 1e6 / (1 << 20) as f64,
+        d.table_swap_ms
+    );
+    s += "## Control plane: Maglev table generation\n\n| backends | M | ms |\n|---:|---:|---:|\n";
+    for m in &r.maglev {
+        s += &format!("| {} | {} | {:.2} |\n", m.backends, m.table_size, m.ms);
+    }
+    if let Some(ms) = r.death_to_swap_ms {
+        s += &format!(
+            "\nBackend death to atomic table swap: {ms:.0} ms (health checks every 500 ms, fall 2; bound 1,500 ms).\n"
+        );
+    }
+    if !r.e2e.is_empty() {
+        s += "\n## End to end (network namespaces, same topology, one run; clients, balancer and backends share the machine's cores)\n\n";
+        s += "| balancer | new conn/s | own CPU ms / 1k conn | softirq ms / 1k conn | balancer CPU ms / 1k conn | conn / balancer CPU s | machine CPU us / conn | ping p50 ms | ping p99 ms | conns (broken) | Gbit/s (4 streams) | own CPU + softirq s / GB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        for e in &r.e2e {
+            if let Some(err) = &e.error {
+                s += &format!(
+                    "| {} | FAILED: {} |||||||||||\n",
+                    e.peer,
+                    err.replace('\n', " ")
+                );
+                continue;
+            }
+            s += &format!(
+                "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} | {} ({}) | {:.2} | {:.2} |\n",
+                e.peer,
+                e.conn_per_s,
+                e.own_cpu_ms_per_1k_conn,
+                e.softirq_ms_per_1k_conn,
+                e.balancer_cpu_ms_per_1k_conn,
+                e.conn_per_balancer_cpu_s,
+                e.machine_cpu_us_per_conn,
+                e.ping_rtt_ms_p50,
+                e.ping_rtt_ms_p99,
+                e.ping_conns,
+                e.ping_broken,
+                e.throughput_gbit_s,
+                e.balancer_cpu_s_per_gb
+            );
+        }
+        s += "\nOwn CPU: the proxy's process CPU, or the XDP program's run time (kernel.bpf_stats_enabled); nftables works only in softirq. Softirq: the whole machine's, in the same window (clients' and backends' stacks included). Balancer CPU = own + the softirq a peer adds over the no-balancer run of the same benchmark.\n";
+    }
+    s
+}
+
+fn chart(r: &Report, path: &std::path::Path) -> Result<()> {
+    use plotters::prelude::*;
+    let font = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+        .context("chart font (apt-get install fonts-dejavu-core)")?;
+    plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(font.into_boxed_slice()),
+    )
+    .map_err(|_| anyhow::anyhow!("cannot load the chart font"))?;
+    let ok: Vec<&PeerResult> = r.e2e.iter().filter(|e| e.error.is_none()).collect();
+    let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(600);
+    for (area, title, value) in [
+        (
+            &left,
+            "new connections per second (higher is better)",
+            Box::new(|e: &PeerResult| e.conn_per_s) as Box<dyn Fn(&PeerResult) -> f64>,
+        ),
+        (
+            &right,
+            "ping RTT p99 ms, long-lived conns (lower is better)",
+            Box::new(|e: &PeerResult| e.ping_rtt_ms_p99),
+        ),
+    ] {
+        let max = ok.iter().map(|e| value(e)).fold(0.0, f64::max).max(1e-9) * 1.15;
+        let mut c = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 18))
+            .margin(15)
+            .x_label_area_size(35)
+            .y_label_area_size(60)
+            .build_cartesian_2d((0..ok.len()).into_segmented(), 0.0..max)?;
+        c.configure_mesh()
+            .disable_x_mesh()
+            .x_label_formatter(&|x| match x {
+                SegmentValue::CenterOf(i) => ok.get(*i).map(|e| e.peer.clone()).unwrap_or_default(),
+                _ => String::new(),
+            })
+            .draw()?;
+        c.draw_series(ok.iter().enumerate().map(|(i, e)| {
+            let color = if e.peer == "wklb" {
+                RGBColor(220, 80, 40)
+            } else {
+                RGBColor(90, 110, 160)
+            };
+            Rectangle::new(
+                [
+                    (SegmentValue::Exact(i), 0.0),
+                    (SegmentValue::Exact(i + 1), value(e)),
+                ],
+                color.filled(),
+            )
+        }))?;
+    }
+    root.present()?;
+    Ok(())
 }
