@@ -675,8 +675,7 @@ impl Controller {
         let mut active: HashMap<u32, u64> = HashMap::new();
         let mut expired = 0;
         for (k, f) in &flows {
-            if is_expired(f, now_ns, &timeouts) {
-                self.dp.remove_flow(k, f)?;
+            if is_expired(f, now_ns, &timeouts) && self.dp.remove_flow_if_unchanged(k, f)? {
                 expired += 1;
             } else {
                 *active.entry(f.backend_id).or_default() += 1;

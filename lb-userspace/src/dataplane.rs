@@ -540,11 +540,16 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Inserts a flow entry directly (tests fill the table this way).
-    pub fn insert_flow(&mut self, key: &FlowKey, flow: &Flow) -> Result<()> {
-        let mut f: HashMap<&mut MapData, FlowKey, Flow> = self.map_mut(names::FLOWS)?;
-        f.insert(key, flow, 0)?;
-        Ok(())
+    /// Removes a flow seen as `flow` only if the entry still holds exactly that: a packet that
+    /// refreshed it, or a SYN that replaced it (port reuse), since it was read keeps it alive.
+    /// BPF hash maps have no compare-and-delete; re-reading just before narrows the window to
+    /// microseconds. Returns whether it was removed.
+    pub fn remove_flow_if_unchanged(&mut self, key: &FlowKey, flow: &Flow) -> Result<bool> {
+        if self.flow(key)?.as_ref() != Some(flow) {
+            return Ok(false);
+        }
+        self.remove_flow(key, flow)?;
+        Ok(true)
     }
 
     /// Pin directory default, for callers that do not configure one.

@@ -373,3 +373,50 @@ fn check_config_and_cli_errors_are_one_clear_sentence() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is `wklb daemon` running"), "{err}");
 }
+
+#[test]
+fn idle_flows_expire_and_free_their_snat_ports() {
+    let Some(mut t) = topology("idle_flows_expire", 3) else {
+        return;
+    };
+    // One SNAT port: each backend can hold a single flow until it expires.
+    let cfg = t
+        .config(
+            &[(0, 100), (1, 100), (2, 100)],
+            "port_min = 40000\nport_max = 40000\n",
+        )
+        .replace(
+            "max_flows = 65536",
+            "max_flows = 65536\nudp_timeout = \"2s\"",
+        );
+    let cfg = t.write_config(&cfg).unwrap();
+    t.start_daemon(&cfg).unwrap();
+    let first = Topology::client_report(udp_client(&t, 12)).unwrap();
+    let a1 = first["answered"].as_u64().unwrap();
+    assert!((1..=3).contains(&a1), "{first:#}");
+    // While those flows live, their backends' only port is taken.
+    let second = Topology::client_report(udp_client(&t, 12)).unwrap();
+    assert!(
+        second["answered"].as_u64().unwrap() <= 3 - a1,
+        "ports were not taken: {second:#}"
+    );
+    let s = t.stats().unwrap();
+    assert!(
+        s["reasons"]["drop_snat_exhausted"].as_u64().unwrap() > 0,
+        "{:#}",
+        s["reasons"]
+    );
+    // 2 s idle + a 1 s expiry pass, with slack for the two-core machine.
+    let took = wait_stats(&t, Duration::from_secs(6), "every flow expired", |s| {
+        s["flows"] == 0 && s["expired_flows_total"].as_u64().unwrap_or(0) >= 1
+    });
+    println!("idle UDP flows expired after {took:?}");
+    let conns: Value = serde_json::from_str(&t.wklb(&["conns", "--json"]).unwrap()).unwrap();
+    assert!(conns.as_array().unwrap().is_empty(), "{conns:#}");
+    // Expiry freed the ports: new flows get them again.
+    let third = Topology::client_report(udp_client(&t, 12)).unwrap();
+    assert!(
+        third["answered"].as_u64().unwrap() >= 1,
+        "ports not freed: {third:#}"
+    );
+}

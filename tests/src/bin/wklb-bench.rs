@@ -570,7 +570,7 @@ fn chart(r: &Report, path: &std::path::Path) -> Result<()> {
             .margin(15)
             .x_label_area_size(35)
             .y_label_area_size(60)
-            .build_cartesian_2d((0..ok.len()).into_segmented(), 0.0..max)?;
+            .build_cartesian_2d((0..ok.len().saturating_sub(1)).into_segmented(), 0.0..max)?;
         c.configure_mesh()
             .disable_x_mesh()
             .x_label_formatter(&|x| match x {
@@ -584,13 +584,15 @@ fn chart(r: &Report, path: &std::path::Path) -> Result<()> {
             } else {
                 RGBColor(90, 110, 160)
             };
-            Rectangle::new(
+            let mut bar = Rectangle::new(
                 [
                     (SegmentValue::Exact(i), 0.0),
                     (SegmentValue::Exact(i + 1), value(e)),
                 ],
                 color.filled(),
-            )
+            );
+            bar.set_margin(0, 0, 12, 12);
+            bar
         }))?;
     }
     root.present()?;
