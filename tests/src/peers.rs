@@ -85,10 +85,10 @@ fn bpf_run_time(pid: u32) -> f64 {
     if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
         for e in rd.flatten() {
             let t = std::fs::read_to_string(e.path()).unwrap_or_default();
-            if t.contains("prog_type:\t6") || t.contains("prog_type: 6") {
-                if let Some(v) = t.lines().find_map(|l| l.strip_prefix("run_time_ns:")) {
-                    ns += v.trim().parse::<u64>().unwrap_or(0);
-                }
+            if (t.contains("prog_type:\t6") || t.contains("prog_type: 6"))
+                && let Some(v) = t.lines().find_map(|l| l.strip_prefix("run_time_ns:"))
+            {
+                ns += v.trim().parse::<u64>().unwrap_or(0);
             }
         }
     }

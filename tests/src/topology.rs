@@ -227,17 +227,8 @@ impl Topology {
         ipn(&sw, &["link", "add", "br0", "type", "bridge"])?;
         ipn(&sw, &["link", "set", "br0", "up"])?;
         ipn(&sw, &["link", "set", &s0, "master", "br0", "up"])?;
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &edge,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ],
-        )?;
+        // /proc/sys/net shows the namespace of the thread that opens it (no procps needed).
+        crate::netns::in_named_netns(&edge, crate::netns::enable_forwarding)??;
         // Locally generated packets on veth carry partial checksums that XDP rewrites would
         // break: the senders compute full checksums. Frames redirected into a veth need NAPI
         // (GRO) on the receiving side.
