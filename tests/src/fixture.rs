@@ -74,6 +74,10 @@ impl Fixture {
             ))?;
         }
         enable_forwarding()?;
+        // Live-frame benchmarks transmit into these veths: the receiving peers need NAPI (GRO).
+        for peer in ["wkc1", "wkb1"] {
+            crate::netns::run("ethtool", &["-K", peer, "gro", "on"])?;
+        }
 
         let mut dp = Dataplane::load(&LoadOptions {
             max_flows,

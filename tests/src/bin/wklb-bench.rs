@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::programs::{TestRun, TestRunOptions};
+use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
 use lb_common::{
     BENCH_FRAME_LEN, BenchFrame, MAGLEV_TABLE_SIZE, Reason,
     maglev::{Member, build_table},
@@ -52,6 +52,8 @@ struct DataPath {
     snat_exhausted: u64,
     /// Filling and swapping in one VIP's 65537-slot table, median of 5, ms.
     table_swap_ms: f64,
+    /// BPF_F_TEST_XDP_LIVE_FRAMES: (path, million packets per second transmitted on a veth).
+    live_mpps: Vec<(String, f64)>,
 }
 
 #[derive(Serialize)]
@@ -400,6 +402,36 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
     }
     let snat_exhausted = fx.dp.reason(Reason::DropSnatExhausted)?;
     println!("\nSNAT exhausted during the run: {snat_exhausted}");
+    // Live frames: the kernel really transmits what the program returns (XDP_TX on the client
+    // veth for the floor, a redirect to the backend veth for wklb's established forward path).
+    let frames = repeat * 10;
+    let established = tcp64(client, vip, "A");
+    let mut live = Vec::new();
+    for (name, program) in [
+        ("floor: restore + XDP_TX, live", "bench_floor"),
+        ("wklb established forward, live", "bench_wklb"),
+    ] {
+        let mut data = [0u64; BENCH_FRAME_LEN / 8];
+        for (w, chunk) in data.iter_mut().zip(established.chunks_exact(8)) {
+            *w = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
+        }
+        fx.dp.set_bench_frame(&BenchFrame {
+            data,
+            vary_source: 0,
+            _pad: 0,
+        })?;
+        let before = fx.dp.reasons()?[Reason::Forwarded as usize];
+        let ns = time_live(&mut fx, program, &established, frames)?;
+        if program == "bench_wklb" {
+            let moved = fx.dp.reasons()?[Reason::Forwarded as usize] - before;
+            if moved != frames as u64 {
+                bail!("live frames: {moved} of {frames} counted as forwarded");
+            }
+        }
+        let mpps = 1e3 / ns;
+        println!("  {name:<34} {mpps:5.2} Mpps ({ns:.0} ns/frame, {frames} frames)");
+        live.push((name.to_string(), mpps));
+    }
     // Table swap: fill a fresh 65537-slot inner map and swap it in.
     let mut swaps: Vec<f64> = (0..5)
         .map(|i| {
@@ -421,6 +453,7 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
         table_mib: table_bytes as f64 / (1 << 20) as f64,
         snat_exhausted,
         table_swap_ms,
+        live_mpps: live,
     })
 }
 
@@ -439,6 +472,25 @@ fn time(fx: &mut Fixture, program: &str, frame: &[u8], repeat: u32) -> Result<f6
             ..TestRunOptions::new()
         })
         .with_context(|| format!("test run of {program}"))?;
+    Ok(res.duration.as_nanos() as f64)
+}
+
+/// Runs `program` over `frames` live frames (transmitted for real); ns per frame.
+fn time_live(fx: &mut Fixture, program: &str, frame: &[u8], frames: u32) -> Result<f64> {
+    let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, fx.client_if, 0, 0]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect();
+    let prog = fx.dp.extra_program(program)?;
+    let res = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: frames,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::new()
+        })
+        .with_context(|| format!("live-frames run of {program}"))?;
     Ok(res.duration.as_nanos() as f64)
 }
 
@@ -495,6 +547,14 @@ fn markdown(r: &Report) -> String {
         d.table_bytes_per_flow * 1e6 / (1 << 20) as f64,
         d.table_swap_ms
     );
+    if !d.live_mpps.is_empty() {
+        s += "Live frames (BPF_F_TEST_XDP_LIVE_FRAMES, transmitted on a veth):\n\n| path | Mpps | vs floor |\n|---|---:|---:|\n";
+        let f = d.live_mpps[0].1;
+        for (n, v) in &d.live_mpps {
+            s += &format!("| {n} | {v:.2} | {:.2}x |\n", v / f);
+        }
+        s += "\n";
+    }
     s += "## Control plane: Maglev table generation\n\n| backends | M | ms |\n|---:|---:|---:|\n";
     for m in &r.maglev {
         s += &format!("| {} | {} | {:.2} |\n", m.backends, m.table_size, m.ms);
