@@ -203,9 +203,14 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
         addrs.len()
     );
     // Interfaces: attach (or adopt the pinned link); detach ones no longer configured.
-    for iface in Dataplane::pinned_interfaces(&cfg.daemon.pin_path) {
+    let pin_dir = ctl
+        .dataplane()
+        .pin_dir()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| cfg.daemon.pin_path.clone());
+    for iface in Dataplane::pinned_interfaces(&pin_dir) {
         if !cfg.daemon.interfaces.contains(&iface) {
-            Dataplane::detach_pinned(&cfg.daemon.pin_path, &iface)?;
+            Dataplane::detach_pinned(&pin_dir, &iface)?;
             info!("detached XDP from {iface} (no longer in daemon.interfaces)");
         }
     }

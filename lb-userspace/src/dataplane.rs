@@ -89,9 +89,12 @@ impl Dataplane {
             .map_max_entries(names::FLOWS, opts.max_flows)
             .map_max_entries(names::REV_FLOWS, opts.max_flows);
         let mut adopted = false;
-        let pins: Vec<(&str, PathBuf)> = match &opts.pin_dir {
+        let pin_dir = match &opts.pin_dir {
+            Some(d) => Some(crate::privileges::resolve_pin_dir(d)?),
+            None => None,
+        };
+        let pins: Vec<(&str, PathBuf)> = match &pin_dir {
             Some(dir) => {
-                crate::privileges::ensure_bpffs(dir)?;
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
                 adopted = dir.join(names::FLOWS).exists();
@@ -102,7 +105,7 @@ impl Dataplane {
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(XDP_OBJECT).with_context(|| match &opts.pin_dir {
+        let mut ebpf = loader.load(XDP_OBJECT).with_context(|| match &pin_dir {
             Some(d) if adopted => format!(
                 "loading the XDP object with the maps pinned in {} (if they come from an incompatible wklb version, `wklb unload` removes them, which breaks live connections)",
                 d.display()
@@ -117,7 +120,7 @@ impl Dataplane {
             .context("the kernel verifier rejected the XDP program")?;
         let mut dp = Dataplane {
             ebpf,
-            pin_dir: opts.pin_dir.clone(),
+            pin_dir,
             adopted,
         };
         if adopted {
@@ -132,6 +135,11 @@ impl Dataplane {
             dp.set_config(&DataplaneConfig::default())?;
         }
         Ok(dp)
+    }
+
+    /// Where maps and links are pinned (the configured directory, or its host path).
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
     }
 
     /// Whether this load adopted already-pinned maps.
@@ -299,6 +307,7 @@ impl Dataplane {
     /// Returns what was removed.
     pub fn unload_pinned(dir: &Path) -> Result<Vec<String>> {
         crate::privileges::require_root("unloading the data plane")?;
+        let dir = &crate::privileges::resolve_pin_dir(dir)?;
         let mut removed = Vec::new();
         for iface in Self::pinned_interfaces(dir) {
             Self::detach_pinned(dir, &iface)?;

@@ -1,6 +1,6 @@
 //! Preconditions for touching the kernel, each failing with one sentence that says what to do.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
@@ -13,21 +13,66 @@ pub fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Pinning needs a bpf filesystem at (or above) `dir`; mounts it at /sys/fs/bpf when missing,
-/// as `ip netns exec` hides the host's.
-pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+/// Where pins for `dir` really go, making sure that is on a bpf filesystem.
+///
+/// `ip netns exec` gives a process a fresh /sys, hiding the host's /sys/fs/bpf. A bpffs mounted
+/// there would belong to this process's private mount namespace and vanish with it, taking the
+/// pinned program and maps along: no restart could keep a connection. So when the process that
+/// started us (or PID 1) sees a bpffs at /sys/fs/bpf, that directory is opened once and pins go
+/// through `/proc/self/fd/N`, valid for as long as we run; only without one is a bpffs mounted
+/// here, with a warning.
+pub fn resolve_pin_dir(dir: &Path) -> Result<PathBuf> {
     let bpffs = Path::new("/sys/fs/bpf");
-    if dir.starts_with(bpffs) && !is_bpffs(bpffs) {
-        let status = std::process::Command::new("mount")
-            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
-            .status();
-        if !matches!(status, Ok(s) if s.success()) || !is_bpffs(bpffs) {
-            bail!(
-                "no bpf filesystem at /sys/fs/bpf and mounting one failed: run `mount -t bpf bpf /sys/fs/bpf`"
-            );
-        }
+    if !dir.starts_with(bpffs) || is_bpffs(bpffs) {
+        return Ok(dir.to_path_buf());
     }
-    Ok(())
+    if let Some(host) = host_bpffs() {
+        let rel = dir.strip_prefix(bpffs).unwrap_or(dir);
+        let p = host.join(rel);
+        log::info!(
+            "/sys/fs/bpf is hidden here (e.g. `ip netns exec`); pinning {} in the bpffs of the process that started this one, so the data plane survives restarts",
+            dir.display()
+        );
+        return Ok(p);
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .status();
+    if !matches!(status, Ok(s) if s.success()) || !is_bpffs(bpffs) {
+        bail!(
+            "no bpf filesystem at /sys/fs/bpf and mounting one failed: run `mount -t bpf bpf /sys/fs/bpf`"
+        );
+    }
+    log::warn!(
+        "mounted a bpffs at /sys/fs/bpf in this process's mount namespace: pinned objects end with it, so a restart will not keep connections; mount bpffs on the host (`mount -t bpf bpf /sys/fs/bpf`)"
+    );
+    Ok(dir.to_path_buf())
+}
+
+/// The launching process's (else PID 1's) /sys/fs/bpf, opened and kept for our lifetime, as a
+/// `/proc/self/fd/N` path.
+fn host_bpffs() -> Option<PathBuf> {
+    use std::os::fd::AsRawFd as _;
+    static HOST: std::sync::OnceLock<Option<(std::fs::File, PathBuf)>> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        // SAFETY: getppid has no preconditions.
+        let ppid = unsafe { libc::getppid() };
+        for cand in [
+            format!("/proc/{ppid}/root/sys/fs/bpf"),
+            "/proc/1/root/sys/fs/bpf".to_string(),
+        ] {
+            if !is_bpffs(Path::new(&cand)) {
+                continue;
+            }
+            if let Ok(f) = std::fs::File::open(&cand) {
+                let p = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+                return Some((f, p));
+            }
+        }
+        None
+    })
+    .as_ref()
+    .map(|(_, p)| p.clone())
 }
 
 fn is_bpffs(p: &Path) -> bool {

@@ -396,8 +396,24 @@ impl Topology {
 
     /// Starts `wklb daemon` in the edge namespace and waits until its socket answers.
     pub fn start_daemon(&mut self, config: &Path) -> Result<()> {
-        let log = File::create(self.dir.path().join("daemon.log"))?;
-        let mut cmd = command_in(&self.edge_ns, workspace_bin("wklb"))?;
+        let cmd = command_in(&self.edge_ns, workspace_bin("wklb"))?;
+        self.spawn_daemon(cmd, config)
+    }
+
+    /// Starts the daemon the way an operator would in a namespace: `ip netns exec`, which gives
+    /// it a fresh /sys (and no /sys/fs/bpf).
+    pub fn start_daemon_ip_netns_exec(&mut self, config: &Path) -> Result<()> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.edge_ns])
+            .arg(workspace_bin("wklb"));
+        self.spawn_daemon(cmd, config)
+    }
+
+    fn spawn_daemon(&mut self, mut cmd: Command, config: &Path) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))?;
         cmd.args(["daemon", "--config", &config.to_string_lossy()])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

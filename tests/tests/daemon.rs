@@ -420,3 +420,42 @@ fn idle_flows_expire_and_free_their_snat_ports() {
         "ports not freed: {third:#}"
     );
 }
+
+#[test]
+fn restart_is_hitless_under_ip_netns_exec_too() {
+    let Some(mut t) = topology("restart_under_ip_netns_exec", 3) else {
+        return;
+    };
+    let cfg = t
+        .write_config(&t.config(&[(0, 100), (1, 100), (2, 100)], ""))
+        .unwrap();
+    // `ip netns exec` hides the host's /sys/fs/bpf; the daemon must still pin where a
+    // restarted daemon finds the program and maps.
+    t.start_daemon_ip_netns_exec(&cfg).unwrap();
+    let held = tcp_client(&t, 300, 200, 6);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(t.stop_daemon().unwrap().success(), "{}", t.daemon_log());
+    assert!(
+        t.pin_path.join("FLOWS").exists(),
+        "pins must land in the host's bpffs:\n{}",
+        t.daemon_log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    t.start_daemon_ip_netns_exec(&cfg).unwrap();
+    let r = Topology::client_report(held).unwrap();
+    assert_eq!(r["connected"], 300, "{r:#}");
+    assert_eq!(
+        r["broken"],
+        0,
+        "restart under ip netns exec broke connections: {r:#}\n{}",
+        t.daemon_log()
+    );
+    assert!(t.daemon_log().contains("adopted"), "{}", t.daemon_log());
+    let out = t.wklb(&["unload"]).unwrap();
+    assert!(out.contains("unloading"), "{out}");
+    let start = Instant::now();
+    while t.pin_path.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!t.pin_path.exists(), "pins left behind");
+}
