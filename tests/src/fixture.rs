@@ -164,14 +164,19 @@ impl Fixture {
         self.tables[vip_id as usize][(h % MAGLEV_TABLE_SIZE) as usize]
     }
 
+    /// The `struct xdp_md` context of a test run: a frame of `len` bytes arriving on `ingress_if`
+    /// (data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex).
+    pub fn xdp_ctx(len: usize, ingress_if: u32) -> Vec<u8> {
+        [0u32, len as u32, 0, ingress_if, 0, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect()
+    }
+
     /// Runs one frame through the program as if it arrived on `ingress_if`.
     /// Returns the XDP action and the frame as the program left it.
     pub fn run(&mut self, ingress_if: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
-        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
-        let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, ingress_if, 0, 0]
-            .iter()
-            .flat_map(|v| v.to_ne_bytes())
-            .collect();
+        let ctx = Self::xdp_ctx(frame.len(), ingress_if);
         let mut out = vec![0u8; frame.len() + 256];
         let prog = self.dp.program()?;
         let res = prog

@@ -36,6 +36,19 @@ fn main() {
     }
 }
 
+/// `wklb` and the harness binaries (demo, backends, client driver, benchmark), release.
+fn build_release_bins() -> Result<()> {
+    cmd::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "wklb-tests",
+        "--bins",
+    ])
+}
+
 fn run(task: Task) -> Result<()> {
     match task {
         Task::Setup => setup::ensure(),
@@ -74,15 +87,7 @@ fn run(task: Task) -> Result<()> {
             }
             setup::ensure()?;
             cmd::step("building wklb and the demo (release)");
-            cmd::cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "lb-userspace",
-                "-p",
-                "wklb-tests",
-                "--bins",
-            ])?;
+            build_release_bins()?;
             cmd::step("running the demo (Ctrl-C at any time removes everything it created)");
             cmd::run_foreground(&cmd::workspace_root().join("target/release/wklb-demo"))
         }
@@ -93,15 +98,7 @@ fn run(task: Task) -> Result<()> {
             setup::ensure()?;
             setup::packages(setup::BENCH_PACKAGES)?;
             cmd::step("building wklb and the benchmark (release)");
-            cmd::cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "lb-userspace",
-                "-p",
-                "wklb-tests",
-                "--bins",
-            ])?;
+            build_release_bins()?;
             cmd::step("running the benchmarks (data path, control plane, end to end)");
             let bin = cmd::workspace_root().join("target/release/wklb-bench");
             let bin = bin

@@ -363,7 +363,7 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
         let mut samples = Vec::new();
         for round in 0..c.rounds {
             let before = fx.dp.reasons()?;
-            let ns = time(&mut fx, c.program, &c.frame, repeat)?;
+            let ns = time(&mut fx, c.program, &c.frame, repeat, false)?;
             if let Some(r) = c.expect {
                 let moved = fx.dp.reasons()?[r as usize] - before[r as usize];
                 if moved != repeat as u64 {
@@ -421,7 +421,7 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
             _pad: 0,
         })?;
         let before = fx.dp.reasons()?[Reason::Forwarded as usize];
-        let ns = time_live(&mut fx, program, &established, frames)?;
+        let ns = time(&mut fx, program, &established, frames, true)?;
         if program == "bench_wklb" {
             let moved = fx.dp.reasons()?[Reason::Forwarded as usize] - before;
             if moved != frames as u64 {
@@ -457,40 +457,25 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
     })
 }
 
-/// Runs `program` `repeat` times in the kernel; returns the kernel-measured ns per run.
-fn time(fx: &mut Fixture, program: &str, frame: &[u8], repeat: u32) -> Result<f64> {
-    let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, fx.client_if, 0, 0]
-        .iter()
-        .flat_map(|v| v.to_ne_bytes())
-        .collect();
+/// Runs `program` `repeat` times in the kernel (with `live`, over frames really transmitted);
+/// returns the kernel-measured ns per run.
+fn time(fx: &mut Fixture, program: &str, frame: &[u8], repeat: u32, live: bool) -> Result<f64> {
+    let ctx = Fixture::xdp_ctx(frame.len(), fx.client_if);
+    let attrs = if live {
+        TestRunAttrs::new().xdp_live_frames(64)
+    } else {
+        TestRunAttrs::new()
+    };
     let prog = fx.dp.extra_program(program)?;
     let res = prog
         .test_run(TestRunOptions {
             data_in: Some(frame),
             ctx_in: Some(&ctx),
             repeat,
+            attrs,
             ..TestRunOptions::new()
         })
         .with_context(|| format!("test run of {program}"))?;
-    Ok(res.duration.as_nanos() as f64)
-}
-
-/// Runs `program` over `frames` live frames (transmitted for real); ns per frame.
-fn time_live(fx: &mut Fixture, program: &str, frame: &[u8], frames: u32) -> Result<f64> {
-    let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, fx.client_if, 0, 0]
-        .iter()
-        .flat_map(|v| v.to_ne_bytes())
-        .collect();
-    let prog = fx.dp.extra_program(program)?;
-    let res = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            ctx_in: Some(&ctx),
-            repeat: frames,
-            attrs: TestRunAttrs::new().xdp_live_frames(64),
-            ..TestRunOptions::new()
-        })
-        .with_context(|| format!("live-frames run of {program}"))?;
     Ok(res.duration.as_nanos() as f64)
 }
 
