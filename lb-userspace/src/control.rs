@@ -51,8 +51,10 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     while let Some(line) = lines.next_line().await? {
+        let mut unload = false;
         let resp = match serde_json::from_str::<Request>(&line) {
             Ok(req) => {
+                unload = req == Request::Unload;
                 let shared = shared.clone();
                 // Map syscalls and table builds block: keep them off the async workers.
                 tokio::task::spawn_blocking(move || dispatch(&shared, req)).await?
@@ -62,6 +64,12 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> Result<()> {
         let mut out = serde_json::to_string(&resp)?;
         out.push('\n');
         w.write_all(out.as_bytes()).await?;
+        w.flush().await?;
+        if unload && resp.ok {
+            // Only now: stopping earlier could end the runtime before the answer is out.
+            shared.shutdown.notify_one();
+            return Ok(());
+        }
     }
     Ok(())
 }
@@ -146,7 +154,6 @@ fn dispatch_inner(shared: &Shared, req: Request) -> Result<Response> {
                 .unload_requested
                 .lock()
                 .map_err(|_| anyhow::anyhow!("poisoned"))? = true;
-            shared.shutdown.notify_one();
             Response::ok(
                 "unloading: detaching XDP and removing every pinned object; the daemon exits",
             )
