@@ -81,6 +81,13 @@ pub struct Controller {
     expired_total: u64,
 }
 
+impl std::fmt::Debug for Controller {
+    // prometheus-client's Collector needs Debug; the map handles inside have nothing useful to show.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Controller")
+    }
+}
+
 /// Lowest id in `0..max` not in `used`.
 fn lowest_free(used: &BTreeSet<u32>, max: u32) -> Option<u32> {
     (0..max).find(|i| !used.contains(i))

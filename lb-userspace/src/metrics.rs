@@ -58,12 +58,6 @@ impl KernelCollector {
     }
 }
 
-impl std::fmt::Debug for Controller {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Controller")
-    }
-}
-
 fn counter_family<L: EncodeLabelSet>(
     enc: &mut DescriptorEncoder,
     name: &str,

@@ -7,11 +7,7 @@
 //! - `nftables`: kernel DNAT (jhash over the backends) + masquerade, conntrack.
 //! - `direct`: no balancer; the client goes to one backend, routed by the edge kernel (ceiling).
 
-use std::{
-    net::Ipv4Addr,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::{net::Ipv4Addr, process::Stdio, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
@@ -194,28 +190,15 @@ pub fn start(t: &mut Topology, name: &'static str) -> Result<Peer> {
                 perf = up(IPERF_PORT, 1),
             );
             std::fs::write(dir.join("nginx.conf"), conf)?;
-            let mut cmd = command_in(&edge, "nginx")?;
-            cmd.args([
-                "-c",
-                &dir.join("nginx.conf").to_string_lossy(),
-                "-p",
-                &dir.to_string_lossy(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-            let child = cmd
-                .spawn()
-                .context("starting nginx stream (apt-get install nginx libnginx-mod-stream)")?;
-            wait_listen(&edge, TCP_PORT)?;
-            Ok(Peer {
+            let conf = dir.join("nginx.conf").to_string_lossy().into_owned();
+            let prefix = dir.to_string_lossy().into_owned();
+            spawn_proxy(
+                t,
                 name,
-                running: Running::Proc(Proc {
-                    name: "nginx-stream".into(),
-                    child,
-                }),
-                target: VIP,
-            })
+                "nginx",
+                &["-c", &conf, "-p", &prefix],
+                "apt-get install nginx libnginx-mod-stream",
+            )
         }
         "haproxy" => {
             lo_vip(true)?;
@@ -234,23 +217,14 @@ pub fn start(t: &mut Topology, name: &'static str) -> Result<Peer> {
                 perf = be(IPERF_PORT, 1),
             );
             std::fs::write(dir.join("haproxy.cfg"), conf)?;
-            let mut cmd = command_in(&edge, "haproxy")?;
-            cmd.args(["-f", &dir.join("haproxy.cfg").to_string_lossy(), "-db"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            let child = cmd
-                .spawn()
-                .context("starting haproxy (apt-get install haproxy)")?;
-            wait_listen(&edge, TCP_PORT)?;
-            Ok(Peer {
+            let conf = dir.join("haproxy.cfg").to_string_lossy().into_owned();
+            spawn_proxy(
+                t,
                 name,
-                running: Running::Proc(Proc {
-                    name: "haproxy".into(),
-                    child,
-                }),
-                target: VIP,
-            })
+                "haproxy",
+                &["-f", &conf, "-db"],
+                "apt-get install haproxy",
+            )
         }
         "nftables" => {
             let _ = lo_vip(false);
@@ -310,17 +284,46 @@ pub fn stop(t: &mut Topology, p: Peer) -> Result<()> {
     Ok(())
 }
 
-fn wait_listen(ns: &str, port: u16) -> Result<()> {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(10) {
-        if let Ok(out) = run("ip", &["netns", "exec", ns, "ss", "-Hltn"])
-            && out.contains(&format!(":{port} "))
-        {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(25));
+/// Starts a proxy peer in the edge namespace and waits for its VIP listener; on failure the
+/// error carries the end of the proxy's own stderr.
+fn spawn_proxy(
+    t: &Topology,
+    name: &'static str,
+    program: &str,
+    args: &[&str],
+    install: &str,
+) -> Result<Peer> {
+    let log_path = t.dir.path().join(format!("{name}.stderr"));
+    let log = std::fs::File::create(&log_path)?;
+    let mut cmd = command_in(&t.edge_ns, program)?;
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    let mut proc = Proc {
+        name: name.into(),
+        child: cmd
+            .spawn()
+            .with_context(|| format!("starting {program} ({install})"))?,
+    };
+    if let Err(e) = wait_port(&t.edge_ns, VIP, TCP_PORT) {
+        proc.stop(Duration::from_secs(3));
+        let err = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = err
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        bail!("{e}; {program} said: {}", tail.join(" | "));
     }
-    bail!("nothing listens on :{port} in {ns}")
+    Ok(Peer {
+        name,
+        running: Running::Proc(proc),
+        target: VIP,
+    })
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

@@ -538,7 +538,7 @@ fn ethtool(ns: &str, dev: &str, what: &[&str]) -> Result<()> {
 }
 
 /// Waits until something listens on addr:port inside `ns` (ss), up to 10 s.
-fn wait_port(ns: &str, addr: Ipv4Addr, port: u16) -> Result<()> {
+pub fn wait_port(ns: &str, addr: Ipv4Addr, port: u16) -> Result<()> {
     let t = Instant::now();
     let want = format!("{addr}:{port}");
     let any = format!("0.0.0.0:{port}");
