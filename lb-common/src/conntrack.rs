@@ -1,21 +1,25 @@
 //! Connection-state rules shared by the XDP program (transitions) and the daemon's expiry pass.
 //!
-//! The data path tracks just enough TCP state to pick a timeout: a flow in `Established` lives
-//! until it has been idle for the established timeout (15 minutes by default, far above IM
-//! heartbeats of 25-60 s), half-open and closing flows go much sooner.
+//! The data path tracks TCP just enough to pick an idle timeout, and no further than it can
+//! trust: a RST or FIN changes a flow's state only when its sequence number is one the receiving
+//! endpoint would accept (RFC 5961 for RST: exactly the receiver's RCV.NXT; FIN: inside the
+//! receiver's window). Anything else is still forwarded (the endpoint decides) but leaves the
+//! state and timeout alone, so a blind RST cannot make the edge forget a live connection.
+//! A flow becomes established only on the backend's SYN-ACK for the client's SYN: a spoofed
+//! SYN and ACK pair no longer buys a 15-minute entry.
 
-use crate::maps::Flow;
+use crate::maps::FlowEntry;
 
-/// Flow states stored in `Flow::state`.
+/// Flow states stored in `FlowEntry::state`.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
-    /// Client SYN seen, handshake not finished.
+    /// Client SYN seen, no matching SYN-ACK from the backend yet.
     SynSent = 1,
     Established = 2,
-    /// FIN seen in either direction.
+    /// An acceptable FIN seen in either direction.
     Closing = 3,
-    /// RST seen.
+    /// An acceptable RST seen.
     Closed = 4,
     /// UDP flow (no handshake).
     Udp = 5,
@@ -42,52 +46,186 @@ impl State {
             State::Udp => "udp",
         }
     }
+
+    /// Still carrying data (what `wklb conns` and the active-flow counts show by default).
+    pub const fn is_open(self) -> bool {
+        matches!(self, State::SynSent | State::Established | State::Udp)
+    }
 }
 
 pub mod tcp_flags {
     pub const FIN: u8 = 0x01;
     pub const SYN: u8 = 0x02;
     pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
     pub const ACK: u8 = 0x10;
 }
+
+/// `FlowEntry::wscale` of a side that did not offer window scaling.
+pub const NO_WSCALE: u8 = 0xff;
+/// RFC 7323: larger shifts are treated as 14.
+pub const MAX_WSCALE: u8 = 14;
 
 /// A flow's `last_seen_ns` is rewritten only when older than this, so a busy flow does not write
 /// a shared cache line on every packet. Expiry is therefore exact to within this interval.
 pub const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 
-/// Direction of a packet relative to the flow.
+/// Direction of a packet relative to the flow; the index into per-direction fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     /// Client → backend.
-    Forward,
+    Forward = 0,
     /// Backend → client.
-    Reverse,
+    Reverse = 1,
 }
 
-/// The TCP state after a packet with `flags` travelling in `dir`.
+/// The TCP header fields the tracker reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub win: u16,
+    /// The window scale option's shift on a SYN, else `NO_WSCALE`.
+    pub wscale: u8,
+}
+
+/// Whether a segment's sequence number let it change the flow's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Tracked normally.
+    Accepted,
+    /// A RST or FIN the receiver would not accept: forward it, keep the state.
+    Unaccepted,
+}
+
+/// Whether a TCP segment may start a flow: a SYN without ACK, RST or FIN.
 #[inline(always)]
-pub const fn next_tcp_state(current: u8, dir: Direction, flags: u8) -> u8 {
+pub const fn is_initial_syn(flags: u8) -> bool {
     use tcp_flags::*;
-    if flags & RST != 0 {
-        return State::Closed as u8;
+    flags & (SYN | ACK | RST | FIN) == SYN
+}
+
+/// SYN together with RST or FIN: never valid, never forwarded.
+#[inline(always)]
+pub const fn is_bad_syn(flags: u8) -> bool {
+    use tcp_flags::*;
+    flags & SYN != 0 && flags & (RST | FIN) != 0
+}
+
+/// `seq` lies in `[start, start + len)` modulo 2^32.
+#[inline(always)]
+const fn in_window(seq: u32, start: u32, len: u32) -> bool {
+    seq.wrapping_sub(start) < len
+}
+
+impl FlowEntry {
+    /// Initial tracking state of a TCP flow created by the client's SYN `seg`.
+    #[inline(always)]
+    pub fn start_tcp(&mut self, seg: &Segment) {
+        self.state = State::SynSent as u8;
+        // The backend's RCV.NXT once it has the SYN: a client RST before any answer must carry
+        // exactly this sequence number, a backend RST must acknowledge it.
+        self.ack = [0, seg.seq.wrapping_add(1)];
+        self.win = [0, 0];
+        self.wscale = [clamp_wscale(seg.wscale), NO_WSCALE];
     }
-    if current == State::Closed as u8 {
-        return current;
-    }
-    if flags & FIN != 0 {
-        return State::Closing as u8;
-    }
-    if current == State::SynSent as u8 {
-        let handshake_done = match dir {
-            // The backend's SYN-ACK, or the client's first pure ACK.
-            Direction::Reverse => flags & (SYN | ACK) == (SYN | ACK),
-            Direction::Forward => flags & (SYN | ACK) == ACK,
-        };
-        if handshake_done {
-            return State::Established as u8;
+
+    /// The window `dir`'s side advertised in `seg`, in bytes.
+    #[inline(always)]
+    const fn window_bytes(&self, dir: usize, seg: &Segment) -> u32 {
+        let (mine, theirs) = (self.wscale[dir], self.wscale[1 - dir]);
+        // RFC 7323: SYN windows are never scaled; scaling applies only when both sides offered it.
+        if seg.flags & tcp_flags::SYN != 0 || mine == NO_WSCALE || theirs == NO_WSCALE {
+            seg.win as u32
+        } else {
+            (seg.win as u32) << mine
         }
     }
-    current
+
+    /// Tracks one segment travelling in `dir` and advances the state when it may.
+    #[inline(always)]
+    pub fn track_tcp(&mut self, dir: Direction, seg: &Segment) -> Verdict {
+        use tcp_flags::*;
+        let d = dir as usize;
+        let r = 1 - d;
+        if seg.flags & RST != 0 {
+            if !self.rst_acceptable(dir, seg) {
+                return Verdict::Unaccepted;
+            }
+            self.state = State::Closed as u8;
+            return Verdict::Accepted;
+        }
+        if dir == Direction::Reverse && self.state == State::SynSent as u8 {
+            if seg.flags & ACK != 0 && seg.ack != self.ack[1] {
+                // Acknowledges something the client never sent: the client will reset it.
+                return Verdict::Accepted;
+            }
+            if seg.flags & (SYN | ACK) == (SYN | ACK) {
+                // The backend answers the client's SYN: the handshake is real.
+                self.state = State::Established as u8;
+                self.wscale[1] = clamp_wscale(seg.wscale);
+            }
+        }
+        if dir == Direction::Forward
+            && seg.flags & (SYN | ACK) == SYN
+            && self.state == State::SynSent as u8
+            && self.flags & FlowEntry::ACK_SEEN_REV == 0
+        {
+            // A retransmitted (or re-numbered) SYN before any answer.
+            self.ack[1] = seg.seq.wrapping_add(1);
+            self.wscale[0] = clamp_wscale(seg.wscale);
+        }
+        if seg.flags & FIN != 0 {
+            // In the receiver's window; before it has announced one (a FIN during the
+            // handshake), only exactly at its RCV.NXT.
+            if !in_window(seg.seq, self.ack[r], max1(self.win[r])) {
+                return Verdict::Unaccepted;
+            }
+            if self.state == State::SynSent as u8 || self.state == State::Established as u8 {
+                self.state = State::Closing as u8;
+            }
+        }
+        if seg.flags & ACK != 0 {
+            let seen = self.flags & FlowEntry::ack_seen_bit(d) != 0;
+            // Only forward-moving acknowledgments: a reordered segment does not roll it back.
+            if !seen || seg.ack.wrapping_sub(self.ack[d]) as i32 >= 0 {
+                self.ack[d] = seg.ack;
+            }
+            self.win[d] = self.window_bytes(d, seg);
+            self.flags |= FlowEntry::ack_seen_bit(d);
+        }
+        Verdict::Accepted
+    }
+
+    /// RFC 5961 §3.2: a RST counts only with the receiver's exact RCV.NXT. A backend refusing
+    /// the client's SYN (no acknowledgment from the client yet) must acknowledge that SYN.
+    #[inline(always)]
+    const fn rst_acceptable(&self, dir: Direction, seg: &Segment) -> bool {
+        let r = 1 - dir as usize;
+        let receiver_acked = self.flags & FlowEntry::ack_seen_bit(r) != 0;
+        match dir {
+            Direction::Forward => seg.seq == self.ack[1],
+            Direction::Reverse if receiver_acked => seg.seq == self.ack[0],
+            Direction::Reverse => seg.flags & tcp_flags::ACK != 0 && seg.ack == self.ack[1],
+        }
+    }
+}
+
+#[inline(always)]
+const fn max1(v: u32) -> u32 {
+    if v == 0 { 1 } else { v }
+}
+
+#[inline(always)]
+const fn clamp_wscale(s: u8) -> u8 {
+    if s == NO_WSCALE {
+        NO_WSCALE
+    } else if s > MAX_WSCALE {
+        MAX_WSCALE
+    } else {
+        s
+    }
 }
 
 /// Whether a client SYN on an existing entry must start a fresh flow (new backend choice, new
@@ -137,7 +275,7 @@ impl Timeouts {
 }
 
 /// Whether the flow has been idle longer than its state's timeout at `now_ns` (CLOCK_MONOTONIC).
-pub const fn is_expired(flow: &Flow, now_ns: u64, timeouts: &Timeouts) -> bool {
+pub const fn is_expired(flow: &FlowEntry, now_ns: u64, timeouts: &Timeouts) -> bool {
     now_ns.saturating_sub(flow.last_seen_ns) > timeouts.for_state(flow.state)
 }
 
@@ -145,35 +283,197 @@ pub const fn is_expired(flow: &Flow, now_ns: u64, timeouts: &Timeouts) -> bool {
 mod tests {
     use super::tcp_flags::*;
     use super::*;
+    use Direction::{Forward, Reverse};
+
+    const CLIENT_ISN: u32 = 1_000;
+    const BACKEND_ISN: u32 = 0xffff_ff00; // wraps during the test
+
+    fn seg(flags: u8, seq: u32, ack: u32, win: u16) -> Segment {
+        Segment {
+            flags,
+            seq,
+            ack,
+            win,
+            wscale: NO_WSCALE,
+        }
+    }
+
+    /// A flow after the three-way handshake, client window scale 7, backend 9.
+    fn established() -> FlowEntry {
+        let mut f = FlowEntry::default();
+        f.start_tcp(&Segment {
+            wscale: 7,
+            ..seg(SYN, CLIENT_ISN, 0, 64240)
+        });
+        let synack = Segment {
+            wscale: 9,
+            ..seg(SYN | ACK, BACKEND_ISN, CLIENT_ISN + 1, 65160)
+        };
+        assert_eq!(f.track_tcp(Reverse, &synack), Verdict::Accepted);
+        assert_eq!(f.state, State::Established as u8);
+        let ack = seg(ACK, CLIENT_ISN + 1, BACKEND_ISN.wrapping_add(1), 502);
+        assert_eq!(f.track_tcp(Forward, &ack), Verdict::Accepted);
+        f
+    }
 
     #[test]
-    fn handshake_and_close() {
-        let s = State::SynSent as u8;
+    fn handshake_needs_the_backends_synack_for_the_clients_syn() {
+        let mut f = FlowEntry::default();
+        f.start_tcp(&seg(SYN, CLIENT_ISN, 0, 64240));
+        // A client's pure ACK (spoofed or not) does not establish the flow.
+        f.track_tcp(Forward, &seg(ACK, CLIENT_ISN + 1, 12345, 100));
+        assert_eq!(f.state, State::SynSent as u8);
+        // A SYN-ACK acknowledging something else does not either.
+        f.track_tcp(Reverse, &seg(SYN | ACK, 7, CLIENT_ISN + 99, 100));
+        assert_eq!(f.state, State::SynSent as u8);
+        f.track_tcp(Reverse, &seg(SYN | ACK, 7, CLIENT_ISN + 1, 100));
+        assert_eq!(f.state, State::Established as u8);
+    }
+
+    #[test]
+    fn blind_rst_is_not_accepted_but_the_exact_one_is() {
+        let mut f = established();
+        // The backend's RCV.NXT is the client's ISN + 1 (no data yet).
+        for bad in [0u32, CLIENT_ISN, CLIENT_ISN + 2, CLIENT_ISN + 1000, 0xdead_beef] {
+            let v = f.track_tcp(Forward, &seg(RST, bad, 0, 0));
+            assert_eq!(v, Verdict::Unaccepted, "seq {bad}");
+            assert_eq!(f.state, State::Established as u8);
+            let v = f.track_tcp(Reverse, &seg(RST | ACK, bad, 0, 0));
+            assert_eq!(v, Verdict::Unaccepted, "reverse seq {bad}");
+        }
         assert_eq!(
-            next_tcp_state(s, Direction::Forward, SYN),
-            s,
-            "retransmitted SYN"
+            f.track_tcp(Forward, &seg(RST, CLIENT_ISN + 1, 0, 0)),
+            Verdict::Accepted
+        );
+        assert_eq!(f.state, State::Closed as u8);
+        let mut f = established();
+        let rst = seg(RST, BACKEND_ISN.wrapping_add(1), 0, 0);
+        assert_eq!(f.track_tcp(Reverse, &rst), Verdict::Accepted);
+        assert_eq!(f.state, State::Closed as u8);
+    }
+
+    #[test]
+    fn rst_follows_the_receivers_acknowledgments() {
+        let mut f = established();
+        // The client sends 100 bytes, the backend acknowledges them.
+        f.track_tcp(
+            Forward,
+            &seg(ACK | PSH, CLIENT_ISN + 1, BACKEND_ISN.wrapping_add(1), 502),
+        );
+        f.track_tcp(
+            Reverse,
+            &seg(ACK, BACKEND_ISN.wrapping_add(1), CLIENT_ISN + 101, 500),
         );
         assert_eq!(
-            next_tcp_state(s, Direction::Reverse, SYN | ACK),
-            State::Established as u8
+            f.track_tcp(Forward, &seg(RST, CLIENT_ISN + 1, 0, 0)),
+            Verdict::Unaccepted,
+            "old RCV.NXT"
         );
         assert_eq!(
-            next_tcp_state(s, Direction::Forward, ACK),
-            State::Established as u8
+            f.track_tcp(Forward, &seg(RST, CLIENT_ISN + 101, 0, 0)),
+            Verdict::Accepted
         );
-        let e = State::Established as u8;
-        assert_eq!(next_tcp_state(e, Direction::Forward, ACK), e);
+    }
+
+    #[test]
+    fn half_open_rsts() {
+        // The client gives up before any answer: its RST carries ISN + 1.
+        let mut f = FlowEntry::default();
+        f.start_tcp(&seg(SYN, CLIENT_ISN, 0, 64240));
         assert_eq!(
-            next_tcp_state(e, Direction::Reverse, FIN | ACK),
-            State::Closing as u8
+            f.track_tcp(Forward, &seg(RST, CLIENT_ISN + 5, 0, 0)),
+            Verdict::Unaccepted
         );
         assert_eq!(
-            next_tcp_state(e, Direction::Forward, RST),
-            State::Closed as u8
+            f.track_tcp(Forward, &seg(RST, CLIENT_ISN + 1, 0, 0)),
+            Verdict::Accepted
         );
-        let c = State::Closed as u8;
-        assert_eq!(next_tcp_state(c, Direction::Forward, FIN), c);
+        // The backend refuses (closed port): RST|ACK acknowledging the SYN.
+        let mut f = FlowEntry::default();
+        f.start_tcp(&seg(SYN, CLIENT_ISN, 0, 64240));
+        assert_eq!(
+            f.track_tcp(Reverse, &seg(RST, 0, 0, 0)),
+            Verdict::Unaccepted,
+            "no ACK"
+        );
+        assert_eq!(
+            f.track_tcp(Reverse, &seg(RST | ACK, 0, CLIENT_ISN + 7, 0)),
+            Verdict::Unaccepted
+        );
+        assert_eq!(
+            f.track_tcp(Reverse, &seg(RST | ACK, 0, CLIENT_ISN + 1, 0)),
+            Verdict::Accepted
+        );
+        assert_eq!(f.state, State::Closed as u8);
+    }
+
+    #[test]
+    fn fin_must_be_inside_the_receivers_scaled_window() {
+        let mut f = established();
+        f.track_tcp(
+            Reverse,
+            &seg(ACK, BACKEND_ISN.wrapping_add(1), CLIENT_ISN + 1, 500),
+        );
+        // The backend advertised 500 << 9 = 256,000 bytes.
+        assert_eq!(f.win[1], 500 << 9);
+        let far = seg(FIN | ACK, CLIENT_ISN + 1 + 300_000, 0, 0);
+        assert_eq!(f.track_tcp(Forward, &far), Verdict::Unaccepted);
+        assert_eq!(f.state, State::Established as u8);
+        let behind = seg(FIN | ACK, CLIENT_ISN, 0, 0);
+        assert_eq!(f.track_tcp(Forward, &behind), Verdict::Unaccepted);
+        // With 200 KB in flight it is still inside the window.
+        let inflight = seg(
+            FIN | ACK,
+            CLIENT_ISN + 1 + 200_000,
+            BACKEND_ISN.wrapping_add(1),
+            502,
+        );
+        assert_eq!(f.track_tcp(Forward, &inflight), Verdict::Accepted);
+        assert_eq!(f.state, State::Closing as u8);
+        // A later RST still closes it.
+        let rst = seg(RST, BACKEND_ISN.wrapping_add(1), 0, 0);
+        assert_eq!(f.track_tcp(Reverse, &rst), Verdict::Accepted);
+        assert_eq!(f.state, State::Closed as u8);
+    }
+
+    #[test]
+    fn windows_scale_only_when_both_sides_offered_it() {
+        let mut f = FlowEntry::default();
+        f.start_tcp(&Segment {
+            wscale: 7,
+            ..seg(SYN, 1, 0, 100)
+        });
+        // The backend does not offer scaling: neither side's window is scaled.
+        f.track_tcp(Reverse, &seg(SYN | ACK, 50, 2, 100));
+        f.track_tcp(Forward, &seg(ACK, 2, 51, 100));
+        assert_eq!(f.win, [100, 100]);
+        // Absurd shifts are capped at 14.
+        let mut g = FlowEntry::default();
+        g.start_tcp(&Segment {
+            wscale: 40,
+            ..seg(SYN, 1, 0, 100)
+        });
+        assert_eq!(g.wscale[0], MAX_WSCALE);
+    }
+
+    #[test]
+    fn acknowledgments_only_move_forward() {
+        let mut f = established();
+        let a = BACKEND_ISN.wrapping_add(1);
+        f.track_tcp(Forward, &seg(ACK, CLIENT_ISN + 1, a.wrapping_add(500), 502));
+        f.track_tcp(Forward, &seg(ACK, CLIENT_ISN + 1, a.wrapping_add(100), 502));
+        assert_eq!(f.ack[0], a.wrapping_add(500), "a reordered ACK rolled it back");
+    }
+
+    #[test]
+    fn syn_flag_rules() {
+        assert!(is_initial_syn(SYN));
+        assert!(!is_initial_syn(SYN | ACK));
+        assert!(!is_initial_syn(SYN | RST));
+        assert!(is_bad_syn(SYN | RST));
+        assert!(is_bad_syn(SYN | FIN));
+        assert!(!is_bad_syn(SYN));
+        assert!(!is_bad_syn(FIN | ACK));
     }
 
     #[test]
@@ -187,7 +487,7 @@ mod tests {
     #[test]
     fn expiry_per_state() {
         let t = Timeouts::default();
-        let mut f = Flow {
+        let mut f = FlowEntry {
             state: State::Established as u8,
             last_seen_ns: 1_000 * SEC,
             ..Default::default()

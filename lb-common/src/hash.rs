@@ -1,7 +1,7 @@
 //! The flow hash: one definition used by the XDP program to pick a Maglev slot and by
 //! `wklb lookup` to predict it without sending a packet.
 
-use crate::maps::{FAMILY_IPV4, FlowKey};
+use crate::maps::{ADDR_FILTER_SIZE, Flow4Key};
 
 const SEED: u32 = 0x5741_4b4c; // "WAKL"
 
@@ -62,27 +62,18 @@ pub const fn flow_hash_v4(
     )
 }
 
-/// Hash of any flow key. IPv4 hashes only the 4 address bytes so the fast path and this agree.
-pub fn flow_hash(key: &FlowKey) -> u32 {
-    if key.family == FAMILY_IPV4 {
-        return flow_hash_v4_words(
-            key.src.words[0],
-            key.dst.words[0],
-            key.src_port,
-            key.dst_port,
-            key.proto,
-        );
-    }
-    let mut h = SEED;
-    for w in key.src.words {
-        h = mix(h, u32::from_be(w));
-    }
-    for w in key.dst.words {
-        h = mix(h, u32::from_be(w));
-    }
-    h = mix(h, ((key.src_port as u32) << 16) | key.dst_port as u32);
-    h = mix(h, key.proto as u32);
-    finish(h)
+/// Hash of an IPv4 forward key, as the data path computes it from the packet.
+#[inline(always)]
+pub const fn flow_hash_v4_key(key: &Flow4Key) -> u32 {
+    let (sport, dport) = key.ports_host();
+    flow_hash_v4_words(key.src, key.dst, sport, dport, key.proto as u8)
+}
+
+/// Bucket of an IPv4 address (native word) in the direct-mapped `ADDR_FILTER`.
+#[inline(always)]
+pub const fn filter_index(addr: u32) -> u32 {
+    // Fibonacci hashing of the host-order address: the top bits of the product.
+    u32::from_be(addr).wrapping_mul(0x9e37_79b1) >> (32 - ADDR_FILTER_SIZE.trailing_zeros())
 }
 
 /// Second, independent mix of a flow hash (for the SNAT address and port choice), so that the
@@ -95,22 +86,26 @@ pub const fn rehash(hash: u32, salt: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::maps::{Addr, PROTO_TCP};
+    use crate::maps::PROTO_TCP;
 
     #[test]
-    fn generic_and_v4_agree() {
-        let key = FlowKey::new(
-            Addr::v4([203, 0, 113, 7]),
-            Addr::v4([198, 51, 100, 1]),
-            40001,
-            5100,
-            PROTO_TCP,
-            FAMILY_IPV4,
-        );
+    fn key_and_tuple_hash_agree() {
+        let key = Flow4Key::new([203, 0, 113, 7], [198, 51, 100, 1], 40001, 5100, PROTO_TCP);
         assert_eq!(
-            flow_hash(&key),
+            flow_hash_v4_key(&key),
             flow_hash_v4([203, 0, 113, 7], [198, 51, 100, 1], 40001, 5100, PROTO_TCP)
         );
+    }
+
+    #[test]
+    fn filter_buckets_are_in_range_and_spread_neighbours() {
+        let mut used = std::collections::BTreeSet::new();
+        for last in 0..=255u8 {
+            let i = filter_index(u32::from_ne_bytes([10, 2, 0, last]));
+            assert!(i < ADDR_FILTER_SIZE);
+            used.insert(i);
+        }
+        assert_eq!(used.len(), 256, "a /24 of neighbours never collides");
     }
 
     #[test]

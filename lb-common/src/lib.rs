@@ -1,6 +1,7 @@
 //! Shared between the XDP program (`no_std`) and userspace: every map key/value layout, the flow
-//! hash, checksum arithmetic, connection-state rules and SNAT port maths. Userspace-only pieces
-//! (Maglev table generation) sit behind the `user` feature because they allocate.
+//! hash, checksum arithmetic, TCP tracking rules, TCP options, flow-slot maths and the verdict
+//! reasons. Userspace-only pieces (Maglev table generation) sit behind the `user` feature because
+//! they allocate.
 #![cfg_attr(not(test), no_std)]
 
 #[cfg(all(feature = "user", not(test)))]
@@ -9,9 +10,11 @@ extern crate std;
 pub mod conntrack;
 pub mod csum;
 pub mod hash;
+pub mod icmp;
 pub mod maps;
 pub mod reason;
-pub mod snat;
+pub mod slot;
+pub mod tcp_opts;
 
 #[cfg(feature = "user")]
 pub mod maglev;

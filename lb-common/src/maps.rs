@@ -1,66 +1,95 @@
 //! Map keys and values shared by the kernel program and the daemon. All are `#[repr(C)]`, padded
 //! explicitly (no implicit holes, so `bytemuck::Pod` holds and keys hash identically on both sides)
-//! and hold addresses as 16 bytes plus a family so IPv6 needs no layout change.
+//! and word-aligned: byte-granular structs make LLVM emit out-of-line byte-loop memset/memmove
+//! calls in the BPF program.
+//!
+//! The connection table is split in two (see docs/architecture.md):
+//! - `FLOWS4`, a hash map from the client's 16-byte IPv4 5-tuple to a slot number;
+//! - `FLOW_TABLE`, an array of [`FlowEntry`] indexed by slot = (SNAT address index, SNAT port).
+//!
+//! A reply to a SNAT address finds its flow with one array index (no hash), a new flow claims its
+//! SNAT port by claiming the slot (an atomic compare-and-exchange), and the daemon sweeps the
+//! array through a read-only memory mapping instead of one syscall per flow.
 
 use bytemuck::{Pod, Zeroable};
 
-/// Address family tags used in every key (not the libc AF_* numbers: these are our own).
+/// Address family tags used in layouts (not the libc AF_* numbers: these are our own).
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
 
+pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
-pub const PROTO_ICMP: u8 = 1;
 
 /// Maglev lookup table size used by the data plane (a prime, the paper's default).
 pub const MAGLEV_TABLE_SIZE: u32 = 65537;
 /// Marker in a Maglev slot or backend lookup: no backend.
 pub const NO_BACKEND: u32 = u32::MAX;
-/// Capacity of the VIP-indexed arrays (Maglev tables, VIP stats).
+/// Capacity of the VIP-indexed arrays (Maglev tables, VIP info and stats).
 pub const MAX_VIPS: u32 = 256;
-/// Capacity of the backend-indexed arrays (backends, backend stats).
+/// Capacity of the backend-indexed arrays (backends, next hops, stats).
 pub const MAX_BACKENDS: u32 = 4096;
 /// Capacity of the SNAT address array.
 pub const MAX_SNAT_ADDRS: u32 = 64;
-/// Default connection-table capacity; the loader resizes both flow maps to the configured value.
+/// Default capacity of `FLOWS4`; the loader sizes the map to the configured value.
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
-/// Capacity of the VIP and address-class hash maps.
+/// Capacity of the VIP and address hash maps.
 pub const MAX_VIP_ENTRIES: u32 = 1024;
+/// Buckets of the direct-mapped address filter (a power of two).
+pub const ADDR_FILTER_SIZE: u32 = 4096;
+/// Interfaces the program may redirect to or check the MTU of.
+pub const MAX_INTERFACES: u32 = 64;
+/// Slots per SNAT address in `FLOW_TABLE`: one per port.
+pub const SLOTS_PER_SNAT_ADDR: u32 = 1 << 16;
 
 /// Map names, as the XDP program declares them and the loader pins them.
 pub mod names {
-    pub const ADDR_CLASS: &str = "ADDR_CLASS";
-    pub const VIPS: &str = "VIPS";
+    pub const ADDR_FILTER: &str = "ADDR_FILTER";
+    pub const ADDRS4: &str = "ADDRS4";
+    pub const VIPS4: &str = "VIPS4";
+    pub const VIP_INFO: &str = "VIP_INFO";
     pub const MAGLEV: &str = "MAGLEV";
     pub const BACKENDS: &str = "BACKENDS";
-    pub const FLOWS: &str = "FLOWS";
-    pub const REV_FLOWS: &str = "REV_FLOWS";
+    pub const BACKEND_HOPS: &str = "BACKEND_HOPS";
+    pub const FLOWS4: &str = "FLOWS4";
+    pub const FLOW_TABLE: &str = "FLOW_TABLE";
     pub const SNAT_ADDRS: &str = "SNAT_ADDRS";
+    pub const SNAT_PICK: &str = "SNAT_PICK";
     pub const CONFIG: &str = "CONFIG";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    pub const IFACE_MTU: &str = "IFACE_MTU";
     pub const REASONS: &str = "REASONS";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
-    pub const ALL: [&str; 11] = [
-        ADDR_CLASS,
-        VIPS,
+    pub const ALL: [&str; 17] = [
+        ADDR_FILTER,
+        ADDRS4,
+        VIPS4,
+        VIP_INFO,
         MAGLEV,
         BACKENDS,
-        FLOWS,
-        REV_FLOWS,
+        BACKEND_HOPS,
+        FLOWS4,
+        FLOW_TABLE,
         SNAT_ADDRS,
+        SNAT_PICK,
         CONFIG,
+        TX_PORTS,
+        IFACE_MTU,
         REASONS,
         VIP_STATS,
         BACKEND_STATS,
     ];
 }
 
+/// `map_flags` bit: the array can be memory-mapped by userspace.
+pub const BPF_F_MMAPABLE: usize = 1 << 10;
+
 /// An IP address of either family, as four 32-bit words in network byte order in memory
-/// (IPv4 in `words[0]`, the rest zero). Words, not bytes, and 8-byte aligned: byte-granular
-/// structs make LLVM emit out-of-line byte-loop memset/memmove calls in the BPF program.
+/// (IPv4 in `words[0]`, the rest zero).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct Addr {
@@ -93,78 +122,113 @@ impl Addr {
         }
         b
     }
-}
-
-/// ADDR_CLASS key: a destination address we must look at (a VIP or SNAT address).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct AddrKey {
-    pub addr: Addr,
-    pub family: u8,
-    pub _pad0: u8,
-    pub _pad1: u16,
-    pub _pad2: u32,
-}
-
-impl AddrKey {
-    pub const fn new(addr: Addr, family: u8) -> Self {
-        AddrKey {
-            addr,
-            family,
-            _pad0: 0,
-            _pad1: 0,
-            _pad2: 0,
+    pub fn from_bytes(b: [u8; 16]) -> Self {
+        let w = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        Addr {
+            words: [w(0), w(4), w(8), w(12)],
         }
     }
 }
 
-/// ADDR_CLASS value: what the address is to us. One lookup tells the program whether a packet can
-/// be ours at all, so traffic for the host itself costs a single hash lookup.
+/// A 16-bit port as it sits in packet memory (network order), from a host-order number.
+#[inline(always)]
+pub const fn wire_port(port: u16) -> [u8; 2] {
+    port.to_be_bytes()
+}
+
+// ---------------------------------------------------------------------------- addresses
+
+/// What a destination address is to us: the value of `ADDRS4` and the payload of an
+/// `ADDR_FILTER` bucket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct AddrClass {
-    pub flags: u32,
+    /// `AddrClass::*` bits.
+    pub flags: u16,
+    /// For a SNAT address: its index in `SNAT_ADDRS` (the high half of its flow slots).
+    pub snat_index: u16,
 }
 
 impl AddrClass {
     /// At least one VIP uses this address.
-    pub const VIP: u32 = 1;
-    /// This is one of our SNAT addresses: replies from backends arrive here.
-    pub const SNAT: u32 = 2;
+    pub const VIP: u16 = 1;
+    /// One of our SNAT addresses: replies from backends arrive here.
+    pub const SNAT: u16 = 2;
     /// A TCP VIP on this address serves every port (port 0).
-    pub const VIP_ANY_PORT_TCP: u32 = 4;
+    pub const VIP_ANY_PORT_TCP: u16 = 4;
     /// A UDP VIP on this address serves every port (port 0).
-    pub const VIP_ANY_PORT_UDP: u32 = 8;
+    pub const VIP_ANY_PORT_UDP: u16 = 8;
+    /// Filter bucket only: other addresses of ours hash to this bucket too; ask `ADDRS4`.
+    pub const COLLISION: u16 = 0x8000;
+
+    pub const fn any_port_bit(proto: u8) -> u16 {
+        if proto == PROTO_TCP {
+            Self::VIP_ANY_PORT_TCP
+        } else {
+            Self::VIP_ANY_PORT_UDP
+        }
+    }
 }
 
-/// VIPS key: (address, port, protocol). Port 0 = every port. Port in host byte order.
+/// One `ADDR_FILTER` bucket: an IPv4 address (native word) and its class; all zero = empty.
+/// The daemon writes buckets as one aligned 8-byte store through a memory mapping, so the
+/// program never reads half a bucket.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FilterBucket {
+    pub addr: u32,
+    pub class: AddrClass,
+}
+
+impl FilterBucket {
+    pub const fn to_u64(self) -> u64 {
+        let a = self.addr.to_ne_bytes();
+        let f = self.class.flags.to_ne_bytes();
+        let s = self.class.snat_index.to_ne_bytes();
+        u64::from_ne_bytes([a[0], a[1], a[2], a[3], f[0], f[1], s[0], s[1]])
+    }
+
+    #[inline(always)]
+    pub const fn from_u64(v: u64) -> Self {
+        let b = v.to_ne_bytes();
+        FilterBucket {
+            addr: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            class: AddrClass {
+                flags: u16::from_ne_bytes([b[4], b[5]]),
+                snat_index: u16::from_ne_bytes([b[6], b[7]]),
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- VIPs
+
+/// `VIPS4` key: (address, port, protocol). Port 0 = every port; port in host byte order.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct VipKey {
-    pub addr: Addr,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct Vip4Key {
+    pub addr: u32,
     pub port: u16,
     pub proto: u8,
-    pub family: u8,
-    pub _pad: u32,
+    pub _pad: u8,
 }
 
-impl VipKey {
-    pub const fn new(addr: Addr, port: u16, proto: u8, family: u8) -> Self {
-        VipKey {
+impl Vip4Key {
+    pub const fn new(addr: u32, port: u16, proto: u8) -> Self {
+        Vip4Key {
             addr,
             port,
             proto,
-            family,
             _pad: 0,
         }
     }
 }
 
-/// VIPS value.
+/// `VIPS4` value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct VipMeta {
-    /// Index into MAGLEV and VIP_STATS.
+    /// Index into MAGLEV, VIP_INFO and VIP_STATS.
     pub vip_id: u32,
     /// `VipMeta::*` flags.
     pub flags: u32,
@@ -176,7 +240,21 @@ impl VipMeta {
     pub const FAIL_OPEN: u32 = 1;
 }
 
-/// BACKENDS value, indexed by backend id (allocated by the daemon, unique per VIP and backend).
+/// `VIP_INFO` value, indexed by vip id: the VIP's address, for replies and ICMP the program
+/// sources from it, and for the daemon to re-adopt ids.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct VipInfo {
+    pub addr: Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub flags: u32,
+}
+
+// ---------------------------------------------------------------------------- backends
+
+/// `BACKENDS` value, indexed by backend id (allocated by the daemon, unique per VIP and backend).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Backend {
@@ -201,112 +279,258 @@ impl Backend {
         }
     }
 
-    /// The backend is configured. A SYN whose flow entry points at a backend without this flag (or
-    /// at a slot now holding another address) starts a new flow instead of following the stale one.
+    /// The backend is configured. A SYN whose flow points at a backend without this flag starts
+    /// a new flow instead of following the stale one. The daemon reuses an id only after no flow
+    /// references it, so an id names one address for as long as any flow holds it.
     pub const ACTIVE: u8 = 1;
 }
 
-/// FLOWS key and REV_FLOWS key and value: a 5-tuple as seen on the wire, ports in host byte
-/// order. Forward key: (client, VIP). Reverse key: (backend, SNAT) of the reply.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct FlowKey {
-    pub src: Addr,
-    pub dst: Addr,
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub proto: u8,
-    pub family: u8,
+/// `BACKEND_HOPS` value, indexed by backend id: the bpf_fib_lookup answer toward the backend,
+/// shared by all its flows and re-resolved when older than `HOP_REFRESH_NS`. New flows and
+/// established ones alike skip the FIB (which costs more than the rest of the data path).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct BackendHop {
+    /// Egress interface; 0 = not resolved.
+    pub ifindex: u32,
+    /// MTU of the route toward the backend (for the too-big check and MSS clamping).
+    pub mtu: u16,
     pub _pad: u16,
+    /// MAC addresses as 16-bit words, copied without byte loops.
+    pub dmac: [u16; 3],
+    pub smac: [u16; 3],
+    pub _pad2: u32,
+    /// CLOCK_MONOTONIC ns of the lookup.
+    pub resolved_ns: u64,
 }
 
-impl FlowKey {
-    pub const fn new(
-        src: Addr,
-        dst: Addr,
-        src_port: u16,
-        dst_port: u16,
-        proto: u8,
-        family: u8,
-    ) -> Self {
-        FlowKey {
+/// How often a backend's next hop is looked up again (routes and neighbours change).
+pub const HOP_REFRESH_NS: u64 = 1_000_000_000;
+
+// ---------------------------------------------------------------------------- flows
+
+/// `FLOWS4` key: the client's IPv4 5-tuple as it sits in the packet, built from four whole
+/// words (byte-wise stores into a key stall the kernel's wide loads of it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct Flow4Key {
+    /// Source address, native word of the network-order bytes.
+    pub src: u32,
+    pub dst: u32,
+    /// Source then destination port, as the 4 bytes sit in the packet.
+    pub ports: u32,
+    pub proto: u32,
+}
+
+impl Flow4Key {
+    /// From words loaded straight from the packet.
+    #[inline(always)]
+    pub const fn from_wire(src: u32, dst: u32, ports: u32, proto: u8) -> Self {
+        Flow4Key {
             src,
             dst,
-            src_port,
-            dst_port,
+            ports,
+            proto: proto as u32,
+        }
+    }
+
+    /// From octets and host-order ports (userspace, tests).
+    pub const fn new(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> Self {
+        Self::from_wire(
+            u32::from_ne_bytes(src),
+            u32::from_ne_bytes(dst),
+            ports_word(sport, dport),
             proto,
+        )
+    }
+
+    pub const fn src_port(&self) -> u16 {
+        ports_of(self.ports).0
+    }
+    pub const fn dst_port(&self) -> u16 {
+        ports_of(self.ports).1
+    }
+    /// (source, destination) port in host order.
+    #[inline(always)]
+    pub const fn ports_host(&self) -> (u16, u16) {
+        ports_of(self.ports)
+    }
+}
+
+/// The 4 port bytes of a TCP/UDP header (source, destination) as a native word.
+#[inline(always)]
+pub const fn ports_word(sport: u16, dport: u16) -> u32 {
+    let s = sport.to_be_bytes();
+    let d = dport.to_be_bytes();
+    u32::from_ne_bytes([s[0], s[1], d[0], d[1]])
+}
+
+/// (source, destination) in host order from a native ports word.
+#[inline(always)]
+pub const fn ports_of(word: u32) -> (u16, u16) {
+    let b = word.to_ne_bytes();
+    (
+        u16::from_be_bytes([b[0], b[1]]),
+        u16::from_be_bytes([b[2], b[3]]),
+    )
+}
+
+/// `FLOWS4` value: where the flow lives in `FLOW_TABLE`, and the claim token the slot must
+/// still hold (a slot freed and claimed again by another flow is never mistaken for this one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowRef {
+    pub slot: u32,
+    pub token: u32,
+}
+
+/// The next hop toward the client, learned from the client's own packets (interface and both
+/// MAC addresses): replies go back the way the client's traffic came, with no FIB lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ClientHop {
+    pub ifindex: u32,
+    /// The MAC the client's frames came from (its router, or the client on-link).
+    pub peer: [u16; 3],
+    /// Our MAC the client's frames were sent to.
+    pub own: [u16; 3],
+}
+
+/// `FLOW_TABLE` value: one flow, at slot = (SNAT address index << 16) | SNAT port.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowEntry {
+    /// `slot::FREE`, `slot::DYING`, or the claim token of the flow that owns the slot.
+    pub owner: u32,
+    /// Backend address (IPv4 native word; the SNAT address family is the backend's).
+    pub backend: u32,
+    /// IPv4 client: `[client, vip, 0, 0]`; IPv6 client: the client address (VIP in VIP_INFO).
+    pub client: [u32; 4],
+    pub client_port: u16,
+    /// The port the client connected to (differs per flow on an any-port VIP).
+    pub vip_port: u16,
+    pub backend_port: u16,
+    pub backend_id: u16,
+    pub vip_id: u16,
+    /// `conntrack::State` as u8.
+    pub state: u8,
+    /// `FlowEntry::*` bits.
+    pub flags: u8,
+    /// The client's 802.1Q VLAN id (0: untagged), put back on replies.
+    pub client_vlan: u16,
+    /// Window scale shift per direction (`conntrack::NO_WSCALE` when not offered).
+    pub wscale: [u8; 2],
+    /// CLOCK_MONOTONIC ns of the last packet either way, refreshed at most every
+    /// `conntrack::TOUCH_INTERVAL_NS` so busy flows do not write a shared line per packet.
+    pub last_seen_ns: u64,
+    /// CLOCK_MONOTONIC seconds when the flow was created.
+    pub created_s: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+    /// Per direction (`Direction as usize`): the last acknowledgment number that side sent,
+    /// i.e. its RCV.NXT. The reverse slot starts at the client's ISN + 1.
+    pub ack: [u32; 2],
+    /// Per direction: the last window that side advertised, in bytes (scaled).
+    pub win: [u32; 2],
+    /// Sequence translation for flows whose handshake the edge answered itself (SYN cookies):
+    /// added to the backend's sequence numbers toward the client. 0 otherwise.
+    pub seq_delta: u32,
+    /// The same for TCP timestamp values.
+    pub ts_delta: u32,
+    pub to_client: ClientHop,
+}
+
+impl FlowEntry {
+    /// The client is IPv6 (its VIP address is in VIP_INFO).
+    pub const CLIENT_V6: u8 = 1;
+    /// The client side has sent a segment with ACK (its `ack` is real).
+    pub const ACK_SEEN_FWD: u8 = 2;
+    /// The backend side has sent a segment with ACK.
+    pub const ACK_SEEN_REV: u8 = 4;
+    /// Sequence/timestamp translation is active (`seq_delta`, `ts_delta`).
+    pub const TRANSLATE: u8 = 8;
+
+    pub const fn ack_seen_bit(dir: usize) -> u8 {
+        if dir == 0 {
+            Self::ACK_SEEN_FWD
+        } else {
+            Self::ACK_SEEN_REV
+        }
+    }
+
+    /// The IPv4 VIP address of an IPv4 client's flow.
+    pub const fn vip_v4(&self) -> u32 {
+        self.client[1]
+    }
+
+    /// The client's forward key (IPv4 clients).
+    pub const fn key_v4(&self) -> Flow4Key {
+        Flow4Key::from_wire(
+            self.client[0],
+            self.client[1],
+            ports_word(self.client_port, self.vip_port),
+            self.proto,
+        )
+    }
+
+    /// Whether the slot holds a live flow (claimed, not being expired).
+    pub const fn is_live(&self) -> bool {
+        crate::slot::is_token(self.owner)
+    }
+}
+
+// ---------------------------------------------------------------------------- SNAT, config
+
+/// `SNAT_ADDRS` value, indexed by SNAT index: an address and its family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SnatAddr {
+    pub addr: Addr,
+    pub family: u8,
+    pub _pad0: u8,
+    pub _pad1: u16,
+    pub _pad2: u32,
+}
+
+impl SnatAddr {
+    pub const fn new(addr: Addr, family: u8) -> Self {
+        SnatAddr {
+            addr,
             family,
-            _pad: 0,
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
         }
     }
 }
 
-/// A cached next hop for one direction of a flow: the bpf_fib_lookup answer, so established
-/// packets skip the FIB (which costs several times the rest of the data path). `ifindex` 0 means
-/// "look it up"; the program clears both hops whenever it refreshes `last_seen_ns` (at most once
-/// per `TOUCH_INTERVAL_NS`), so a changed route or neighbour is picked up within about a second.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct NextHop {
-    pub ifindex: u32,
-    /// MAC addresses as three 16-bit words each, copied without byte loops.
-    pub dmac: [u16; 3],
-    pub smac: [u16; 3],
+/// MSS clamping modes (`DataplaneConfig::mss_mode`).
+pub mod mss {
+    /// Leave the MSS option alone.
+    pub const OFF: u16 = 0;
+    /// Clamp to the egress MTU minus IP and TCP headers.
+    pub const AUTO: u16 = 1;
+    /// Clamp to `DataplaneConfig::mss_value`.
+    pub const FIXED: u16 = 2;
 }
-
-/// FLOWS value: everything the forward rewrite needs, plus state for expiry.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct Flow {
-    pub backend_addr: Addr,
-    pub snat_addr: Addr,
-    pub backend_port: u16,
-    pub snat_port: u16,
-    pub backend_id: u32,
-    pub vip_id: u32,
-    /// `conntrack::State` as u8.
-    pub state: u8,
-    pub family: u8,
-    pub _pad: u16,
-    /// CLOCK_MONOTONIC ns (bpf_ktime_get_coarse_ns) when the flow was created.
-    pub created_ns: u64,
-    /// CLOCK_MONOTONIC ns of the last packet either way, refreshed at most every
-    /// `conntrack::TOUCH_INTERVAL_NS` so busy flows do not bounce a cache line per packet.
-    pub last_seen_ns: u64,
-    /// Next hop toward the backend (forward direction).
-    pub to_backend: NextHop,
-    /// Next hop toward the client (reverse direction).
-    pub to_client: NextHop,
-}
-
-impl Flow {
-    /// The reverse-map key of this flow's replies: backend → SNAT address.
-    pub const fn reverse_key(&self, proto: u8) -> FlowKey {
-        FlowKey::new(
-            self.backend_addr,
-            self.snat_addr,
-            self.backend_port,
-            self.snat_port,
-            proto,
-            self.family,
-        )
-    }
-}
-
-/// SNAT_ADDRS value: an address and its family, the same layout as an ADDR_CLASS key.
-pub type SnatAddr = AddrKey;
 
 /// CONFIG[0]: global data-plane settings written by the daemon.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct DataplaneConfig {
-    /// Number of valid entries in SNAT_ADDRS.
+    /// Number of valid entries in SNAT_PICK (the SNAT addresses new flows may use).
     pub snat_count: u32,
     /// Inclusive SNAT port range, host byte order.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
     /// `DataplaneConfig::*` flags.
     pub flags: u32,
+    /// `mss::*`.
+    pub mss_mode: u16,
+    pub mss_value: u16,
+    /// The smallest MTU of the interfaces we send on: larger packets are checked against their
+    /// egress interface's MTU in IFACE_MTU.
+    pub min_mtu: u32,
     pub _pad: u32,
 }
 
@@ -314,6 +538,8 @@ impl DataplaneConfig {
     /// A TCP non-SYN packet for a VIP without connection state is passed to the kernel (which
     /// answers with a RST, telling the client to reconnect) instead of dropped.
     pub const NON_SYN_PASS: u32 = 1;
+    /// ICMP echo requests to a VIP address are answered by the data path.
+    pub const ECHO_REPLY: u32 = 2;
     pub const DEFAULT_SNAT_PORT_MIN: u16 = 1024;
     pub const DEFAULT_SNAT_PORT_MAX: u16 = 65535;
 }
@@ -324,11 +550,16 @@ impl Default for DataplaneConfig {
             snat_count: 0,
             snat_port_min: Self::DEFAULT_SNAT_PORT_MIN,
             snat_port_max: Self::DEFAULT_SNAT_PORT_MAX,
-            flags: 0,
+            flags: Self::ECHO_REPLY,
+            mss_mode: mss::AUTO,
+            mss_value: 0,
+            min_mtu: 1500,
             _pad: 0,
         }
     }
 }
+
+// ---------------------------------------------------------------------------- counters
 
 /// VIP_STATS value (per CPU), indexed by vip id.
 #[repr(C)]
@@ -363,10 +594,11 @@ pub const BENCH_FRAME_LEN: usize = 64;
 pub struct BenchFrame {
     /// The frame's first BENCH_FRAME_LEN bytes, as u64 words so the copy is 8 moves.
     pub data: [u64; BENCH_FRAME_LEN / 8],
-    /// Non-zero: give every run a new client (source port and address bytes from a per-CPU
-    /// sequence), so each run is a new flow.
+    /// Non-zero: give every run a new client (source port and address bytes from a counter),
+    /// so each run is a new flow.
     pub vary_source: u32,
-    pub _pad: u32,
+    /// Redirect target of the `bench_floor_redirect` entry.
+    pub redirect_ifindex: u32,
 }
 
 #[cfg(feature = "user")]
@@ -374,14 +606,17 @@ mod pod_impls {
     use super::*;
     // SAFETY: all are repr(C) with explicit padding and derive bytemuck::Pod, which proves it.
     unsafe impl aya::Pod for Addr {}
-    unsafe impl aya::Pod for AddrKey {}
     unsafe impl aya::Pod for AddrClass {}
-    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for FilterBucket {}
+    unsafe impl aya::Pod for Vip4Key {}
     unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for VipInfo {}
     unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for Flow {}
-    unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for BackendHop {}
+    unsafe impl aya::Pod for Flow4Key {}
+    unsafe impl aya::Pod for FlowRef {}
+    unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for SnatAddr {}
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for BackendStats {}
@@ -396,27 +631,71 @@ mod tests {
     #[test]
     fn layouts_are_stable() {
         // These sizes are part of the pinned-map ABI: a change breaks adoption of pinned maps.
-        assert_eq!(size_of::<AddrKey>(), 24);
-        assert_eq!(size_of::<VipKey>(), 24);
+        assert_eq!(size_of::<AddrClass>(), 4);
+        assert_eq!(size_of::<FilterBucket>(), 8);
+        assert_eq!(size_of::<Vip4Key>(), 8);
+        assert_eq!(size_of::<VipInfo>(), 24);
         assert_eq!(size_of::<Backend>(), 24);
-        assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<Flow>(), 96);
-        assert_eq!(size_of::<DataplaneConfig>(), 16);
+        assert_eq!(size_of::<BackendHop>(), 32);
+        assert_eq!(size_of::<Flow4Key>(), 16);
+        assert_eq!(size_of::<FlowRef>(), 8);
+        assert_eq!(size_of::<FlowEntry>(), 96);
+        assert_eq!(size_of::<DataplaneConfig>(), 24);
     }
 
     #[test]
-    fn reverse_key_is_reply_tuple() {
-        let f = Flow {
-            backend_addr: Addr::v4([10, 0, 0, 2]),
-            snat_addr: Addr::v4([10, 0, 0, 1]),
-            backend_port: 5100,
-            snat_port: 40000,
-            family: FAMILY_IPV4,
+    fn flow_key_from_wire_matches_the_packet_bytes() {
+        // Source 203.0.113.7:40001 -> 198.51.100.1:5100, as a TCP header lays the ports out.
+        let header = [0x9c, 0x41, 0x13, 0xec];
+        let k = Flow4Key::new([203, 0, 113, 7], [198, 51, 100, 1], 40001, 5100, PROTO_TCP);
+        assert_eq!(k.ports, u32::from_ne_bytes(header));
+        assert_eq!((k.src_port(), k.dst_port()), (40001, 5100));
+        assert_eq!(k.src.to_ne_bytes(), [203, 0, 113, 7]);
+        assert_eq!(k.proto, 6);
+        // Every byte of the key is defined: equal tuples are equal keys.
+        assert_eq!(
+            bytemuck::bytes_of(&k),
+            bytemuck::bytes_of(&Flow4Key::new(
+                [203, 0, 113, 7],
+                [198, 51, 100, 1],
+                40001,
+                5100,
+                6
+            ))
+        );
+    }
+
+    #[test]
+    fn entry_gives_back_the_client_key() {
+        let e = FlowEntry {
+            client: [
+                u32::from_ne_bytes([203, 0, 113, 7]),
+                u32::from_ne_bytes([198, 51, 100, 1]),
+                0,
+                0,
+            ],
+            client_port: 40001,
+            vip_port: 5100,
+            proto: PROTO_TCP,
             ..Default::default()
         };
-        let r = f.reverse_key(PROTO_TCP);
-        assert_eq!(r.src, Addr::v4([10, 0, 0, 2]));
-        assert_eq!(r.dst_port, 40000);
-        assert_eq!(r.proto, PROTO_TCP);
+        assert_eq!(
+            e.key_v4(),
+            Flow4Key::new([203, 0, 113, 7], [198, 51, 100, 1], 40001, 5100, PROTO_TCP)
+        );
+        assert_eq!(e.vip_v4().to_ne_bytes(), [198, 51, 100, 1]);
+    }
+
+    #[test]
+    fn filter_bucket_packs_into_one_word() {
+        let b = FilterBucket {
+            addr: u32::from_ne_bytes([10, 0, 0, 1]),
+            class: AddrClass {
+                flags: AddrClass::SNAT,
+                snat_index: 3,
+            },
+        };
+        assert_eq!(b.to_u64().to_ne_bytes(), *bytemuck::bytes_of(&b));
+        assert_eq!(FilterBucket::from_u64(b.to_u64()), b);
     }
 }

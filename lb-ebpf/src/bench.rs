@@ -2,28 +2,32 @@
 //!
 //! BPF_PROG_TEST_RUN with `repeat` runs the program again and again on one buffer, and the data
 //! path rewrites that buffer (after one run a forward packet no longer targets the VIP). So each
-//! benchmark entry first restores a template frame, then runs; the floor entry does the same
-//! restore and returns XDP_TX, so the ratio between them is the data path's own cost.
+//! benchmark entry first restores a template frame, then runs. The floors do the same restore,
+//! so the ratio between an entry and a floor is the data path's own cost.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, PerCpuArray},
+    btf_maps::Array,
+    helpers::generated::bpf_redirect,
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use lb_common::{BENCH_FRAME_LEN, BenchFrame};
 
-use crate::parse::ptr_at;
+use crate::parse::{load32, ptr_at};
 
 #[btf_map]
 static BENCH_FRAME: Array<BenchFrame, 1> = Array::new();
 
+/// New-flow counter, shared by all CPUs (a per-CPU one would replay clients across rounds).
 #[btf_map]
-static BENCH_SEQ: PerCpuArray<u32, 1> = PerCpuArray::new();
+static BENCH_SEQ: Array<u32, 1> = Array::new();
 
 /// Copies the template over the first BENCH_FRAME_LEN bytes; optionally makes the client new.
 #[inline(always)]
-fn restore(ctx: &XdpContext) -> Option<()> {
+fn restore(ctx: &XdpContext) -> Option<&'static BenchFrame> {
     let t = BENCH_FRAME.get(0)?;
     let dst = ptr_at::<[u64; BENCH_FRAME_LEN / 8]>(ctx, 0)? as *mut u64;
     // SAFETY: bounds checked by ptr_at. Volatile word stores, so LLVM cannot fold them into a
@@ -37,10 +41,9 @@ fn restore(ctx: &XdpContext) -> Option<()> {
     }
     if t.vary_source != 0 {
         let seq = BENCH_SEQ.get_ptr_mut(0)?;
-        // SAFETY: per-CPU slot.
+        // SAFETY: a map value; the counter is 4-byte aligned.
         let n = unsafe {
-            *seq = (*seq).wrapping_add(1);
-            *seq
+            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(seq, 1).wrapping_add(1)
         };
         // Source address bytes 2-3 (offset 28-29) and TCP/UDP source port (34-35), for an
         // untagged IPv4 frame with a 20-byte header.
@@ -52,7 +55,7 @@ fn restore(ctx: &XdpContext) -> Option<()> {
             *sport = (n as u16).to_be_bytes();
         }
     }
-    Some(())
+    Some(t)
 }
 
 /// Restore + the full wklb data path.
@@ -64,13 +67,37 @@ pub fn bench_wklb(ctx: XdpContext) -> u32 {
     crate::pipeline(&ctx)
 }
 
-/// Restore + XDP_TX: the floor the data path is compared against.
+/// Restore + read the destination address + XDP_TX: the floor the data path is measured
+/// against (it reads what any forwarding decision must read).
 #[xdp]
 pub fn bench_floor(ctx: XdpContext) -> u32 {
     if restore(&ctx).is_none() {
         return xdp_action::XDP_DROP;
     }
+    match ptr_at::<u32>(&ctx, 30) {
+        // SAFETY: bounds checked by ptr_at.
+        Some(d) if unsafe { load32(d.cast()) } != 0 => xdp_action::XDP_TX,
+        _ => xdp_action::XDP_DROP,
+    }
+}
+
+/// Restore + XDP_TX without reading the packet: the previous floor, kept so runs compare.
+#[xdp]
+pub fn bench_floor_blind(ctx: XdpContext) -> u32 {
+    if restore(&ctx).is_none() {
+        return xdp_action::XDP_DROP;
+    }
     xdp_action::XDP_TX
+}
+
+/// Restore + redirect to the template's interface: the floor of a two-armed forwarder.
+#[xdp]
+pub fn bench_floor_redirect(ctx: XdpContext) -> u32 {
+    match restore(&ctx) {
+        // SAFETY: plain helper call.
+        Some(t) => unsafe { bpf_redirect(t.redirect_ifindex, 0) as u32 },
+        None => xdp_action::XDP_DROP,
+    }
 }
 
 /// The bare minimum: XDP_TX with no work at all.

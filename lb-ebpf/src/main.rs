@@ -1,33 +1,41 @@
 //! wklb XDP data path: a short pipeline of named stages.
 //!
-//! classify destination → parse L4 → forward (VIP) or reverse (SNAT reply) → rewrite → egress,
-//! with one reason counter for every verdict. Pure logic lives in lb-common.
+//! parse L2/L3 → classify the destination → parse L4 → ICMP, or client → backend (`to_backend`),
+//! or backend → client (`to_client`) → count the verdict's reason. Pure logic lives in lb-common.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics, asm_experimental_arch))]
+#![allow(internal_features)]
 #![cfg(target_arch = "bpf")]
 // Map keys are passed by reference on purpose: by value they would be copied to the stack again.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod bench;
+mod classify;
+mod conntrack;
 mod egress;
-mod flow;
+mod icmp;
 mod maps;
+mod mss;
 mod nat;
 mod parse;
+mod snat;
 mod stats;
+mod to_backend;
+mod to_client;
+mod verdict;
 mod vip;
+mod vlan;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{
-    Addr, AddrClass, AddrKey, FAMILY_IPV4, FlowKey, PROTO_ICMP, Reason, conntrack::Direction,
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+use lb_common::{AddrClass, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason};
+
+use parse::{
+    eth::{self, L2},
+    ipv4::{self, Parsed},
+    load32,
 };
-use network_types::ip::Ipv4Hdr;
-
-use egress::Verdict;
-use flow::{Forward, Target};
-use maps::{ADDR_CLASS, FLOWS, REV_FLOWS};
-use nat::Rewrite;
-use parse::{L3, L4, Packet, ptr_at};
+use verdict::Verdict;
 
 #[xdp]
 pub fn wklb(ctx: XdpContext) -> u32 {
@@ -43,148 +51,45 @@ fn pipeline(ctx: &XdpContext) -> u32 {
 }
 
 #[inline(always)]
-const fn pass(reason: Reason) -> Verdict {
-    Verdict {
-        action: xdp_action::XDP_PASS,
-        reason,
-    }
-}
-
-#[inline(always)]
-const fn drop(reason: Reason) -> Verdict {
-    Verdict {
-        action: xdp_action::XDP_DROP,
-        reason,
-    }
-}
-
-#[inline(always)]
 fn process(ctx: &XdpContext) -> Verdict {
-    let l3_offset = match parse::l3(ctx) {
-        L3::Ipv4 { offset } => offset,
-        L3::NotIpv4 => return pass(Reason::PassNotIpv4),
-        L3::Truncated => return pass(Reason::PassUnparsable),
+    let (l3, vlan) = match eth::parse(ctx) {
+        L2::Ipv4 { l3, vlan } => (l3, vlan),
+        L2::NotIpv4 => return Verdict::of(Reason::PassNotIpv4),
+        L2::Truncated => return Verdict::of(Reason::PassUnparsable),
     };
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l3_offset) else {
-        return pass(Reason::PassUnparsable);
+    let Some(ip) = ipv4::header(ctx, l3) else {
+        return Verdict::of(Reason::PassUnparsable);
     };
-    // SAFETY: bounds checked by ptr_at.
-    let dst = unsafe { parse::load_addr(&raw const (*ip).dst_addr) };
-    // One lookup settles host traffic: only VIP and SNAT addresses go further.
-    let class = match ADDR_CLASS.get_ptr(AddrKey::new(Addr::v4_word(dst), FAMILY_IPV4)) {
-        // SAFETY: valid map value pointer.
-        Some(c) => unsafe { (*c).flags },
-        None => return pass(Reason::PassNotOurs),
+    // SAFETY: the fixed header is in bounds (ipv4::header).
+    let dst = unsafe { load32((&raw const (*ip).dst_addr).cast()) };
+    // One array read settles host traffic: only VIP and SNAT addresses go further.
+    let Some(class) = classify::lookup(dst) else {
+        return Verdict::of(Reason::PassNotOurs);
     };
-    let vip_addr = class & AddrClass::VIP != 0;
-    let p = match parse::l4(ctx, ip, l3_offset) {
-        L4::Ok(p) => p,
-        L4::Other { proto } if proto == PROTO_ICMP && vip_addr => return pass(Reason::PassIcmp),
-        L4::Other { .. } => return pass(Reason::PassNotOurs),
-        L4::Malformed if vip_addr => return drop(Reason::DropMalformed),
-        L4::Malformed => return pass(Reason::PassUnparsable),
-        L4::Fragment if vip_addr => return drop(Reason::DropFragment),
-        L4::Fragment => return pass(Reason::PassNotOurs),
+    let vip_addr = class.flags & AddrClass::VIP != 0;
+    let mut p = match ipv4::parse(ctx, l3, vlan, ip) {
+        Parsed::Ok(p) => p,
+        Parsed::Malformed if vip_addr => return Verdict::of(Reason::DropMalformed),
+        Parsed::Malformed => return Verdict::of(Reason::PassUnparsable),
+        Parsed::Fragment {
+            first,
+            proto,
+            ports,
+        } => return vip::fragment(dst, class, first, proto, ports),
     };
-    if vip_addr {
-        let key = flow::key_of(&p);
-        match flow::forward_target(&key, &p, class, ttl_ok(&p)) {
-            Forward::Send(t) => return forward(ctx, &p, &t),
-            Forward::Refused(reason, vip_id) => {
-                if let (Reason::DropNoBackend, Some(id)) = (reason, vip_id) {
-                    stats::vip_no_backend(id);
-                }
-                return if reason == Reason::PassNonSynNoState {
-                    pass(reason)
-                } else {
-                    drop(reason)
-                };
+    match p.proto {
+        PROTO_ICMP => icmp::handle(ctx, &p, class),
+        PROTO_TCP | PROTO_UDP => {
+            if vip_addr && let Some(v) = to_backend::handle(ctx, &mut p, class) {
+                return v;
             }
-            Forward::NotVip => {}
+            if class.flags & AddrClass::SNAT != 0 {
+                return to_client::handle(ctx, &mut p, class);
+            }
+            Verdict::of(Reason::PassNotOurs)
         }
+        _ => Verdict::of(Reason::PassNotOurs),
     }
-    if class & AddrClass::SNAT != 0 {
-        let reply = flow::key_of(&p);
-        if let Some(client) = REV_FLOWS.get_ptr(&reply) {
-            // SAFETY: valid map value pointer; copied out before any map update.
-            let client = unsafe { *client };
-            return reverse(ctx, &p, &client);
-        }
-    }
-    pass(Reason::PassNotOurs)
-}
-
-#[inline(always)]
-fn ttl_ok(p: &Packet) -> bool {
-    // SAFETY: p.ip was bounds checked during parsing.
-    unsafe { (*p.ip).ttl > 1 }
-}
-
-/// Client → VIP: full-NAT the packet toward the flow's backend and send it on.
-#[inline(always)]
-fn forward(ctx: &XdpContext, p: &Packet, t: &Target) -> Verdict {
-    let to = Rewrite {
-        src: t.snat_addr,
-        dst: t.backend_addr,
-        src_port: t.snat_port,
-        dst_port: t.backend_port,
-    };
-    if nat::rewrite(ctx, p, &to).is_none() {
-        return drop(Reason::DropInternal);
-    }
-    // SAFETY: t.flow is the live FLOWS value this packet matched or created.
-    let hop = unsafe { &mut (*t.flow).to_backend };
-    let v = egress::send(
-        ctx,
-        hop,
-        p.proto,
-        to.src,
-        to.dst,
-        p.ip_len,
-        Reason::Forwarded,
-    );
-    if v.action != xdp_action::XDP_DROP {
-        stats::vip(t.vip_id, p.ip_len as u64, t.new_flow);
-        stats::backend_in(t.backend_id, p.ip_len as u64, t.new_flow);
-    }
-    v
-}
-
-/// Backend → SNAT address: translate back to VIP → client and send it on.
-#[inline(always)]
-fn reverse(ctx: &XdpContext, p: &Packet, client: &FlowKey) -> Verdict {
-    if !ttl_ok(p) {
-        return drop(Reason::DropTtlExpired);
-    }
-    let Some(fptr) = FLOWS.get_ptr_mut(client) else {
-        return drop(Reason::DropReverseOrphan);
-    };
-    // SAFETY: valid map value pointer; concurrent writers store whole scalars only.
-    let f = unsafe { &mut *fptr };
-    flow::touch(f, p, Direction::Reverse);
-    let backend_id = f.backend_id;
-    let to = Rewrite {
-        src: client.dst.v4_word_of(),
-        dst: client.src.v4_word_of(),
-        src_port: client.dst_port,
-        dst_port: client.src_port,
-    };
-    if nat::rewrite(ctx, p, &to).is_none() {
-        return drop(Reason::DropInternal);
-    }
-    let v = egress::send(
-        ctx,
-        &mut f.to_client,
-        p.proto,
-        to.src,
-        to.dst,
-        p.ip_len,
-        Reason::Reversed,
-    );
-    if v.action != xdp_action::XDP_DROP {
-        stats::backend_out(backend_id, p.ip_len as u64);
-    }
-    v
 }
 
 #[cfg(not(test))]

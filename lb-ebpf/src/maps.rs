@@ -1,48 +1,81 @@
 //! Every map of the data path. Layouts come from lb-common; the daemon is the only writer of the
-//! configuration maps, the program the only writer of flows and counters (the daemon deletes
-//! expired flows).
+//! configuration maps, the program the only writer of flows and counters (the daemon expires
+//! flows). See docs/architecture.md for who reads and writes what.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, HashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
-    AddrClass, AddrKey, Backend, BackendStats, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, FlowKey,
-    MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SNAT_ADDRS, MAX_VIP_ENTRIES, MAX_VIPS, Reason, SnatAddr,
-    VipKey, VipMeta, VipStats,
+    ADDR_FILTER_SIZE, AddrClass, BPF_F_MMAPABLE, Backend, BackendHop, BackendStats,
+    DEFAULT_MAX_FLOWS, DataplaneConfig, Flow4Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE,
+    MAX_BACKENDS, MAX_INTERFACES, MAX_SNAT_ADDRS, MAX_VIP_ENTRIES, MAX_VIPS, Reason,
+    SLOTS_PER_SNAT_ADDR, SnatAddr, Vip4Key, VipInfo, VipMeta, VipStats,
 };
 
-/// Destination address → what it is to us (VIP and/or SNAT address).
+/// Direct-mapped filter of our IPv4 addresses (VIP and SNAT), indexed by
+/// `hash::filter_index`: host traffic costs one array read. Written through a memory mapping.
 #[btf_map]
-pub static ADDR_CLASS: HashMap<AddrKey, AddrClass, { MAX_VIP_ENTRIES as usize }> = HashMap::new();
+pub static ADDR_FILTER: Array<u64, { ADDR_FILTER_SIZE as usize }, BPF_F_MMAPABLE> = Array::new();
+
+/// IPv4 address → class, for buckets where our addresses collide.
+#[btf_map]
+pub static ADDRS4: HashMap<u32, AddrClass, { MAX_VIP_ENTRIES as usize }> = HashMap::new();
 
 /// (VIP address, port, protocol) → VIP id.
 #[btf_map]
-pub static VIPS: HashMap<VipKey, VipMeta, { MAX_VIP_ENTRIES as usize }> = HashMap::new();
+pub static VIPS4: HashMap<Vip4Key, VipMeta, { MAX_VIP_ENTRIES as usize }> = HashMap::new();
+
+/// VIP id → its address (the source of replies to IPv6 clients and of ICMP errors).
+#[btf_map]
+pub static VIP_INFO: Array<VipInfo, { MAX_VIPS as usize }> = Array::new();
 
 /// VIP id → Maglev table (slot → backend id). The daemon swaps a whole inner map in one update,
-/// so a packet sees either the old table or the new one, never a mix.
+/// so a packet sees either the old table or the new one, never a mix. The inner tables are
+/// memory-mapped by the daemon to fill them without a syscall per slot.
 #[btf_map]
-pub static MAGLEV: ArrayOfMaps<Array<u32, { MAGLEV_TABLE_SIZE as usize }>, { MAX_VIPS as usize }> =
-    ArrayOfMaps::new();
+pub static MAGLEV: ArrayOfMaps<
+    Array<u32, { MAGLEV_TABLE_SIZE as usize }, BPF_F_MMAPABLE>,
+    { MAX_VIPS as usize },
+> = ArrayOfMaps::new();
 
 /// Backend id → address, port, flags.
 #[btf_map]
 pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 
-/// Client 5-tuple → flow (backend, SNAT address and port, state). Resized by the loader.
+/// Backend id → cached next hop toward it.
 #[btf_map]
-pub static FLOWS: HashMap<FlowKey, Flow, { DEFAULT_MAX_FLOWS as usize }> = HashMap::new();
+pub static BACKEND_HOPS: Array<BackendHop, { MAX_BACKENDS as usize }> = Array::new();
 
-/// Reply 5-tuple (backend → SNAT address:port) → the client 5-tuple of FLOWS.
+/// Client IPv4 5-tuple → slot of its flow in FLOW_TABLE. Resized by the loader (max_flows).
 #[btf_map]
-pub static REV_FLOWS: HashMap<FlowKey, FlowKey, { DEFAULT_MAX_FLOWS as usize }> = HashMap::new();
+pub static FLOWS4: HashMap<Flow4Key, FlowRef, { DEFAULT_MAX_FLOWS as usize }> = HashMap::new();
 
+/// Slot (SNAT index << 16 | SNAT port) → flow. Resized by the loader to the SNAT capacity;
+/// memory-mapped read-only by the daemon for expiry and listings.
+#[btf_map]
+pub static FLOW_TABLE: Array<FlowEntry, { SLOTS_PER_SNAT_ADDR as usize }, BPF_F_MMAPABLE> =
+    Array::new();
+
+/// SNAT index → address.
 #[btf_map]
 pub static SNAT_ADDRS: Array<SnatAddr, { MAX_SNAT_ADDRS as usize }> = Array::new();
 
+/// The SNAT indices new flows may take (CONFIG.snat_count of them): draining addresses are
+/// left out while their flows end.
+#[btf_map]
+pub static SNAT_PICK: Array<u32, { MAX_SNAT_ADDRS as usize }> = Array::new();
+
 #[btf_map]
 pub static CONFIG: Array<DataplaneConfig, 1> = Array::new();
+
+/// Interfaces the program redirects to (the ones wklb runs on).
+#[btf_map]
+pub static TX_PORTS: DevMapHash<{ MAX_INTERFACES as usize }> = DevMapHash::new();
+
+/// Interface → MTU, for packets larger than CONFIG.min_mtu.
+#[btf_map]
+pub static IFACE_MTU: HashMap<u32, u32, { MAX_INTERFACES as usize }> = HashMap::new();
 
 /// Reason → packets (per CPU): one counter for every verdict.
 #[btf_map]
@@ -53,3 +86,9 @@ pub static VIP_STATS: PerCpuArray<VipStats, { MAX_VIPS as usize }> = PerCpuArray
 
 #[btf_map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+
+/// The current configuration (index 0 always exists in an array).
+#[inline(always)]
+pub fn config() -> Option<&'static DataplaneConfig> {
+    CONFIG.get(0)
+}

@@ -1,62 +1,66 @@
 //! Address/port rewrite with incremental checksum updates (arithmetic in lb_common::csum).
 
+use aya_ebpf::programs::XdpContext;
 use lb_common::{PROTO_TCP, csum::CsumDelta};
 
-use crate::parse::{Packet, ptr_at, store_addr};
-use aya_ebpf::programs::XdpContext;
+use crate::parse::{Packet, load16, ptr_at, store16, store32};
 
 /// Offsets of the checksum field inside the L4 header.
-const TCP_CSUM_OFFSET: usize = 16;
-const UDP_CSUM_OFFSET: usize = 6;
+pub const TCP_CSUM: usize = 16;
+pub const UDP_CSUM: usize = 6;
+/// Offsets inside the IPv4 header.
+pub const TTL: usize = 8;
+pub const CHECK: usize = 10;
+pub const SRC: usize = 12;
+pub const DST: usize = 16;
 
-/// The new 4-tuple of a packet. Addresses as native words of network-order bytes, ports in
-/// host byte order.
+/// The new addresses and ports of a packet, as native words of network-order bytes.
 pub struct Rewrite {
     pub src: u32,
     pub dst: u32,
-    pub src_port: u16,
-    pub dst_port: u16,
+    pub ports: u32,
 }
 
 /// Rewrites addresses and ports, decrements the TTL and fixes the IP and L4 checksums.
-/// The caller has checked that TTL > 1 and that the L4 header is in bounds (parse did).
+/// The caller has checked TTL > 1; parsing checked the L4 header is in bounds.
 #[inline(always)]
 pub fn rewrite(ctx: &XdpContext, p: &Packet, to: &Rewrite) -> Option<()> {
-    let ip = p.ip;
-    let addr_delta = CsumDelta::new()
-        .replace32(p.src, to.src)
-        .replace32(p.dst, to.dst);
-    // SAFETY: `ip` points at a bounds-checked IPv4 header.
-    unsafe {
-        // TTL shares a 16-bit checksum word with the protocol byte.
-        let old_word = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
-        (*ip).ttl -= 1;
-        let new_word = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
-        let check = u16::from_ne_bytes((*ip).check);
-        (*ip).check = addr_delta
-            .replace16(old_word, new_word)
-            .apply(check)
-            .to_ne_bytes();
-        store_addr(&raw mut (*ip).src_addr, to.src);
-        store_addr(&raw mut (*ip).dst_addr, to.dst);
-    }
-
-    let old_ports = [p.src_port.to_be(), p.dst_port.to_be()];
-    let new_ports = [to.src_port.to_be(), to.dst_port.to_be()];
-    let l4_delta = addr_delta
-        .replace16(old_ports[0], new_ports[0])
-        .replace16(old_ports[1], new_ports[1]);
-    let ports = ptr_at::<[u16; 2]>(ctx, p.l4_offset)?;
-    // SAFETY: bounds checked by ptr_at; u16 stores are done unaligned-safe via write_unaligned.
-    unsafe { ports.write_unaligned(new_ports) };
+    let addr_delta = rewrite_ip(ctx, p, to.src, to.dst)?;
+    let l4_delta = addr_delta.replace32(p.ports, to.ports);
+    let ports = ptr_at::<u32>(ctx, p.l4)?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe { *ports = to.ports };
     if p.proto == PROTO_TCP {
-        let c = ptr_at::<[u8; 2]>(ctx, p.l4_offset + TCP_CSUM_OFFSET)?;
+        let c = ptr_at::<u16>(ctx, p.l4 + TCP_CSUM)?;
         // SAFETY: bounds checked by ptr_at.
-        unsafe { *c = l4_delta.apply(u16::from_ne_bytes(*c)).to_ne_bytes() };
+        unsafe { *c = l4_delta.apply(*c) };
     } else {
-        let c = ptr_at::<[u8; 2]>(ctx, p.l4_offset + UDP_CSUM_OFFSET)?;
+        let c = ptr_at::<u16>(ctx, p.l4 + UDP_CSUM)?;
         // SAFETY: bounds checked by ptr_at.
-        unsafe { *c = l4_delta.apply_udp(u16::from_ne_bytes(*c)).to_ne_bytes() };
+        unsafe { *c = l4_delta.apply_udp(*c) };
     }
     Some(())
+}
+
+/// Rewrites the IPv4 addresses and decrements the TTL, fixing the header checksum. Returns the
+/// address change, which L4 pseudo-header checksums need too.
+#[inline(always)]
+pub fn rewrite_ip(ctx: &XdpContext, p: &Packet, src: u32, dst: u32) -> Option<CsumDelta> {
+    let ip = ptr_at::<[u8; 20]>(ctx, p.l3)? as *mut u8;
+    let addr_delta = CsumDelta::new().replace32(p.src, src).replace32(p.dst, dst);
+    // SAFETY: the fixed IPv4 header is in bounds.
+    unsafe {
+        // TTL shares a 16-bit checksum word with the protocol byte.
+        let old_word = load16(ip.add(TTL));
+        *ip.add(TTL) -= 1;
+        let new_word = load16(ip.add(TTL));
+        let check = load16(ip.add(CHECK));
+        store16(
+            ip.add(CHECK),
+            addr_delta.replace16(old_word, new_word).apply(check),
+        );
+        store32(ip.add(SRC), src);
+        store32(ip.add(DST), dst);
+    }
+    Some(addr_delta)
 }

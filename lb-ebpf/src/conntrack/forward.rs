@@ -1,0 +1,230 @@
+//! Client → VIP: the connection table decides first, so established flows never move. A new flow
+//! takes its backend from the VIP's Maglev table and claims a slot (its SNAT port). A pure SYN
+//! skips the lookup: it tries to create its flow and looks only when the tuple is taken (a
+//! retransmitted SYN, or a client reusing a source port).
+
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
+use lb_common::{
+    AddrClass, Backend, DataplaneConfig, Flow4Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE,
+    NO_BACKEND, Reason, VipMeta,
+    conntrack::{NO_WSCALE, State, is_bad_syn, is_initial_syn, syn_restarts_flow},
+    hash::flow_hash_v4_words,
+    ports_of, slot,
+};
+
+use super::{Flow, now_ns};
+use crate::{
+    egress::learn_client_hop,
+    maps::{BACKENDS, FLOW_TABLE, FLOWS4, MAGLEV, SNAT_ADDRS, config},
+    parse::Packet,
+    snat, vip,
+};
+
+const EEXIST: i32 = 17;
+/// Refusals before the VIP is known carry no VIP id.
+pub const NO_VIP: u32 = u32::MAX;
+
+/// What the connection table says about a packet to a VIP address.
+pub enum Found {
+    Flow(Flow),
+    /// No flow, and no VIP serves this (port, protocol): not ours.
+    NotVip,
+    /// Ours, but refused (counted under the reason) for this VIP id (or NO_VIP).
+    Refused(Reason, u32),
+}
+
+#[inline(always)]
+pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
+    let key = Flow4Key::from_wire(p.src, p.dst, p.ports, p.proto);
+    let syn = p.is_tcp() && is_initial_syn(p.seg.flags);
+    if !syn && let Some(f) = lookup(&key) {
+        return Found::Flow(f);
+    }
+    let (sport, dport) = ports_of(p.ports);
+    let Some(vip) = vip::lookup(p.dst, dport, p.proto, class) else {
+        return Found::NotVip;
+    };
+    let Some(cfg) = config() else {
+        return Found::Refused(Reason::DropInternal, vip.vip_id);
+    };
+    if p.is_tcp() && !syn {
+        return Found::Refused(no_state(p.seg.flags, cfg), vip.vip_id);
+    }
+    if p.ttl <= 1 {
+        return Found::Refused(Reason::DropTtlExpired, vip.vip_id);
+    }
+    let hash = flow_hash_v4_words(p.src, p.dst, sport, dport, p.proto);
+    for _ in 0..2 {
+        match create(ctx, p, &key, &vip, hash, cfg) {
+            Created::Flow(f) => return Found::Flow(f),
+            Created::Refused(r) => return Found::Refused(r, vip.vip_id),
+            Created::Clash => {}
+        }
+        match lookup(&key) {
+            // A retransmitted SYN, or a packet that lost a race to create the same flow.
+            Some(f) if !(syn && stale_for_syn(f.entry)) => return Found::Flow(f),
+            // A new connection on a reused source port: the old flow ends here.
+            Some(f) => snat::release(f.entry, f.token),
+            // The entry points at a slot being expired: replace it.
+            None => {}
+        }
+        let _ = FLOWS4.remove(&key);
+    }
+    match lookup(&key) {
+        Some(f) => Found::Flow(f),
+        None => Found::Refused(Reason::DropInternal, vip.vip_id),
+    }
+}
+
+/// The flow of `key`, if its slot still belongs to it.
+#[inline(always)]
+pub fn lookup(key: &Flow4Key) -> Option<Flow> {
+    let r = FLOWS4.get_ptr(key)?;
+    // SAFETY: valid map value pointer.
+    let FlowRef { slot, token } = unsafe { *r };
+    let e = FLOW_TABLE.get_ptr_mut(slot)?;
+    // SAFETY: valid map value pointer.
+    if unsafe { (*e).owner } != token {
+        return None;
+    }
+    Some(Flow {
+        entry: e,
+        slot,
+        token,
+        new: false,
+        accepted: true,
+    })
+}
+
+/// A TCP segment other than a SYN with no flow: dropped, or passed so the kernel resets it.
+#[inline(always)]
+fn no_state(flags: u8, cfg: &DataplaneConfig) -> Reason {
+    if is_bad_syn(flags) {
+        Reason::DropBadTcpFlags
+    } else if cfg.flags & DataplaneConfig::NON_SYN_PASS != 0 {
+        Reason::PassNonSynNoState
+    } else {
+        Reason::DropNonSynNoState
+    }
+}
+
+/// A SYN on this flow belongs to a new connection: the old one is closing or reset, or its
+/// backend was removed.
+#[inline(always)]
+pub fn stale_for_syn(e: *mut FlowEntry) -> bool {
+    // SAFETY: a live FLOW_TABLE value pointer.
+    let e = unsafe { &*e };
+    if syn_restarts_flow(e.state) {
+        return true;
+    }
+    match BACKENDS.get(e.backend_id as u32) {
+        Some(b) => {
+            b.flags & Backend::ACTIVE == 0
+                || b.addr.v4_word_of() != e.backend
+                || (b.port != 0 && b.port != e.backend_port)
+        }
+        None => true,
+    }
+}
+
+enum Created {
+    Flow(Flow),
+    /// The tuple already has a flow.
+    Clash,
+    Refused(Reason),
+}
+
+#[inline(always)]
+fn create(
+    ctx: &XdpContext,
+    p: &Packet,
+    key: &Flow4Key,
+    vip: &VipMeta,
+    hash: u32,
+    cfg: &DataplaneConfig,
+) -> Created {
+    let table_slot = hash % MAGLEV_TABLE_SIZE;
+    let id = match MAGLEV.get_value(vip.vip_id, &table_slot) {
+        Some(id) if *id != NO_BACKEND => *id,
+        _ => return Created::Refused(Reason::DropNoBackend),
+    };
+    let backend = match BACKENDS.get(id) {
+        Some(b) if b.flags & Backend::ACTIVE != 0 => b,
+        _ => return Created::Refused(Reason::DropNoBackend),
+    };
+    if cfg.snat_count == 0 {
+        return Created::Refused(Reason::DropNoSnatAddress);
+    }
+    let (s, e) = match snat::claim(hash, cfg) {
+        Ok(c) => c,
+        Err(r) => return Created::Refused(r),
+    };
+    let token = slot::token(hash);
+    let Some(snat_addr) = SNAT_ADDRS.get(slot::snat_index_of(s)) else {
+        snat::release(e, token);
+        return Created::Refused(Reason::DropInternal);
+    };
+    // SAFETY: we own the slot (claimed above).
+    let entry = unsafe { &mut *e };
+    fill(ctx, entry, p, backend, id, vip, snat_addr.addr.v4_word_of());
+    let r = FlowRef { slot: s, token };
+    match FLOWS4.insert(key, &r, BPF_NOEXIST as u64) {
+        Ok(()) => Created::Flow(Flow {
+            entry: e,
+            slot: s,
+            token,
+            new: true,
+            accepted: true,
+        }),
+        Err(err) => {
+            snat::release(e, token);
+            if err == -EEXIST {
+                Created::Clash
+            } else {
+                // -E2BIG: the table is full. Established flows are never evicted to make room.
+                Created::Refused(Reason::DropConntrackFull)
+            }
+        }
+    }
+}
+
+/// Writes every field of a freshly claimed entry, field by field (a struct literal would be a
+/// memset call in BPF).
+#[inline(always)]
+fn fill(
+    ctx: &XdpContext,
+    e: &mut FlowEntry,
+    p: &Packet,
+    b: &Backend,
+    id: u32,
+    vip: &VipMeta,
+    snat_addr: u32,
+) {
+    let (cport, vport) = ports_of(p.ports);
+    let now = now_ns();
+    e.backend = b.addr.v4_word_of();
+    e.client = [p.src, p.dst, snat_addr, 0];
+    e.client_port = cport;
+    e.vip_port = vport;
+    // Port 0: an any-port VIP's backend takes the client's destination port.
+    e.backend_port = if b.port == 0 { vport } else { b.port };
+    e.backend_id = id as u16;
+    e.vip_id = vip.vip_id as u16;
+    e.flags = 0;
+    e.client_vlan = p.vlan;
+    e.last_seen_ns = now;
+    e.created_s = (now / 1_000_000_000) as u32;
+    e.proto = p.proto;
+    e._pad = [0; 3];
+    e.seq_delta = 0;
+    e.ts_delta = 0;
+    if p.is_tcp() {
+        e.start_tcp(&p.seg);
+    } else {
+        e.state = State::Udp as u8;
+        e.ack = [0, 0];
+        e.win = [0, 0];
+        e.wscale = [NO_WSCALE, NO_WSCALE];
+    }
+    let _ = learn_client_hop(ctx, &mut e.to_client);
+}

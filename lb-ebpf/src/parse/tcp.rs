@@ -1,0 +1,68 @@
+//! TCP: ports, the segment fields the tracker reads, and SYN options.
+
+use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map, programs::XdpContext};
+use lb_common::{
+    conntrack::{NO_WSCALE, tcp_flags},
+    tcp_opts::{self, Options},
+};
+
+use super::{Packet, ipv4::TCP_FIXED, load16, load32, ptr_at};
+
+/// Reads the fixed header into `p`; false when it is cut short or its data offset is below 5.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext, p: &mut Packet) -> bool {
+    let Some(h) = ptr_at::<[u8; TCP_FIXED]>(ctx, p.l4) else {
+        return false;
+    };
+    let h = h as *const u8;
+    // SAFETY: the 20-byte fixed header is in bounds (ptr_at).
+    unsafe {
+        p.ports = load32(h);
+        p.seg.seq = u32::from_be(load32(h.add(4)));
+        p.seg.ack = u32::from_be(load32(h.add(8)));
+        p.tcp_len = ((*h.add(12) >> 4) as usize) * 4;
+        p.seg.flags = *h.add(13);
+        p.seg.win = u16::from_be(load16(h.add(14)));
+    }
+    p.seg.wscale = NO_WSCALE;
+    p.tcp_len >= TCP_FIXED
+}
+
+/// Offset of the options of the segment at `l4` (a SYN's, the only ones the data path reads).
+#[inline(always)]
+pub fn options_at(p: &Packet) -> usize {
+    p.l4 + TCP_FIXED
+}
+
+/// Walks the options of a SYN or SYN-ACK and records its window scale in `p.seg`.
+///
+/// The answer goes through a per-CPU scratch slot: values read back from a map are opaque to
+/// the verifier, so the many paths through the walk do not each re-verify the rest of the
+/// program (which they otherwise would, and exceed the verifier's budget).
+#[inline(always)]
+pub fn syn_options(ctx: &XdpContext, p: &mut Packet) -> Option<&'static Options> {
+    if p.seg.flags & tcp_flags::SYN == 0 {
+        return None;
+    }
+    let scratch = OPTIONS.get_ptr_mut(0)?;
+    let start = options_at(p);
+    let len = p.tcp_len - TCP_FIXED;
+    let o = tcp_opts::walk(len, |i| {
+        // The mask gives the verifier a bound for the variable offset.
+        match ptr_at::<u8>(ctx, start + (i & 63)) {
+            // SAFETY: bounds checked by ptr_at.
+            Some(b) => unsafe { *b as u16 },
+            None => tcp_opts::OUT_OF_BOUNDS,
+        }
+    });
+    // SAFETY: per-CPU scratch value, ours for the rest of this run.
+    unsafe {
+        core::ptr::write_volatile(scratch, o);
+        p.seg.wscale = core::ptr::read_volatile(&raw const (*scratch).wscale);
+        Some(&*scratch)
+    }
+}
+
+/// Per-CPU scratch for `syn_options`.
+#[btf_map]
+static OPTIONS: PerCpuArray<Options, 1> = PerCpuArray::new();

@@ -1,0 +1,113 @@
+//! Client → VIP: find or create the flow, then full-NAT the packet toward its backend:
+//! next hop, MTU (fragmentation-needed back to the client when it does not fit), MSS clamping
+//! on SYNs, rewrite, transmit, count.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    AddrClass, FlowEntry, Reason,
+    conntrack::{Direction, is_bad_syn, tcp_flags},
+    ports_word, slot,
+};
+
+use crate::{
+    conntrack::{
+        self, Flow,
+        forward::{self, Found},
+        now_ns,
+    },
+    egress::{self, NoHop},
+    icmp, maps, mss,
+    nat::{self, Rewrite},
+    parse::{Packet, tcp::syn_options},
+    stats,
+    verdict::Verdict,
+};
+
+/// None when the packet is for no VIP after all (the caller goes on).
+#[inline(always)]
+pub fn handle(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Option<Verdict> {
+    let opts = syn_options(ctx, p);
+    let mut flow = match forward::find_or_create(ctx, p, class) {
+        Found::Flow(f) => f,
+        Found::NotVip => return None,
+        Found::Refused(reason, vip_id) => {
+            if reason == Reason::DropNoBackend {
+                stats::vip_no_backend(vip_id);
+            }
+            return Some(Verdict::of(reason));
+        }
+    };
+    if p.is_tcp() && is_bad_syn(p.seg.flags) {
+        return Some(Verdict::of(Reason::DropBadTcpFlags));
+    }
+    if p.ttl <= 1 {
+        return Some(Verdict::of(Reason::DropTtlExpired));
+    }
+    // SAFETY: a live FLOW_TABLE value pointer; racing writers store whole scalars only.
+    let e = unsafe { &mut *flow.entry };
+    let now = now_ns();
+    if !flow.new {
+        flow.accepted = conntrack::track(e, p, Direction::Forward);
+        conntrack::touch(ctx, e, now, Direction::Forward);
+    }
+    Some(send(ctx, p, &flow, e, opts, now))
+}
+
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    p: &Packet,
+    flow: &Flow,
+    e: &FlowEntry,
+    opts: Option<&lb_common::tcp_opts::Options>,
+    now: u64,
+) -> Verdict {
+    let snat_addr = e.client[2];
+    let hop = match egress::backend_hop(ctx, e.backend_id, snat_addr, e.backend, p.proto, now) {
+        Ok(h) => Some(h),
+        Err(NoHop::Neighbor) => None,
+        Err(NoHop::Failed) => return Verdict::of(Reason::DropFibFailed),
+    };
+    let mtu = hop.map_or(0, |h| h.mtu);
+    if egress::too_big(p.ip_len, mtu) && p.df {
+        // The client learns the path MTU from its VIP, about its own packet.
+        return icmp::too_big::send(ctx, p, mtu, p.dst, p.src);
+    }
+    if p.is_tcp()
+        && p.seg.flags & tcp_flags::SYN != 0
+        && let Some(cfg) = maps::config()
+        && let Some(limit) = mss::limit(cfg, mtu)
+        && let Some(opts) = opts
+    {
+        mss::clamp_to(ctx, p, opts, limit);
+    }
+    let to = Rewrite {
+        src: snat_addr,
+        dst: e.backend,
+        ports: ports_word(slot::port_of(flow.slot), e.backend_port),
+    };
+    if nat::rewrite(ctx, p, &to).is_none() {
+        return Verdict::of(Reason::DropInternal);
+    }
+    let sent = if flow.accepted {
+        Reason::Forwarded
+    } else {
+        Reason::ForwardedOutOfWindow
+    };
+    let v = match hop {
+        _ if egress::too_big(p.ip_len, mtu) => Verdict::of(Reason::PassTooBig),
+        Some(h) => {
+            // A tag does not cross interfaces; on the same interface it stays.
+            let vlan = if h.ifindex == egress::ingress_ifindex(ctx) {
+                p.vlan
+            } else {
+                0
+            };
+            egress::transmit(ctx, &h, p.vlan, vlan, sent)
+        }
+        None => Verdict::of(Reason::PassNoNeighbor),
+    };
+    stats::vip(e.vip_id as u32, p.ip_len as u64, flow.new);
+    stats::backend_in(e.backend_id as u32, p.ip_len as u64, flow.new);
+    v
+}

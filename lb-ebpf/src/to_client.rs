@@ -1,0 +1,85 @@
+//! Backend → SNAT address: find the flow by its slot, translate back to VIP → client and send it
+//! the way the client's traffic came (fragmentation-needed back to the backend when the client
+//! side's MTU is smaller; MSS clamping on the SYN-ACK).
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    AddrClass, Reason,
+    conntrack::{Direction, tcp_flags},
+    ports_word,
+    tcp_opts::Options,
+};
+
+use crate::{
+    conntrack::{self, now_ns, reverse},
+    egress, icmp, maps, mss,
+    nat::{self, Rewrite},
+    parse::{Packet, tcp::syn_options},
+    stats,
+    verdict::Verdict,
+};
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Verdict {
+    let flow = match reverse::find(p, class) {
+        Ok(f) => f,
+        Err(r) => return Verdict::of(r),
+    };
+    if p.ttl <= 1 {
+        return Verdict::of(Reason::DropTtlExpired);
+    }
+    let opts = syn_options(ctx, p);
+    // SAFETY: a live FLOW_TABLE value pointer; racing writers store whole scalars only.
+    let e = unsafe { &mut *flow.entry };
+    let accepted = conntrack::track(e, p, Direction::Reverse);
+    conntrack::touch(ctx, e, now_ns(), Direction::Reverse);
+    let Some(cfg) = maps::config() else {
+        return Verdict::of(Reason::DropInternal);
+    };
+    let hop = egress::client_hop(&e.to_client);
+    let mtu = egress::iface_mtu(hop.ifindex, p.ip_len as u32, cfg.min_mtu);
+    if egress::too_big(p.ip_len, mtu) && p.df {
+        // The backend learns the path MTU toward the SNAT address it talks to.
+        return icmp::too_big::send(ctx, p, mtu, p.dst, p.src);
+    }
+    if let Some(opts) = opts {
+        clamp_synack(ctx, p, opts, cfg, hop.ifindex);
+    }
+    let to = Rewrite {
+        src: e.vip_v4(),
+        dst: e.client[0],
+        ports: ports_word(e.vip_port, e.client_port),
+    };
+    if nat::rewrite(ctx, p, &to).is_none() {
+        return Verdict::of(Reason::DropInternal);
+    }
+    let sent = if accepted {
+        Reason::Reversed
+    } else {
+        Reason::ReversedOutOfWindow
+    };
+    let v = if egress::too_big(p.ip_len, mtu) {
+        Verdict::of(Reason::PassTooBig)
+    } else {
+        egress::transmit(ctx, &hop, p.vlan, e.client_vlan, sent)
+    };
+    stats::backend_out(e.backend_id as u32, p.ip_len as u64);
+    v
+}
+
+/// The SYN-ACK's MSS toward the client: what the client-side interface carries.
+#[inline(always)]
+fn clamp_synack(
+    ctx: &XdpContext,
+    p: &Packet,
+    opts: &Options,
+    cfg: &lb_common::DataplaneConfig,
+    ifindex: u32,
+) {
+    // Every size is "large" here: always read the interface's MTU.
+    let mtu = egress::iface_mtu(ifindex, u32::MAX, 0);
+    if let Some(limit) = mss::limit(cfg, mtu) {
+        mss::clamp_to(ctx, p, opts, limit);
+    }
+}
+
