@@ -1,5 +1,5 @@
-//! wklb userspace: loader and typed map access, configuration, controller, health checks,
-//! control socket, metrics, daemon and CLI.
+//! wklb userspace: configuration, the controller and its data-plane interface, health checks,
+//! the daemon with its control socket and metrics, and the CLI.
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -8,8 +8,5 @@ pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod metrics;
-pub mod neighbors;
-pub mod netdev;
-pub mod privileges;
-pub mod protocol;
 pub mod report;
+pub mod sys;

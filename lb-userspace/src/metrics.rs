@@ -1,5 +1,7 @@
-//! Prometheus metrics (prometheus-client): kernel counters read at scrape time through a
-//! collector, and a probe round-trip-time histogram per backend fed by the health checks.
+//! Prometheus metrics (prometheus-client): a report built at scrape time from the controller's
+//! snapshot and the maps (never the controller itself), and a probe round-trip-time histogram
+//! per backend fed by the health checks. A scrape that cannot read the counters answers 500;
+//! the body is OpenMetrics when the scraper accepts it, Prometheus text 0.0.4 otherwise.
 
 use std::{
     net::SocketAddr,
@@ -24,7 +26,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{controller::Controller, report::StatsReport};
+use crate::{daemon::Ctx, report::StatsReport};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
@@ -39,23 +41,10 @@ pub fn probe_rtt_family() -> ProbeRtt {
     Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 15)))
 }
 
-/// Reads the data plane's counters on every scrape.
-#[derive(Debug)]
-struct KernelCollector {
-    ctl: Arc<Mutex<Controller>>,
-}
-
-impl KernelCollector {
-    fn snapshot(&self) -> Option<StatsReport> {
-        let ctl = self.ctl.lock().ok()?;
-        match ctl.stats() {
-            Ok(s) => Some(s),
-            Err(e) => {
-                warn!("metrics: reading counters failed: {e:#}");
-                None
-            }
-        }
-    }
+/// Encodes the report of the scrape in progress.
+#[derive(Debug, Default)]
+struct ReportCollector {
+    report: Arc<Mutex<Option<StatsReport>>>,
 }
 
 fn counter_family<L: EncodeLabelSet>(
@@ -94,9 +83,10 @@ struct ReasonLabels {
     reason: String,
 }
 
-impl Collector for KernelCollector {
+impl Collector for ReportCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(s) = self.snapshot() else {
+        let guard = self.report.lock().map_err(|_| std::fmt::Error)?;
+        let Some(s) = guard.as_ref() else {
             return Ok(());
         };
         let bl = |b: &crate::report::BackendReport| BackendLabels {
@@ -136,8 +126,14 @@ impl Collector for KernelCollector {
         gauge_family(
             &mut enc,
             "wklb_backend_active_flows",
-            "Flows in the connection table (as of the last expiry pass)",
+            "Flows toward the backend that carry data (handshake, established, UDP)",
             s.backends.iter().map(|b| (bl(b), b.active_flows as i64)),
+        )?;
+        gauge_family(
+            &mut enc,
+            "wklb_backend_closing_flows",
+            "Flows toward the backend that are closing or reset",
+            s.backends.iter().map(|b| (bl(b), b.closing_flows as i64)),
         )?;
         gauge_family(
             &mut enc,
@@ -200,6 +196,28 @@ impl Collector for KernelCollector {
         )?;
         gauge_family(
             &mut enc,
+            "wklb_snat_flows",
+            "Flows using each SNAT address (at most one per port)",
+            s.snat
+                .iter()
+                .map(|x| (vec![("address".to_string(), x.address.clone())], x.flows as i64)),
+        )?;
+        gauge_family(
+            &mut enc,
+            "wklb_xdp_attached",
+            "1 for every interface the XDP program runs on, labelled with how it was attached",
+            s.interfaces.iter().map(|a| {
+                (
+                    vec![
+                        ("interface".to_string(), a.interface.clone()),
+                        ("mode".to_string(), a.mode.clone()),
+                    ],
+                    1,
+                )
+            }),
+        )?;
+        gauge_family(
+            &mut enc,
             "wklb_flows_max",
             "Capacity of the connection table",
             std::iter::once((Vec::<(String, String)>::new(), s.max_flows as i64)),
@@ -214,16 +232,37 @@ impl Collector for KernelCollector {
     }
 }
 
-/// The registry: kernel counters plus the probe RTT histograms.
-pub fn registry(ctl: Arc<Mutex<Controller>>, rtt: ProbeRtt) -> Registry {
-    let mut r = Registry::default();
-    r.register(
-        "wklb_probe_rtt_seconds",
-        "Health probe round-trip time",
-        rtt,
-    );
-    r.register_collector(Box::new(KernelCollector { ctl }));
-    r
+/// The registry and the slot the collector reads the current scrape's report from.
+pub struct Metrics {
+    registry: Registry,
+    report: Arc<Mutex<Option<StatsReport>>>,
+    /// One scrape at a time (the report slot is shared).
+    scrape: tokio::sync::Mutex<()>,
+}
+
+impl Metrics {
+    pub fn new(rtt: ProbeRtt) -> Self {
+        let report = Arc::new(Mutex::new(None));
+        let mut registry = Registry::default();
+        registry.register("wklb_probe_rtt_seconds", "Health probe round-trip time", rtt);
+        registry.register_collector(Box::new(ReportCollector {
+            report: report.clone(),
+        }));
+        Metrics {
+            registry,
+            report,
+            scrape: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The OpenMetrics text of `report`.
+    fn encode(&self, report: StatsReport) -> Result<String, std::fmt::Error> {
+        *self.report.lock().map_err(|_| std::fmt::Error)? = Some(report);
+        let mut text = String::new();
+        let r = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        *self.report.lock().map_err(|_| std::fmt::Error)? = None;
+        r.map(|()| text)
+    }
 }
 
 /// Binds the metrics listener (at startup, so a bad address stops the daemon right away).
@@ -233,31 +272,51 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
         .with_context(|| format!("binding the metrics listener {addr} (daemon.metrics_listen)"))
 }
 
-/// Serves `GET /metrics` until the task is aborted.
-pub async fn serve(listener: tokio::net::TcpListener, registry: Arc<Registry>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// OpenMetrics text as Prometheus text format 0.0.4: no `# EOF` or `# UNIT`, and a counter's
+/// `# TYPE`/`# HELP` name its `_total` samples, as 0.0.4 parsers expect.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
             continue;
+        }
+        let renamed = ["# TYPE ", "# HELP "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            (counters.contains(name) && !name.ends_with("_total"))
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// Serves `GET /metrics` until the task is aborted.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, ctx: Arc<Ctx>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                warn!("metrics: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
-        let registry = registry.clone();
+        let (metrics, ctx) = (metrics.clone(), ctx.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let registry = registry.clone();
-                async move {
-                    let (status, body) = if req.uri().path() == "/metrics" {
-                        let mut text = String::new();
-                        match prometheus_client::encoding::text::encode(&mut text, &registry) {
-                            Ok(()) => (200, text),
-                            Err(_) => (500, "encoding failed\n".to_string()),
-                        }
-                    } else {
-                        (404, "only /metrics is served here\n".to_string())
-                    };
-                    Response::builder()
-                        .status(status)
-                        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                        .body(Full::new(Bytes::from(body)))
-                }
+                let (metrics, ctx) = (metrics.clone(), ctx.clone());
+                async move { respond(&req, &metrics, &ctx).await }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -266,5 +325,70 @@ pub async fn serve(listener: tokio::net::TcpListener, registry: Arc<Registry>) {
                 debug!("metrics connection: {e}");
             }
         });
+    }
+}
+
+async fn respond(
+    req: &Request<hyper::body::Incoming>,
+    metrics: &Metrics,
+    ctx: &Ctx,
+) -> Result<Response<Full<Bytes>>, hyper::http::Error> {
+    if req.uri().path() != "/metrics" {
+        return text(404, "text/plain; charset=utf-8", "only /metrics is served here\n".into());
+    }
+    let openmetrics = req
+        .headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
+    let _one = metrics.scrape.lock().await;
+    let report = match ctx.stats().await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("metrics: reading the counters failed: {e:#}");
+            return text(500, "text/plain; charset=utf-8", format!("reading the counters failed: {e:#}\n"));
+        }
+    };
+    match metrics.encode(report) {
+        Ok(body) if openmetrics => text(200, OPENMETRICS, body),
+        Ok(body) => text(200, PROMETHEUS_TEXT, to_prometheus_text(&body)),
+        Err(_) => text(500, "text/plain; charset=utf-8", "encoding failed\n".into()),
+    }
+}
+
+fn text(status: u16, content_type: &str, body: String) -> Result<Response<Full<Bytes>>, hyper::http::Error> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counter_samples_and_drops_eof() {
+        let om = "# HELP wklb_packets Every packet.\n# TYPE wklb_packets counter\nwklb_packets_total{reason=\"forwarded\"} 3\n# HELP wklb_flows Entries.\n# TYPE wklb_flows gauge\nwklb_flows 2\n# EOF\n";
+        let t = to_prometheus_text(om);
+        assert!(t.contains("# TYPE wklb_packets_total counter"), "{t}");
+        assert!(t.contains("# HELP wklb_packets_total Every packet."), "{t}");
+        assert!(t.contains("# TYPE wklb_flows gauge"), "{t}");
+        assert!(!t.contains("EOF"), "{t}");
+    }
+
+    #[test]
+    fn a_report_encodes_with_every_family() {
+        let m = Metrics::new(probe_rtt_family());
+        let mut r = StatsReport::default();
+        r.reasons.insert("forwarded".into(), 7);
+        r.interfaces.push(crate::dataplane::links::Attachment {
+            interface: "eth0".into(),
+            mode: "driver".into(),
+        });
+        let text = m.encode(r).unwrap();
+        assert!(text.contains("wklb_packets_total{reason=\"forwarded\"} 7"), "{text}");
+        assert!(text.contains("wklb_xdp_attached{interface=\"eth0\",mode=\"driver\"} 1"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dataplane::links::Attachment;
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct BackendReport {
     pub vip: String,
@@ -12,6 +14,8 @@ pub struct BackendReport {
     /// Current weight (0 = drained); `configured_weight` is what the config file says.
     pub weight: u32,
     pub configured_weight: u32,
+    /// "up", "down" or "pending" (not probed enough yet).
+    pub health: String,
     pub healthy: bool,
     /// In the VIP's live Maglev table.
     pub in_table: bool,
@@ -20,7 +24,10 @@ pub struct BackendReport {
     pub packets_out: u64,
     pub bytes_out: u64,
     pub new_flows: u64,
+    /// Flows toward it that still carry data (handshake, established, UDP).
     pub active_flows: u64,
+    /// Flows toward it that are closing or reset, waiting for their short timeout.
+    pub closing_flows: u64,
     /// Round-trip time of the last health probe.
     pub probe_rtt_ms: Option<f64>,
     pub last_probe_error: Option<String>,
@@ -32,14 +39,28 @@ pub struct VipReport {
     pub address: String,
     pub port: u16,
     pub protocol: String,
+    /// "normal", "starting" (no probe results yet: all backends), "fail_open" (every backend
+    /// down: all of them anyway) or "empty" (all drained).
+    pub table_mode: String,
     /// Every eligible backend is down, so all of them are kept in the table.
     pub fail_open: bool,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
     pub no_backend_drops: u64,
+    pub active_flows: u64,
     pub backends_total: usize,
     pub backends_in_table: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SnatReport {
+    pub address: String,
+    /// Takes new flows (false: removed from the config, draining).
+    pub active: bool,
+    pub flows: u64,
+    /// Ports it offers (`port_max - port_min + 1`).
+    pub ports: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -48,9 +69,14 @@ pub struct StatsReport {
     pub backends: Vec<BackendReport>,
     /// Every verdict reason of the data path → packets.
     pub reasons: BTreeMap<String, u64>,
+    /// Entries in the connection table, live and closing.
     pub flows: u64,
+    pub active_flows: u64,
     pub max_flows: u32,
     pub expired_flows_total: u64,
+    pub snat: Vec<SnatReport>,
+    /// Where XDP runs and how it was attached.
+    pub interfaces: Vec<Attachment>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -63,6 +89,15 @@ pub struct ConnReport {
     pub state: String,
     pub age_secs: f64,
     pub idle_secs: f64,
+}
+
+/// A listing of connections, possibly cut to `--limit` rows.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConnsReport {
+    /// Connections matching the filters.
+    pub total: u64,
+    /// The first rows (by VIP, backend, client), at most the limit.
+    pub conns: Vec<ConnReport>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

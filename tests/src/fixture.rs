@@ -1,21 +1,29 @@
 //! The real XDP object in a two-sided veth topology inside a private namespace, driven by
-//! BPF_PROG_TEST_RUN. Neighbours are static so bpf_fib_lookup answers deterministically.
+//! BPF_PROG_TEST_RUN. Neighbours are static so bpf_fib_lookup answers deterministically. The
+//! maps are programmed through the same `Image` diffs the controller uses.
 //!
 //! ```text
 //!  client 10.10.0.2 ── wkc0 10.10.0.1 [edge: XDP] wkb0 10.20.0.1 ── backends 10.20.0.11-.13
 //!  VIP 10.0.0.100 (tcp 5100, udp 5300), SNAT 10.20.0.100
 //! ```
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
-    Backend, FAMILY_IPV4, MAGLEV_TABLE_SIZE, PROTO_TCP, PROTO_UDP, VipMeta,
+    Addr, Backend, BackendStats, DataplaneConfig, FAMILY_IPV4, FlowEntry, MAGLEV_TABLE_SIZE,
+    PROTO_TCP, PROTO_UDP, SnatAddr, Vip4Key, VipInfo, VipMeta, VipStats,
     hash::flow_hash_v4,
     maglev::{Member, build_table},
 };
-use lb_userspace::dataplane::{Dataplane, LoadOptions};
+use lb_userspace::{
+    controller::plan,
+    dataplane::{
+        Counters, Flows, Image, Maps,
+        kernel::{self, KernelCounters, KernelFlows, KernelMaps, LoadOptions, Program},
+    },
+};
 
 use crate::netns::{enable_forwarding, ifindex, ip, mac_of};
 
@@ -32,30 +40,45 @@ pub const BACKENDS: [Ipv4Addr; 3] = [
 ];
 /// A backend address with no neighbour entry (fib lookup answers NO_NEIGH).
 pub const UNRESOLVED_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 99);
+/// A backend address with no route at all (fib lookup fails).
+pub const UNROUTABLE_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 pub const CLIENT_IF: &str = "wkc0";
 pub const BACKEND_IF: &str = "wkb0";
 pub const TCP_VIP_ID: u32 = 0;
 pub const UDP_VIP_ID: u32 = 1;
 /// Backend ids: TCP VIP uses 0..3, UDP VIP uses 3..6.
 pub const UDP_BACKEND_BASE: u32 = 3;
+/// SNAT addresses the flow table has slots for.
+pub const SNAT_SLOTS: u32 = 4;
 
 pub fn backend_mac(i: usize) -> [u8; 6] {
     [0x02, 0, 0, 0, 0x0b, 0x11 + i as u8]
 }
 
+pub fn word(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
 pub struct Fixture {
-    pub dp: Dataplane,
+    pub program: Program,
+    pub maps: KernelMaps,
+    pub counters: Arc<KernelCounters>,
+    pub flows: Arc<KernelFlows>,
+    /// What the maps hold; change it and call `sync`.
+    pub image: Image,
     pub client_if: u32,
     pub backend_if: u32,
     pub client_side_mac: [u8; 6],
     pub backend_side_mac: [u8; 6],
-    /// Live Maglev table of each VIP id, as installed.
-    pub tables: Vec<Vec<u32>>,
 }
 
 impl Fixture {
     /// Builds the topology in the current (private) namespace and programs the data plane.
     pub fn new(max_flows: u32) -> Result<Self> {
+        Self::with_slots(max_flows, SNAT_SLOTS)
+    }
+
+    pub fn with_slots(max_flows: u32, snat_slots: u32) -> Result<Self> {
         ip("link add wkc0 type veth peer name wkc1")?;
         ip("link add wkb0 type veth peer name wkb1")?;
         for l in ["wkc0", "wkc1", "wkb0", "wkb1"] {
@@ -78,66 +101,119 @@ impl Fixture {
         for peer in ["wkc1", "wkb1"] {
             crate::netns::run("ethtool", &["-K", peer, "gro", "on"])?;
         }
-
-        let mut dp = Dataplane::load(&LoadOptions {
+        let loaded = kernel::load(&LoadOptions {
             max_flows,
+            snat_slots,
             pin_dir: None,
         })?;
-        dp.set_snat_addrs(&[SNAT])?;
-        dp.set_vip(
-            VIP,
-            VIP_TCP_PORT,
-            PROTO_TCP,
-            VipMeta {
-                vip_id: TCP_VIP_ID,
-                flags: 0,
-            },
-        )?;
-        dp.set_vip(
-            VIP,
-            VIP_UDP_PORT,
-            PROTO_UDP,
-            VipMeta {
-                vip_id: UDP_VIP_ID,
-                flags: 0,
-            },
-        )?;
         let mut fx = Fixture {
-            dp,
+            program: loaded.program,
+            maps: loaded.maps,
+            counters: loaded.counters,
+            flows: loaded.flows,
+            image: Image::default(),
             client_if: ifindex(CLIENT_IF)?,
             backend_if: ifindex(BACKEND_IF)?,
             client_side_mac: mac_of(CLIENT_IF)?,
             backend_side_mac: mac_of(BACKEND_IF)?,
-            tables: vec![Vec::new(), Vec::new()],
         };
+        fx.image = fx.maps.read()?;
+        fx.initial_image();
         for (i, b) in BACKENDS.iter().enumerate() {
-            fx.set_backend(i as u32, *b, VIP_TCP_PORT, true)?;
-            fx.set_backend(UDP_BACKEND_BASE + i as u32, *b, VIP_UDP_PORT, true)?;
+            fx.put_backend(i as u32, *b, VIP_TCP_PORT, true);
+            fx.put_backend(UDP_BACKEND_BASE + i as u32, *b, VIP_UDP_PORT, true);
         }
-        fx.install(TCP_VIP_ID, &[(0, 1), (1, 1), (2, 1)])?;
-        fx.install(UDP_VIP_ID, &[(3, 1), (4, 1), (5, 1)])?;
+        fx.put_table(TCP_VIP_ID, &[(0, 1), (1, 1), (2, 1)]);
+        fx.put_table(UDP_VIP_ID, &[(3, 1), (4, 1), (5, 1)]);
+        fx.sync()?;
         Ok(fx)
     }
 
-    pub fn set_backend(&mut self, id: u32, addr: Ipv4Addr, port: u16, active: bool) -> Result<()> {
+    fn initial_image(&mut self) {
+        let img = &mut self.image;
+        img.config = DataplaneConfig {
+            snat_count: 1,
+            ..DataplaneConfig::default()
+        };
+        img.snat.insert(0, SnatAddr::new(Addr::v4(SNAT.octets()), FAMILY_IPV4));
+        img.snat_pick.insert(0, 0);
+        for (id, port, proto) in [
+            (TCP_VIP_ID, VIP_TCP_PORT, PROTO_TCP),
+            (UDP_VIP_ID, VIP_UDP_PORT, PROTO_UDP),
+        ] {
+            img.vips.insert(
+                Vip4Key::new(word(VIP), port, proto),
+                VipMeta {
+                    vip_id: id,
+                    flags: 0,
+                },
+            );
+            img.vip_info.insert(
+                id,
+                VipInfo {
+                    addr: Addr::v4(VIP.octets()),
+                    port,
+                    proto,
+                    family: FAMILY_IPV4,
+                    flags: 0,
+                },
+            );
+        }
+        for i in [self.client_if, self.backend_if] {
+            img.tx_ports.insert(i);
+            img.iface_mtu.insert(i, 1500);
+        }
+        self.classify();
+    }
+
+    /// Recomputes address classes and the filter from the image's VIPs and SNAT addresses.
+    pub fn classify(&mut self) {
+        let img = &mut self.image;
+        let mut addrs = std::collections::BTreeMap::new();
+        for k in img.vips.keys() {
+            let c: &mut lb_common::AddrClass = addrs.entry(k.addr).or_default();
+            c.flags |= lb_common::AddrClass::VIP;
+            if k.port == 0 {
+                c.flags |= lb_common::AddrClass::any_port_bit(k.proto);
+            }
+        }
+        for (i, s) in &img.snat {
+            let c: &mut lb_common::AddrClass = addrs.entry(s.addr.v4_word_of()).or_default();
+            c.flags |= lb_common::AddrClass::SNAT;
+            c.snat_index = *i as u16;
+        }
+        img.filter = plan::filter(&addrs);
+        img.addrs = addrs;
+    }
+
+    /// Writes whatever changed in `image` to the maps.
+    pub fn sync(&mut self) -> Result<()> {
+        let current = self.maps.read()?;
+        for w in current.diff(&self.image) {
+            self.maps.write(&w).with_context(|| format!("{w:?}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn put_backend(&mut self, id: u32, addr: Ipv4Addr, port: u16, active: bool) {
         let flags = if active { Backend::ACTIVE } else { 0 };
         let vip_id = if id < UDP_BACKEND_BASE {
             TCP_VIP_ID
         } else {
             UDP_VIP_ID
         };
-        let b = Backend::new(
-            lb_common::Addr::v4(addr.octets()),
-            port,
-            FAMILY_IPV4,
-            flags,
-            vip_id,
+        self.image.backends.insert(
+            id,
+            Backend::new(Addr::v4(addr.octets()), port, FAMILY_IPV4, flags, vip_id),
         );
-        self.dp.set_backend(id, &b)
     }
 
-    /// Builds and swaps in a VIP's Maglev table from (backend id, weight) pairs.
-    pub fn install(&mut self, vip_id: u32, members: &[(u32, u32)]) -> Result<()> {
+    pub fn set_backend(&mut self, id: u32, addr: Ipv4Addr, port: u16, active: bool) -> Result<()> {
+        self.put_backend(id, addr, port, active);
+        self.sync()
+    }
+
+    fn put_table(&mut self, vip_id: u32, members: &[(u32, u32)]) {
         let members: Vec<Member> = members
             .iter()
             .map(|(id, w)| Member {
@@ -146,10 +222,24 @@ impl Fixture {
                 weight: *w,
             })
             .collect();
-        let table = build_table(&members, MAGLEV_TABLE_SIZE);
-        self.dp.install_table(vip_id, &table)?;
-        self.tables[vip_id as usize] = table;
-        Ok(())
+        self.image
+            .tables
+            .insert(vip_id, Arc::new(build_table(&members, MAGLEV_TABLE_SIZE)));
+    }
+
+    /// Builds and swaps in a VIP's Maglev table from (backend id, weight) pairs.
+    pub fn install(&mut self, vip_id: u32, members: &[(u32, u32)]) -> Result<()> {
+        self.put_table(vip_id, members);
+        self.sync()
+    }
+
+    pub fn config(&self) -> DataplaneConfig {
+        self.image.config
+    }
+
+    pub fn set_config(&mut self, c: DataplaneConfig) -> Result<()> {
+        self.image.config = c;
+        self.sync()
     }
 
     /// The backend id a new flow gets, computed in userspace from the shared hash and table.
@@ -161,7 +251,35 @@ impl Fixture {
         proto: u8,
     ) -> u32 {
         let h = flow_hash_v4(src.0.octets(), dst.0.octets(), src.1, dst.1, proto);
-        self.tables[vip_id as usize][(h % MAGLEV_TABLE_SIZE) as usize]
+        self.image.tables[&vip_id][(h % MAGLEV_TABLE_SIZE) as usize]
+    }
+
+    pub fn reasons(&self) -> Vec<u64> {
+        self.counters.reasons().expect("reasons")
+    }
+
+    pub fn backend_stats(&self, id: u32) -> BackendStats {
+        self.counters.backend(id).expect("backend stats")
+    }
+
+    pub fn vip_stats(&self, id: u32) -> VipStats {
+        self.counters.vip(id).expect("vip stats")
+    }
+
+    /// Every live flow: (slot, entry).
+    pub fn flows(&self) -> Vec<(u32, FlowEntry)> {
+        let mut v = Vec::new();
+        self.flows.scan(&mut |s, e| {
+            if e.is_live() {
+                v.push((s, *e));
+            }
+        });
+        v
+    }
+
+    /// FLOWS4 entries.
+    pub fn refs(&self) -> usize {
+        self.flows.refs().expect("refs").len()
     }
 
     /// The `struct xdp_md` context of a test run: a frame of `len` bytes arriving on `ingress_if`
@@ -178,7 +296,7 @@ impl Fixture {
     pub fn run(&mut self, ingress_if: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
         let ctx = Self::xdp_ctx(frame.len(), ingress_if);
         let mut out = vec![0u8; frame.len() + 256];
-        let prog = self.dp.program()?;
+        let prog = self.program.xdp()?;
         let res = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),

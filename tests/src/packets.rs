@@ -7,10 +7,69 @@ use etherparse::{
 };
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x02];
+pub const EDGE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+
+/// A TCP segment with every field the tests care about.
+#[derive(Clone, Debug)]
+pub struct Seg<'a> {
+    pub flags: &'a str,
+    pub seq: u32,
+    pub ack: u32,
+    pub win: u16,
+    /// Raw option bytes (a multiple of 4).
+    pub options: &'a [u8],
+    pub payload: &'a [u8],
+    pub ttl: u8,
+}
+
+impl Default for Seg<'_> {
+    fn default() -> Self {
+        Seg {
+            flags: "A",
+            seq: 1000,
+            ack: 1,
+            win: 64240,
+            options: &[],
+            payload: &[],
+            ttl: 64,
+        }
+    }
+}
 
 /// A TCP segment in an Ethernet frame.
+pub fn tcp_seg(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), s: &Seg) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, EDGE_MAC)
+        .ipv4(src.0.octets(), dst.0.octets(), s.ttl)
+        .tcp(src.1, dst.1, s.seq, s.win);
+    for f in s.flags.chars() {
+        b = match f {
+            'S' => b.syn(),
+            'A' => b.ack(s.ack),
+            'F' => b.fin(),
+            'R' => b.rst(),
+            'P' => b.psh(),
+            _ => panic!("unknown TCP flag {f}"),
+        };
+    }
+    if !s.options.is_empty() {
+        b = b.options_raw(s.options).expect("options");
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, s.payload).expect("build tcp");
+    out
+}
+
+/// A TCP segment with default sequence numbers (seq 1000, ack 1).
 pub fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: &str, payload: &[u8]) -> Vec<u8> {
-    tcp_ttl(src, dst, flags, payload, 64)
+    tcp_seg(
+        src,
+        dst,
+        &Seg {
+            flags,
+            payload,
+            ..Seg::default()
+        },
+    )
 }
 
 pub fn tcp_ttl(
@@ -20,32 +79,89 @@ pub fn tcp_ttl(
     payload: &[u8],
     ttl: u8,
 ) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, [0x02, 0, 0, 0, 0, 1])
-        .ipv4(src.0.octets(), dst.0.octets(), ttl)
-        .tcp(src.1, dst.1, 1000, 64240);
-    for f in flags.chars() {
-        b = match f {
-            'S' => b.syn(),
-            'A' => b.ack(1),
-            'F' => b.fin(),
-            'R' => b.rst(),
-            'P' => b.psh(),
-            _ => panic!("unknown TCP flag {f}"),
-        };
-    }
-    let mut out = Vec::new();
-    b.write(&mut out, payload).expect("build tcp");
-    out
+    tcp_seg(
+        src,
+        dst,
+        &Seg {
+            flags,
+            payload,
+            ttl,
+            ..Seg::default()
+        },
+    )
 }
 
 pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, [0x02, 0, 0, 0, 0, 1])
+    PacketBuilder::ethernet2(CLIENT_MAC, EDGE_MAC)
         .ipv4(src.0.octets(), dst.0.octets(), 64)
         .udp(src.1, dst.1)
         .write(&mut out, payload)
         .expect("build udp");
     out
+}
+
+/// An ICMP echo request.
+pub fn echo(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, EDGE_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut out, payload)
+        .unwrap();
+    out
+}
+
+/// An ICMP error (`icmp_type`, `code`, 4 bytes of rest-of-header) from `src` to `dst` quoting
+/// the first `quote` bytes of `about` (an Ethernet frame; its IP packet is quoted).
+pub fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    about: &[u8],
+    quote: usize,
+) -> Vec<u8> {
+    let ip = &about[14..];
+    let quoted = &ip[..quote.min(ip.len())];
+    let mut icmp = vec![icmp_type, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quoted);
+    let c = internet_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut hdr = Ipv4Header::new(
+        icmp.len() as u16,
+        64,
+        IpNumber::ICMP,
+        src.octets(),
+        dst.octets(),
+    )
+    .unwrap();
+    hdr.header_checksum = hdr.calc_header_checksum();
+    let mut out = Vec::new();
+    Ethernet2Header {
+        source: CLIENT_MAC,
+        destination: EDGE_MAC,
+        ether_type: EtherType::IPV4,
+    }
+    .write(&mut out)
+    .unwrap();
+    hdr.write(&mut out).unwrap();
+    out.extend_from_slice(&icmp);
+    out
+}
+
+/// The Internet checksum of `data` (odd length padded with a zero byte).
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u64 = data
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u64)
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 /// An ARP request frame (not IP at all).
@@ -74,7 +190,8 @@ pub fn with_vlan(frame: &[u8], vid: u16) -> Vec<u8> {
     out
 }
 
-/// Rebuilds an IPv4 TCP/UDP frame with `extra` bytes of IP options (NOPs), checksums fixed.
+/// Rebuilds an IPv4 TCP/UDP frame with `extra_words` 4-byte words of IP options (NOPs),
+/// checksums fixed.
 pub fn with_ip_options(frame: &[u8], extra_words: u8) -> Vec<u8> {
     let (eth, rest) = frame.split_at(14);
     let ihl = ((rest[0] & 0x0f) * 4) as usize;
@@ -90,6 +207,25 @@ pub fn with_ip_options(frame: &[u8], extra_words: u8) -> Vec<u8> {
     out
 }
 
+/// Sets IP header fields (ToS, identification, DF) and fixes the header checksum.
+pub fn with_ip_fields(frame: &[u8], tos: u8, id: u16, df: bool) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[15] = tos;
+    f[18..20].copy_from_slice(&id.to_be_bytes());
+    f[20] = if df { f[20] | 0x40 } else { f[20] & !0x40 };
+    fix_ip_checksum(&mut f, 14);
+    f
+}
+
+/// Recomputes the IPv4 header checksum of the header at `l3`.
+pub fn fix_ip_checksum(f: &mut [u8], l3: usize) {
+    let ihl = ((f[l3] & 0x0f) * 4) as usize;
+    f[l3 + 10] = 0;
+    f[l3 + 11] = 0;
+    let c = internet_checksum(&f[l3..l3 + ihl]);
+    f[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+}
+
 /// What a frame says, for assertions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {
@@ -101,10 +237,22 @@ pub struct Seen {
     pub src_port: u16,
     pub dst_port: u16,
     pub ttl: u8,
+    pub tos: u8,
+    pub id: u16,
+    pub df: bool,
     pub proto: IpNumber,
     pub payload: Vec<u8>,
-    /// IP header checksum and L4 checksum both verify against a full recomputation.
+    /// TCP: the MSS option, when present.
+    pub mss: Option<u16>,
+    pub seq: u32,
+    pub ack: u32,
+    /// IP header checksum and L4 checksum both verify against a full recomputation. A UDP
+    /// checksum of 0 ("none") does not count as verified.
     pub checksums_ok: bool,
+    /// UDP sent without a checksum (0).
+    pub udp_checksum_absent: bool,
+    /// The raw L4 checksum field.
+    pub l4_checksum: u16,
 }
 
 pub fn inspect(frame: &[u8]) -> Seen {
@@ -121,18 +269,28 @@ pub fn inspect(frame: &[u8]) -> Seen {
     };
     let hdr = ip.header().to_header();
     let mut ok = hdr.calc_header_checksum() == hdr.header_checksum;
-    let (sp, dp, payload) = match &s.transport {
+    let mut mss = None;
+    let (mut seq, mut ack, mut absent) = (0, 0, false);
+    let (sp, dp, payload, csum) = match &s.transport {
         Some(TransportSlice::Tcp(t)) => {
             let h = t.to_header();
             ok &= h.calc_checksum_ipv4(&hdr, t.payload()).unwrap() == h.checksum;
-            (h.source_port, h.destination_port, t.payload().to_vec())
+            for o in h.options_iterator().flatten() {
+                if let etherparse::TcpOptionElement::MaximumSegmentSize(m) = o {
+                    mss = Some(m);
+                }
+            }
+            seq = h.sequence_number;
+            ack = h.acknowledgment_number;
+            (h.source_port, h.destination_port, t.payload().to_vec(), h.checksum)
         }
         Some(TransportSlice::Udp(u)) => {
             let h = u.to_header();
-            ok &= h.checksum == 0 || h.calc_checksum_ipv4(&hdr, u.payload()).unwrap() == h.checksum;
-            (h.source_port, h.destination_port, u.payload().to_vec())
+            absent = h.checksum == 0;
+            ok &= !absent && h.calc_checksum_ipv4(&hdr, u.payload()).unwrap() == h.checksum;
+            (h.source_port, h.destination_port, u.payload().to_vec(), h.checksum)
         }
-        _ => panic!("no tcp/udp"),
+        _ => (0, 0, Vec::new(), 0),
     };
     Seen {
         eth_src: eth.source(),
@@ -143,8 +301,77 @@ pub fn inspect(frame: &[u8]) -> Seen {
         src_port: sp,
         dst_port: dp,
         ttl: hdr.time_to_live,
+        tos: (hdr.dscp.value() << 2) | hdr.ecn.value(),
+        id: hdr.identification,
+        df: hdr.dont_fragment,
         proto: hdr.protocol,
         payload,
+        mss,
+        seq,
+        ack,
+        checksums_ok: ok,
+        udp_checksum_absent: absent,
+        l4_checksum: csum,
+    }
+}
+
+/// An ICMP message as seen: outer addresses, type/code/rest, and the quoted packet.
+#[derive(Debug, Clone)]
+pub struct SeenIcmp {
+    pub vlan: Option<u16>,
+    pub eth_src: [u8; 6],
+    pub eth_dst: [u8; 6],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    pub icmp_type: u8,
+    pub code: u8,
+    pub rest: [u8; 4],
+    /// The quoted IP packet.
+    pub quote: Vec<u8>,
+    /// Outer IP checksum and ICMP checksum verify.
+    pub checksums_ok: bool,
+}
+
+pub fn inspect_icmp(frame: &[u8]) -> SeenIcmp {
+    let s = SlicedPacket::from_ethernet(frame).expect("frame parses");
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = s.link else {
+        panic!("no ethernet")
+    };
+    let vlan = s.vlan.as_ref().map(|v| match v {
+        etherparse::VlanSlice::SingleVlan(v) => v.vlan_identifier().value(),
+        etherparse::VlanSlice::DoubleVlan(v) => v.outer().vlan_identifier().value(),
+    });
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &s.net else {
+        panic!("not ipv4")
+    };
+    let hdr = ip.header().to_header();
+    assert_eq!(hdr.protocol, IpNumber::ICMP, "not ICMP");
+    let icmp = ip.payload().payload;
+    let ok = hdr.calc_header_checksum() == hdr.header_checksum && internet_checksum(icmp) == 0;
+    SeenIcmp {
+        vlan,
+        eth_src: eth.source(),
+        eth_dst: eth.destination(),
+        src: Ipv4Addr::from(hdr.source),
+        dst: Ipv4Addr::from(hdr.destination),
+        ttl: hdr.time_to_live,
+        icmp_type: icmp[0],
+        code: icmp[1],
+        rest: icmp[4..8].try_into().unwrap(),
+        quote: icmp[8..].to_vec(),
         checksums_ok: ok,
     }
+}
+
+/// The addresses and ports of a quoted IPv4 TCP/UDP packet, and whether its IP header checksum
+/// verifies (and its L4 checksum, when quoted whole).
+pub fn quoted_tuple(q: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16, bool) {
+    let ihl = ((q[0] & 0x0f) * 4) as usize;
+    let ip_ok = internet_checksum(&q[..ihl]) == 0;
+    let src = Ipv4Addr::new(q[12], q[13], q[14], q[15]);
+    let dst = Ipv4Addr::new(q[16], q[17], q[18], q[19]);
+    let sp = u16::from_be_bytes([q[ihl], q[ihl + 1]]);
+    let dp = u16::from_be_bytes([q[ihl + 2], q[ihl + 3]]);
+    (src, sp, dst, dp, ip_ok)
 }

@@ -3,16 +3,23 @@
 
 use std::net::Ipv4Addr;
 
-use lb_common::{DataplaneConfig, FlowKey, PROTO_TCP, PROTO_UDP, Reason, conntrack::State};
+use lb_common::{
+    Addr, AddrClass, DataplaneConfig, FAMILY_IPV4, PROTO_TCP, PROTO_UDP, Reason, SnatAddr,
+    Vip4Key, VipInfo, VipMeta, conntrack::State, mss,
+};
 use wklb_tests::{
     fixture::*,
-    netns::in_private_netns,
-    packets::{self, CLIENT_MAC, inspect, tcp, tcp_ttl, udp},
+    netns::{in_private_netns, ip},
+    packets::{
+        self, CLIENT_MAC, Seg, echo, icmp_error, inspect, inspect_icmp, quoted_tuple, tcp,
+        tcp_seg, tcp_ttl, udp,
+    },
     root::require_root,
 };
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
 fn with_fixture(test: &'static str, max_flows: u32, f: impl FnOnce(&mut Fixture) + Send + 'static) {
@@ -25,16 +32,12 @@ fn with_fixture(test: &'static str, max_flows: u32, f: impl FnOnce(&mut Fixture)
     });
 }
 
-fn reasons(fx: &Fixture) -> Vec<u64> {
-    fx.dp.reasons().unwrap()
-}
-
 /// Asserts that exactly `reason` moved by `n` since `before`, and nothing else did.
 fn assert_only(fx: &Fixture, before: &[u64], reason: Reason, n: u64) {
-    let after = reasons(fx);
+    let after = fx.reasons();
     for r in Reason::ALL {
-        let d = after[r as usize] - before[r as usize];
-        let want = if r == reason { n } else { 0 };
+        let d = after[*r as usize] - before[*r as usize];
+        let want = if *r == reason { n } else { 0 };
         assert_eq!(d, want, "reason {} moved by {d}, expected {want}", r.name());
     }
 }
@@ -44,23 +47,25 @@ fn client(port: u16) -> (Ipv4Addr, u16) {
 }
 const VIP_TCP: (Ipv4Addr, u16) = (VIP, VIP_TCP_PORT);
 const VIP_UDP: (Ipv4Addr, u16) = (VIP, VIP_UDP_PORT);
+const ISN: u32 = 1000;
+const BACKEND_ISN: u32 = 5000;
 
-fn flow_key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: u8) -> FlowKey {
-    FlowKey::new(
-        lb_common::Addr::v4(src.0.octets()),
-        lb_common::Addr::v4(dst.0.octets()),
-        src.1,
-        dst.1,
-        proto,
-        lb_common::FAMILY_IPV4,
+fn syn(port: u16) -> Vec<u8> {
+    tcp_seg(
+        client(port),
+        VIP_TCP,
+        &Seg {
+            flags: "S",
+            seq: ISN,
+            ack: 0,
+            ..Seg::default()
+        },
     )
 }
 
 /// Sends a SYN and returns (backend index, SNAT port) the program chose.
 fn open(fx: &mut Fixture, port: u16) -> (usize, u16) {
-    let (act, out) = fx
-        .run(fx.client_if, &tcp(client(port), VIP_TCP, "S", b""))
-        .unwrap();
+    let (act, out) = fx.run(fx.client_if, &syn(port)).unwrap();
     assert_eq!(act, XDP_REDIRECT, "SYN from port {port} not redirected");
     let s = inspect(&out);
     let idx = BACKENDS
@@ -70,13 +75,50 @@ fn open(fx: &mut Fixture, port: u16) -> (usize, u16) {
     (idx, s.src_port)
 }
 
+/// A full handshake; returns (backend index, SNAT port).
+fn establish(fx: &mut Fixture, port: u16) -> (usize, u16) {
+    let (b, sp) = open(fx, port);
+    let synack = tcp_seg(
+        (BACKENDS[b], VIP_TCP_PORT),
+        (SNAT, sp),
+        &Seg {
+            flags: "SA",
+            seq: BACKEND_ISN,
+            ack: ISN + 1,
+            ..Seg::default()
+        },
+    );
+    assert_eq!(fx.run(fx.backend_if, &synack).unwrap().0, XDP_REDIRECT);
+    let ack = tcp_seg(
+        client(port),
+        VIP_TCP,
+        &Seg {
+            flags: "A",
+            seq: ISN + 1,
+            ack: BACKEND_ISN + 1,
+            ..Seg::default()
+        },
+    );
+    assert_eq!(fx.run(fx.client_if, &ack).unwrap().0, XDP_REDIRECT);
+    (b, sp)
+}
+
+fn state_of(fx: &Fixture, port: u16) -> u8 {
+    fx.flows()
+        .iter()
+        .find(|(_, e)| e.client_port == port)
+        .unwrap_or_else(|| panic!("no flow from port {port}"))
+        .1
+        .state
+}
+
 #[test]
 fn syn_goes_to_the_maglev_backend_from_the_snat_address() {
     with_fixture("syn_goes_to_the_maglev_backend", 1024, |fx| {
-        let before = reasons(fx);
+        let before = fx.reasons();
         let want = fx.predict(TCP_VIP_ID, client(40001), VIP_TCP, PROTO_TCP) as usize;
-        let syn = tcp(client(40001), VIP_TCP, "S", b"");
-        let (act, out) = fx.run(fx.client_if, &syn).unwrap();
+        let frame = syn(40001);
+        let (act, out) = fx.run(fx.client_if, &frame).unwrap();
         assert_eq!(act, XDP_REDIRECT, "forwarded to the backend-side interface");
         let s = inspect(&out);
         assert_eq!(s.dst, BACKENDS[want]);
@@ -88,67 +130,145 @@ fn syn_goes_to_the_maglev_backend_from_the_snat_address() {
         assert_eq!(s.eth_dst, backend_mac(want));
         assert_eq!(s.eth_src, fx.backend_side_mac);
         assert_only(fx, &before, Reason::Forwarded, 1);
-        let st = fx.dp.backend_stats(want as u32).unwrap();
+        let st = fx.backend_stats(want as u32);
         assert_eq!(
             (st.new_flows, st.packets_in, st.bytes_in),
-            (1, 1, (syn.len() - 14) as u64)
+            (1, 1, (frame.len() - 14) as u64)
         );
-        let vs = fx.dp.vip_stats(TCP_VIP_ID).unwrap();
+        let vs = fx.vip_stats(TCP_VIP_ID);
         assert_eq!((vs.packets, vs.new_flows), (1, 1));
-        let flows = fx.dp.flows().unwrap();
+        let flows = fx.flows();
         assert_eq!(flows.len(), 1);
         assert_eq!(flows[0].1.state, State::SynSent as u8);
-        assert_eq!(fx.dp.reverse_flow_count().unwrap(), 1);
+        assert_eq!(lb_common::slot::port_of(flows[0].0), s.src_port, "slot = SNAT port");
+        assert_eq!(fx.refs(), 1);
     });
 }
 
 #[test]
-fn later_packets_follow_the_flow_and_the_reply_is_translated_back() {
-    with_fixture("later_packets_follow_the_flow", 1024, |fx| {
+fn handshake_data_and_replies_follow_the_flow() {
+    with_fixture("handshake_data_and_replies_follow_the_flow", 1024, |fx| {
         let (b, snat_port) = open(fx, 40002);
+        // A client's pure ACK before the backend answered does not establish the flow.
+        fx.run(fx.client_if, &tcp(client(40002), VIP_TCP, "A", b"")).unwrap();
+        assert_eq!(state_of(fx, 40002), State::SynSent as u8);
         // Backend's SYN-ACK to the SNAT address comes back as VIP -> client.
-        let before = reasons(fx);
-        let synack = tcp((BACKENDS[b], VIP_TCP_PORT), (SNAT, snat_port), "SA", b"");
+        let before = fx.reasons();
+        let synack = tcp_seg(
+            (BACKENDS[b], VIP_TCP_PORT),
+            (SNAT, snat_port),
+            &Seg {
+                flags: "SA",
+                seq: BACKEND_ISN,
+                ack: ISN + 1,
+                ..Seg::default()
+            },
+        );
         let (act, out) = fx.run(fx.backend_if, &synack).unwrap();
         assert_eq!(act, XDP_REDIRECT);
         let s = inspect(&out);
         assert_eq!((s.src, s.src_port), VIP_TCP);
         assert_eq!((s.dst, s.dst_port), client(40002));
         assert!(s.checksums_ok, "{s:?}");
-        assert_eq!(s.eth_dst, CLIENT_MAC);
-        assert_eq!(s.eth_src, fx.client_side_mac);
+        assert_eq!(s.eth_dst, CLIENT_MAC, "back to the MAC the client's frames came from");
+        assert_eq!(s.eth_src, packets::EDGE_MAC);
         assert_only(fx, &before, Reason::Reversed, 1);
-        let key = flow_key(client(40002), VIP_TCP, PROTO_TCP);
-        let state = |fx: &Fixture| {
-            fx.dp
-                .flows()
-                .unwrap()
-                .iter()
-                .find(|(k, _)| *k == key)
-                .unwrap()
-                .1
-                .state
-        };
-        assert_eq!(state(fx), State::Established as u8);
-
+        assert_eq!(state_of(fx, 40002), State::Established as u8);
         // Client data follows the same backend and SNAT port; payload intact.
-        for flags in ["A", "PA", "PA"] {
-            let (act, out) = fx
-                .run(fx.client_if, &tcp(client(40002), VIP_TCP, flags, b"\x70"))
-                .unwrap();
+        for _ in 0..2 {
+            let data = tcp_seg(
+                client(40002),
+                VIP_TCP,
+                &Seg {
+                    flags: "PA",
+                    seq: ISN + 1,
+                    ack: BACKEND_ISN + 1,
+                    payload: b"\x70",
+                    ..Seg::default()
+                },
+            );
+            let (act, out) = fx.run(fx.client_if, &data).unwrap();
             assert_eq!(act, XDP_REDIRECT);
             let s = inspect(&out);
             assert_eq!((s.dst, s.src, s.src_port), (BACKENDS[b], SNAT, snat_port));
             assert_eq!(s.payload, b"\x70");
             assert!(s.checksums_ok);
         }
-        let st = fx.dp.backend_stats(b as u32).unwrap();
+        let st = fx.backend_stats(b as u32);
         assert_eq!((st.new_flows, st.packets_in, st.packets_out), (1, 4, 1));
+        // An in-window FIN moves the flow to closing.
+        let fin = tcp_seg(
+            client(40002),
+            VIP_TCP,
+            &Seg {
+                flags: "FA",
+                seq: ISN + 2,
+                ack: BACKEND_ISN + 1,
+                ..Seg::default()
+            },
+        );
+        fx.run(fx.client_if, &fin).unwrap();
+        assert_eq!(state_of(fx, 40002), State::Closing as u8);
+    });
+}
 
-        // FIN moves the flow to closing.
-        fx.run(fx.client_if, &tcp(client(40002), VIP_TCP, "FA", b""))
-            .unwrap();
-        assert_eq!(state(fx), State::Closing as u8);
+#[test]
+fn blind_rst_and_fin_are_forwarded_but_do_not_end_the_flow() {
+    with_fixture("blind_rst_and_fin", 1024, |fx| {
+        let (b, snat_port) = establish(fx, 40010);
+        for (i, seq) in [0u32, ISN, ISN + 7, 0xdead_beef].into_iter().enumerate() {
+            let before = fx.reasons();
+            let rst = tcp_seg(client(40010), VIP_TCP, &Seg { flags: "R", seq, ..Seg::default() });
+            let (act, _) = fx.run(fx.client_if, &rst).unwrap();
+            assert_eq!(act, XDP_REDIRECT, "the backend decides (attempt {i})");
+            assert_only(fx, &before, Reason::ForwardedOutOfWindow, 1);
+            assert_eq!(state_of(fx, 40010), State::Established as u8);
+        }
+        // From the backend side too.
+        let before = fx.reasons();
+        let rst = tcp_seg(
+            (BACKENDS[b], VIP_TCP_PORT),
+            (SNAT, snat_port),
+            &Seg { flags: "RA", seq: 77, ..Seg::default() },
+        );
+        assert_eq!(fx.run(fx.backend_if, &rst).unwrap().0, XDP_REDIRECT);
+        assert_only(fx, &before, Reason::ReversedOutOfWindow, 1);
+        // A FIN far outside the backend's window.
+        let fin = tcp_seg(
+            client(40010),
+            VIP_TCP,
+            &Seg { flags: "FA", seq: ISN + 1 + 10_000_000, ack: BACKEND_ISN + 1, ..Seg::default() },
+        );
+        let before = fx.reasons();
+        fx.run(fx.client_if, &fin).unwrap();
+        assert_only(fx, &before, Reason::ForwardedOutOfWindow, 1);
+        assert_eq!(state_of(fx, 40010), State::Established as u8);
+        // The exact RST (the backend's RCV.NXT) does.
+        let rst = tcp_seg(client(40010), VIP_TCP, &Seg { flags: "R", seq: ISN + 1, ..Seg::default() });
+        let before = fx.reasons();
+        fx.run(fx.client_if, &rst).unwrap();
+        assert_only(fx, &before, Reason::Forwarded, 1);
+        assert_eq!(state_of(fx, 40010), State::Closed as u8);
+    });
+}
+
+#[test]
+fn syn_with_rst_or_fin_is_dropped_and_creates_nothing() {
+    with_fixture("syn_with_rst_or_fin", 1024, |fx| {
+        for flags in ["SR", "SF"] {
+            let before = fx.reasons();
+            let f = tcp_seg(client(40020), VIP_TCP, &Seg { flags, ..Seg::default() });
+            assert_eq!(fx.run(fx.client_if, &f).unwrap().0, XDP_DROP, "{flags}");
+            assert_only(fx, &before, Reason::DropBadTcpFlags, 1);
+        }
+        assert!(fx.flows().is_empty());
+        // On an existing flow too.
+        establish(fx, 40021);
+        let before = fx.reasons();
+        let f = tcp_seg(client(40021), VIP_TCP, &Seg { flags: "SR", ..Seg::default() });
+        assert_eq!(fx.run(fx.client_if, &f).unwrap().0, XDP_DROP);
+        assert_only(fx, &before, Reason::DropBadTcpFlags, 1);
+        assert_eq!(state_of(fx, 40021), State::Established as u8);
     });
 }
 
@@ -161,23 +281,15 @@ fn ring_change_keeps_existing_flows_and_moves_new_ones() {
                 (p, b, sp)
             })
             .collect();
-        // Every backend got some of them, so the checks below can fail.
         for i in 0..3 {
             assert!(existing.iter().any(|e| e.1 == i), "backend {i} got no flow");
         }
-        // New table: backend 2 only.
         fx.install(TCP_VIP_ID, &[(0, 0), (1, 0), (2, 1)]).unwrap();
         for (p, b, sp) in &existing {
-            let (act, out) = fx
-                .run(fx.client_if, &tcp(client(*p), VIP_TCP, "A", b""))
-                .unwrap();
+            let (act, out) = fx.run(fx.client_if, &tcp(client(*p), VIP_TCP, "A", b"")).unwrap();
             assert_eq!(act, XDP_REDIRECT);
             let s = inspect(&out);
-            assert_eq!(
-                (s.dst, s.src_port),
-                (BACKENDS[*b], *sp),
-                "flow from port {p} moved"
-            );
+            assert_eq!((s.dst, s.src_port), (BACKENDS[*b], *sp), "flow from port {p} moved");
         }
         for p in 42000..42050 {
             assert_eq!(open(fx, p).0, 2, "new flow from {p} ignored the new table");
@@ -191,39 +303,25 @@ fn syn_reusing_a_closed_tuple_or_a_removed_backend_starts_a_new_flow() {
         let (b, sp) = open(fx, 43000);
         // A retransmitted SYN follows the live flow: no new flow, same SNAT port.
         assert_eq!(open(fx, 43000), (b, sp));
-        assert_eq!(fx.dp.backend_stats(b as u32).unwrap().new_flows, 1);
-        fx.run(fx.client_if, &tcp(client(43000), VIP_TCP, "A", b""))
-            .unwrap();
-        fx.run(fx.client_if, &tcp(client(43000), VIP_TCP, "R", b""))
-            .unwrap();
+        assert_eq!(fx.backend_stats(b as u32).new_flows, 1);
+        let rst = tcp_seg(client(43000), VIP_TCP, &Seg { flags: "R", seq: ISN + 1, ..Seg::default() });
+        fx.run(fx.client_if, &rst).unwrap();
+        assert_eq!(state_of(fx, 43000), State::Closed as u8);
         // Same tuple, new connection: a fresh flow (counted as new) on the table's choice.
         let (b2, _) = open(fx, 43000);
         assert_eq!(b2, b, "same table, same hash");
-        assert_eq!(fx.dp.backend_stats(b as u32).unwrap().new_flows, 2);
-        assert_eq!(fx.dp.flows().unwrap().len(), 1);
-        assert_eq!(
-            fx.dp.reverse_flow_count().unwrap(),
-            1,
-            "old reverse entry removed"
-        );
+        assert_eq!(fx.backend_stats(b as u32).new_flows, 2);
+        assert_eq!(fx.flows().len(), 1, "the old slot was released");
+        assert_eq!(fx.refs(), 1);
 
         // Established flows keep their backend even when it leaves the table...
-        let (e, esp) = open(fx, 43001);
-        fx.run(fx.client_if, &tcp(client(43001), VIP_TCP, "A", b""))
-            .unwrap();
+        let (e, esp) = establish(fx, 43001);
         let others: Vec<(u32, u32)> = (0..3u32).map(|i| (i, (i as usize != e) as u32)).collect();
-        fx.set_backend(e as u32, BACKENDS[e], VIP_TCP_PORT, false)
-            .unwrap();
+        fx.set_backend(e as u32, BACKENDS[e], VIP_TCP_PORT, false).unwrap();
         fx.install(TCP_VIP_ID, &others).unwrap();
-        let (_, out) = fx
-            .run(fx.client_if, &tcp(client(43001), VIP_TCP, "PA", b"x"))
-            .unwrap();
+        let (_, out) = fx.run(fx.client_if, &tcp(client(43001), VIP_TCP, "PA", b"x")).unwrap();
         let s = inspect(&out);
-        assert_eq!(
-            (s.dst, s.src_port),
-            (BACKENDS[e], esp),
-            "established flow moved"
-        );
+        assert_eq!((s.dst, s.src_port), (BACKENDS[e], esp), "established flow moved");
         // ...but a SYN on that tuple after the backend was removed picks a live one.
         let (e2, _) = open(fx, 43001);
         assert_ne!(e2, e, "SYN followed a removed backend");
@@ -231,220 +329,323 @@ fn syn_reusing_a_closed_tuple_or_a_removed_backend_starts_a_new_flow() {
 }
 
 #[test]
-fn udp_request_and_reply_both_ways() {
+fn a_reply_must_come_from_the_flows_backend() {
+    with_fixture("a_reply_must_come_from_the_flows_backend", 1024, |fx| {
+        let (b, sp) = open(fx, 43100);
+        let other = (b + 1) % 3;
+        for (what, src) in [
+            ("another backend", (BACKENDS[other], VIP_TCP_PORT)),
+            ("another port of the backend", (BACKENDS[b], 9999)),
+        ] {
+            let before = fx.reasons();
+            let f = tcp((src.0, src.1), (SNAT, sp), "SA", b"");
+            assert_eq!(fx.run(fx.backend_if, &f).unwrap().0, XDP_PASS, "{what}");
+            assert_only(fx, &before, Reason::PassReplyNoFlow, 1);
+        }
+        // A port with no flow at all: the host's own.
+        let before = fx.reasons();
+        let f = tcp((BACKENDS[b], VIP_TCP_PORT), (SNAT, sp.wrapping_add(1)), "A", b"");
+        assert_eq!(fx.run(fx.backend_if, &f).unwrap().0, XDP_PASS);
+        assert_only(fx, &before, Reason::PassReplyNoFlow, 1);
+    });
+}
+
+#[test]
+fn udp_request_and_reply_both_ways_with_checksums() {
     with_fixture("udp_request_and_reply", 1024, |fx| {
         let want = fx.predict(UDP_VIP_ID, client(50000), VIP_UDP, PROTO_UDP);
         let idx = (want - UDP_BACKEND_BASE) as usize;
-        let (act, out) = fx
-            .run(fx.client_if, &udp(client(50000), VIP_UDP, b"ping"))
-            .unwrap();
+        let (act, out) = fx.run(fx.client_if, &udp(client(50000), VIP_UDP, b"ping")).unwrap();
         assert_eq!(act, XDP_REDIRECT);
         let s = inspect(&out);
-        assert_eq!(
-            (s.dst, s.dst_port, s.src),
-            (BACKENDS[idx], VIP_UDP_PORT, SNAT)
-        );
+        assert_eq!((s.dst, s.dst_port, s.src), (BACKENDS[idx], VIP_UDP_PORT, SNAT));
         assert!(s.checksums_ok, "{s:?}");
-        let reply = udp(
-            (BACKENDS[idx], VIP_UDP_PORT),
-            (SNAT, s.src_port),
-            b"backend-1",
-        );
+        let reply = udp((BACKENDS[idx], VIP_UDP_PORT), (SNAT, s.src_port), b"backend-1");
         let (act, out) = fx.run(fx.backend_if, &reply).unwrap();
         assert_eq!(act, XDP_REDIRECT);
         let r = inspect(&out);
-        assert_eq!(
-            ((r.src, r.src_port), (r.dst, r.dst_port)),
-            (VIP_UDP, client(50000))
-        );
+        assert_eq!(((r.src, r.src_port), (r.dst, r.dst_port)), (VIP_UDP, client(50000)));
         assert_eq!(r.payload, b"backend-1");
         assert!(r.checksums_ok, "{r:?}");
-        let flows = fx.dp.flows().unwrap();
-        assert_eq!(flows[0].1.state, State::Udp as u8);
+        assert_eq!(fx.flows()[0].1.state, State::Udp as u8);
         // UDP without checksum (0) stays without one.
         let mut nocsum = udp(client(50001), VIP_UDP, b"x");
-        let l4 = 14 + 20;
-        nocsum[l4 + 6] = 0;
-        nocsum[l4 + 7] = 0;
+        nocsum[14 + 20 + 6] = 0;
+        nocsum[14 + 20 + 7] = 0;
         let (_, out) = fx.run(fx.client_if, &nocsum).unwrap();
-        assert_eq!(&out[l4 + 6..l4 + 8], &[0, 0]);
+        assert!(inspect(&out).udp_checksum_absent);
+        // A checksum that computes to 0 after the rewrite is sent as 0xFFFF.
+        let (act, out) = fx.run(fx.client_if, &udp(client(50002), VIP_UDP, &[0, 0])).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let first = inspect(&out);
+        // Find the payload that makes the rewritten datagram's checksum sum to 0.
+        let target = (0..=u16::MAX)
+            .find(|v| {
+                let mut p = out.clone();
+                let n = p.len();
+                p[n - 2..].copy_from_slice(&v.to_be_bytes());
+                raw_udp_sum(&p) == 0
+            })
+            .expect("a payload with a zero checksum");
+        let (_, out) = fx
+            .run(fx.client_if, &udp(client(50002), VIP_UDP, &target.to_be_bytes()))
+            .unwrap();
+        let s = inspect(&out);
+        assert_eq!((s.src_port, s.dst), (first.src_port, first.dst));
+        assert_eq!(s.l4_checksum, 0xffff, "a computed 0 goes out as 0xFFFF");
+        assert!(s.checksums_ok, "{s:?}");
         // Many source ports spread over all three backends.
         let mut seen = [0u32; 3];
         for p in 51000..51300 {
-            let (_, out) = fx
-                .run(fx.client_if, &udp(client(p), VIP_UDP, b"q"))
-                .unwrap();
-            seen[BACKENDS
-                .iter()
-                .position(|b| *b == inspect(&out).dst)
-                .unwrap()] += 1;
+            let (_, out) = fx.run(fx.client_if, &udp(client(p), VIP_UDP, b"q")).unwrap();
+            seen[BACKENDS.iter().position(|b| *b == inspect(&out).dst).unwrap()] += 1;
         }
         assert!(seen.iter().all(|n| *n > 60), "{seen:?}");
     });
 }
 
+/// The one's complement checksum a UDP datagram's checksum field would need (0 means "sums to
+/// zero"), computed over the pseudo-header and the datagram with its checksum field zeroed.
+fn raw_udp_sum(frame: &[u8]) -> u16 {
+    let ip = &frame[14..];
+    let l4 = &ip[20..];
+    let mut d = Vec::new();
+    d.extend_from_slice(&ip[12..20]);
+    d.extend_from_slice(&[0, 17]);
+    d.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    let mut u = l4.to_vec();
+    u[6] = 0;
+    u[7] = 0;
+    d.extend_from_slice(&u);
+    packets::internet_checksum(&d)
+}
+
 #[test]
 fn traffic_that_is_not_ours_passes_byte_for_byte() {
     with_fixture("traffic_that_is_not_ours_passes", 1024, |fx| {
-        let ssh_to_host = tcp(client(40100), (EDGE_CLIENT_SIDE, 22), "S", b"");
-        let vip_other_port = tcp(client(40101), (VIP, 22), "S", b"");
-        let udp_on_tcp_port = udp(client(40102), (VIP, VIP_TCP_PORT), b"x");
-        let routed_through = tcp(client(40103), (Ipv4Addr::new(10, 30, 0, 5), 443), "S", b"");
-        let from_snat_addr_no_flow = tcp((BACKENDS[0], 5100), (SNAT, 33333), "SA", b"");
         let cases: [(&str, Vec<u8>, Reason); 6] = [
             ("arp", packets::arp_request(), Reason::PassNotIpv4),
-            ("ssh to the host", ssh_to_host, Reason::PassNotOurs),
-            (
-                "VIP address, other port",
-                vip_other_port,
-                Reason::PassNotOurs,
-            ),
-            (
-                "UDP to a TCP-only VIP port",
-                udp_on_tcp_port,
-                Reason::PassNotOurs,
-            ),
-            (
-                "routed through the edge",
-                routed_through,
-                Reason::PassNotOurs,
-            ),
-            (
-                "to the SNAT address without a flow",
-                from_snat_addr_no_flow,
-                Reason::PassNotOurs,
-            ),
+            ("ssh to the host", tcp(client(40100), (EDGE_CLIENT_SIDE, 22), "S", b""), Reason::PassNotOurs),
+            ("VIP address, other port", tcp(client(40101), (VIP, 22), "S", b""), Reason::PassNotOurs),
+            ("UDP to a TCP-only VIP port", udp(client(40102), (VIP, VIP_TCP_PORT), b"x"), Reason::PassNotOurs),
+            ("routed through the edge", tcp(client(40103), (Ipv4Addr::new(10, 30, 0, 5), 443), "S", b""), Reason::PassNotOurs),
+            ("port 0 to a VIP address", tcp(client(40104), (VIP, 0), "S", b""), Reason::PassNotOurs),
         ];
         for (what, frame, reason) in cases {
-            let before = reasons(fx);
+            let before = fx.reasons();
             let (act, out) = fx.run(fx.client_if, &frame).unwrap();
             assert_eq!(act, XDP_PASS, "{what}");
             assert_eq!(out, frame, "{what}: frame changed");
             assert_only(fx, &before, reason, 1);
         }
-        // ICMP echo to the VIP address goes to the kernel untouched.
-        let mut icmp = Vec::new();
-        etherparse::PacketBuilder::ethernet2(CLIENT_MAC, [2, 0, 0, 0, 0, 1])
-            .ipv4(CLIENT.octets(), VIP.octets(), 64)
-            .icmpv4_echo_request(1, 1)
-            .write(&mut icmp, b"hi")
-            .unwrap();
-        let before = reasons(fx);
-        let (act, out) = fx.run(fx.client_if, &icmp).unwrap();
-        assert_eq!((act, &out), (XDP_PASS, &icmp));
+        assert!(fx.flows().is_empty());
+    });
+}
+
+#[test]
+fn echo_to_a_vip_is_answered_unless_turned_off() {
+    with_fixture("echo_to_a_vip_is_answered", 1024, |fx| {
+        let req = echo(CLIENT, VIP, b"hello");
+        let before = fx.reasons();
+        let (act, out) = fx.run(fx.client_if, &req).unwrap();
+        assert_eq!(act, XDP_TX);
+        assert_only(fx, &before, Reason::IcmpEchoReplied, 1);
+        let r = inspect_icmp(&out);
+        assert_eq!((r.src, r.dst, r.icmp_type), (VIP, CLIENT, 0));
+        assert_eq!((r.eth_dst, r.eth_src), (CLIENT_MAC, packets::EDGE_MAC));
+        assert!(r.checksums_ok, "{r:?}");
+        assert_eq!(&r.quote[..], b"hello", "echo data comes back");
+        // Off: the kernel decides.
+        let mut cfg = fx.config();
+        cfg.flags &= !DataplaneConfig::ECHO_REPLY;
+        fx.set_config(cfg).unwrap();
+        let before = fx.reasons();
+        let (act, out) = fx.run(fx.client_if, &req).unwrap();
+        assert_eq!((act, &out), (XDP_PASS, &req));
         assert_only(fx, &before, Reason::PassIcmp, 1);
-        assert!(fx.dp.flows().unwrap().is_empty());
+        // Echo to the SNAT address is the host's.
+        let before = fx.reasons();
+        assert_eq!(fx.run(fx.backend_if, &echo(BACKENDS[0], SNAT, b"x")).unwrap().0, XDP_PASS);
+        assert_only(fx, &before, Reason::PassIcmp, 1);
     });
 }
 
 #[test]
 fn truncated_and_bad_headers_never_abort_and_are_counted() {
     with_fixture("truncated_and_bad_headers", 1024, |fx| {
-        let syn = tcp(client(44000), VIP_TCP, "S", b"");
-        // Cut at every length: Ethernet (14), IPv4 (20), TCP (20). Below 14 the kernel refuses
-        // the test run itself, so start at the Ethernet header.
-        for len in 14..syn.len() {
-            let before = reasons(fx);
-            let (act, out) = fx.run(fx.client_if, &syn[..len]).unwrap();
-            let expect = if len < 34 {
-                Reason::PassUnparsable
+        let s = syn(44000);
+        // Cut at every length from the Ethernet header on (below 14 the kernel refuses the run).
+        for len in 14..s.len() {
+            let before = fx.reasons();
+            let (act, out) = fx.run(fx.client_if, &s[..len]).unwrap();
+            let (want_act, reason) = if len < 34 {
+                (XDP_PASS, Reason::PassUnparsable)
             } else {
-                Reason::DropMalformed
+                (XDP_DROP, Reason::DropMalformed)
             };
-            let want_act = if len < 34 { XDP_PASS } else { XDP_DROP };
             assert_eq!(act, want_act, "cut at {len}");
-            assert_eq!(out, &syn[..len], "cut at {len}: frame changed");
-            assert_only(fx, &before, expect, 1);
+            assert_eq!(out, &s[..len], "cut at {len}: frame changed");
+            assert_only(fx, &before, reason, 1);
         }
-        // Truncated inside the VLAN tag.
-        let tagged = packets::with_vlan(&syn, 7);
-        let before = reasons(fx);
+        let tagged = packets::with_vlan(&s, 7);
+        let before = fx.reasons();
         assert_eq!(fx.run(fx.client_if, &tagged[..16]).unwrap().0, XDP_PASS);
         assert_only(fx, &before, Reason::PassUnparsable, 1);
-
-        let mut bad_ihl = syn.clone();
+        let mut bad_ihl = s.clone();
         bad_ihl[14] = 0x44;
-        let mut bad_version = syn.clone();
+        let mut bad_version = s.clone();
         bad_version[14] = 0x65;
-        let mut more_fragments = syn.clone();
-        more_fragments[20] = 0x20;
-        let mut later_fragment = syn.clone();
-        later_fragment[21] = 0x10;
-        let ihl_past_end = {
-            let mut p = syn.clone();
-            p[14] = 0x4f; // 60-byte header: the TCP header would start past the frame
-            p
-        };
+        let mut ihl_past_end = s.clone();
+        ihl_past_end[14] = 0x4f;
+        let mut long_total = s.clone();
+        long_total[16..18].copy_from_slice(&200u16.to_be_bytes());
+        packets::fix_ip_checksum(&mut long_total, 14);
+        let mut doff_4 = s.clone();
+        doff_4[14 + 20 + 12] = 0x40;
         let cases: [(&str, Vec<u8>, u32, Reason); 7] = [
             ("IHL 4", bad_ihl, XDP_DROP, Reason::DropMalformed),
-            (
-                "version 6 in an IPv4 frame",
-                bad_version,
-                XDP_DROP,
-                Reason::DropMalformed,
-            ),
-            (
-                "IHL beyond the frame",
-                ihl_past_end,
-                XDP_DROP,
-                Reason::DropMalformed,
-            ),
-            (
-                "more-fragments",
-                more_fragments,
-                XDP_DROP,
-                Reason::DropFragment,
-            ),
-            (
-                "fragment offset",
-                later_fragment,
-                XDP_DROP,
-                Reason::DropFragment,
-            ),
-            (
-                "TTL 1",
-                tcp_ttl(client(44001), VIP_TCP, "S", b"", 1),
-                XDP_DROP,
-                Reason::DropTtlExpired,
-            ),
-            (
-                "ACK without state",
-                tcp(client(44002), VIP_TCP, "A", b""),
-                XDP_DROP,
-                Reason::DropNonSynNoState,
-            ),
+            ("version 6 in an IPv4 frame", bad_version, XDP_DROP, Reason::DropMalformed),
+            ("IHL beyond the frame", ihl_past_end, XDP_DROP, Reason::DropMalformed),
+            ("total length beyond the frame", long_total, XDP_DROP, Reason::DropMalformed),
+            ("TCP data offset 4", doff_4, XDP_DROP, Reason::DropMalformed),
+            ("TTL 1", tcp_ttl(client(44001), VIP_TCP, "S", b"", 1), XDP_DROP, Reason::DropTtlExpired),
+            ("ACK without state", tcp(client(44002), VIP_TCP, "A", b""), XDP_DROP, Reason::DropNonSynNoState),
         ];
         for (what, frame, act, reason) in cases {
-            let before = reasons(fx);
+            let before = fx.reasons();
             assert_eq!(fx.run(fx.client_if, &frame).unwrap().0, act, "{what}");
             assert_only(fx, &before, reason, 1);
         }
         // The non-SYN policy can pass instead (the kernel then answers with a RST).
-        let mut cfg = fx.dp.config().unwrap();
+        let mut cfg = fx.config();
         cfg.flags |= DataplaneConfig::NON_SYN_PASS;
-        fx.dp.set_config(&cfg).unwrap();
-        let before = reasons(fx);
+        fx.set_config(cfg).unwrap();
+        let before = fx.reasons();
         let ack = tcp(client(44003), VIP_TCP, "A", b"");
         assert_eq!(fx.run(fx.client_if, &ack).unwrap(), (XDP_PASS, ack));
         assert_only(fx, &before, Reason::PassNonSynNoState, 1);
-        assert!(
-            fx.dp.flows().unwrap().is_empty(),
-            "no bad packet may create a flow"
-        );
+        assert!(fx.flows().is_empty(), "no bad packet may create a flow");
     });
 }
 
 #[test]
-fn vlan_tag_and_ip_options_are_handled() {
-    with_fixture("vlan_tag_and_ip_options", 1024, |fx| {
-        let syn = packets::with_vlan(&tcp(client(45000), VIP_TCP, "S", b""), 42);
-        let (act, out) = fx.run(fx.client_if, &syn).unwrap();
+fn fragments_are_dropped_only_when_meant_for_a_vip() {
+    with_fixture("fragments", 1024, |fx| {
+        let frag = |frame: &[u8], more: bool, offset: u16| {
+            let mut f = frame.to_vec();
+            let v = offset | if more { 0x2000 } else { 0 };
+            f[20..22].copy_from_slice(&v.to_be_bytes());
+            packets::fix_ip_checksum(&mut f, 14);
+            f
+        };
+        let vip_port = tcp(client(44100), VIP_TCP, "S", b"");
+        let other_port = tcp(client(44101), (VIP, 22), "S", b"");
+        let ping = echo(CLIENT, VIP, &[0u8; 64]);
+        let to_snat = udp((BACKENDS[0], 5300), (SNAT, 40000), b"x");
+        let cases = [
+            ("first fragment for a VIP port", frag(&vip_port, true, 0), XDP_DROP, Reason::DropFragment),
+            ("first fragment for another port", frag(&other_port, true, 0), XDP_PASS, Reason::PassFragment),
+            ("a later fragment to a VIP address", frag(&vip_port, false, 100), XDP_PASS, Reason::PassFragment),
+            ("an ICMP fragment to a VIP address", frag(&ping, true, 0), XDP_PASS, Reason::PassFragment),
+            ("any fragment to a SNAT address", frag(&to_snat, true, 0), XDP_PASS, Reason::PassFragment),
+        ];
+        for (what, frame, act, reason) in cases {
+            let before = fx.reasons();
+            assert_eq!(fx.run(fx.client_if, &frame).unwrap().0, act, "{what}");
+            assert_only(fx, &before, reason, 1);
+        }
+        // An address with an any-port VIP owns every fragment.
+        add_any_port_vip(fx);
+        let before = fx.reasons();
+        let later = frag(&tcp(client(44102), (Ipv4Addr::new(10, 0, 0, 200), 8080), "S", b""), false, 100);
+        assert_eq!(fx.run(fx.client_if, &later).unwrap().0, XDP_DROP);
+        assert_only(fx, &before, Reason::DropFragment, 1);
+    });
+}
+
+/// A TCP VIP on every port of 10.0.0.200 over backend id 0's table.
+fn add_any_port_vip(fx: &mut Fixture) {
+    let any = Ipv4Addr::new(10, 0, 0, 200);
+    fx.image.vips.insert(
+        Vip4Key::new(word(any), 0, PROTO_TCP),
+        VipMeta { vip_id: 2, flags: 0 },
+    );
+    fx.image.vip_info.insert(
+        2,
+        VipInfo { addr: Addr::v4(any.octets()), port: 0, proto: PROTO_TCP, family: FAMILY_IPV4, flags: 0 },
+    );
+    fx.put_backend(6, BACKENDS[0], 0, true);
+    fx.image.backends.get_mut(&6).unwrap().vip_id = 2;
+    fx.classify();
+    fx.install(2, &[(6, 1)]).unwrap();
+}
+
+#[test]
+fn an_any_port_vip_keeps_the_clients_port() {
+    with_fixture("an_any_port_vip", 1024, |fx| {
+        add_any_port_vip(fx);
+        for port in [8080u16, 443, 1] {
+            let f = tcp(client(44200), (Ipv4Addr::new(10, 0, 0, 200), port), "S", b"");
+            let (act, out) = fx.run(fx.client_if, &f).unwrap();
+            assert_eq!(act, XDP_REDIRECT, "port {port}");
+            let s = inspect(&out);
+            assert_eq!((s.dst, s.dst_port), (BACKENDS[0], port));
+            assert!(s.checksums_ok);
+        }
+    });
+}
+
+#[test]
+fn header_fields_the_data_path_does_not_own_are_kept() {
+    with_fixture("header_fields_kept", 1024, |fx| {
+        let f = packets::with_ip_fields(&syn(44300), 0xb9, 0x4242, true);
+        let (_, out) = fx.run(fx.client_if, &f).unwrap();
+        let s = inspect(&out);
+        assert_eq!((s.tos, s.id, s.df), (0xb9, 0x4242, true), "DSCP/ECN, ID, DF");
+        assert!(s.checksums_ok);
+        // A client source port of 0 is a port like any other.
+        let (act, out) = fx.run(fx.client_if, &syn(0)).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        assert!(inspect(&out).checksums_ok);
+        // Ethernet padding after the IP packet stays out of the checksums.
+        let mut padded = syn(44301);
+        padded.extend_from_slice(&[0xee; 6]);
+        let (act, out) = fx.run(fx.client_if, &padded).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        assert!(inspect(&out[..out.len() - 6]).checksums_ok);
+        // TTL 2 leaves with TTL 1, both ways.
+        let (b, sp) = open(fx, 44302);
+        let (_, out) = fx.run(fx.client_if, &tcp_ttl(client(44302), VIP_TCP, "A", b"", 2)).unwrap();
+        assert_eq!(inspect(&out).ttl, 1);
+        let reply = tcp_ttl((BACKENDS[b], VIP_TCP_PORT), (SNAT, sp), "A", b"", 2);
+        let (act, out) = fx.run(fx.backend_if, &reply).unwrap();
+        assert_eq!((act, inspect(&out).ttl), (XDP_REDIRECT, 1));
+        let before = fx.reasons();
+        let reply = tcp_ttl((BACKENDS[b], VIP_TCP_PORT), (SNAT, sp), "A", b"", 1);
+        assert_eq!(fx.run(fx.backend_if, &reply).unwrap().0, XDP_DROP);
+        assert_only(fx, &before, Reason::DropTtlExpired, 1);
+    });
+}
+
+#[test]
+fn vlan_tags_stay_on_their_interface_and_come_back_on_replies() {
+    with_fixture("vlan_tags", 1024, |fx| {
+        let tagged = packets::with_vlan(&syn(45000), 42);
+        let (act, out) = fx.run(fx.client_if, &tagged).unwrap();
         assert_eq!(act, XDP_REDIRECT);
         let s = inspect(&out);
-        assert_eq!(s.vlan, Some(42), "tag kept");
+        assert_eq!(s.vlan, None, "the client's tag does not cross to the backend side");
         assert_eq!(s.src, SNAT);
         assert!(s.checksums_ok);
-
+        let b = BACKENDS.iter().position(|x| *x == s.dst).unwrap();
+        let reply = tcp((BACKENDS[b], VIP_TCP_PORT), (SNAT, s.src_port), "SA", b"");
+        let (act, out) = fx.run(fx.backend_if, &reply).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let r = inspect(&out);
+        assert_eq!(r.vlan, Some(42), "the reply gets the client's tag back");
+        assert_eq!((r.dst, r.dst_port), client(45000));
+        assert!(r.checksums_ok);
+        // IP options are walked over.
         let with_opts = packets::with_ip_options(&tcp(client(45001), VIP_TCP, "S", b"abc"), 3);
         let (act, out) = fx.run(fx.client_if, &with_opts).unwrap();
         assert_eq!(act, XDP_REDIRECT);
@@ -456,84 +657,313 @@ fn vlan_tag_and_ip_options_are_handled() {
 }
 
 #[test]
+fn a_one_armed_edge_sends_both_ways_with_xdp_tx() {
+    with_fixture("one_armed", 1024, |fx| {
+        // Backends reached through the client-side interface.
+        ip("neigh add 10.10.0.50 lladdr 02:00:00:00:0b:50 dev wkc0 nud permanent").unwrap();
+        fx.set_backend(0, Ipv4Addr::new(10, 10, 0, 50), VIP_TCP_PORT, true).unwrap();
+        fx.install(TCP_VIP_ID, &[(0, 1)]).unwrap();
+        let (act, out) = fx.run(fx.client_if, &syn(45100)).unwrap();
+        assert_eq!(act, XDP_TX, "same interface: XDP_TX");
+        let s = inspect(&out);
+        assert_eq!(s.dst, Ipv4Addr::new(10, 10, 0, 50));
+        assert_eq!(s.eth_dst, [0x02, 0, 0, 0, 0x0b, 0x50]);
+        let reply = tcp((Ipv4Addr::new(10, 10, 0, 50), VIP_TCP_PORT), (SNAT, s.src_port), "SA", b"");
+        let (act, out) = fx.run(fx.client_if, &reply).unwrap();
+        assert_eq!(act, XDP_TX);
+        assert_eq!(inspect(&out).dst, CLIENT);
+    });
+}
+
+#[test]
+fn a_backend_can_reach_its_own_vip() {
+    with_fixture("hairpin", 1024, |fx| {
+        fx.install(TCP_VIP_ID, &[(0, 1)]).unwrap();
+        // The backend 10.20.0.11 connects to the VIP; the edge sends it to itself via SNAT.
+        let f = tcp_seg((BACKENDS[0], 46000), VIP_TCP, &Seg { flags: "S", seq: 9, ack: 0, ..Seg::default() });
+        let (act, out) = fx.run(fx.backend_if, &f).unwrap();
+        assert_eq!(act, XDP_TX, "in and out on the backend side");
+        let s = inspect(&out);
+        assert_eq!((s.src, s.dst), (SNAT, BACKENDS[0]));
+        let reply = tcp((BACKENDS[0], VIP_TCP_PORT), (SNAT, s.src_port), "SA", b"");
+        let (act, out) = fx.run(fx.backend_if, &reply).unwrap();
+        assert_eq!(act, XDP_TX);
+        let r = inspect(&out);
+        assert_eq!(((r.src, r.src_port), (r.dst, r.dst_port)), (VIP_TCP, (BACKENDS[0], 46000)));
+        assert!(r.checksums_ok);
+    });
+}
+
+/// The MSS option of a SYN as Linux sends it, or after NOPs (at an odd offset).
+fn mss_options(mss: u16, odd: bool) -> Vec<u8> {
+    let m = mss.to_be_bytes();
+    if odd {
+        vec![1, 2, 4, m[0], m[1], 1, 1, 1]
+    } else {
+        vec![2, 4, m[0], m[1], 1, 3, 3, 7]
+    }
+}
+
+#[test]
+fn mss_is_clamped_on_syn_and_synack() {
+    with_fixture("mss_clamping", 1024, |fx| {
+        let syn_mss = |port: u16, opts: &[u8]| {
+            tcp_seg(client(port), VIP_TCP, &Seg { flags: "S", seq: ISN, ack: 0, options: opts, ..Seg::default() })
+        };
+        // auto with a 1500-byte path: 1460 passes, 8960 is lowered to 1460.
+        let (_, out) = fx.run(fx.client_if, &syn_mss(47000, &mss_options(1460, false))).unwrap();
+        assert_eq!(inspect(&out).mss, Some(1460));
+        let (_, out) = fx.run(fx.client_if, &syn_mss(47001, &mss_options(8960, false))).unwrap();
+        let s = inspect(&out);
+        assert_eq!(s.mss, Some(1460));
+        assert!(s.checksums_ok, "{s:?}");
+        // A fixed value, also at an odd offset, and on the backend's SYN-ACK.
+        let mut cfg = fx.config();
+        cfg.mss_mode = mss::FIXED;
+        cfg.mss_value = 1360;
+        fx.set_config(cfg).unwrap();
+        for (port, odd) in [(47002u16, false), (47003, true)] {
+            let (_, out) = fx.run(fx.client_if, &syn_mss(port, &mss_options(1460, odd))).unwrap();
+            let s = inspect(&out);
+            assert_eq!(s.mss, Some(1360), "odd offset {odd}");
+            assert!(s.checksums_ok, "odd offset {odd}: {s:?}");
+            let synack = tcp_seg(
+                (s.dst, VIP_TCP_PORT),
+                (SNAT, s.src_port),
+                &Seg { flags: "SA", seq: 1, ack: ISN + 1, options: &mss_options(1460, odd), ..Seg::default() },
+            );
+            let (_, out) = fx.run(fx.backend_if, &synack).unwrap();
+            let r = inspect(&out);
+            assert_eq!(r.mss, Some(1360));
+            assert!(r.checksums_ok, "{r:?}");
+        }
+        // Off: untouched.
+        let mut cfg = fx.config();
+        cfg.mss_mode = mss::OFF;
+        fx.set_config(cfg).unwrap();
+        let (_, out) = fx.run(fx.client_if, &syn_mss(47004, &mss_options(8960, false))).unwrap();
+        assert_eq!(inspect(&out).mss, Some(8960));
+        // auto follows the route's MTU toward the backend.
+        let mut cfg = fx.config();
+        cfg.mss_mode = mss::AUTO;
+        fx.set_config(cfg).unwrap();
+        ip("link set wkb0 mtu 1400").unwrap();
+        // Next hops (and their MTU) are re-read once the cached one is a second old.
+        std::thread::sleep(std::time::Duration::from_nanos(lb_common::HOP_REFRESH_NS + 100_000_000));
+        let (_, out) = fx.run(fx.client_if, &syn_mss(47005, &mss_options(1460, false))).unwrap();
+        assert_eq!(inspect(&out).mss, Some(1360), "1400 - 40");
+    });
+}
+
+#[test]
+fn too_big_with_df_gets_fragmentation_needed_from_the_edge() {
+    with_fixture("too_big", 1024, |fx| {
+        ip("link set wkb0 mtu 1400").unwrap();
+        let (b, sp) = establish(fx, 48000);
+        let big = packets::with_ip_fields(
+            &tcp_seg(client(48000), VIP_TCP, &Seg { flags: "PA", seq: ISN + 1, ack: BACKEND_ISN + 1, payload: &[7u8; 1440], ..Seg::default() }),
+            0, 1, true,
+        );
+        let before = fx.reasons();
+        let (act, out) = fx.run(fx.client_if, &big).unwrap();
+        assert_eq!(act, XDP_TX, "back to the client");
+        assert_only(fx, &before, Reason::IcmpFragNeededSent, 1);
+        let e = inspect_icmp(&out);
+        assert_eq!((e.icmp_type, e.code), (3, 4));
+        assert_eq!(u16::from_be_bytes([e.rest[2], e.rest[3]]), 1400, "next-hop MTU");
+        assert_eq!((e.src, e.dst), (VIP, CLIENT), "from the VIP the client talks to");
+        assert_eq!(e.eth_dst, CLIENT_MAC);
+        assert!(e.checksums_ok, "{e:?}");
+        let (qs, qsp, qd, qdp, ip_ok) = quoted_tuple(&e.quote);
+        assert_eq!((qs, qsp, qd, qdp), (CLIENT, 48000, VIP, VIP_TCP_PORT), "its own packet");
+        assert!(ip_ok);
+        assert_eq!(e.quote.len(), lb_common::icmp::QUOTE_LEN);
+        // Without DF the kernel fragments the translated packet.
+        let nodf = packets::with_ip_fields(&big, 0, 1, false);
+        let before = fx.reasons();
+        let (act, out) = fx.run(fx.client_if, &nodf).unwrap();
+        assert_eq!(act, XDP_PASS);
+        assert_only(fx, &before, Reason::PassTooBig, 1);
+        assert_eq!(inspect(&out).dst, BACKENDS[b], "translated before the kernel gets it");
+        // Toward the client: a smaller client-side MTU answers the backend.
+        ip("link set wkb0 mtu 1500").unwrap();
+        ip("link set wkc0 mtu 1300").unwrap();
+        let mut cfg = fx.config();
+        cfg.min_mtu = 1300;
+        let client_if = fx.client_if;
+        fx.image.iface_mtu.insert(client_if, 1300);
+        fx.set_config(cfg).unwrap();
+        let reply = packets::with_ip_fields(
+            &tcp_seg((BACKENDS[b], VIP_TCP_PORT), (SNAT, sp), &Seg { flags: "PA", seq: BACKEND_ISN + 1, ack: ISN + 1, payload: &[9u8; 1360], ..Seg::default() }),
+            0, 1, true,
+        );
+        let before = fx.reasons();
+        let (act, out) = fx.run(fx.backend_if, &reply).unwrap();
+        assert_eq!(act, XDP_TX);
+        assert_only(fx, &before, Reason::IcmpFragNeededSent, 1);
+        let e = inspect_icmp(&out);
+        assert_eq!((e.src, e.dst), (SNAT, BACKENDS[b]));
+        assert_eq!(u16::from_be_bytes([e.rest[2], e.rest[3]]), 1300);
+        assert!(e.checksums_ok);
+    });
+}
+
+#[test]
+fn icmp_errors_about_translated_packets_are_translated_back() {
+    with_fixture("icmp_errors_translated", 1024, |fx| {
+        let (b, sp) = establish(fx, 49000);
+        // What the edge sent the backend, as a router on the way would quote it.
+        let sent = tcp_seg((SNAT, sp), (BACKENDS[b], VIP_TCP_PORT), &Seg { flags: "PA", seq: ISN + 1, ack: BACKEND_ISN + 1, payload: &[1u8; 64], ..Seg::default() });
+        for quote in [28usize, 48, 108] {
+            let err = icmp_error(Ipv4Addr::new(10, 20, 0, 254), SNAT, 3, 4, [0, 0, 0x05, 0x78], &sent, quote);
+            let before = fx.reasons();
+            let (act, out) = fx.run(fx.backend_if, &err).unwrap();
+            assert_eq!(act, XDP_REDIRECT, "quote {quote}");
+            assert_only(fx, &before, Reason::IcmpErrorToClient, 1);
+            let e = inspect_icmp(&out);
+            assert_eq!((e.src, e.dst), (VIP, CLIENT), "outer: from the VIP to the client");
+            assert_eq!((e.icmp_type, e.code, e.rest), (3, 4, [0, 0, 0x05, 0x78]));
+            assert!(e.checksums_ok, "outer IP and ICMP checksums, quote {quote}: {e:?}");
+            let (qs, qsp, qd, qdp, ip_ok) = quoted_tuple(&e.quote);
+            assert_eq!((qs, qsp, qd, qdp), (CLIENT, 49000, VIP, VIP_TCP_PORT));
+            assert!(ip_ok, "inner IP checksum");
+            if quote >= 40 {
+                // The quoted TCP checksum is whole: it matches the client's view of its packet.
+                let (q, full) = (&e.quote, &e.quote.len());
+                let _ = full;
+                let inner_tcp_ok = {
+                    let ip = &q[..20];
+                    let t = &q[20..];
+                    let mut d = Vec::new();
+                    d.extend_from_slice(&ip[12..20]);
+                    d.extend_from_slice(&[0, 6]);
+                    d.extend_from_slice(&(u16::from_be_bytes([ip[2], ip[3]]) - 20).to_be_bytes());
+                    d.extend_from_slice(t);
+                    quote < 108 || packets::internet_checksum(&d) == 0
+                };
+                assert!(inner_tcp_ok, "inner TCP checksum");
+            }
+        }
+        // And the other way: an error about what the edge sent the client reaches the backend.
+        let to_client = tcp_seg(VIP_TCP, client(49000), &Seg { flags: "PA", seq: BACKEND_ISN + 1, ack: ISN + 1, payload: b"x", ..Seg::default() });
+        let err = icmp_error(Ipv4Addr::new(192, 0, 2, 1), VIP, 11, 0, [0; 4], &to_client, 28);
+        let before = fx.reasons();
+        let (act, out) = fx.run(fx.client_if, &err).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        assert_only(fx, &before, Reason::IcmpErrorToBackend, 1);
+        let e = inspect_icmp(&out);
+        assert_eq!((e.src, e.dst, e.icmp_type), (SNAT, BACKENDS[b], 11));
+        assert!(e.checksums_ok, "{e:?}");
+        let (qs, qsp, qd, qdp, ip_ok) = quoted_tuple(&e.quote);
+        assert_eq!((qs, qsp, qd, qdp), (BACKENDS[b], VIP_TCP_PORT, SNAT, sp), "its own reply");
+        assert!(ip_ok);
+        // Errors about nothing of ours are the host's.
+        let stray = tcp_seg((SNAT, 1), (BACKENDS[0], 80), &Seg::default());
+        let err = icmp_error(Ipv4Addr::new(10, 20, 0, 254), SNAT, 3, 1, [0; 4], &stray, 28);
+        let before = fx.reasons();
+        assert_eq!(fx.run(fx.backend_if, &err).unwrap().0, XDP_PASS);
+        assert_only(fx, &before, Reason::PassIcmp, 1);
+    });
+}
+
+#[test]
 fn full_connection_table_refuses_new_flows_but_keeps_established_ones() {
     with_fixture("full_connection_table", 8, |fx| {
         for p in 0..8 {
             open(fx, 46000 + p);
         }
-        let before = reasons(fx);
-        let (act, _) = fx
-            .run(fx.client_if, &tcp(client(46100), VIP_TCP, "S", b""))
-            .unwrap();
+        let before = fx.reasons();
+        let (act, _) = fx.run(fx.client_if, &syn(46100)).unwrap();
         assert_eq!(act, XDP_DROP);
         assert_only(fx, &before, Reason::DropConntrackFull, 1);
-        // Established flows still pass, and no half-created state was left behind.
-        let (act, _) = fx
-            .run(fx.client_if, &tcp(client(46000), VIP_TCP, "A", b""))
-            .unwrap();
+        let (act, _) = fx.run(fx.client_if, &tcp(client(46000), VIP_TCP, "A", b"")).unwrap();
         assert_eq!(act, XDP_REDIRECT);
-        assert_eq!(fx.dp.flows().unwrap().len(), 8);
-        assert_eq!(fx.dp.reverse_flow_count().unwrap(), 8);
+        assert_eq!(fx.flows().len(), 8, "the refused flow's slot was given back");
+        assert_eq!(fx.refs(), 8);
     });
 }
 
 #[test]
-fn exhausted_snat_ports_are_counted() {
+fn exhausted_snat_ports_and_no_snat_address_are_counted() {
     with_fixture("exhausted_snat_ports", 1024, |fx| {
-        let mut cfg = fx.dp.config().unwrap();
+        let mut cfg = fx.config();
         cfg.snat_port_min = 40000;
         cfg.snat_port_max = 40001;
-        fx.dp.set_config(&cfg).unwrap();
+        fx.set_config(cfg).unwrap();
         fx.install(TCP_VIP_ID, &[(0, 1)]).unwrap();
         let ports: Vec<u16> = (0..2).map(|i| open(fx, 47000 + i).1).collect();
         let mut sorted = ports.clone();
         sorted.sort();
-        assert_eq!(
-            sorted,
-            vec![40000, 40001],
-            "two flows, two distinct SNAT ports"
-        );
-        let before = reasons(fx);
-        let (act, _) = fx
-            .run(fx.client_if, &tcp(client(47002), VIP_TCP, "S", b""))
-            .unwrap();
-        assert_eq!(act, XDP_DROP);
+        assert_eq!(sorted, vec![40000, 40001], "two flows, two distinct SNAT ports");
+        let before = fx.reasons();
+        assert_eq!(fx.run(fx.client_if, &syn(47002)).unwrap().0, XDP_DROP);
         assert_only(fx, &before, Reason::DropSnatExhausted, 1);
+        let mut cfg = fx.config();
+        cfg.snat_count = 0;
+        fx.set_config(cfg).unwrap();
+        let before = fx.reasons();
+        assert_eq!(fx.run(fx.client_if, &syn(47003)).unwrap().0, XDP_DROP);
+        assert_only(fx, &before, Reason::DropNoSnatAddress, 1);
     });
 }
 
 #[test]
-fn empty_table_and_unresolved_neighbour_are_counted() {
-    with_fixture("empty_table_and_unresolved_neighbour", 1024, |fx| {
+fn next_hop_failures_are_counted() {
+    with_fixture("next_hop_failures", 1024, |fx| {
         fx.install(TCP_VIP_ID, &[(0, 0), (1, 0), (2, 0)]).unwrap();
-        let before = reasons(fx);
-        let (act, _) = fx
-            .run(fx.client_if, &tcp(client(48000), VIP_TCP, "S", b""))
-            .unwrap();
-        assert_eq!(act, XDP_DROP);
+        let before = fx.reasons();
+        assert_eq!(fx.run(fx.client_if, &syn(48000)).unwrap().0, XDP_DROP);
         assert_only(fx, &before, Reason::DropNoBackend, 1);
-        assert_eq!(fx.dp.vip_stats(TCP_VIP_ID).unwrap().no_backend, 1);
-
+        assert_eq!(fx.vip_stats(TCP_VIP_ID).no_backend, 1);
         // A backend whose MAC is not known yet: the translated packet goes to the kernel.
-        fx.set_backend(0, UNRESOLVED_BACKEND, VIP_TCP_PORT, true)
-            .unwrap();
+        fx.set_backend(0, UNRESOLVED_BACKEND, VIP_TCP_PORT, true).unwrap();
         fx.install(TCP_VIP_ID, &[(0, 1)]).unwrap();
-        let before = reasons(fx);
-        let (act, out) = fx
-            .run(fx.client_if, &tcp(client(48001), VIP_TCP, "S", b""))
-            .unwrap();
+        let before = fx.reasons();
+        let (act, out) = fx.run(fx.client_if, &syn(48001)).unwrap();
         assert_eq!(act, XDP_PASS);
         let s = inspect(&out);
         assert_eq!((s.src, s.dst), (SNAT, UNRESOLVED_BACKEND));
         assert!(s.checksums_ok);
         assert_only(fx, &before, Reason::PassNoNeighbor, 1);
+        // No route at all.
+        fx.set_backend(0, UNROUTABLE_BACKEND, VIP_TCP_PORT, true).unwrap();
+        let before = fx.reasons();
+        assert_eq!(fx.run(fx.client_if, &syn(48002)).unwrap().0, XDP_DROP);
+        assert_only(fx, &before, Reason::DropFibFailed, 1);
+        // A route through an interface wklb does not run on: the kernel sends it.
+        fx.set_backend(0, BACKENDS[0], VIP_TCP_PORT, true).unwrap();
+        let backend_if = fx.backend_if;
+        fx.image.tx_ports.remove(&backend_if);
+        fx.sync().unwrap();
+        let before = fx.reasons();
+        let (act, out) = fx.run(fx.client_if, &syn(48003)).unwrap();
+        assert_eq!(act, XDP_PASS);
+        assert_eq!(inspect(&out).dst, BACKENDS[0]);
+        assert_only(fx, &before, Reason::PassUnmanagedEgress, 1);
+    });
+}
+
+#[test]
+fn an_impossible_map_state_is_counted_not_aborted() {
+    with_fixture("drop_internal", 1024, |fx| {
+        // A SNAT index far beyond the flow table: the daemon never writes that.
+        let bogus = Ipv4Addr::new(10, 20, 0, 77);
+        fx.image.snat.insert(63, SnatAddr::new(Addr::v4(bogus.octets()), FAMILY_IPV4));
+        fx.classify();
+        fx.sync().unwrap();
+        let class = fx.image.addrs[&word(bogus)];
+        assert_eq!(class.flags & AddrClass::SNAT, AddrClass::SNAT);
+        let before = fx.reasons();
+        let f = tcp((BACKENDS[0], VIP_TCP_PORT), (bogus, 40000), "A", b"");
+        assert_eq!(fx.run(fx.backend_if, &f).unwrap().0, XDP_DROP);
+        assert_only(fx, &before, Reason::DropInternal, 1);
     });
 }
 
 #[test]
 fn verifier_instruction_count() {
     with_fixture("verifier_instruction_count", 1024, |fx| {
-        let n = fx.dp.verified_instructions().unwrap();
+        let n = fx.program.verified_instructions().unwrap();
         println!("wklb XDP program: {n} instructions processed by the verifier");
         assert!(n > 0 && n < 1_000_000, "{n}");
     });

@@ -5,7 +5,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, conntrack::Segment};
 use network_types::ip::Ipv4Hdr;
 
-use super::{Packet, load32, ptr_at, tcp};
+use super::{Packet, load32, opaque, ptr_at, tcp};
 
 /// The fixed part of the header, enough to classify the destination.
 #[inline(always)]
@@ -50,6 +50,11 @@ pub fn parse(ctx: &XdpContext, l3: usize, vlan: u16, ip: *mut Ipv4Hdr) -> Parsed
         return Parsed::Malformed;
     }
     let l4 = l3 + ihl * 4;
+    // The header must fit the total length, and the total length the frame (Ethernet padding
+    // may follow it).
+    if (ip_len as usize) < ihl * 4 || opaque(ctx.data() + l3 + ip_len as usize) > ctx.data_end() {
+        return Parsed::Malformed;
+    }
     if frags & MF_OR_OFFSET != 0 {
         let first = frags & OFFSET == 0;
         let ports = match ptr_at::<u32>(ctx, l4) {

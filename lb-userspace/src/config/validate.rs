@@ -1,376 +1,25 @@
-//! The TOML configuration: schema, parsing and validation.
-//!
-//! Parsing and validation never touch the kernel (`wklb check-config`). Every problem is
-//! reported with its key path and line, all at once, and an invalid file changes nothing.
+//! From raw TOML to a checked `Config`: every problem collected with its key path and line.
 
 use std::{
-    collections::{BTreeMap, HashSet},
-    fmt,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
-use lb_common::{DataplaneConfig, PROTO_TCP, PROTO_UDP, conntrack::Timeouts};
-use serde::Deserialize;
+use lb_common::conntrack::Timeouts;
 use toml::Spanned;
 
-use crate::dataplane::AttachMode;
-
-// ---------------------------------------------------------------- raw schema (what the file says)
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    daemon: RawDaemon,
-    #[serde(default)]
-    conntrack: RawConntrack,
-    snat: RawSnat,
-    #[serde(default)]
-    vip: Vec<RawVip>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDaemon {
-    interfaces: Spanned<Vec<String>>,
-    #[serde(default = "default_xdp_mode")]
-    xdp_mode: Spanned<String>,
-    #[serde(default = "default_pin_path")]
-    pin_path: PathBuf,
-    #[serde(default = "default_control_socket")]
-    control_socket: PathBuf,
-    #[serde(default = "default_metrics_listen")]
-    metrics_listen: Spanned<String>,
-    /// How often expired flows are removed.
-    #[serde(default = "default_gc_interval")]
-    gc_interval: Spanned<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConntrack {
-    #[serde(default = "default_max_flows")]
-    max_flows: Spanned<i64>,
-    #[serde(default = "default_established")]
-    tcp_established_timeout: Spanned<String>,
-    #[serde(default = "default_udp")]
-    udp_timeout: Spanned<String>,
-    #[serde(default = "default_syn")]
-    tcp_syn_timeout: Spanned<String>,
-    #[serde(default = "default_closing")]
-    tcp_closing_timeout: Spanned<String>,
-    #[serde(default = "default_closed")]
-    tcp_closed_timeout: Spanned<String>,
-    /// "drop" (default) or "pass" for TCP non-SYN packets without state.
-    #[serde(default = "default_non_syn")]
-    non_syn_policy: Spanned<String>,
-}
-
-impl Default for RawConntrack {
-    fn default() -> Self {
-        RawConntrack {
-            max_flows: default_max_flows(),
-            tcp_established_timeout: default_established(),
-            udp_timeout: default_udp(),
-            tcp_syn_timeout: default_syn(),
-            tcp_closing_timeout: default_closing(),
-            tcp_closed_timeout: default_closed(),
-            non_syn_policy: default_non_syn(),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSnat {
-    addresses: Spanned<Vec<Spanned<String>>>,
-    #[serde(default = "default_port_min")]
-    port_min: Spanned<i64>,
-    #[serde(default = "default_port_max")]
-    port_max: Spanned<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawVip {
-    name: Spanned<String>,
-    address: Spanned<String>,
-    port: Spanned<i64>,
-    #[serde(default = "default_protocol")]
-    protocol: Spanned<String>,
-    health_check: Option<RawHealthCheck>,
-    #[serde(default)]
-    backend: Vec<RawBackend>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHealthCheck {
-    #[serde(default = "default_hc_kind")]
-    kind: Spanned<String>,
-    port: Option<Spanned<i64>>,
-    #[serde(default = "default_hc_path")]
-    path: String,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    #[serde(default = "default_expect_status")]
-    expect_status: Spanned<i64>,
-    #[serde(default = "default_interval")]
-    interval: Spanned<String>,
-    #[serde(default = "default_timeout")]
-    timeout: Spanned<String>,
-    #[serde(default = "default_rise_fall")]
-    rise: Spanned<i64>,
-    #[serde(default = "default_rise_fall")]
-    fall: Spanned<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBackend {
-    address: Spanned<String>,
-    port: Option<Spanned<i64>>,
-    #[serde(default = "default_weight")]
-    weight: Spanned<i64>,
-}
-
-fn sp<T>(v: T) -> Spanned<T> {
-    Spanned::new(0..0, v)
-}
-fn default_xdp_mode() -> Spanned<String> {
-    sp("auto".into())
-}
-fn default_pin_path() -> PathBuf {
-    PathBuf::from("/sys/fs/bpf/wklb")
-}
-fn default_control_socket() -> PathBuf {
-    PathBuf::from("/run/wklb/wklb.sock")
-}
-fn default_metrics_listen() -> Spanned<String> {
-    sp("127.0.0.1:9330".into())
-}
-fn default_gc_interval() -> Spanned<String> {
-    sp("5s".into())
-}
-fn default_max_flows() -> Spanned<i64> {
-    sp(lb_common::DEFAULT_MAX_FLOWS as i64)
-}
-fn default_established() -> Spanned<String> {
-    sp("15m".into())
-}
-fn default_udp() -> Spanned<String> {
-    sp("60s".into())
-}
-fn default_syn() -> Spanned<String> {
-    sp("30s".into())
-}
-fn default_closing() -> Spanned<String> {
-    sp("60s".into())
-}
-fn default_closed() -> Spanned<String> {
-    sp("10s".into())
-}
-fn default_non_syn() -> Spanned<String> {
-    sp("drop".into())
-}
-fn default_port_min() -> Spanned<i64> {
-    sp(DataplaneConfig::DEFAULT_SNAT_PORT_MIN as i64)
-}
-fn default_port_max() -> Spanned<i64> {
-    sp(DataplaneConfig::DEFAULT_SNAT_PORT_MAX as i64)
-}
-fn default_protocol() -> Spanned<String> {
-    sp("tcp".into())
-}
-fn default_hc_kind() -> Spanned<String> {
-    sp("tcp".into())
-}
-fn default_hc_path() -> String {
-    "/health".into()
-}
-fn default_expect_status() -> Spanned<i64> {
-    sp(200)
-}
-fn default_interval() -> Spanned<String> {
-    sp("1s".into())
-}
-fn default_timeout() -> Spanned<String> {
-    sp("500ms".into())
-}
-fn default_rise_fall() -> Spanned<i64> {
-    sp(2)
-}
-fn default_weight() -> Spanned<i64> {
-    sp(100)
-}
-
-// ---------------------------------------------------------------- validated config
-
-/// Largest backend weight accepted (config and CLI).
-pub const MAX_WEIGHT: u32 = 1_000_000;
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Config {
-    pub daemon: Daemon,
-    pub conntrack: Conntrack,
-    pub snat: Snat,
-    pub vips: Vec<Vip>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Daemon {
-    pub interfaces: Vec<String>,
-    pub xdp_mode: AttachMode,
-    pub pin_path: PathBuf,
-    pub control_socket: PathBuf,
-    pub metrics_listen: SocketAddr,
-    pub gc_interval: Duration,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Conntrack {
-    pub max_flows: u32,
-    pub timeouts: Timeouts,
-    pub non_syn_pass: bool,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Snat {
-    pub addresses: Vec<Ipv4Addr>,
-    pub port_min: u16,
-    pub port_max: u16,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    pub const fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => PROTO_TCP,
-            Protocol::Udp => PROTO_UDP,
-        }
-    }
-    pub const fn name(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Vip {
-    pub name: String,
-    pub address: Ipv4Addr,
-    /// 0 = every port.
-    pub port: u16,
-    pub protocol: Protocol,
-    pub health: HealthCheck,
-    pub backends: Vec<BackendConfig>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProbeKind {
-    None,
-    Tcp,
-    Http {
-        path: String,
-        headers: BTreeMap<String, String>,
-        expect_status: u16,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HealthCheck {
-    pub kind: ProbeKind,
-    /// Port probed on each backend; None = the backend's own port.
-    pub port: Option<u16>,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub rise: u32,
-    pub fall: u32,
-}
-
-impl Default for HealthCheck {
-    fn default() -> Self {
-        HealthCheck {
-            kind: ProbeKind::Tcp,
-            port: None,
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(500),
-            rise: 2,
-            fall: 2,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BackendConfig {
-    pub address: Ipv4Addr,
-    /// 0 = keep the client's destination port (any-port VIPs).
-    pub port: u16,
-    pub weight: u32,
-}
-
-impl Config {
-    pub fn vip(&self, name: &str) -> Option<&Vip> {
-        self.vips.iter().find(|v| v.name == name)
-    }
-}
-
-// ---------------------------------------------------------------- errors
-
-/// One problem in a config file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Key path, e.g. `vip[0].backend[1].weight`.
-    pub path: String,
-    /// 1-based line, when the value came from the file.
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(l) => write!(f, "line {l}: {}: {}", self.path, self.message),
-            None => write!(f, "{}: {}", self.path, self.message),
-        }
-    }
-}
-
-/// Every problem found in one file.
-#[derive(Debug)]
-pub struct ConfigErrors {
-    pub file: PathBuf,
-    pub errors: Vec<ConfigError>,
-}
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} has {} error(s):",
-            self.file.display(),
-            self.errors.len()
-        )?;
-        for e in &self.errors {
-            write!(f, "\n  {e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
+use super::{
+    BackendConfig, Checks, Config, ConfigError, Conntrack, DataPath, Daemon, HealthCheck, Loaded,
+    MAX_WEIGHT, MssClamp, ProbeKind, Protocol, Snat, Vip,
+    schema::{RawBackend, RawConfig, RawHealthCheck, RawVip},
+};
+use crate::{dataplane::links::AttachMode, sys::netdev};
 
 struct Collector<'a> {
     src: &'a str,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 impl Collector<'_> {
@@ -378,17 +27,21 @@ impl Collector<'_> {
         if span.start == 0 && span.end == 0 {
             return None; // a default, not from the file
         }
-        Some(
-            self.src[..span.start.min(self.src.len())]
-                .matches('\n')
-                .count()
-                + 1,
-        )
+        Some(line_at(self.src, span.start))
     }
 
     fn err<T>(&mut self, path: impl Into<String>, at: &Spanned<T>, message: impl Into<String>) {
         let line = self.line_of(at.span());
         self.errors.push(ConfigError {
+            path: path.into(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn warn<T>(&mut self, path: impl Into<String>, at: &Spanned<T>, message: impl Into<String>) {
+        let line = self.line_of(at.span());
+        self.warnings.push(ConfigError {
             path: path.into(),
             line,
             message: message.into(),
@@ -429,76 +82,145 @@ impl Collector<'_> {
         n
     }
 
-    fn ipv4(&mut self, path: &str, v: &Spanned<String>, role: &str) -> Ipv4Addr {
+    /// An address of a family the data path handles (IPv4 for now).
+    fn ip(&mut self, path: &str, v: &Spanned<String>, role: &str) -> IpAddr {
         match v.get_ref().parse::<IpAddr>() {
-            Ok(IpAddr::V4(a)) => a,
-            Ok(IpAddr::V6(a)) => {
-                self.err(path, v, format!("{role} {a} is IPv6; this data plane is IPv4 (VIPs, backends and SNAT addresses must all be IPv4)"));
-                Ipv4Addr::UNSPECIFIED
+            Ok(a @ IpAddr::V4(_)) => a,
+            Ok(a @ IpAddr::V6(_)) => {
+                self.err(
+                    path,
+                    v,
+                    format!(
+                        "{role} {a} is IPv6; this data plane is IPv4 (VIPs, backends and SNAT addresses must all be IPv4)"
+                    ),
+                );
+                a
             }
             Err(_) => {
                 self.err(path, v, format!("{:?} is not an IP address", v.get_ref()));
-                Ipv4Addr::UNSPECIFIED
+                IpAddr::from([0, 0, 0, 0])
             }
         }
     }
 }
 
-// ---------------------------------------------------------------- parsing
-
-/// Reads and validates a file. `check_interfaces` verifies that interfaces exist here.
-pub fn load(file: &Path, check_interfaces: bool) -> Result<Config, ConfigErrors> {
-    let src = std::fs::read_to_string(file).map_err(|e| ConfigErrors {
-        file: file.to_path_buf(),
-        errors: vec![ConfigError {
-            path: "(file)".into(),
-            line: None,
-            message: format!("cannot read: {e}"),
-        }],
-    })?;
-    parse(&src, check_interfaces).map_err(|errors| ConfigErrors {
-        file: file.to_path_buf(),
-        errors,
-    })
+fn line_at(src: &str, offset: usize) -> usize {
+    src[..offset.min(src.len())].matches('\n').count() + 1
 }
 
-/// Parses and validates TOML text.
-pub fn parse(src: &str, check_interfaces: bool) -> Result<Config, Vec<ConfigError>> {
+/// Parses, collecting unknown keys instead of stopping at the first, then validates.
+pub fn parse(src: &str, checks: Checks) -> Result<Loaded, Vec<ConfigError>> {
     let de = toml::Deserializer::parse(src).map_err(|e| vec![toml_error(src, "(syntax)", &e)])?;
-    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        vec![toml_error(src, &path, e.inner())]
-    })?;
+    let mut unknown = Vec::new();
+    let mut note_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let raw: Result<RawConfig, _> = serde_path_to_error::deserialize(
+        serde_ignored::Deserializer::new(de, &mut note_unknown),
+    );
     let mut c = Collector {
         src,
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
-    let cfg = validate(&mut c, raw, check_interfaces);
+    for path in unknown.iter().map(|p| bracketed(p.as_str())) {
+        c.errors.push(ConfigError {
+            line: key_line(src, &path),
+            message: format!("unknown key `{}`", path.rsplit('.').next().unwrap_or(&path)),
+            path,
+        });
+    }
+    let raw = match raw {
+        Ok(r) => r,
+        Err(e) => {
+            let path = e.path().to_string();
+            c.errors.push(toml_error(src, &path, e.inner()));
+            return Err(c.errors);
+        }
+    };
+    let cfg = validate(&mut c, raw, checks);
     if c.errors.is_empty() {
-        Ok(cfg)
+        Ok(Loaded {
+            config: cfg,
+            warnings: c.warnings,
+        })
     } else {
         Err(c.errors)
     }
 }
 
+/// `vip.0.backend.1.x` as `vip[0].backend[1].x`, like every other key path we report.
+fn bracketed(path: &str) -> String {
+    let mut out = String::new();
+    for seg in path.split('.') {
+        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{seg}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
+/// The line of the last segment of an unknown key path (`vip[0].backend[1].wieght`): the first
+/// line at or after its table's header that starts with the key.
+fn key_line(src: &str, path: &str) -> Option<usize> {
+    let key = path.rsplit('.').next()?;
+    let key = key.split('[').next()?;
+    src.lines()
+        .position(|l| {
+            let t = l.trim_start();
+            t.starts_with(key)
+                && t[key.len()..]
+                    .trim_start()
+                    .starts_with(['=', '.'])
+        })
+        .map(|i| i + 1)
+}
+
 fn toml_error(src: &str, path: &str, e: &toml::de::Error) -> ConfigError {
-    let line = e
-        .span()
-        .map(|s| src[..s.start.min(src.len())].matches('\n').count() + 1);
+    let line = e.span().map(|s| line_at(src, s.start));
     let path = if path.is_empty() || path == "." {
         "(top level)".to_string()
     } else {
         path.to_string()
     };
+    let mut message = e.message().trim().to_string();
+    // The span of a duplicate key is the key: name it when the message does not.
+    if message.contains("duplicate key")
+        && let Some(s) = e.span()
+    {
+        let key = src.get(s).unwrap_or("").trim();
+        if !key.is_empty() && !message.contains(key) {
+            message = format!("{message} `{key}`");
+        }
+    }
     ConfigError {
         path,
         line,
-        message: e.message().trim().to_string(),
+        message,
     }
 }
 
-fn validate(c: &mut Collector, raw: RawConfig, check_interfaces: bool) -> Config {
-    // [daemon]
+fn validate(c: &mut Collector, raw: RawConfig, checks: Checks) -> Config {
+    let daemon = daemon(c, &raw, checks);
+    let conntrack = conntrack(c, &raw);
+    let snat = snat(c, &raw, checks);
+    let data_path = data_path(c, &raw);
+    let vips = vips(c, &raw.vip);
+    let cfg = Config {
+        daemon,
+        conntrack,
+        snat,
+        data_path,
+        vips,
+    };
+    cross_checks(c, &raw, &cfg);
+    cfg
+}
+
+fn daemon(c: &mut Collector, raw: &RawConfig, checks: Checks) -> Daemon {
     let d = &raw.daemon;
     if d.interfaces.get_ref().is_empty() {
         c.err(
@@ -507,9 +229,9 @@ fn validate(c: &mut Collector, raw: RawConfig, check_interfaces: bool) -> Config
             "at least one interface is needed",
         );
     }
-    if check_interfaces {
+    if checks == Checks::Host {
         for (i, name) in d.interfaces.get_ref().iter().enumerate() {
-            if crate::netdev::ifindex(name).is_none() {
+            if netdev::ifindex(name).is_none() {
                 c.err(
                     format!("daemon.interfaces[{i}]"),
                     &d.interfaces,
@@ -525,8 +247,9 @@ fn validate(c: &mut Collector, raw: RawConfig, check_interfaces: bool) -> Config
                 "daemon.xdp_mode",
                 &d.xdp_mode,
                 format!(
-                    "{:?} is not one of auto, driver, generic",
-                    d.xdp_mode.get_ref()
+                    "{:?} is not one of {}",
+                    d.xdp_mode.get_ref(),
+                    AttachMode::NAMES
                 ),
             );
             AttachMode::Auto
@@ -540,20 +263,21 @@ fn validate(c: &mut Collector, raw: RawConfig, check_interfaces: bool) -> Config
                 &d.metrics_listen,
                 format!("{:?} is not an address:port", d.metrics_listen.get_ref()),
             );
-            SocketAddr::from(([127, 0, 0, 1], 9330))
+            SocketAddr::from(([127, 0, 0, 1], 0))
         }
     };
-    let gc_interval = c.duration("daemon.gc_interval", &d.gc_interval);
-    let daemon = Daemon {
+    Daemon {
         interfaces: d.interfaces.get_ref().clone(),
         xdp_mode,
         pin_path: d.pin_path.clone(),
         control_socket: d.control_socket.clone(),
         metrics_listen,
-        gc_interval,
-    };
+        gc_interval: c.duration("daemon.gc_interval", &d.gc_interval),
+        log_data_path_events: d.log_data_path_events,
+    }
+}
 
-    // [conntrack]
+fn conntrack(c: &mut Collector, raw: &RawConfig) -> Conntrack {
     let ct = &raw.conntrack;
     let max_flows = c.ranged(
         "conntrack.max_flows",
@@ -573,6 +297,13 @@ fn validate(c: &mut Collector, raw: RawConfig, check_interfaces: bool) -> Config
         closed_ns: ns(c.duration("conntrack.tcp_closed_timeout", &ct.tcp_closed_timeout)),
         udp_ns: ns(c.duration("conntrack.udp_timeout", &ct.udp_timeout)),
     };
+    if timeouts.established_ns < 120_000_000_000 {
+        c.warn(
+            "conntrack.tcp_established_timeout",
+            &ct.tcp_established_timeout,
+            "below 2 minutes: WuKongIM clients ping every 25-60 s, so idle but live connections may be cut",
+        );
+    }
     let non_syn_pass = match ct.non_syn_policy.get_ref().as_str() {
         "drop" => false,
         "pass" => true,
@@ -585,13 +316,14 @@ fn validate(c: &mut Collector, raw: RawConfig, check_interfaces: bool) -> Config
             false
         }
     };
-    let conntrack = Conntrack {
+    Conntrack {
         max_flows,
         timeouts,
         non_syn_pass,
-    };
+    }
+}
 
-    // [snat]
+fn snat(c: &mut Collector, raw: &RawConfig, checks: Checks) -> Snat {
     let s = &raw.snat;
     if s.addresses.get_ref().is_empty() {
         c.err(
@@ -610,14 +342,27 @@ fn validate(c: &mut Collector, raw: RawConfig, check_interfaces: bool) -> Config
             ),
         );
     }
+    let local = if checks == Checks::Host {
+        Some(netdev::ipv4_addresses())
+    } else {
+        None
+    };
     let mut addresses = Vec::new();
     for (i, a) in s.addresses.get_ref().iter().enumerate() {
-        let ip = c.ipv4(&format!("snat.addresses[{i}]"), a, "SNAT address");
+        let path = format!("snat.addresses[{i}]");
+        let ip = c.ip(&path, a, "SNAT address");
         if addresses.contains(&ip) {
+            c.err(&path, a, format!("{ip} is listed twice"));
+        }
+        if let (Some(local), IpAddr::V4(v4)) = (&local, ip)
+            && !local.iter().any(|(l, _)| *l == v4)
+        {
             c.err(
-                format!("snat.addresses[{i}]"),
+                &path,
                 a,
-                format!("{ip} is listed twice"),
+                format!(
+                    "{ip} is not assigned to any interface of this host: replies from the backends would never reach it (e.g. `ip addr add {ip}/32 dev IFACE`)"
+                ),
             );
         }
         addresses.push(ip);
@@ -631,24 +376,78 @@ fn validate(c: &mut Collector, raw: RawConfig, check_interfaces: bool) -> Config
             format!("port_max {port_max} is below port_min {port_min}"),
         );
     }
-    let snat = Snat {
+    if checks == Checks::Host {
+        ephemeral_overlap(c, raw, &addresses, port_min, port_max);
+    }
+    Snat {
         addresses,
         port_min,
         port_max,
-    };
+    }
+}
 
-    // [[vip]]
+/// Warns when the SNAT ports overlap the host's ephemeral ports on an address the host picks
+/// as a source itself: its own connections could then collide with translated flows.
+fn ephemeral_overlap(c: &mut Collector, raw: &RawConfig, addrs: &[IpAddr], min: u16, max: u16) {
+    let Some((lo, hi)) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|x| x.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+    else {
+        return;
+    };
+    if max < lo || min > hi {
+        return;
+    }
+    let sources = netdev::route_sources();
+    for (i, a) in addrs.iter().enumerate() {
+        if sources.contains(a) {
+            c.warn(
+                format!("snat.addresses[{i}]"),
+                &raw.snat.port_min,
+                format!(
+                    "{a} is a source address of this host's routes and ports {min}-{max} overlap its ephemeral ports {lo}-{hi}: the host's own connections from {a} may collide with translated flows; use a dedicated SNAT address or a port range outside {lo}-{hi}"
+                ),
+            );
+        }
+    }
+}
+
+fn data_path(c: &mut Collector, raw: &RawConfig) -> DataPath {
+    let m = &raw.data_path.mss_clamp;
+    let mss_clamp = match m.get_ref() {
+        toml::Value::String(s) if s == "auto" => MssClamp::Auto,
+        toml::Value::String(s) if s == "off" => MssClamp::Off,
+        toml::Value::Integer(n) if (536..=9000).contains(n) => MssClamp::Fixed(*n as u16),
+        other => {
+            c.err(
+                "data_path.mss_clamp",
+                m,
+                format!("{other} is not \"auto\", \"off\" or an MSS between 536 and 9000"),
+            );
+            MssClamp::Auto
+        }
+    };
+    DataPath {
+        mss_clamp,
+        echo_reply: raw.data_path.echo_reply,
+    }
+}
+
+fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
     let mut vips = Vec::new();
     let mut names = HashSet::new();
     let mut tuples = HashSet::new();
-    if raw.vip.len() > lb_common::MAX_VIPS as usize {
+    if raw.len() > lb_common::MAX_VIPS as usize {
         c.errors.push(ConfigError {
             path: "vip".into(),
             line: None,
             message: format!("at most {} VIPs are supported", lb_common::MAX_VIPS),
         });
     }
-    for (vi, v) in raw.vip.iter().enumerate() {
+    for (vi, v) in raw.iter().enumerate() {
         let p = format!("vip[{vi}]");
         let name = v.name.get_ref().clone();
         if name.is_empty() || name.chars().any(|ch| ch.is_whitespace()) {
@@ -665,7 +464,7 @@ fn validate(c: &mut Collector, raw: RawConfig, check_interfaces: bool) -> Config
                 format!("VIP name {name:?} is used twice"),
             );
         }
-        let address = c.ipv4(&format!("{p}.address"), &v.address, "VIP address");
+        let address = c.ip(&format!("{p}.address"), &v.address, "VIP address");
         let port = c.ranged(
             &format!("{p}.port"),
             &v.port,
@@ -699,71 +498,7 @@ fn validate(c: &mut Collector, raw: RawConfig, check_interfaces: bool) -> Config
             None => HealthCheck::default(),
             Some(h) => health_check(c, &format!("{p}.health_check"), h),
         };
-        if v.backend.is_empty() {
-            c.err(
-                format!("{p}.backend"),
-                &v.name,
-                format!("VIP {name:?} has no backends ([[vip.backend]] entries)"),
-            );
-        }
-        let mut backends: Vec<BackendConfig> = Vec::new();
-        for (bi, b) in v.backend.iter().enumerate() {
-            let bp = format!("{p}.backend[{bi}]");
-            let address = c.ipv4(&format!("{bp}.address"), &b.address, "backend address");
-            let bport = match &b.port {
-                Some(x) => c.ranged(&format!("{bp}.port"), x, 0, 65535, "port") as u16,
-                None => port,
-            };
-            if bport == 0 && port != 0 {
-                c.err(
-                    format!("{bp}.port"),
-                    &b.address,
-                    "port 0 (keep the client's port) only fits a VIP with port 0",
-                );
-            }
-            let w = *b.weight.get_ref();
-            let weight = if w < 0 {
-                c.err(
-                    format!("{bp}.weight"),
-                    &b.weight,
-                    format!("weight must be 0 or more, got {w}"),
-                );
-                0
-            } else if w > MAX_WEIGHT as i64 {
-                c.err(
-                    format!("{bp}.weight"),
-                    &b.weight,
-                    format!("weight must be at most {MAX_WEIGHT}, got {w}"),
-                );
-                0
-            } else {
-                w as u32
-            };
-            if backends
-                .iter()
-                .any(|x| x.address == address && x.port == bport)
-            {
-                c.err(
-                    format!("{bp}.address"),
-                    &b.address,
-                    format!("backend {address}:{bport} is listed twice"),
-                );
-            }
-            backends.push(BackendConfig {
-                address,
-                port: bport,
-                weight,
-            });
-        }
-        if !v.backend.is_empty() && v.backend.iter().all(|b| *b.weight.get_ref() == 0) {
-            c.err(
-                format!("{p}.backend"),
-                &v.name,
-                format!(
-                    "every backend of VIP {name:?} has weight 0: it could never take a connection"
-                ),
-            );
-        }
+        let backends = backends(c, &p, v, &name, port);
         vips.push(Vip {
             name,
             address,
@@ -773,11 +508,74 @@ fn validate(c: &mut Collector, raw: RawConfig, check_interfaces: bool) -> Config
             backends,
         });
     }
-    Config {
-        daemon,
-        conntrack,
-        snat,
-        vips,
+    vips
+}
+
+fn backends(c: &mut Collector, p: &str, v: &RawVip, name: &str, port: u16) -> Vec<BackendConfig> {
+    if v.backend.is_empty() {
+        c.err(
+            format!("{p}.backend"),
+            &v.name,
+            format!("VIP {name:?} has no backends ([[vip.backend]] entries)"),
+        );
+    }
+    let mut out: Vec<BackendConfig> = Vec::new();
+    for (bi, b) in v.backend.iter().enumerate() {
+        let bp = format!("{p}.backend[{bi}]");
+        let address = c.ip(&format!("{bp}.address"), &b.address, "backend address");
+        let bport = match &b.port {
+            Some(x) => c.ranged(&format!("{bp}.port"), x, 0, 65535, "port") as u16,
+            None => port,
+        };
+        if bport == 0 && port != 0 {
+            c.err(
+                format!("{bp}.port"),
+                &b.address,
+                "port 0 (keep the client's port) only fits a VIP with port 0",
+            );
+        }
+        let weight = weight(c, &bp, b);
+        if out.iter().any(|x| x.address == address && x.port == bport) {
+            c.err(
+                format!("{bp}.address"),
+                &b.address,
+                format!("backend {address}:{bport} is listed twice"),
+            );
+        }
+        out.push(BackendConfig {
+            address,
+            port: bport,
+            weight,
+        });
+    }
+    if !v.backend.is_empty() && v.backend.iter().all(|b| *b.weight.get_ref() == 0) {
+        c.err(
+            format!("{p}.backend"),
+            &v.name,
+            format!("every backend of VIP {name:?} has weight 0: it could never take a connection"),
+        );
+    }
+    out
+}
+
+fn weight(c: &mut Collector, bp: &str, b: &RawBackend) -> u32 {
+    let w = *b.weight.get_ref();
+    if w < 0 {
+        c.err(
+            format!("{bp}.weight"),
+            &b.weight,
+            format!("weight must be 0 or more, got {w}"),
+        );
+        0
+    } else if w > MAX_WEIGHT as i64 {
+        c.err(
+            format!("{bp}.weight"),
+            &b.weight,
+            format!("weight must be at most {MAX_WEIGHT}, got {w}"),
+        );
+        0
+    } else {
+        w as u32
     }
 }
 
@@ -812,15 +610,15 @@ fn health_check(c: &mut Collector, p: &str, h: &RawHealthCheck) -> HealthCheck {
                 599,
                 "expect_status",
             ) as u16;
-            if !h.path.starts_with('/') {
-                c.errors.push(ConfigError {
-                    path: format!("{p}.path"),
-                    line: c.line_of(h.kind.span()),
-                    message: format!("{:?} must start with /", h.path),
-                });
+            if !h.path.get_ref().starts_with('/') {
+                c.err(
+                    format!("{p}.path"),
+                    &h.path,
+                    format!("{:?} must start with /", h.path.get_ref()),
+                );
             }
             ProbeKind::Http {
-                path: h.path.clone(),
+                path: h.path.get_ref().clone(),
                 headers: h.headers.clone(),
                 expect_status: status,
             }
@@ -844,165 +642,44 @@ fn health_check(c: &mut Collector, p: &str, h: &RawHealthCheck) -> HealthCheck {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-[daemon]
-interfaces = ["eth0"]
-
-[snat]
-addresses = ["192.0.2.10"]
-
-[[vip]]
-name = "im-tcp"
-address = "198.51.100.1"
-port = 5100
-
-[vip.health_check]
-kind = "http"
-port = 5001
-path = "/health"
-headers = { token = "secret" }
-interval = "1s"
-timeout = "500ms"
-
-[[vip.backend]]
-address = "192.0.2.21"
-
-[[vip.backend]]
-address = "192.0.2.22"
-weight = 50
-"#;
-
-    fn errors(src: &str) -> Vec<ConfigError> {
-        parse(src, false).expect_err("config should be rejected")
+/// Rules across sections: limits of the data path's arrays, SNAT addresses that are VIPs,
+/// SNAT capacity.
+fn cross_checks(c: &mut Collector, raw: &RawConfig, cfg: &Config) {
+    let backends: usize = cfg.vips.iter().map(|v| v.backends.len()).sum();
+    if backends > lb_common::MAX_BACKENDS as usize {
+        c.errors.push(ConfigError {
+            path: "vip[].backend".into(),
+            line: None,
+            message: format!(
+                "{backends} backends in all; the data plane holds at most {} (one per VIP and backend)",
+                lb_common::MAX_BACKENDS
+            ),
+        });
     }
-
-    fn one_error(src: &str) -> ConfigError {
-        let e = errors(src);
-        assert_eq!(e.len(), 1, "{e:#?}");
-        e.into_iter().next().unwrap()
+    for (i, a) in cfg.snat.addresses.iter().enumerate() {
+        if let Some(v) = cfg.vips.iter().find(|v| v.address == *a) {
+            c.err(
+                format!("snat.addresses[{i}]"),
+                &raw.snat.addresses.get_ref()[i],
+                format!(
+                    "{a} is also the address of VIP {:?}: replies from backends would be taken for client traffic; use another address",
+                    v.name
+                ),
+            );
+        }
     }
-
-    #[test]
-    fn good_config_with_defaults() {
-        let c = parse(GOOD, false).unwrap();
-        assert_eq!(c.daemon.pin_path, PathBuf::from("/sys/fs/bpf/wklb"));
-        assert_eq!(c.conntrack.max_flows, 1 << 20);
-        assert_eq!(c.conntrack.timeouts.established_ns, 15 * 60 * 1_000_000_000);
-        let v = &c.vips[0];
-        assert_eq!((v.port, v.protocol), (5100, Protocol::Tcp));
-        assert_eq!(
-            v.backends[0],
-            BackendConfig {
-                address: "192.0.2.21".parse().unwrap(),
-                port: 5100,
-                weight: 100
-            }
+    let capacity = cfg.snat.capacity();
+    if !cfg.snat.addresses.is_empty() && capacity < cfg.conntrack.max_flows as u64 {
+        c.warn(
+            "snat.addresses",
+            &raw.snat.addresses,
+            format!(
+                "{} SNAT address(es) x ports {}-{} carry at most {capacity} concurrent flows, fewer than conntrack.max_flows {}: SNAT ports are unique per SNAT address, add addresses to use the whole table",
+                cfg.snat.addresses.len(),
+                cfg.snat.port_min,
+                cfg.snat.port_max,
+                cfg.conntrack.max_flows
+            ),
         );
-        assert_eq!(v.backends[1].weight, 50);
-        let ProbeKind::Http {
-            headers,
-            expect_status,
-            ..
-        } = &v.health.kind
-        else {
-            panic!()
-        };
-        assert_eq!((headers["token"].as_str(), *expect_status), ("secret", 200));
-        assert_eq!(v.health.port, Some(5001));
-    }
-
-    #[test]
-    fn unknown_key_names_path_and_line() {
-        let e = one_error(&GOOD.replace("weight = 50", "weight = 50\nwieght = 3"));
-        assert_eq!(e.path, "vip[0].backend[1].wieght");
-        assert!(e.message.contains("unknown field `wieght`"), "{e}");
-        assert_eq!(e.line, Some(27));
-    }
-
-    #[test]
-    fn vip_without_backends() {
-        let src = GOOD.split("[[vip.backend]]").next().unwrap();
-        let e = one_error(src);
-        assert_eq!(e.path, "vip[0].backend");
-        assert!(e.message.contains("no backends"), "{e}");
-        assert_eq!(e.line, Some(9));
-    }
-
-    #[test]
-    fn duplicate_vip_tuple() {
-        let dup = format!(
-            "{GOOD}\n[[vip]]\nname = \"again\"\naddress = \"198.51.100.1\"\nport = 5100\n[[vip.backend]]\naddress = \"192.0.2.30\"\n"
-        );
-        let e = one_error(&dup);
-        assert_eq!(e.path, "vip[1].address");
-        assert!(e.message.contains("198.51.100.1:5100/tcp"), "{e}");
-    }
-
-    #[test]
-    fn negative_and_all_zero_weights() {
-        let e = one_error(&GOOD.replace("weight = 50", "weight = -5"));
-        assert_eq!(e.path, "vip[0].backend[1].weight");
-        assert!(e.message.contains("-5"), "{e}");
-        assert_eq!(e.line, Some(26));
-        let zero = GOOD.replace("weight = 50", "weight = 0").replace(
-            "address = \"192.0.2.21\"",
-            "address = \"192.0.2.21\"\nweight = 0",
-        );
-        let e = one_error(&zero);
-        assert!(e.message.contains("weight 0"), "{e}");
-    }
-
-    #[test]
-    fn wrong_family() {
-        let e = one_error(&GOOD.replace("192.0.2.22", "2001:db8::22"));
-        assert_eq!(e.path, "vip[0].backend[1].address");
-        assert!(e.message.contains("IPv6"), "{e}");
-        let e = one_error(&GOOD.replace("\"192.0.2.10\"", "\"2001:db8::10\""));
-        assert_eq!(e.path, "snat.addresses[0]");
-    }
-
-    #[test]
-    fn bad_duration_and_timeout_not_below_interval() {
-        let e = one_error(&GOOD.replace("interval = \"1s\"", "interval = \"soon\""));
-        assert_eq!(e.path, "vip[0].health_check.interval");
-        assert!(e.message.contains("not a duration"), "{e}");
-        let e = one_error(&GOOD.replace("timeout = \"500ms\"", "timeout = \"2s\""));
-        assert_eq!(e.path, "vip[0].health_check.timeout");
-        assert!(e.message.contains("shorter than interval"), "{e}");
-    }
-
-    #[test]
-    fn several_errors_are_reported_together() {
-        let src = GOOD
-            .replace("weight = 50", "weight = -1")
-            .replace("timeout = \"500ms\"", "timeout = \"5s\"");
-        assert_eq!(errors(&src).len(), 2);
-    }
-
-    #[test]
-    fn missing_interface_is_an_error_when_checked() {
-        let e = parse(&GOOD.replace("eth0", "wklb-no-such-if0"), true).unwrap_err();
-        assert!(
-            e.iter()
-                .any(|e| e.path == "daemon.interfaces[0]" && e.message.contains("does not exist")),
-            "{e:?}"
-        );
-    }
-
-    #[test]
-    fn shipped_example_is_valid() {
-        let c = parse(include_str!("../../examples/wklb.toml"), false).expect("examples/wklb.toml");
-        assert_eq!(c.vips.len(), 2);
-        assert_eq!(c.vips[1].port, 5200);
-    }
-
-    #[test]
-    fn syntax_error_has_a_line() {
-        let e = one_error("[daemon\ninterfaces = []");
-        assert_eq!(e.line, Some(1));
     }
 }

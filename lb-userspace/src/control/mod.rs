@@ -1,19 +1,30 @@
 //! The control socket: one JSON request per line, one JSON response per line. Only root can
-//! connect (the socket is mode 0600), like the CLI that needs root anyway.
+//! connect (the socket is mode 0600), like the CLI that needs root anyway. Reads are answered
+//! from the controller's snapshot and the maps; changes go to the controller thread.
 
-use std::{os::unix::fs::PermissionsExt as _, path::Path, sync::Arc};
+pub mod protocol;
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
-use log::{debug, info};
+use log::{debug, info, warn};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
 };
 
 use crate::{
-    daemon::{Shared, monotonic_ns},
-    protocol::{Request, Response},
+    config::{self, Checks},
+    controller::reports::{self, ConnFilter},
+    daemon::Ctx,
+    sys::clock::monotonic_ns,
 };
+use protocol::{Changes, Endpoint, Request, Response};
 
 /// Binds the socket, refusing when a live daemon already answers on it.
 pub fn bind(path: &Path) -> Result<UnixListener> {
@@ -33,21 +44,27 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
-pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+pub async fn serve(listener: UnixListener, ctx: Arc<Ctx>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                warn!("control socket: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
-        let shared = shared.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, shared).await {
+            if let Err(e) = handle(stream, ctx).await {
                 debug!("control connection: {e:#}");
             }
         });
     }
 }
 
-async fn handle(stream: UnixStream, shared: Arc<Shared>) -> Result<()> {
+async fn handle(stream: UnixStream, ctx: Arc<Ctx>) -> Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     while let Some(line) = lines.next_line().await? {
@@ -55,9 +72,10 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> Result<()> {
         let resp = match serde_json::from_str::<Request>(&line) {
             Ok(req) => {
                 unload = req == Request::Unload;
-                let shared = shared.clone();
-                // Map syscalls and table builds block: keep them off the async workers.
-                tokio::task::spawn_blocking(move || dispatch(&shared, req)).await?
+                match dispatch(&ctx, req).await {
+                    Ok(r) => r,
+                    Err(e) => Response::err(format!("{e:#}")),
+                }
             }
             Err(e) => Response::err(format!("bad request: {e}")),
         };
@@ -67,33 +85,38 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> Result<()> {
         w.flush().await?;
         if unload && resp.ok {
             // Only now: stopping earlier could end the runtime before the answer is out.
-            shared.shutdown.notify_one();
+            ctx.shutdown.notify_one();
             return Ok(());
         }
     }
     Ok(())
 }
 
-fn dispatch(shared: &Shared, req: Request) -> Response {
-    match dispatch_inner(shared, req) {
-        Ok(r) => r,
-        Err(e) => Response::err(format!("{e:#}")),
-    }
+/// Runs a read on a blocking thread (scans of the flow table, counter syscalls).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await?
 }
 
-fn dispatch_inner(shared: &Shared, req: Request) -> Result<Response> {
-    let runtime_note =
-        "runtime change: the config file is unchanged, so a reload or restart reverts it";
+const RUNTIME_NOTE: &str =
+    "runtime change: the config file is unchanged, so a reload or restart reverts it";
+
+fn changed(msg: String) -> Response {
+    info!("{msg}");
+    Response::ok(Changes {
+        changes: vec![msg],
+        note: Some(RUNTIME_NOTE.into()),
+    })
+}
+
+async fn dispatch(ctx: &Arc<Ctx>, req: Request) -> Result<Response> {
+    let h = &ctx.handle;
     Ok(match req {
-        Request::VipList => Response::ok(shared.lock()?.stats()?.vips),
+        Request::VipList => Response::ok(ctx.stats().await?.vips),
         Request::BackendList { vip } => {
-            let ctl = shared.lock()?;
-            if let Some(v) = &vip
-                && !ctl.vip_names().contains(v)
-            {
-                bail!("no VIP named {v:?} (known: {})", ctl.vip_names().join(", "));
+            if let Some(v) = &vip {
+                h.snapshot().vip(v)?;
             }
-            let all = ctl.stats()?.backends;
+            let all = ctx.stats().await?.backends;
             Response::ok(
                 all.into_iter()
                     .filter(|b| vip.as_ref().is_none_or(|v| &b.vip == v))
@@ -102,61 +125,65 @@ fn dispatch_inner(shared: &Shared, req: Request) -> Result<Response> {
         }
         Request::BackendAdd {
             vip,
-            address,
-            port,
+            backend: Endpoint { address, port },
             weight,
-        } => {
-            let msg = shared.lock()?.add_backend(&vip, address, port, weight)?;
-            shared.changed();
-            info!("{msg}");
-            Response::ok(format!("{msg} ({runtime_note})"))
-        }
-        Request::BackendRemove { vip, address, port } => {
-            let msg = shared.lock()?.remove_backend(&vip, address, port)?;
-            shared.changed();
-            info!("{msg}");
-            Response::ok(format!("{msg} ({runtime_note})"))
-        }
+        } => changed(h.add_backend(vip, address, port, weight).await?),
+        Request::BackendRemove {
+            vip,
+            backend: Endpoint { address, port },
+        } => changed(h.remove_backend(vip, address, port).await?),
         Request::BackendWeight {
             vip,
-            address,
-            port,
+            backend: Endpoint { address, port },
             weight,
-        } => {
-            let msg = shared.lock()?.set_weight(&vip, address, port, weight)?;
-            info!("{msg}");
-            Response::ok(format!("{msg} ({runtime_note})"))
-        }
-        Request::Stats => Response::ok(shared.lock()?.stats()?),
+        } => changed(h.set_weight(vip, address, port, weight).await?),
+        Request::Stats => Response::ok(ctx.stats().await?),
         Request::Conns {
             vip,
             backend,
+            client,
+            snat,
             limit,
         } => {
-            let mut c = shared
-                .lock()?
-                .conns(vip.as_deref(), backend, monotonic_ns())?;
-            if let Some(n) = limit {
-                c.truncate(n);
-            }
-            Response::ok(c)
+            let f = ConnFilter {
+                vip,
+                backend: backend.map(|e| (e.address, e.port)),
+                client: client.map(|e| (e.address, e.port)),
+                snat: snat.map(|e| (e.address, e.port)),
+                limit,
+            };
+            let (snap, flows) = (h.snapshot(), ctx.flows.clone());
+            Response::ok(blocking(move || reports::conns(&snap, flows.as_ref(), &f, monotonic_ns())).await?)
         }
-        Request::Lookup { client, vip } => Response::ok(shared.lock()?.lookup(client, &vip)?),
-        Request::Reload => {
-            let summary = shared.reload()?;
-            for line in &summary {
-                info!("reload: {line}");
-            }
-            Response::ok(summary)
+        Request::Lookup { client, vip } => {
+            let (snap, flows) = (h.snapshot(), ctx.flows.clone());
+            Response::ok(blocking(move || reports::lookup(&snap, flows.as_ref(), client, &vip)).await?)
         }
+        Request::Reload => Response::ok(reload(ctx).await?),
         Request::Unload => {
-            *shared
-                .unload_requested
-                .lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))? = true;
-            Response::ok(
-                "unloading: detaching XDP and removing every pinned object; the daemon exits",
-            )
+            ctx.unload_requested.store(true, Ordering::SeqCst);
+            Response::ok(Changes {
+                changes: vec!["unloading: detaching XDP and removing every pinned object; the daemon exits".into()],
+                note: None,
+            })
         }
+    })
+}
+
+/// Re-reads the config file and applies only the difference. An invalid file, or one that
+/// changes a restart-only setting, changes nothing.
+pub async fn reload(ctx: &Ctx) -> Result<Changes> {
+    let path = ctx.config_path.clone();
+    let loaded = blocking(move || config::load(&path, Checks::Host).map_err(|e| anyhow::anyhow!("{e}"))).await?;
+    for w in &loaded.warnings {
+        warn!("config: {w}");
+    }
+    let changes = ctx.handle.reload(loaded.config).await?;
+    for line in &changes {
+        info!("reload: {line}");
+    }
+    Ok(Changes {
+        changes,
+        note: None,
     })
 }

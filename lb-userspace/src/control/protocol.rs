@@ -1,8 +1,10 @@
-//! The control-socket protocol: one JSON request line, one JSON response line.
+//! The control-socket protocol: one JSON request line, one JSON response line. Every command's
+//! answer has the same shape, `{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`,
+//! and the CLI's `--json` prints exactly that.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    net::{Ipv4Addr, SocketAddr},
+    io::{BufRead as _, BufReader, ErrorKind, Write as _},
+    net::{IpAddr, SocketAddr},
     os::unix::net::UnixStream,
     path::Path,
     time::Duration,
@@ -10,6 +12,14 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use serde::{Deserialize, Serialize};
+
+/// A backend as the CLI names it: an address, and its port when the VIP has several backends
+/// on one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub address: IpAddr,
+    pub port: Option<u16>,
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -20,26 +30,25 @@ pub enum Request {
     },
     BackendAdd {
         vip: String,
-        address: Ipv4Addr,
-        port: Option<u16>,
+        backend: Endpoint,
         weight: u32,
     },
     BackendRemove {
         vip: String,
-        address: Ipv4Addr,
-        port: Option<u16>,
+        backend: Endpoint,
     },
     /// Weight 0 drains.
     BackendWeight {
         vip: String,
-        address: Ipv4Addr,
-        port: Option<u16>,
+        backend: Endpoint,
         weight: u32,
     },
     Stats,
     Conns {
         vip: Option<String>,
-        backend: Option<SocketAddr>,
+        backend: Option<Endpoint>,
+        client: Option<Endpoint>,
+        snat: Option<Endpoint>,
         limit: Option<usize>,
     },
     Lookup {
@@ -50,12 +59,21 @@ pub enum Request {
     Unload,
 }
 
+/// The answer of a command that changes something: what happened, line by line.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Changes {
+    pub changes: Vec<String>,
+    /// A note that applies to the whole change (e.g. that the config file is unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub data: serde_json::Value,
 }
 
@@ -80,7 +98,7 @@ impl Response {
 pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response> {
     let stream = UnixStream::connect(socket).map_err(|e| {
         anyhow!(
-            "cannot reach the wklb daemon at {} ({e}): is `wklb daemon` running, and are you root?",
+            "cannot reach the wklb daemon at {} ({e}): is `wklb daemon` running, and are you root? (`--socket` or WKLB_SOCKET name another socket)",
             socket.display()
         )
     })?;
@@ -88,13 +106,26 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response>
     stream.set_write_timeout(Some(timeout))?;
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
+    let timed_out = |e: std::io::Error| {
+        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+            anyhow!(
+                "the daemon at {} did not answer within {} s",
+                socket.display(),
+                timeout.as_secs()
+            )
+        } else {
+            anyhow!(e)
+        }
+    };
     (&stream)
         .write_all(line.as_bytes())
+        .map_err(timed_out)
         .context("sending the request")?;
     let mut reader = BufReader::new(&stream);
     let mut answer = String::new();
     reader
         .read_line(&mut answer)
+        .map_err(timed_out)
         .context("reading the daemon's answer")?;
     if answer.is_empty() {
         return Err(anyhow!(
@@ -112,13 +143,35 @@ mod tests {
     fn requests_round_trip_as_tagged_json() {
         let r = Request::BackendWeight {
             vip: "im".into(),
-            address: Ipv4Addr::new(10, 0, 0, 1),
-            port: None,
+            backend: Endpoint {
+                address: "10.0.0.1".parse().unwrap(),
+                port: None,
+            },
             weight: 0,
         };
         let s = serde_json::to_string(&r).unwrap();
         assert!(s.contains("\"cmd\":\"backend_weight\""), "{s}");
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         assert!(serde_json::from_str::<Request>("{\"cmd\":\"nope\"}").is_err());
+    }
+
+    #[test]
+    fn every_answer_has_one_shape() {
+        let ok = serde_json::to_value(Response::ok(Changes::default())).unwrap();
+        assert_eq!(ok["ok"], true);
+        assert!(ok.get("error").is_none());
+        let err = serde_json::to_value(Response::err("no VIP named \"x\"")).unwrap();
+        assert_eq!(err, serde_json::json!({"ok": false, "error": "no VIP named \"x\""}));
+    }
+
+    #[test]
+    fn a_silent_daemon_is_reported_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let e = call(&path, &Request::Stats, Duration::from_millis(200)).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("did not answer within"), "{msg}");
+        assert!(!msg.contains("temporarily unavailable"), "{msg}");
     }
 }

@@ -1,4 +1,5 @@
-//! Preconditions for touching the kernel, each failing with one sentence that says what to do.
+//! Root and the bpf filesystem: preconditions for touching the kernel, each failing with one
+//! sentence that says what to do.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,15 @@ pub fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where pins go, and whether they outlive this process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinDir {
+    pub path: PathBuf,
+    /// False when the pins sit in a bpffs this process mounted in its own mount namespace: they
+    /// (and with them the attached XDP program) vanish when the process exits.
+    pub persistent: bool,
+}
+
 /// Where pins for `dir` really go, making sure that is on a bpf filesystem.
 ///
 /// `ip netns exec` gives a process a fresh /sys, hiding the host's /sys/fs/bpf. A bpffs mounted
@@ -20,20 +30,25 @@ pub fn require_root(what: &str) -> Result<()> {
 /// pinned program and maps along: no restart could keep a connection. So when the process that
 /// started us (or PID 1) sees a bpffs at /sys/fs/bpf, that directory is opened once and pins go
 /// through `/proc/self/fd/N`, valid for as long as we run; only without one is a bpffs mounted
-/// here, with a warning.
-pub fn resolve_pin_dir(dir: &Path) -> Result<PathBuf> {
+/// here, with a warning, and the result says the pins are not persistent.
+pub fn resolve_pin_dir(dir: &Path) -> Result<PinDir> {
     let bpffs = Path::new("/sys/fs/bpf");
     if !dir.starts_with(bpffs) || is_bpffs(bpffs) {
-        return Ok(dir.to_path_buf());
+        return Ok(PinDir {
+            path: dir.to_path_buf(),
+            persistent: true,
+        });
     }
     if let Some(host) = host_bpffs() {
         let rel = dir.strip_prefix(bpffs).unwrap_or(dir);
-        let p = host.join(rel);
         log::info!(
             "/sys/fs/bpf is hidden here (e.g. `ip netns exec`); pinning {} in the bpffs of the process that started this one, so the data plane survives restarts",
             dir.display()
         );
-        return Ok(p);
+        return Ok(PinDir {
+            path: host.join(rel),
+            persistent: true,
+        });
     }
     let status = std::process::Command::new("mount")
         .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
@@ -44,9 +59,12 @@ pub fn resolve_pin_dir(dir: &Path) -> Result<PathBuf> {
         );
     }
     log::warn!(
-        "mounted a bpffs at /sys/fs/bpf in this process's mount namespace: pinned objects end with it, so a restart will not keep connections; mount bpffs on the host (`mount -t bpf bpf /sys/fs/bpf`)"
+        "mounted a bpffs at /sys/fs/bpf in this process's own mount namespace: the pins, and with them XDP on the interfaces, end when this daemon exits, so a restart breaks every connection; mount bpffs on the host (`mount -t bpf bpf /sys/fs/bpf`) and start the daemon from there"
     );
-    Ok(dir.to_path_buf())
+    Ok(PinDir {
+        path: dir.to_path_buf(),
+        persistent: false,
+    })
 }
 
 /// The launching process's (else PID 1's) /sys/fs/bpf, opened and kept for our lifetime, as a

@@ -275,13 +275,10 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
         "wklb data-path benchmark: BPF_PROG_TEST_RUN, repeat {repeat}, median of {rounds} rounds \
          ({syn_rounds} for new flows); connection table {max_flows} entries"
     );
-    let mut fx = Fixture::new(max_flows)?;
-    let snat: Vec<Ipv4Addr> = (0..64).map(|i| Ipv4Addr::new(10, 20, 1, i)).collect();
-    fx.dp.set_snat_addrs(&snat)?;
-    let verifier_instructions = fx.dp.verified_instructions()?;
+    let mut fx = Fixture::with_slots(max_flows, 64)?;
+    let verifier_instructions = fx.program.verified_instructions()?;
     println!("verifier: {verifier_instructions} instructions processed");
-    let table_bytes = fx.dp.map_memory(lb_common::names::FLOWS)?
-        + fx.dp.map_memory(lb_common::names::REV_FLOWS)?;
+    let table_bytes = fx.flows.memory_bytes()?;
     println!(
         "connection table memory (FLOWS + REV_FLOWS, preallocated): {:.1} MiB for {max_flows} flows = {:.0} bytes per flow",
         table_bytes as f64 / (1 << 20) as f64,
@@ -355,17 +352,17 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
         for (w, chunk) in data.iter_mut().zip(c.frame.chunks_exact(8)) {
             *w = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
         }
-        fx.dp.set_bench_frame(&BenchFrame {
+        fx.program.set_bench_frame(&BenchFrame {
             data,
             vary_source: c.vary_source as u32,
-            _pad: 0,
+            redirect_ifindex: fx.backend_if,
         })?;
         let mut samples = Vec::new();
         for round in 0..c.rounds {
-            let before = fx.dp.reasons()?;
+            let before = fx.reasons();
             let ns = time(&mut fx, c.program, &c.frame, repeat, false)?;
             if let Some(r) = c.expect {
-                let moved = fx.dp.reasons()?[r as usize] - before[r as usize];
+                let moved = fx.reasons()[r as usize] - before[r as usize];
                 if moved != repeat as u64 {
                     bail!(
                         "{}: round {round}: {moved} of {repeat} runs counted {}",
@@ -400,7 +397,7 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
             ns / bare
         );
     }
-    let snat_exhausted = fx.dp.reason(Reason::DropSnatExhausted)?;
+    let snat_exhausted = fx.reasons()[Reason::DropSnatExhausted as usize];
     println!("\nSNAT exhausted during the run: {snat_exhausted}");
     // Live frames: the kernel really transmits what the program returns (XDP_TX on the client
     // veth for the floor, a redirect to the backend veth for wklb's established forward path).
@@ -415,15 +412,15 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
         for (w, chunk) in data.iter_mut().zip(established.chunks_exact(8)) {
             *w = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
         }
-        fx.dp.set_bench_frame(&BenchFrame {
+        fx.program.set_bench_frame(&BenchFrame {
             data,
             vary_source: 0,
-            _pad: 0,
+            redirect_ifindex: fx.backend_if,
         })?;
-        let before = fx.dp.reasons()?[Reason::Forwarded as usize];
+        let before = fx.reasons()[Reason::Forwarded as usize];
         let ns = time(&mut fx, program, &established, frames, true)?;
         if program == "bench_wklb" {
-            let moved = fx.dp.reasons()?[Reason::Forwarded as usize] - before;
+            let moved = fx.reasons()[Reason::Forwarded as usize] - before;
             if moved != frames as u64 {
                 bail!("live frames: {moved} of {frames} counted as forwarded");
             }
@@ -466,7 +463,7 @@ fn time(fx: &mut Fixture, program: &str, frame: &[u8], repeat: u32, live: bool) 
     } else {
         TestRunAttrs::new()
     };
-    let prog = fx.dp.extra_program(program)?;
+    let prog = fx.program.extra(program)?;
     let res = prog
         .test_run(TestRunOptions {
             data_in: Some(frame),

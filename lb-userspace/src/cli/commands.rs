@@ -1,0 +1,312 @@
+//! What each CLI command does: ask the daemon (or the kernel, for `verify` and `unload` without
+//! a daemon) and print the answer as a table or as JSON.
+
+use std::{
+    io::Write as _,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::{BackendCmd, Cli, Cmd, VipCmd, render};
+use crate::{
+    config::{self, Checks, schema::defaults},
+    control::protocol::{Changes, Endpoint, Request, Response, call},
+    daemon::{self, locks},
+    dataplane::{kernel, links},
+    report::{BackendReport, ConnsReport, LookupReport, StatsReport, VipReport},
+    sys::bpffs,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Stdout was closed by the reader (e.g. `| head -1`): stop quietly.
+#[derive(Debug)]
+pub struct PipeClosed;
+
+impl std::fmt::Display for PipeClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout closed")
+    }
+}
+
+impl std::error::Error for PipeClosed {}
+
+/// Prints a line, turning a closed pipe into `PipeClosed`.
+fn out(s: impl std::fmt::Display) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    match writeln!(o, "{s}").and_then(|()| o.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(PipeClosed.into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The `--json` shape of a success.
+fn out_json(data: impl Serialize, pretty: bool) -> Result<()> {
+    let v = Response::ok(data);
+    out(if pretty {
+        serde_json::to_string_pretty(&v)?
+    } else {
+        serde_json::to_string(&v)?
+    })
+}
+
+struct Client {
+    socket: PathBuf,
+    json: bool,
+}
+
+impl Client {
+    fn request<T: DeserializeOwned>(&self, req: &Request) -> Result<T> {
+        let resp = call(&self.socket, req, TIMEOUT)?;
+        if !resp.ok {
+            bail!(
+                "{}",
+                resp.error
+                    .unwrap_or_else(|| "the daemon refused without a reason".into())
+            );
+        }
+        serde_json::from_value(resp.data).context("unexpected answer from the daemon")
+    }
+
+    /// A command that changes something: prints what changed (or JSON).
+    fn change(&self, req: &Request) -> Result<()> {
+        let c: Changes = self.request(req)?;
+        if self.json {
+            return out_json(&c, true);
+        }
+        if c.changes.is_empty() {
+            out("nothing changed")?;
+        }
+        for l in &c.changes {
+            out(l)?;
+        }
+        if let Some(n) = &c.note {
+            out(format!("({n})"))?;
+        }
+        Ok(())
+    }
+}
+
+/// "10.0.0.2", "10.0.0.2:5100" or "[2001:db8::2]:5100".
+pub fn parse_endpoint(s: &str) -> Result<Endpoint> {
+    if let Ok(address) = s.parse::<IpAddr>() {
+        return Ok(Endpoint {
+            address,
+            port: None,
+        });
+    }
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Ok(Endpoint {
+            address: a.ip(),
+            port: Some(a.port()),
+        }),
+        Err(_) => bail!("{s:?} is not ADDRESS or ADDRESS:PORT"),
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let json = cli.json;
+    let c = Client {
+        socket: cli
+            .socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(defaults::CONTROL_SOCKET)),
+        json,
+    };
+    match cli.cmd {
+        Cmd::Daemon { config } => daemon::run(&config, cli.socket),
+        Cmd::CheckConfig { file, offline } => check_config(&file, offline, json),
+        Cmd::Vip { cmd: VipCmd::List } => {
+            let v: Vec<VipReport> = c.request(&Request::VipList)?;
+            if json { out_json(&v, true) } else { out(render::vips(&v)) }
+        }
+        Cmd::Backend { cmd } => backend(&c, cmd),
+        Cmd::Stats { watch, count } => stats(&c, watch, count),
+        Cmd::Conns {
+            vip,
+            backend,
+            client,
+            snat,
+            limit,
+        } => {
+            let ep = |s: Option<String>| s.as_deref().map(parse_endpoint).transpose();
+            let r: ConnsReport = c.request(&Request::Conns {
+                vip,
+                backend: ep(backend)?,
+                client: ep(client)?,
+                snat: ep(snat)?,
+                limit,
+            })?;
+            if json { out_json(&r, true) } else { out(render::conns(&r)) }
+        }
+        Cmd::Lookup { client, vip } => {
+            let client: SocketAddr = client
+                .parse()
+                .map_err(|_| anyhow!("{client:?} is not CLIENT_IP:PORT"))?;
+            let r: LookupReport = c.request(&Request::Lookup { client, vip })?;
+            if json { out_json(&r, true) } else { out(render::lookup(&r)) }
+        }
+        Cmd::Reload => c.change(&Request::Reload),
+        Cmd::Unload { pin_path } => unload(&c, &pin_path),
+        Cmd::Verify => {
+            let mut l = kernel::load(&kernel::LoadOptions::default())?;
+            let n = l.program.verified_instructions()?;
+            if json {
+                out_json(serde_json::json!({ "verified_instructions": n }), true)
+            } else {
+                out(format!("verified instructions: {n}"))
+            }
+        }
+    }
+}
+
+fn backend(c: &Client, cmd: BackendCmd) -> Result<()> {
+    match cmd {
+        BackendCmd::List { vip } => {
+            let v: Vec<BackendReport> = c.request(&Request::BackendList { vip })?;
+            if c.json { out_json(&v, true) } else { out(render::backends(&v)) }
+        }
+        BackendCmd::Add {
+            vip,
+            backend,
+            weight,
+        } => c.change(&Request::BackendAdd {
+            vip,
+            backend: parse_endpoint(&backend)?,
+            weight,
+        }),
+        BackendCmd::Remove { vip, backend } => c.change(&Request::BackendRemove {
+            vip,
+            backend: parse_endpoint(&backend)?,
+        }),
+        BackendCmd::Drain { vip, backend } => c.change(&Request::BackendWeight {
+            vip,
+            backend: parse_endpoint(&backend)?,
+            weight: 0,
+        }),
+        BackendCmd::Weight {
+            vip,
+            backend,
+            weight,
+        } => c.change(&Request::BackendWeight {
+            vip,
+            backend: parse_endpoint(&backend)?,
+            weight,
+        }),
+    }
+}
+
+fn check_config(file: &Path, offline: bool, json: bool) -> Result<()> {
+    let checks = if offline { Checks::Offline } else { Checks::Host };
+    match config::load(file, checks) {
+        Ok(l) => {
+            let c = &l.config;
+            let backends: usize = c.vips.iter().map(|v| v.backends.len()).sum();
+            if json {
+                return out_json(
+                    serde_json::json!({
+                        "file": file.display().to_string(),
+                        "vips": c.vips.len(),
+                        "backends": backends,
+                        "warnings": l.warnings,
+                    }),
+                    true,
+                );
+            }
+            for w in &l.warnings {
+                out(format!("warning: {w}"))?;
+            }
+            out(format!(
+                "{}: OK ({} VIP(s), {backends} backend(s){})",
+                file.display(),
+                c.vips.len(),
+                if offline { "; host not checked" } else { "" }
+            ))
+        }
+        Err(e) if json => {
+            // The errors as data, for scripts.
+            let v = serde_json::json!({
+                "ok": false,
+                "error": e.to_string(),
+                "errors": e.errors,
+            });
+            out(serde_json::to_string_pretty(&v)?)?;
+            Err(Silent.into())
+        }
+        Err(e) => Err(anyhow!("{e}")),
+    }
+}
+
+/// An error already printed in full.
+#[derive(Debug)]
+pub struct Silent;
+
+impl std::fmt::Display for Silent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(reported above)")
+    }
+}
+
+impl std::error::Error for Silent {}
+
+fn stats(c: &Client, watch: Option<u64>, count: Option<u64>) -> Result<()> {
+    let Some(secs) = watch else {
+        let s: StatsReport = c.request(&Request::Stats)?;
+        return if c.json { out_json(&s, true) } else { out(render::stats(&s)) };
+    };
+    if secs == 0 {
+        bail!("--watch needs a period of at least 1 second");
+    }
+    let mut n = 0;
+    loop {
+        let s: StatsReport = c.request(&Request::Stats)?;
+        if c.json {
+            // One document per line, for scripts.
+            out_json(&s, false)?;
+        } else {
+            out(format!(
+                "--- {} ---\n{}",
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+                render::stats(&s)
+            ))?;
+        }
+        n += 1;
+        if count.is_some_and(|c| n >= c) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(secs));
+    }
+}
+
+/// Through the daemon when one answers; without one, directly, unless a daemon holds the pin
+/// path (then its socket is simply another one than we were given).
+fn unload(c: &Client, pin_path: &Path) -> Result<()> {
+    if std::os::unix::net::UnixStream::connect(&c.socket).is_ok() {
+        return c.change(&Request::Unload);
+    }
+    if locks::is_held(&locks::pin_lock_path(pin_path)) {
+        bail!(
+            "a wklb daemon is running on pin path {} but does not answer on {}: unload through its socket (`--socket PATH`), or stop it first; nothing was removed",
+            pin_path.display(),
+            c.socket.display()
+        );
+    }
+    bpffs::require_root("unloading the data plane")?;
+    let dir = bpffs::resolve_pin_dir(pin_path)?.path;
+    let removed = links::unload_pinned(&dir)?;
+    if c.json {
+        return out_json(Changes { changes: removed, note: None }, true);
+    }
+    if removed.is_empty() {
+        out(format!("nothing pinned under {}", pin_path.display()))?;
+    }
+    for r in removed {
+        out(r)?;
+    }
+    Ok(())
+}

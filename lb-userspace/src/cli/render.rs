@@ -1,0 +1,156 @@
+//! Aligned tables for people (`--json` prints the reports as they are).
+
+use comfy_table::{Table, presets::NOTHING};
+
+use crate::report::{BackendReport, ConnsReport, LookupReport, StatsReport, VipReport};
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(NOTHING);
+    t.set_header(header.iter().map(|h| h.to_uppercase()));
+    t
+}
+
+pub fn vips(v: &[VipReport]) -> String {
+    let mut t = table(&[
+        "vip", "address", "proto", "backends", "in table", "table", "active", "packets",
+        "new flows", "no-backend drops",
+    ]);
+    for x in v {
+        t.add_row(vec![
+            x.name.clone(),
+            format!("{}:{}", x.address, x.port),
+            x.protocol.clone(),
+            x.backends_total.to_string(),
+            x.backends_in_table.to_string(),
+            if x.fail_open {
+                "FAIL-OPEN".into()
+            } else {
+                x.table_mode.clone()
+            },
+            x.active_flows.to_string(),
+            x.packets.to_string(),
+            x.new_flows.to_string(),
+            x.no_backend_drops.to_string(),
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn backends(v: &[BackendReport]) -> String {
+    let mut t = table(&[
+        "vip", "backend", "health", "weight", "in table", "active", "closing", "new flows",
+        "pkts in", "bytes in", "pkts out", "bytes out", "rtt ms",
+    ]);
+    for b in v {
+        let mut weight = if b.weight == b.configured_weight {
+            b.weight.to_string()
+        } else {
+            format!("{} (cfg {})", b.weight, b.configured_weight)
+        };
+        if b.weight == 0 {
+            weight.push_str(" drain");
+        }
+        t.add_row(vec![
+            b.vip.clone(),
+            format!("{}:{}", b.address, b.port),
+            if b.health == "down" {
+                "DOWN".into()
+            } else {
+                b.health.clone()
+            },
+            weight,
+            if b.in_table { "yes" } else { "no" }.into(),
+            b.active_flows.to_string(),
+            b.closing_flows.to_string(),
+            b.new_flows.to_string(),
+            b.packets_in.to_string(),
+            b.bytes_in.to_string(),
+            b.packets_out.to_string(),
+            b.bytes_out.to_string(),
+            b.probe_rtt_ms
+                .map(|r| format!("{r:.2}"))
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn stats(s: &StatsReport) -> String {
+    let mut out = format!("{}\n\n{}\n\n", vips(&s.vips), backends(&s.backends));
+    out += &format!(
+        "flows: {} active, {} in all, of {} ({} expired so far)\n",
+        s.active_flows, s.flows, s.max_flows, s.expired_flows_total
+    );
+    for n in &s.snat {
+        out += &format!(
+            "snat {}: {} flows of {} ports{}\n",
+            n.address,
+            n.flows,
+            n.ports,
+            if n.active { "" } else { " (draining)" }
+        );
+    }
+    let xdp: Vec<String> = s
+        .interfaces
+        .iter()
+        .map(|a| format!("{} ({})", a.interface, a.mode))
+        .collect();
+    out += &format!(
+        "xdp: {}\n\n",
+        if xdp.is_empty() {
+            "NOT ATTACHED".to_string()
+        } else {
+            xdp.join(", ")
+        }
+    );
+    let mut t = table(&["verdict", "packets"]);
+    for (r, n) in &s.reasons {
+        if *n > 0 {
+            t.add_row(vec![r.clone(), n.to_string()]);
+        }
+    }
+    out + &t.to_string()
+}
+
+pub fn conns(r: &ConnsReport) -> String {
+    let mut t = table(&[
+        "vip", "proto", "client", "backend", "snat", "state", "age s", "idle s",
+    ]);
+    for x in &r.conns {
+        t.add_row(vec![
+            x.vip.clone(),
+            x.protocol.clone(),
+            x.client.clone(),
+            x.backend.clone(),
+            x.snat.clone(),
+            x.state.clone(),
+            format!("{:.0}", x.age_secs),
+            format!("{:.0}", x.idle_secs),
+        ]);
+    }
+    let shown = r.conns.len() as u64;
+    let tail = if shown < r.total {
+        format!("{shown} of {} connection(s) shown (--limit)", r.total)
+    } else {
+        format!("{} connection(s)", r.total)
+    };
+    format!("{t}\n{tail}")
+}
+
+pub fn lookup(r: &LookupReport) -> String {
+    let mut s = match &r.backend {
+        Some(b) => format!(
+            "{} -> vip {}: new flows go to {b} (hash {:#010x}, slot {})",
+            r.client, r.vip, r.flow_hash, r.slot
+        ),
+        None => format!(
+            "{} -> vip {}: no backend (the table is empty)",
+            r.client, r.vip
+        ),
+    };
+    if let Some(e) = &r.existing_flow_backend {
+        s += &format!("\nan existing flow for this tuple goes to {e} (it wins until it ends)");
+    }
+    s
+}

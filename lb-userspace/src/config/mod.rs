@@ -1,0 +1,268 @@
+//! The TOML configuration: schema (`schema`), validation (`validate`) and what a reload may
+//! change (`diff`).
+//!
+//! Parsing and validation never touch the kernel (`wklb check-config`). Every problem is
+//! reported with its key path and line, all at once (unknown keys included), and an invalid
+//! file changes nothing.
+
+pub mod diff;
+pub mod schema;
+mod validate;
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use lb_common::{PROTO_TCP, PROTO_UDP, conntrack::Timeouts};
+use serde::Serialize;
+
+use crate::dataplane::links::AttachMode;
+
+/// Largest backend weight accepted (config and CLI).
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub daemon: Daemon,
+    pub conntrack: Conntrack,
+    pub snat: Snat,
+    pub data_path: DataPath,
+    pub vips: Vec<Vip>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Daemon {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: AttachMode,
+    pub pin_path: PathBuf,
+    pub control_socket: PathBuf,
+    pub metrics_listen: SocketAddr,
+    pub gc_interval: Duration,
+    /// Print the data path's rare events (internal errors, first "table full") in the log.
+    pub log_data_path_events: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conntrack {
+    pub max_flows: u32,
+    pub timeouts: Timeouts,
+    pub non_syn_pass: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snat {
+    pub addresses: Vec<IpAddr>,
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+impl Snat {
+    /// Concurrent flows the SNAT addresses can carry (ports are unique per SNAT address).
+    pub fn capacity(&self) -> u64 {
+        lb_common::slot::capacity(self.addresses.len() as u32, self.port_min, self.port_max)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MssClamp {
+    Off,
+    /// The egress MTU minus the IP and TCP headers.
+    Auto,
+    Fixed(u16),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataPath {
+    pub mss_clamp: MssClamp,
+    pub echo_reply: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        }
+    }
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+    pub const fn from_number(n: u8) -> Option<Self> {
+        match n {
+            PROTO_TCP => Some(Protocol::Tcp),
+            PROTO_UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vip {
+    pub name: String,
+    pub address: IpAddr,
+    /// 0 = every port.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub health: HealthCheck,
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    None,
+    Tcp,
+    Http {
+        path: String,
+        headers: BTreeMap<String, String>,
+        expect_status: u16,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: ProbeKind,
+    /// Port probed on each backend; None = the backend's own port.
+    pub port: Option<u16>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        use schema::defaults as d;
+        HealthCheck {
+            kind: ProbeKind::Tcp,
+            port: None,
+            interval: humantime::parse_duration(d::HC_INTERVAL).expect("default"),
+            timeout: humantime::parse_duration(d::HC_TIMEOUT).expect("default"),
+            rise: d::HC_RISE as u32,
+            fall: d::HC_FALL as u32,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendConfig {
+    pub address: IpAddr,
+    /// 0 = keep the client's destination port (any-port VIPs).
+    pub port: u16,
+    pub weight: u32,
+}
+
+impl Config {
+    pub fn vip(&self, name: &str) -> Option<&Vip> {
+        self.vips.iter().find(|v| v.name == name)
+    }
+
+    /// SNAT addresses the flow table gets slots for (65,536 each): enough for the configured
+    /// addresses and for `max_flows`, so adding addresses later (a reload) rarely needs a
+    /// restart. Fixed for the life of the pinned maps.
+    pub fn snat_slots(&self) -> u32 {
+        let range = (self.snat.port_max as u64 - self.snat.port_min as u64 + 1).max(1);
+        let for_flows = (self.conntrack.max_flows as u64).div_ceil(range) as u32;
+        (self.snat.addresses.len() as u32)
+            .max(for_flows)
+            .clamp(1, lb_common::MAX_SNAT_ADDRS)
+    }
+}
+
+// ---------------------------------------------------------------- errors
+
+/// One problem (or warning) in a config file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConfigError {
+    /// Key path, e.g. `vip[0].backend[1].weight`.
+    pub path: String,
+    /// 1-based line, when the value came from the file.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}: {}", self.path, self.message),
+            None => write!(f, "{}: {}", self.path, self.message),
+        }
+    }
+}
+
+/// Every problem found in one file.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} has {} error(s):",
+            self.file.display(),
+            self.errors.len()
+        )?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// What validation checks beyond the file itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checks {
+    /// The file only.
+    Offline,
+    /// Also this host: interfaces exist, SNAT addresses are assigned here.
+    Host,
+}
+
+/// A valid configuration and what deserves a warning in it.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<ConfigError>,
+}
+
+/// Reads and validates a file.
+pub fn load(file: &Path, checks: Checks) -> Result<Loaded, ConfigErrors> {
+    let src = std::fs::read_to_string(file).map_err(|e| ConfigErrors {
+        file: file.to_path_buf(),
+        errors: vec![ConfigError {
+            path: "(file)".into(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    parse(&src, checks).map_err(|errors| ConfigErrors {
+        file: file.to_path_buf(),
+        errors,
+    })
+}
+
+/// Parses and validates TOML text.
+pub fn parse(src: &str, checks: Checks) -> Result<Loaded, Vec<ConfigError>> {
+    validate::parse(src, checks)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,239 @@
+use super::*;
+
+const GOOD: &str = r#"
+[daemon]
+interfaces = ["eth0"]
+
+[snat]
+addresses = ["192.0.2.10"]
+
+[[vip]]
+name = "im-tcp"
+address = "198.51.100.1"
+port = 5100
+
+[vip.health_check]
+kind = "http"
+port = 5001
+path = "/health"
+headers = { token = "secret" }
+interval = "1s"
+timeout = "500ms"
+
+[[vip.backend]]
+address = "192.0.2.21"
+
+[[vip.backend]]
+address = "192.0.2.22"
+weight = 50
+"#;
+
+fn ok(src: &str) -> Config {
+    parse(src, Checks::Offline).expect("valid").config
+}
+
+fn errors(src: &str) -> Vec<ConfigError> {
+    parse(src, Checks::Offline).expect_err("config should be rejected")
+}
+
+fn one_error(src: &str) -> ConfigError {
+    let e = errors(src);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    e.into_iter().next().unwrap()
+}
+
+#[test]
+fn good_config_with_defaults() {
+    let c = ok(GOOD);
+    assert_eq!(c.daemon.pin_path, PathBuf::from(schema::defaults::PIN_PATH));
+    assert_eq!(c.conntrack.max_flows, 1 << 20);
+    assert_eq!(c.conntrack.timeouts.established_ns, 15 * 60 * 1_000_000_000);
+    assert_eq!(c.data_path.mss_clamp, MssClamp::Auto);
+    assert!(c.data_path.echo_reply);
+    let v = &c.vips[0];
+    assert_eq!((v.port, v.protocol), (5100, Protocol::Tcp));
+    assert_eq!(
+        v.backends[0],
+        BackendConfig {
+            address: "192.0.2.21".parse().unwrap(),
+            port: 5100,
+            weight: 100
+        }
+    );
+    assert_eq!(v.backends[1].weight, 50);
+    let ProbeKind::Http {
+        headers,
+        expect_status,
+        ..
+    } = &v.health.kind
+    else {
+        panic!()
+    };
+    assert_eq!((headers["token"].as_str(), *expect_status), ("secret", 200));
+    assert_eq!(v.health.port, Some(5001));
+    // 1M flows over 64,512 ports: 17 SNAT slots in the flow table.
+    assert_eq!(c.snat_slots(), 17);
+}
+
+#[test]
+fn unknown_keys_are_all_reported_with_their_lines_and_the_rest_still_checked() {
+    let src = GOOD
+        .replace("weight = 50", "weight = 50\nwieght = 3")
+        .replace("port = 5001", "port = 5001\nintervall = \"2s\"")
+        .replace("timeout = \"500ms\"", "timeout = \"5s\"");
+    let e = errors(&src);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    let w = e
+        .iter()
+        .find(|e| e.path == "vip[0].backend[1].wieght")
+        .unwrap_or_else(|| panic!("{e:#?}"));
+    assert!(w.message.contains("unknown key `wieght`"), "{w}");
+    assert_eq!(w.line, Some(28));
+    assert!(e.iter().any(|e| e.path.ends_with("intervall")), "{e:#?}");
+    assert!(
+        e.iter().any(|e| e.message.contains("shorter than interval")),
+        "validation still ran: {e:#?}"
+    );
+}
+
+#[test]
+fn duplicate_key_is_named() {
+    let e = one_error(&GOOD.replace("port = 5100", "port = 5100\nport = 5200"));
+    assert!(e.message.contains("`port`"), "{e}");
+    assert_eq!(e.line, Some(12), "the second definition");
+}
+
+#[test]
+fn vip_without_backends() {
+    let src = GOOD.split("[[vip.backend]]").next().unwrap();
+    let e = one_error(src);
+    assert_eq!(e.path, "vip[0].backend");
+    assert!(e.message.contains("no backends"), "{e}");
+    assert_eq!(e.line, Some(9));
+}
+
+#[test]
+fn duplicate_vip_tuple() {
+    let dup = format!(
+        "{GOOD}\n[[vip]]\nname = \"again\"\naddress = \"198.51.100.1\"\nport = 5100\n[[vip.backend]]\naddress = \"192.0.2.30\"\n"
+    );
+    let e = one_error(&dup);
+    assert_eq!(e.path, "vip[1].address");
+    assert!(e.message.contains("198.51.100.1:5100/tcp"), "{e}");
+}
+
+#[test]
+fn negative_and_all_zero_weights() {
+    let e = one_error(&GOOD.replace("weight = 50", "weight = -5"));
+    assert_eq!(e.path, "vip[0].backend[1].weight");
+    assert!(e.message.contains("-5"), "{e}");
+    assert_eq!(e.line, Some(26));
+    let zero = GOOD.replace("weight = 50", "weight = 0").replace(
+        "address = \"192.0.2.21\"",
+        "address = \"192.0.2.21\"\nweight = 0",
+    );
+    let e = one_error(&zero);
+    assert!(e.message.contains("weight 0"), "{e}");
+}
+
+#[test]
+fn wrong_family() {
+    let e = one_error(&GOOD.replace("192.0.2.22", "2001:db8::22"));
+    assert_eq!(e.path, "vip[0].backend[1].address");
+    assert!(e.message.contains("IPv6"), "{e}");
+    let e = one_error(&GOOD.replace("\"192.0.2.10\"", "\"2001:db8::10\""));
+    assert_eq!(e.path, "snat.addresses[0]");
+}
+
+#[test]
+fn bad_duration_and_timeout_not_below_interval() {
+    let e = one_error(&GOOD.replace("interval = \"1s\"", "interval = \"soon\""));
+    assert_eq!(e.path, "vip[0].health_check.interval");
+    assert!(e.message.contains("not a duration"), "{e}");
+    let e = one_error(&GOOD.replace("timeout = \"500ms\"", "timeout = \"2s\""));
+    assert_eq!(e.path, "vip[0].health_check.timeout");
+    assert!(e.message.contains("shorter than interval"), "{e}");
+}
+
+#[test]
+fn several_errors_are_reported_together() {
+    let src = GOOD
+        .replace("weight = 50", "weight = -1")
+        .replace("timeout = \"500ms\"", "timeout = \"5s\"");
+    assert_eq!(errors(&src).len(), 2);
+}
+
+#[test]
+fn missing_interface_is_an_error_when_checking_the_host() {
+    let e = parse(&GOOD.replace("eth0", "wklb-no-such-if0"), Checks::Host).unwrap_err();
+    assert!(
+        e.iter()
+            .any(|e| e.path == "daemon.interfaces[0]" && e.message.contains("does not exist")),
+        "{e:?}"
+    );
+    // And a SNAT address this host does not have.
+    assert!(
+        e.iter()
+            .any(|e| e.path == "snat.addresses[0]" && e.message.contains("not assigned")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn snat_address_equal_to_a_vip_is_refused() {
+    let e = one_error(&GOOD.replace("\"192.0.2.10\"", "\"198.51.100.1\""));
+    assert_eq!(e.path, "snat.addresses[0]");
+    assert!(e.message.contains("im-tcp"), "{e}");
+}
+
+#[test]
+fn too_many_backends_in_all() {
+    let mut src = String::from(
+        "[daemon]\ninterfaces = [\"eth0\"]\n[snat]\naddresses = [\"192.0.2.10\"]\n",
+    );
+    for v in 0..3 {
+        src += &format!("[[vip]]\nname = \"v{v}\"\naddress = \"198.51.100.1\"\nport = {}\n", 5000 + v);
+        for b in 0..1400 {
+            src += &format!("[[vip.backend]]\naddress = \"10.{v}.{}.{}\"\n", b / 250, b % 250 + 1);
+        }
+    }
+    let e = one_error(&src);
+    assert!(e.message.contains("4200 backends") && e.message.contains("4096"), "{e}");
+}
+
+#[test]
+fn mss_clamp_values() {
+    let with = |v: &str| GOOD.replace("[[vip]]", &format!("[data_path]\nmss_clamp = {v}\n\n[[vip]]"));
+    assert_eq!(ok(&with("\"off\"")).data_path.mss_clamp, MssClamp::Off);
+    assert_eq!(ok(&with("1360")).data_path.mss_clamp, MssClamp::Fixed(1360));
+    let e = one_error(&with("100"));
+    assert_eq!(e.path, "data_path.mss_clamp");
+    let e = one_error(&with("\"sometimes\""));
+    assert!(e.message.contains("\"auto\""), "{e}");
+}
+
+#[test]
+fn snat_capacity_below_max_flows_is_a_warning() {
+    let l = parse(GOOD, Checks::Offline).unwrap();
+    let w = l
+        .warnings
+        .iter()
+        .find(|w| w.path == "snat.addresses")
+        .expect("capacity warning");
+    assert!(w.message.contains("64512"), "{w}");
+    let small = GOOD.replace("[snat]", "[conntrack]\nmax_flows = 50000\n\n[snat]");
+    assert!(parse(&small, Checks::Offline).unwrap().warnings.is_empty());
+}
+
+#[test]
+fn shipped_examples_are_valid() {
+    let c = ok(include_str!("../../../examples/wklb.toml"));
+    assert_eq!(c.vips.len(), 2);
+    assert_eq!(c.vips[1].port, 5200);
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let e = one_error("[daemon\ninterfaces = []");
+    assert_eq!(e.line, Some(1));
+}

@@ -1,0 +1,105 @@
+//! Rebuilding the controller's state from maps pinned by an earlier daemon: VIPs by (address,
+//! port, protocol), backends by (VIP id, address, port), SNAT addresses by index. A backend in
+//! its VIP's live table counts as up (it was, a moment ago); the config then names them.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use lb_common::{Backend, NO_BACKEND, VipMeta};
+
+use super::{
+    plan::TableMode,
+    state::{BackendState, SnatState, State, VipState},
+};
+use crate::{
+    config::{Config, HealthCheck, Protocol},
+    dataplane::Image,
+    health::{Health, Status},
+    sys::clock::monotonic_ns,
+};
+
+fn ip(word: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(word.to_ne_bytes()))
+}
+
+pub fn state(img: &Image, cfg: &Config) -> State {
+    let mut s = State::new(cfg.clone());
+    let now = monotonic_ns();
+    for (key, meta) in &img.vips {
+        let Some(protocol) = Protocol::from_number(key.proto) else {
+            continue;
+        };
+        let table = img.tables.get(&meta.vip_id).cloned();
+        let in_table: BTreeSet<u32> = table
+            .iter()
+            .flat_map(|t| t.iter().copied())
+            .filter(|id| *id != NO_BACKEND)
+            .collect();
+        let fail_open = meta.flags & VipMeta::FAIL_OPEN != 0;
+        let mut v = VipState {
+            name: format!("(adopted {})", meta.vip_id),
+            address: ip(key.addr),
+            port: key.port,
+            protocol,
+            health: HealthCheck::default(),
+            id: meta.vip_id,
+            backends: Vec::new(),
+            adopted: true,
+            table: table.unwrap_or_else(VipState::empty_table),
+            members: Vec::new(),
+            mode: if fail_open { TableMode::FailOpen } else { TableMode::Normal },
+        };
+        for (id, b) in img.backends.iter().filter(|(_, b)| b.vip_id == meta.vip_id) {
+            if b.flags & Backend::ACTIVE == 0 {
+                continue;
+            }
+            let up = in_table.contains(id) && !fail_open;
+            v.backends.push(BackendState {
+                address: ip(b.addr.v4_word_of()),
+                port: b.port,
+                weight: 0,
+                configured_weight: 0,
+                id: *id,
+                health: Health::new(2, 2, if up { Status::Up } else { Status::Down }),
+                last_rtt: None,
+                last_error: None,
+            });
+        }
+        s.vips.push(v);
+    }
+    // Inactive slots that flows may still reference stay reserved until expiry frees them.
+    for (id, b) in &img.backends {
+        if b.flags & Backend::ACTIVE == 0 {
+            s.retired_backends.insert(*id, (*b, now));
+        }
+    }
+    let picked: BTreeSet<u32> = img.snat_pick.values().copied().collect();
+    for (i, a) in &img.snat {
+        let active = picked.contains(i);
+        s.snat.insert(
+            *i,
+            (
+                SnatState {
+                    address: ip(a.addr.v4_word_of()),
+                    active,
+                },
+                now,
+            ),
+        );
+    }
+    s
+}
+
+pub fn summary(s: &State) -> Vec<String> {
+    if s.vips.is_empty() {
+        return Vec::new();
+    }
+    vec![format!(
+        "adopted {} VIP(s), {} backend(s) and {} SNAT address(es) from the pinned maps",
+        s.vips.len(),
+        s.vips.iter().map(|v| v.backends.len()).sum::<usize>(),
+        s.snat.len()
+    )]
+}

@@ -1,0 +1,164 @@
+//! Expiry: removes idle flows (per-state timeouts), frees their slots (SNAT ports), cleans up
+//! what races left behind, and tells the controller which backend ids and SNAT addresses flows
+//! still hold. Runs on its own thread over the memory-mapped flow table: no syscall per live
+//! flow, no lock anyone else needs.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use lb_common::{
+    Flow4Key, FlowEntry,
+    conntrack::{Timeouts, is_expired},
+    slot::{self, DYING, FREE},
+};
+use log::{debug, warn};
+
+use super::{edits::InUse, thread::{Command, Handle}};
+use crate::{dataplane::Flows, sys::clock::monotonic_ns};
+
+/// A slot claimed without a FLOWS4 entry for longer than this is an orphan (a creation takes
+/// microseconds).
+const ORPHAN_GRACE_NS: u64 = 2_000_000_000;
+
+/// What one pass did and found.
+#[derive(Clone, Debug, Default)]
+pub struct Sweep {
+    pub expired: u64,
+    /// Claimed slots no FLOWS4 entry points at (two CPUs restarting one tuple), freed.
+    pub orphans: u64,
+    /// FLOWS4 entries pointing at slots that belong to nobody or someone else, removed.
+    pub stale_refs: u64,
+    pub live: u64,
+    pub in_use: InUse,
+    pub took: Duration,
+}
+
+pub fn sweep(flows: &dyn Flows, timeouts: &Timeouts, now: u64) -> Result<Sweep> {
+    let t0 = Instant::now();
+    let mut out = Sweep {
+        in_use: InUse {
+            started_ns: now,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let refs = flows.refs()?;
+    let by_slot: HashMap<u32, u32> = refs.iter().map(|(_, r)| (r.slot, r.token)).collect();
+    let mut expire: Vec<(u32, FlowEntry)> = Vec::new();
+    let mut orphans: Vec<(u32, u32)> = Vec::new();
+    flows.scan(&mut |s, e| {
+        if e.owner == DYING {
+            // A pass that stopped midway: finish it.
+            orphans.push((s, DYING));
+            return;
+        }
+        let referenced = by_slot.get(&s) == Some(&e.owner);
+        let idle = now.saturating_sub(e.last_seen_ns);
+        if !referenced && idle > ORPHAN_GRACE_NS {
+            orphans.push((s, e.owner));
+        } else if is_expired(e, now, timeouts) {
+            expire.push((s, *e));
+        } else {
+            out.live += 1;
+            out.in_use.backends.insert(e.backend_id as u32);
+            out.in_use.snat.insert(slot::snat_index_of(s));
+        }
+    });
+    for (s, owner) in orphans {
+        if flows.swap_owner(s, owner, FREE) {
+            out.orphans += 1;
+        }
+    }
+    for (s, e) in expire {
+        if remove(flows, s, &e)? {
+            out.expired += 1;
+        } else {
+            out.live += 1;
+            out.in_use.backends.insert(e.backend_id as u32);
+            out.in_use.snat.insert(slot::snat_index_of(s));
+        }
+    }
+    for (k, r) in refs {
+        let owner = flows.entry(r.slot).owner;
+        if owner != r.token && owner != DYING && drop_ref(flows, &k, r)? {
+            out.stale_refs += 1;
+        }
+    }
+    out.in_use.expired = out.expired;
+    out.took = t0.elapsed();
+    Ok(out)
+}
+
+/// Expires one flow: mark its slot DYING (the data path stops following it), check it did not
+/// come back to life meanwhile, remove its FLOWS4 entry, free the slot.
+fn remove(flows: &dyn Flows, s: u32, seen: &FlowEntry) -> Result<bool> {
+    if !flows.swap_owner(s, seen.owner, DYING) {
+        return Ok(false);
+    }
+    if flows.entry(s).last_seen_ns != seen.last_seen_ns {
+        // A packet refreshed it between the scan and the mark: it lives on.
+        flows.swap_owner(s, DYING, seen.owner);
+        return Ok(false);
+    }
+    let key = seen.key_v4();
+    if let Some(r) = flows.take_ref(&key)?
+        && (r.slot != s || r.token != seen.owner)
+    {
+        // The tuple belongs to a newer flow now (a SYN on a reused port): put it back.
+        flows.restore_ref(&key, &r)?;
+    }
+    flows.swap_owner(s, DYING, FREE);
+    Ok(true)
+}
+
+/// Removes a FLOWS4 entry still equal to `r`; true when it was.
+fn drop_ref(flows: &dyn Flows, k: &Flow4Key, r: lb_common::FlowRef) -> Result<bool> {
+    match flows.take_ref(k)? {
+        Some(now) if now == r => Ok(true),
+        Some(now) => {
+            flows.restore_ref(k, &now)?;
+            Ok(false)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Runs passes every `daemon.gc_interval` (read from the snapshot, so a reload takes effect)
+/// until `stop` is set or the controller goes away.
+pub fn spawn(flows: Arc<dyn Flows>, h: Handle, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("wklb-expiry".into())
+        .spawn(move || {
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                if Instant::now() < next {
+                    continue;
+                }
+                let cfg = h.snapshot().config.clone();
+                next = Instant::now() + cfg.daemon.gc_interval;
+                match sweep(flows.as_ref(), &cfg.conntrack.timeouts, monotonic_ns()) {
+                    Ok(s) => {
+                        if s.expired + s.orphans + s.stale_refs > 0 {
+                            debug!(
+                                "expiry: {} expired, {} orphan slots and {} stale references cleaned, {} live ({:?})",
+                                s.expired, s.orphans, s.stale_refs, s.live, s.took
+                            );
+                        }
+                        if h.send(Command::InUse(s.in_use)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => warn!("flow expiry pass failed: {e:#}"),
+                }
+            }
+        })
+        .expect("starting the expiry thread")
+}

@@ -1,0 +1,266 @@
+//! Reports built from the published snapshot, the counters and the flow table, never from the
+//! controller itself: `stats`, `conns`, `lookup` and /metrics never wait behind a table install
+//! or an expiry pass, and flow counts are exact at the moment of asking.
+
+use std::{
+    collections::{BTreeMap, BinaryHeap, HashMap},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
+
+use anyhow::{Result, bail};
+use lb_common::{
+    Flow4Key, FlowEntry, MAGLEV_TABLE_SIZE, NO_BACKEND, Reason,
+    conntrack::State,
+    hash::flow_hash_v4_key,
+    slot,
+};
+
+use super::{Snapshot, plan::TableMode};
+use crate::{
+    dataplane::{Counters, Flows},
+    health::Status,
+    report::{
+        BackendReport, ConnReport, ConnsReport, LookupReport, SnatReport, StatsReport, VipReport,
+    },
+};
+
+fn ip(word: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(word.to_ne_bytes()))
+}
+
+const fn mode_name(m: TableMode) -> &'static str {
+    match m {
+        TableMode::Normal => "normal",
+        TableMode::Starting => "starting",
+        TableMode::FailOpen => "fail_open",
+        TableMode::Empty => "empty",
+    }
+}
+
+const fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Up => "up",
+        Status::Down => "down",
+        Status::Pending => "pending",
+    }
+}
+
+/// Flow counts from one scan of the table.
+#[derive(Default)]
+struct FlowCounts {
+    /// backend id → (open, closing)
+    per_backend: HashMap<u32, (u64, u64)>,
+    per_vip: HashMap<u32, u64>,
+    per_snat: HashMap<u32, u64>,
+    total: u64,
+    open: u64,
+}
+
+fn count(flows: &dyn Flows) -> FlowCounts {
+    let mut c = FlowCounts::default();
+    flows.scan(&mut |s, e| {
+        if !e.is_live() {
+            return;
+        }
+        c.total += 1;
+        *c.per_snat.entry(slot::snat_index_of(s)).or_default() += 1;
+        let b = c.per_backend.entry(e.backend_id as u32).or_default();
+        if State::from_u8(e.state).is_some_and(State::is_open) {
+            b.0 += 1;
+            c.open += 1;
+            *c.per_vip.entry(e.vip_id as u32).or_default() += 1;
+        } else {
+            b.1 += 1;
+        }
+    });
+    c
+}
+
+pub fn stats(snap: &Snapshot, counters: &dyn Counters, flows: &dyn Flows) -> Result<StatsReport> {
+    let reasons = counters.reasons()?;
+    let fc = count(flows);
+    let cfg = &snap.config;
+    let ports = cfg.snat.port_max as u64 - cfg.snat.port_min as u64 + 1;
+    let mut r = StatsReport {
+        reasons: Reason::ALL
+            .iter()
+            .map(|x| (x.name().to_string(), reasons[*x as usize]))
+            .collect(),
+        flows: fc.total,
+        active_flows: fc.open,
+        max_flows: flows.max_flows(),
+        expired_flows_total: snap.expired_total,
+        snat: snap
+            .snat
+            .iter()
+            .map(|s| SnatReport {
+                address: s.address.to_string(),
+                active: s.active,
+                flows: fc.per_snat.get(&s.index).copied().unwrap_or(0),
+                ports,
+            })
+            .collect(),
+        interfaces: snap.attachments.clone(),
+        ..Default::default()
+    };
+    for v in &snap.vips {
+        let s = counters.vip(v.id)?;
+        r.vips.push(VipReport {
+            name: v.name.clone(),
+            address: v.address.to_string(),
+            port: v.port,
+            protocol: v.protocol.name().into(),
+            table_mode: mode_name(v.mode).into(),
+            fail_open: v.mode == TableMode::FailOpen,
+            packets: s.packets,
+            bytes: s.bytes,
+            new_flows: s.new_flows,
+            no_backend_drops: s.no_backend,
+            active_flows: fc.per_vip.get(&v.id).copied().unwrap_or(0),
+            backends_total: v.backends.len(),
+            backends_in_table: v.backends.iter().filter(|b| b.in_table).count(),
+        });
+        for b in &v.backends {
+            let s = counters.backend(b.id)?;
+            let (open, closing) = fc.per_backend.get(&b.id).copied().unwrap_or_default();
+            r.backends.push(BackendReport {
+                vip: v.name.clone(),
+                address: b.address.to_string(),
+                port: b.port,
+                weight: b.weight,
+                configured_weight: b.configured_weight,
+                health: status_name(b.status).into(),
+                healthy: b.status == Status::Up,
+                in_table: b.in_table,
+                packets_in: s.packets_in,
+                bytes_in: s.bytes_in,
+                packets_out: s.packets_out,
+                bytes_out: s.bytes_out,
+                new_flows: s.new_flows,
+                active_flows: open,
+                closing_flows: closing,
+                probe_rtt_ms: b.probe_rtt_ms,
+                last_probe_error: b.last_error.clone(),
+            });
+        }
+    }
+    Ok(r)
+}
+
+/// Filters of a connection listing.
+#[derive(Clone, Debug, Default)]
+pub struct ConnFilter {
+    pub vip: Option<String>,
+    /// Address, and port when given.
+    pub backend: Option<(IpAddr, Option<u16>)>,
+    pub client: Option<(IpAddr, Option<u16>)>,
+    /// A SNAT address and port the data node saw: maps it back to the client.
+    pub snat: Option<(IpAddr, Option<u16>)>,
+    pub limit: Option<usize>,
+}
+
+fn matches(want: &Option<(IpAddr, Option<u16>)>, a: IpAddr, p: u16) -> bool {
+    want.is_none_or(|(wa, wp)| wa == a && wp.is_none_or(|wp| wp == p))
+}
+
+fn conn_row(snap: &Snapshot, s: u32, e: &FlowEntry, now_ns: u64) -> ConnReport {
+    let vip = snap
+        .vip_by_id(e.vip_id as u32)
+        .map(|v| v.name.clone())
+        .unwrap_or_else(|| "(removed)".into());
+    let snat_addr = snap
+        .snat
+        .iter()
+        .find(|x| x.index == slot::snat_index_of(s))
+        .map(|x| x.address)
+        .unwrap_or(ip(e.client[2]));
+    ConnReport {
+        vip,
+        protocol: if e.proto == lb_common::PROTO_TCP { "tcp" } else { "udp" }.into(),
+        client: SocketAddr::new(ip(e.client[0]), e.client_port).to_string(),
+        backend: SocketAddr::new(ip(e.backend), e.backend_port).to_string(),
+        snat: SocketAddr::new(snat_addr, slot::port_of(s)).to_string(),
+        state: State::from_u8(e.state).map(|s| s.name()).unwrap_or("unknown").into(),
+        age_secs: (now_ns / 1_000_000_000).saturating_sub(e.created_s as u64) as f64,
+        idle_secs: now_ns.saturating_sub(e.last_seen_ns) as f64 / 1e9,
+    }
+}
+
+/// Live connections matching `f`, the first `limit` by (VIP, backend, client), and how many
+/// matched in all. Keeps only `limit` rows in memory however large the table is.
+pub fn conns(snap: &Snapshot, flows: &dyn Flows, f: &ConnFilter, now_ns: u64) -> Result<ConnsReport> {
+    if let Some(name) = &f.vip {
+        snap.vip(name)?;
+    }
+    let vip_id = f.vip.as_ref().and_then(|n| snap.vip(n).ok()).map(|v| v.id);
+    let limit = f.limit.unwrap_or(usize::MAX);
+    let mut heap: BinaryHeap<(String, String, String, u32)> = BinaryHeap::new();
+    let mut rows: BTreeMap<u32, FlowEntry> = BTreeMap::new();
+    let mut total = 0u64;
+    flows.scan(&mut |s, e| {
+        if !e.is_live() || vip_id.is_some_and(|id| id != e.vip_id as u32) {
+            return;
+        }
+        let snat_addr = snap
+            .snat
+            .iter()
+            .find(|x| x.index == slot::snat_index_of(s))
+            .map(|x| x.address)
+            .unwrap_or(ip(e.client[2]));
+        if !matches(&f.backend, ip(e.backend), e.backend_port)
+            || !matches(&f.client, ip(e.client[0]), e.client_port)
+            || !matches(&f.snat, snat_addr, slot::port_of(s))
+        {
+            return;
+        }
+        total += 1;
+        let key = (
+            snap.vip_by_id(e.vip_id as u32)
+                .map(|v| v.name.clone())
+                .unwrap_or_default(),
+            SocketAddr::new(ip(e.backend), e.backend_port).to_string(),
+            SocketAddr::new(ip(e.client[0]), e.client_port).to_string(),
+            s,
+        );
+        heap.push(key);
+        rows.insert(s, *e);
+        if heap.len() > limit
+            && let Some(evicted) = heap.pop()
+        {
+            rows.remove(&evicted.3);
+        }
+    });
+    let mut conns: Vec<ConnReport> = heap
+        .into_sorted_vec()
+        .into_iter()
+        .filter_map(|k| rows.get(&k.3).map(|e| conn_row(snap, k.3, e, now_ns)))
+        .collect();
+    conns.sort_by(|a, b| (&a.vip, &a.backend, &a.client).cmp(&(&b.vip, &b.backend, &b.client)));
+    Ok(ConnsReport { total, conns })
+}
+
+/// Which backend a new flow from `client` to the VIP gets, from the same hash and table the
+/// kernel uses (and the existing flow, if one is recorded for that tuple).
+pub fn lookup(snap: &Snapshot, flows: &dyn Flows, client: SocketAddr, vip: &str) -> Result<LookupReport> {
+    let v = snap.vip(vip)?;
+    let (SocketAddr::V4(c), IpAddr::V4(va)) = (client, v.address) else {
+        bail!("client {client} is not IPv4");
+    };
+    let key = Flow4Key::new(c.ip().octets(), va.octets(), c.port(), v.port, v.protocol.number());
+    let h = flow_hash_v4_key(&key);
+    let table_slot = h % MAGLEV_TABLE_SIZE;
+    let id = v.table.get(table_slot as usize).copied().unwrap_or(NO_BACKEND);
+    let backend = v.backends.iter().find(|b| b.id == id).map(|b| b.socket().to_string());
+    let existing = flows.get_ref(&key)?.and_then(|r| {
+        let e = flows.entry(r.slot);
+        (e.owner == r.token).then(|| SocketAddr::new(ip(e.backend), e.backend_port).to_string())
+    });
+    Ok(LookupReport {
+        vip: v.name.clone(),
+        client: client.to_string(),
+        flow_hash: h,
+        slot: table_slot,
+        backend,
+        existing_flow_backend: existing,
+    })
+}

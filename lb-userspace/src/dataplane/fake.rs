@@ -1,0 +1,168 @@
+//! In-memory stand-ins for the kernel maps, for host tests of the controller and expiry: no
+//! root, no kernel, and writes can be made to fail on purpose.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use anyhow::{Result, bail};
+use lb_common::{BackendStats, Flow4Key, FlowEntry, FlowRef, Reason, VipStats, slot};
+
+use super::{Counters, Flows, Image, Maps, Write};
+
+/// Configuration maps as an `Image`, with every write recorded.
+#[derive(Clone, Default)]
+pub struct FakeMaps {
+    pub image: Arc<Mutex<Image>>,
+    /// Every write made, in order.
+    pub log: Arc<Mutex<Vec<Write>>>,
+    /// Fail the write with this 0-based number (counting all writes), once.
+    pub fail_at: Arc<Mutex<Option<usize>>>,
+    writes: Arc<AtomicUsize>,
+}
+
+impl FakeMaps {
+    /// Maps already holding `image` (a data plane adopted from pins).
+    pub fn holding(image: Image) -> Self {
+        let f = FakeMaps::default();
+        *f.image.lock().unwrap() = image;
+        f
+    }
+
+    pub fn image(&self) -> Image {
+        self.image.lock().unwrap().clone()
+    }
+
+    /// Makes the `n`-th write from now fail.
+    pub fn fail_in(&self, n: usize) {
+        *self.fail_at.lock().unwrap() = Some(self.writes.load(Ordering::SeqCst) + n);
+    }
+
+    pub fn writes(&self) -> usize {
+        self.writes.load(Ordering::SeqCst)
+    }
+}
+
+impl Maps for FakeMaps {
+    fn write(&mut self, w: &Write) -> Result<()> {
+        let n = self.writes.fetch_add(1, Ordering::SeqCst);
+        let mut fail = self.fail_at.lock().unwrap();
+        if *fail == Some(n) {
+            *fail = None;
+            bail!("injected failure of write {n} ({w:?})");
+        }
+        self.image.lock().unwrap().apply(w);
+        self.log.lock().unwrap().push(w.clone());
+        Ok(())
+    }
+
+    fn read(&self) -> Result<Image> {
+        Ok(self.image())
+    }
+}
+
+/// Counters set by the test.
+#[derive(Default)]
+pub struct FakeCounters {
+    pub reasons: Mutex<Vec<u64>>,
+    pub vips: Mutex<HashMap<u32, VipStats>>,
+    pub backends: Mutex<HashMap<u32, BackendStats>>,
+}
+
+impl Counters for FakeCounters {
+    fn reasons(&self) -> Result<Vec<u64>> {
+        let mut r = self.reasons.lock().unwrap().clone();
+        r.resize(Reason::COUNT as usize, 0);
+        Ok(r)
+    }
+    fn vip(&self, id: u32) -> Result<VipStats> {
+        Ok(self.vips.lock().unwrap().get(&id).copied().unwrap_or_default())
+    }
+    fn backend(&self, id: u32) -> Result<BackendStats> {
+        Ok(self
+            .backends
+            .lock()
+            .unwrap()
+            .get(&id)
+            .copied()
+            .unwrap_or_default())
+    }
+}
+
+/// A connection table in memory.
+pub struct FakeFlows {
+    pub table: Mutex<Vec<FlowEntry>>,
+    pub refs: Mutex<HashMap<Flow4Key, FlowRef>>,
+    max_flows: u32,
+}
+
+impl FakeFlows {
+    pub fn new(slots: u32, max_flows: u32) -> Self {
+        FakeFlows {
+            table: Mutex::new(vec![FlowEntry::default(); slots as usize]),
+            refs: Mutex::new(HashMap::new()),
+            max_flows,
+        }
+    }
+
+    /// Puts a flow in `slot` the way the data path would: claim, fill, reference.
+    pub fn insert(&self, slot: u32, mut e: FlowEntry) -> FlowRef {
+        let token = slot::token(slot.wrapping_mul(2_654_435_761));
+        e.owner = token;
+        let r = FlowRef { slot, token };
+        self.refs.lock().unwrap().insert(e.key_v4(), r);
+        self.table.lock().unwrap()[slot as usize] = e;
+        r
+    }
+}
+
+impl Flows for FakeFlows {
+    fn max_flows(&self) -> u32 {
+        self.max_flows
+    }
+    fn slots(&self) -> u32 {
+        self.table.lock().unwrap().len() as u32
+    }
+    fn entry(&self, slot: u32) -> FlowEntry {
+        self.table.lock().unwrap()[slot as usize]
+    }
+    fn scan(&self, f: &mut dyn FnMut(u32, &FlowEntry)) {
+        let t = self.table.lock().unwrap().clone();
+        for (i, e) in t.iter().enumerate() {
+            if e.owner != slot::FREE {
+                f(i as u32, e);
+            }
+        }
+    }
+    fn swap_owner(&self, s: u32, from: u32, to: u32) -> bool {
+        let mut t = self.table.lock().unwrap();
+        if t[s as usize].owner != from {
+            return false;
+        }
+        t[s as usize].owner = to;
+        true
+    }
+    fn refs(&self) -> Result<Vec<(Flow4Key, FlowRef)>> {
+        Ok(self
+            .refs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect())
+    }
+    fn get_ref(&self, key: &Flow4Key) -> Result<Option<FlowRef>> {
+        Ok(self.refs.lock().unwrap().get(key).copied())
+    }
+    fn take_ref(&self, key: &Flow4Key) -> Result<Option<FlowRef>> {
+        Ok(self.refs.lock().unwrap().remove(key))
+    }
+    fn restore_ref(&self, key: &Flow4Key, r: &FlowRef) -> Result<()> {
+        self.refs.lock().unwrap().entry(*key).or_insert(*r);
+        Ok(())
+    }
+}

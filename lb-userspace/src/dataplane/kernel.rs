@@ -1,0 +1,568 @@
+//! The real data plane: loads (or adopts) the XDP object and implements the dataplane traits on
+//! its maps. Arrays the daemon fills in bulk (Maglev tables, the address filter) and the flow
+//! table it sweeps are memory-mapped; everything else is a map update per element.
+
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, ArrayOfMaps, DevMapHash, HashMap, IterableMap as _, Map, MapData, PerCpuArray},
+    programs::Xdp,
+};
+use lb_common::{
+    ADDR_FILTER_SIZE, AddrClass, BPF_F_MMAPABLE, Backend, BackendHop, BackendStats,
+    DataplaneConfig, Flow4Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE, MAX_SNAT_ADDRS, Reason,
+    SLOTS_PER_SNAT_ADDR, SnatAddr, Vip4Key, VipInfo, VipMeta, VipStats, names,
+};
+
+use super::{Counters, Flows, Image, Maps, Write};
+use crate::sys::{self, bpf::Mmap, bpffs::PinDir};
+
+/// The compiled XDP object, built by build.rs (lb-ebpf).
+pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wklb-xdp"));
+
+/// The program's name inside the object.
+pub const PROGRAM: &str = "wklb";
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Capacity of FLOWS4.
+    pub max_flows: u32,
+    /// SNAT addresses FLOW_TABLE has slots for (65,536 slots each).
+    pub snat_slots: u32,
+    /// Pin every map under this directory, adopting maps already pinned there (a restarted or
+    /// upgraded daemon keeps every flow and counter). None: private maps (tests, benchmarks).
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            max_flows: lb_common::DEFAULT_MAX_FLOWS,
+            snat_slots: 4,
+            pin_dir: None,
+        }
+    }
+}
+
+/// Where the maps are pinned and whether this load found them there already.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    pub dir: PinDir,
+    pub adopted: bool,
+}
+
+/// A loaded data plane, split by who uses what: the program (attach, tests, benchmarks) stays
+/// with the daemon's start-up code, the maps go to the controller, counters and flows are
+/// shared with reports, metrics and expiry.
+pub struct Loaded {
+    pub program: Program,
+    pub maps: KernelMaps,
+    pub counters: Arc<KernelCounters>,
+    pub flows: Arc<KernelFlows>,
+    pub pins: Option<Pins>,
+}
+
+/// Loads and verifies the program, creating its maps or adopting pinned ones.
+pub fn load(opts: &LoadOptions) -> Result<Loaded> {
+    sys::bpffs::require_root("loading the data plane")?;
+    if opts.max_flows == 0 || opts.snat_slots == 0 || opts.snat_slots > MAX_SNAT_ADDRS {
+        bail!(
+            "max_flows must be at least 1 and SNAT slots between 1 and {MAX_SNAT_ADDRS} (got {} and {})",
+            opts.max_flows,
+            opts.snat_slots
+        );
+    }
+    let pin = match &opts.pin_dir {
+        Some(d) => Some(sys::bpffs::resolve_pin_dir(d)?),
+        None => None,
+    };
+    let mut loader = EbpfLoader::new();
+    let table_slots = opts.snat_slots * SLOTS_PER_SNAT_ADDR;
+    loader
+        .map_max_entries(names::FLOWS4, opts.max_flows)
+        .map_max_entries(names::FLOW_TABLE, table_slots);
+    let mut adopted = false;
+    let pin_paths: Vec<(&str, PathBuf)> = match &pin {
+        Some(p) => {
+            std::fs::create_dir_all(&p.path)
+                .with_context(|| format!("creating {}", p.path.display()))?;
+            adopted = p.path.join(names::FLOWS4).exists();
+            names::ALL.iter().map(|n| (*n, p.path.join(n))).collect()
+        }
+        None => Vec::new(),
+    };
+    for (name, path) in &pin_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(XDP_OBJECT).with_context(|| match &pin {
+        Some(p) if adopted => format!(
+            "loading the XDP object with the maps pinned in {} (if they come from an incompatible wklb version, `wklb unload` removes them, which breaks live connections)",
+            p.path.display()
+        ),
+        _ => "loading the XDP object into the kernel".to_string(),
+    })?;
+    let logger = aya_log::EbpfLogger::init(&mut ebpf)
+        .map_err(|e| log::debug!("data-path log events unavailable: {e}"))
+        .ok();
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROGRAM)
+        .ok_or_else(|| anyhow!("program {PROGRAM} missing from the object"))?
+        .try_into()?;
+    prog.load()
+        .context("the kernel verifier rejected the XDP program")?;
+    let maps = KernelMaps::take(&mut ebpf)?;
+    let counters = Arc::new(KernelCounters::take(&mut ebpf)?);
+    let flows = Arc::new(KernelFlows::take(&mut ebpf)?);
+    if adopted && flows.max_flows() != opts.max_flows {
+        log::warn!(
+            "the pinned connection table holds {} flows, not the configured {}: resizing needs `wklb unload` (which breaks live connections)",
+            flows.max_flows(),
+            opts.max_flows
+        );
+    }
+    let mut loaded = Loaded {
+        program: Program { ebpf, logger },
+        maps,
+        counters,
+        flows,
+        pins: pin.map(|dir| Pins { dir, adopted }),
+    };
+    if !adopted {
+        loaded
+            .maps
+            .write(&Write::Config(DataplaneConfig::default()))?;
+    }
+    Ok(loaded)
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))
+}
+
+macro_rules! typed {
+    ($ebpf:expr, $name:expr) => {
+        take($ebpf, $name)?
+            .try_into()
+            .with_context(|| format!("map {} has an unexpected type", $name))?
+    };
+}
+
+/// The XDP programs of the object (the main one and the benchmark entries).
+pub struct Program {
+    ebpf: Ebpf,
+    /// The data path's log events (aya-log), until the daemon takes them to a reader thread.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Program {
+    pub fn xdp(&mut self) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| anyhow!("program {PROGRAM} missing"))?
+            .try_into()?)
+    }
+
+    /// Another program of the object (the benchmark entries), loaded on first use. It shares
+    /// every map with the main program.
+    pub fn extra(&mut self, name: &str) -> Result<&mut Xdp> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("loading program {name}"))?;
+        }
+        Ok(prog)
+    }
+
+    /// Prints the data path's log events through env_logger from a thread of its own, as long
+    /// as the process runs (events are rare: internal errors, a full table).
+    pub fn forward_log_events(&mut self) {
+        let Some(mut logger) = self.logger.take() else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("wklb-xdp-log".into())
+            .spawn(move || {
+                use std::os::fd::AsRawFd as _;
+                let mut pfd = libc::pollfd {
+                    fd: logger.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                loop {
+                    // SAFETY: polling one descriptor we own.
+                    let n = unsafe { libc::poll(&mut pfd, 1, 1000) };
+                    if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                        return;
+                    }
+                    logger.flush();
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("data-path log events: no reader thread: {e}");
+        }
+    }
+
+    /// The verifier's instruction count for the loaded program.
+    pub fn verified_instructions(&mut self) -> Result<u32> {
+        self.xdp()?
+            .info()?
+            .verified_instruction_count()
+            .ok_or_else(|| anyhow!("this kernel does not report verified instruction counts"))
+    }
+
+    /// Sets the template frame of the benchmark entries.
+    pub fn set_bench_frame(&mut self, frame: &lb_common::BenchFrame) -> Result<()> {
+        let m = self
+            .ebpf
+            .map_mut(names::BENCH_FRAME)
+            .ok_or_else(|| anyhow!("map {} missing", names::BENCH_FRAME))?;
+        let mut a: Array<&mut MapData, lb_common::BenchFrame> = m.try_into()?;
+        a.set(0, frame, 0)?;
+        Ok(())
+    }
+}
+
+/// The configuration maps.
+pub struct KernelMaps {
+    filter: Mmap,
+    _filter_map: MapData,
+    addrs: HashMap<MapData, u32, AddrClass>,
+    vips: HashMap<MapData, Vip4Key, VipMeta>,
+    vip_info: Array<MapData, VipInfo>,
+    maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    /// A second descriptor of MAGLEV, for clearing a slot (aya cannot).
+    maglev_fd: OwnedFd,
+    backends: Array<MapData, Backend>,
+    hops: Array<MapData, BackendHop>,
+    snat: Array<MapData, SnatAddr>,
+    snat_pick: Array<MapData, u32>,
+    config: Array<MapData, DataplaneConfig>,
+    tx_ports: DevMapHash<MapData>,
+    iface_mtu: HashMap<MapData, u32, u32>,
+}
+
+impl KernelMaps {
+    fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let filter_map = match take(ebpf, names::ADDR_FILTER)? {
+            Map::Array(d) => d,
+            _ => bail!("map {} has an unexpected type", names::ADDR_FILTER),
+        };
+        let filter = Mmap::new(filter_map.fd().as_fd(), ADDR_FILTER_SIZE as usize, 8, true)
+            .context("mapping the address filter")?;
+        let maglev = take(ebpf, names::MAGLEV)?;
+        let maglev_fd = match &maglev {
+            Map::ArrayOfMaps(d) => d.fd().as_fd().try_clone_to_owned()?,
+            _ => bail!("map {} has an unexpected type", names::MAGLEV),
+        };
+        Ok(KernelMaps {
+            maglev_fd,
+            maglev: maglev.try_into()?,
+            filter,
+            _filter_map: filter_map,
+            addrs: typed!(ebpf, names::ADDRS4),
+            vips: typed!(ebpf, names::VIPS4),
+            vip_info: typed!(ebpf, names::VIP_INFO),
+            backends: typed!(ebpf, names::BACKENDS),
+            hops: typed!(ebpf, names::BACKEND_HOPS),
+            snat: typed!(ebpf, names::SNAT_ADDRS),
+            snat_pick: typed!(ebpf, names::SNAT_PICK),
+            config: typed!(ebpf, names::CONFIG),
+            tx_ports: typed!(ebpf, names::TX_PORTS),
+            iface_mtu: typed!(ebpf, names::IFACE_MTU),
+        })
+    }
+
+    /// Fills a fresh inner table through a memory mapping (no syscall per slot), then swaps it
+    /// in with one update of the outer map: packets see the old table or the new one, whole.
+    fn install_table(&mut self, vip_id: u32, table: &[u32]) -> Result<()> {
+        if table.len() != MAGLEV_TABLE_SIZE as usize {
+            bail!(
+                "Maglev table has {} slots, the data plane needs {MAGLEV_TABLE_SIZE}",
+                table.len()
+            );
+        }
+        let inner: Array<MapData, u32> =
+            Array::create(MAGLEV_TABLE_SIZE, BPF_F_MMAPABLE as u32)
+                .context("creating a Maglev table map")?;
+        {
+            let mut m = Mmap::new(inner.map().fd().as_fd(), table.len(), 4, true)?;
+            m.write_all(table);
+        }
+        self.maglev
+            .set(vip_id, &inner, 0)
+            .with_context(|| format!("swapping in the Maglev table of VIP id {vip_id}"))?;
+        Ok(())
+    }
+
+    fn table(&self, vip_id: u32) -> Result<Option<Vec<u32>>> {
+        let inner = match self.maglev.get(&vip_id, 0) {
+            Ok(i) => i,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading VIP id {vip_id}'s table")),
+        };
+        let m = Mmap::new(inner.map().fd().as_fd(), MAGLEV_TABLE_SIZE as usize, 4, false)?;
+        Ok(Some(m.read_all::<u32>()))
+    }
+}
+
+impl Maps for KernelMaps {
+    fn write(&mut self, w: &Write) -> Result<()> {
+        match w {
+            Write::Backend(id, b) => {
+                self.backends
+                    .set(*id, b, 0)
+                    .with_context(|| format!("writing backend id {id}"))?;
+                // A (re)written id may name another address: forget its cached next hop.
+                self.hops.set(*id, BackendHop::default(), 0)?;
+            }
+            Write::SnatAddr(i, a) => self.snat.set(*i, a, 0)?,
+            Write::Table(id, Some(t)) => self.install_table(*id, t)?,
+            Write::Table(id, None) => sys::bpf::delete(self.maglev_fd.as_fd(), id)?,
+            Write::VipInfo(id, i) => self.vip_info.set(*id, i, 0)?,
+            Write::Vip(k, Some(m)) => self.vips.insert(k, m, 0)?,
+            Write::Vip(k, None) => ignore_missing(self.vips.remove(k))?,
+            Write::Addr(a, Some(c)) => self.addrs.insert(a, c, 0)?,
+            Write::Addr(a, None) => ignore_missing(self.addrs.remove(a))?,
+            Write::Filter(b, v) => self.filter.store64(*b as usize, *v),
+            Write::SnatPick(i, v) => self.snat_pick.set(*i, v.unwrap_or(0), 0)?,
+            Write::TxPort(ifindex, true) => self.tx_ports.insert(*ifindex, *ifindex, None, 0)?,
+            Write::TxPort(ifindex, false) => ignore_missing(self.tx_ports.remove(*ifindex))?,
+            Write::IfaceMtu(ifindex, Some(m)) => self.iface_mtu.insert(ifindex, m, 0)?,
+            Write::IfaceMtu(ifindex, None) => ignore_missing(self.iface_mtu.remove(ifindex))?,
+            Write::Config(c) => self.config.set(0, c, 0)?,
+        }
+        Ok(())
+    }
+
+    fn read(&self) -> Result<Image> {
+        let config = self.config.get(&0, 0)?;
+        let mut img = Image {
+            config,
+            ..Default::default()
+        };
+        for i in 0..MAX_SNAT_ADDRS {
+            let a = self.snat.get(&i, 0)?;
+            if a != SnatAddr::default() {
+                img.snat.insert(i, a);
+            }
+        }
+        for i in 0..config.snat_count.min(MAX_SNAT_ADDRS) {
+            img.snat_pick.insert(i, self.snat_pick.get(&i, 0)?);
+        }
+        img.addrs = self.addrs.iter().collect::<Result<_, _>>()?;
+        for (b, v) in self.filter.slice::<u64>().iter().enumerate() {
+            if *v != 0 {
+                img.filter.insert(b as u32, *v);
+            }
+        }
+        img.vips = self.vips.iter().collect::<Result<_, _>>()?;
+        for (id, b) in self.backends.iter().enumerate() {
+            let b = b?;
+            if b != Backend::default() {
+                img.backends.insert(id as u32, b);
+            }
+        }
+        for (id, i) in self.vip_info.iter().enumerate() {
+            let i = i?;
+            if i != VipInfo::default() {
+                img.vip_info.insert(id as u32, i);
+            }
+        }
+        for m in img.vips.values() {
+            if let Some(t) = self.table(m.vip_id)? {
+                img.tables.insert(m.vip_id, Arc::new(t));
+            }
+        }
+        img.tx_ports = self.tx_ports.keys().collect::<Result<_, _>>()?;
+        img.iface_mtu = self.iface_mtu.iter().collect::<Result<_, _>>()?;
+        Ok(img)
+    }
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<()> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The per-CPU counters.
+pub struct KernelCounters {
+    reasons: PerCpuArray<MapData, u64>,
+    vips: PerCpuArray<MapData, VipStats>,
+    backends: PerCpuArray<MapData, BackendStats>,
+}
+
+impl KernelCounters {
+    fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(KernelCounters {
+            reasons: typed!(ebpf, names::REASONS),
+            vips: typed!(ebpf, names::VIP_STATS),
+            backends: typed!(ebpf, names::BACKEND_STATS),
+        })
+    }
+}
+
+impl Counters for KernelCounters {
+    fn reasons(&self) -> Result<Vec<u64>> {
+        Reason::ALL
+            .iter()
+            .map(|r| Ok(self.reasons.get(&(*r as u32), 0)?.iter().sum()))
+            .collect()
+    }
+
+    fn vip(&self, id: u32) -> Result<VipStats> {
+        Ok(self
+            .vips
+            .get(&id, 0)?
+            .iter()
+            .fold(VipStats::default(), |mut t, s| {
+                t.packets += s.packets;
+                t.bytes += s.bytes;
+                t.new_flows += s.new_flows;
+                t.no_backend += s.no_backend;
+                t
+            }))
+    }
+
+    fn backend(&self, id: u32) -> Result<BackendStats> {
+        Ok(self
+            .backends
+            .get(&id, 0)?
+            .iter()
+            .fold(BackendStats::default(), |mut t, s| {
+                t.packets_in += s.packets_in;
+                t.bytes_in += s.bytes_in;
+                t.packets_out += s.packets_out;
+                t.bytes_out += s.bytes_out;
+                t.new_flows += s.new_flows;
+                t
+            }))
+    }
+}
+
+/// The connection table: FLOWS4 by fd, FLOW_TABLE memory-mapped.
+pub struct KernelFlows {
+    refs: HashMap<MapData, Flow4Key, FlowRef>,
+    table_map: MapData,
+    table: Mmap,
+    max_flows: u32,
+    slots: u32,
+}
+
+/// Byte offset of `FlowEntry::owner`.
+const OWNER: usize = 0;
+
+impl KernelFlows {
+    fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let refs: HashMap<MapData, Flow4Key, FlowRef> = typed!(ebpf, names::FLOWS4);
+        let table_map = match take(ebpf, names::FLOW_TABLE)? {
+            Map::Array(d) => d,
+            _ => bail!("map {} has an unexpected type", names::FLOW_TABLE),
+        };
+        let max_flows = refs.map().info()?.max_entries();
+        let slots = table_map.info()?.max_entries();
+        let table = Mmap::new(
+            table_map.fd().as_fd(),
+            slots as usize,
+            size_of::<FlowEntry>(),
+            true,
+        )
+        .context("mapping the flow table")?;
+        Ok(KernelFlows {
+            refs,
+            table_map,
+            table,
+            max_flows,
+            slots,
+        })
+    }
+
+    /// Kernel memory charged to the connection table (FLOWS4 + FLOW_TABLE), from fdinfo.
+    pub fn memory_bytes(&self) -> Result<u64> {
+        Ok(memlock(self.refs.map())? + memlock(&self.table_map)?)
+    }
+}
+
+fn memlock(m: &MapData) -> Result<u64> {
+    let fd = m.fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no memlock in fdinfo"))
+}
+
+impl Flows for KernelFlows {
+    fn max_flows(&self) -> u32 {
+        self.max_flows
+    }
+
+    fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    fn entry(&self, slot: u32) -> FlowEntry {
+        self.table.read(slot as usize)
+    }
+
+    fn scan(&self, f: &mut dyn FnMut(u32, &FlowEntry)) {
+        for (i, e) in self.table.slice::<FlowEntry>().iter().enumerate() {
+            // A relaxed peek at the owner first: most slots are free.
+            if self.table.word32(i, OWNER).load(Ordering::Relaxed) == lb_common::slot::FREE {
+                continue;
+            }
+            // SAFETY: a copy of shared memory; concurrent writers store whole scalars.
+            let copy = unsafe { std::ptr::read_volatile(e) };
+            f(i as u32, &copy);
+        }
+    }
+
+    fn swap_owner(&self, slot: u32, from: u32, to: u32) -> bool {
+        self.table
+            .word32(slot as usize, OWNER)
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    fn refs(&self) -> Result<Vec<(Flow4Key, FlowRef)>> {
+        sys::bpf::dump_hash(self.refs.map().fd().as_fd(), 16_384)
+    }
+
+    fn get_ref(&self, key: &Flow4Key) -> Result<Option<FlowRef>> {
+        match self.refs.get(key, 0) {
+            Ok(r) => Ok(Some(r)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn take_ref(&self, key: &Flow4Key) -> Result<Option<FlowRef>> {
+        sys::bpf::lookup_and_delete(self.refs.map().fd().as_fd(), key)
+    }
+
+    fn restore_ref(&self, key: &Flow4Key, r: &FlowRef) -> Result<()> {
+        // BPF_NOEXIST: a flow the data path created meanwhile wins.
+        const BPF_NOEXIST: u64 = 1;
+        match sys::bpf::insert(self.refs.map().fd().as_fd(), key, r, BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(e).context("restoring a flow reference"),
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Operating-system plumbing: BPF syscalls aya lacks, bpffs, network devices, neighbours, clock.
+
+pub mod bpf;
+pub mod bpffs;
+pub mod clock;
+pub mod neighbors;
+pub mod netdev;
