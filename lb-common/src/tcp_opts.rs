@@ -21,7 +21,7 @@ pub mod kind {
 /// Options (a NOP counts as one) the walk looks at; later ones are ignored. Real stacks send at
 /// most 8 (macOS: MSS, NOP, WS, NOP, NOP, TS, SACK_OK, EOL). The bound keeps the verifier's
 /// work in check.
-pub const MAX_STEPS: usize = 10;
+pub const MAX_STEPS: usize = 8;
 
 /// Marks an option that was not found.
 pub const ABSENT: u8 = 0xff;
@@ -60,25 +60,34 @@ impl Default for Options {
 /// What a byte reader returns for an offset it cannot read (past the packet's end).
 pub const OUT_OF_BOUNDS: u16 = 0x100;
 
-/// Big-endian value of `n` bytes at `at`, or None if any is out of bounds. No `Option<u8>` per
-/// byte: a partly-undefined register of an unread byte trips the BPF verifier when spilled.
-#[inline(always)]
-fn be(read: &impl Fn(usize) -> u16, at: usize, n: usize) -> Option<u32> {
-    let mut v = 0u32;
-    let mut bad = 0u16;
-    for k in 0..n {
-        let b = read(at + k);
-        bad |= b;
-        v = (v << 8) | (b & 0xff) as u32;
-    }
-    if bad & OUT_OF_BOUNDS != 0 { None } else { Some(v) }
+/// Where the values of the options the data path uses sit (offsets from the start of the
+/// options), `ABSENT` when missing. The walk only records offsets: in the data path these land
+/// in a map value, which the verifier does not track, so the walk's paths do not multiply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    pub mss: u8,
+    pub wscale: u8,
+    pub sack_ok: u8,
+    pub ts: u8,
 }
 
-/// Walks `len` bytes of options; `read(i)` gives byte `i` or `OUT_OF_BOUNDS`. Malformed options
-/// (a length below 2 or past the end) end the walk; what was found before stays.
+impl Default for Offsets {
+    fn default() -> Self {
+        Offsets {
+            mss: ABSENT,
+            wscale: ABSENT,
+            sack_ok: ABSENT,
+            ts: ABSENT,
+        }
+    }
+}
+
+/// Walks `len` bytes of options; `read(i)` gives byte `i` or `OUT_OF_BOUNDS`. Records where
+/// each known option's value starts. Malformed options (a length below 2 or past the end) end
+/// the walk; what was found before stays.
 #[inline(always)]
-pub fn walk(len: usize, read: impl Fn(usize) -> u16) -> Options {
-    let mut o = Options::default();
+pub fn walk(len: usize, read: impl Fn(usize) -> u16, at: &mut Offsets) {
     let len = if len > MAX_LEN { MAX_LEN } else { len };
     let mut i = 0usize;
     for _ in 0..MAX_STEPS {
@@ -96,40 +105,66 @@ pub fn walk(len: usize, read: impl Fn(usize) -> u16) -> Options {
         if i + 1 >= len {
             break;
         }
-        let l = read(i + 1);
-        if l & OUT_OF_BOUNDS != 0 {
+        let l = read(i + 1) as usize;
+        if l < 2 || l > MAX_LEN || i + l > len {
             break;
         }
-        let l = l as usize;
-        if l < 2 || i + l > len {
-            break;
-        }
+        let value = (i + 2) as u8;
         match (k as u8, l) {
-            (kind::MSS, 4) => {
-                if let Some(v) = be(&read, i + 2, 2) {
-                    o.mss_at = (i + 2) as u8;
-                    o.mss = v as u16;
-                }
-            }
-            (kind::WSCALE, 3) => {
-                if let Some(v) = be(&read, i + 2, 1) {
-                    o.wscale = v as u8;
-                }
-            }
-            (kind::SACK_OK, 2) => o.sack_ok = true,
-            (kind::TIMESTAMPS, 10) => {
-                if let Some(v) = be(&read, i + 2, 4) {
-                    o.ts_at = (i + 2) as u8;
-                    o.ts_val = v;
-                }
-                if let Some(e) = be(&read, i + 6, 4) {
-                    o.ts_ecr = e;
-                }
-            }
+            (kind::MSS, 4) => at.mss = value,
+            (kind::WSCALE, 3) => at.wscale = value,
+            (kind::SACK_OK, 2) => at.sack_ok = value,
+            (kind::TIMESTAMPS, 10) => at.ts = value,
             _ => {}
         }
         i += l;
     }
+}
+
+/// Big-endian value of `n` bytes at `at`, or None if any is out of bounds. No `Option<u8>` per
+/// byte: a partly-undefined register of an unread byte trips the BPF verifier when spilled.
+#[inline(always)]
+fn be(read: &impl Fn(usize) -> u16, at: usize, n: usize) -> Option<u32> {
+    let mut v = 0u32;
+    let mut bad = 0u16;
+    for k in 0..n {
+        let b = read(at + k);
+        bad |= b;
+        v = (v << 8) | (b & 0xff) as u32;
+    }
+    if bad & OUT_OF_BOUNDS != 0 { None } else { Some(v) }
+}
+
+/// The options' values, read at the offsets a walk found, into `o` (which starts as default).
+#[inline(always)]
+pub fn read_values(read: impl Fn(usize) -> u16, at: &Offsets, o: &mut Options) {
+    if at.mss != ABSENT
+        && let Some(v) = be(&read, at.mss as usize, 2)
+    {
+        o.mss_at = at.mss;
+        o.mss = v as u16;
+    }
+    if at.wscale != ABSENT
+        && let Some(v) = be(&read, at.wscale as usize, 1)
+    {
+        o.wscale = v as u8;
+    }
+    o.sack_ok = at.sack_ok != ABSENT;
+    if at.ts != ABSENT
+        && let (Some(v), Some(e)) = (be(&read, at.ts as usize, 4), be(&read, at.ts as usize + 4, 4))
+    {
+        o.ts_at = at.ts;
+        o.ts_val = v;
+        o.ts_ecr = e;
+    }
+}
+
+/// Walks and reads in one go (host code and tests).
+pub fn parse(len: usize, read: impl Fn(usize) -> u16) -> Options {
+    let mut at = Offsets::default();
+    walk(len, &read, &mut at);
+    let mut o = Options::default();
+    read_values(read, &at, &mut o);
     o
 }
 
@@ -151,7 +186,7 @@ mod tests {
     }
 
     fn run(opts: &[u8]) -> Options {
-        walk(opts.len(), reader(opts))
+        parse(opts.len(), reader(opts))
     }
 
     #[test]
@@ -183,7 +218,7 @@ mod tests {
         assert_eq!(run(&[0, 2, 4, 5, 0xb4]), Options::default());
         // Never reads beyond `len`, even if the closure would answer.
         let bytes = [1u8, 1, 1, 2, 4, 5, 0xb4];
-        let o = walk(3, reader(&bytes));
+        let o = parse(3, reader(&bytes));
         assert_eq!(o.mss_at, ABSENT);
     }
 
@@ -197,7 +232,7 @@ mod tests {
                 for c in alphabet {
                     for d in alphabet {
                         buf = [a, b, c, d];
-                        let o = walk(4, |i| {
+                        let o = parse(4, |i| {
                             assert!(i < 4, "read past the end at {i}");
                             reader(&buf)(i)
                         });

@@ -80,11 +80,13 @@ fn process(ctx: &XdpContext) -> Verdict {
     match p.proto {
         PROTO_ICMP => icmp::handle(ctx, &p, class),
         PROTO_TCP | PROTO_UDP => {
-            if vip_addr && let Some(v) = to_backend::handle(ctx, &mut p, class) {
+            // One walk of a SYN's options serves both directions (window scale, MSS).
+            let opts = parse::tcp::syn_options(ctx, &mut p);
+            if vip_addr && let Some(v) = to_backend::handle(ctx, &mut p, class, opts) {
                 return v;
             }
             if class.flags & AddrClass::SNAT != 0 {
-                return to_client::handle(ctx, &mut p, class);
+                return to_client::handle(ctx, &mut p, class, opts);
             }
             Verdict::of(Reason::PassNotOurs)
         }

@@ -34,10 +34,10 @@ pub fn clamp_to(ctx: &XdpContext, p: &Packet, opts: &Options, limit: u16) {
         return;
     };
     // Offset of the value from the TCP header start, masked for the verifier (options ≤ 40).
-    let rel = (options_at(p) - p.l4 + opts.mss_at as usize) & 63;
+    let rel = (options_at(p) - p.l4() + opts.mss_at as usize) & 63;
     let (Some(v), Some(c)) = (
-        ptr_at::<[u8; 2]>(ctx, p.l4 + rel),
-        ptr_at::<u16>(ctx, p.l4 + TCP_CSUM),
+        ptr_at::<[u8; 2]>(ctx, p.l4() + rel),
+        ptr_at::<u16>(ctx, p.l4() + TCP_CSUM),
     ) else {
         return;
     };

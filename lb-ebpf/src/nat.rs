@@ -27,15 +27,15 @@ pub struct Rewrite {
 pub fn rewrite(ctx: &XdpContext, p: &Packet, to: &Rewrite) -> Option<()> {
     let addr_delta = rewrite_ip(ctx, p, to.src, to.dst)?;
     let l4_delta = addr_delta.replace32(p.ports, to.ports);
-    let ports = ptr_at::<u32>(ctx, p.l4)?;
+    let ports = ptr_at::<u32>(ctx, p.l4())?;
     // SAFETY: bounds checked by ptr_at.
     unsafe { *ports = to.ports };
     if p.proto == PROTO_TCP {
-        let c = ptr_at::<u16>(ctx, p.l4 + TCP_CSUM)?;
+        let c = ptr_at::<u16>(ctx, p.l4() + TCP_CSUM)?;
         // SAFETY: bounds checked by ptr_at.
         unsafe { *c = l4_delta.apply(*c) };
     } else {
-        let c = ptr_at::<u16>(ctx, p.l4 + UDP_CSUM)?;
+        let c = ptr_at::<u16>(ctx, p.l4() + UDP_CSUM)?;
         // SAFETY: bounds checked by ptr_at.
         unsafe { *c = l4_delta.apply_udp(*c) };
     }
@@ -46,7 +46,7 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, to: &Rewrite) -> Option<()> {
 /// address change, which L4 pseudo-header checksums need too.
 #[inline(always)]
 pub fn rewrite_ip(ctx: &XdpContext, p: &Packet, src: u32, dst: u32) -> Option<CsumDelta> {
-    let ip = ptr_at::<[u8; 20]>(ctx, p.l3)? as *mut u8;
+    let ip = ptr_at::<[u8; 20]>(ctx, p.l3())? as *mut u8;
     let addr_delta = CsumDelta::new().replace32(p.src, src).replace32(p.dst, dst);
     // SAFETY: the fixed IPv4 header is in bounds.
     unsafe {

@@ -7,6 +7,7 @@ use lb_common::{
     AddrClass, FlowEntry, Reason,
     conntrack::{Direction, is_bad_syn, tcp_flags},
     ports_word, slot,
+    tcp_opts::Options,
 };
 
 use crate::{
@@ -18,15 +19,14 @@ use crate::{
     egress::{self, NoHop},
     icmp, maps, mss,
     nat::{self, Rewrite},
-    parse::{Packet, tcp::syn_options},
+    parse::Packet,
     stats,
     verdict::Verdict,
 };
 
 /// None when the packet is for no VIP after all (the caller goes on).
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Option<Verdict> {
-    let opts = syn_options(ctx, p);
+pub fn handle(ctx: &XdpContext, p: &mut Packet, class: AddrClass, opts: Option<&Options>) -> Option<Verdict> {
     let mut flow = match forward::find_or_create(ctx, p, class) {
         Found::Flow(f) => f,
         Found::NotVip => return None,
@@ -59,7 +59,7 @@ fn send(
     p: &Packet,
     flow: &Flow,
     e: &FlowEntry,
-    opts: Option<&lb_common::tcp_opts::Options>,
+    opts: Option<&Options>,
     now: u64,
 ) -> Verdict {
     let snat_addr = e.client[2];

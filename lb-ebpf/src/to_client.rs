@@ -14,13 +14,13 @@ use crate::{
     conntrack::{self, now_ns, reverse},
     egress, icmp, maps, mss,
     nat::{self, Rewrite},
-    parse::{Packet, tcp::syn_options},
+    parse::Packet,
     stats,
     verdict::Verdict,
 };
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Verdict {
+pub fn handle(ctx: &XdpContext, p: &mut Packet, class: AddrClass, opts: Option<&Options>) -> Verdict {
     let flow = match reverse::find(p, class) {
         Ok(f) => f,
         Err(r) => return Verdict::of(r),
@@ -28,7 +28,6 @@ pub fn handle(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Verdict {
     if p.ttl <= 1 {
         return Verdict::of(Reason::DropTtlExpired);
     }
-    let opts = syn_options(ctx, p);
     // SAFETY: a live FLOW_TABLE value pointer; racing writers store whole scalars only.
     let e = unsafe { &mut *flow.entry };
     let accepted = conntrack::track(e, p, Direction::Reverse);

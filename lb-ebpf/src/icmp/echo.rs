@@ -19,8 +19,8 @@ pub fn reply(ctx: &XdpContext, p: &Packet) -> Verdict {
 
 #[inline(always)]
 fn swap(ctx: &XdpContext, p: &Packet) -> Option<()> {
-    let ip = ptr_at::<[u8; 20]>(ctx, p.l3)? as *mut u8;
-    let ic = ptr_at::<[u8; 4]>(ctx, p.l4)? as *mut u8;
+    let ip = ptr_at::<[u8; 20]>(ctx, p.l3())? as *mut u8;
+    let ic = ptr_at::<[u8; 4]>(ctx, p.l4())? as *mut u8;
     let eth = ptr_at::<[u16; 6]>(ctx, 0)? as *mut u16;
     // SAFETY: all three bounds checked by ptr_at.
     unsafe {

@@ -67,7 +67,7 @@ pub fn translate(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Option<Verdi
 
 #[inline(always)]
 fn quoted(ctx: &XdpContext, p: &Packet) -> Option<Inner> {
-    let l3 = p.l4 + QUOTE;
+    let l3 = p.l4() + QUOTE;
     let ip = ptr_at::<[u8; 20]>(ctx, l3)? as *const u8;
     // SAFETY: bounds checked by ptr_at.
     let (vihl, proto, src, dst) = unsafe { (*ip, *ip.add(9), load32(ip.add(12)), load32(ip.add(16))) };
@@ -186,7 +186,7 @@ fn rewrite(ctx: &XdpContext, p: &Packet, plan: &Plan) -> Option<()> {
             icmp_delta = icmp_delta.replace16(before, after);
         }
     }
-    let ic = ptr_at::<u16>(ctx, p.l4 + ICMP_CSUM)?;
+    let ic = ptr_at::<u16>(ctx, p.l4() + ICMP_CSUM)?;
     // SAFETY: bounds checked by ptr_at.
     unsafe { *ic = icmp_delta.apply(*ic) };
     rewrite_ip(ctx, p, plan.outer_src, plan.outer_dst)?;

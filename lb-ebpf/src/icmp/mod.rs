@@ -13,7 +13,7 @@ use crate::{maps::config, parse::{Packet, ptr_at}, verdict::Verdict};
 
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Verdict {
-    let Some(h) = ptr_at::<[u8; 2]>(ctx, p.l4) else {
+    let Some(h) = ptr_at::<[u8; 2]>(ctx, p.l4()) else {
         return Verdict::of(Reason::PassIcmp);
     };
     // SAFETY: bounds checked by ptr_at.

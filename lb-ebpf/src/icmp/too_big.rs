@@ -28,7 +28,7 @@ pub fn send(ctx: &XdpContext, p: &Packet, mtu: u32, src: u32, dst: u32) -> Verdi
     if (p.ip_len as usize) < QUOTE_LEN {
         return Verdict::of(Reason::DropTooBig);
     }
-    let done = if p.l3 == 14 {
+    let done = if p.l3() == 14 {
         build::<14>(ctx, mtu as u16, src, dst)
     } else {
         build::<18>(ctx, mtu as u16, src, dst)

@@ -69,9 +69,9 @@ pub fn parse(ctx: &XdpContext, l3: usize, vlan: u16, ip: *mut Ipv4Hdr) -> Parsed
         };
     }
     let mut p = Packet {
-        l3,
+        l3_off: l3 as u32,
         vlan,
-        l4,
+        l4_off: l4 as u32,
         proto,
         ttl,
         df: frags & DF != 0,
@@ -80,7 +80,7 @@ pub fn parse(ctx: &XdpContext, l3: usize, vlan: u16, ip: *mut Ipv4Hdr) -> Parsed
         ip_len,
         ports: 0,
         seg: Segment::default(),
-        tcp_len: 0,
+        tcp_hdr_len: 0,
     };
     let ok = match proto {
         PROTO_TCP => tcp::parse(ctx, &mut p),

@@ -72,12 +72,12 @@ pub unsafe fn store16(p: *mut u8, v: u16) {
 /// The parts of an IPv4 packet the data path uses. Addresses and the ports word are native
 /// loads of network-order bytes; everything else is host order.
 pub struct Packet {
-    /// Offset of the IP header (14, or 18 behind a VLAN tag).
-    pub l3: usize,
+    /// Offset of the IP header (14, or 18 behind a VLAN tag); read through `l3()`.
+    pub l3_off: u32,
     /// VLAN id of the frame, 0 when untagged.
     pub vlan: u16,
     /// Offset of the L4 header.
-    pub l4: usize,
+    pub l4_off: u32,
     pub proto: u8,
     pub ttl: u8,
     /// Don't-fragment flag.
@@ -91,10 +91,28 @@ pub struct Packet {
     /// TCP header fields (all zero for UDP and ICMP).
     pub seg: Segment,
     /// TCP header length in bytes (data offset × 4).
-    pub tcp_len: usize,
+    pub tcp_hdr_len: u32,
 }
 
+/// The offsets, masked to their largest possible values: the masks change nothing, but give the
+/// verifier a bound however LLVM spilled the field (a spill it cannot read back whole makes the
+/// value unknown, and a packet pointer with an unbounded offset cannot be range-checked).
 impl Packet {
+    /// At most 18.
+    #[inline(always)]
+    pub fn l3(&self) -> usize {
+        (self.l3_off & 0x1f) as usize
+    }
+    /// At most 18 + 60.
+    #[inline(always)]
+    pub fn l4(&self) -> usize {
+        (self.l4_off & 0x7f) as usize
+    }
+    /// At most 60.
+    #[inline(always)]
+    pub fn tcp_len(&self) -> usize {
+        (self.tcp_hdr_len & 0x3f) as usize
+    }
     #[inline(always)]
     pub fn is_tcp(&self) -> bool {
         self.proto == lb_common::PROTO_TCP

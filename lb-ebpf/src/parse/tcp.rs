@@ -3,7 +3,7 @@
 use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map, programs::XdpContext};
 use lb_common::{
     conntrack::{NO_WSCALE, tcp_flags},
-    tcp_opts::{self, Options},
+    tcp_opts::{self, Offsets, Options},
 };
 
 use super::{Packet, ipv4::TCP_FIXED, load16, load32, ptr_at};
@@ -11,7 +11,7 @@ use super::{Packet, ipv4::TCP_FIXED, load16, load32, ptr_at};
 /// Reads the fixed header into `p`; false when it is cut short or its data offset is below 5.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext, p: &mut Packet) -> bool {
-    let Some(h) = ptr_at::<[u8; TCP_FIXED]>(ctx, p.l4) else {
+    let Some(h) = ptr_at::<[u8; TCP_FIXED]>(ctx, p.l4()) else {
         return false;
     };
     let h = h as *const u8;
@@ -20,49 +20,54 @@ pub fn parse(ctx: &XdpContext, p: &mut Packet) -> bool {
         p.ports = load32(h);
         p.seg.seq = u32::from_be(load32(h.add(4)));
         p.seg.ack = u32::from_be(load32(h.add(8)));
-        p.tcp_len = ((*h.add(12) >> 4) as usize) * 4;
+        p.tcp_hdr_len = ((*h.add(12) >> 4) as u32) * 4;
         p.seg.flags = *h.add(13);
         p.seg.win = u16::from_be(load16(h.add(14)));
     }
     p.seg.wscale = NO_WSCALE;
-    p.tcp_len >= TCP_FIXED
+    p.tcp_len() >= TCP_FIXED
 }
 
 /// Offset of the options of the segment at `l4` (a SYN's, the only ones the data path reads).
 #[inline(always)]
 pub fn options_at(p: &Packet) -> usize {
-    p.l4 + TCP_FIXED
+    p.l4() + TCP_FIXED
 }
 
 /// Walks the options of a SYN or SYN-ACK and records its window scale in `p.seg`.
 ///
-/// The answer goes through a per-CPU scratch slot: values read back from a map are opaque to
-/// the verifier, so the many paths through the walk do not each re-verify the rest of the
-/// program (which they otherwise would, and exceed the verifier's budget).
-#[inline(always)]
+/// Offsets and values live in a per-CPU scratch slot, and callers read the options there: map
+/// memory is opaque to the verifier, so the many outcomes of the walk (this option found, that
+/// one not) do not each re-verify the rest of the program. None for segments without SYN.
 pub fn syn_options(ctx: &XdpContext, p: &mut Packet) -> Option<&'static Options> {
     if p.seg.flags & tcp_flags::SYN == 0 {
         return None;
     }
-    let scratch = OPTIONS.get_ptr_mut(0)?;
+    let s = SCRATCH.get_ptr_mut(0)?;
     let start = options_at(p);
-    let len = p.tcp_len - TCP_FIXED;
-    let o = tcp_opts::walk(len, |i| {
-        // The mask gives the verifier a bound for the variable offset.
-        match ptr_at::<u8>(ctx, start + (i & 63)) {
-            // SAFETY: bounds checked by ptr_at.
-            Some(b) => unsafe { *b as u16 },
-            None => tcp_opts::OUT_OF_BOUNDS,
-        }
-    });
+    let len = p.tcp_len() - TCP_FIXED;
+    let read = |i: usize| match ptr_at::<u8>(ctx, start + (i & 63)) {
+        // SAFETY: bounds checked by ptr_at.
+        Some(b) => unsafe { *b as u16 },
+        None => tcp_opts::OUT_OF_BOUNDS,
+    };
     // SAFETY: per-CPU scratch value, ours for the rest of this run.
     unsafe {
-        core::ptr::write_volatile(scratch, o);
-        p.seg.wscale = core::ptr::read_volatile(&raw const (*scratch).wscale);
-        Some(&*scratch)
+        core::ptr::write_volatile(&raw mut (*s).at, Offsets::default());
+        core::ptr::write_volatile(&raw mut (*s).options, Options::default());
+        tcp_opts::walk(len, read, &mut (*s).at);
+        tcp_opts::read_values(read, &(*s).at, &mut (*s).options);
+        p.seg.wscale = core::ptr::read_volatile(&raw const (*s).options.wscale);
+        Some(&(*s).options)
     }
 }
 
-/// Per-CPU scratch for `syn_options`.
+/// `syn_options`' scratch.
+#[repr(C)]
+pub struct Scratch {
+    at: Offsets,
+    options: Options,
+}
+
 #[btf_map]
-static OPTIONS: PerCpuArray<Options, 1> = PerCpuArray::new();
+static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
