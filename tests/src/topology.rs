@@ -471,7 +471,18 @@ impl Topology {
     }
 
     pub fn stats(&self) -> Result<serde_json::Value> {
-        Ok(serde_json::from_str(&self.wklb(&["stats", "--json"])?)?)
+        self.json(&["stats"])
+    }
+
+    /// Runs a CLI command with `--json` and returns its `data` (the command must succeed).
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let v: serde_json::Value = serde_json::from_str(&self.wklb(&a)?)?;
+        if v["ok"] != true {
+            bail!("wklb {}: {v}", args.join(" "));
+        }
+        Ok(v["data"].clone())
     }
 
     /// Starts the client driver in the client namespace with `args` (after the mode).

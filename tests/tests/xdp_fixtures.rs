@@ -968,3 +968,4 @@ fn verifier_instruction_count() {
         assert!(n > 0 && n < 1_000_000, "{n}");
     });
 }
+

@@ -26,8 +26,16 @@ use crate::{
 };
 use protocol::{Changes, Endpoint, Request, Response};
 
-/// Binds the socket, refusing when a live daemon already answers on it.
-pub fn bind(path: &Path) -> Result<UnixListener> {
+/// The socket bound at start-up under a temporary name, refusing when a live daemon already
+/// answers on the real one. `publish` gives it its real name once the daemon is ready, so a
+/// client that can connect is talking to a daemon whose data plane is attached.
+pub struct Bound {
+    listener: Option<UnixListener>,
+    starting: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+pub fn bind(path: &Path) -> Result<Bound> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -38,10 +46,36 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let l = UnixListener::bind(path)
+    let starting = path.with_extension("starting");
+    let _ = std::fs::remove_file(&starting);
+    let listener = UnixListener::bind(&starting)
         .with_context(|| format!("binding the control socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    std::fs::set_permissions(&starting, std::fs::Permissions::from_mode(0o600))?;
+    Ok(Bound {
+        listener: Some(listener),
+        starting,
+        path: path.to_path_buf(),
+    })
+}
+
+impl Bound {
+    /// Moves the socket to its real name: the daemon is ready.
+    pub fn publish(mut self) -> Result<UnixListener> {
+        std::fs::rename(&self.starting, &self.path)
+            .with_context(|| format!("publishing the control socket {}", self.path.display()))?;
+        self.starting = std::path::PathBuf::new();
+        self.listener
+            .take()
+            .context("the control socket was published twice")
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if !self.starting.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.starting);
+        }
+    }
 }
 
 pub async fn serve(listener: UnixListener, ctx: Arc<Ctx>) {

@@ -61,6 +61,7 @@ impl<M: Maps> Controller<M> {
         };
         let mut summary = adopt::summary(&c.state);
         summary.extend(c.apply(cfg)?);
+        c.state.started = true;
         Ok((c, summary))
     }
 

@@ -112,6 +112,8 @@ pub struct State {
     /// SNAT index → address; inactive ones wait for their flows to end.
     pub snat: BTreeMap<u32, (SnatState, u64)>,
     pub interfaces: Vec<Interface>,
+    /// The first config has been applied: backends added from now on start pending.
+    pub started: bool,
 }
 
 /// Lowest id in `0..max` not in `used`.
@@ -127,6 +129,7 @@ impl State {
             retired_backends: BTreeMap::new(),
             snat: BTreeMap::new(),
             interfaces: Vec::new(),
+            started: false,
         }
     }
 
@@ -183,10 +186,11 @@ impl State {
         self.retired_backends.insert(b.id, (entry, now));
     }
 
-    /// A new backend from the config or the CLI, pending until probes decide (a VIP without
-    /// health checks trusts it at once).
+    /// A new backend. At start-up it counts as up until probes say otherwise (the table must not
+    /// shrink to the first backend that happens to pass its checks); added later (CLI, reload)
+    /// it is pending until its probes pass. A VIP without health checks trusts it at once.
     pub fn new_backend(&self, address: IpAddr, port: u16, weight: u32, id: u32, hc: &HealthCheck) -> BackendState {
-        let status = if hc.kind == crate::config::ProbeKind::None {
+        let status = if hc.kind == crate::config::ProbeKind::None || !self.started {
             Status::Up
         } else {
             Status::Pending

@@ -34,6 +34,8 @@ pub enum Command {
     Probe(ProbeTarget, ProbeResult),
     InUse(InUse),
     Attached(Vec<Attachment>),
+    /// End the thread (probe tasks may still hold senders).
+    Stop,
 }
 
 /// How the rest of the daemon reaches the controller.
@@ -125,6 +127,7 @@ fn run<M: Maps>(
     let mut published = Instant::now();
     loop {
         let cmd = match rx.recv_timeout(PUBLISH_EVERY) {
+            Ok(Command::Stop) => return,
             Ok(cmd) => Some(cmd),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -181,6 +184,7 @@ fn handle<M: Maps>(c: &mut Controller<M>, cmd: Command, attachments: &mut Vec<At
             Err(e) => error!("releasing unused backend ids and SNAT addresses failed: {e:#}"),
         },
         Command::Attached(a) => *attachments = a,
+        Command::Stop => {}
     }
     true
 }

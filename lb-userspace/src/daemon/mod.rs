@@ -149,7 +149,7 @@ impl Drop for CreatedPins {
 async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
     check_interfaces_free(&cfg)?;
     // Sockets first: a clash stops the daemon before anything is attached.
-    let listener = crate::control::bind(&cfg.daemon.control_socket)?;
+    let control = crate::control::bind(&cfg.daemon.control_socket)?;
     let metrics_listener = metrics::bind(cfg.daemon.metrics_listen).await?;
     let Loaded {
         mut program,
@@ -193,7 +193,7 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
     let m = Arc::new(metrics::Metrics::new(rtt.clone()));
     let tasks = [
         tokio::spawn(metrics::serve(metrics_listener, m, ctx.clone())),
-        tokio::spawn(crate::control::serve(listener, ctx.clone())),
+        tokio::spawn(crate::control::serve(control.publish()?, ctx.clone())),
         tokio::spawn(tasks::health_scheduler(handle.clone(), rtt)),
         tokio::spawn(tasks::neighbor_loop(handle.clone())),
     ];
@@ -210,6 +210,7 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
     let _ = std::fs::remove_file(&cfg.daemon.control_socket);
     let unload = ctx.unload_requested.load(Ordering::SeqCst);
     // Drop our handles (program, maps) first so only the pins hold the objects.
+    let _ = handle.send(Command::Stop);
     drop(ctx);
     drop(handle);
     let _ = expiry.join();

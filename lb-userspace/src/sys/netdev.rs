@@ -123,11 +123,12 @@ pub fn attached_xdp(name: &str) -> Option<(u64, String)> {
     Some((id, pname))
 }
 
-/// Addresses the host's routes name as preferred source (`ip route ... src X`): the ones the
-/// kernel picks for its own connections.
+/// Addresses the host's unicast routes name as preferred source (`ip route ... src X`): the
+/// ones the kernel picks for its own connections. (Every local address is the source of its own
+/// `local` route; those do not count.)
 pub fn route_sources() -> Vec<std::net::IpAddr> {
     let Ok(out) = std::process::Command::new("ip")
-        .args(["-j", "route", "show", "table", "all"])
+        .args(["-j", "route", "show", "table", "all", "type", "unicast"])
         .output()
     else {
         return Vec::new();
