@@ -117,6 +117,10 @@ fn s04_added_backend_takes_new_flows_and_moves_none() {
         "100",
     ])
     .unwrap();
+    // Pending until its health checks pass.
+    wait_stats(&t, Duration::from_secs(5), "b4 in the table", |s| {
+        backend_row(s, "im-tcp", 3)["in_table"] == true
+    });
     let fresh = Topology::client_report(tcp_client(&t, 800, 0, 1)).unwrap();
     assert_spread(
         &fresh,
