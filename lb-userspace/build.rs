@@ -26,7 +26,11 @@ fn main() {
 fn build() -> Result<(), String> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
     let ebpf_dir = manifest.join("../lb-ebpf");
-    for dir in ["../lb-ebpf/src", "../lb-ebpf/Cargo.toml", "../lb-common/src"] {
+    for dir in [
+        "../lb-ebpf/src",
+        "../lb-ebpf/Cargo.toml",
+        "../lb-common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", manifest.join(dir).display());
     }
     let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
@@ -46,7 +50,14 @@ fn build() -> Result<(), String> {
     .join("\x1f");
     let mut cmd = Command::new("rustup");
     cmd.args(["run", "nightly", "cargo", "build", "--package", PACKAGE])
-        .args(["--bins", "--release", "--target", target, "-Z", "build-std=core"])
+        .args([
+            "--bins",
+            "--release",
+            "--target",
+            target,
+            "-Z",
+            "build-std=core",
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .current_dir(&ebpf_dir)

@@ -334,7 +334,13 @@ mod tests {
     fn blind_rst_is_not_accepted_but_the_exact_one_is() {
         let mut f = established();
         // The backend's RCV.NXT is the client's ISN + 1 (no data yet).
-        for bad in [0u32, CLIENT_ISN, CLIENT_ISN + 2, CLIENT_ISN + 1000, 0xdead_beef] {
+        for bad in [
+            0u32,
+            CLIENT_ISN,
+            CLIENT_ISN + 2,
+            CLIENT_ISN + 1000,
+            0xdead_beef,
+        ] {
             let v = f.track_tcp(Forward, &seg(RST, bad, 0, 0));
             assert_eq!(v, Verdict::Unaccepted, "seq {bad}");
             assert_eq!(f.state, State::Established as u8);
@@ -462,7 +468,11 @@ mod tests {
         let a = BACKEND_ISN.wrapping_add(1);
         f.track_tcp(Forward, &seg(ACK, CLIENT_ISN + 1, a.wrapping_add(500), 502));
         f.track_tcp(Forward, &seg(ACK, CLIENT_ISN + 1, a.wrapping_add(100), 502));
-        assert_eq!(f.ack[0], a.wrapping_add(500), "a reordered ACK rolled it back");
+        assert_eq!(
+            f.ack[0],
+            a.wrapping_add(500),
+            "a reordered ACK rolled it back"
+        );
     }
 
     #[test]

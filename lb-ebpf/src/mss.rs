@@ -3,7 +3,9 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    DataplaneConfig, csum::CsumDelta, mss,
+    DataplaneConfig,
+    csum::CsumDelta,
+    mss,
     tcp_opts::{ABSENT, IPV4_TCP_HEADERS, Options, clamp},
 };
 

@@ -26,7 +26,12 @@ use crate::{
 
 /// None when the packet is for no VIP after all (the caller goes on).
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, p: &mut Packet, class: AddrClass, opts: Option<&Options>) -> Option<Verdict> {
+pub fn handle(
+    ctx: &XdpContext,
+    p: &mut Packet,
+    class: AddrClass,
+    opts: Option<&Options>,
+) -> Option<Verdict> {
     let mut flow = match forward::find_or_create(ctx, p, class) {
         Found::Flow(f) => f,
         Found::NotVip => return None,

@@ -20,7 +20,12 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, p: &mut Packet, class: AddrClass, opts: Option<&Options>) -> Verdict {
+pub fn handle(
+    ctx: &XdpContext,
+    p: &mut Packet,
+    class: AddrClass,
+    opts: Option<&Options>,
+) -> Verdict {
     let flow = match reverse::find(p, class) {
         Ok(f) => f,
         Err(r) => return Verdict::of(r),
@@ -81,4 +86,3 @@ fn clamp_synack(
         mss::clamp_to(ctx, p, opts, limit);
     }
 }
-

@@ -3,7 +3,10 @@
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 
-use crate::parse::{eth::{ETH_P_8021Q, tag_vid}, ptr_at};
+use crate::parse::{
+    eth::{ETH_P_8021Q, tag_vid},
+    ptr_at,
+};
 
 const TAG_LEN: i32 = 4;
 
@@ -20,11 +23,7 @@ pub fn set(ctx: &XdpContext, have: u16, want: u16) -> Option<()> {
         unsafe { *tci = tag_vid(want).to_be_bytes() };
         return Some(());
     }
-    if have != 0 {
-        pop(ctx)
-    } else {
-        push(ctx, want)
-    }
+    if have != 0 { pop(ctx) } else { push(ctx, want) }
 }
 
 /// Moves the MAC addresses 4 bytes forward over the tag, then drops the first 4 bytes.

@@ -198,9 +198,12 @@ impl Collector for ReportCollector {
             &mut enc,
             "wklb_snat_flows",
             "Flows using each SNAT address (at most one per port)",
-            s.snat
-                .iter()
-                .map(|x| (vec![("address".to_string(), x.address.clone())], x.flows as i64)),
+            s.snat.iter().map(|x| {
+                (
+                    vec![("address".to_string(), x.address.clone())],
+                    x.flows as i64,
+                )
+            }),
         )?;
         gauge_family(
             &mut enc,
@@ -244,7 +247,11 @@ impl Metrics {
     pub fn new(rtt: ProbeRtt) -> Self {
         let report = Arc::new(Mutex::new(None));
         let mut registry = Registry::default();
-        registry.register("wklb_probe_rtt_seconds", "Health probe round-trip time", rtt);
+        registry.register(
+            "wklb_probe_rtt_seconds",
+            "Health probe round-trip time",
+            rtt,
+        );
         registry.register_collector(Box::new(ReportCollector {
             report: report.clone(),
         }));
@@ -334,19 +341,30 @@ async fn respond(
     ctx: &Ctx,
 ) -> Result<Response<Full<Bytes>>, hyper::http::Error> {
     if req.uri().path() != "/metrics" {
-        return text(404, "text/plain; charset=utf-8", "only /metrics is served here\n".into());
+        return text(
+            404,
+            "text/plain; charset=utf-8",
+            "only /metrics is served here\n".into(),
+        );
     }
     let openmetrics = req
         .headers()
         .get_all(hyper::header::ACCEPT)
         .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
+        .any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.contains("application/openmetrics-text"))
+        });
     let _one = metrics.scrape.lock().await;
     let report = match ctx.stats().await {
         Ok(r) => r,
         Err(e) => {
             warn!("metrics: reading the counters failed: {e:#}");
-            return text(500, "text/plain; charset=utf-8", format!("reading the counters failed: {e:#}\n"));
+            return text(
+                500,
+                "text/plain; charset=utf-8",
+                format!("reading the counters failed: {e:#}\n"),
+            );
         }
     };
     match metrics.encode(report) {
@@ -356,7 +374,11 @@ async fn respond(
     }
 }
 
-fn text(status: u16, content_type: &str, body: String) -> Result<Response<Full<Bytes>>, hyper::http::Error> {
+fn text(
+    status: u16,
+    content_type: &str,
+    body: String,
+) -> Result<Response<Full<Bytes>>, hyper::http::Error> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -387,8 +409,14 @@ mod tests {
             mode: "driver".into(),
         });
         let text = m.encode(r).unwrap();
-        assert!(text.contains("wklb_packets_total{reason=\"forwarded\"} 7"), "{text}");
-        assert!(text.contains("wklb_xdp_attached{interface=\"eth0\",mode=\"driver\"} 1"), "{text}");
+        assert!(
+            text.contains("wklb_packets_total{reason=\"forwarded\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wklb_xdp_attached{interface=\"eth0\",mode=\"driver\"} 1"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -135,7 +135,8 @@ impl Fixture {
             snat_count: 1,
             ..DataplaneConfig::default()
         };
-        img.snat.insert(0, SnatAddr::new(Addr::v4(SNAT.octets()), FAMILY_IPV4));
+        img.snat
+            .insert(0, SnatAddr::new(Addr::v4(SNAT.octets()), FAMILY_IPV4));
         img.snat_pick.insert(0, 0);
         for (id, port, proto) in [
             (TCP_VIP_ID, VIP_TCP_PORT, PROTO_TCP),

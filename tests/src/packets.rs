@@ -282,13 +282,23 @@ pub fn inspect(frame: &[u8]) -> Seen {
             }
             seq = h.sequence_number;
             ack = h.acknowledgment_number;
-            (h.source_port, h.destination_port, t.payload().to_vec(), h.checksum)
+            (
+                h.source_port,
+                h.destination_port,
+                t.payload().to_vec(),
+                h.checksum,
+            )
         }
         Some(TransportSlice::Udp(u)) => {
             let h = u.to_header();
             absent = h.checksum == 0;
             ok &= !absent && h.calc_checksum_ipv4(&hdr, u.payload()).unwrap() == h.checksum;
-            (h.source_port, h.destination_port, u.payload().to_vec(), h.checksum)
+            (
+                h.source_port,
+                h.destination_port,
+                u.payload().to_vec(),
+                h.checksum,
+            )
         }
         _ => (0, 0, Vec::new(), 0),
     };

@@ -29,14 +29,20 @@ fn swap(ctx: &XdpContext, p: &Packet) -> Option<()> {
         *ip.add(TTL) = icmp::TTL;
         let new_ttl = load16(ip.add(TTL));
         let c = load16(ip.add(CHECK));
-        store16(ip.add(CHECK), CsumDelta::new().replace16(old_ttl, new_ttl).apply(c));
+        store16(
+            ip.add(CHECK),
+            CsumDelta::new().replace16(old_ttl, new_ttl).apply(c),
+        );
         store32(ip.add(SRC), p.dst);
         store32(ip.add(DST), p.src);
         let old_type = load16(ic);
         *ic = icmp::ECHO_REPLY;
         let new_type = load16(ic);
         let c = load16(ic.add(2));
-        store16(ic.add(2), CsumDelta::new().replace16(old_type, new_type).apply(c));
+        store16(
+            ic.add(2),
+            CsumDelta::new().replace16(old_type, new_type).apply(c),
+        );
         let (d0, d1, d2) = (*eth, *eth.add(1), *eth.add(2));
         *eth = *eth.add(3);
         *eth.add(1) = *eth.add(4);

@@ -62,7 +62,13 @@ pub fn translate(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Option<Verdi
     if rewrite(ctx, p, &plan).is_none() {
         return Some(Verdict::of(Reason::DropInternal));
     }
-    Some(egress::transmit(ctx, &plan.hop, p.vlan, plan.vlan, plan.reason))
+    Some(egress::transmit(
+        ctx,
+        &plan.hop,
+        p.vlan,
+        plan.vlan,
+        plan.reason,
+    ))
 }
 
 #[inline(always)]
@@ -70,7 +76,8 @@ fn quoted(ctx: &XdpContext, p: &Packet) -> Option<Inner> {
     let l3 = p.l4() + QUOTE;
     let ip = ptr_at::<[u8; 20]>(ctx, l3)? as *const u8;
     // SAFETY: bounds checked by ptr_at.
-    let (vihl, proto, src, dst) = unsafe { (*ip, *ip.add(9), load32(ip.add(12)), load32(ip.add(16))) };
+    let (vihl, proto, src, dst) =
+        unsafe { (*ip, *ip.add(9), load32(ip.add(12)), load32(ip.add(16))) };
     let ihl = (vihl & 0x0f) as usize;
     if vihl >> 4 != 4 || ihl < 5 || (proto != PROTO_TCP && proto != PROTO_UDP) {
         return None;
@@ -126,7 +133,8 @@ fn to_backend(ctx: &XdpContext, p: &Packet, q: Inner) -> Option<Result<Plan, Ver
     // SAFETY: a live FLOW_TABLE value pointer.
     let e = unsafe { &*f.entry };
     let snat_addr = e.client[2];
-    let hop = match egress::backend_hop(ctx, e.backend_id, snat_addr, e.backend, q.proto, now_ns()) {
+    let hop = match egress::backend_hop(ctx, e.backend_id, snat_addr, e.backend, q.proto, now_ns())
+    {
         Ok(h) => h,
         Err(NoHop::Neighbor) => return Some(Err(Verdict::of(Reason::PassNoNeighbor))),
         Err(NoHop::Failed) => return Some(Err(Verdict::of(Reason::DropFibFailed))),
@@ -166,9 +174,7 @@ fn rewrite(ctx: &XdpContext, p: &Packet, plan: &Plan) -> Option<()> {
         store32(ip.add(12), new.src);
         store32(ip.add(16), new.dst);
         *ports = new.ports;
-        addr_delta
-            .add(port_delta)
-            .replace16(old_check, new_check)
+        addr_delta.add(port_delta).replace16(old_check, new_check)
     };
     // The quoted L4 checksum, when the quote is long enough to hold it.
     let (off, udp) = if old.proto == PROTO_TCP {
@@ -181,7 +187,11 @@ fn rewrite(ctx: &XdpContext, p: &Packet, plan: &Plan) -> Option<()> {
         unsafe {
             let before = *c;
             let d = addr_delta.add(port_delta);
-            let after = if udp { d.apply_udp(before) } else { d.apply(before) };
+            let after = if udp {
+                d.apply_udp(before)
+            } else {
+                d.apply(before)
+            };
             *c = after;
             icmp_delta = icmp_delta.replace16(before, after);
         }

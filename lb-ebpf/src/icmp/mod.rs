@@ -9,7 +9,11 @@ pub mod too_big;
 use aya_ebpf::programs::XdpContext;
 use lb_common::{AddrClass, DataplaneConfig, Reason, icmp};
 
-use crate::{maps::config, parse::{Packet, ptr_at}, verdict::Verdict};
+use crate::{
+    maps::config,
+    parse::{Packet, ptr_at},
+    verdict::Verdict,
+};
 
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Verdict {

@@ -74,7 +74,10 @@ fn build<const L3: usize>(ctx: &XdpContext, mtu: u16, src: u32, dst: u32) -> Opt
     // SAFETY: the whole new frame is in bounds (checked above); offsets are constants.
     unsafe {
         let e = b as *mut u16;
-        for (i, m) in [macs[3], macs[4], macs[5], macs[0], macs[1], macs[2]].into_iter().enumerate() {
+        for (i, m) in [macs[3], macs[4], macs[5], macs[0], macs[1], macs[2]]
+            .into_iter()
+            .enumerate()
+        {
             *e.add(i) = m;
         }
         if L3 == 18 {

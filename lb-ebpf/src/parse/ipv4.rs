@@ -19,7 +19,11 @@ pub enum Parsed {
     /// IHL < 5, wrong version, or the L4 header is cut short.
     Malformed,
     /// A fragment. A first fragment carries the ports when its L4 header is complete.
-    Fragment { first: bool, proto: u8, ports: u32 },
+    Fragment {
+        first: bool,
+        proto: u8,
+        ports: u32,
+    },
 }
 
 /// Flags and fragment offset field: more-fragments and a non-zero offset.

@@ -28,7 +28,9 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 pub fn opaque(mut v: usize) -> usize {
     // SAFETY: a register move onto itself (an empty template would leave BTF line info
     // pointing twice at one instruction, which the kernel rejects).
-    unsafe { core::arch::asm!("{0} = {0}", inout(reg) v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("{0} = {0}", inout(reg) v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 

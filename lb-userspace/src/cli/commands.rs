@@ -123,7 +123,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::CheckConfig { file, offline } => check_config(&file, offline, json),
         Cmd::Vip { cmd: VipCmd::List } => {
             let v: Vec<VipReport> = c.request(&Request::VipList)?;
-            if json { out_json(&v, true) } else { out(render::vips(&v)) }
+            if json {
+                out_json(&v, true)
+            } else {
+                out(render::vips(&v))
+            }
         }
         Cmd::Backend { cmd } => backend(&c, cmd),
         Cmd::Stats { watch, count } => stats(&c, watch, count),
@@ -142,14 +146,22 @@ pub fn run(cli: Cli) -> Result<()> {
                 snat: ep(snat)?,
                 limit,
             })?;
-            if json { out_json(&r, true) } else { out(render::conns(&r)) }
+            if json {
+                out_json(&r, true)
+            } else {
+                out(render::conns(&r))
+            }
         }
         Cmd::Lookup { client, vip } => {
             let client: SocketAddr = client
                 .parse()
                 .map_err(|_| anyhow!("{client:?} is not CLIENT_IP:PORT"))?;
             let r: LookupReport = c.request(&Request::Lookup { client, vip })?;
-            if json { out_json(&r, true) } else { out(render::lookup(&r)) }
+            if json {
+                out_json(&r, true)
+            } else {
+                out(render::lookup(&r))
+            }
         }
         Cmd::Reload => c.change(&Request::Reload),
         Cmd::Unload { pin_path } => unload(&c, &pin_path),
@@ -169,7 +181,11 @@ fn backend(c: &Client, cmd: BackendCmd) -> Result<()> {
     match cmd {
         BackendCmd::List { vip } => {
             let v: Vec<BackendReport> = c.request(&Request::BackendList { vip })?;
-            if c.json { out_json(&v, true) } else { out(render::backends(&v)) }
+            if c.json {
+                out_json(&v, true)
+            } else {
+                out(render::backends(&v))
+            }
         }
         BackendCmd::Add {
             vip,
@@ -202,7 +218,11 @@ fn backend(c: &Client, cmd: BackendCmd) -> Result<()> {
 }
 
 fn check_config(file: &Path, offline: bool, json: bool) -> Result<()> {
-    let checks = if offline { Checks::Offline } else { Checks::Host };
+    let checks = if offline {
+        Checks::Offline
+    } else {
+        Checks::Host
+    };
     match config::load(file, checks) {
         Ok(l) => {
             let c = &l.config;
@@ -257,7 +277,11 @@ impl std::error::Error for Silent {}
 fn stats(c: &Client, watch: Option<u64>, count: Option<u64>) -> Result<()> {
     let Some(secs) = watch else {
         let s: StatsReport = c.request(&Request::Stats)?;
-        return if c.json { out_json(&s, true) } else { out(render::stats(&s)) };
+        return if c.json {
+            out_json(&s, true)
+        } else {
+            out(render::stats(&s))
+        };
     };
     if secs == 0 {
         bail!("--watch needs a period of at least 1 second");
@@ -300,7 +324,13 @@ fn unload(c: &Client, pin_path: &Path) -> Result<()> {
     let dir = bpffs::resolve_pin_dir(pin_path)?.path;
     let removed = links::unload_pinned(&dir)?;
     if c.json {
-        return out_json(Changes { changes: removed, note: None }, true);
+        return out_json(
+            Changes {
+                changes: removed,
+                note: None,
+            },
+            true,
+        );
     }
     if removed.is_empty() {
         out(format!("nothing pinned under {}", pin_path.display()))?;

@@ -13,8 +13,16 @@ fn table(header: &[&str]) -> Table {
 
 pub fn vips(v: &[VipReport]) -> String {
     let mut t = table(&[
-        "vip", "address", "proto", "backends", "in table", "table", "active", "packets",
-        "new flows", "no-backend drops",
+        "vip",
+        "address",
+        "proto",
+        "backends",
+        "in table",
+        "table",
+        "active",
+        "packets",
+        "new flows",
+        "no-backend drops",
     ]);
     for x in v {
         t.add_row(vec![
@@ -39,8 +47,19 @@ pub fn vips(v: &[VipReport]) -> String {
 
 pub fn backends(v: &[BackendReport]) -> String {
     let mut t = table(&[
-        "vip", "backend", "health", "weight", "in table", "active", "closing", "new flows",
-        "pkts in", "bytes in", "pkts out", "bytes out", "rtt ms",
+        "vip",
+        "backend",
+        "health",
+        "weight",
+        "in table",
+        "active",
+        "closing",
+        "new flows",
+        "pkts in",
+        "bytes in",
+        "pkts out",
+        "bytes out",
+        "rtt ms",
     ]);
     for b in v {
         let mut weight = if b.weight == b.configured_weight {

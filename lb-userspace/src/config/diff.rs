@@ -8,9 +8,15 @@ const RESTART_ONLY: &[(&str, &str)] = &[
     ("daemon.pin_path", "the pinned maps live there"),
     ("daemon.interfaces", "XDP is attached to them at start"),
     ("daemon.xdp_mode", "XDP is attached at start"),
-    ("daemon.control_socket", "the CLI talks to the socket bound at start"),
+    (
+        "daemon.control_socket",
+        "the CLI talks to the socket bound at start",
+    ),
     ("daemon.metrics_listen", "the listener is bound at start"),
-    ("conntrack.max_flows", "the connection table is allocated at start"),
+    (
+        "conntrack.max_flows",
+        "the connection table is allocated at start",
+    ),
 ];
 
 fn restart_only_values(c: &Config) -> [String; 6] {
@@ -43,17 +49,37 @@ pub fn global_changes(old: &Config, new: &Config) -> Result<Vec<String>, String>
     let mut note = |key: &str, x: String, y: String| notes.push((key.to_string(), x, y));
     let dur = |d: std::time::Duration| humantime::format_duration(d).to_string();
     let ns = |n: u64| dur(std::time::Duration::from_nanos(n));
-    note("daemon.gc_interval", dur(old.daemon.gc_interval), dur(new.daemon.gc_interval));
+    note(
+        "daemon.gc_interval",
+        dur(old.daemon.gc_interval),
+        dur(new.daemon.gc_interval),
+    );
     note(
         "daemon.log_data_path_events",
         old.daemon.log_data_path_events.to_string(),
         new.daemon.log_data_path_events.to_string(),
     );
     let (t, u) = (old.conntrack.timeouts, new.conntrack.timeouts);
-    note("conntrack.tcp_syn_timeout", ns(t.syn_sent_ns), ns(u.syn_sent_ns));
-    note("conntrack.tcp_established_timeout", ns(t.established_ns), ns(u.established_ns));
-    note("conntrack.tcp_closing_timeout", ns(t.closing_ns), ns(u.closing_ns));
-    note("conntrack.tcp_closed_timeout", ns(t.closed_ns), ns(u.closed_ns));
+    note(
+        "conntrack.tcp_syn_timeout",
+        ns(t.syn_sent_ns),
+        ns(u.syn_sent_ns),
+    );
+    note(
+        "conntrack.tcp_established_timeout",
+        ns(t.established_ns),
+        ns(u.established_ns),
+    );
+    note(
+        "conntrack.tcp_closing_timeout",
+        ns(t.closing_ns),
+        ns(u.closing_ns),
+    );
+    note(
+        "conntrack.tcp_closed_timeout",
+        ns(t.closed_ns),
+        ns(u.closed_ns),
+    );
     note("conntrack.udp_timeout", ns(t.udp_ns), ns(u.udp_ns));
     let policy = |pass: bool| if pass { "pass" } else { "drop" }.to_string();
     note(
@@ -61,14 +87,26 @@ pub fn global_changes(old: &Config, new: &Config) -> Result<Vec<String>, String>
         policy(old.conntrack.non_syn_pass),
         policy(new.conntrack.non_syn_pass),
     );
-    note("snat.port_min", old.snat.port_min.to_string(), new.snat.port_min.to_string());
-    note("snat.port_max", old.snat.port_max.to_string(), new.snat.port_max.to_string());
+    note(
+        "snat.port_min",
+        old.snat.port_min.to_string(),
+        new.snat.port_min.to_string(),
+    );
+    note(
+        "snat.port_max",
+        old.snat.port_max.to_string(),
+        new.snat.port_max.to_string(),
+    );
     let mss = |m: MssClamp| match m {
         MssClamp::Off => "off".to_string(),
         MssClamp::Auto => "auto".to_string(),
         MssClamp::Fixed(n) => n.to_string(),
     };
-    note("data_path.mss_clamp", mss(old.data_path.mss_clamp), mss(new.data_path.mss_clamp));
+    note(
+        "data_path.mss_clamp",
+        mss(old.data_path.mss_clamp),
+        mss(new.data_path.mss_clamp),
+    );
     note(
         "data_path.echo_reply",
         old.data_path.echo_reply.to_string(),

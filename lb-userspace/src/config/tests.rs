@@ -91,7 +91,8 @@ fn unknown_keys_are_all_reported_with_their_lines_and_the_rest_still_checked() {
     assert_eq!(w.line, Some(28));
     assert!(e.iter().any(|e| e.path.ends_with("intervall")), "{e:#?}");
     assert!(
-        e.iter().any(|e| e.message.contains("shorter than interval")),
+        e.iter()
+            .any(|e| e.message.contains("shorter than interval")),
         "validation still ran: {e:#?}"
     );
 }
@@ -188,22 +189,36 @@ fn snat_address_equal_to_a_vip_is_refused() {
 
 #[test]
 fn too_many_backends_in_all() {
-    let mut src = String::from(
-        "[daemon]\ninterfaces = [\"eth0\"]\n[snat]\naddresses = [\"192.0.2.10\"]\n",
-    );
+    let mut src =
+        String::from("[daemon]\ninterfaces = [\"eth0\"]\n[snat]\naddresses = [\"192.0.2.10\"]\n");
     for v in 0..3 {
-        src += &format!("[[vip]]\nname = \"v{v}\"\naddress = \"198.51.100.1\"\nport = {}\n", 5000 + v);
+        src += &format!(
+            "[[vip]]\nname = \"v{v}\"\naddress = \"198.51.100.1\"\nport = {}\n",
+            5000 + v
+        );
         for b in 0..1400 {
-            src += &format!("[[vip.backend]]\naddress = \"10.{v}.{}.{}\"\n", b / 250, b % 250 + 1);
+            src += &format!(
+                "[[vip.backend]]\naddress = \"10.{v}.{}.{}\"\n",
+                b / 250,
+                b % 250 + 1
+            );
         }
     }
     let e = one_error(&src);
-    assert!(e.message.contains("4200 backends") && e.message.contains("4096"), "{e}");
+    assert!(
+        e.message.contains("4200 backends") && e.message.contains("4096"),
+        "{e}"
+    );
 }
 
 #[test]
 fn mss_clamp_values() {
-    let with = |v: &str| GOOD.replace("[[vip]]", &format!("[data_path]\nmss_clamp = {v}\n\n[[vip]]"));
+    let with = |v: &str| {
+        GOOD.replace(
+            "[[vip]]",
+            &format!("[data_path]\nmss_clamp = {v}\n\n[[vip]]"),
+        )
+    };
     assert_eq!(ok(&with("\"off\"")).data_path.mss_clamp, MssClamp::Off);
     assert_eq!(ok(&with("1360")).data_path.mss_clamp, MssClamp::Fixed(1360));
     let e = one_error(&with("100"));

@@ -10,7 +10,7 @@ use lb_common::conntrack::Timeouts;
 use toml::Spanned;
 
 use super::{
-    BackendConfig, Checks, Config, ConfigError, Conntrack, DataPath, Daemon, HealthCheck, Loaded,
+    BackendConfig, Checks, Config, ConfigError, Conntrack, Daemon, DataPath, HealthCheck, Loaded,
     MAX_WEIGHT, MssClamp, ProbeKind, Protocol, Snat, Vip,
     schema::{RawBackend, RawConfig, RawHealthCheck, RawVip},
 };
@@ -113,9 +113,8 @@ pub fn parse(src: &str, checks: Checks) -> Result<Loaded, Vec<ConfigError>> {
     let de = toml::Deserializer::parse(src).map_err(|e| vec![toml_error(src, "(syntax)", &e)])?;
     let mut unknown = Vec::new();
     let mut note_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
-    let raw: Result<RawConfig, _> = serde_path_to_error::deserialize(
-        serde_ignored::Deserializer::new(de, &mut note_unknown),
-    );
+    let raw: Result<RawConfig, _> =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(de, &mut note_unknown));
     let mut c = Collector {
         src,
         errors: Vec::new(),
@@ -171,10 +170,7 @@ fn key_line(src: &str, path: &str) -> Option<usize> {
     src.lines()
         .position(|l| {
             let t = l.trim_start();
-            t.starts_with(key)
-                && t[key.len()..]
-                    .trim_start()
-                    .starts_with(['=', '.'])
+            t.starts_with(key) && t[key.len()..].trim_start().starts_with(['=', '.'])
         })
         .map(|i| i + 1)
 }

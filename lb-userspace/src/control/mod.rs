@@ -187,17 +187,24 @@ async fn dispatch(ctx: &Arc<Ctx>, req: Request) -> Result<Response> {
                 limit,
             };
             let (snap, flows) = (h.snapshot(), ctx.flows.clone());
-            Response::ok(blocking(move || reports::conns(&snap, flows.as_ref(), &f, monotonic_ns())).await?)
+            Response::ok(
+                blocking(move || reports::conns(&snap, flows.as_ref(), &f, monotonic_ns())).await?,
+            )
         }
         Request::Lookup { client, vip } => {
             let (snap, flows) = (h.snapshot(), ctx.flows.clone());
-            Response::ok(blocking(move || reports::lookup(&snap, flows.as_ref(), client, &vip)).await?)
+            Response::ok(
+                blocking(move || reports::lookup(&snap, flows.as_ref(), client, &vip)).await?,
+            )
         }
         Request::Reload => Response::ok(reload(ctx).await?),
         Request::Unload => {
             ctx.unload_requested.store(true, Ordering::SeqCst);
             Response::ok(Changes {
-                changes: vec!["unloading: detaching XDP and removing every pinned object; the daemon exits".into()],
+                changes: vec![
+                    "unloading: detaching XDP and removing every pinned object; the daemon exits"
+                        .into(),
+                ],
                 note: None,
             })
         }
@@ -208,7 +215,9 @@ async fn dispatch(ctx: &Arc<Ctx>, req: Request) -> Result<Response> {
 /// changes a restart-only setting, changes nothing.
 pub async fn reload(ctx: &Ctx) -> Result<Changes> {
     let path = ctx.config_path.clone();
-    let loaded = blocking(move || config::load(&path, Checks::Host).map_err(|e| anyhow::anyhow!("{e}"))).await?;
+    let loaded =
+        blocking(move || config::load(&path, Checks::Host).map_err(|e| anyhow::anyhow!("{e}")))
+            .await?;
     for w in &loaded.warnings {
         warn!("config: {w}");
     }

@@ -161,7 +161,10 @@ mod tests {
         assert_eq!(ok["ok"], true);
         assert!(ok.get("error").is_none());
         let err = serde_json::to_value(Response::err("no VIP named \"x\"")).unwrap();
-        assert_eq!(err, serde_json::json!({"ok": false, "error": "no VIP named \"x\""}));
+        assert_eq!(
+            err,
+            serde_json::json!({"ok": false, "error": "no VIP named \"x\""})
+        );
     }
 
     #[test]

@@ -49,7 +49,11 @@ pub fn state(img: &Image, cfg: &Config) -> State {
             adopted: true,
             table: table.unwrap_or_else(VipState::empty_table),
             members: Vec::new(),
-            mode: if fail_open { TableMode::FailOpen } else { TableMode::Normal },
+            mode: if fail_open {
+                TableMode::FailOpen
+            } else {
+                TableMode::Normal
+            },
         };
         for (id, b) in img.backends.iter().filter(|(_, b)| b.vip_id == meta.vip_id) {
             if b.flags & Backend::ACTIVE == 0 {

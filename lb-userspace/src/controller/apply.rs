@@ -21,7 +21,11 @@ impl<M: Maps> Controller<M> {
         let mut next = self.state.clone();
         let mut summary = Vec::new();
         snat(&mut next, &new, self.snat_capacity, &mut summary)?;
-        let wanted: BTreeSet<_> = new.vips.iter().map(|v| (v.address, v.port, v.protocol)).collect();
+        let wanted: BTreeSet<_> = new
+            .vips
+            .iter()
+            .map(|v| (v.address, v.port, v.protocol))
+            .collect();
         let now = monotonic_ns();
         let (keep, gone): (Vec<VipState>, Vec<VipState>) = std::mem::take(&mut next.vips)
             .into_iter()
@@ -34,7 +38,11 @@ impl<M: Maps> Controller<M> {
             summary.push(format!("vip {}: removed", v.name));
         }
         for vc in &new.vips {
-            match next.vips.iter().position(|v| v.tuple() == (vc.address, vc.port, vc.protocol)) {
+            match next
+                .vips
+                .iter()
+                .position(|v| v.tuple() == (vc.address, vc.port, vc.protocol))
+            {
                 Some(i) => update_vip(&mut next, i, vc, now, &mut summary)?,
                 None => {
                     add_vip(&mut next, vc)?;
@@ -105,7 +113,8 @@ fn add_vip(next: &mut State, vc: &Vip) -> Result<()> {
     };
     for b in &vc.backends {
         let bid = alloc_with(next, &v)?;
-        v.backends.push(next.new_backend(b.address, b.port, b.weight, bid, &vc.health));
+        v.backends
+            .push(next.new_backend(b.address, b.port, b.weight, bid, &vc.health));
     }
     next.vips.push(v);
     Ok(())
@@ -115,12 +124,17 @@ fn add_vip(next: &mut State, vc: &Vip) -> Result<()> {
 fn alloc_with(next: &State, pending: &VipState) -> Result<u32> {
     let mut used = next.backend_ids();
     used.extend(pending.backends.iter().map(|b| b.id));
-    super::state::lowest_free(&used, lb_common::MAX_BACKENDS).ok_or_else(|| {
-        anyhow::anyhow!("all {} backend slots are in use", lb_common::MAX_BACKENDS)
-    })
+    super::state::lowest_free(&used, lb_common::MAX_BACKENDS)
+        .ok_or_else(|| anyhow::anyhow!("all {} backend slots are in use", lb_common::MAX_BACKENDS))
 }
 
-fn update_vip(next: &mut State, i: usize, vc: &Vip, now: u64, summary: &mut Vec<String>) -> Result<()> {
+fn update_vip(
+    next: &mut State,
+    i: usize,
+    vc: &Vip,
+    now: u64,
+    summary: &mut Vec<String>,
+) -> Result<()> {
     let adopted = std::mem::take(&mut next.vips[i].adopted);
     let v = &mut next.vips[i];
     if adopted {
@@ -143,7 +157,11 @@ fn update_vip(next: &mut State, i: usize, vc: &Vip, now: u64, summary: &mut Vec<
             b.health = b.health.rethreshold(vc.health.rise, vc.health.fall);
         }
     }
-    let current: Vec<(IpAddr, u16, u32)> = v.backends.iter().map(|b| (b.address, b.port, b.weight)).collect();
+    let current: Vec<(IpAddr, u16, u32)> = v
+        .backends
+        .iter()
+        .map(|b| (b.address, b.port, b.weight))
+        .collect();
     let diff = diff_backends(&current, &vc.backends);
     for (address, port) in &diff.removed {
         let pos = next.vips[i]
@@ -209,7 +227,10 @@ pub fn diff_backends(current: &[(IpAddr, u16, u32)], wanted: &[BackendConfig]) -
         }
     }
     for w in wanted {
-        match current.iter().find(|(a, p, _)| (*a, *p) == (w.address, w.port)) {
+        match current
+            .iter()
+            .find(|(a, p, _)| (*a, *p) == (w.address, w.port))
+        {
             Some((a, p, cur)) if *cur != w.weight => d.reweighted.push((*a, *p, *cur, w.weight)),
             Some(_) => {}
             None => d.added.push(*w),

@@ -62,7 +62,13 @@ fn backend_index(s: &State, vi: usize, address: IpAddr, port: Option<u16>) -> Re
 }
 
 impl<M: Maps> Controller<M> {
-    pub fn add_backend(&mut self, vip: &str, address: IpAddr, port: Option<u16>, weight: u32) -> Result<String> {
+    pub fn add_backend(
+        &mut self,
+        vip: &str,
+        address: IpAddr,
+        port: Option<u16>,
+        weight: u32,
+    ) -> Result<String> {
         check_weight(weight)?;
         if !address.is_ipv4() {
             bail!("{address} is IPv6; this data plane is IPv4");
@@ -70,7 +76,11 @@ impl<M: Maps> Controller<M> {
         let mut next = self.state.clone();
         let vi = next.vip_index(vip)?;
         let port = port.unwrap_or(next.vips[vi].port);
-        if next.vips[vi].backends.iter().any(|b| (b.address, b.port) == (address, port)) {
+        if next.vips[vi]
+            .backends
+            .iter()
+            .any(|b| (b.address, b.port) == (address, port))
+        {
             bail!("vip {vip} already has backend {address}:{port}");
         }
         let id = next.alloc_backend_id()?;
@@ -89,7 +99,12 @@ impl<M: Maps> Controller<M> {
         ))
     }
 
-    pub fn remove_backend(&mut self, vip: &str, address: IpAddr, port: Option<u16>) -> Result<String> {
+    pub fn remove_backend(
+        &mut self,
+        vip: &str,
+        address: IpAddr,
+        port: Option<u16>,
+    ) -> Result<String> {
         let mut next = self.state.clone();
         let vi = next.vip_index(vip)?;
         let bi = backend_index(&next, vi, address, port)?;
@@ -106,7 +121,13 @@ impl<M: Maps> Controller<M> {
     }
 
     /// Weight 0 = drain: no new flows, existing ones stay until they end.
-    pub fn set_weight(&mut self, vip: &str, address: IpAddr, port: Option<u16>, weight: u32) -> Result<String> {
+    pub fn set_weight(
+        &mut self,
+        vip: &str,
+        address: IpAddr,
+        port: Option<u16>,
+        weight: u32,
+    ) -> Result<String> {
         check_weight(weight)?;
         let mut next = self.state.clone();
         let vi = next.vip_index(vip)?;
@@ -132,7 +153,11 @@ impl<M: Maps> Controller<M> {
         let Ok(vi) = self.state.vip_index(&t.vip) else {
             return Ok(None);
         };
-        let Some(bi) = self.state.vips[vi].backends.iter().position(|b| b.socket() == t.backend) else {
+        let Some(bi) = self.state.vips[vi]
+            .backends
+            .iter()
+            .position(|b| b.socket() == t.backend)
+        else {
             return Ok(None);
         };
         let mut next = self.state.clone();

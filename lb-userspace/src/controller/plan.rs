@@ -74,9 +74,16 @@ pub fn image(s: &State) -> super::super::dataplane::Image {
         ..Default::default()
     };
     for (i, (snat, _)) in &s.snat {
-        img.snat.insert(*i, SnatAddr::new(addr(snat.address), FAMILY_IPV4));
+        img.snat
+            .insert(*i, SnatAddr::new(addr(snat.address), FAMILY_IPV4));
     }
-    for (k, i) in s.snat.iter().filter(|(_, (n, _))| n.active).map(|(i, _)| *i).enumerate() {
+    for (k, i) in s
+        .snat
+        .iter()
+        .filter(|(_, (n, _))| n.active)
+        .map(|(i, _)| *i)
+        .enumerate()
+    {
         img.snat_pick.insert(k as u32, i);
     }
     for (id, (b, _)) in &s.retired_backends {
@@ -179,7 +186,13 @@ pub fn filter(addrs: &BTreeMap<u32, AddrClass>) -> BTreeMap<u32, u64> {
         debug_assert!(i < ADDR_FILTER_SIZE);
         match buckets.get_mut(&i) {
             None => {
-                buckets.insert(i, FilterBucket { addr: *a, class: *c });
+                buckets.insert(
+                    i,
+                    FilterBucket {
+                        addr: *a,
+                        class: *c,
+                    },
+                );
             }
             Some(b) => b.class.flags |= AddrClass::COLLISION,
         }
@@ -233,22 +246,40 @@ mod tests {
     #[test]
     fn healthy_backends_with_weight_make_the_table() {
         use Status::*;
-        assert_eq!(ids(&vip(&[(100, Up), (100, Down), (0, Up)])), (vec![0], TableMode::Normal));
+        assert_eq!(
+            ids(&vip(&[(100, Up), (100, Down), (0, Up)])),
+            (vec![0], TableMode::Normal)
+        );
         // A pending backend waits while others are up.
-        assert_eq!(ids(&vip(&[(100, Up), (100, Pending)])), (vec![0], TableMode::Normal));
+        assert_eq!(
+            ids(&vip(&[(100, Up), (100, Pending)])),
+            (vec![0], TableMode::Normal)
+        );
     }
 
     #[test]
     fn fail_open_when_every_eligible_backend_is_down() {
         use Status::*;
-        assert_eq!(ids(&vip(&[(100, Down), (100, Down), (0, Up)])), (vec![0, 1], TableMode::FailOpen));
-        assert_eq!(ids(&vip(&[(100, Down), (100, Pending)])), (vec![0, 1], TableMode::FailOpen));
+        assert_eq!(
+            ids(&vip(&[(100, Down), (100, Down), (0, Up)])),
+            (vec![0, 1], TableMode::FailOpen)
+        );
+        assert_eq!(
+            ids(&vip(&[(100, Down), (100, Pending)])),
+            (vec![0, 1], TableMode::FailOpen)
+        );
         // Nothing probed yet: all, without the alarm.
-        assert_eq!(ids(&vip(&[(100, Pending), (100, Pending)])), (vec![0, 1], TableMode::Starting));
+        assert_eq!(
+            ids(&vip(&[(100, Pending), (100, Pending)])),
+            (vec![0, 1], TableMode::Starting)
+        );
         // All drained is not fail-open: nothing may take new flows.
         assert_eq!(ids(&vip(&[(0, Down), (0, Up)])), (vec![], TableMode::Empty));
         // Recovery: one comes back.
-        assert_eq!(ids(&vip(&[(100, Down), (100, Up)])), (vec![1], TableMode::Normal));
+        assert_eq!(
+            ids(&vip(&[(100, Down), (100, Up)])),
+            (vec![1], TableMode::Normal)
+        );
     }
 
     #[test]
@@ -259,12 +290,21 @@ mod tests {
             .flat_map(|x| (0..=255u8).map(move |y| u32::from_ne_bytes([10, 9, x, y])))
             .find(|b| filter_index(*b) == filter_index(a))
             .expect("a colliding address");
-        let vip = AddrClass { flags: AddrClass::VIP, snat_index: 0 };
+        let vip = AddrClass {
+            flags: AddrClass::VIP,
+            snat_index: 0,
+        };
         let mut addrs = BTreeMap::new();
         addrs.insert(a, vip);
         let f = filter(&addrs);
         assert_eq!(f.len(), 1);
-        assert_eq!(FilterBucket::from_u64(f[&filter_index(a)]), FilterBucket { addr: a, class: vip });
+        assert_eq!(
+            FilterBucket::from_u64(f[&filter_index(a)]),
+            FilterBucket {
+                addr: a,
+                class: vip
+            }
+        );
         addrs.insert(b, vip);
         let f = filter(&addrs);
         let bucket = FilterBucket::from_u64(f[&filter_index(a)]);

@@ -9,10 +9,8 @@ use std::{
 
 use anyhow::{Result, bail};
 use lb_common::{
-    Flow4Key, FlowEntry, MAGLEV_TABLE_SIZE, NO_BACKEND, Reason,
-    conntrack::State,
-    hash::flow_hash_v4_key,
-    slot,
+    Flow4Key, FlowEntry, MAGLEV_TABLE_SIZE, NO_BACKEND, Reason, conntrack::State,
+    hash::flow_hash_v4_key, slot,
 };
 
 use super::{Snapshot, plan::TableMode};
@@ -176,11 +174,19 @@ fn conn_row(snap: &Snapshot, s: u32, e: &FlowEntry, now_ns: u64) -> ConnReport {
         .unwrap_or(ip(e.client[2]));
     ConnReport {
         vip,
-        protocol: if e.proto == lb_common::PROTO_TCP { "tcp" } else { "udp" }.into(),
+        protocol: if e.proto == lb_common::PROTO_TCP {
+            "tcp"
+        } else {
+            "udp"
+        }
+        .into(),
         client: SocketAddr::new(ip(e.client[0]), e.client_port).to_string(),
         backend: SocketAddr::new(ip(e.backend), e.backend_port).to_string(),
         snat: SocketAddr::new(snat_addr, slot::port_of(s)).to_string(),
-        state: State::from_u8(e.state).map(|s| s.name()).unwrap_or("unknown").into(),
+        state: State::from_u8(e.state)
+            .map(|s| s.name())
+            .unwrap_or("unknown")
+            .into(),
         age_secs: (now_ns / 1_000_000_000).saturating_sub(e.created_s as u64) as f64,
         idle_secs: now_ns.saturating_sub(e.last_seen_ns) as f64 / 1e9,
     }
@@ -188,7 +194,12 @@ fn conn_row(snap: &Snapshot, s: u32, e: &FlowEntry, now_ns: u64) -> ConnReport {
 
 /// Live connections matching `f`, the first `limit` by (VIP, backend, client), and how many
 /// matched in all. Keeps only `limit` rows in memory however large the table is.
-pub fn conns(snap: &Snapshot, flows: &dyn Flows, f: &ConnFilter, now_ns: u64) -> Result<ConnsReport> {
+pub fn conns(
+    snap: &Snapshot,
+    flows: &dyn Flows,
+    f: &ConnFilter,
+    now_ns: u64,
+) -> Result<ConnsReport> {
     if let Some(name) = &f.vip {
         snap.vip(name)?;
     }
@@ -241,16 +252,35 @@ pub fn conns(snap: &Snapshot, flows: &dyn Flows, f: &ConnFilter, now_ns: u64) ->
 
 /// Which backend a new flow from `client` to the VIP gets, from the same hash and table the
 /// kernel uses (and the existing flow, if one is recorded for that tuple).
-pub fn lookup(snap: &Snapshot, flows: &dyn Flows, client: SocketAddr, vip: &str) -> Result<LookupReport> {
+pub fn lookup(
+    snap: &Snapshot,
+    flows: &dyn Flows,
+    client: SocketAddr,
+    vip: &str,
+) -> Result<LookupReport> {
     let v = snap.vip(vip)?;
     let (SocketAddr::V4(c), IpAddr::V4(va)) = (client, v.address) else {
         bail!("client {client} is not IPv4");
     };
-    let key = Flow4Key::new(c.ip().octets(), va.octets(), c.port(), v.port, v.protocol.number());
+    let key = Flow4Key::new(
+        c.ip().octets(),
+        va.octets(),
+        c.port(),
+        v.port,
+        v.protocol.number(),
+    );
     let h = flow_hash_v4_key(&key);
     let table_slot = h % MAGLEV_TABLE_SIZE;
-    let id = v.table.get(table_slot as usize).copied().unwrap_or(NO_BACKEND);
-    let backend = v.backends.iter().find(|b| b.id == id).map(|b| b.socket().to_string());
+    let id = v
+        .table
+        .get(table_slot as usize)
+        .copied()
+        .unwrap_or(NO_BACKEND);
+    let backend = v
+        .backends
+        .iter()
+        .find(|b| b.id == id)
+        .map(|b| b.socket().to_string());
     let existing = flows.get_ref(&key)?.and_then(|r| {
         let e = flows.entry(r.slot);
         (e.owner == r.token).then(|| SocketAddr::new(ip(e.backend), e.backend_port).to_string())

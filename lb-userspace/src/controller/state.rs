@@ -189,7 +189,14 @@ impl State {
     /// A new backend. At start-up it counts as up until probes say otherwise (the table must not
     /// shrink to the first backend that happens to pass its checks); added later (CLI, reload)
     /// it is pending until its probes pass. A VIP without health checks trusts it at once.
-    pub fn new_backend(&self, address: IpAddr, port: u16, weight: u32, id: u32, hc: &HealthCheck) -> BackendState {
+    pub fn new_backend(
+        &self,
+        address: IpAddr,
+        port: u16,
+        weight: u32,
+        id: u32,
+        hc: &HealthCheck,
+    ) -> BackendState {
         let status = if hc.kind == crate::config::ProbeKind::None || !self.started {
             Status::Up
         } else {

@@ -67,13 +67,30 @@ impl Handle {
     pub async fn reload(&self, cfg: Config) -> Result<Vec<String>> {
         self.ask(|r| Command::Reload(cfg, r)).await
     }
-    pub async fn add_backend(&self, vip: String, a: IpAddr, port: Option<u16>, w: u32) -> Result<String> {
+    pub async fn add_backend(
+        &self,
+        vip: String,
+        a: IpAddr,
+        port: Option<u16>,
+        w: u32,
+    ) -> Result<String> {
         self.ask(|r| Command::AddBackend(vip, a, port, w, r)).await
     }
-    pub async fn remove_backend(&self, vip: String, a: IpAddr, port: Option<u16>) -> Result<String> {
+    pub async fn remove_backend(
+        &self,
+        vip: String,
+        a: IpAddr,
+        port: Option<u16>,
+    ) -> Result<String> {
         self.ask(|r| Command::RemoveBackend(vip, a, port, r)).await
     }
-    pub async fn set_weight(&self, vip: String, a: IpAddr, port: Option<u16>, w: u32) -> Result<String> {
+    pub async fn set_weight(
+        &self,
+        vip: String,
+        a: IpAddr,
+        port: Option<u16>,
+        w: u32,
+    ) -> Result<String> {
         self.ask(|r| Command::SetWeight(vip, a, port, w, r)).await
     }
 
@@ -110,7 +127,9 @@ struct StopGuard(Arc<Notify>);
 impl Drop for StopGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            error!("the controller thread panicked; the daemon stops so its service manager can restart it (restarts keep every connection)");
+            error!(
+                "the controller thread panicked; the daemon stops so its service manager can restart it (restarts keep every connection)"
+            );
         }
         self.0.notify_one();
     }
@@ -141,7 +160,11 @@ fn run<M: Maps>(
             None => false,
         };
         if structural || (dirty && published.elapsed() >= PUBLISH_EVERY) {
-            snapshot.store(Arc::new(Snapshot::of(c.state(), c.expired_total(), &attachments)));
+            snapshot.store(Arc::new(Snapshot::of(
+                c.state(),
+                c.expired_total(),
+                &attachments,
+            )));
             published = Instant::now();
             dirty = false;
             if structural {

@@ -31,7 +31,9 @@ fn rollback<M: Maps>(maps: &mut M, undo: &[Write]) {
     for w in undo.iter().rev() {
         if let Err(e) = maps.write(w) {
             // The maps now differ from the controller's view; say so plainly.
-            error!("undoing a map write failed ({w:?}): {e:#}; the data plane may be inconsistent until the next reload");
+            error!(
+                "undoing a map write failed ({w:?}): {e:#}; the data plane may be inconsistent until the next reload"
+            );
         }
     }
 }

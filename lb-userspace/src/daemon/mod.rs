@@ -60,8 +60,10 @@ impl Ctx {
             self.counters.clone(),
             self.flows.clone(),
         );
-        tokio::task::spawn_blocking(move || reports::stats(&snap, counters.as_ref(), flows.as_ref()))
-            .await?
+        tokio::task::spawn_blocking(move || {
+            reports::stats(&snap, counters.as_ref(), flows.as_ref())
+        })
+        .await?
     }
 }
 
@@ -73,7 +75,10 @@ pub fn run(config_path: &Path, socket: Option<PathBuf>) -> Result<()> {
     }
     let mut cfg = loaded.config;
     if let Some(s) = socket {
-        info!("control socket {} (from --socket, not daemon.control_socket)", s.display());
+        info!(
+            "control socket {} (from --socket, not daemon.control_socket)",
+            s.display()
+        );
         cfg.daemon.control_socket = s;
     }
     bpffs::require_root("wklb daemon")?;
@@ -125,7 +130,8 @@ fn interfaces(cfg: &Config) -> Result<Vec<Interface>> {
         .map(|name| {
             Ok(Interface {
                 name: name.clone(),
-                ifindex: netdev::ifindex(name).with_context(|| format!("interface {name} is gone"))?,
+                ifindex: netdev::ifindex(name)
+                    .with_context(|| format!("interface {name} is gone"))?,
                 mtu: netdev::mtu(name).unwrap_or(1500),
             })
         })
@@ -139,8 +145,14 @@ impl Drop for CreatedPins {
     fn drop(&mut self) {
         if let Some(dir) = self.0.take() {
             match links::unload_pinned(&dir) {
-                Ok(_) => warn!("start-up failed: removed the pins it had created under {}", dir.display()),
-                Err(e) => error!("start-up failed and removing its pins under {} failed too: {e:#}", dir.display()),
+                Ok(_) => warn!(
+                    "start-up failed: removed the pins it had created under {}",
+                    dir.display()
+                ),
+                Err(e) => error!(
+                    "start-up failed and removing its pins under {} failed too: {e:#}",
+                    dir.display()
+                ),
             }
         }
     }
@@ -166,15 +178,28 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
     let mut created = CreatedPins((!pins.adopted).then(|| pins.dir.path.clone()));
     info!(
         "data plane {} (pinned under {})",
-        if pins.adopted { "adopted: flows and counters kept" } else { "loaded" },
+        if pins.adopted {
+            "adopted: flows and counters kept"
+        } else {
+            "loaded"
+        },
         cfg.daemon.pin_path.display()
     );
     let snat_capacity = flows.slots() / lb_common::SLOTS_PER_SNAT_ADDR;
     let (ctl, summary) = Controller::new(maps, cfg.clone(), interfaces(&cfg)?, snat_capacity)?;
     summary.iter().for_each(|l| info!("{l}"));
-    let addrs = tasks::backend_v4(&ctl.state().vips.iter().flat_map(|v| v.backends.iter().map(|b| b.address)).collect::<Vec<_>>());
+    let addrs = tasks::backend_v4(
+        &ctl.state()
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.address))
+            .collect::<Vec<_>>(),
+    );
     let n = crate::sys::neighbors::warm(&addrs, std::time::Duration::from_secs(1));
-    info!("neighbour entries: {n} of {} backend address(es) resolved", addrs.len());
+    info!(
+        "neighbour entries: {n} of {} backend address(es) resolved",
+        addrs.len()
+    );
     let attachments = attach(&mut program, &pins.dir.path, &cfg)?;
     created.0 = None;
     let (handle, controller_thread) = thread::spawn(ctl)?;
@@ -222,14 +247,20 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
         }
     }
     if failed {
-        bail!("the controller stopped unexpectedly; the data plane stays attached with its last tables");
+        bail!(
+            "the controller stopped unexpectedly; the data plane stays attached with its last tables"
+        );
     }
     Ok(())
 }
 
 /// Attaches (or adopts the pinned link) on every configured interface; detaches pinned links on
 /// interfaces no longer configured.
-fn attach(program: &mut kernel::Program, pin_dir: &Path, cfg: &Config) -> Result<Vec<links::Attachment>> {
+fn attach(
+    program: &mut kernel::Program,
+    pin_dir: &Path,
+    cfg: &Config,
+) -> Result<Vec<links::Attachment>> {
     for iface in links::pinned_interfaces(pin_dir) {
         if !cfg.daemon.interfaces.contains(&iface) {
             links::detach_pinned(pin_dir, &iface)?;
@@ -252,9 +283,15 @@ async fn signals(ctx: &Ctx, handle: &Handle, persistent: bool, cfg: &Config) -> 
     let mut hup = signal(SignalKind::hangup())?;
     let stopping = |sig: &str| {
         if persistent {
-            info!("{sig}: stopping; XDP stays attached on {} and every flow is kept for the next daemon", cfg.daemon.interfaces.join(", "));
+            info!(
+                "{sig}: stopping; XDP stays attached on {} and every flow is kept for the next daemon",
+                cfg.daemon.interfaces.join(", ")
+            );
         } else {
-            warn!("{sig}: stopping; the pins live in this process's own bpffs, so XDP on {} is detached when it exits and every connection breaks; start the daemon where /sys/fs/bpf is the host's bpffs to make restarts hitless", cfg.daemon.interfaces.join(", "));
+            warn!(
+                "{sig}: stopping; the pins live in this process's own bpffs, so XDP on {} is detached when it exits and every connection breaks; start the daemon where /sys/fs/bpf is the host's bpffs to make restarts hitless",
+                cfg.daemon.interfaces.join(", ")
+            );
         }
     };
     loop {

@@ -80,7 +80,13 @@ impl Counters for FakeCounters {
         Ok(r)
     }
     fn vip(&self, id: u32) -> Result<VipStats> {
-        Ok(self.vips.lock().unwrap().get(&id).copied().unwrap_or_default())
+        Ok(self
+            .vips
+            .lock()
+            .unwrap()
+            .get(&id)
+            .copied()
+            .unwrap_or_default())
     }
     fn backend(&self, id: u32) -> Result<BackendStats> {
         Ok(self

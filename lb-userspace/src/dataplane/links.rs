@@ -96,7 +96,12 @@ impl Program {
     /// Attaches to `iface` through a link pinned in `dir`, so the program stays attached when
     /// this process exits. A link pinned by an earlier daemon is re-pointed at this program in
     /// one atomic update: no packet goes unprocessed during a restart or an upgrade.
-    pub fn attach_pinned(&mut self, dir: &Path, iface: &str, mode: AttachMode) -> Result<Attachment> {
+    pub fn attach_pinned(
+        &mut self,
+        dir: &Path,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<Attachment> {
         let pin = link_pin(dir, iface);
         if pin.exists() {
             let pinned =
