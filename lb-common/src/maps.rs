@@ -39,6 +39,12 @@ pub const MAX_VIP_ENTRIES: u32 = 1024;
 pub const ADDR_FILTER_SIZE: u32 = 4096;
 /// Interfaces the program may redirect to or check the MTU of.
 pub const MAX_INTERFACES: u32 = 64;
+/// Each VIP has two Maglev tables in MAGLEV (at `2 * vip_id` and `2 * vip_id + 1`);
+/// `TABLE_SEL[vip_id]` says which one is live. The daemon fills the other one and flips the
+/// selector in one array write: packets see one table or the other, whole. It rewrites a table
+/// only after an RCU grace period has passed since packets stopped selecting it.
+pub const TABLES_PER_VIP: u32 = 2;
+
 /// Slots per SNAT address in `FLOW_TABLE`: one per port.
 pub const SLOTS_PER_SNAT_ADDR: u32 = 1 << 16;
 
@@ -49,6 +55,7 @@ pub mod names {
     pub const VIPS4: &str = "VIPS4";
     pub const VIP_INFO: &str = "VIP_INFO";
     pub const MAGLEV: &str = "MAGLEV";
+    pub const TABLE_SEL: &str = "TABLE_SEL";
     pub const BACKENDS: &str = "BACKENDS";
     pub const BACKEND_HOPS: &str = "BACKEND_HOPS";
     pub const FLOWS4: &str = "FLOWS4";
@@ -64,12 +71,13 @@ pub mod names {
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         ADDR_FILTER,
         ADDRS4,
         VIPS4,
         VIP_INFO,
         MAGLEV,
+        TABLE_SEL,
         BACKENDS,
         BACKEND_HOPS,
         FLOWS4,

@@ -10,7 +10,7 @@ use lb_common::{
     ADDR_FILTER_SIZE, AddrClass, BPF_F_MMAPABLE, Backend, BackendHop, BackendStats,
     DEFAULT_MAX_FLOWS, DataplaneConfig, Flow4Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE,
     MAX_BACKENDS, MAX_INTERFACES, MAX_SNAT_ADDRS, MAX_VIP_ENTRIES, MAX_VIPS, Reason,
-    SLOTS_PER_SNAT_ADDR, SnatAddr, Vip4Key, VipInfo, VipMeta, VipStats,
+    SLOTS_PER_SNAT_ADDR, SnatAddr, TABLES_PER_VIP, Vip4Key, VipInfo, VipMeta, VipStats,
 };
 
 /// Direct-mapped filter of our IPv4 addresses (VIP and SNAT), indexed by
@@ -30,14 +30,18 @@ pub static VIPS4: HashMap<Vip4Key, VipMeta, { MAX_VIP_ENTRIES as usize }> = Hash
 #[btf_map]
 pub static VIP_INFO: Array<VipInfo, { MAX_VIPS as usize }> = Array::new();
 
-/// VIP id → Maglev table (slot → backend id). The daemon swaps a whole inner map in one update,
-/// so a packet sees either the old table or the new one, never a mix. The inner tables are
-/// memory-mapped by the daemon to fill them without a syscall per slot.
+/// 2 × VIP id + table selector → Maglev table (slot → backend id). Each VIP has two tables;
+/// the daemon fills the one packets do not use (memory-mapped, no syscall per slot), then flips
+/// TABLE_SEL: a packet sees either the old table or the new one, never a mix.
 #[btf_map]
 pub static MAGLEV: ArrayOfMaps<
     Array<u32, { MAGLEV_TABLE_SIZE as usize }, BPF_F_MMAPABLE>,
-    { MAX_VIPS as usize },
+    { (MAX_VIPS * TABLES_PER_VIP) as usize },
 > = ArrayOfMaps::new();
+
+/// VIP id → which of its two tables is live (0 or 1).
+#[btf_map]
+pub static TABLE_SEL: Array<u32, { MAX_VIPS as usize }> = Array::new();
 
 /// Backend id → address, port, flags.
 #[btf_map]

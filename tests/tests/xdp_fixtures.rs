@@ -4,15 +4,15 @@
 use std::net::Ipv4Addr;
 
 use lb_common::{
-    Addr, AddrClass, DataplaneConfig, FAMILY_IPV4, PROTO_TCP, PROTO_UDP, Reason, SnatAddr,
-    Vip4Key, VipInfo, VipMeta, conntrack::State, mss,
+    Addr, AddrClass, DataplaneConfig, FAMILY_IPV4, PROTO_TCP, PROTO_UDP, Reason, SnatAddr, Vip4Key,
+    VipInfo, VipMeta, conntrack::State, mss,
 };
 use wklb_tests::{
     fixture::*,
     netns::{in_private_netns, ip},
     packets::{
-        self, CLIENT_MAC, Seg, echo, icmp_error, inspect, inspect_icmp, quoted_tuple, tcp,
-        tcp_seg, tcp_ttl, udp,
+        self, CLIENT_MAC, Seg, echo, icmp_error, inspect, inspect_icmp, quoted_tuple, tcp, tcp_seg,
+        tcp_ttl, udp,
     },
     root::require_root,
 };
@@ -140,7 +140,11 @@ fn syn_goes_to_the_maglev_backend_from_the_snat_address() {
         let flows = fx.flows();
         assert_eq!(flows.len(), 1);
         assert_eq!(flows[0].1.state, State::SynSent as u8);
-        assert_eq!(lb_common::slot::port_of(flows[0].0), s.src_port, "slot = SNAT port");
+        assert_eq!(
+            lb_common::slot::port_of(flows[0].0),
+            s.src_port,
+            "slot = SNAT port"
+        );
         assert_eq!(fx.refs(), 1);
     });
 }
@@ -150,7 +154,8 @@ fn handshake_data_and_replies_follow_the_flow() {
     with_fixture("handshake_data_and_replies_follow_the_flow", 1024, |fx| {
         let (b, snat_port) = open(fx, 40002);
         // A client's pure ACK before the backend answered does not establish the flow.
-        fx.run(fx.client_if, &tcp(client(40002), VIP_TCP, "A", b"")).unwrap();
+        fx.run(fx.client_if, &tcp(client(40002), VIP_TCP, "A", b""))
+            .unwrap();
         assert_eq!(state_of(fx, 40002), State::SynSent as u8);
         // Backend's SYN-ACK to the SNAT address comes back as VIP -> client.
         let before = fx.reasons();
@@ -170,7 +175,10 @@ fn handshake_data_and_replies_follow_the_flow() {
         assert_eq!((s.src, s.src_port), VIP_TCP);
         assert_eq!((s.dst, s.dst_port), client(40002));
         assert!(s.checksums_ok, "{s:?}");
-        assert_eq!(s.eth_dst, CLIENT_MAC, "back to the MAC the client's frames came from");
+        assert_eq!(
+            s.eth_dst, CLIENT_MAC,
+            "back to the MAC the client's frames came from"
+        );
         assert_eq!(s.eth_src, packets::EDGE_MAC);
         assert_only(fx, &before, Reason::Reversed, 1);
         assert_eq!(state_of(fx, 40002), State::Established as u8);
@@ -218,7 +226,15 @@ fn blind_rst_and_fin_are_forwarded_but_do_not_end_the_flow() {
         let (b, snat_port) = establish(fx, 40010);
         for (i, seq) in [0u32, ISN, ISN + 7, 0xdead_beef].into_iter().enumerate() {
             let before = fx.reasons();
-            let rst = tcp_seg(client(40010), VIP_TCP, &Seg { flags: "R", seq, ..Seg::default() });
+            let rst = tcp_seg(
+                client(40010),
+                VIP_TCP,
+                &Seg {
+                    flags: "R",
+                    seq,
+                    ..Seg::default()
+                },
+            );
             let (act, _) = fx.run(fx.client_if, &rst).unwrap();
             assert_eq!(act, XDP_REDIRECT, "the backend decides (attempt {i})");
             assert_only(fx, &before, Reason::ForwardedOutOfWindow, 1);
@@ -229,7 +245,11 @@ fn blind_rst_and_fin_are_forwarded_but_do_not_end_the_flow() {
         let rst = tcp_seg(
             (BACKENDS[b], VIP_TCP_PORT),
             (SNAT, snat_port),
-            &Seg { flags: "RA", seq: 77, ..Seg::default() },
+            &Seg {
+                flags: "RA",
+                seq: 77,
+                ..Seg::default()
+            },
         );
         assert_eq!(fx.run(fx.backend_if, &rst).unwrap().0, XDP_REDIRECT);
         assert_only(fx, &before, Reason::ReversedOutOfWindow, 1);
@@ -237,14 +257,27 @@ fn blind_rst_and_fin_are_forwarded_but_do_not_end_the_flow() {
         let fin = tcp_seg(
             client(40010),
             VIP_TCP,
-            &Seg { flags: "FA", seq: ISN + 1 + 10_000_000, ack: BACKEND_ISN + 1, ..Seg::default() },
+            &Seg {
+                flags: "FA",
+                seq: ISN + 1 + 10_000_000,
+                ack: BACKEND_ISN + 1,
+                ..Seg::default()
+            },
         );
         let before = fx.reasons();
         fx.run(fx.client_if, &fin).unwrap();
         assert_only(fx, &before, Reason::ForwardedOutOfWindow, 1);
         assert_eq!(state_of(fx, 40010), State::Established as u8);
         // The exact RST (the backend's RCV.NXT) does.
-        let rst = tcp_seg(client(40010), VIP_TCP, &Seg { flags: "R", seq: ISN + 1, ..Seg::default() });
+        let rst = tcp_seg(
+            client(40010),
+            VIP_TCP,
+            &Seg {
+                flags: "R",
+                seq: ISN + 1,
+                ..Seg::default()
+            },
+        );
         let before = fx.reasons();
         fx.run(fx.client_if, &rst).unwrap();
         assert_only(fx, &before, Reason::Forwarded, 1);
@@ -257,7 +290,14 @@ fn syn_with_rst_or_fin_is_dropped_and_creates_nothing() {
     with_fixture("syn_with_rst_or_fin", 1024, |fx| {
         for flags in ["SR", "SF"] {
             let before = fx.reasons();
-            let f = tcp_seg(client(40020), VIP_TCP, &Seg { flags, ..Seg::default() });
+            let f = tcp_seg(
+                client(40020),
+                VIP_TCP,
+                &Seg {
+                    flags,
+                    ..Seg::default()
+                },
+            );
             assert_eq!(fx.run(fx.client_if, &f).unwrap().0, XDP_DROP, "{flags}");
             assert_only(fx, &before, Reason::DropBadTcpFlags, 1);
         }
@@ -265,7 +305,14 @@ fn syn_with_rst_or_fin_is_dropped_and_creates_nothing() {
         // On an existing flow too.
         establish(fx, 40021);
         let before = fx.reasons();
-        let f = tcp_seg(client(40021), VIP_TCP, &Seg { flags: "SR", ..Seg::default() });
+        let f = tcp_seg(
+            client(40021),
+            VIP_TCP,
+            &Seg {
+                flags: "SR",
+                ..Seg::default()
+            },
+        );
         assert_eq!(fx.run(fx.client_if, &f).unwrap().0, XDP_DROP);
         assert_only(fx, &before, Reason::DropBadTcpFlags, 1);
         assert_eq!(state_of(fx, 40021), State::Established as u8);
@@ -286,14 +333,47 @@ fn ring_change_keeps_existing_flows_and_moves_new_ones() {
         }
         fx.install(TCP_VIP_ID, &[(0, 0), (1, 0), (2, 1)]).unwrap();
         for (p, b, sp) in &existing {
-            let (act, out) = fx.run(fx.client_if, &tcp(client(*p), VIP_TCP, "A", b"")).unwrap();
+            let (act, out) = fx
+                .run(fx.client_if, &tcp(client(*p), VIP_TCP, "A", b""))
+                .unwrap();
             assert_eq!(act, XDP_REDIRECT);
             let s = inspect(&out);
-            assert_eq!((s.dst, s.src_port), (BACKENDS[*b], *sp), "flow from port {p} moved");
+            assert_eq!(
+                (s.dst, s.src_port),
+                (BACKENDS[*b], *sp),
+                "flow from port {p} moved"
+            );
         }
         for p in 42000..42050 {
             assert_eq!(open(fx, p).0, 2, "new flow from {p} ignored the new table");
         }
+    });
+}
+
+#[test]
+fn back_to_back_table_flips_are_whole_and_read_back() {
+    with_fixture("back_to_back_table_flips", 4096, |fx| {
+        use lb_userspace::dataplane::Maps as _;
+        // Each install fills the table packets do not use, then flips the selector; the third
+        // reuses the first one's buffer and must wait out its grace period, not corrupt it.
+        for (round, only) in [0u32, 1, 2, 0, 1].into_iter().enumerate() {
+            let members: Vec<(u32, u32)> = (0..3).map(|b| (b, (b == only) as u32)).collect();
+            fx.install(TCP_VIP_ID, &members).unwrap();
+            let live = fx.maps.read().unwrap().tables[&TCP_VIP_ID].clone();
+            assert_eq!(live, fx.image.tables[&TCP_VIP_ID], "round {round}: read-back differs");
+            assert!(live.iter().all(|b| *b == only), "round {round}: table not whole");
+            for p in 0..20u16 {
+                let port = 43000 + round as u16 * 100 + p;
+                assert_eq!(open(fx, port).0, only as usize, "round {round}: flow from {port}");
+            }
+        }
+        // Removing the VIP's table refuses new flows.
+        fx.image.tables.remove(&TCP_VIP_ID);
+        fx.sync().unwrap();
+        assert!(!fx.maps.read().unwrap().tables.contains_key(&TCP_VIP_ID));
+        let before = fx.reasons();
+        assert_eq!(fx.run(fx.client_if, &syn(44000)).unwrap().0, XDP_DROP);
+        assert_only(fx, &before, Reason::DropNoBackend, 1);
     });
 }
 
@@ -304,7 +384,15 @@ fn syn_reusing_a_closed_tuple_or_a_removed_backend_starts_a_new_flow() {
         // A retransmitted SYN follows the live flow: no new flow, same SNAT port.
         assert_eq!(open(fx, 43000), (b, sp));
         assert_eq!(fx.backend_stats(b as u32).new_flows, 1);
-        let rst = tcp_seg(client(43000), VIP_TCP, &Seg { flags: "R", seq: ISN + 1, ..Seg::default() });
+        let rst = tcp_seg(
+            client(43000),
+            VIP_TCP,
+            &Seg {
+                flags: "R",
+                seq: ISN + 1,
+                ..Seg::default()
+            },
+        );
         fx.run(fx.client_if, &rst).unwrap();
         assert_eq!(state_of(fx, 43000), State::Closed as u8);
         // Same tuple, new connection: a fresh flow (counted as new) on the table's choice.
@@ -317,11 +405,18 @@ fn syn_reusing_a_closed_tuple_or_a_removed_backend_starts_a_new_flow() {
         // Established flows keep their backend even when it leaves the table...
         let (e, esp) = establish(fx, 43001);
         let others: Vec<(u32, u32)> = (0..3u32).map(|i| (i, (i as usize != e) as u32)).collect();
-        fx.set_backend(e as u32, BACKENDS[e], VIP_TCP_PORT, false).unwrap();
+        fx.set_backend(e as u32, BACKENDS[e], VIP_TCP_PORT, false)
+            .unwrap();
         fx.install(TCP_VIP_ID, &others).unwrap();
-        let (_, out) = fx.run(fx.client_if, &tcp(client(43001), VIP_TCP, "PA", b"x")).unwrap();
+        let (_, out) = fx
+            .run(fx.client_if, &tcp(client(43001), VIP_TCP, "PA", b"x"))
+            .unwrap();
         let s = inspect(&out);
-        assert_eq!((s.dst, s.src_port), (BACKENDS[e], esp), "established flow moved");
+        assert_eq!(
+            (s.dst, s.src_port),
+            (BACKENDS[e], esp),
+            "established flow moved"
+        );
         // ...but a SYN on that tuple after the backend was removed picks a live one.
         let (e2, _) = open(fx, 43001);
         assert_ne!(e2, e, "SYN followed a removed backend");
@@ -344,7 +439,12 @@ fn a_reply_must_come_from_the_flows_backend() {
         }
         // A port with no flow at all: the host's own.
         let before = fx.reasons();
-        let f = tcp((BACKENDS[b], VIP_TCP_PORT), (SNAT, sp.wrapping_add(1)), "A", b"");
+        let f = tcp(
+            (BACKENDS[b], VIP_TCP_PORT),
+            (SNAT, sp.wrapping_add(1)),
+            "A",
+            b"",
+        );
         assert_eq!(fx.run(fx.backend_if, &f).unwrap().0, XDP_PASS);
         assert_only(fx, &before, Reason::PassReplyNoFlow, 1);
     });
@@ -355,16 +455,28 @@ fn udp_request_and_reply_both_ways_with_checksums() {
     with_fixture("udp_request_and_reply", 1024, |fx| {
         let want = fx.predict(UDP_VIP_ID, client(50000), VIP_UDP, PROTO_UDP);
         let idx = (want - UDP_BACKEND_BASE) as usize;
-        let (act, out) = fx.run(fx.client_if, &udp(client(50000), VIP_UDP, b"ping")).unwrap();
+        let (act, out) = fx
+            .run(fx.client_if, &udp(client(50000), VIP_UDP, b"ping"))
+            .unwrap();
         assert_eq!(act, XDP_REDIRECT);
         let s = inspect(&out);
-        assert_eq!((s.dst, s.dst_port, s.src), (BACKENDS[idx], VIP_UDP_PORT, SNAT));
+        assert_eq!(
+            (s.dst, s.dst_port, s.src),
+            (BACKENDS[idx], VIP_UDP_PORT, SNAT)
+        );
         assert!(s.checksums_ok, "{s:?}");
-        let reply = udp((BACKENDS[idx], VIP_UDP_PORT), (SNAT, s.src_port), b"backend-1");
+        let reply = udp(
+            (BACKENDS[idx], VIP_UDP_PORT),
+            (SNAT, s.src_port),
+            b"backend-1",
+        );
         let (act, out) = fx.run(fx.backend_if, &reply).unwrap();
         assert_eq!(act, XDP_REDIRECT);
         let r = inspect(&out);
-        assert_eq!(((r.src, r.src_port), (r.dst, r.dst_port)), (VIP_UDP, client(50000)));
+        assert_eq!(
+            ((r.src, r.src_port), (r.dst, r.dst_port)),
+            (VIP_UDP, client(50000))
+        );
         assert_eq!(r.payload, b"backend-1");
         assert!(r.checksums_ok, "{r:?}");
         assert_eq!(fx.flows()[0].1.state, State::Udp as u8);
@@ -375,7 +487,9 @@ fn udp_request_and_reply_both_ways_with_checksums() {
         let (_, out) = fx.run(fx.client_if, &nocsum).unwrap();
         assert!(inspect(&out).udp_checksum_absent);
         // A checksum that computes to 0 after the rewrite is sent as 0xFFFF.
-        let (act, out) = fx.run(fx.client_if, &udp(client(50002), VIP_UDP, &[0, 0])).unwrap();
+        let (act, out) = fx
+            .run(fx.client_if, &udp(client(50002), VIP_UDP, &[0, 0]))
+            .unwrap();
         assert_eq!(act, XDP_REDIRECT);
         let first = inspect(&out);
         // Find the payload that makes the rewritten datagram's checksum sum to 0.
@@ -388,7 +502,10 @@ fn udp_request_and_reply_both_ways_with_checksums() {
             })
             .expect("a payload with a zero checksum");
         let (_, out) = fx
-            .run(fx.client_if, &udp(client(50002), VIP_UDP, &target.to_be_bytes()))
+            .run(
+                fx.client_if,
+                &udp(client(50002), VIP_UDP, &target.to_be_bytes()),
+            )
             .unwrap();
         let s = inspect(&out);
         assert_eq!((s.src_port, s.dst), (first.src_port, first.dst));
@@ -397,8 +514,13 @@ fn udp_request_and_reply_both_ways_with_checksums() {
         // Many source ports spread over all three backends.
         let mut seen = [0u32; 3];
         for p in 51000..51300 {
-            let (_, out) = fx.run(fx.client_if, &udp(client(p), VIP_UDP, b"q")).unwrap();
-            seen[BACKENDS.iter().position(|b| *b == inspect(&out).dst).unwrap()] += 1;
+            let (_, out) = fx
+                .run(fx.client_if, &udp(client(p), VIP_UDP, b"q"))
+                .unwrap();
+            seen[BACKENDS
+                .iter()
+                .position(|b| *b == inspect(&out).dst)
+                .unwrap()] += 1;
         }
         assert!(seen.iter().all(|n| *n > 60), "{seen:?}");
     });
@@ -425,11 +547,31 @@ fn traffic_that_is_not_ours_passes_byte_for_byte() {
     with_fixture("traffic_that_is_not_ours_passes", 1024, |fx| {
         let cases: [(&str, Vec<u8>, Reason); 6] = [
             ("arp", packets::arp_request(), Reason::PassNotIpv4),
-            ("ssh to the host", tcp(client(40100), (EDGE_CLIENT_SIDE, 22), "S", b""), Reason::PassNotOurs),
-            ("VIP address, other port", tcp(client(40101), (VIP, 22), "S", b""), Reason::PassNotOurs),
-            ("UDP to a TCP-only VIP port", udp(client(40102), (VIP, VIP_TCP_PORT), b"x"), Reason::PassNotOurs),
-            ("routed through the edge", tcp(client(40103), (Ipv4Addr::new(10, 30, 0, 5), 443), "S", b""), Reason::PassNotOurs),
-            ("port 0 to a VIP address", tcp(client(40104), (VIP, 0), "S", b""), Reason::PassNotOurs),
+            (
+                "ssh to the host",
+                tcp(client(40100), (EDGE_CLIENT_SIDE, 22), "S", b""),
+                Reason::PassNotOurs,
+            ),
+            (
+                "VIP address, other port",
+                tcp(client(40101), (VIP, 22), "S", b""),
+                Reason::PassNotOurs,
+            ),
+            (
+                "UDP to a TCP-only VIP port",
+                udp(client(40102), (VIP, VIP_TCP_PORT), b"x"),
+                Reason::PassNotOurs,
+            ),
+            (
+                "routed through the edge",
+                tcp(client(40103), (Ipv4Addr::new(10, 30, 0, 5), 443), "S", b""),
+                Reason::PassNotOurs,
+            ),
+            (
+                "port 0 to a VIP address",
+                tcp(client(40104), (VIP, 0), "S", b""),
+                Reason::PassNotOurs,
+            ),
         ];
         for (what, frame, reason) in cases {
             let before = fx.reasons();
@@ -465,7 +607,12 @@ fn echo_to_a_vip_is_answered_unless_turned_off() {
         assert_only(fx, &before, Reason::PassIcmp, 1);
         // Echo to the SNAT address is the host's.
         let before = fx.reasons();
-        assert_eq!(fx.run(fx.backend_if, &echo(BACKENDS[0], SNAT, b"x")).unwrap().0, XDP_PASS);
+        assert_eq!(
+            fx.run(fx.backend_if, &echo(BACKENDS[0], SNAT, b"x"))
+                .unwrap()
+                .0,
+            XDP_PASS
+        );
         assert_only(fx, &before, Reason::PassIcmp, 1);
     });
 }
@@ -504,12 +651,37 @@ fn truncated_and_bad_headers_never_abort_and_are_counted() {
         doff_4[14 + 20 + 12] = 0x40;
         let cases: [(&str, Vec<u8>, u32, Reason); 7] = [
             ("IHL 4", bad_ihl, XDP_DROP, Reason::DropMalformed),
-            ("version 6 in an IPv4 frame", bad_version, XDP_DROP, Reason::DropMalformed),
-            ("IHL beyond the frame", ihl_past_end, XDP_DROP, Reason::DropMalformed),
-            ("total length beyond the frame", long_total, XDP_DROP, Reason::DropMalformed),
+            (
+                "version 6 in an IPv4 frame",
+                bad_version,
+                XDP_DROP,
+                Reason::DropMalformed,
+            ),
+            (
+                "IHL beyond the frame",
+                ihl_past_end,
+                XDP_DROP,
+                Reason::DropMalformed,
+            ),
+            (
+                "total length beyond the frame",
+                long_total,
+                XDP_DROP,
+                Reason::DropMalformed,
+            ),
             ("TCP data offset 4", doff_4, XDP_DROP, Reason::DropMalformed),
-            ("TTL 1", tcp_ttl(client(44001), VIP_TCP, "S", b"", 1), XDP_DROP, Reason::DropTtlExpired),
-            ("ACK without state", tcp(client(44002), VIP_TCP, "A", b""), XDP_DROP, Reason::DropNonSynNoState),
+            (
+                "TTL 1",
+                tcp_ttl(client(44001), VIP_TCP, "S", b"", 1),
+                XDP_DROP,
+                Reason::DropTtlExpired,
+            ),
+            (
+                "ACK without state",
+                tcp(client(44002), VIP_TCP, "A", b""),
+                XDP_DROP,
+                Reason::DropNonSynNoState,
+            ),
         ];
         for (what, frame, act, reason) in cases {
             let before = fx.reasons();
@@ -543,11 +715,36 @@ fn fragments_are_dropped_only_when_meant_for_a_vip() {
         let ping = echo(CLIENT, VIP, &[0u8; 64]);
         let to_snat = udp((BACKENDS[0], 5300), (SNAT, 40000), b"x");
         let cases = [
-            ("first fragment for a VIP port", frag(&vip_port, true, 0), XDP_DROP, Reason::DropFragment),
-            ("first fragment for another port", frag(&other_port, true, 0), XDP_PASS, Reason::PassFragment),
-            ("a later fragment to a VIP address", frag(&vip_port, false, 100), XDP_PASS, Reason::PassFragment),
-            ("an ICMP fragment to a VIP address", frag(&ping, true, 0), XDP_PASS, Reason::PassFragment),
-            ("any fragment to a SNAT address", frag(&to_snat, true, 0), XDP_PASS, Reason::PassFragment),
+            (
+                "first fragment for a VIP port",
+                frag(&vip_port, true, 0),
+                XDP_DROP,
+                Reason::DropFragment,
+            ),
+            (
+                "first fragment for another port",
+                frag(&other_port, true, 0),
+                XDP_PASS,
+                Reason::PassFragment,
+            ),
+            (
+                "a later fragment to a VIP address",
+                frag(&vip_port, false, 100),
+                XDP_PASS,
+                Reason::PassFragment,
+            ),
+            (
+                "an ICMP fragment to a VIP address",
+                frag(&ping, true, 0),
+                XDP_PASS,
+                Reason::PassFragment,
+            ),
+            (
+                "any fragment to a SNAT address",
+                frag(&to_snat, true, 0),
+                XDP_PASS,
+                Reason::PassFragment,
+            ),
         ];
         for (what, frame, act, reason) in cases {
             let before = fx.reasons();
@@ -557,7 +754,16 @@ fn fragments_are_dropped_only_when_meant_for_a_vip() {
         // An address with an any-port VIP owns every fragment.
         add_any_port_vip(fx);
         let before = fx.reasons();
-        let later = frag(&tcp(client(44102), (Ipv4Addr::new(10, 0, 0, 200), 8080), "S", b""), false, 100);
+        let later = frag(
+            &tcp(
+                client(44102),
+                (Ipv4Addr::new(10, 0, 0, 200), 8080),
+                "S",
+                b"",
+            ),
+            false,
+            100,
+        );
         assert_eq!(fx.run(fx.client_if, &later).unwrap().0, XDP_DROP);
         assert_only(fx, &before, Reason::DropFragment, 1);
     });
@@ -568,11 +774,20 @@ fn add_any_port_vip(fx: &mut Fixture) {
     let any = Ipv4Addr::new(10, 0, 0, 200);
     fx.image.vips.insert(
         Vip4Key::new(word(any), 0, PROTO_TCP),
-        VipMeta { vip_id: 2, flags: 0 },
+        VipMeta {
+            vip_id: 2,
+            flags: 0,
+        },
     );
     fx.image.vip_info.insert(
         2,
-        VipInfo { addr: Addr::v4(any.octets()), port: 0, proto: PROTO_TCP, family: FAMILY_IPV4, flags: 0 },
+        VipInfo {
+            addr: Addr::v4(any.octets()),
+            port: 0,
+            proto: PROTO_TCP,
+            family: FAMILY_IPV4,
+            flags: 0,
+        },
     );
     fx.put_backend(6, BACKENDS[0], 0, true);
     fx.image.backends.get_mut(&6).unwrap().vip_id = 2;
@@ -585,7 +800,12 @@ fn an_any_port_vip_keeps_the_clients_port() {
     with_fixture("an_any_port_vip", 1024, |fx| {
         add_any_port_vip(fx);
         for port in [8080u16, 443, 1] {
-            let f = tcp(client(44200), (Ipv4Addr::new(10, 0, 0, 200), port), "S", b"");
+            let f = tcp(
+                client(44200),
+                (Ipv4Addr::new(10, 0, 0, 200), port),
+                "S",
+                b"",
+            );
             let (act, out) = fx.run(fx.client_if, &f).unwrap();
             assert_eq!(act, XDP_REDIRECT, "port {port}");
             let s = inspect(&out);
@@ -601,7 +821,11 @@ fn header_fields_the_data_path_does_not_own_are_kept() {
         let f = packets::with_ip_fields(&syn(44300), 0xb9, 0x4242, true);
         let (_, out) = fx.run(fx.client_if, &f).unwrap();
         let s = inspect(&out);
-        assert_eq!((s.tos, s.id, s.df), (0xb9, 0x4242, true), "DSCP/ECN, ID, DF");
+        assert_eq!(
+            (s.tos, s.id, s.df),
+            (0xb9, 0x4242, true),
+            "DSCP/ECN, ID, DF"
+        );
         assert!(s.checksums_ok);
         // A client source port of 0 is a port like any other.
         let (act, out) = fx.run(fx.client_if, &syn(0)).unwrap();
@@ -615,7 +839,9 @@ fn header_fields_the_data_path_does_not_own_are_kept() {
         assert!(inspect(&out[..out.len() - 6]).checksums_ok);
         // TTL 2 leaves with TTL 1, both ways.
         let (b, sp) = open(fx, 44302);
-        let (_, out) = fx.run(fx.client_if, &tcp_ttl(client(44302), VIP_TCP, "A", b"", 2)).unwrap();
+        let (_, out) = fx
+            .run(fx.client_if, &tcp_ttl(client(44302), VIP_TCP, "A", b"", 2))
+            .unwrap();
         assert_eq!(inspect(&out).ttl, 1);
         let reply = tcp_ttl((BACKENDS[b], VIP_TCP_PORT), (SNAT, sp), "A", b"", 2);
         let (act, out) = fx.run(fx.backend_if, &reply).unwrap();
@@ -634,7 +860,10 @@ fn vlan_tags_stay_on_their_interface_and_come_back_on_replies() {
         let (act, out) = fx.run(fx.client_if, &tagged).unwrap();
         assert_eq!(act, XDP_REDIRECT);
         let s = inspect(&out);
-        assert_eq!(s.vlan, None, "the client's tag does not cross to the backend side");
+        assert_eq!(
+            s.vlan, None,
+            "the client's tag does not cross to the backend side"
+        );
         assert_eq!(s.src, SNAT);
         assert!(s.checksums_ok);
         let b = BACKENDS.iter().position(|x| *x == s.dst).unwrap();
@@ -661,14 +890,20 @@ fn a_one_armed_edge_sends_both_ways_with_xdp_tx() {
     with_fixture("one_armed", 1024, |fx| {
         // Backends reached through the client-side interface.
         ip("neigh add 10.10.0.50 lladdr 02:00:00:00:0b:50 dev wkc0 nud permanent").unwrap();
-        fx.set_backend(0, Ipv4Addr::new(10, 10, 0, 50), VIP_TCP_PORT, true).unwrap();
+        fx.set_backend(0, Ipv4Addr::new(10, 10, 0, 50), VIP_TCP_PORT, true)
+            .unwrap();
         fx.install(TCP_VIP_ID, &[(0, 1)]).unwrap();
         let (act, out) = fx.run(fx.client_if, &syn(45100)).unwrap();
         assert_eq!(act, XDP_TX, "same interface: XDP_TX");
         let s = inspect(&out);
         assert_eq!(s.dst, Ipv4Addr::new(10, 10, 0, 50));
         assert_eq!(s.eth_dst, [0x02, 0, 0, 0, 0x0b, 0x50]);
-        let reply = tcp((Ipv4Addr::new(10, 10, 0, 50), VIP_TCP_PORT), (SNAT, s.src_port), "SA", b"");
+        let reply = tcp(
+            (Ipv4Addr::new(10, 10, 0, 50), VIP_TCP_PORT),
+            (SNAT, s.src_port),
+            "SA",
+            b"",
+        );
         let (act, out) = fx.run(fx.client_if, &reply).unwrap();
         assert_eq!(act, XDP_TX);
         assert_eq!(inspect(&out).dst, CLIENT);
@@ -680,7 +915,16 @@ fn a_backend_can_reach_its_own_vip() {
     with_fixture("hairpin", 1024, |fx| {
         fx.install(TCP_VIP_ID, &[(0, 1)]).unwrap();
         // The backend 10.20.0.11 connects to the VIP; the edge sends it to itself via SNAT.
-        let f = tcp_seg((BACKENDS[0], 46000), VIP_TCP, &Seg { flags: "S", seq: 9, ack: 0, ..Seg::default() });
+        let f = tcp_seg(
+            (BACKENDS[0], 46000),
+            VIP_TCP,
+            &Seg {
+                flags: "S",
+                seq: 9,
+                ack: 0,
+                ..Seg::default()
+            },
+        );
         let (act, out) = fx.run(fx.backend_if, &f).unwrap();
         assert_eq!(act, XDP_TX, "in and out on the backend side");
         let s = inspect(&out);
@@ -689,7 +933,10 @@ fn a_backend_can_reach_its_own_vip() {
         let (act, out) = fx.run(fx.backend_if, &reply).unwrap();
         assert_eq!(act, XDP_TX);
         let r = inspect(&out);
-        assert_eq!(((r.src, r.src_port), (r.dst, r.dst_port)), (VIP_TCP, (BACKENDS[0], 46000)));
+        assert_eq!(
+            ((r.src, r.src_port), (r.dst, r.dst_port)),
+            (VIP_TCP, (BACKENDS[0], 46000))
+        );
         assert!(r.checksums_ok);
     });
 }
@@ -708,12 +955,26 @@ fn mss_options(mss: u16, odd: bool) -> Vec<u8> {
 fn mss_is_clamped_on_syn_and_synack() {
     with_fixture("mss_clamping", 1024, |fx| {
         let syn_mss = |port: u16, opts: &[u8]| {
-            tcp_seg(client(port), VIP_TCP, &Seg { flags: "S", seq: ISN, ack: 0, options: opts, ..Seg::default() })
+            tcp_seg(
+                client(port),
+                VIP_TCP,
+                &Seg {
+                    flags: "S",
+                    seq: ISN,
+                    ack: 0,
+                    options: opts,
+                    ..Seg::default()
+                },
+            )
         };
         // auto with a 1500-byte path: 1460 passes, 8960 is lowered to 1460.
-        let (_, out) = fx.run(fx.client_if, &syn_mss(47000, &mss_options(1460, false))).unwrap();
+        let (_, out) = fx
+            .run(fx.client_if, &syn_mss(47000, &mss_options(1460, false)))
+            .unwrap();
         assert_eq!(inspect(&out).mss, Some(1460));
-        let (_, out) = fx.run(fx.client_if, &syn_mss(47001, &mss_options(8960, false))).unwrap();
+        let (_, out) = fx
+            .run(fx.client_if, &syn_mss(47001, &mss_options(8960, false)))
+            .unwrap();
         let s = inspect(&out);
         assert_eq!(s.mss, Some(1460));
         assert!(s.checksums_ok, "{s:?}");
@@ -723,14 +984,22 @@ fn mss_is_clamped_on_syn_and_synack() {
         cfg.mss_value = 1360;
         fx.set_config(cfg).unwrap();
         for (port, odd) in [(47002u16, false), (47003, true)] {
-            let (_, out) = fx.run(fx.client_if, &syn_mss(port, &mss_options(1460, odd))).unwrap();
+            let (_, out) = fx
+                .run(fx.client_if, &syn_mss(port, &mss_options(1460, odd)))
+                .unwrap();
             let s = inspect(&out);
             assert_eq!(s.mss, Some(1360), "odd offset {odd}");
             assert!(s.checksums_ok, "odd offset {odd}: {s:?}");
             let synack = tcp_seg(
                 (s.dst, VIP_TCP_PORT),
                 (SNAT, s.src_port),
-                &Seg { flags: "SA", seq: 1, ack: ISN + 1, options: &mss_options(1460, odd), ..Seg::default() },
+                &Seg {
+                    flags: "SA",
+                    seq: 1,
+                    ack: ISN + 1,
+                    options: &mss_options(1460, odd),
+                    ..Seg::default()
+                },
             );
             let (_, out) = fx.run(fx.backend_if, &synack).unwrap();
             let r = inspect(&out);
@@ -741,7 +1010,9 @@ fn mss_is_clamped_on_syn_and_synack() {
         let mut cfg = fx.config();
         cfg.mss_mode = mss::OFF;
         fx.set_config(cfg).unwrap();
-        let (_, out) = fx.run(fx.client_if, &syn_mss(47004, &mss_options(8960, false))).unwrap();
+        let (_, out) = fx
+            .run(fx.client_if, &syn_mss(47004, &mss_options(8960, false)))
+            .unwrap();
         assert_eq!(inspect(&out).mss, Some(8960));
         // auto follows the route's MTU toward the backend.
         let mut cfg = fx.config();
@@ -749,8 +1020,12 @@ fn mss_is_clamped_on_syn_and_synack() {
         fx.set_config(cfg).unwrap();
         ip("link set wkb0 mtu 1400").unwrap();
         // Next hops (and their MTU) are re-read once the cached one is a second old.
-        std::thread::sleep(std::time::Duration::from_nanos(lb_common::HOP_REFRESH_NS + 100_000_000));
-        let (_, out) = fx.run(fx.client_if, &syn_mss(47005, &mss_options(1460, false))).unwrap();
+        std::thread::sleep(std::time::Duration::from_nanos(
+            lb_common::HOP_REFRESH_NS + 100_000_000,
+        ));
+        let (_, out) = fx
+            .run(fx.client_if, &syn_mss(47005, &mss_options(1460, false)))
+            .unwrap();
         assert_eq!(inspect(&out).mss, Some(1360), "1400 - 40");
     });
 }
@@ -761,8 +1036,20 @@ fn too_big_with_df_gets_fragmentation_needed_from_the_edge() {
         ip("link set wkb0 mtu 1400").unwrap();
         let (b, sp) = establish(fx, 48000);
         let big = packets::with_ip_fields(
-            &tcp_seg(client(48000), VIP_TCP, &Seg { flags: "PA", seq: ISN + 1, ack: BACKEND_ISN + 1, payload: &[7u8; 1440], ..Seg::default() }),
-            0, 1, true,
+            &tcp_seg(
+                client(48000),
+                VIP_TCP,
+                &Seg {
+                    flags: "PA",
+                    seq: ISN + 1,
+                    ack: BACKEND_ISN + 1,
+                    payload: &[7u8; 1440],
+                    ..Seg::default()
+                },
+            ),
+            0,
+            1,
+            true,
         );
         let before = fx.reasons();
         let (act, out) = fx.run(fx.client_if, &big).unwrap();
@@ -770,12 +1057,24 @@ fn too_big_with_df_gets_fragmentation_needed_from_the_edge() {
         assert_only(fx, &before, Reason::IcmpFragNeededSent, 1);
         let e = inspect_icmp(&out);
         assert_eq!((e.icmp_type, e.code), (3, 4));
-        assert_eq!(u16::from_be_bytes([e.rest[2], e.rest[3]]), 1400, "next-hop MTU");
-        assert_eq!((e.src, e.dst), (VIP, CLIENT), "from the VIP the client talks to");
+        assert_eq!(
+            u16::from_be_bytes([e.rest[2], e.rest[3]]),
+            1400,
+            "next-hop MTU"
+        );
+        assert_eq!(
+            (e.src, e.dst),
+            (VIP, CLIENT),
+            "from the VIP the client talks to"
+        );
         assert_eq!(e.eth_dst, CLIENT_MAC);
         assert!(e.checksums_ok, "{e:?}");
         let (qs, qsp, qd, qdp, ip_ok) = quoted_tuple(&e.quote);
-        assert_eq!((qs, qsp, qd, qdp), (CLIENT, 48000, VIP, VIP_TCP_PORT), "its own packet");
+        assert_eq!(
+            (qs, qsp, qd, qdp),
+            (CLIENT, 48000, VIP, VIP_TCP_PORT),
+            "its own packet"
+        );
         assert!(ip_ok);
         assert_eq!(e.quote.len(), lb_common::icmp::QUOTE_LEN);
         // Without DF the kernel fragments the translated packet.
@@ -784,7 +1083,11 @@ fn too_big_with_df_gets_fragmentation_needed_from_the_edge() {
         let (act, out) = fx.run(fx.client_if, &nodf).unwrap();
         assert_eq!(act, XDP_PASS);
         assert_only(fx, &before, Reason::PassTooBig, 1);
-        assert_eq!(inspect(&out).dst, BACKENDS[b], "translated before the kernel gets it");
+        assert_eq!(
+            inspect(&out).dst,
+            BACKENDS[b],
+            "translated before the kernel gets it"
+        );
         // Toward the client: a smaller client-side MTU answers the backend.
         ip("link set wkb0 mtu 1500").unwrap();
         ip("link set wkc0 mtu 1300").unwrap();
@@ -794,8 +1097,20 @@ fn too_big_with_df_gets_fragmentation_needed_from_the_edge() {
         fx.image.iface_mtu.insert(client_if, 1300);
         fx.set_config(cfg).unwrap();
         let reply = packets::with_ip_fields(
-            &tcp_seg((BACKENDS[b], VIP_TCP_PORT), (SNAT, sp), &Seg { flags: "PA", seq: BACKEND_ISN + 1, ack: ISN + 1, payload: &[9u8; 1360], ..Seg::default() }),
-            0, 1, true,
+            &tcp_seg(
+                (BACKENDS[b], VIP_TCP_PORT),
+                (SNAT, sp),
+                &Seg {
+                    flags: "PA",
+                    seq: BACKEND_ISN + 1,
+                    ack: ISN + 1,
+                    payload: &[9u8; 1360],
+                    ..Seg::default()
+                },
+            ),
+            0,
+            1,
+            true,
         );
         let before = fx.reasons();
         let (act, out) = fx.run(fx.backend_if, &reply).unwrap();
@@ -813,17 +1128,42 @@ fn icmp_errors_about_translated_packets_are_translated_back() {
     with_fixture("icmp_errors_translated", 1024, |fx| {
         let (b, sp) = establish(fx, 49000);
         // What the edge sent the backend, as a router on the way would quote it.
-        let sent = tcp_seg((SNAT, sp), (BACKENDS[b], VIP_TCP_PORT), &Seg { flags: "PA", seq: ISN + 1, ack: BACKEND_ISN + 1, payload: &[1u8; 64], ..Seg::default() });
+        let sent = tcp_seg(
+            (SNAT, sp),
+            (BACKENDS[b], VIP_TCP_PORT),
+            &Seg {
+                flags: "PA",
+                seq: ISN + 1,
+                ack: BACKEND_ISN + 1,
+                payload: &[1u8; 64],
+                ..Seg::default()
+            },
+        );
         for quote in [28usize, 48, 108] {
-            let err = icmp_error(Ipv4Addr::new(10, 20, 0, 254), SNAT, 3, 4, [0, 0, 0x05, 0x78], &sent, quote);
+            let err = icmp_error(
+                Ipv4Addr::new(10, 20, 0, 254),
+                SNAT,
+                3,
+                4,
+                [0, 0, 0x05, 0x78],
+                &sent,
+                quote,
+            );
             let before = fx.reasons();
             let (act, out) = fx.run(fx.backend_if, &err).unwrap();
             assert_eq!(act, XDP_REDIRECT, "quote {quote}");
             assert_only(fx, &before, Reason::IcmpErrorToClient, 1);
             let e = inspect_icmp(&out);
-            assert_eq!((e.src, e.dst), (VIP, CLIENT), "outer: from the VIP to the client");
+            assert_eq!(
+                (e.src, e.dst),
+                (VIP, CLIENT),
+                "outer: from the VIP to the client"
+            );
             assert_eq!((e.icmp_type, e.code, e.rest), (3, 4, [0, 0, 0x05, 0x78]));
-            assert!(e.checksums_ok, "outer IP and ICMP checksums, quote {quote}: {e:?}");
+            assert!(
+                e.checksums_ok,
+                "outer IP and ICMP checksums, quote {quote}: {e:?}"
+            );
             let (qs, qsp, qd, qdp, ip_ok) = quoted_tuple(&e.quote);
             assert_eq!((qs, qsp, qd, qdp), (CLIENT, 49000, VIP, VIP_TCP_PORT));
             assert!(ip_ok, "inner IP checksum");
@@ -845,8 +1185,26 @@ fn icmp_errors_about_translated_packets_are_translated_back() {
             }
         }
         // And the other way: an error about what the edge sent the client reaches the backend.
-        let to_client = tcp_seg(VIP_TCP, client(49000), &Seg { flags: "PA", seq: BACKEND_ISN + 1, ack: ISN + 1, payload: b"x", ..Seg::default() });
-        let err = icmp_error(Ipv4Addr::new(192, 0, 2, 1), VIP, 11, 0, [0; 4], &to_client, 28);
+        let to_client = tcp_seg(
+            VIP_TCP,
+            client(49000),
+            &Seg {
+                flags: "PA",
+                seq: BACKEND_ISN + 1,
+                ack: ISN + 1,
+                payload: b"x",
+                ..Seg::default()
+            },
+        );
+        let err = icmp_error(
+            Ipv4Addr::new(192, 0, 2, 1),
+            VIP,
+            11,
+            0,
+            [0; 4],
+            &to_client,
+            28,
+        );
         let before = fx.reasons();
         let (act, out) = fx.run(fx.client_if, &err).unwrap();
         assert_eq!(act, XDP_REDIRECT);
@@ -855,11 +1213,23 @@ fn icmp_errors_about_translated_packets_are_translated_back() {
         assert_eq!((e.src, e.dst, e.icmp_type), (SNAT, BACKENDS[b], 11));
         assert!(e.checksums_ok, "{e:?}");
         let (qs, qsp, qd, qdp, ip_ok) = quoted_tuple(&e.quote);
-        assert_eq!((qs, qsp, qd, qdp), (BACKENDS[b], VIP_TCP_PORT, SNAT, sp), "its own reply");
+        assert_eq!(
+            (qs, qsp, qd, qdp),
+            (BACKENDS[b], VIP_TCP_PORT, SNAT, sp),
+            "its own reply"
+        );
         assert!(ip_ok);
         // Errors about nothing of ours are the host's.
         let stray = tcp_seg((SNAT, 1), (BACKENDS[0], 80), &Seg::default());
-        let err = icmp_error(Ipv4Addr::new(10, 20, 0, 254), SNAT, 3, 1, [0; 4], &stray, 28);
+        let err = icmp_error(
+            Ipv4Addr::new(10, 20, 0, 254),
+            SNAT,
+            3,
+            1,
+            [0; 4],
+            &stray,
+            28,
+        );
         let before = fx.reasons();
         assert_eq!(fx.run(fx.backend_if, &err).unwrap().0, XDP_PASS);
         assert_only(fx, &before, Reason::PassIcmp, 1);
@@ -876,9 +1246,15 @@ fn full_connection_table_refuses_new_flows_but_keeps_established_ones() {
         let (act, _) = fx.run(fx.client_if, &syn(46100)).unwrap();
         assert_eq!(act, XDP_DROP);
         assert_only(fx, &before, Reason::DropConntrackFull, 1);
-        let (act, _) = fx.run(fx.client_if, &tcp(client(46000), VIP_TCP, "A", b"")).unwrap();
+        let (act, _) = fx
+            .run(fx.client_if, &tcp(client(46000), VIP_TCP, "A", b""))
+            .unwrap();
         assert_eq!(act, XDP_REDIRECT);
-        assert_eq!(fx.flows().len(), 8, "the refused flow's slot was given back");
+        assert_eq!(
+            fx.flows().len(),
+            8,
+            "the refused flow's slot was given back"
+        );
         assert_eq!(fx.refs(), 8);
     });
 }
@@ -894,7 +1270,11 @@ fn exhausted_snat_ports_and_no_snat_address_are_counted() {
         let ports: Vec<u16> = (0..2).map(|i| open(fx, 47000 + i).1).collect();
         let mut sorted = ports.clone();
         sorted.sort();
-        assert_eq!(sorted, vec![40000, 40001], "two flows, two distinct SNAT ports");
+        assert_eq!(
+            sorted,
+            vec![40000, 40001],
+            "two flows, two distinct SNAT ports"
+        );
         let before = fx.reasons();
         assert_eq!(fx.run(fx.client_if, &syn(47002)).unwrap().0, XDP_DROP);
         assert_only(fx, &before, Reason::DropSnatExhausted, 1);
@@ -916,7 +1296,8 @@ fn next_hop_failures_are_counted() {
         assert_only(fx, &before, Reason::DropNoBackend, 1);
         assert_eq!(fx.vip_stats(TCP_VIP_ID).no_backend, 1);
         // A backend whose MAC is not known yet: the translated packet goes to the kernel.
-        fx.set_backend(0, UNRESOLVED_BACKEND, VIP_TCP_PORT, true).unwrap();
+        fx.set_backend(0, UNRESOLVED_BACKEND, VIP_TCP_PORT, true)
+            .unwrap();
         fx.install(TCP_VIP_ID, &[(0, 1)]).unwrap();
         let before = fx.reasons();
         let (act, out) = fx.run(fx.client_if, &syn(48001)).unwrap();
@@ -926,7 +1307,8 @@ fn next_hop_failures_are_counted() {
         assert!(s.checksums_ok);
         assert_only(fx, &before, Reason::PassNoNeighbor, 1);
         // No route at all.
-        fx.set_backend(0, UNROUTABLE_BACKEND, VIP_TCP_PORT, true).unwrap();
+        fx.set_backend(0, UNROUTABLE_BACKEND, VIP_TCP_PORT, true)
+            .unwrap();
         let before = fx.reasons();
         assert_eq!(fx.run(fx.client_if, &syn(48002)).unwrap().0, XDP_DROP);
         assert_only(fx, &before, Reason::DropFibFailed, 1);
@@ -948,7 +1330,9 @@ fn an_impossible_map_state_is_counted_not_aborted() {
     with_fixture("drop_internal", 1024, |fx| {
         // A SNAT index far beyond the flow table: the daemon never writes that.
         let bogus = Ipv4Addr::new(10, 20, 0, 77);
-        fx.image.snat.insert(63, SnatAddr::new(Addr::v4(bogus.octets()), FAMILY_IPV4));
+        fx.image
+            .snat
+            .insert(63, SnatAddr::new(Addr::v4(bogus.octets()), FAMILY_IPV4));
         fx.classify();
         fx.sync().unwrap();
         let class = fx.image.addrs[&word(bogus)];
@@ -968,4 +1352,3 @@ fn verifier_instruction_count() {
         assert!(n > 0 && n < 1_000_000, "{n}");
     });
 }
-

@@ -6,7 +6,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use lb_common::{
     AddrClass, Backend, DataplaneConfig, Flow4Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE,
-    NO_BACKEND, Reason, VipMeta,
+    NO_BACKEND, Reason, TABLES_PER_VIP, VipMeta,
     conntrack::{NO_WSCALE, State, is_bad_syn, is_initial_syn, syn_restarts_flow},
     hash::flow_hash_v4_words,
     ports_of, slot,
@@ -15,7 +15,7 @@ use lb_common::{
 use super::{Flow, now_ns};
 use crate::{
     egress::learn_client_hop,
-    maps::{BACKENDS, FLOW_TABLE, FLOWS4, MAGLEV, SNAT_ADDRS, config},
+    maps::{BACKENDS, FLOW_TABLE, FLOWS4, MAGLEV, SNAT_ADDRS, TABLE_SEL, config},
     parse::Packet,
     snat, vip,
 };
@@ -144,7 +144,8 @@ fn create(
     cfg: &DataplaneConfig,
 ) -> Created {
     let table_slot = hash % MAGLEV_TABLE_SIZE;
-    let id = match MAGLEV.get_value(vip.vip_id, &table_slot) {
+    let sel = TABLE_SEL.get(vip.vip_id).map_or(0, |s| *s & 1);
+    let id = match MAGLEV.get_value(vip.vip_id * TABLES_PER_VIP + sel, &table_slot) {
         Some(id) if *id != NO_BACKEND => *id,
         _ => return Created::Refused(Reason::DropNoBackend),
     };

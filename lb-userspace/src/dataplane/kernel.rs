@@ -3,7 +3,7 @@
 //! table it sweeps are memory-mapped; everything else is a map update per element.
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
 };
@@ -11,16 +11,16 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, DevMapHash, HashMap, IterableMap as _, Map, MapData, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, IterableMap as _, Map, MapData, PerCpuArray},
     programs::Xdp,
 };
 use lb_common::{
-    ADDR_FILTER_SIZE, AddrClass, BPF_F_MMAPABLE, Backend, BackendHop, BackendStats,
-    DataplaneConfig, Flow4Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE, MAX_SNAT_ADDRS, Reason,
-    SLOTS_PER_SNAT_ADDR, SnatAddr, Vip4Key, VipInfo, VipMeta, VipStats, names,
+    ADDR_FILTER_SIZE, AddrClass, Backend, BackendHop, BackendStats, DataplaneConfig, Flow4Key,
+    FlowEntry, FlowRef, MAX_SNAT_ADDRS, Reason, SLOTS_PER_SNAT_ADDR, SnatAddr, Vip4Key, VipInfo,
+    VipMeta, VipStats, names,
 };
 
-use super::{Counters, Flows, Image, Maps, Write};
+use super::{Counters, Flows, Image, Maps, Write, tables::MaglevTables};
 use crate::sys::{self, bpf::Mmap, bpffs::PinDir};
 
 /// The compiled XDP object, built by build.rs (lb-ebpf).
@@ -203,7 +203,9 @@ impl Program {
                 loop {
                     // SAFETY: polling one descriptor we own.
                     let n = unsafe { libc::poll(&mut pfd, 1, 1000) };
-                    if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                    if n < 0
+                        && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                    {
                         return;
                     }
                     logger.flush();
@@ -241,9 +243,7 @@ pub struct KernelMaps {
     addrs: HashMap<MapData, u32, AddrClass>,
     vips: HashMap<MapData, Vip4Key, VipMeta>,
     vip_info: Array<MapData, VipInfo>,
-    maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
-    /// A second descriptor of MAGLEV, for clearing a slot (aya cannot).
-    maglev_fd: OwnedFd,
+    tables: MaglevTables,
     backends: Array<MapData, Backend>,
     hops: Array<MapData, BackendHop>,
     snat: Array<MapData, SnatAddr>,
@@ -261,14 +261,8 @@ impl KernelMaps {
         };
         let filter = Mmap::new(filter_map.fd().as_fd(), ADDR_FILTER_SIZE as usize, 8, true)
             .context("mapping the address filter")?;
-        let maglev = take(ebpf, names::MAGLEV)?;
-        let maglev_fd = match &maglev {
-            Map::ArrayOfMaps(d) => d.fd().as_fd().try_clone_to_owned()?,
-            _ => bail!("map {} has an unexpected type", names::MAGLEV),
-        };
         Ok(KernelMaps {
-            maglev_fd,
-            maglev: maglev.try_into()?,
+            tables: MaglevTables::new(take(ebpf, names::MAGLEV)?, typed!(ebpf, names::TABLE_SEL))?,
             filter,
             _filter_map: filter_map,
             addrs: typed!(ebpf, names::ADDRS4),
@@ -283,38 +277,6 @@ impl KernelMaps {
             iface_mtu: typed!(ebpf, names::IFACE_MTU),
         })
     }
-
-    /// Fills a fresh inner table through a memory mapping (no syscall per slot), then swaps it
-    /// in with one update of the outer map: packets see the old table or the new one, whole.
-    fn install_table(&mut self, vip_id: u32, table: &[u32]) -> Result<()> {
-        if table.len() != MAGLEV_TABLE_SIZE as usize {
-            bail!(
-                "Maglev table has {} slots, the data plane needs {MAGLEV_TABLE_SIZE}",
-                table.len()
-            );
-        }
-        let inner: Array<MapData, u32> =
-            Array::create(MAGLEV_TABLE_SIZE, BPF_F_MMAPABLE as u32)
-                .context("creating a Maglev table map")?;
-        {
-            let mut m = Mmap::new(inner.map().fd().as_fd(), table.len(), 4, true)?;
-            m.write_all(table);
-        }
-        self.maglev
-            .set(vip_id, &inner, 0)
-            .with_context(|| format!("swapping in the Maglev table of VIP id {vip_id}"))?;
-        Ok(())
-    }
-
-    fn table(&self, vip_id: u32) -> Result<Option<Vec<u32>>> {
-        let inner = match self.maglev.get(&vip_id, 0) {
-            Ok(i) => i,
-            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading VIP id {vip_id}'s table")),
-        };
-        let m = Mmap::new(inner.map().fd().as_fd(), MAGLEV_TABLE_SIZE as usize, 4, false)?;
-        Ok(Some(m.read_all::<u32>()))
-    }
 }
 
 impl Maps for KernelMaps {
@@ -328,8 +290,8 @@ impl Maps for KernelMaps {
                 self.hops.set(*id, BackendHop::default(), 0)?;
             }
             Write::SnatAddr(i, a) => self.snat.set(*i, a, 0)?,
-            Write::Table(id, Some(t)) => self.install_table(*id, t)?,
-            Write::Table(id, None) => sys::bpf::delete(self.maglev_fd.as_fd(), id)?,
+            Write::Table(id, Some(t)) => self.tables.install(*id, t)?,
+            Write::Table(id, None) => self.tables.remove(*id)?,
             Write::VipInfo(id, i) => self.vip_info.set(*id, i, 0)?,
             Write::Vip(k, Some(m)) => self.vips.insert(k, m, 0)?,
             Write::Vip(k, None) => ignore_missing(self.vips.remove(k))?,
@@ -381,7 +343,7 @@ impl Maps for KernelMaps {
             }
         }
         for m in img.vips.values() {
-            if let Some(t) = self.table(m.vip_id)? {
+            if let Some(t) = self.tables.read(m.vip_id)? {
                 img.tables.insert(m.vip_id, Arc::new(t));
             }
         }
@@ -394,7 +356,9 @@ impl Maps for KernelMaps {
 fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<()> {
     match r {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
             Ok(())
         }
         Err(e) => Err(e.into()),
@@ -491,6 +455,14 @@ impl KernelFlows {
             max_flows,
             slots,
         })
+    }
+
+    /// Empties the connection table; returns how many flows FLOWS4 held. For benchmarks and
+    /// tests between rounds: not while traffic flows.
+    pub fn clear(&self) -> Result<usize> {
+        let n = sys::bpf::drain_hash::<Flow4Key, FlowRef>(self.refs.map().fd().as_fd(), 16_384)?;
+        self.table.zero_all();
+        Ok(n)
     }
 
     /// Kernel memory charged to the connection table (FLOWS4 + FLOW_TABLE), from fdinfo.

@@ -10,6 +10,7 @@
 pub mod fake;
 pub mod kernel;
 pub mod links;
+mod tables;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -175,10 +176,20 @@ impl Image {
             }
         }
         match w.clone() {
-            Write::Backend(k, b) => put(&mut self.backends, k, (b != Backend::default()).then_some(b)),
-            Write::SnatAddr(k, a) => put(&mut self.snat, k, (a != SnatAddr::default()).then_some(a)),
+            Write::Backend(k, b) => put(
+                &mut self.backends,
+                k,
+                (b != Backend::default()).then_some(b),
+            ),
+            Write::SnatAddr(k, a) => {
+                put(&mut self.snat, k, (a != SnatAddr::default()).then_some(a))
+            }
             Write::Table(k, t) => put(&mut self.tables, k, t),
-            Write::VipInfo(k, i) => put(&mut self.vip_info, k, (i != VipInfo::default()).then_some(i)),
+            Write::VipInfo(k, i) => put(
+                &mut self.vip_info,
+                k,
+                (i != VipInfo::default()).then_some(i),
+            ),
             Write::Vip(k, m) => put(&mut self.vips, k, m),
             Write::Addr(k, c) => put(&mut self.addrs, k, c),
             Write::Filter(k, v) => put(&mut self.filter, k, (v != 0).then_some(v)),
@@ -198,10 +209,16 @@ impl Image {
     /// The write that puts back what `self` holds where `w` writes.
     pub fn undo_of(&self, w: &Write) -> Write {
         match w {
-            Write::Backend(k, _) => Write::Backend(*k, self.backends.get(k).copied().unwrap_or_default()),
-            Write::SnatAddr(k, _) => Write::SnatAddr(*k, self.snat.get(k).copied().unwrap_or_default()),
+            Write::Backend(k, _) => {
+                Write::Backend(*k, self.backends.get(k).copied().unwrap_or_default())
+            }
+            Write::SnatAddr(k, _) => {
+                Write::SnatAddr(*k, self.snat.get(k).copied().unwrap_or_default())
+            }
             Write::Table(k, _) => Write::Table(*k, self.tables.get(k).cloned()),
-            Write::VipInfo(k, _) => Write::VipInfo(*k, self.vip_info.get(k).copied().unwrap_or_default()),
+            Write::VipInfo(k, _) => {
+                Write::VipInfo(*k, self.vip_info.get(k).copied().unwrap_or_default())
+            }
             Write::Vip(k, _) => Write::Vip(*k, self.vips.get(k).copied()),
             Write::Addr(k, _) => Write::Addr(*k, self.addrs.get(k).copied()),
             Write::Filter(k, _) => Write::Filter(*k, self.filter.get(k).copied().unwrap_or(0)),
@@ -271,11 +288,23 @@ mod tests {
         let key = Vip4Key::new(1, 5100, 6);
         new.backends.insert(3, backend(true));
         new.tables.insert(0, Arc::new(vec![3; 7]));
-        new.vips.insert(key, VipMeta { vip_id: 0, flags: 0 });
-        new.addrs.insert(1, AddrClass { flags: AddrClass::VIP, snat_index: 0 });
+        new.vips.insert(
+            key,
+            VipMeta {
+                vip_id: 0,
+                flags: 0,
+            },
+        );
+        new.addrs.insert(
+            1,
+            AddrClass {
+                flags: AddrClass::VIP,
+                snat_index: 0,
+            },
+        );
         new.filter.insert(9, 77);
         let w = old.diff(&new);
-        let pos = |f: &dyn Fn(&Write) -> bool| w.iter().position(|x| f(x)).unwrap();
+        let pos = |f: &dyn Fn(&Write) -> bool| w.iter().position(f).unwrap();
         let b = pos(&|x| matches!(x, Write::Backend(..)));
         let t = pos(&|x| matches!(x, Write::Table(..)));
         let v = pos(&|x| matches!(x, Write::Vip(..)));
@@ -284,7 +313,7 @@ mod tests {
         assert!(b < t && t < v && v < a && a < f, "{w:#?}");
         // Removing it all again: the address stops being ours first, the backend goes last.
         let back = new.diff(&old);
-        let pos = |f: &dyn Fn(&Write) -> bool| back.iter().position(|x| f(x)).unwrap();
+        let pos = |f: &dyn Fn(&Write) -> bool| back.iter().position(f).unwrap();
         let f = pos(&|x| matches!(x, Write::Filter(..)));
         let v = pos(&|x| matches!(x, Write::Vip(..)));
         let t = pos(&|x| matches!(x, Write::Table(..)));

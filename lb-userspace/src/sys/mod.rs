@@ -1,7 +1,9 @@
-//! Operating-system plumbing: BPF syscalls aya lacks, bpffs, network devices, neighbours, clock.
+//! Operating-system plumbing: BPF syscalls aya lacks, bpffs, network devices, neighbours, clock,
+//! RCU grace periods.
 
 pub mod bpf;
 pub mod bpffs;
 pub mod clock;
 pub mod neighbors;
 pub mod netdev;
+pub mod rcu;
