@@ -25,7 +25,7 @@ impl CsumDelta {
     /// odd offset the field straddles two checksum words and counts byte-swapped.
     #[inline(always)]
     pub const fn replace16_at(self, offset: usize, old: u16, new: u16) -> Self {
-        if offset % 2 == 0 {
+        if offset.is_multiple_of(2) {
             self.replace16(old, new)
         } else {
             self.replace16(old.swap_bytes(), new.swap_bytes())
@@ -215,7 +215,8 @@ mod tests {
             let updated = CsumDelta::new().replace16_at(at, old, new).apply(before);
             let expected = sum(&data);
             // One's complement has two zeros; either is a valid checksum.
-            let same = updated == expected || (updated | expected == 0xffff && updated ^ expected == 0xffff);
+            let same = updated == expected
+                || (updated | expected == 0xffff && updated ^ expected == 0xffff);
             assert!(same, "offset {at}: {updated:#06x} vs {expected:#06x}");
         }
     }

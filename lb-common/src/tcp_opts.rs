@@ -106,7 +106,7 @@ pub fn walk(len: usize, read: impl Fn(usize) -> u16, at: &mut Offsets) {
             break;
         }
         let l = read(i + 1) as usize;
-        if l < 2 || l > MAX_LEN || i + l > len {
+        if !(2..=MAX_LEN).contains(&l) || i + l > len {
             break;
         }
         let value = (i + 2) as u8;
@@ -132,7 +132,11 @@ fn be(read: &impl Fn(usize) -> u16, at: usize, n: usize) -> Option<u32> {
         bad |= b;
         v = (v << 8) | (b & 0xff) as u32;
     }
-    if bad & OUT_OF_BOUNDS != 0 { None } else { Some(v) }
+    if bad & OUT_OF_BOUNDS != 0 {
+        None
+    } else {
+        Some(v)
+    }
 }
 
 /// The options' values, read at the offsets a walk found, into `o` (which starts as default).
@@ -151,7 +155,10 @@ pub fn read_values(read: impl Fn(usize) -> u16, at: &Offsets, o: &mut Options) {
     }
     o.sack_ok = at.sack_ok != ABSENT;
     if at.ts != ABSENT
-        && let (Some(v), Some(e)) = (be(&read, at.ts as usize, 4), be(&read, at.ts as usize + 4, 4))
+        && let (Some(v), Some(e)) = (
+            be(&read, at.ts as usize, 4),
+            be(&read, at.ts as usize + 4, 4),
+        )
     {
         o.ts_at = at.ts;
         o.ts_val = v;

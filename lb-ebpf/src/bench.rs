@@ -5,25 +5,27 @@
 //! benchmark entry first restores a template frame, then runs. The floors do the same restore,
 //! so the ratio between an entry and a floor is the data path's own cost.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::Array,
-    helpers::generated::bpf_redirect,
+    btf_maps::{Array, PerCpuArray},
+    helpers::generated::bpf_get_smp_processor_id,
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use lb_common::{BENCH_FRAME_LEN, BenchFrame};
 
-use crate::parse::{load32, ptr_at};
+use crate::{
+    maps::TX_PORTS,
+    parse::{load32, ptr_at},
+};
 
 #[btf_map]
 static BENCH_FRAME: Array<BenchFrame, 1> = Array::new();
 
-/// New-flow counter, shared by all CPUs (a per-CPU one would replay clients across rounds).
+/// New-flow counter per CPU; the CPU number goes into the client too, so rounds that run on
+/// different CPUs never replay each other's clients.
 #[btf_map]
-static BENCH_SEQ: Array<u32, 1> = Array::new();
+static BENCH_SEQ: PerCpuArray<u32, 1> = PerCpuArray::new();
 
 /// Copies the template over the first BENCH_FRAME_LEN bytes; optionally makes the client new.
 #[inline(always)]
@@ -41,9 +43,10 @@ fn restore(ctx: &XdpContext) -> Option<&'static BenchFrame> {
     }
     if t.vary_source != 0 {
         let seq = BENCH_SEQ.get_ptr_mut(0)?;
-        // SAFETY: a map value; the counter is 4-byte aligned.
+        // SAFETY: per-CPU slot; plain helper call.
         let n = unsafe {
-            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(seq, 1).wrapping_add(1)
+            *seq = (*seq).wrapping_add(1);
+            (bpf_get_smp_processor_id() << 24) | (*seq & 0x00ff_ffff)
         };
         // Source address bytes 2-3 (offset 28-29) and TCP/UDP source port (34-35), for an
         // untagged IPv4 frame with a 20-byte header.
@@ -90,13 +93,19 @@ pub fn bench_floor_blind(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-/// Restore + redirect to the template's interface: the floor of a two-armed forwarder.
+/// Restore + read the destination + redirect to the template's interface through TX_PORTS, as
+/// the data path does: the floor of a two-armed forwarder.
 #[xdp]
 pub fn bench_floor_redirect(ctx: XdpContext) -> u32 {
-    match restore(&ctx) {
-        // SAFETY: plain helper call.
-        Some(t) => unsafe { bpf_redirect(t.redirect_ifindex, 0) as u32 },
-        None => xdp_action::XDP_DROP,
+    let Some(t) = restore(&ctx) else {
+        return xdp_action::XDP_DROP;
+    };
+    match ptr_at::<u32>(&ctx, 30) {
+        // SAFETY: bounds checked by ptr_at.
+        Some(d) if unsafe { load32(d.cast()) } != 0 => TX_PORTS
+            .redirect(t.redirect_ifindex, 0)
+            .unwrap_or(xdp_action::XDP_DROP),
+        _ => xdp_action::XDP_DROP,
     }
 }
 

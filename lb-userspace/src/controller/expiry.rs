@@ -4,7 +4,6 @@
 //! flow, no lock anyone else needs.
 
 use std::{
-    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -14,13 +13,16 @@ use std::{
 
 use anyhow::Result;
 use lb_common::{
-    Flow4Key, FlowEntry,
+    Flow4Key, FlowEntry, MAX_BACKENDS, MAX_SNAT_ADDRS,
     conntrack::{Timeouts, is_expired},
     slot::{self, DYING, FREE},
 };
 use log::{debug, warn};
 
-use super::{edits::InUse, thread::{Command, Handle}};
+use super::{
+    edits::InUse,
+    thread::{Command, Handle},
+};
 use crate::{dataplane::Flows, sys::clock::monotonic_ns};
 
 /// A slot claimed without a FLOWS4 entry for longer than this is an orphan (a creation takes
@@ -50,7 +52,16 @@ pub fn sweep(flows: &dyn Flows, timeouts: &Timeouts, now: u64) -> Result<Sweep> 
         ..Default::default()
     };
     let refs = flows.refs()?;
-    let by_slot: HashMap<u32, u32> = refs.iter().map(|(_, r)| (r.slot, r.token)).collect();
+    // The token each slot's FLOWS4 entry expects (0: none; tokens are odd). Plain vectors, not
+    // maps: a pass visits a million flows.
+    let mut by_slot = vec![0u32; flows.slots() as usize];
+    for (_, r) in &refs {
+        if let Some(t) = by_slot.get_mut(r.slot as usize) {
+            *t = r.token;
+        }
+    }
+    let mut backends = vec![false; MAX_BACKENDS as usize];
+    let mut snat = vec![false; MAX_SNAT_ADDRS as usize];
     let mut expire: Vec<(u32, FlowEntry)> = Vec::new();
     let mut orphans: Vec<(u32, u32)> = Vec::new();
     flows.scan(&mut |s, e| {
@@ -59,7 +70,7 @@ pub fn sweep(flows: &dyn Flows, timeouts: &Timeouts, now: u64) -> Result<Sweep> 
             orphans.push((s, DYING));
             return;
         }
-        let referenced = by_slot.get(&s) == Some(&e.owner);
+        let referenced = by_slot.get(s as usize) == Some(&e.owner);
         let idle = now.saturating_sub(e.last_seen_ns);
         if !referenced && idle > ORPHAN_GRACE_NS {
             orphans.push((s, e.owner));
@@ -67,8 +78,8 @@ pub fn sweep(flows: &dyn Flows, timeouts: &Timeouts, now: u64) -> Result<Sweep> 
             expire.push((s, *e));
         } else {
             out.live += 1;
-            out.in_use.backends.insert(e.backend_id as u32);
-            out.in_use.snat.insert(slot::snat_index_of(s));
+            mark(&mut backends, e.backend_id as u32);
+            mark(&mut snat, slot::snat_index_of(s));
         }
     });
     for (s, owner) in orphans {
@@ -81,10 +92,12 @@ pub fn sweep(flows: &dyn Flows, timeouts: &Timeouts, now: u64) -> Result<Sweep> 
             out.expired += 1;
         } else {
             out.live += 1;
-            out.in_use.backends.insert(e.backend_id as u32);
-            out.in_use.snat.insert(slot::snat_index_of(s));
+            mark(&mut backends, e.backend_id as u32);
+            mark(&mut snat, slot::snat_index_of(s));
         }
     }
+    out.in_use.backends = members(&backends);
+    out.in_use.snat = members(&snat);
     for (k, r) in refs {
         let owner = flows.entry(r.slot).owner;
         if owner != r.token && owner != DYING && drop_ref(flows, &k, r)? {
@@ -94,6 +107,20 @@ pub fn sweep(flows: &dyn Flows, timeouts: &Timeouts, now: u64) -> Result<Sweep> 
     out.in_use.expired = out.expired;
     out.took = t0.elapsed();
     Ok(out)
+}
+
+fn mark(set: &mut [bool], i: u32) {
+    if let Some(b) = set.get_mut(i as usize) {
+        *b = true;
+    }
+}
+
+fn members(set: &[bool]) -> std::collections::BTreeSet<u32> {
+    set.iter()
+        .enumerate()
+        .filter(|(_, b)| **b)
+        .map(|(i, _)| i as u32)
+        .collect()
 }
 
 /// Expires one flow: mark its slot DYING (the data path stops following it), check it did not
@@ -132,7 +159,11 @@ fn drop_ref(flows: &dyn Flows, k: &Flow4Key, r: lb_common::FlowRef) -> Result<bo
 
 /// Runs passes every `daemon.gc_interval` (read from the snapshot, so a reload takes effect)
 /// until `stop` is set or the controller goes away.
-pub fn spawn(flows: Arc<dyn Flows>, h: Handle, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+pub fn spawn(
+    flows: Arc<dyn Flows>,
+    h: Handle,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("wklb-expiry".into())
         .spawn(move || {

@@ -12,7 +12,10 @@ use lb_common::{
 use super::{Controller, expiry, plan::TableMode, state::Interface};
 use crate::{
     config::{Checks, Config, parse},
-    dataplane::{Flows, Write, fake::{FakeFlows, FakeMaps}},
+    dataplane::{
+        Flows, Write,
+        fake::{FakeFlows, FakeMaps},
+    },
     health::{
         Status,
         probe::{ProbeResult, ProbeTarget},
@@ -101,7 +104,10 @@ fn a_fresh_start_programs_every_map_with_all_backends_until_probes_decide() {
     assert_eq!(img.config.snat_count, 1);
     assert_eq!(img.snat_pick.get(&0), Some(&0));
     assert!(img.tx_ports.contains(&2));
-    assert!(!img.filter.is_empty() && img.addrs.len() == 2, "VIP and SNAT address classified");
+    assert!(
+        !img.filter.is_empty() && img.addrs.len() == 2,
+        "VIP and SNAT address classified"
+    );
     assert_eq!(table_ids(&maps), vec![0, 1, 2]);
     // The first backend to pass its checks does not take every new flow.
     probe(&mut c, "10.2.0.11", true, 2);
@@ -113,7 +119,7 @@ fn a_fresh_start_programs_every_map_with_all_backends_until_probes_decide() {
 fn the_vip_goes_live_after_its_table_and_backends() {
     let (_, maps) = start(&three());
     let log = maps.log.lock().unwrap().clone();
-    let pos = |f: &dyn Fn(&Write) -> bool| log.iter().position(|w| f(w)).unwrap();
+    let pos = |f: &dyn Fn(&Write) -> bool| log.iter().position(f).unwrap();
     let backend = pos(&|w| matches!(w, Write::Backend(..)));
     let table = pos(&|w| matches!(w, Write::Table(..)));
     let vip = pos(&|w| matches!(w, Write::Vip(..)));
@@ -126,7 +132,11 @@ fn probes_take_a_dead_backend_out_and_bring_it_back() {
     let (mut c, maps) = start(&three());
     assert_eq!(c.state().vips[0].mode, TableMode::Normal);
     probe(&mut c, "10.2.0.12", false, 1);
-    assert_eq!(table_ids(&maps).len(), 3, "one failure is not enough (fall 2)");
+    assert_eq!(
+        table_ids(&maps).len(),
+        3,
+        "one failure is not enough (fall 2)"
+    );
     probe(&mut c, "10.2.0.12", false, 1);
     let dead = id_of(&c, "10.2.0.12");
     assert!(!table_ids(&maps).contains(&dead));
@@ -141,7 +151,11 @@ fn fail_open_when_all_are_down_and_recovery() {
         probe(&mut c, a, false, 2);
     }
     assert_eq!(c.state().vips[0].mode, TableMode::FailOpen);
-    assert_eq!(table_ids(&maps).len(), 3, "every backend stays in the table");
+    assert_eq!(
+        table_ids(&maps).len(),
+        3,
+        "every backend stays in the table"
+    );
     let meta = *maps.image().vips.values().next().unwrap();
     assert_eq!(meta.flags & VipMeta::FAIL_OPEN, VipMeta::FAIL_OPEN);
     probe(&mut c, "10.2.0.13", true, 2);
@@ -153,19 +167,30 @@ fn fail_open_when_all_are_down_and_recovery() {
 #[test]
 fn drain_and_weights_change_the_table_not_the_backends() {
     let (mut c, maps) = start(&three());
-    let msg = c.set_weight("im", "10.2.0.11".parse().unwrap(), None, 0).unwrap();
+    let msg = c
+        .set_weight("im", "10.2.0.11".parse().unwrap(), None, 0)
+        .unwrap();
     assert!(msg.contains("draining"), "{msg}");
     assert!(!table_ids(&maps).contains(&id_of(&c, "10.2.0.11")));
-    assert_eq!(maps.image().backends.len(), 3, "a drained backend keeps its slot and flows");
-    c.set_weight("im", "10.2.0.12".parse().unwrap(), Some(5100), 300).unwrap();
+    assert_eq!(
+        maps.image().backends.len(),
+        3,
+        "a drained backend keeps its slot and flows"
+    );
+    c.set_weight("im", "10.2.0.12".parse().unwrap(), Some(5100), 300)
+        .unwrap();
     let img = maps.image();
     let table = &img.tables[&0];
     let count = |id: u32| table.iter().filter(|x| **x == id).count() as f64;
     let ratio = count(id_of(&c, "10.2.0.12")) / count(id_of(&c, "10.2.0.13"));
     assert!((2.9..3.1).contains(&ratio), "3:1 by weight, got {ratio}");
-    let e = c.set_weight("im", "10.2.0.12".parse().unwrap(), None, 2_000_000).unwrap_err();
+    let e = c
+        .set_weight("im", "10.2.0.12".parse().unwrap(), None, 2_000_000)
+        .unwrap_err();
     assert!(e.to_string().contains("between 0 and"), "{e}");
-    let e = c.set_weight("im", "10.9.9.9".parse().unwrap(), None, 1).unwrap_err();
+    let e = c
+        .set_weight("im", "10.9.9.9".parse().unwrap(), None, 1)
+        .unwrap_err();
     assert!(e.to_string().contains("has no backend 10.9.9.9"), "{e}");
 }
 
@@ -175,13 +200,20 @@ fn a_runtime_backend_waits_for_its_probes() {
     for a in ["10.2.0.11", "10.2.0.12", "10.2.0.13"] {
         probe(&mut c, a, true, 2);
     }
-    let msg = c.add_backend("im", "10.2.0.14".parse().unwrap(), None, 100).unwrap();
+    let msg = c
+        .add_backend("im", "10.2.0.14".parse().unwrap(), None, 100)
+        .unwrap();
     assert!(msg.contains("pending"), "{msg}");
     let new = id_of(&c, "10.2.0.14");
-    assert!(!table_ids(&maps).contains(&new), "unprobed backend took traffic");
+    assert!(
+        !table_ids(&maps).contains(&new),
+        "unprobed backend took traffic"
+    );
     probe(&mut c, "10.2.0.14", true, 2);
     assert!(table_ids(&maps).contains(&new));
-    let e = c.add_backend("im", "10.2.0.14".parse().unwrap(), None, 1).unwrap_err();
+    let e = c
+        .add_backend("im", "10.2.0.14".parse().unwrap(), None, 1)
+        .unwrap_err();
     assert!(e.to_string().contains("already has"), "{e}");
 }
 
@@ -189,11 +221,17 @@ fn a_runtime_backend_waits_for_its_probes() {
 fn a_removed_backend_id_is_reused_only_after_its_flows_are_gone() {
     let (mut c, maps) = start(&three());
     let gone = id_of(&c, "10.2.0.12");
-    c.remove_backend("im", "10.2.0.12".parse().unwrap(), None).unwrap();
+    c.remove_backend("im", "10.2.0.12".parse().unwrap(), None)
+        .unwrap();
     let kept = maps.image().backends[&gone];
     assert_eq!(kept.flags & Backend::ACTIVE, 0, "retired, not cleared");
-    c.add_backend("im", "10.2.0.20".parse().unwrap(), None, 100).unwrap();
-    assert_ne!(id_of(&c, "10.2.0.20"), gone, "id reused while flows may hold it");
+    c.add_backend("im", "10.2.0.20".parse().unwrap(), None, 100)
+        .unwrap();
+    assert_ne!(
+        id_of(&c, "10.2.0.20"),
+        gone,
+        "id reused while flows may hold it"
+    );
     // An expiry pass that started later and saw no flow on it frees it.
     let later = crate::sys::clock::monotonic_ns() + 1;
     c.release_unused(&super::edits::InUse {
@@ -202,7 +240,8 @@ fn a_removed_backend_id_is_reused_only_after_its_flows_are_gone() {
     })
     .unwrap();
     assert!(!maps.image().backends.contains_key(&gone));
-    c.add_backend("im", "10.2.0.21".parse().unwrap(), None, 100).unwrap();
+    c.add_backend("im", "10.2.0.21".parse().unwrap(), None, 100)
+        .unwrap();
     assert_eq!(id_of(&c, "10.2.0.21"), gone);
 }
 
@@ -210,7 +249,8 @@ fn a_removed_backend_id_is_reused_only_after_its_flows_are_gone() {
 fn a_pass_that_saw_flows_on_a_retired_id_keeps_it() {
     let (mut c, maps) = start(&three());
     let gone = id_of(&c, "10.2.0.13");
-    c.remove_backend("im", "10.2.0.13".parse().unwrap(), None).unwrap();
+    c.remove_backend("im", "10.2.0.13".parse().unwrap(), None)
+        .unwrap();
     let mut u = super::edits::InUse {
         started_ns: crate::sys::clock::monotonic_ns() + 1,
         ..Default::default()
@@ -223,7 +263,9 @@ fn a_pass_that_saw_flows_on_a_retired_id_keeps_it() {
 #[test]
 fn the_last_backend_cannot_be_removed() {
     let (mut c, _) = start(&[("10.2.0.11", 100)]);
-    let e = c.remove_backend("im", "10.2.0.11".parse().unwrap(), None).unwrap_err();
+    let e = c
+        .remove_backend("im", "10.2.0.11".parse().unwrap(), None)
+        .unwrap_err();
     assert!(e.to_string().contains("last backend"), "{e}");
 }
 
@@ -236,21 +278,33 @@ fn reload_applies_only_the_difference() {
     assert_eq!(maps.writes(), before, "an unchanged config writes nothing");
     let keep = id_of(&c, "10.2.0.11");
     let s = c
-        .apply(config(&[("10.2.0.11", 50), ("10.2.0.13", 100), ("10.2.0.14", 100)]))
+        .apply(config(&[
+            ("10.2.0.11", 50),
+            ("10.2.0.13", 100),
+            ("10.2.0.14", 100),
+        ]))
         .unwrap();
     let all = s.join("\n");
     assert!(all.contains("-backend 10.2.0.12:5100"), "{all}");
     assert!(all.contains("+backend 10.2.0.14:5100"), "{all}");
     assert!(all.contains("10.2.0.11:5100 weight 100 -> 50"), "{all}");
-    assert_eq!(id_of(&c, "10.2.0.11"), keep, "unchanged backends keep their id");
+    assert_eq!(
+        id_of(&c, "10.2.0.11"),
+        keep,
+        "unchanged backends keep their id"
+    );
 }
 
 #[test]
 fn reload_says_when_it_reverts_a_runtime_change() {
     let (mut c, _) = start(&three());
-    c.set_weight("im", "10.2.0.11".parse().unwrap(), None, 0).unwrap();
+    c.set_weight("im", "10.2.0.11".parse().unwrap(), None, 0)
+        .unwrap();
     let s = c.apply(config(&three())).unwrap().join("\n");
-    assert!(s.contains("weight 0 -> 100 (reverts a runtime change)"), "{s}");
+    assert!(
+        s.contains("weight 0 -> 100 (reverts a runtime change)"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -261,14 +315,23 @@ fn a_failed_write_midway_changes_nothing() {
     // The third write of the change fails.
     maps.fail_in(2);
     let e = c
-        .apply(config(&[("10.2.0.11", 100), ("10.2.0.15", 100), ("10.2.0.16", 100)]))
+        .apply(config(&[
+            ("10.2.0.11", 100),
+            ("10.2.0.15", 100),
+            ("10.2.0.16", 100),
+        ]))
         .unwrap_err();
     assert!(format!("{e:#}").contains("injected failure"), "{e:#}");
     assert!(format!("{e:#}").contains("were undone"), "{e:#}");
     assert_eq!(maps.image(), image, "the maps are as before");
-    assert_eq!(format!("{:?}", c.state().vips), state_before, "the state is as before");
+    assert_eq!(
+        format!("{:?}", c.state().vips),
+        state_before,
+        "the state is as before"
+    );
     // And it still works afterwards.
-    c.apply(config(&[("10.2.0.11", 100), ("10.2.0.15", 100)])).unwrap();
+    c.apply(config(&[("10.2.0.11", 100), ("10.2.0.15", 100)]))
+        .unwrap();
     assert_eq!(maps.image().vips.len(), 1);
 }
 
@@ -285,7 +348,9 @@ fn the_backend_limit_is_enforced() {
     }
     maps_cfg.vips[0].backends = backends;
     let (mut c, _) = Controller::new(FakeMaps::default(), maps_cfg, eth0(), 4).unwrap();
-    let e = c.add_backend("im", "10.4.0.1".parse().unwrap(), None, 1).unwrap_err();
+    let e = c
+        .add_backend("im", "10.4.0.1".parse().unwrap(), None, 1)
+        .unwrap_err();
     assert!(e.to_string().contains("backend slots are in use"), "{e}");
 }
 
@@ -296,17 +361,40 @@ fn a_restart_adopts_ids_health_and_snat_from_the_maps() {
         probe(&mut c, a, true, 2);
     }
     probe(&mut c, "10.2.0.12", false, 2);
-    let ids: Vec<u32> = ["10.2.0.11", "10.2.0.12", "10.2.0.13"].iter().map(|a| id_of(&c, a)).collect();
+    let ids: Vec<u32> = ["10.2.0.11", "10.2.0.12", "10.2.0.13"]
+        .iter()
+        .map(|a| id_of(&c, a))
+        .collect();
     let held = maps.image();
     drop(c);
     let again = FakeMaps::holding(held.clone());
     let (c2, summary) = Controller::new(again.clone(), config(&three()), eth0(), 4).unwrap();
-    assert!(summary.iter().any(|l| l.contains("adopted 1 VIP(s), 3 backend(s)")), "{summary:?}");
-    let ids2: Vec<u32> = ["10.2.0.11", "10.2.0.12", "10.2.0.13"].iter().map(|a| id_of(&c2, a)).collect();
+    assert!(
+        summary
+            .iter()
+            .any(|l| l.contains("adopted 1 VIP(s), 3 backend(s)")),
+        "{summary:?}"
+    );
+    let ids2: Vec<u32> = ["10.2.0.11", "10.2.0.12", "10.2.0.13"]
+        .iter()
+        .map(|a| id_of(&c2, a))
+        .collect();
     assert_eq!(ids, ids2);
-    let b2 = &c2.state().vips[0].backends.iter().find(|b| b.id == ids[1]).unwrap();
-    assert_eq!(b2.health.status, Status::Down, "out of the table means down");
-    assert_eq!(again.image().tables, held.tables, "the live table is not disturbed");
+    let b2 = &c2.state().vips[0]
+        .backends
+        .iter()
+        .find(|b| b.id == ids[1])
+        .unwrap();
+    assert_eq!(
+        b2.health.status,
+        Status::Down,
+        "out of the table means down"
+    );
+    assert_eq!(
+        again.image().tables,
+        held.tables,
+        "the live table is not disturbed"
+    );
     assert_eq!(c2.state().snat.len(), 1);
 }
 
@@ -317,7 +405,11 @@ fn snat_addresses_drain_and_are_released_when_unused() {
     cfg.snat.addresses = vec!["10.2.0.101".parse().unwrap()];
     c.apply(cfg).unwrap();
     let img = maps.image();
-    assert_eq!(img.snat.len(), 2, "the old address keeps its slots while flows use it");
+    assert_eq!(
+        img.snat.len(),
+        2,
+        "the old address keeps its slots while flows use it"
+    );
     assert_eq!(img.config.snat_count, 1);
     assert_eq!(img.snat_pick[&0], 1, "new flows take the new address");
     let lines = c
@@ -335,7 +427,9 @@ fn more_snat_addresses_than_the_flow_table_holds_are_refused() {
     let (mut c, maps) = start(&three());
     let before = maps.image();
     let mut cfg = config(&three());
-    cfg.snat.addresses = (0..6).map(|i| format!("10.2.1.{i}").parse().unwrap()).collect();
+    cfg.snat.addresses = (0..6)
+        .map(|i| format!("10.2.1.{i}").parse().unwrap())
+        .collect();
     let e = c.apply(cfg).unwrap_err();
     assert!(e.to_string().contains("slots for 4 SNAT addresses"), "{e}");
     assert_eq!(maps.image(), before);
@@ -420,6 +514,11 @@ fn the_snapshot_lists_probe_targets_and_the_live_table() {
     assert_eq!(snap.probe_targets().len(), 3);
     let v = snap.vip("im").unwrap();
     assert_eq!(v.table.len(), lb_common::MAGLEV_TABLE_SIZE as usize);
-    assert!(snap.vip("nope").unwrap_err().to_string().contains("known: im"));
+    assert!(
+        snap.vip("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("known: im")
+    );
     let _ = Vip4Key::default();
 }

@@ -62,7 +62,11 @@ pub fn dump_hash<K: Pod, V: Pod>(fd: BorrowedFd<'_>, chunk: usize) -> Result<Vec
     loop {
         let mut next = 0u64;
         let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { &cursor as *const u64 as u64 },
+            in_batch: if first {
+                0
+            } else {
+                &cursor as *const u64 as u64
+            },
             out_batch: &mut next as *mut u64 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -116,7 +120,12 @@ unsafe impl Sync for Mmap {}
 
 impl Mmap {
     /// Maps `entries` values of `value_size` bytes (the kernel rounds each to 8 bytes).
-    pub fn new(fd: BorrowedFd<'_>, entries: usize, value_size: usize, writable: bool) -> Result<Self> {
+    pub fn new(
+        fd: BorrowedFd<'_>,
+        entries: usize,
+        value_size: usize,
+        writable: bool,
+    ) -> Result<Self> {
         let value_size = value_size.next_multiple_of(8);
         let page = 4096;
         let len = (entries * value_size).next_multiple_of(page);
@@ -127,7 +136,14 @@ impl Mmap {
         };
         // SAFETY: mapping a BPF map fd; the kernel checks size and flags.
         let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
         };
         if ptr == libc::MAP_FAILED {
             bail!(
@@ -148,7 +164,11 @@ impl Mmap {
     }
 
     fn at(&self, index: usize) -> *mut u8 {
-        assert!(index < self.entries, "index {index} beyond {}", self.entries);
+        assert!(
+            index < self.entries,
+            "index {index} beyond {}",
+            self.entries
+        );
         // SAFETY: in bounds (asserted).
         unsafe { self.ptr.add(index * self.value_size) }
     }
@@ -178,6 +198,14 @@ impl Mmap {
         }
     }
 
+    /// Zeroes every element. Meant for a quiescent map (tests, benchmarks): a concurrent
+    /// writer may see a half-zeroed element.
+    pub fn zero_all(&self) {
+        // SAFETY: the mapping is `entries * value_size` bytes long and writable (callers only
+        // zero maps they mapped writable); the memory is shared with the kernel anyway.
+        unsafe { std::ptr::write_bytes(self.ptr, 0, self.entries * self.value_size) };
+    }
+
     /// Every element, copied out (any stride).
     pub fn read_all<T: Pod>(&self) -> Vec<T> {
         (0..self.entries).map(|i| self.read(i)).collect()
@@ -185,7 +213,7 @@ impl Mmap {
 
     /// The 32-bit word at byte `offset` of element `index`, for atomic access.
     pub fn word32(&self, index: usize, offset: usize) -> &AtomicU32 {
-        assert!(offset + 4 <= self.value_size && offset % 4 == 0);
+        assert!(offset + 4 <= self.value_size && offset.is_multiple_of(4));
         // SAFETY: in bounds and 4-byte aligned (elements are 8-byte aligned).
         unsafe { AtomicU32::from_ptr(self.at(index).add(offset) as *mut u32) }
     }
@@ -229,7 +257,12 @@ pub fn delete<K: Pod>(fd: BorrowedFd<'_>, key: &K) -> Result<()> {
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 
 /// Inserts or updates `key` with BPF update `flags` (BPF_NOEXIST = 1, ...).
-pub fn insert<K: Pod, V: Pod>(fd: BorrowedFd<'_>, key: &K, value: &V, flags: u64) -> io::Result<()> {
+pub fn insert<K: Pod, V: Pod>(
+    fd: BorrowedFd<'_>,
+    key: &K,
+    value: &V,
+    flags: u64,
+) -> io::Result<()> {
     let mut attr = ElemAttr {
         map_fd: fd.as_raw_fd() as u32,
         key: key as *const K as u64,
@@ -238,4 +271,31 @@ pub fn insert<K: Pod, V: Pod>(fd: BorrowedFd<'_>, key: &K, value: &V, flags: u64
         ..Default::default()
     };
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
+}
+
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
+
+/// Empties a hash map, `chunk` entries per syscall; returns how many it held.
+pub fn drain_hash<K: Pod, V: Pod>(fd: BorrowedFd<'_>, chunk: usize) -> Result<usize> {
+    let mut keys = vec![K::zeroed(); chunk];
+    let mut values = vec![V::zeroed(); chunk];
+    let mut total = 0;
+    loop {
+        let mut next = 0u64;
+        let mut attr = BatchAttr {
+            out_batch: &mut next as *mut u64 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let r = bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut attr);
+        total += attr.count as usize;
+        match r {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(total),
+            Err(e) => return Err(e).context("batch lookup and delete"),
+        }
+    }
 }

@@ -41,8 +41,11 @@ pub fn mtu(name: &str) -> Option<u32> {
     with_socket(|fd| {
         // SAFETY: SIOCGIFMTU fills ifr_mtu of the request we own.
         let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
-        // SAFETY: the union member SIOCGIFMTU fills.
-        (rc == 0).then(|| unsafe { req.ifr_ifru.ifru_mtu } as u32)
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: the union member SIOCGIFMTU filled.
+        Some(unsafe { req.ifr_ifru.ifru_mtu } as u32)
     })
 }
 
