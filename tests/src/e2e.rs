@@ -43,11 +43,16 @@ pub fn bare_topology(test: &str, n: usize) -> Option<Serial<Topology>> {
 }
 
 pub fn topology(test: &str, n: usize) -> Option<Serial<Topology>> {
+    shaped_topology(test, n, Shape::TwoArmed)
+}
+
+/// A topology of the given shape with `n` backends and their health endpoints running.
+pub fn shaped_topology(test: &str, n: usize, shape: Shape) -> Option<Serial<Topology>> {
     if !require_root(test) {
         return None;
     }
     let guard = serial();
-    let mut t = Topology::new(n).expect("topology");
+    let mut t = Topology::with_shape(n, shape).expect("topology");
     for i in 0..n {
         t.start_backend(i).expect("backend");
         t.start_health(i).expect("health endpoint");

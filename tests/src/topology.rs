@@ -1,4 +1,5 @@
-//! Network-namespace topology for end-to-end tests, the demo and benchmarks:
+//! Network-namespace topologies for end-to-end tests, the demo and benchmarks. Two-armed (the
+//! default):
 //!
 //! ```text
 //!  [client ns] c0 10.1.0.2 ──── e0 10.1.0.1 [edge ns: wklb daemon, XDP on e0 and e1]
@@ -7,6 +8,16 @@
 //!                                                       ├── [b2 ns] 10.2.0.12  ...
 //!                                                       └── ...
 //!  VIP 10.100.0.1 (tcp 5100, udp 5300) routed by the client to the edge
+//! ```
+//!
+//! One-armed (a cloud VM with one NIC): the client, the edge's only interface e0 (10.1.0.1 and
+//! 10.2.0.1, SNAT 10.2.0.100) and the backends all hang off the switch; XDP_TX both ways.
+//!
+//! Routed: two routers between the edge and the backends, joined by a hop with a smaller MTU
+//! (a tunnel stand-in); everything else 1500:
+//!
+//! ```text
+//!  edge e1 10.3.0.1 (+ SNAT 10.3.0.100) ── r1 10.3.0.2 │ 10.4.0.1 ══ MTU hop ══ 10.4.0.2 r2 │ 10.2.0.1 ── switch ── backends
 //! ```
 //!
 //! Names are unique per run; everything (processes we started, namespaces, pinned objects) is
@@ -44,6 +55,20 @@ pub fn backend_addr(i: usize) -> Ipv4Addr {
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// How the edge is wired.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Shape {
+    TwoArmed,
+    OneArmed,
+    /// Two routers between the edge and the backends, the hop between them at this MTU.
+    Routed {
+        hop_mtu: u32,
+    },
+}
+
+/// The SNAT address of the routed shape (outside the backends' subnet, routed to the edge).
+pub const ROUTED_SNAT: Ipv4Addr = Ipv4Addr::new(10, 3, 0, 100);
 
 /// A binary of the workspace next to the running test executable (target/<profile>/NAME).
 pub fn workspace_bin(name: &str) -> PathBuf {
@@ -133,6 +158,9 @@ pub fn command_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Comm
 
 pub struct Topology {
     pub id: String,
+    pub shape: Shape,
+    /// The edge's SNAT address in this shape.
+    pub snat: Ipv4Addr,
     pub client_ns: String,
     pub edge_ns: String,
     pub switch_ns: String,
@@ -144,12 +172,18 @@ pub struct Topology {
     pub health: Vec<Option<Proc>>,
     pub daemon: Option<Proc>,
     created: Vec<String>,
+    /// XDP_PASS on the switch port facing a one-armed edge (see `lab`).
+    _peer_pass: Option<aya::programs::links::FdLink>,
 }
 
 impl Topology {
     /// Builds the namespaces and links for `n` backends (more can be added later with
     /// `add_backend_host`). Backends are not started yet.
     pub fn new(n: usize) -> Result<Self> {
+        Self::with_shape(n, Shape::TwoArmed)
+    }
+
+    pub fn with_shape(n: usize, shape: Shape) -> Result<Self> {
         let id = format!(
             "wk{}x{}",
             std::process::id() % 100_000,
@@ -159,6 +193,11 @@ impl Topology {
             .prefix(&format!("{id}-"))
             .tempdir()?;
         let mut t = Topology {
+            shape,
+            snat: match shape {
+                Shape::Routed { .. } => ROUTED_SNAT,
+                _ => SNAT,
+            },
             client_ns: format!("{id}-cli"),
             edge_ns: format!("{id}-edge"),
             switch_ns: format!("{id}-sw"),
@@ -170,6 +209,7 @@ impl Topology {
             health: Vec::new(),
             daemon: None,
             created: Vec::new(),
+            _peer_pass: None,
             id,
         };
         t.build()?;
@@ -210,23 +250,60 @@ impl Topology {
             self.edge_ns.clone(),
             self.switch_ns.clone(),
         );
-        ip(&[
-            "link", "add", &c0, "netns", &cli, "type", "veth", "peer", "name", &e0, "netns", &edge,
-        ])?;
-        ip(&[
-            "link", "add", &e1, "netns", &edge, "type", "veth", "peer", "name", &s0, "netns", &sw,
-        ])?;
+        ipn(&sw, &["link", "add", "br0", "type", "bridge"])?;
+        ipn(&sw, &["link", "set", "br0", "up"])?;
+        if self.shape == Shape::OneArmed {
+            // Client and edge are ports of the switch, like the backends.
+            let (cs, es) = (self.ifname("sc"), self.ifname("se"));
+            ip(&[
+                "link", "add", &c0, "netns", &cli, "type", "veth", "peer", "name", &cs, "netns",
+                &sw,
+            ])?;
+            ip(&[
+                "link", "add", &e0, "netns", &edge, "type", "veth", "peer", "name", &es, "netns",
+                &sw,
+            ])?;
+            ipn(&sw, &["link", "set", &cs, "master", "br0", "up"])?;
+            ipn(&sw, &["link", "set", &es, "master", "br0", "up"])?;
+            ipn(&edge, &["addr", "add", "10.2.0.1/24", "dev", &e0])?;
+            ipn(
+                &edge,
+                &["addr", "add", &format!("{}/32", self.snat), "dev", &e0],
+            )?;
+            ethtool(&sw, &cs, &["gro", "on"])?;
+            // The edge answers with XDP_TX: veth delivers those to a peer with XDP only.
+            let pin = PathBuf::from(format!("/sys/fs/bpf/{}-lab-pass", self.id));
+            self._peer_pass = Some(crate::lab::attach_pass(&sw, &es, &pin)?);
+        } else {
+            ip(&[
+                "link", "add", &c0, "netns", &cli, "type", "veth", "peer", "name", &e0, "netns",
+                &edge,
+            ])?;
+            ip(&[
+                "link", "add", &e1, "netns", &edge, "type", "veth", "peer", "name", &s0, "netns",
+                &sw,
+            ])?;
+            ipn(&edge, &["link", "set", &e1, "up"])?;
+            ethtool(&edge, &e1, &["tx", "off"])?;
+        }
         ipn(&cli, &["addr", "add", "10.1.0.2/24", "dev", &c0])?;
         ipn(&cli, &["link", "set", &c0, "up"])?;
         ipn(&cli, &["route", "add", "default", "via", "10.1.0.1"])?;
         ipn(&edge, &["addr", "add", "10.1.0.1/24", "dev", &e0])?;
-        ipn(&edge, &["addr", "add", "10.2.0.1/24", "dev", &e1])?;
-        ipn(&edge, &["addr", "add", &format!("{SNAT}/32"), "dev", &e1])?;
         ipn(&edge, &["link", "set", &e0, "up"])?;
-        ipn(&edge, &["link", "set", &e1, "up"])?;
-        ipn(&sw, &["link", "add", "br0", "type", "bridge"])?;
-        ipn(&sw, &["link", "set", "br0", "up"])?;
-        ipn(&sw, &["link", "set", &s0, "master", "br0", "up"])?;
+        match self.shape {
+            Shape::TwoArmed => {
+                ipn(&edge, &["addr", "add", "10.2.0.1/24", "dev", &e1])?;
+                ipn(
+                    &edge,
+                    &["addr", "add", &format!("{}/32", self.snat), "dev", &e1],
+                )?;
+                ipn(&sw, &["link", "set", &s0, "master", "br0", "up"])?;
+                ethtool(&sw, &s0, &["gro", "on"])?;
+            }
+            Shape::Routed { hop_mtu } => self.build_routers(&s0, hop_mtu)?,
+            Shape::OneArmed => {}
+        }
         // /proc/sys/net shows the namespace of the thread that opens it (no procps needed).
         crate::netns::in_named_netns(&edge, crate::netns::enable_forwarding)??;
         // Locally generated packets on veth carry partial checksums that XDP rewrites would
@@ -234,9 +311,58 @@ impl Topology {
         // (GRO) on the receiving side.
         ethtool(&cli, &c0, &["tx", "off"])?;
         ethtool(&cli, &c0, &["gro", "on"])?;
-        ethtool(&sw, &s0, &["gro", "on"])?;
         ethtool(&edge, &e0, &["tx", "off"])?;
-        ethtool(&edge, &e1, &["tx", "off"])?;
+        Ok(())
+    }
+
+    /// edge e1 ── r1 ══ hop (MTU `hop_mtu`) ══ r2 ── switch (`s0` is the edge side's switch
+    /// port name, reused for r2's port).
+    fn build_routers(&mut self, s0: &str, hop_mtu: u32) -> Result<()> {
+        let (r1, r2) = (format!("{}-r1", self.id), format!("{}-r2", self.id));
+        self.ns_add(&r1)?;
+        self.ns_add(&r2)?;
+        let edge = self.edge_ns.clone();
+        let sw = self.switch_ns.clone();
+        let (e1, r1a, r1b, r2a, r2b) = (
+            self.ifname("e1"),
+            self.ifname("r1a"),
+            self.ifname("r1b"),
+            self.ifname("r2a"),
+            self.ifname("r2b"),
+        );
+        // The edge's backend-side link goes to r1, not to the switch.
+        ipn(&sw, &["link", "set", s0, "netns", &r1])?;
+        ip(&["-n", &r1, "link", "set", s0, "name", &r1a])?;
+        ip(&[
+            "link", "add", &r1b, "netns", &r1, "type", "veth", "peer", "name", &r2a, "netns", &r2,
+        ])?;
+        ip(&[
+            "link", "add", &r2b, "netns", &r2, "type", "veth", "peer", "name", s0, "netns", &sw,
+        ])?;
+        ipn(&edge, &["addr", "add", "10.3.0.1/24", "dev", &e1])?;
+        ipn(
+            &edge,
+            &["addr", "add", &format!("{}/32", self.snat), "dev", &e1],
+        )?;
+        ipn(&r1, &["addr", "add", "10.3.0.2/24", "dev", &r1a])?;
+        ipn(&r1, &["addr", "add", "10.4.0.1/30", "dev", &r1b])?;
+        ipn(&r1, &["link", "set", &r1b, "mtu", &hop_mtu.to_string()])?;
+        ipn(&r2, &["addr", "add", "10.4.0.2/30", "dev", &r2a])?;
+        ipn(&r2, &["link", "set", &r2a, "mtu", &hop_mtu.to_string()])?;
+        ipn(&r2, &["addr", "add", "10.2.0.1/24", "dev", &r2b])?;
+        for (ns, links) in [(&r1, [&r1a, &r1b]), (&r2, [&r2a, &r2b])] {
+            for l in links {
+                ipn(ns, &["link", "set", l, "up"])?;
+            }
+            crate::netns::in_named_netns(ns, crate::netns::enable_forwarding)??;
+        }
+        // Gateways are accepted once their links are up.
+        ipn(&edge, &["route", "add", "10.2.0.0/24", "via", "10.3.0.2"])?;
+        ipn(&r1, &["route", "add", "10.2.0.0/24", "via", "10.4.0.2"])?;
+        ipn(&r2, &["route", "add", "10.3.0.0/24", "via", "10.4.0.1"])?;
+        // The edge redirects into r1a: that side needs NAPI.
+        ethtool(&r1, &r1a, &["gro", "on"])?;
+        ipn(&sw, &["link", "set", s0, "master", "br0", "up"])?;
         Ok(())
     }
 
@@ -362,14 +488,27 @@ impl Topology {
         }
     }
 
+    /// The edge interfaces wklb runs on in this shape.
+    pub fn edge_interfaces(&self) -> Vec<String> {
+        match self.shape {
+            Shape::OneArmed => vec![self.ifname("e0")],
+            _ => vec![self.ifname("e0"), self.ifname("e1")],
+        }
+    }
+
     /// A config for this topology: one TCP VIP (5100) and one UDP VIP (5300) over the given
     /// backends (index, weight), HTTP health checks on 5001.
     pub fn config(&self, backends: &[(usize, u32)], extra: &str) -> String {
+        let interfaces: Vec<String> = self
+            .edge_interfaces()
+            .iter()
+            .map(|i| format!("\"{i}\""))
+            .collect();
         let mut s = format!(
-            "[daemon]\ninterfaces = [\"{e0}\", \"{e1}\"]\nxdp_mode = \"auto\"\npin_path = \"{pin}\"\ncontrol_socket = \"{sock}\"\nmetrics_listen = \"127.0.0.1:9330\"\ngc_interval = \"1s\"\n\n\
-             [conntrack]\nmax_flows = 65536\n\n[snat]\naddresses = [\"{SNAT}\"]\n{extra}\n",
-            e0 = self.ifname("e0"),
-            e1 = self.ifname("e1"),
+            "[daemon]\ninterfaces = [{interfaces}]\nxdp_mode = \"auto\"\npin_path = \"{pin}\"\ncontrol_socket = \"{sock}\"\nmetrics_listen = \"127.0.0.1:9330\"\ngc_interval = \"1s\"\n\n\
+             [conntrack]\nmax_flows = 65536\n\n[snat]\naddresses = [\"{snat}\"]\n{extra}\n",
+            interfaces = interfaces.join(", "),
+            snat = self.snat,
             pin = self.pin_path.display(),
             sock = self.socket.display(),
         );

@@ -360,11 +360,21 @@ fn back_to_back_table_flips_are_whole_and_read_back() {
             let members: Vec<(u32, u32)> = (0..3).map(|b| (b, (b == only) as u32)).collect();
             fx.install(TCP_VIP_ID, &members).unwrap();
             let live = fx.maps.read().unwrap().tables[&TCP_VIP_ID].clone();
-            assert_eq!(live, fx.image.tables[&TCP_VIP_ID], "round {round}: read-back differs");
-            assert!(live.iter().all(|b| *b == only), "round {round}: table not whole");
+            assert_eq!(
+                live, fx.image.tables[&TCP_VIP_ID],
+                "round {round}: read-back differs"
+            );
+            assert!(
+                live.iter().all(|b| *b == only),
+                "round {round}: table not whole"
+            );
             for p in 0..20u16 {
                 let port = 43000 + round as u16 * 100 + p;
-                assert_eq!(open(fx, port).0, only as usize, "round {round}: flow from {port}");
+                assert_eq!(
+                    open(fx, port).0,
+                    only as usize,
+                    "round {round}: flow from {port}"
+                );
             }
         }
         // Removing the VIP's table refuses new flows.

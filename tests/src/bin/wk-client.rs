@@ -46,6 +46,10 @@ enum Mode {
         /// A PONG later than this is lost.
         #[arg(long, default_value_t = 3000)]
         pong_timeout_ms: u64,
+        /// Bytes per ping: the PING byte followed by filler, all echoed back (large messages
+        /// exercise path MTU handling).
+        #[arg(long, default_value_t = 1)]
+        message_bytes: usize,
     },
     /// UDP requests from distinct source ports; each expects the backend's name.
     Udp {
@@ -117,7 +121,13 @@ async fn run_tcp(
     duration: Duration,
     parallel: usize,
     pong_timeout: Duration,
+    message_bytes: usize,
 ) -> TcpReport {
+    let message: Arc<Vec<u8>> = Arc::new(
+        std::iter::once(0x70)
+            .chain(std::iter::repeat_n(0x41, message_bytes.saturating_sub(1)))
+            .collect(),
+    );
     let sem = Arc::new(Semaphore::new(parallel.max(1)));
     let sent = Arc::new(AtomicU64::new(0));
     let recv = Arc::new(AtomicU64::new(0));
@@ -182,8 +192,10 @@ async fn run_tcp(
     for (i, (c, mut r)) in live.into_iter().enumerate() {
         let sent = sent.clone();
         let recv = recv.clone();
+        let message = message.clone();
         tasks.push(tokio::spawn(async move {
             let mut rtts = Vec::new();
+            let mut answer = vec![0u8; message.len()];
             if ping_ms > 0 {
                 // Spread pings over the interval.
                 tokio::time::sleep(Duration::from_millis((i as u64 * 37) % ping_ms)).await;
@@ -207,18 +219,17 @@ async fn run_tcp(
                     };
                 }
                 let t0 = Instant::now();
-                if r.get_mut().write_all(&[0x70]).await.is_err() {
+                if r.get_mut().write_all(&message).await.is_err() {
                     return Outcome::Broken {
                         name: c.name,
                         rtts,
                         lost,
                     };
                 }
-                sent.fetch_add(1, Relaxed);
-                let mut b = [0u8; 1];
-                match tokio::time::timeout(pong_timeout, r.read(&mut b)).await {
-                    Ok(Ok(1)) if b[0] == 0x80 => {
-                        recv.fetch_add(1, Relaxed);
+                sent.fetch_add(message.len() as u64, Relaxed);
+                match tokio::time::timeout(pong_timeout, r.read_exact(&mut answer)).await {
+                    Ok(Ok(_)) if answer[0] == 0x80 && answer[1..] == message[1..] => {
+                        recv.fetch_add(answer.len() as u64, Relaxed);
                         rtts.push(t0.elapsed().as_secs_f64() * 1000.0);
                     }
                     Err(_) => {
@@ -319,6 +330,7 @@ async fn main() {
             duration_s,
             parallel,
             pong_timeout_ms,
+            message_bytes,
         } => serde_json::to_string(
             &run_tcp(
                 target,
@@ -327,6 +339,7 @@ async fn main() {
                 Duration::from_secs(duration_s),
                 parallel,
                 Duration::from_millis(pong_timeout_ms),
+                message_bytes.max(1),
             )
             .await,
         ),

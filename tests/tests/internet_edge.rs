@@ -1,0 +1,220 @@
+//! An edge that faces the internet: blind RSTs from an off-path attacker, a path with a smaller
+//! MTU between the edge and the data nodes, and the one-armed edge of a cloud VM. Root; CI runs
+//! them; serialised with the other end-to-end tests.
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use wklb_tests::{e2e::*, topology::*};
+
+fn start(t: &mut Topology, weights: &[(usize, u32)], extra: &str) {
+    let cfg = t.write_config(&t.config(weights, extra)).unwrap();
+    t.start_daemon(&cfg).unwrap();
+    wait_stats(
+        t,
+        Duration::from_secs(10),
+        "every backend in the table",
+        |s| s["vips"][0]["backends_in_table"] == weights.len(),
+    );
+}
+
+fn reason(s: &Value, name: &str) -> u64 {
+    s["reasons"][name].as_u64().unwrap_or(0)
+}
+
+fn client_with(
+    t: &Topology,
+    conns: usize,
+    ping_ms: u64,
+    secs: u64,
+    extra: &[&str],
+) -> std::process::Child {
+    let target = format!("{VIP}:{TCP_PORT}");
+    let (conns, ping, secs) = (conns.to_string(), ping_ms.to_string(), secs.to_string());
+    let mut args = vec![
+        "tcp",
+        "--target",
+        &target,
+        "--conns",
+        &conns,
+        "--ping-interval-ms",
+        &ping,
+        "--duration-s",
+        &secs,
+    ];
+    args.extend_from_slice(extra);
+    t.client(&args).unwrap()
+}
+
+/// Client ports of the VIP's live connections, from `wklb conns`.
+fn client_ports(t: &Topology) -> Vec<u16> {
+    let c = t
+        .json(&["conns", "--vip", "im-tcp", "--limit", "100000"])
+        .unwrap();
+    c["conns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let client = r["client"].as_str().unwrap();
+            client.rsplit(':').next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn e01_blind_rsts_do_not_end_long_lived_connections() {
+    let Some(mut t) = shaped_topology("e01_blind_rsts", 2, Shape::TwoArmed) else {
+        return;
+    };
+    start(&mut t, &[(0, 100), (1, 100)], "");
+    const CONNS: usize = 200;
+    // Heartbeats every 2 s for 25 s: well past the 10 s a Closed flow would live.
+    let client = client_with(&t, CONNS, 2000, 25, &[]);
+    wait_stats(&t, Duration::from_secs(20), "200 established flows", |s| {
+        s["vips"][0]["active_flows"] == CONNS
+    });
+    let ports = client_ports(&t);
+    assert_eq!(ports.len(), CONNS, "conns listing");
+    let before = t.stats().unwrap();
+    // One forged RST per connection, from the client's own address, with a guessed sequence.
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let out = command_in(&t.client_ns, workspace_bin("wk-spoof"))
+        .unwrap()
+        .args([
+            "--src",
+            &CLIENT.to_string(),
+            "--dst",
+            &format!("{VIP}:{TCP_PORT}"),
+        ])
+        .args(["--flags", "R", "--ports", &list.join(",")])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "wk-spoof failed");
+    let r = Topology::client_report(client).unwrap();
+    let after = t.stats().unwrap();
+    let rejected = reason(&after, "forwarded_rst_fin_out_of_window")
+        - reason(&before, "forwarded_rst_fin_out_of_window");
+    println!(
+        "blind RSTs: {rejected} judged out of window; client: {} broken, {} pongs",
+        r["broken"], r["pongs"]
+    );
+    assert_eq!(
+        rejected, CONNS as u64,
+        "every forged RST judged out of window: {after:#}"
+    );
+    assert_eq!(r["connected"], CONNS, "{r:#}");
+    assert_eq!(r["broken"], 0, "a forged RST cut connections: {r:#}");
+    assert_eq!(r["lost_pongs"], 0, "{r:#}");
+    // Heartbeats went on after the Closed timeout would have ended the flows: 12 per
+    // connection in 25 s, at least 10 of them after the RSTs.
+    assert!(r["pongs"].as_u64().unwrap() >= CONNS as u64 * 11, "{r:#}");
+}
+
+/// 200 connections echo 8 KB messages through the routed topology; returns the client report.
+fn echo_8k_through_small_hop(t: &Topology) -> Value {
+    let client = client_with(
+        t,
+        200,
+        1000,
+        8,
+        &["--message-bytes", "8192", "--pong-timeout-ms", "6000"],
+    );
+    Topology::client_report(client).unwrap()
+}
+
+#[test]
+fn e02_path_mtu_with_a_fixed_mss_clamp() {
+    let Some(mut t) = shaped_topology("e02_path_mtu_clamp", 2, Shape::Routed { hop_mtu: 1400 })
+    else {
+        return;
+    };
+    start(
+        &mut t,
+        &[(0, 100), (1, 100)],
+        "[data_path]\nmss_clamp = 1360\n",
+    );
+    let r = echo_8k_through_small_hop(&t);
+    println!("8 KB echo, MSS clamped to 1360: {r}");
+    assert_eq!(r["connected"], 200, "{r:#}");
+    assert_eq!(r["broken"], 0, "{r:#}");
+    assert!(r["pongs"].as_u64().unwrap() >= 200 * 7, "{r:#}");
+}
+
+#[test]
+fn e03_path_mtu_through_icmp_translation_alone() {
+    let Some(mut t) = shaped_topology("e03_path_mtu_icmp", 2, Shape::Routed { hop_mtu: 1400 })
+    else {
+        return;
+    };
+    start(
+        &mut t,
+        &[(0, 100), (1, 100)],
+        "[data_path]\nmss_clamp = \"off\"\n",
+    );
+    let before = t.stats().unwrap();
+    let r = echo_8k_through_small_hop(&t);
+    let after = t.stats().unwrap();
+    let translated =
+        reason(&after, "icmp_error_to_client") - reason(&before, "icmp_error_to_client");
+    println!("8 KB echo, no clamping: {translated} fragmentation-needed translated; {r}");
+    assert!(
+        translated >= 1,
+        "no router error reached the client: {after:#}"
+    );
+    assert_eq!(r["connected"], 200, "{r:#}");
+    assert_eq!(r["broken"], 0, "{r:#}");
+    assert!(r["pongs"].as_u64().unwrap() >= 200 * 7, "{r:#}");
+}
+
+#[test]
+fn e04_one_armed_edge_long_lived_failover_and_restart() {
+    let Some(mut t) = shaped_topology("e04_one_armed", 3, Shape::OneArmed) else {
+        return;
+    };
+    start(&mut t, &[(0, 100), (1, 100), (2, 100)], "");
+    let before = t.stats().unwrap();
+    let long = client_with(&t, 300, 1000, 20, &[]);
+    wait_stats(&t, Duration::from_secs(20), "300 established flows", |s| {
+        s["vips"][0]["active_flows"] == 300
+    });
+    // Failover: backend 2 dies; its connections break, nobody else's.
+    t.stop_backend(1);
+    t.stop_health(1);
+    let died = Instant::now();
+    wait_stats(&t, Duration::from_secs(3), "b2 out of the table", |s| {
+        backend_row(s, "im-tcp", 1)["in_table"] == false
+    });
+    println!(
+        "one-armed failover: b2 out of the table after {:?}",
+        died.elapsed()
+    );
+    // Restart: the daemon goes away and comes back; no connection notices.
+    t.stop_daemon().unwrap();
+    let cfg = t.dir.path().join("wklb.toml");
+    t.start_daemon(&cfg).unwrap();
+    let fresh = Topology::client_report(client_with(&t, 200, 0, 1, &[])).unwrap();
+    let r = Topology::client_report(long).unwrap();
+    let after = t.stats().unwrap();
+    println!("one-armed: long-lived {r}\nfresh {fresh}");
+    assert_eq!(r["connected"], 300, "{r:#}");
+    let to_b2 = count(&r, "per_backend", "b2");
+    assert_eq!(
+        r["broken"].as_u64().unwrap(),
+        to_b2,
+        "only b2's connections break: {r:#}"
+    );
+    assert_eq!(count(&r, "broken_per_backend", "b2"), to_b2, "{r:#}");
+    assert_eq!(fresh["connected"], 200, "{fresh:#}");
+    assert_eq!(count(&fresh, "per_backend", "b2"), 0, "{fresh:#}");
+    // Both directions went through the data path on the one interface.
+    for r in ["forwarded", "reversed"] {
+        assert!(reason(&after, r) > reason(&before, r), "{r}: {after:#}");
+    }
+    let attached = after["interfaces"].as_array().unwrap();
+    assert_eq!(attached.len(), 1, "one interface: {after:#}");
+}
