@@ -1246,6 +1246,57 @@ fn icmp_errors_about_translated_packets_are_translated_back() {
     });
 }
 
+/// Found by `cargo xtask fuzz`: bytes after the IP packet (Ethernet padding, a trailer) are
+/// in no header. A short ICMP quote followed by such bytes must not have them rewritten as its
+/// TCP checksum, and a TCP header that claims to run into them is malformed.
+#[test]
+fn bytes_after_the_ip_packet_belong_to_no_header() {
+    with_fixture("bytes_after_the_ip_packet", 1024, |fx| {
+        let (b, sp) = establish(fx, 49100);
+        let sent = tcp_seg(
+            (SNAT, sp),
+            (BACKENDS[b], VIP_TCP_PORT),
+            &Seg {
+                flags: "A",
+                seq: ISN + 1,
+                ack: BACKEND_ISN + 1,
+                ..Seg::default()
+            },
+        );
+        let mut err = icmp_error(
+            Ipv4Addr::new(10, 20, 0, 254),
+            SNAT,
+            3,
+            4,
+            [0, 0, 5, 0x78],
+            &sent,
+            28,
+        );
+        err.extend_from_slice(&[0xa5; 40]);
+        let before = fx.reasons();
+        let (act, out) = fx.run(fx.backend_if, &err).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        assert_only(fx, &before, Reason::IcmpErrorToClient, 1);
+        assert_eq!(
+            &out[out.len() - 40..],
+            &[0xa5; 40],
+            "trailing bytes untouched"
+        );
+        assert_eq!(
+            packets::checksums_valid(&out),
+            Some(true),
+            "ICMP checksum over the message only"
+        );
+        // A SYN whose data offset (60 bytes) runs past the IP total length (40) into padding.
+        let mut syn = syn(49101);
+        syn[46] = 0xf0;
+        syn.extend_from_slice(&[2, 4, 0x05, 0xb4].repeat(10));
+        let before = fx.reasons();
+        assert_eq!(fx.run(fx.client_if, &syn).unwrap().0, XDP_DROP);
+        assert_only(fx, &before, Reason::DropMalformed, 1);
+    });
+}
+
 #[test]
 fn full_connection_table_refuses_new_flows_but_keeps_established_ones() {
     with_fixture("full_connection_table", 8, |fx| {

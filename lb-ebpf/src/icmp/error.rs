@@ -83,6 +83,10 @@ fn quoted(ctx: &XdpContext, p: &Packet) -> Option<Inner> {
         return None;
     }
     let l4 = l3 + ihl * 4;
+    // The quote ends with the ICMP message, not with the frame.
+    if l4 + 4 > p.l3_end() {
+        return None;
+    }
     let ports = ptr_at::<u32>(ctx, l4)?;
     Some(Inner {
         l3,
@@ -182,7 +186,9 @@ fn rewrite(ctx: &XdpContext, p: &Packet, plan: &Plan) -> Option<()> {
     } else {
         (UDP_CSUM, true)
     };
-    if let Some(c) = ptr_at::<u16>(ctx, old.l4 + off) {
+    if let Some(c) = ptr_at::<u16>(ctx, old.l4 + off)
+        && old.l4 + off + 2 <= p.l3_end()
+    {
         // SAFETY: bounds checked by ptr_at.
         unsafe {
             let before = *c;

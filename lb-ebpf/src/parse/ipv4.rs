@@ -59,11 +59,14 @@ pub fn parse(ctx: &XdpContext, l3: usize, vlan: u16, ip: *mut Ipv4Hdr) -> Parsed
     if (ip_len as usize) < ihl * 4 || opaque(ctx.data() + l3 + ip_len as usize) > ctx.data_end() {
         return Parsed::Malformed;
     }
+    // Bytes after the IP packet (Ethernet padding, trailers) belong to no header: every L4
+    // read below stays within the total length.
+    let end = l3 + ip_len as usize;
     if frags & MF_OR_OFFSET != 0 {
         let first = frags & OFFSET == 0;
         let ports = match ptr_at::<u32>(ctx, l4) {
             // SAFETY: bounds checked by ptr_at.
-            Some(p) if first && proto != PROTO_ICMP => unsafe { *p },
+            Some(p) if first && proto != PROTO_ICMP && l4 + 4 <= end => unsafe { *p },
             _ => 0,
         };
         return Parsed::Fragment {
@@ -87,16 +90,16 @@ pub fn parse(ctx: &XdpContext, l3: usize, vlan: u16, ip: *mut Ipv4Hdr) -> Parsed
         tcp_hdr_len: 0,
     };
     let ok = match proto {
-        PROTO_TCP => tcp::parse(ctx, &mut p),
+        PROTO_TCP => tcp::parse(ctx, &mut p) && l4 + p.tcp_len() <= end,
         PROTO_UDP => match ptr_at::<[u8; UDP_LEN]>(ctx, l4) {
-            Some(h) => {
+            Some(h) if l4 + UDP_LEN <= end => {
                 // SAFETY: bounds checked by ptr_at.
                 p.ports = unsafe { load32(h.cast()) };
                 true
             }
-            None => false,
+            _ => false,
         },
-        PROTO_ICMP => ptr_at::<[u8; ICMP_LEN]>(ctx, l4).is_some(),
+        PROTO_ICMP => ptr_at::<[u8; ICMP_LEN]>(ctx, l4).is_some() && l4 + ICMP_LEN <= end,
         // Other protocols: the classification decides (never ours).
         _ => true,
     };

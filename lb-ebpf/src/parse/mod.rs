@@ -110,6 +110,11 @@ impl Packet {
     pub fn l4(&self) -> usize {
         (self.l4_off & 0x7f) as usize
     }
+    /// Where the IP packet ends (what follows is padding).
+    #[inline(always)]
+    pub fn l3_end(&self) -> usize {
+        self.l3() + self.ip_len as usize
+    }
     /// At most 60.
     #[inline(always)]
     pub fn tcp_len(&self) -> usize {
