@@ -152,16 +152,13 @@ pub fn icmp_error(
     out
 }
 
-/// The Internet checksum of `data` (odd length padded with a zero byte).
+/// The Internet checksum of `data` (odd length padded with a zero byte), as it is written in
+/// a header (big-endian value).
 pub fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u64 = data
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u64)
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    let native = etherparse::checksum::Sum16BitWords::new()
+        .add_slice(data)
+        .ones_complement();
+    u16::from_be_bytes(native.to_ne_bytes())
 }
 
 /// An ARP request frame (not IP at all).
@@ -384,4 +381,50 @@ pub fn quoted_tuple(q: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16, bool) {
     let sp = u16::from_be_bytes([q[ihl], q[ihl + 1]]);
     let dp = u16::from_be_bytes([q[ihl + 2], q[ihl + 3]]);
     (src, sp, dst, dp, ip_ok)
+}
+
+/// Whether every checksum a frame carries verifies: the IPv4 header, the TCP/UDP checksum over
+/// the pseudo-header (a UDP checksum of 0 means "none" and passes), the ICMP checksum and, for
+/// ICMP errors, the quoted IP header. None when the frame is not a whole, unfragmented IPv4
+/// packet whose checksums can be checked.
+pub fn checksums_valid(frame: &[u8]) -> Option<bool> {
+    let s = SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &s.net else {
+        return None;
+    };
+    let hdr = ip.header().to_header();
+    if hdr.is_fragmenting_payload() {
+        return None;
+    }
+    let ip_ok = hdr.calc_header_checksum() == hdr.header_checksum;
+    let l4_ok = match &s.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            let h = t.to_header();
+            h.calc_checksum_ipv4(&hdr, t.payload()).ok()? == h.checksum
+        }
+        Some(TransportSlice::Udp(u)) => {
+            let h = u.to_header();
+            h.checksum == 0 || h.calc_checksum_ipv4(&hdr, u.payload()).ok()? == h.checksum
+        }
+        Some(TransportSlice::Icmpv4(_)) | None if hdr.protocol == IpNumber::ICMP => {
+            let icmp = ip.payload().payload;
+            if icmp.len() < 8 {
+                return None;
+            }
+            let quote_ok = match icmp[0] {
+                // Errors quote an IP header: it must verify too when it is there whole.
+                3 | 4 | 5 | 11 | 12 => {
+                    let q = &icmp[8..];
+                    let ihl = q.first().map_or(0, |b| ((b & 0x0f) * 4) as usize);
+                    ihl < 20 || q.len() < ihl || internet_checksum(&q[..ihl]) == 0
+                }
+                _ => true,
+            };
+            internet_checksum(icmp) == 0 && quote_ok
+        }
+        // Other protocols (and L4 headers cut short): only the IP header.
+        _ if matches!(hdr.protocol, IpNumber::TCP | IpNumber::UDP) => return None,
+        _ => true,
+    };
+    Some(ip_ok && l4_ok)
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask <setup|build|test|bench>`: the project's build and test entry points.
+//! `cargo xtask <setup|build|test|demo|bench|fuzz>`: the project's build and test entry points.
 mod cmd;
 mod setup;
 
@@ -27,7 +27,19 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Random and mutated frames through the real XDP object (root), invariants checked after
+    /// every frame and batch. `cargo xtask test` runs 200,000.
+    Fuzz {
+        #[arg(long, default_value_t = 10_000_000)]
+        frames: u64,
+        /// Replay a run (every run prints its seed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
+
+/// Frames the fuzzer runs as part of `cargo xtask test`.
+const TEST_FUZZ_FRAMES: &str = "200000";
 
 fn main() {
     if let Err(e) = run(Task::parse()) {
@@ -74,8 +86,13 @@ fn run(task: Task) -> Result<()> {
             }
             cmd::cargo(&a)?;
             if setup::is_root() {
-                let wklb = cmd::workspace_root().join("target/debug/wklb");
-                cmd::run(&wklb.to_string_lossy(), &["verify"])?;
+                let debug = cmd::workspace_root().join("target/debug");
+                cmd::step("fuzzing the data path (200,000 frames)");
+                cmd::run(
+                    &debug.join("wklb-fuzz").to_string_lossy(),
+                    &["--frames", TEST_FUZZ_FRAMES],
+                )?;
+                cmd::run(&debug.join("wklb").to_string_lossy(), &["verify"])?;
             }
             Ok(())
         }
@@ -105,6 +122,30 @@ fn run(task: Task) -> Result<()> {
                 .to_str()
                 .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
             cmd::run(bin, if quick { &["--quick"] } else { &[] })
+        }
+        Task::Fuzz { frames, seed } => {
+            if !setup::is_root() {
+                anyhow::bail!("the fuzzer loads XDP programs: run `sudo cargo xtask fuzz`");
+            }
+            setup::ensure()?;
+            cmd::step("building the fuzzer (release)");
+            cmd::cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "wklb-tests",
+                "--bin",
+                "wklb-fuzz",
+            ])?;
+            cmd::step(&format!("fuzzing the data path ({frames} frames)"));
+            let bin = cmd::workspace_root().join("target/release/wklb-fuzz");
+            let frames = frames.to_string();
+            let mut args = vec!["--frames", frames.as_str()];
+            let seed = seed.map(|s| s.to_string());
+            if let Some(s) = &seed {
+                args.extend(["--seed", s.as_str()]);
+            }
+            cmd::run(&bin.to_string_lossy(), &args)
         }
     }
 }

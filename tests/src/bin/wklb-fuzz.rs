@@ -1,0 +1,493 @@
+//! Packet fuzzer for the XDP data path (`cargo xtask fuzz`): valid frames of every kind the edge
+//! handles (client and backend TCP/UDP, ICMP echo and errors quoting real translated packets,
+//! fragments, VLAN tags, IP options, host traffic) and mutations of them (bit flips, random
+//! bytes, truncation, extension, extreme header fields, with and without fixed checksums) go
+//! through the real object with BPF_PROG_TEST_RUN, in a private network namespace.
+//!
+//! Checked after every frame: the action is XDP_DROP, XDP_PASS, XDP_TX or XDP_REDIRECT (never
+//! XDP_ABORTED); a frame whose checksums verified leaves with checksums that verify (unless
+//! dropped). Checked after every batch: the reason counters grew by exactly the batch's frame
+//! count; FLOWS4 and the flow slots agree (every reference points at a slot it owns, with its
+//! tuple; every claimed slot is referenced exactly once). Every few batches an expiry pass far
+//! in the future empties the table, which must then be empty on both sides.
+//!
+//! wklb-fuzz [--frames N] [--seed S] [--batch B]
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    time::Instant,
+};
+
+use anyhow::{Result, bail};
+use clap::Parser;
+use lb_common::{Reason, conntrack::Timeouts, slot};
+use lb_userspace::{controller::expiry, dataplane::Flows as _, sys::clock::monotonic_ns};
+use rand::{Rng, SeedableRng, rngs::SmallRng, seq::IndexedRandom as _};
+use wklb_tests::{
+    fixture::*,
+    netns::in_private_netns,
+    packets::{
+        Seg, checksums_valid, echo, fix_ip_checksum, icmp_error, tcp_seg, udp, with_ip_options,
+        with_vlan,
+    },
+    root::have_root,
+};
+
+#[derive(Parser, Clone)]
+#[command(about = "Fuzz the XDP data path with random and mutated frames")]
+struct Cli {
+    /// Frames to run.
+    #[arg(long, default_value_t = 200_000)]
+    frames: u64,
+    /// Random seed (default: from the clock; printed, so a failure can be replayed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Frames between table and counter checks.
+    #[arg(long, default_value_t = 2_000)]
+    batch: u64,
+}
+
+const XDP_ABORTED: u32 = 0;
+const XDP_DROP: u32 = 1;
+const XDP_REDIRECT: u32 = 4;
+/// Batches between expiry passes that empty the table.
+const EXPIRE_EVERY: u64 = 25;
+/// Connection-table capacity: small, so "table full" paths are reached too.
+const MAX_FLOWS: u32 = 4096;
+
+/// What the generator remembers of the data path's answers, to build replies and ICMP errors
+/// about real translated packets.
+#[derive(Default)]
+struct Memory {
+    /// Frames the edge sent toward a backend (source: the SNAT address).
+    to_backend: Vec<Vec<u8>>,
+    /// Frames the edge sent toward a client (source: the VIP).
+    to_client: Vec<Vec<u8>>,
+}
+
+impl Memory {
+    fn remember(&mut self, out: &[u8]) {
+        let Some((src, _)) = source(out) else { return };
+        let list = if src == SNAT {
+            &mut self.to_backend
+        } else if src == VIP {
+            &mut self.to_client
+        } else {
+            return;
+        };
+        if list.len() >= 256 {
+            list.swap_remove(0);
+        }
+        list.push(out.to_vec());
+    }
+}
+
+/// Source address and port of an untagged IPv4 TCP/UDP frame.
+fn source(f: &[u8]) -> Option<(Ipv4Addr, u16)> {
+    let s = etherparse::SlicedPacket::from_ethernet(f).ok()?;
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &s.net else {
+        return None;
+    };
+    let port = match &s.transport {
+        Some(etherparse::TransportSlice::Tcp(t)) => t.source_port(),
+        Some(etherparse::TransportSlice::Udp(u)) => u.source_port(),
+        _ => return None,
+    };
+    Some((ip.header().source_addr(), port))
+}
+
+struct Gen {
+    rng: SmallRng,
+    mem: Memory,
+}
+
+const FLAGS: [&str; 12] = [
+    "S", "SA", "A", "PA", "FA", "F", "R", "RA", "SR", "SF", "", "SAFRP",
+];
+
+impl Gen {
+    fn client_port(&mut self) -> u16 {
+        40_000 + self.rng.random_range(0..96)
+    }
+
+    fn seg(&mut self) -> (String, u32, u32, Vec<u8>, u8) {
+        let flags = FLAGS.choose(&mut self.rng).unwrap().to_string();
+        let seq = if self.rng.random_bool(0.5) {
+            1000 + self.rng.random_range(0..4)
+        } else {
+            self.rng.random()
+        };
+        let ack = if self.rng.random_bool(0.5) {
+            5000 + self.rng.random_range(0..4)
+        } else {
+            self.rng.random()
+        };
+        let len = *[0usize, 0, 1, 100, 1400, 1460]
+            .choose(&mut self.rng)
+            .unwrap();
+        let ttl = *[64u8, 64, 64, 2, 1, 0].choose(&mut self.rng).unwrap();
+        (flags, seq, ack, vec![0x5a; len], ttl)
+    }
+
+    fn tcp(&mut self, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+        let (flags, seq, ack, payload, ttl) = self.seg();
+        let mss = [2u8, 4, 0x05, 0xb4];
+        let options: &[u8] = if flags.contains('S') && self.rng.random_bool(0.5) {
+            &mss
+        } else {
+            &[]
+        };
+        tcp_seg(
+            src,
+            dst,
+            &Seg {
+                flags: &flags,
+                seq,
+                ack,
+                win: self.rng.random(),
+                options,
+                payload: &payload,
+                ttl,
+            },
+        )
+    }
+
+    /// A reply from a backend to a SNAT port the edge used (or a random one).
+    fn backend_reply(&mut self, proto_tcp: bool) -> (u32, Vec<u8>) {
+        let b = *BACKENDS.choose(&mut self.rng).unwrap();
+        let port = match self.mem.to_backend.choose(&mut self.rng) {
+            Some(f) if self.rng.random_bool(0.9) => source(f).map_or(0, |s| s.1),
+            _ => self.rng.random(),
+        };
+        let f = if proto_tcp {
+            self.tcp((b, VIP_TCP_PORT), (SNAT, port))
+        } else {
+            udp((b, VIP_UDP_PORT), (SNAT, port), b"answer")
+        };
+        (1, f)
+    }
+
+    /// A valid frame of some kind, and which side it arrives on (0 client, 1 backend).
+    fn valid(&mut self) -> (u32, Vec<u8>) {
+        let client = (CLIENT, self.client_port());
+        match self.rng.random_range(0..12) {
+            0..=2 => (0, self.tcp(client, (VIP, VIP_TCP_PORT))),
+            3 | 4 => self.backend_reply(true),
+            5 => (0, udp(client, (VIP, VIP_UDP_PORT), b"request")),
+            6 => self.backend_reply(false),
+            7 => {
+                let dst = *[VIP, SNAT, EDGE_CLIENT_SIDE].choose(&mut self.rng).unwrap();
+                (0, echo(CLIENT, dst, b"ping"))
+            }
+            8 => {
+                // A router between edge and backend reports on a packet the edge sent.
+                let Some(about) = self.mem.to_backend.choose(&mut self.rng).cloned() else {
+                    return (0, self.tcp(client, (VIP, VIP_TCP_PORT)));
+                };
+                let (t, c, rest) = self.icmp_kind();
+                let quote = *[28usize, 48, 68, 576].choose(&mut self.rng).unwrap();
+                (
+                    1,
+                    icmp_error(
+                        Ipv4Addr::new(10, 20, 0, 254),
+                        SNAT,
+                        t,
+                        c,
+                        rest,
+                        &about,
+                        quote,
+                    ),
+                )
+            }
+            9 => {
+                // A router on the client side reports on a reply the edge sent.
+                let Some(about) = self.mem.to_client.choose(&mut self.rng).cloned() else {
+                    return self.backend_reply(true);
+                };
+                let (t, c, rest) = self.icmp_kind();
+                let quote = *[28usize, 48, 68, 576].choose(&mut self.rng).unwrap();
+                (
+                    0,
+                    icmp_error(
+                        Ipv4Addr::new(10, 10, 0, 254),
+                        VIP,
+                        t,
+                        c,
+                        rest,
+                        &about,
+                        quote,
+                    ),
+                )
+            }
+            10 => (0, self.tcp(client, (EDGE_CLIENT_SIDE, 22))),
+            _ => {
+                let len = self.rng.random_range(14..200);
+                (
+                    self.rng.random_range(0..2),
+                    (0..len).map(|_| self.rng.random()).collect(),
+                )
+            }
+        }
+    }
+
+    fn icmp_kind(&mut self) -> (u8, u8, [u8; 4]) {
+        match self.rng.random_range(0..4) {
+            0 => {
+                let mtu: u16 = *[1400u16, 576, 68, 0, 1500, 9000]
+                    .choose(&mut self.rng)
+                    .unwrap();
+                let m = mtu.to_be_bytes();
+                (3, 4, [0, 0, m[0], m[1]])
+            }
+            1 => (3, self.rng.random_range(0..16), [0; 4]),
+            2 => (11, 0, [0; 4]),
+            _ => (
+                self.rng.random_range(0..20),
+                self.rng.random(),
+                self.rng.random(),
+            ),
+        }
+    }
+
+    /// Wrappers that keep the frame valid: a VLAN tag, IP options, fragmentation bits.
+    fn wrap(&mut self, mut f: Vec<u8>) -> Vec<u8> {
+        let ipv4 = f.len() >= 34 && f[12..14] == [0x08, 0x00] && f[14] >> 4 == 4;
+        if ipv4 && self.rng.random_bool(0.05) && f[14] & 0x0f == 5 {
+            f = with_ip_options(&f, self.rng.random_range(1..=10));
+        }
+        if ipv4 && self.rng.random_bool(0.05) {
+            let frag: u16 = *[0x2000u16, 0x2001, 0x0001, 0x1fff]
+                .choose(&mut self.rng)
+                .unwrap();
+            let v = u16::from_be_bytes([f[20], f[21]]) | frag;
+            f[20..22].copy_from_slice(&v.to_be_bytes());
+            fix_ip_checksum(&mut f, 14);
+        }
+        if self.rng.random_bool(0.08) {
+            let vid = *[1u16, 100, 4094, 0].choose(&mut self.rng).unwrap();
+            f = with_vlan(&f, vid);
+        }
+        f
+    }
+
+    /// Damage: flips, random bytes, truncation, extension, extreme header fields.
+    fn mutate(&mut self, mut f: Vec<u8>) -> Vec<u8> {
+        for _ in 0..self.rng.random_range(1..=3) {
+            let n = f.len();
+            match self.rng.random_range(0..6) {
+                0 => {
+                    let i = self.rng.random_range(0..n);
+                    f[i] ^= 1 << self.rng.random_range(0..8);
+                }
+                1 => {
+                    let i = self.rng.random_range(0..n);
+                    f[i] = self.rng.random();
+                }
+                2 => f.truncate(self.rng.random_range(14..=n.max(14))),
+                3 => f.extend((0..self.rng.random_range(1..64)).map(|_| self.rng.random::<u8>())),
+                _ if n >= 54 => {
+                    // A header field of IPv4 (+ TCP/UDP) set to something extreme.
+                    let (at, v): (usize, u8) = match self.rng.random_range(0..7) {
+                        0 => (14, 0x40 | self.rng.random_range(0..16)), // IHL
+                        1 => (16, self.rng.random()),                   // total length (high)
+                        2 => (17, self.rng.random()),                   // total length (low)
+                        3 => (20, self.rng.random()),                   // flags + offset
+                        4 => (23, *[1u8, 6, 17, 47, 255].choose(&mut self.rng).unwrap()),
+                        5 => (46, self.rng.random_range(0..16) << 4), // TCP data offset
+                        _ => (47, self.rng.random()),                 // TCP flags
+                    };
+                    f[at] = v;
+                }
+                _ => {}
+            }
+        }
+        if f.len() >= 34 && self.rng.random_bool(0.5) && f[14] >> 4 == 4 {
+            // A damaged header with a checksum that verifies gets further into the program.
+            let ihl = ((f[14] & 0x0f) * 4) as usize;
+            if ihl >= 20 && 14 + ihl <= f.len() {
+                fix_ip_checksum(&mut f, 14);
+            }
+        }
+        f
+    }
+
+    fn frame(&mut self) -> (u32, Vec<u8>) {
+        let (side, f) = self.valid();
+        let f = self.wrap(f);
+        let f = if self.rng.random_bool(0.4) {
+            self.mutate(f)
+        } else {
+            f
+        };
+        let side = if self.rng.random_bool(0.05) {
+            1 - side
+        } else {
+            side
+        };
+        (side, f)
+    }
+}
+
+/// Another data-plane setting between expiry passes, so every policy branch sees traffic: the
+/// non-SYN and echo policies, MSS clamping, the SNAT port range, and the third TCP backend
+/// healthy, without a neighbour entry, without a route, or inactive.
+fn shuffle(fx: &mut Fixture, rng: &mut SmallRng) -> Result<()> {
+    let mut c = fx.config();
+    c.flags = rng.random_range(0..4);
+    c.mss_mode = rng.random_range(0..3);
+    c.mss_value = rng.random_range(500..1500);
+    c.snat_port_max = *[65535u16, 1100, 1030].choose(rng).unwrap();
+    fx.set_config(c)?;
+    let (addr, active) = match rng.random_range(0..4) {
+        0 => (BACKENDS[2], true),
+        1 => (UNRESOLVED_BACKEND, true),
+        2 => (UNROUTABLE_BACKEND, true),
+        _ => (BACKENDS[2], false),
+    };
+    fx.set_backend(2, addr, VIP_TCP_PORT, active)
+}
+
+/// FLOWS4 and the flow slots agree.
+fn check_tables(fx: &Fixture) -> Result<(usize, usize)> {
+    let refs = fx.flows.refs()?;
+    let mut owners: HashMap<u32, usize> = HashMap::new();
+    for (key, r) in &refs {
+        let e = fx.flows.entry(r.slot);
+        if e.owner != r.token {
+            bail!(
+                "FLOWS4 {key:?} → slot {} token {}, slot owned by {}",
+                r.slot,
+                r.token,
+                e.owner
+            );
+        }
+        if e.key_v4() != *key {
+            bail!(
+                "FLOWS4 {key:?} → slot {} holding tuple {:?}",
+                r.slot,
+                e.key_v4()
+            );
+        }
+        *owners.entry(r.slot).or_default() += 1;
+    }
+    let mut claimed = 0;
+    let mut bad = None;
+    fx.flows.scan(&mut |s, e| {
+        if e.owner == slot::FREE {
+            return;
+        }
+        claimed += 1;
+        if owners.get(&s) != Some(&1) && bad.is_none() {
+            bad = Some((s, e.owner, owners.get(&s).copied().unwrap_or(0)));
+        }
+    });
+    if let Some((s, owner, n)) = bad {
+        bail!("slot {s} (owner {owner}) is referenced {n} times by FLOWS4, not once");
+    }
+    Ok((refs.len(), claimed))
+}
+
+fn hex(f: &[u8]) -> String {
+    f.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn fuzz(cli: Cli, seed: u64) -> Result<()> {
+    let mut fx = Fixture::new(MAX_FLOWS)?;
+    let mut g = Gen {
+        rng: SmallRng::seed_from_u64(seed),
+        mem: Memory::default(),
+    };
+    let ifs = [fx.client_if, fx.backend_if];
+    let started = Instant::now();
+    let mut actions: BTreeMap<u32, u64> = BTreeMap::new();
+    let (mut checked_csum, mut done, mut batches, mut expired) = (0u64, 0u64, 0u64, 0u64);
+    let mut last_report = Instant::now();
+    while done < cli.frames {
+        let n = cli.batch.min(cli.frames - done);
+        let before = fx.reasons();
+        for _ in 0..n {
+            let (side, frame) = g.frame();
+            let (action, out) = fx.run(ifs[side as usize], &frame)?;
+            *actions.entry(action).or_default() += 1;
+            if action == XDP_ABORTED || action > XDP_REDIRECT {
+                bail!(
+                    "action {action} for frame {} (side {side}, seed {seed})",
+                    hex(&frame)
+                );
+            }
+            if action != XDP_DROP && checksums_valid(&frame) == Some(true) {
+                checked_csum += 1;
+                if checksums_valid(&out) != Some(true) {
+                    bail!(
+                        "checksums broken (action {action}, side {side}, seed {seed})\n in:  {}\n out: {}",
+                        hex(&frame),
+                        hex(&out)
+                    );
+                }
+            }
+            if action != XDP_DROP {
+                g.mem.remember(&out);
+            }
+        }
+        let after = fx.reasons();
+        let counted: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+        if counted != n {
+            bail!("batch {batches}: {n} frames, reason counters grew by {counted} (seed {seed})");
+        }
+        check_tables(&fx)?;
+        done += n;
+        batches += 1;
+        if batches % EXPIRE_EVERY == 0 {
+            let day = 86_400_000_000_000;
+            let s = expiry::sweep(
+                fx.flows.as_ref(),
+                &Timeouts::default(),
+                monotonic_ns() + day,
+            )?;
+            expired += s.expired + s.orphans;
+            let (refs, claimed) = check_tables(&fx)?;
+            if refs + claimed != 0 || s.live != 0 {
+                bail!("after expiring everything: {refs} references, {claimed} claimed slots");
+            }
+            shuffle(&mut fx, &mut g.rng)?;
+        }
+        if last_report.elapsed().as_secs() >= 5 || done == cli.frames {
+            last_report = Instant::now();
+            let rate = done as f64 / started.elapsed().as_secs_f64();
+            println!("  {done}/{} frames ({:.0}/s)", cli.frames, rate);
+        }
+    }
+    let reasons = fx.reasons();
+    let hit: Vec<String> = Reason::ALL
+        .iter()
+        .filter(|r| reasons[**r as usize] > 0)
+        .map(|r| format!("{} {}", r.name(), reasons[*r as usize]))
+        .collect();
+    println!(
+        "wklb-fuzz: {done} frames in {:.1} s, seed {seed}: no violation. Actions {actions:?} (1 drop, 2 pass, 3 tx, 4 redirect); {checked_csum} outputs checksum-checked; {batches} table checks; {expired} flows expired by {} full expiry passes.",
+        started.elapsed().as_secs_f64(),
+        batches / EXPIRE_EVERY
+    );
+    println!(
+        "reasons reached ({} of {}): {}",
+        hit.len(),
+        Reason::ALL.len(),
+        hit.join(", ")
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if !have_root() {
+        bail!("the fuzzer loads XDP programs: run `sudo cargo xtask fuzz`");
+    }
+    let seed = cli.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    println!("wklb-fuzz: {} frames, seed {seed}", cli.frames);
+    in_private_netns(move || fuzz(cli, seed))
+}
