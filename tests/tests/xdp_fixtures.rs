@@ -1134,6 +1134,21 @@ fn too_big_with_df_gets_fragmentation_needed_from_the_edge() {
 }
 
 #[test]
+fn too_big_for_a_tiny_mtu_and_too_short_to_quote_is_dropped() {
+    with_fixture("too_big_tiny_mtu", 1024, |fx| {
+        // IPv4's smallest MTU: a 90-byte packet exceeds it but is shorter than the 96 bytes a
+        // fragmentation-needed quotes.
+        ip("link set wkb0 mtu 68").unwrap();
+        establish(fx, 48100);
+        let seg = Seg { flags: "PA", seq: ISN + 1, ack: BACKEND_ISN + 1, payload: &[7u8; 50], ..Seg::default() };
+        let small = packets::with_ip_fields(&tcp_seg(client(48100), VIP_TCP, &seg), 0, 1, true);
+        let before = fx.reasons();
+        assert_eq!(fx.run(fx.client_if, &small).unwrap().0, XDP_DROP);
+        assert_only(fx, &before, Reason::DropTooBig, 1);
+    });
+}
+
+#[test]
 fn icmp_errors_about_translated_packets_are_translated_back() {
     with_fixture("icmp_errors_translated", 1024, |fx| {
         let (b, sp) = establish(fx, 49000);
