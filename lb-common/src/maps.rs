@@ -548,6 +548,9 @@ impl DataplaneConfig {
     pub const NON_SYN_PASS: u32 = 1;
     /// ICMP echo requests to a VIP address are answered by the data path.
     pub const ECHO_REPLY: u32 = 2;
+    /// Rare data-path events (`Reason::is_event`) are logged through aya-log, at most once per
+    /// second per reason and CPU.
+    pub const LOG_EVENTS: u32 = 4;
     pub const DEFAULT_SNAT_PORT_MIN: u16 = 1024;
     pub const DEFAULT_SNAT_PORT_MAX: u16 = 65535;
 }

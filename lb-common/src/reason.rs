@@ -110,9 +110,32 @@ reasons! {
     DropInternal = "drop_internal", Drop;
 }
 
+impl Reason {
+    /// Rare outcomes an operator should hear about when they happen (a full table, an exhausted
+    /// SNAT range, a missing route, a bug), not only see in a counter later.
+    pub const fn is_event(self) -> bool {
+        matches!(
+            self,
+            Reason::DropConntrackFull
+                | Reason::DropSnatExhausted
+                | Reason::DropNoSnatAddress
+                | Reason::DropFibFailed
+                | Reason::DropInternal
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_are_rare_drops() {
+        for r in Reason::ALL.iter().filter(|r| r.is_event()) {
+            assert_eq!(r.kind(), Kind::Drop, "{}", r.name());
+        }
+        assert!(!Reason::Forwarded.is_event() && !Reason::PassNotOurs.is_event());
+    }
 
     #[test]
     fn all_is_in_index_order_and_names_are_unique() {

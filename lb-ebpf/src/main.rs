@@ -14,6 +14,7 @@ mod bench;
 mod classify;
 mod conntrack;
 mod egress;
+mod events;
 mod icmp;
 mod maps;
 mod mss;
@@ -47,6 +48,7 @@ pub fn wklb(ctx: XdpContext) -> u32 {
 fn pipeline(ctx: &XdpContext) -> u32 {
     let v = process(ctx);
     stats::count(v.reason);
+    events::note(ctx, v.reason);
     v.action
 }
 

@@ -411,6 +411,16 @@ fn idle_flows_expire_and_free_their_snat_ports() {
         "{:#}",
         s["reasons"]
     );
+    // The data path told the operator too (aya-log, daemon.log_data_path_events on).
+    let logged = std::time::Instant::now();
+    while !t.daemon_log().contains("no free SNAT port") {
+        assert!(
+            logged.elapsed() < Duration::from_secs(5),
+            "no event logged:\n{}",
+            t.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // 2 s idle + a 1 s expiry pass, with slack for the two-core machine.
     let took = wait_stats(&t, Duration::from_secs(6), "every flow expired", |s| {
         s["flows"] == 0 && s["expired_flows_total"].as_u64().unwrap_or(0) >= 1

@@ -1140,7 +1140,13 @@ fn too_big_for_a_tiny_mtu_and_too_short_to_quote_is_dropped() {
         // fragmentation-needed quotes.
         ip("link set wkb0 mtu 68").unwrap();
         establish(fx, 48100);
-        let seg = Seg { flags: "PA", seq: ISN + 1, ack: BACKEND_ISN + 1, payload: &[7u8; 50], ..Seg::default() };
+        let seg = Seg {
+            flags: "PA",
+            seq: ISN + 1,
+            ack: BACKEND_ISN + 1,
+            payload: &[7u8; 50],
+            ..Seg::default()
+        };
         let small = packets::with_ip_fields(&tcp_seg(client(48100), VIP_TCP, &seg), 0, 1, true);
         let before = fx.reasons();
         assert_eq!(fx.run(fx.client_if, &small).unwrap().0, XDP_DROP);

@@ -142,6 +142,9 @@ fn config(s: &State) -> DataplaneConfig {
     if c.data_path.echo_reply {
         flags |= DataplaneConfig::ECHO_REPLY;
     }
+    if c.daemon.log_data_path_events {
+        flags |= DataplaneConfig::LOG_EVENTS;
+    }
     let (mss_mode, mss_value) = match c.data_path.mss_clamp {
         MssClamp::Off => (mss::OFF, 0),
         MssClamp::Auto => (mss::AUTO, 0),

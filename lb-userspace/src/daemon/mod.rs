@@ -175,6 +175,8 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
         pin_dir: Some(cfg.daemon.pin_path.clone()),
     })?;
     let pins = pins.context("the data plane was loaded without pins")?;
+    // Printed only when daemon.log_data_path_events lets the program emit them (CONFIG flag).
+    program.forward_log_events();
     let mut created = CreatedPins((!pins.adopted).then(|| pins.dir.path.clone()));
     info!(
         "data plane {} (pinned under {})",

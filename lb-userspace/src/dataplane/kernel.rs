@@ -114,8 +114,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .program_mut(PROGRAM)
         .ok_or_else(|| anyhow!("program {PROGRAM} missing from the object"))?
         .try_into()?;
-    prog.load()
-        .context("the kernel verifier rejected the XDP program")?;
+    load_program(prog).context("the kernel verifier rejected the XDP program")?;
     let maps = KernelMaps::take(&mut ebpf)?;
     let counters = Arc::new(KernelCounters::take(&mut ebpf)?);
     let flows = Arc::new(KernelFlows::take(&mut ebpf)?);
@@ -179,8 +178,7 @@ impl Program {
             .ok_or_else(|| anyhow!("program {name} missing from the object"))?
             .try_into()?;
         if prog.fd().is_err() {
-            prog.load()
-                .with_context(|| format!("loading program {name}"))?;
+            load_program(prog).with_context(|| format!("loading program {name}"))?;
         }
         Ok(prog)
     }
@@ -233,6 +231,22 @@ impl Program {
         let mut a: Array<&mut MapData, lb_common::BenchFrame> = m.try_into()?;
         a.set(0, frame, 0)?;
         Ok(())
+    }
+}
+
+/// Loads a program, again when the verifier was interrupted: it gives up with EAGAIN when a
+/// signal arrives for the loading thread mid-verification (libbpf retries the same way).
+fn load_program(prog: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
+    let mut attempts = 0;
+    loop {
+        match prog.load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < 5 =>
+            {
+                attempts += 1;
+            }
+            other => return other,
+        }
     }
 }
 
