@@ -612,6 +612,23 @@ pub struct BenchFrame {
     pub redirect_ifindex: u32,
 }
 
+impl BenchFrame {
+    /// A template from the first BENCH_FRAME_LEN bytes of `frame` (zero-padded).
+    pub fn new(frame: &[u8], vary_source: bool, redirect_ifindex: u32) -> Self {
+        let mut data = [0u64; BENCH_FRAME_LEN / 8];
+        for (w, chunk) in data.iter_mut().zip(frame.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            *w = u64::from_ne_bytes(b);
+        }
+        BenchFrame {
+            data,
+            vary_source: vary_source as u32,
+            redirect_ifindex,
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod_impls {
     use super::*;

@@ -36,9 +36,32 @@ pub struct BackendLabels {
 
 pub type ProbeRtt = Family<BackendLabels, Histogram>;
 
-pub fn probe_rtt_family() -> ProbeRtt {
-    // 0.1 ms .. ~1.6 s
-    Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 15)))
+/// What the probing tasks record: round-trip times per backend, and how late each probe
+/// started after its scheduled time (a stalled runtime shows there first).
+#[derive(Clone)]
+pub struct ProbeMetrics {
+    pub rtt: ProbeRtt,
+    pub lateness: Histogram,
+}
+
+impl ProbeMetrics {
+    pub fn new() -> Self {
+        ProbeMetrics {
+            // 0.1 ms .. ~1.6 s
+            rtt: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 15))
+            }),
+            lateness: Histogram::new(
+                [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter(),
+            ),
+        }
+    }
+}
+
+impl Default for ProbeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Encodes the report of the scrape in progress.
@@ -244,13 +267,18 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(rtt: ProbeRtt) -> Self {
+    pub fn new(probes: &ProbeMetrics) -> Self {
         let report = Arc::new(Mutex::new(None));
         let mut registry = Registry::default();
         registry.register(
             "wklb_probe_rtt_seconds",
             "Health probe round-trip time",
-            rtt,
+            probes.rtt.clone(),
+        );
+        registry.register(
+            "wklb_probe_start_lateness_seconds",
+            "How late health probes started after their scheduled time",
+            probes.lateness.clone(),
         );
         registry.register_collector(Box::new(ReportCollector {
             report: report.clone(),
@@ -401,7 +429,7 @@ mod tests {
 
     #[test]
     fn a_report_encodes_with_every_family() {
-        let m = Metrics::new(probe_rtt_family());
+        let m = Metrics::new(&ProbeMetrics::new());
         let mut r = StatsReport::default();
         r.reasons.insert("forwarded".into(), 7);
         r.interfaces.push(crate::dataplane::links::Attachment {

@@ -475,3 +475,142 @@ fn restart_is_hitless_under_ip_netns_exec_too() {
     }
     assert!(!t.pin_path.exists(), "pins left behind");
 }
+
+/// Fills the daemon's connection table with `n` new flows by running its own object (sharing
+/// the pinned maps) on SYNs from ever new clients, arriving on the client-side interface.
+fn fill_flows(t: &Topology, cfg_text: &str, n: u32) -> u64 {
+    use lb_userspace::{
+        config::{Checks, parse},
+        dataplane::{
+            Flows as _,
+            kernel::{LoadOptions, load},
+        },
+    };
+    use wklb_tests::{
+        fixture::Fixture,
+        packets::{Seg, tcp_seg},
+    };
+    let cfg = parse(cfg_text, Checks::Offline).expect("config").config;
+    let opts = LoadOptions {
+        max_flows: cfg.conntrack.max_flows,
+        snat_slots: cfg.snat_slots(),
+        pin_dir: Some(t.pin_path.clone()),
+    };
+    let (e0, e1) = (format!("{}e0", t.id), format!("{}e1", t.id));
+    wklb_tests::netns::in_named_netns(&t.edge_ns, move || {
+        let mut l = load(&opts).expect("the daemon's object, adopting its maps");
+        let (e0, e1) = (
+            wklb_tests::netns::ifindex(&e0).unwrap(),
+            wklb_tests::netns::ifindex(&e1).unwrap(),
+        );
+        let payload = [0u8; 10];
+        let seg = Seg {
+            flags: "S",
+            payload: &payload,
+            ..Seg::default()
+        };
+        let syn = tcp_seg((CLIENT, 1), (VIP, TCP_PORT), &seg);
+        l.program
+            .set_bench_frame(&lb_common::BenchFrame::new(&syn, true, e1))
+            .unwrap();
+        let ctx = Fixture::xdp_ctx(syn.len(), e0);
+        let prog = l.program.extra("bench_wklb").unwrap();
+        use aya::programs::{TestRun as _, TestRunOptions};
+        prog.test_run(TestRunOptions {
+            data_in: Some(&syn),
+            ctx_in: Some(&ctx),
+            repeat: n,
+            ..TestRunOptions::new()
+        })
+        .expect("test run");
+        l.flows.refs().map(|r| r.len() as u64).unwrap_or(0)
+    })
+    .unwrap()
+}
+
+/// `wklb_probe_start_lateness_seconds`: (probes, probes that started within 50 ms).
+fn probe_lateness(t: &Topology) -> (u64, u64) {
+    let text = http_get_in(&t.edge_ns, "127.0.0.1:9330".parse().unwrap(), "/metrics").unwrap();
+    let value = |prefix: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} missing from /metrics:\n{text}"))
+    };
+    (
+        value("wklb_probe_start_lateness_seconds_count "),
+        value("wklb_probe_start_lateness_seconds_bucket{le=\"0.05\"} "),
+    )
+}
+
+#[test]
+fn probes_start_on_time_with_a_million_flows_and_back_to_back_installs() {
+    let Some(mut t) = topology("probes_on_time", 2) else {
+        return;
+    };
+    // 1,000,000 flows need 16 SNAT addresses (64,512 ports each); SYN-only flows live 5 min.
+    let extra: Vec<String> = (1..=17).map(|i| format!("10.2.1.{i}")).collect();
+    for a in &extra {
+        t.exec(
+            &t.edge_ns,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{a}/32"),
+                "dev",
+                &format!("{}e1", t.id),
+            ],
+        )
+        .unwrap();
+    }
+    let list: Vec<String> = extra.iter().map(|a| format!("\"{a}\"")).collect();
+    let cfg_text = t
+        .config(&[(0, 100), (1, 100)], "")
+        .replace(
+            "max_flows = 65536",
+            "max_flows = 1100000\ntcp_syn_timeout = \"300s\"",
+        )
+        .replace(
+            &format!("addresses = [\"{SNAT}\"]"),
+            &format!("addresses = [{}]", list.join(", ")),
+        );
+    let cfg = t.write_config(&cfg_text).unwrap();
+    t.start_daemon(&cfg).unwrap();
+    wait_stats(&t, Duration::from_secs(10), "both backends up", |s| {
+        s["vips"][0]["backends_in_table"] == 2
+    });
+    let flows = fill_flows(&t, &cfg_text, 1_050_000);
+    assert!(flows >= 1_000_000, "only {flows} flows created");
+    let (before, _) = probe_lateness(&t);
+    // Table installs back to back while expiry passes walk a million flows.
+    let addr = backend_addr(0).to_string();
+    let started = Instant::now();
+    for i in 0..40 {
+        let w = if i % 2 == 0 { "150" } else { "100" };
+        t.wklb(&["backend", "weight", "im-tcp", &addr, w]).unwrap();
+    }
+    let installs = started.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let (count, on_time) = probe_lateness(&t);
+    let s = t.stats().unwrap();
+    println!(
+        "{flows} flows; 40 installs in {installs:?}; {} probes since, {} started more than 50 ms late",
+        count - before,
+        count - on_time
+    );
+    assert!(
+        s["flows"].as_u64().unwrap() >= 1_000_000,
+        "flows expired early: {}",
+        s["flows"]
+    );
+    assert!(
+        count - before >= 8,
+        "probes stopped: {count} (was {before})"
+    );
+    assert_eq!(count, on_time, "probes started more than 50 ms late");
+    for b in s["backends"].as_array().unwrap() {
+        assert_eq!(b["health"], "up", "{b:#}");
+    }
+    assert!(!t.daemon_log().contains("DOWN"), "{}", t.daemon_log());
+}

@@ -216,12 +216,12 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
     });
     let stop_expiry = Arc::new(AtomicBool::new(false));
     let expiry = crate::controller::expiry::spawn(flows, handle.clone(), stop_expiry.clone());
-    let rtt = metrics::probe_rtt_family();
-    let m = Arc::new(metrics::Metrics::new(rtt.clone()));
+    let probes = metrics::ProbeMetrics::new();
+    let m = Arc::new(metrics::Metrics::new(&probes));
     let tasks = [
         tokio::spawn(metrics::serve(metrics_listener, m, ctx.clone())),
         tokio::spawn(crate::control::serve(control.publish()?, ctx.clone())),
-        tokio::spawn(tasks::health_scheduler(handle.clone(), rtt)),
+        tokio::spawn(tasks::health_scheduler(handle.clone(), probes)),
         tokio::spawn(tasks::neighbor_loop(handle.clone())),
     ];
     info!(

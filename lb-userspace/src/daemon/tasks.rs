@@ -14,7 +14,7 @@ use crate::{
     config::HealthCheck,
     controller::thread::{Command, Handle},
     health::probe::{self, ProbeTarget},
-    metrics::{BackendLabels, ProbeRtt},
+    metrics::{BackendLabels, ProbeMetrics},
     sys::neighbors,
 };
 
@@ -30,7 +30,7 @@ pub fn backend_v4(addrs: &[IpAddr]) -> BTreeSet<Ipv4Addr> {
 }
 
 /// One probing task per target; re-synced whenever the controller says targets changed.
-pub async fn health_scheduler(h: Handle, rtt: ProbeRtt) {
+pub async fn health_scheduler(h: Handle, m: ProbeMetrics) {
     let mut tasks: BTreeMap<ProbeTarget, (HealthCheck, JoinHandle<()>)> = BTreeMap::new();
     let mut changes = h.changes.clone();
     loop {
@@ -46,7 +46,7 @@ pub async fn health_scheduler(h: Handle, rtt: ProbeRtt) {
             if tasks.contains_key(&t) {
                 continue;
             }
-            let task = tokio::spawn(probe_loop(h.clone(), t.clone(), hc.clone(), rtt.clone()));
+            let task = tokio::spawn(probe_loop(h.clone(), t.clone(), hc.clone(), m.clone()));
             tasks.insert(t, (hc, task));
         }
         if changes.changed().await.is_err() {
@@ -55,7 +55,7 @@ pub async fn health_scheduler(h: Handle, rtt: ProbeRtt) {
     }
 }
 
-async fn probe_loop(h: Handle, t: ProbeTarget, hc: HealthCheck, rtt: ProbeRtt) {
+async fn probe_loop(h: Handle, t: ProbeTarget, hc: HealthCheck, m: ProbeMetrics) {
     tokio::time::sleep(probe::first_delay(&t, hc.interval)).await;
     let mut tick = tokio::time::interval(hc.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -64,9 +64,14 @@ async fn probe_loop(h: Handle, t: ProbeTarget, hc: HealthCheck, rtt: ProbeRtt) {
         backend: t.backend.to_string(),
     };
     loop {
-        tick.tick().await;
+        let due = tick.tick().await;
+        m.lateness.observe(
+            tokio::time::Instant::now()
+                .saturating_duration_since(due)
+                .as_secs_f64(),
+        );
         let r = probe::probe(&hc, t.probe_addr).await;
-        rtt.get_or_create(&labels).observe(r.rtt.as_secs_f64());
+        m.rtt.get_or_create(&labels).observe(r.rtt.as_secs_f64());
         if h.send(Command::Probe(t.clone(), r)).is_err() {
             return;
         }

@@ -538,21 +538,10 @@ fn handshake(fx: &mut Fixture) -> Result<(Vec<u8>, wklb_tests::packets::Seen)> {
     Ok((out, seen))
 }
 
-fn template(frame: &[u8]) -> [u64; BENCH_FRAME_LEN / 8] {
-    let mut data = [0u64; BENCH_FRAME_LEN / 8];
-    for (w, chunk) in data.iter_mut().zip(frame.chunks_exact(8)) {
-        *w = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
-    }
-    data
-}
-
 /// One round of a case: `repeat` runs, checked to have taken the path the case names.
 fn run_round(fx: &mut Fixture, c: &Case, repeat: u32, round: usize) -> Result<f64> {
-    fx.program.set_bench_frame(&BenchFrame {
-        data: template(&c.frame),
-        vary_source: c.vary_source as u32,
-        redirect_ifindex: fx.backend_if,
-    })?;
+    fx.program
+        .set_bench_frame(&BenchFrame::new(&c.frame, c.vary_source, fx.backend_if))?;
     if c.new_flows {
         // Each round starts from an empty table, so every run is a new flow.
         fx.flows.clear()?;
@@ -607,11 +596,8 @@ fn live_frames(
         ("wklb established forward (redirect), live", "bench_wklb"),
     ] {
         let redirect_ifindex = fx.backend_if;
-        fx.program.set_bench_frame(&BenchFrame {
-            data: template(&established),
-            vary_source: 0,
-            redirect_ifindex,
-        })?;
+        fx.program
+            .set_bench_frame(&BenchFrame::new(&established, false, redirect_ifindex))?;
         let before = fx.reasons();
         let ns = time(fx, program, &established, frames, true)?;
         if program == "bench_wklb" {
