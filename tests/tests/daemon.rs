@@ -74,7 +74,7 @@ fn killed_backend_leaves_the_table_within_fall_times_interval_and_others_keep_wo
         .unwrap();
     t.start_daemon(&cfg).unwrap();
     let long = tcp_client(&t, 300, 300, 6);
-    std::thread::sleep(Duration::from_millis(2000));
+    wait_connected(&t, 300);
     // The node dies: its server and its health endpoint.
     t.stop_backend(1);
     t.stop_health(1);
@@ -112,7 +112,7 @@ fn drain_add_remove_and_weight_at_runtime() {
         .unwrap();
     t.start_daemon(&cfg).unwrap();
     let held = tcp_client(&t, 150, 300, 5);
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_connected(&t, 150);
     let msg = t
         .wklb(&["backend", "drain", "im-tcp", &backend_addr(0).to_string()])
         .unwrap();
@@ -193,7 +193,7 @@ fn reload_applies_the_difference_and_refuses_a_bad_file() {
         .unwrap();
     t.start_daemon(&cfg).unwrap();
     let held = tcp_client(&t, 100, 300, 4);
-    std::thread::sleep(Duration::from_millis(1000));
+    wait_connected(&t, 100);
     // Add b3, drop b1's weight to 0, through the file.
     t.write_config(&t.config(&[(0, 0), (1, 100), (2, 100)], ""))
         .unwrap();
@@ -240,7 +240,7 @@ fn restart_keeps_every_connection_and_unload_removes_everything() {
         .unwrap();
     t.start_daemon(&cfg).unwrap();
     let held = tcp_client(&t, 300, 200, 7);
-    std::thread::sleep(Duration::from_millis(2000));
+    wait_connected(&t, 300);
     let before = t.stats().unwrap();
     let status = t.stop_daemon().unwrap();
     assert!(status.success(), "daemon exit {status}\n{}", t.daemon_log());
@@ -248,6 +248,7 @@ fn restart_keeps_every_connection_and_unload_removes_everything() {
         t.pin_path.join("FLOWS4").exists(),
         "maps must stay pinned after SIGTERM"
     );
+    // The daemon stays away a while: connections must not notice.
     std::thread::sleep(Duration::from_millis(1000));
     t.start_daemon(&cfg).unwrap();
     assert!(t.daemon_log().contains("adopted"), "{}", t.daemon_log());
@@ -449,13 +450,14 @@ fn restart_is_hitless_under_ip_netns_exec_too() {
     // restarted daemon finds the program and maps.
     t.start_daemon_ip_netns_exec(&cfg).unwrap();
     let held = tcp_client(&t, 300, 200, 6);
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_connected(&t, 300);
     assert!(t.stop_daemon().unwrap().success(), "{}", t.daemon_log());
     assert!(
         t.pin_path.join("FLOWS4").exists(),
         "pins must land in the host's bpffs:\n{}",
         t.daemon_log()
     );
+    // The daemon stays away a while: connections must not notice.
     std::thread::sleep(Duration::from_millis(500));
     t.start_daemon_ip_netns_exec(&cfg).unwrap();
     let r = Topology::client_report(held).unwrap();
@@ -591,7 +593,12 @@ fn probes_start_on_time_with_a_million_flows_and_back_to_back_installs() {
         t.wklb(&["backend", "weight", "im-tcp", &addr, w]).unwrap();
     }
     let installs = started.elapsed();
-    std::thread::sleep(Duration::from_secs(2));
+    // Probes go on: 4 targets every 500 ms.
+    let waited = Instant::now();
+    while probe_lateness(&t).0 < before + 8 {
+        assert!(waited.elapsed() < Duration::from_secs(10), "probes stopped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (count, on_time) = probe_lateness(&t);
     let s = t.stats().unwrap();
     println!(

@@ -72,7 +72,7 @@ fn s03_failover_during_long_lived_traffic() {
     };
     daemon(&mut t, &[(0, 100), (1, 100), (2, 100)]);
     let long = tcp_client(&t, 1500, 1000, 12);
-    std::thread::sleep(Duration::from_secs(4));
+    wait_connected(&t, 1500);
     t.stop_backend(1);
     t.stop_health(1);
     let took = wait_stats(
@@ -107,7 +107,7 @@ fn s04_added_backend_takes_new_flows_and_moves_none() {
     };
     daemon(&mut t, &[(0, 100), (1, 100), (2, 100)]);
     let long = tcp_client(&t, 1500, 1000, 10);
-    std::thread::sleep(Duration::from_secs(3));
+    wait_connected(&t, 1500);
     t.wklb(&[
         "backend",
         "add",
@@ -144,7 +144,7 @@ fn s05_drained_backend_keeps_its_connections_and_gets_no_new_ones() {
     };
     daemon(&mut t, &[(0, 100), (1, 100), (2, 100)]);
     let long = tcp_client(&t, 900, 500, 8);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_connected(&t, 900);
     t.wklb(&["backend", "drain", "im-tcp", &backend_addr(0).to_string()])
         .unwrap();
     let fresh = Topology::client_report(tcp_client(&t, 300, 0, 1)).unwrap();
@@ -162,8 +162,9 @@ fn s06_daemon_restart_breaks_no_connection() {
     };
     daemon(&mut t, &[(0, 100), (1, 100), (2, 100)]);
     let long = tcp_client(&t, 1500, 500, 10);
-    std::thread::sleep(Duration::from_secs(3));
+    wait_connected(&t, 1500);
     t.stop_daemon().unwrap();
+    // The daemon stays away a while: connections must not notice.
     std::thread::sleep(Duration::from_secs(1));
     let cfg = t.dir.path().join("wklb.toml");
     t.start_daemon(&cfg).unwrap();
@@ -180,7 +181,7 @@ fn s07_fail_open_keeps_forwarding() {
     };
     daemon(&mut t, &[(0, 100), (1, 100), (2, 100)]);
     let long = tcp_client(&t, 600, 500, 6);
-    std::thread::sleep(Duration::from_secs(1));
+    wait_connected(&t, 600);
     for i in 0..3 {
         t.stop_health(i);
     }

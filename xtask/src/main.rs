@@ -48,7 +48,8 @@ fn main() {
     }
 }
 
-/// `wklb` and the harness binaries (demo, backends, client driver, benchmark), release.
+/// `wklb` and the harness binaries (demo, backends, client driver, benchmark with its chart),
+/// release.
 fn build_release_bins() -> Result<()> {
     cmd::cargo(&[
         "build",
@@ -57,6 +58,8 @@ fn build_release_bins() -> Result<()> {
         "lb-userspace",
         "-p",
         "wklb-tests",
+        "--features",
+        "wklb-tests/charts",
         "--bins",
     ])
 }
