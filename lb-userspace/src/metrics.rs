@@ -52,7 +52,7 @@ impl ProbeMetrics {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 15))
             }),
             lateness: Histogram::new(
-                [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter(),
+                [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
             ),
         }
     }
