@@ -26,7 +26,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{daemon::Ctx, report::StatsReport};
+use crate::{
+    daemon::Ctx,
+    report::{BackendReport, StatsReport, VipReport},
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
@@ -51,9 +54,7 @@ impl ProbeMetrics {
             rtt: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 15))
             }),
-            lateness: Histogram::new(
-                [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
-            ),
+            lateness: Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
         }
     }
 }
@@ -106,156 +107,184 @@ struct ReasonLabels {
     reason: String,
 }
 
+type Field<T, V> = (&'static str, &'static str, fn(&T) -> V);
+
+/// Per-backend counters and gauges (labels `vip`, `backend`).
+const BACKEND_COUNTERS: [Field<BackendReport, u64>; 5] = [
+    (
+        "wklb_backend_packets_in",
+        "Packets client -> backend",
+        |b| b.packets_in,
+    ),
+    ("wklb_backend_bytes_in", "L3 bytes client -> backend", |b| {
+        b.bytes_in
+    }),
+    (
+        "wklb_backend_packets_out",
+        "Packets backend -> client",
+        |b| b.packets_out,
+    ),
+    (
+        "wklb_backend_bytes_out",
+        "L3 bytes backend -> client",
+        |b| b.bytes_out,
+    ),
+    (
+        "wklb_backend_new_flows",
+        "Flows created toward the backend",
+        |b| b.new_flows,
+    ),
+];
+const BACKEND_GAUGES: [Field<BackendReport, i64>; 5] = [
+    (
+        "wklb_backend_active_flows",
+        "Flows toward the backend that carry data (handshake, established, UDP)",
+        |b| b.active_flows as i64,
+    ),
+    (
+        "wklb_backend_closing_flows",
+        "Flows toward the backend that are closing or reset",
+        |b| b.closing_flows as i64,
+    ),
+    (
+        "wklb_backend_healthy",
+        "1 when the backend passes its health check",
+        |b| b.healthy as i64,
+    ),
+    ("wklb_backend_weight", "Current weight (0 = drained)", |b| {
+        b.weight as i64
+    }),
+    (
+        "wklb_backend_in_table",
+        "1 when the backend is in the VIP's live Maglev table",
+        |b| b.in_table as i64,
+    ),
+];
+/// Per-VIP counters (label `vip`).
+const VIP_COUNTERS: [Field<VipReport, u64>; 3] = [
+    ("wklb_vip_packets", "Packets client -> VIP", |v| v.packets),
+    ("wklb_vip_new_flows", "Flows created for the VIP", |v| {
+        v.new_flows
+    }),
+    (
+        "wklb_vip_no_backend_drops",
+        "Packets dropped for want of a backend",
+        |v| v.no_backend_drops,
+    ),
+];
+
+type NoLabels = Vec<(String, String)>;
+
+fn one<V>(v: V) -> std::iter::Once<(NoLabels, V)> {
+    std::iter::once((Vec::new(), v))
+}
+
 impl Collector for ReportCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let guard = self.report.lock().map_err(|_| std::fmt::Error)?;
         let Some(s) = guard.as_ref() else {
             return Ok(());
         };
-        let bl = |b: &crate::report::BackendReport| BackendLabels {
-            vip: b.vip.clone(),
-            backend: format!("{}:{}", b.address, b.port),
-        };
-        counter_family(
-            &mut enc,
-            "wklb_backend_packets_in",
-            "Packets client -> backend",
-            s.backends.iter().map(|b| (bl(b), b.packets_in)),
-        )?;
-        counter_family(
-            &mut enc,
-            "wklb_backend_bytes_in",
-            "L3 bytes client -> backend",
-            s.backends.iter().map(|b| (bl(b), b.bytes_in)),
-        )?;
-        counter_family(
-            &mut enc,
-            "wklb_backend_packets_out",
-            "Packets backend -> client",
-            s.backends.iter().map(|b| (bl(b), b.packets_out)),
-        )?;
-        counter_family(
-            &mut enc,
-            "wklb_backend_bytes_out",
-            "L3 bytes backend -> client",
-            s.backends.iter().map(|b| (bl(b), b.bytes_out)),
-        )?;
-        counter_family(
-            &mut enc,
-            "wklb_backend_new_flows",
-            "Flows created toward the backend",
-            s.backends.iter().map(|b| (bl(b), b.new_flows)),
-        )?;
-        gauge_family(
-            &mut enc,
-            "wklb_backend_active_flows",
-            "Flows toward the backend that carry data (handshake, established, UDP)",
-            s.backends.iter().map(|b| (bl(b), b.active_flows as i64)),
-        )?;
-        gauge_family(
-            &mut enc,
-            "wklb_backend_closing_flows",
-            "Flows toward the backend that are closing or reset",
-            s.backends.iter().map(|b| (bl(b), b.closing_flows as i64)),
-        )?;
-        gauge_family(
-            &mut enc,
-            "wklb_backend_healthy",
-            "1 when the backend passes its health check",
-            s.backends.iter().map(|b| (bl(b), b.healthy as i64)),
-        )?;
-        gauge_family(
-            &mut enc,
-            "wklb_backend_weight",
-            "Current weight (0 = drained)",
-            s.backends.iter().map(|b| (bl(b), b.weight as i64)),
-        )?;
-        gauge_family(
-            &mut enc,
-            "wklb_backend_in_table",
-            "1 when the backend is in the VIP's live Maglev table",
-            s.backends.iter().map(|b| (bl(b), b.in_table as i64)),
-        )?;
-        let vl = |name: &str| VipLabels {
-            vip: name.to_string(),
-        };
-        gauge_family(
-            &mut enc,
-            "wklb_vip_fail_open",
-            "1 when every backend of the VIP fails its health check and all are kept (fail-open)",
-            s.vips.iter().map(|v| (vl(&v.name), v.fail_open as i64)),
-        )?;
-        counter_family(
-            &mut enc,
-            "wklb_vip_packets",
-            "Packets client -> VIP",
-            s.vips.iter().map(|v| (vl(&v.name), v.packets)),
-        )?;
-        counter_family(
-            &mut enc,
-            "wklb_vip_new_flows",
-            "Flows created for the VIP",
-            s.vips.iter().map(|v| (vl(&v.name), v.new_flows)),
-        )?;
-        counter_family(
-            &mut enc,
-            "wklb_vip_no_backend_drops",
-            "Packets dropped for want of a backend",
-            s.vips.iter().map(|v| (vl(&v.name), v.no_backend_drops)),
-        )?;
-        counter_family(
-            &mut enc,
-            "wklb_packets",
-            "Every packet the XDP program saw, by verdict reason",
-            s.reasons
-                .iter()
-                .map(|(r, v)| (ReasonLabels { reason: r.clone() }, *v)),
-        )?;
-        gauge_family(
-            &mut enc,
-            "wklb_flows",
-            "Entries in the connection table",
-            std::iter::once((Vec::<(String, String)>::new(), s.flows as i64)),
-        )?;
-        gauge_family(
-            &mut enc,
-            "wklb_snat_flows",
-            "Flows using each SNAT address (at most one per port)",
-            s.snat.iter().map(|x| {
-                (
-                    vec![("address".to_string(), x.address.clone())],
-                    x.flows as i64,
-                )
-            }),
-        )?;
-        gauge_family(
-            &mut enc,
-            "wklb_xdp_attached",
-            "1 for every interface the XDP program runs on, labelled with how it was attached",
-            s.interfaces.iter().map(|a| {
-                (
-                    vec![
-                        ("interface".to_string(), a.interface.clone()),
-                        ("mode".to_string(), a.mode.clone()),
-                    ],
-                    1,
-                )
-            }),
-        )?;
-        gauge_family(
-            &mut enc,
-            "wklb_flows_max",
-            "Capacity of the connection table",
-            std::iter::once((Vec::<(String, String)>::new(), s.max_flows as i64)),
-        )?;
-        counter_family(
-            &mut enc,
-            "wklb_flows_expired",
-            "Flows removed by idle expiry",
-            std::iter::once((Vec::<(String, String)>::new(), s.expired_flows_total)),
-        )?;
-        Ok(())
+        encode_backends(&mut enc, s)?;
+        encode_vips(&mut enc, s)?;
+        encode_data_plane(&mut enc, s)
     }
+}
+
+fn encode_backends(enc: &mut DescriptorEncoder, s: &StatsReport) -> Result<(), std::fmt::Error> {
+    let labels = |b: &BackendReport| BackendLabels {
+        vip: b.vip.clone(),
+        backend: format!("{}:{}", b.address, b.port),
+    };
+    for (name, help, get) in BACKEND_COUNTERS {
+        counter_family(
+            enc,
+            name,
+            help,
+            s.backends.iter().map(|b| (labels(b), get(b))),
+        )?;
+    }
+    for (name, help, get) in BACKEND_GAUGES {
+        gauge_family(
+            enc,
+            name,
+            help,
+            s.backends.iter().map(|b| (labels(b), get(b))),
+        )?;
+    }
+    Ok(())
+}
+
+fn encode_vips(enc: &mut DescriptorEncoder, s: &StatsReport) -> Result<(), std::fmt::Error> {
+    let labels = |v: &VipReport| VipLabels {
+        vip: v.name.clone(),
+    };
+    gauge_family(
+        enc,
+        "wklb_vip_fail_open",
+        "1 when every backend of the VIP fails its health check and all are kept (fail-open)",
+        s.vips.iter().map(|v| (labels(v), v.fail_open as i64)),
+    )?;
+    for (name, help, get) in VIP_COUNTERS {
+        counter_family(enc, name, help, s.vips.iter().map(|v| (labels(v), get(v))))?;
+    }
+    Ok(())
+}
+
+fn encode_data_plane(enc: &mut DescriptorEncoder, s: &StatsReport) -> Result<(), std::fmt::Error> {
+    let reasons = s
+        .reasons
+        .iter()
+        .map(|(r, v)| (ReasonLabels { reason: r.clone() }, *v));
+    counter_family(
+        enc,
+        "wklb_packets",
+        "Every packet the XDP program saw, by verdict reason",
+        reasons,
+    )?;
+    gauge_family(
+        enc,
+        "wklb_flows",
+        "Entries in the connection table",
+        one(s.flows as i64),
+    )?;
+    let snat = s.snat.iter().map(|x| {
+        (
+            vec![("address".to_string(), x.address.clone())],
+            x.flows as i64,
+        )
+    });
+    gauge_family(
+        enc,
+        "wklb_snat_flows",
+        "Flows using each SNAT address (at most one per port)",
+        snat,
+    )?;
+    let attached = s.interfaces.iter().map(|a| {
+        let labels = vec![
+            ("interface".to_string(), a.interface.clone()),
+            ("mode".to_string(), a.mode.clone()),
+        ];
+        (labels, 1)
+    });
+    gauge_family(
+        enc,
+        "wklb_xdp_attached",
+        "1 for every interface the XDP program runs on, labelled with how it was attached",
+        attached,
+    )?;
+    gauge_family(
+        enc,
+        "wklb_flows_max",
+        "Capacity of the connection table",
+        one(s.max_flows as i64),
+    )?;
+    counter_family(
+        enc,
+        "wklb_flows_expired",
+        "Flows removed by idle expiry",
+        one(s.expired_flows_total),
+    )
 }
 
 /// The registry and the slot the collector reads the current scrape's report from.

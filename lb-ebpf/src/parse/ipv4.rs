@@ -89,8 +89,19 @@ pub fn parse(ctx: &XdpContext, l3: usize, vlan: u16, ip: *mut Ipv4Hdr) -> Parsed
         seg: Segment::default(),
         tcp_hdr_len: 0,
     };
-    let ok = match proto {
-        PROTO_TCP => tcp::parse(ctx, &mut p) && l4 + p.tcp_len() <= end,
+    if !l4_header(ctx, &mut p, end) {
+        return Parsed::Malformed;
+    }
+    Parsed::Ok(p)
+}
+
+/// The L4 header of `p` (at `p.l4()`), which must end by `end`: TCP's fixed header and its
+/// options, UDP's 8 bytes, ICMP's 8. False when it is cut short.
+#[inline(always)]
+fn l4_header(ctx: &XdpContext, p: &mut Packet, end: usize) -> bool {
+    let l4 = p.l4();
+    match p.proto {
+        PROTO_TCP => tcp::parse(ctx, p) && l4 + p.tcp_len() <= end,
         PROTO_UDP => match ptr_at::<[u8; UDP_LEN]>(ctx, l4) {
             Some(h) if l4 + UDP_LEN <= end => {
                 // SAFETY: bounds checked by ptr_at.
@@ -102,11 +113,7 @@ pub fn parse(ctx: &XdpContext, l3: usize, vlan: u16, ip: *mut Ipv4Hdr) -> Parsed
         PROTO_ICMP => ptr_at::<[u8; ICMP_LEN]>(ctx, l4).is_some() && l4 + ICMP_LEN <= end,
         // Other protocols: the classification decides (never ours).
         _ => true,
-    };
-    if !ok {
-        return Parsed::Malformed;
     }
-    Parsed::Ok(p)
 }
 
 /// Length of TCP's fixed header, for the TCP parser.

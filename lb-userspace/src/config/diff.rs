@@ -30,6 +30,40 @@ fn restart_only_values(c: &Config) -> [String; 6] {
     ]
 }
 
+/// The settings a reload applies in place, as `(key, value shown to the operator)`.
+fn reloadable_values(c: &Config) -> Vec<(&'static str, String)> {
+    let dur = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    let ns = |n: u64| dur(std::time::Duration::from_nanos(n));
+    let t = c.conntrack.timeouts;
+    let policy = if c.conntrack.non_syn_pass {
+        "pass"
+    } else {
+        "drop"
+    };
+    let mss = match c.data_path.mss_clamp {
+        MssClamp::Off => "off".to_string(),
+        MssClamp::Auto => "auto".to_string(),
+        MssClamp::Fixed(n) => n.to_string(),
+    };
+    vec![
+        ("daemon.gc_interval", dur(c.daemon.gc_interval)),
+        (
+            "daemon.log_data_path_events",
+            c.daemon.log_data_path_events.to_string(),
+        ),
+        ("conntrack.tcp_syn_timeout", ns(t.syn_sent_ns)),
+        ("conntrack.tcp_established_timeout", ns(t.established_ns)),
+        ("conntrack.tcp_closing_timeout", ns(t.closing_ns)),
+        ("conntrack.tcp_closed_timeout", ns(t.closed_ns)),
+        ("conntrack.udp_timeout", ns(t.udp_ns)),
+        ("conntrack.non_syn_policy", policy.to_string()),
+        ("snat.port_min", c.snat.port_min.to_string()),
+        ("snat.port_max", c.snat.port_max.to_string()),
+        ("data_path.mss_clamp", mss),
+        ("data_path.echo_reply", c.data_path.echo_reply.to_string()),
+    ]
+}
+
 /// Err names every restart-only key that differs; Ok lists the other global changes.
 pub fn global_changes(old: &Config, new: &Config) -> Result<Vec<String>, String> {
     let (a, b) = (restart_only_values(old), restart_only_values(new));
@@ -45,101 +79,33 @@ pub fn global_changes(old: &Config, new: &Config) -> Result<Vec<String>, String>
             refused.join("; ")
         ));
     }
-    let mut notes: Vec<(String, String, String)> = Vec::new();
-    let mut note = |key: &str, x: String, y: String| notes.push((key.to_string(), x, y));
-    let dur = |d: std::time::Duration| humantime::format_duration(d).to_string();
-    let ns = |n: u64| dur(std::time::Duration::from_nanos(n));
-    note(
-        "daemon.gc_interval",
-        dur(old.daemon.gc_interval),
-        dur(new.daemon.gc_interval),
-    );
-    note(
-        "daemon.log_data_path_events",
-        old.daemon.log_data_path_events.to_string(),
-        new.daemon.log_data_path_events.to_string(),
-    );
-    let (t, u) = (old.conntrack.timeouts, new.conntrack.timeouts);
-    note(
-        "conntrack.tcp_syn_timeout",
-        ns(t.syn_sent_ns),
-        ns(u.syn_sent_ns),
-    );
-    note(
-        "conntrack.tcp_established_timeout",
-        ns(t.established_ns),
-        ns(u.established_ns),
-    );
-    note(
-        "conntrack.tcp_closing_timeout",
-        ns(t.closing_ns),
-        ns(u.closing_ns),
-    );
-    note(
-        "conntrack.tcp_closed_timeout",
-        ns(t.closed_ns),
-        ns(u.closed_ns),
-    );
-    note("conntrack.udp_timeout", ns(t.udp_ns), ns(u.udp_ns));
-    let policy = |pass: bool| if pass { "pass" } else { "drop" }.to_string();
-    note(
-        "conntrack.non_syn_policy",
-        policy(old.conntrack.non_syn_pass),
-        policy(new.conntrack.non_syn_pass),
-    );
-    note(
-        "snat.port_min",
-        old.snat.port_min.to_string(),
-        new.snat.port_min.to_string(),
-    );
-    note(
-        "snat.port_max",
-        old.snat.port_max.to_string(),
-        new.snat.port_max.to_string(),
-    );
-    let mss = |m: MssClamp| match m {
-        MssClamp::Off => "off".to_string(),
-        MssClamp::Auto => "auto".to_string(),
-        MssClamp::Fixed(n) => n.to_string(),
-    };
-    note(
-        "data_path.mss_clamp",
-        mss(old.data_path.mss_clamp),
-        mss(new.data_path.mss_clamp),
-    );
-    note(
-        "data_path.echo_reply",
-        old.data_path.echo_reply.to_string(),
-        new.data_path.echo_reply.to_string(),
-    );
-    let mut out: Vec<String> = notes
-        .drain(..)
-        .filter(|(_, x, y)| x != y)
-        .map(|(k, x, y)| format!("{k}: {x} -> {y}"))
+    let mut out: Vec<String> = reloadable_values(old)
+        .into_iter()
+        .zip(reloadable_values(new))
+        .filter(|((_, x), (_, y))| x != y)
+        .map(|((k, x), (_, y))| format!("{k}: {x} -> {y}"))
         .collect();
-    let removed: Vec<String> = old
-        .snat
-        .addresses
-        .iter()
-        .filter(|a| !new.snat.addresses.contains(a))
-        .map(|a| format!("-{a}"))
-        .collect();
-    let added: Vec<String> = new
-        .snat
-        .addresses
-        .iter()
-        .filter(|a| !old.snat.addresses.contains(a))
-        .map(|a| format!("+{a}"))
-        .collect();
-    if !removed.is_empty() || !added.is_empty() {
-        let mut all = removed;
-        all.extend(added);
-        out.push(format!(
-            "snat.addresses: {} (removed addresses take no new flows; their flows end normally)",
-            all.join(" ")
-        ));
+    if let Some(line) = snat_address_changes(old, new) {
+        out.push(line);
     }
     Ok(out)
+}
+
+/// SNAT addresses removed (-) and added (+), both sides named.
+fn snat_address_changes(old: &Config, new: &Config) -> Option<String> {
+    let (o, n) = (&old.snat.addresses, &new.snat.addresses);
+    let mut all: Vec<String> = o
+        .iter()
+        .filter(|a| !n.contains(a))
+        .map(|a| format!("-{a}"))
+        .collect();
+    all.extend(n.iter().filter(|a| !o.contains(a)).map(|a| format!("+{a}")));
+    (!all.is_empty()).then(|| {
+        format!(
+            "snat.addresses: {} (removed addresses take no new flows; their flows end normally)",
+            all.join(" ")
+        )
+    })
 }
 
 #[cfg(test)]

@@ -445,21 +445,7 @@ fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
     }
     for (vi, v) in raw.iter().enumerate() {
         let p = format!("vip[{vi}]");
-        let name = v.name.get_ref().clone();
-        if name.is_empty() || name.chars().any(|ch| ch.is_whitespace()) {
-            c.err(
-                format!("{p}.name"),
-                &v.name,
-                "a VIP name must be non-empty without spaces",
-            );
-        }
-        if !names.insert(name.clone()) {
-            c.err(
-                format!("{p}.name"),
-                &v.name,
-                format!("VIP name {name:?} is used twice"),
-            );
-        }
+        let name = vip_name(c, &p, v, &mut names);
         let address = c.ip(&format!("{p}.address"), &v.address, "VIP address");
         let port = c.ranged(
             &format!("{p}.port"),
@@ -468,18 +454,7 @@ fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
             65535,
             "port (0 = every port)",
         ) as u16;
-        let protocol = match v.protocol.get_ref().as_str() {
-            "tcp" => Protocol::Tcp,
-            "udp" => Protocol::Udp,
-            other => {
-                c.err(
-                    format!("{p}.protocol"),
-                    &v.protocol,
-                    format!("{other:?} is not one of tcp, udp"),
-                );
-                Protocol::Tcp
-            }
-        };
+        let protocol = protocol(c, &p, v);
         if !tuples.insert((address, port, protocol)) {
             c.err(
                 format!("{p}.address"),
@@ -505,6 +480,40 @@ fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
         });
     }
     vips
+}
+
+fn vip_name(c: &mut Collector, p: &str, v: &RawVip, names: &mut HashSet<String>) -> String {
+    let name = v.name.get_ref().clone();
+    if name.is_empty() || name.chars().any(|ch| ch.is_whitespace()) {
+        c.err(
+            format!("{p}.name"),
+            &v.name,
+            "a VIP name must be non-empty without spaces",
+        );
+    }
+    if !names.insert(name.clone()) {
+        c.err(
+            format!("{p}.name"),
+            &v.name,
+            format!("VIP name {name:?} is used twice"),
+        );
+    }
+    name
+}
+
+fn protocol(c: &mut Collector, p: &str, v: &RawVip) -> Protocol {
+    match v.protocol.get_ref().as_str() {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        other => {
+            c.err(
+                format!("{p}.protocol"),
+                &v.protocol,
+                format!("{other:?} is not one of tcp, udp"),
+            );
+            Protocol::Tcp
+        }
+    }
 }
 
 fn backends(c: &mut Collector, p: &str, v: &RawVip, name: &str, port: u16) -> Vec<BackendConfig> {

@@ -28,50 +28,9 @@ pub fn state(img: &Image, cfg: &Config) -> State {
     let mut s = State::new(cfg.clone());
     let now = monotonic_ns();
     for (key, meta) in &img.vips {
-        let Some(protocol) = Protocol::from_number(key.proto) else {
-            continue;
-        };
-        let table = img.tables.get(&meta.vip_id).cloned();
-        let in_table: BTreeSet<u32> = table
-            .iter()
-            .flat_map(|t| t.iter().copied())
-            .filter(|id| *id != NO_BACKEND)
-            .collect();
-        let fail_open = meta.flags & VipMeta::FAIL_OPEN != 0;
-        let mut v = VipState {
-            name: format!("(adopted {})", meta.vip_id),
-            address: ip(key.addr),
-            port: key.port,
-            protocol,
-            health: HealthCheck::default(),
-            id: meta.vip_id,
-            backends: Vec::new(),
-            adopted: true,
-            table: table.unwrap_or_else(VipState::empty_table),
-            members: Vec::new(),
-            mode: if fail_open {
-                TableMode::FailOpen
-            } else {
-                TableMode::Normal
-            },
-        };
-        for (id, b) in img.backends.iter().filter(|(_, b)| b.vip_id == meta.vip_id) {
-            if b.flags & Backend::ACTIVE == 0 {
-                continue;
-            }
-            let up = in_table.contains(id) && !fail_open;
-            v.backends.push(BackendState {
-                address: ip(b.addr.v4_word_of()),
-                port: b.port,
-                weight: 0,
-                configured_weight: 0,
-                id: *id,
-                health: Health::new(2, 2, if up { Status::Up } else { Status::Down }),
-                last_rtt: None,
-                last_error: None,
-            });
+        if let Some(v) = vip(img, key, meta) {
+            s.vips.push(v);
         }
-        s.vips.push(v);
     }
     // Inactive slots that flows may still reference stay reserved until expiry frees them.
     for (id, b) in &img.backends {
@@ -81,19 +40,58 @@ pub fn state(img: &Image, cfg: &Config) -> State {
     }
     let picked: BTreeSet<u32> = img.snat_pick.values().copied().collect();
     for (i, a) in &img.snat {
+        let address = ip(a.addr.v4_word_of());
         let active = picked.contains(i);
-        s.snat.insert(
-            *i,
-            (
-                SnatState {
-                    address: ip(a.addr.v4_word_of()),
-                    active,
-                },
-                now,
-            ),
-        );
+        s.snat.insert(*i, (SnatState { address, active }, now));
     }
     s
+}
+
+/// A pinned VIP with its active backends: those in its live table are up (unless fail-open
+/// put everyone there), the others down.
+fn vip(img: &Image, key: &lb_common::Vip4Key, meta: &VipMeta) -> Option<VipState> {
+    let protocol = Protocol::from_number(key.proto)?;
+    let table = img.tables.get(&meta.vip_id).cloned();
+    let in_table: BTreeSet<u32> = table
+        .iter()
+        .flat_map(|t| t.iter().copied())
+        .filter(|id| *id != NO_BACKEND)
+        .collect();
+    let fail_open = meta.flags & VipMeta::FAIL_OPEN != 0;
+    let mut v = VipState {
+        name: format!("(adopted {})", meta.vip_id),
+        address: ip(key.addr),
+        port: key.port,
+        protocol,
+        health: HealthCheck::default(),
+        id: meta.vip_id,
+        backends: Vec::new(),
+        adopted: true,
+        table: table.unwrap_or_else(VipState::empty_table),
+        members: Vec::new(),
+        mode: if fail_open {
+            TableMode::FailOpen
+        } else {
+            TableMode::Normal
+        },
+    };
+    for (id, b) in img.backends.iter().filter(|(_, b)| b.vip_id == meta.vip_id) {
+        if b.flags & Backend::ACTIVE == 0 {
+            continue;
+        }
+        let up = in_table.contains(id) && !fail_open;
+        v.backends.push(BackendState {
+            address: ip(b.addr.v4_word_of()),
+            port: b.port,
+            weight: 0,
+            configured_weight: 0,
+            id: *id,
+            health: Health::new(2, 2, if up { Status::Up } else { Status::Down }),
+            last_rtt: None,
+            last_error: None,
+        });
+    }
+    Some(v)
 }
 
 pub fn summary(s: &State) -> Vec<String> {

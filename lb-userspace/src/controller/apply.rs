@@ -163,35 +163,47 @@ fn update_vip(
         .map(|b| (b.address, b.port, b.weight))
         .collect();
     let diff = diff_backends(&current, &vc.backends);
-    for (address, port) in &diff.removed {
-        let pos = next.vips[i]
+    apply_backend_diff(next, i, vc, &diff, adopted, now, summary)
+}
+
+/// Removes, re-weighs and adds the VIP's backends as `diff` says, noting each change.
+fn apply_backend_diff(
+    next: &mut State,
+    i: usize,
+    vc: &Vip,
+    diff: &BackendDiff,
+    adopted: bool,
+    now: u64,
+    summary: &mut Vec<String>,
+) -> Result<()> {
+    let position = |next: &State, address: &IpAddr, port: &u16| {
+        next.vips[i]
             .backends
             .iter()
             .position(|b| (b.address, b.port) == (*address, *port))
-            .expect("diff names a current backend");
-        let b = next.vips[i].backends.remove(pos);
+            .expect("diff names a current backend")
+    };
+    for (address, port) in &diff.removed {
+        let at = position(next, address, port);
+        let b = next.vips[i].backends.remove(at);
         let vip_id = next.vips[i].id;
         next.retire(vip_id, &b, now);
         summary.push(format!("vip {}: -backend {address}:{port}", vc.name));
     }
     for (address, port, old, new) in &diff.reweighted {
-        let b = next.vips[i]
-            .backends
-            .iter_mut()
-            .find(|b| (b.address, b.port) == (*address, *port))
-            .expect("diff names a current backend");
-        let reverts = if adopted {
-            ""
-        } else if b.weight != b.configured_weight {
-            " (reverts a runtime change)"
-        } else {
-            ""
-        };
+        let at = position(next, address, port);
+        let b = &mut next.vips[i].backends[at];
+        let reverts = !adopted && b.weight != b.configured_weight;
         b.weight = *new;
         b.configured_weight = *new;
         if !adopted {
+            let note = if reverts {
+                " (reverts a runtime change)"
+            } else {
+                ""
+            };
             summary.push(format!(
-                "vip {}: backend {address}:{port} weight {old} -> {new}{reverts}",
+                "vip {}: backend {address}:{port} weight {old} -> {new}{note}",
                 vc.name
             ));
         }

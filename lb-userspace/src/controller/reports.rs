@@ -13,7 +13,11 @@ use lb_common::{
     hash::flow_hash_v4_key, slot,
 };
 
-use super::{Snapshot, plan::TableMode};
+use super::{
+    Snapshot,
+    plan::TableMode,
+    snapshot::{BackendView, VipView},
+};
 use crate::{
     dataplane::{Counters, Flows},
     health::Status,
@@ -102,47 +106,60 @@ pub fn stats(snap: &Snapshot, counters: &dyn Counters, flows: &dyn Flows) -> Res
         ..Default::default()
     };
     for v in &snap.vips {
-        let s = counters.vip(v.id)?;
-        r.vips.push(VipReport {
-            name: v.name.clone(),
-            address: v.address.to_string(),
-            port: v.port,
-            protocol: v.protocol.name().into(),
-            table_mode: mode_name(v.mode).into(),
-            fail_open: v.mode == TableMode::FailOpen,
-            packets: s.packets,
-            bytes: s.bytes,
-            new_flows: s.new_flows,
-            no_backend_drops: s.no_backend,
-            active_flows: fc.per_vip.get(&v.id).copied().unwrap_or(0),
-            backends_total: v.backends.len(),
-            backends_in_table: v.backends.iter().filter(|b| b.in_table).count(),
-        });
+        r.vips.push(vip_report(v, counters, &fc)?);
         for b in &v.backends {
-            let s = counters.backend(b.id)?;
-            let (open, closing) = fc.per_backend.get(&b.id).copied().unwrap_or_default();
-            r.backends.push(BackendReport {
-                vip: v.name.clone(),
-                address: b.address.to_string(),
-                port: b.port,
-                weight: b.weight,
-                configured_weight: b.configured_weight,
-                health: status_name(b.status).into(),
-                healthy: b.status == Status::Up,
-                in_table: b.in_table,
-                packets_in: s.packets_in,
-                bytes_in: s.bytes_in,
-                packets_out: s.packets_out,
-                bytes_out: s.bytes_out,
-                new_flows: s.new_flows,
-                active_flows: open,
-                closing_flows: closing,
-                probe_rtt_ms: b.probe_rtt_ms,
-                last_probe_error: b.last_error.clone(),
-            });
+            r.backends.push(backend_report(v, b, counters, &fc)?);
         }
     }
     Ok(r)
+}
+
+fn vip_report(v: &VipView, counters: &dyn Counters, fc: &FlowCounts) -> Result<VipReport> {
+    let s = counters.vip(v.id)?;
+    Ok(VipReport {
+        name: v.name.clone(),
+        address: v.address.to_string(),
+        port: v.port,
+        protocol: v.protocol.name().into(),
+        table_mode: mode_name(v.mode).into(),
+        fail_open: v.mode == TableMode::FailOpen,
+        packets: s.packets,
+        bytes: s.bytes,
+        new_flows: s.new_flows,
+        no_backend_drops: s.no_backend,
+        active_flows: fc.per_vip.get(&v.id).copied().unwrap_or(0),
+        backends_total: v.backends.len(),
+        backends_in_table: v.backends.iter().filter(|b| b.in_table).count(),
+    })
+}
+
+fn backend_report(
+    v: &VipView,
+    b: &BackendView,
+    counters: &dyn Counters,
+    fc: &FlowCounts,
+) -> Result<BackendReport> {
+    let s = counters.backend(b.id)?;
+    let (open, closing) = fc.per_backend.get(&b.id).copied().unwrap_or_default();
+    Ok(BackendReport {
+        vip: v.name.clone(),
+        address: b.address.to_string(),
+        port: b.port,
+        weight: b.weight,
+        configured_weight: b.configured_weight,
+        health: status_name(b.status).into(),
+        healthy: b.status == Status::Up,
+        in_table: b.in_table,
+        packets_in: s.packets_in,
+        bytes_in: s.bytes_in,
+        packets_out: s.packets_out,
+        bytes_out: s.bytes_out,
+        new_flows: s.new_flows,
+        active_flows: open,
+        closing_flows: closing,
+        probe_rtt_ms: b.probe_rtt_ms,
+        last_probe_error: b.last_error.clone(),
+    })
 }
 
 /// Filters of a connection listing.

@@ -163,45 +163,12 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
     // Sockets first: a clash stops the daemon before anything is attached.
     let control = crate::control::bind(&cfg.daemon.control_socket)?;
     let metrics_listener = metrics::bind(cfg.daemon.metrics_listen).await?;
-    let Loaded {
-        mut program,
-        maps,
-        counters,
-        flows,
-        pins,
-    } = kernel::load(&LoadOptions {
-        max_flows: cfg.conntrack.max_flows,
-        snat_slots: cfg.snat_slots(),
-        pin_dir: Some(cfg.daemon.pin_path.clone()),
-    })?;
-    let pins = pins.context("the data plane was loaded without pins")?;
-    // Printed only when daemon.log_data_path_events lets the program emit them (CONFIG flag).
-    program.forward_log_events();
+    let (mut program, maps, counters, flows, pins) = load_data_plane(&cfg)?;
     let mut created = CreatedPins((!pins.adopted).then(|| pins.dir.path.clone()));
-    info!(
-        "data plane {} (pinned under {})",
-        if pins.adopted {
-            "adopted: flows and counters kept"
-        } else {
-            "loaded"
-        },
-        cfg.daemon.pin_path.display()
-    );
     let snat_capacity = flows.slots() / lb_common::SLOTS_PER_SNAT_ADDR;
     let (ctl, summary) = Controller::new(maps, cfg.clone(), interfaces(&cfg)?, snat_capacity)?;
     summary.iter().for_each(|l| info!("{l}"));
-    let addrs = tasks::backend_v4(
-        &ctl.state()
-            .vips
-            .iter()
-            .flat_map(|v| v.backends.iter().map(|b| b.address))
-            .collect::<Vec<_>>(),
-    );
-    let n = crate::sys::neighbors::warm(&addrs, std::time::Duration::from_secs(1));
-    info!(
-        "neighbour entries: {n} of {} backend address(es) resolved",
-        addrs.len()
-    );
+    warm_neighbors(&ctl);
     let attachments = attach(&mut program, &pins.dir.path, &cfg)?;
     created.0 = None;
     let (handle, controller_thread) = thread::spawn(ctl)?;
@@ -238,11 +205,67 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
     let unload = ctx.unload_requested.load(Ordering::SeqCst);
     // Drop our handles (program, maps) first so only the pins hold the objects.
     let _ = handle.send(Command::Stop);
-    drop(ctx);
-    drop(handle);
+    drop((ctx, handle));
     let _ = expiry.join();
     let _ = controller_thread.join();
     drop(program);
+    finish(unload, failed, &pins)
+}
+
+type DataPlane = (
+    kernel::Program,
+    kernel::KernelMaps,
+    Arc<kernel::KernelCounters>,
+    Arc<kernel::KernelFlows>,
+    kernel::Pins,
+);
+
+/// Loads the XDP object, adopting the maps pinned by an earlier daemon when there are any.
+fn load_data_plane(cfg: &Config) -> Result<DataPlane> {
+    let Loaded {
+        mut program,
+        maps,
+        counters,
+        flows,
+        pins,
+    } = kernel::load(&LoadOptions {
+        max_flows: cfg.conntrack.max_flows,
+        snat_slots: cfg.snat_slots(),
+        pin_dir: Some(cfg.daemon.pin_path.clone()),
+    })?;
+    let pins = pins.context("the data plane was loaded without pins")?;
+    // Printed only when daemon.log_data_path_events lets the program emit them (CONFIG flag).
+    program.forward_log_events();
+    info!(
+        "data plane {} (pinned under {})",
+        if pins.adopted {
+            "adopted: flows and counters kept"
+        } else {
+            "loaded"
+        },
+        cfg.daemon.pin_path.display()
+    );
+    Ok((program, maps, counters, flows, pins))
+}
+
+/// Resolves the backends' neighbour entries before XDP needs them (up to a second).
+fn warm_neighbors<M: crate::dataplane::Maps>(ctl: &Controller<M>) {
+    let addrs = tasks::backend_v4(
+        &ctl.state()
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.address))
+            .collect::<Vec<_>>(),
+    );
+    let n = crate::sys::neighbors::warm(&addrs, std::time::Duration::from_secs(1));
+    info!(
+        "neighbour entries: {n} of {} backend address(es) resolved",
+        addrs.len()
+    );
+}
+
+/// After every handle is dropped: unload when asked, and fail when the controller died.
+fn finish(unload: bool, failed: bool, pins: &kernel::Pins) -> Result<()> {
     if unload {
         for line in links::unload_pinned(&pins.dir.path)? {
             info!("unload: {line}");

@@ -82,31 +82,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         Some(d) => Some(sys::bpffs::resolve_pin_dir(d)?),
         None => None,
     };
-    let mut loader = EbpfLoader::new();
-    let table_slots = opts.snat_slots * SLOTS_PER_SNAT_ADDR;
-    loader
-        .map_max_entries(names::FLOWS4, opts.max_flows)
-        .map_max_entries(names::FLOW_TABLE, table_slots);
-    let mut adopted = false;
-    let pin_paths: Vec<(&str, PathBuf)> = match &pin {
-        Some(p) => {
-            std::fs::create_dir_all(&p.path)
-                .with_context(|| format!("creating {}", p.path.display()))?;
-            adopted = p.path.join(names::FLOWS4).exists();
-            names::ALL.iter().map(|n| (*n, p.path.join(n))).collect()
-        }
-        None => Vec::new(),
-    };
-    for (name, path) in &pin_paths {
-        loader.map_pin_path(name, path.as_path());
-    }
-    let mut ebpf = loader.load(XDP_OBJECT).with_context(|| match &pin {
-        Some(p) if adopted => format!(
-            "loading the XDP object with the maps pinned in {} (if they come from an incompatible wklb version, `wklb unload` removes them, which breaks live connections)",
-            p.path.display()
-        ),
-        _ => "loading the XDP object into the kernel".to_string(),
-    })?;
+    let (mut ebpf, adopted) = load_object(opts, pin.as_ref())?;
     let logger = aya_log::EbpfLogger::init(&mut ebpf)
         .map_err(|e| log::debug!("data-path log events unavailable: {e}"))
         .ok();
@@ -232,6 +208,37 @@ impl Program {
         a.set(0, frame, 0)?;
         Ok(())
     }
+}
+
+/// The object with its maps sized, pinned under `pin` (adopting maps already pinned there:
+/// the second value says whether it did), programs not loaded yet.
+fn load_object(opts: &LoadOptions, pin: Option<&PinDir>) -> Result<(Ebpf, bool)> {
+    let mut loader = EbpfLoader::new();
+    let table_slots = opts.snat_slots * SLOTS_PER_SNAT_ADDR;
+    loader
+        .map_max_entries(names::FLOWS4, opts.max_flows)
+        .map_max_entries(names::FLOW_TABLE, table_slots);
+    let mut adopted = false;
+    let pin_paths: Vec<(&str, PathBuf)> = match pin {
+        Some(p) => {
+            std::fs::create_dir_all(&p.path)
+                .with_context(|| format!("creating {}", p.path.display()))?;
+            adopted = p.path.join(names::FLOWS4).exists();
+            names::ALL.iter().map(|n| (*n, p.path.join(n))).collect()
+        }
+        None => Vec::new(),
+    };
+    for (name, path) in &pin_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let ebpf = loader.load(XDP_OBJECT).with_context(|| match pin {
+        Some(p) if adopted => format!(
+            "loading the XDP object with the maps pinned in {} (if they come from an incompatible wklb version, `wklb unload` removes them, which breaks live connections)",
+            p.path.display()
+        ),
+        _ => "loading the XDP object into the kernel".to_string(),
+    })?;
+    Ok((ebpf, adopted))
 }
 
 /// Loads a program, again when the verifier was interrupted: it gives up with EAGAIN when a
