@@ -23,7 +23,7 @@ enum Task {
     /// Benchmarks (root): data path against the XDP floor, control plane, and end to end
     /// against nginx stream, HAProxy, nftables and no balancer. Writes bench/results/.
     Bench {
-        /// Fewer repetitions (100,000 instead of 1,000,000 per round): about 10 s.
+        /// Fewer repetitions (100,000 instead of 1,000,000 per round) and shorter end-to-end runs.
         #[arg(long)]
         quick: bool,
     },
