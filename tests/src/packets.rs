@@ -252,15 +252,21 @@ pub struct Seen {
     pub l4_checksum: u16,
 }
 
-pub fn inspect(frame: &[u8]) -> Seen {
-    let s = SlicedPacket::from_ethernet(frame).expect("output frame parses");
-    let Some(etherparse::LinkSlice::Ethernet2(eth)) = s.link else {
+/// Source MAC, destination MAC and VLAN id of a parsed Ethernet frame.
+fn l2(s: &SlicedPacket) -> ([u8; 6], [u8; 6], Option<u16>) {
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = &s.link else {
         panic!("no ethernet")
     };
     let vlan = s.vlan.as_ref().map(|v| match v {
         etherparse::VlanSlice::SingleVlan(v) => v.vlan_identifier().value(),
         etherparse::VlanSlice::DoubleVlan(v) => v.outer().vlan_identifier().value(),
     });
+    (eth.source(), eth.destination(), vlan)
+}
+
+pub fn inspect(frame: &[u8]) -> Seen {
+    let s = SlicedPacket::from_ethernet(frame).expect("output frame parses");
+    let (eth_src, eth_dst, vlan) = l2(&s);
     let Some(etherparse::NetSlice::Ipv4(ip)) = &s.net else {
         panic!("not ipv4")
     };
@@ -300,8 +306,8 @@ pub fn inspect(frame: &[u8]) -> Seen {
         _ => (0, 0, Vec::new(), 0),
     };
     Seen {
-        eth_src: eth.source(),
-        eth_dst: eth.destination(),
+        eth_src,
+        eth_dst,
         vlan,
         src: Ipv4Addr::from(hdr.source),
         dst: Ipv4Addr::from(hdr.destination),
@@ -342,13 +348,7 @@ pub struct SeenIcmp {
 
 pub fn inspect_icmp(frame: &[u8]) -> SeenIcmp {
     let s = SlicedPacket::from_ethernet(frame).expect("frame parses");
-    let Some(etherparse::LinkSlice::Ethernet2(eth)) = s.link else {
-        panic!("no ethernet")
-    };
-    let vlan = s.vlan.as_ref().map(|v| match v {
-        etherparse::VlanSlice::SingleVlan(v) => v.vlan_identifier().value(),
-        etherparse::VlanSlice::DoubleVlan(v) => v.outer().vlan_identifier().value(),
-    });
+    let (eth_src, eth_dst, vlan) = l2(&s);
     let Some(etherparse::NetSlice::Ipv4(ip)) = &s.net else {
         panic!("not ipv4")
     };
@@ -358,8 +358,8 @@ pub fn inspect_icmp(frame: &[u8]) -> SeenIcmp {
     let ok = hdr.calc_header_checksum() == hdr.header_checksum && internet_checksum(icmp) == 0;
     SeenIcmp {
         vlan,
-        eth_src: eth.source(),
-        eth_dst: eth.destination(),
+        eth_src,
+        eth_dst,
         src: Ipv4Addr::from(hdr.source),
         dst: Ipv4Addr::from(hdr.destination),
         ttl: hdr.time_to_live,

@@ -52,9 +52,14 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
     Ok(())
 }
 
-/// Every entry of a hash map, `chunk` entries per syscall.
-pub fn dump_hash<K: Pod, V: Pod>(fd: BorrowedFd<'_>, chunk: usize) -> Result<Vec<(K, V)>> {
-    let mut out = Vec::new();
+/// Walks a hash map `chunk` entries per syscall with a batch command (lookup, or lookup and
+/// delete), handing each chunk to `each`.
+fn batch_walk<K: Pod, V: Pod>(
+    fd: BorrowedFd<'_>,
+    chunk: usize,
+    cmd: libc::c_long,
+    mut each: impl FnMut(&[K], &[V]),
+) -> Result<()> {
     let mut keys = vec![K::zeroed(); chunk];
     let mut values = vec![V::zeroed(); chunk];
     let mut cursor = 0u64;
@@ -74,18 +79,27 @@ pub fn dump_hash<K: Pod, V: Pod>(fd: BorrowedFd<'_>, chunk: usize) -> Result<Vec
             map_fd: fd.as_raw_fd() as u32,
             ..Default::default()
         };
-        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let r = bpf(cmd, &mut attr);
         let n = attr.count as usize;
-        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        each(&keys[..n], &values[..n]);
         match r {
             Ok(()) => {}
             // The end of the map: the last chunk came with it.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
-            Err(e) => return Err(e).context("batch lookup"),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) => return Err(e).context("batch map operation"),
         }
         cursor = next;
         first = false;
     }
+}
+
+/// Every entry of a hash map, `chunk` entries per syscall.
+pub fn dump_hash<K: Pod, V: Pod>(fd: BorrowedFd<'_>, chunk: usize) -> Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    batch_walk::<K, V>(fd, chunk, BPF_MAP_LOOKUP_BATCH, |k, v| {
+        out.extend(k.iter().copied().zip(v.iter().copied()))
+    })?;
+    Ok(out)
 }
 
 /// Removes `key` and returns the value it held, atomically (None: there was none).
@@ -277,25 +291,9 @@ const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 
 /// Empties a hash map, `chunk` entries per syscall; returns how many it held.
 pub fn drain_hash<K: Pod, V: Pod>(fd: BorrowedFd<'_>, chunk: usize) -> Result<usize> {
-    let mut keys = vec![K::zeroed(); chunk];
-    let mut values = vec![V::zeroed(); chunk];
     let mut total = 0;
-    loop {
-        let mut next = 0u64;
-        let mut attr = BatchAttr {
-            out_batch: &mut next as *mut u64 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
-            map_fd: fd.as_raw_fd() as u32,
-            ..Default::default()
-        };
-        let r = bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut attr);
-        total += attr.count as usize;
-        match r {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(total),
-            Err(e) => return Err(e).context("batch lookup and delete"),
-        }
-    }
+    batch_walk::<K, V>(fd, chunk, BPF_MAP_LOOKUP_AND_DELETE_BATCH, |k, _| {
+        total += k.len()
+    })?;
+    Ok(total)
 }
