@@ -11,7 +11,7 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
-use lb_common::{BackendHop, ClientHop, HOP_REFRESH_NS, Reason};
+use lb_common::{ClientHop, HOP_REFRESH_NS, Reason};
 
 use crate::{
     maps::{BACKEND_HOPS, IFACE_MTU, TX_PORTS},
@@ -207,15 +207,4 @@ pub fn transmit(ctx: &XdpContext, hop: &Hop, have_vlan: u16, vlan: u16, sent: Re
 #[inline(always)]
 pub const fn too_big(len: u16, mtu: u32) -> bool {
     mtu != 0 && len as u32 > mtu
-}
-
-/// Reads a cached hop into a value (for callers that hold a BackendHop).
-#[inline(always)]
-pub fn hop_of(h: &BackendHop) -> Hop {
-    Hop {
-        ifindex: h.ifindex,
-        dmac: h.dmac,
-        smac: h.smac,
-        mtu: h.mtu as u32,
-    }
 }

@@ -3,12 +3,7 @@
 //! side's MTU is smaller; MSS clamping on the SYN-ACK).
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{
-    AddrClass, Reason,
-    conntrack::{Direction, tcp_flags},
-    ports_word,
-    tcp_opts::Options,
-};
+use lb_common::{AddrClass, Reason, conntrack::Direction, ports_word, tcp_opts::Options};
 
 use crate::{
     conntrack::{self, now_ns, reverse},

@@ -35,9 +35,4 @@ impl Verdict {
             reason,
         }
     }
-
-    #[inline(always)]
-    pub const fn is_sent(&self) -> bool {
-        self.action == xdp_action::XDP_TX || self.action == xdp_action::XDP_REDIRECT
-    }
 }

@@ -21,15 +21,13 @@ use crate::{
 };
 
 const EEXIST: i32 = 17;
-/// Refusals before the VIP is known carry no VIP id.
-pub const NO_VIP: u32 = u32::MAX;
 
 /// What the connection table says about a packet to a VIP address.
 pub enum Found {
     Flow(Flow),
     /// No flow, and no VIP serves this (port, protocol): not ours.
     NotVip,
-    /// Ours, but refused (counted under the reason) for this VIP id (or NO_VIP).
+    /// Ours, but refused (counted under the reason) for this VIP id.
     Refused(Reason, u32),
 }
 

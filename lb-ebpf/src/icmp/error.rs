@@ -3,6 +3,7 @@
 //!   packet to the VIP (outer source: the VIP);
 //! - to a VIP address, about a packet we sent to a client → to the backend, as if about its own
 //!   reply to the SNAT address (outer source: the SNAT address).
+//!
 //! Outer IP, ICMP, inner IP and (when quoted) inner L4 checksums are all updated incrementally.
 
 use aya_ebpf::programs::XdpContext;
