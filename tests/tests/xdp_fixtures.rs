@@ -48,6 +48,8 @@ fn client(port: u16) -> (Ipv4Addr, u16) {
 const VIP_TCP: (Ipv4Addr, u16) = (VIP, VIP_TCP_PORT);
 const VIP_UDP: (Ipv4Addr, u16) = (VIP, VIP_UDP_PORT);
 const ISN: u32 = 1000;
+/// A router between the edge and the backends, the source of ICMP errors about them.
+const BACKEND_SIDE_ROUTER: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 254);
 const BACKEND_ISN: u32 = 5000;
 
 fn syn(port: u16) -> Vec<u8> {
@@ -101,6 +103,18 @@ fn establish(fx: &mut Fixture, port: u16) -> (usize, u16) {
     );
     assert_eq!(fx.run(fx.client_if, &ack).unwrap().0, XDP_REDIRECT);
     (b, sp)
+}
+
+/// The client's next segment as the edge sends it to backend `b` from SNAT port `sp`.
+fn sent_to_backend(b: usize, sp: u16, flags: &str, payload: &[u8]) -> Vec<u8> {
+    let seg = Seg {
+        flags,
+        seq: ISN + 1,
+        ack: BACKEND_ISN + 1,
+        payload,
+        ..Seg::default()
+    };
+    tcp_seg((SNAT, sp), (BACKENDS[b], VIP_TCP_PORT), &seg)
 }
 
 fn state_of(fx: &Fixture, port: u16) -> u8 {
@@ -1159,20 +1173,10 @@ fn icmp_errors_about_translated_packets_are_translated_back() {
     with_fixture("icmp_errors_translated", 1024, |fx| {
         let (b, sp) = establish(fx, 49000);
         // What the edge sent the backend, as a router on the way would quote it.
-        let sent = tcp_seg(
-            (SNAT, sp),
-            (BACKENDS[b], VIP_TCP_PORT),
-            &Seg {
-                flags: "PA",
-                seq: ISN + 1,
-                ack: BACKEND_ISN + 1,
-                payload: &[1u8; 64],
-                ..Seg::default()
-            },
-        );
+        let sent = sent_to_backend(b, sp, "PA", &[1u8; 64]);
         for quote in [28usize, 48, 108] {
             let err = icmp_error(
-                Ipv4Addr::new(10, 20, 0, 254),
+                BACKEND_SIDE_ROUTER,
                 SNAT,
                 3,
                 4,
@@ -1252,15 +1256,7 @@ fn icmp_errors_about_translated_packets_are_translated_back() {
         assert!(ip_ok);
         // Errors about nothing of ours are the host's.
         let stray = tcp_seg((SNAT, 1), (BACKENDS[0], 80), &Seg::default());
-        let err = icmp_error(
-            Ipv4Addr::new(10, 20, 0, 254),
-            SNAT,
-            3,
-            1,
-            [0; 4],
-            &stray,
-            28,
-        );
+        let err = icmp_error(BACKEND_SIDE_ROUTER, SNAT, 3, 1, [0; 4], &stray, 28);
         let before = fx.reasons();
         assert_eq!(fx.run(fx.backend_if, &err).unwrap().0, XDP_PASS);
         assert_only(fx, &before, Reason::PassIcmp, 1);
@@ -1274,25 +1270,8 @@ fn icmp_errors_about_translated_packets_are_translated_back() {
 fn bytes_after_the_ip_packet_belong_to_no_header() {
     with_fixture("bytes_after_the_ip_packet", 1024, |fx| {
         let (b, sp) = establish(fx, 49100);
-        let sent = tcp_seg(
-            (SNAT, sp),
-            (BACKENDS[b], VIP_TCP_PORT),
-            &Seg {
-                flags: "A",
-                seq: ISN + 1,
-                ack: BACKEND_ISN + 1,
-                ..Seg::default()
-            },
-        );
-        let mut err = icmp_error(
-            Ipv4Addr::new(10, 20, 0, 254),
-            SNAT,
-            3,
-            4,
-            [0, 0, 5, 0x78],
-            &sent,
-            28,
-        );
+        let sent = sent_to_backend(b, sp, "A", b"");
+        let mut err = icmp_error(BACKEND_SIDE_ROUTER, SNAT, 3, 4, [0, 0, 5, 0x78], &sent, 28);
         err.extend_from_slice(&[0xa5; 40]);
         let before = fx.reasons();
         let (act, out) = fx.run(fx.backend_if, &err).unwrap();
