@@ -8,6 +8,7 @@
 extern crate std;
 
 pub mod conntrack;
+pub mod cookie;
 pub mod csum;
 pub mod hash;
 pub mod icmp;

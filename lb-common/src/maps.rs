@@ -68,10 +68,11 @@ pub mod names {
     pub const REASONS: &str = "REASONS";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const COOKIE_KEY: &str = "COOKIE_KEY";
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         ADDR_FILTER,
         ADDRS4,
         VIPS4,
@@ -90,6 +91,7 @@ pub mod names {
         REASONS,
         VIP_STATS,
         BACKEND_STATS,
+        COOKIE_KEY,
     ];
 }
 
@@ -246,6 +248,12 @@ impl VipMeta {
     /// Every backend failed its health check; the table holds all of them anyway (fail-open).
     /// Informational for the data path, read by the CLI and metrics.
     pub const FAIL_OPEN: u32 = 1;
+    /// SYN cookies may be used for this TCP VIP (mode `auto` or `always`): a client ACK without
+    /// a flow is checked as a cookie.
+    pub const COOKIES_ALLOWED: u32 = 2;
+    /// Cookie mode is engaged now (`always`, or `auto` under pressure): SYNs are answered by the
+    /// edge with a cookie SYN-ACK instead of being forwarded.
+    pub const COOKIES_ON: u32 = 4;
 }
 
 /// `VIP_INFO` value, indexed by vip id: the VIP's address, for replies and ICMP the program
@@ -434,16 +442,23 @@ pub struct FlowEntry {
     /// CLOCK_MONOTONIC seconds when the flow was created.
     pub created_s: u32,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Cookie flows, until the backend's SYN-ACK: `cookie::syn_opts` bits for the SYN the edge
+    /// sends the backend (resent while the client's segments arrive before its answer).
+    pub syn_opts: u8,
+    pub _pad: [u8; 2],
     /// Per direction (`Direction as usize`): the last acknowledgment number that side sent,
     /// i.e. its RCV.NXT. The reverse slot starts at the client's ISN + 1.
     pub ack: [u32; 2],
     /// Per direction: the last window that side advertised, in bytes (scaled).
     pub win: [u32; 2],
-    /// Sequence translation for flows whose handshake the edge answered itself (SYN cookies):
-    /// added to the backend's sequence numbers toward the client. 0 otherwise.
+    /// Sequence translation for flows whose handshake the edge answered itself (SYN cookies,
+    /// `TRANSLATE`): backend sequence number − client-side sequence number; added to the
+    /// client's acknowledgments (and SACK blocks) toward the backend, subtracted from the
+    /// backend's sequence numbers toward the client. Until the backend's SYN-ACK (state
+    /// SynSent) it holds the cookie. 0 for other flows.
     pub seq_delta: u32,
-    /// The same for TCP timestamp values.
+    /// The same for TCP timestamp values (backend's clock − the edge's); until the backend's
+    /// SYN-ACK, the timestamp value of the edge's SYN-ACK.
     pub ts_delta: u32,
     pub to_client: ClientHop,
 }
@@ -581,6 +596,29 @@ pub struct VipStats {
     pub new_flows: u64,
     /// Packets for this VIP dropped because no backend was available.
     pub no_backend: u64,
+    /// Initial SYNs that reached this VIP (forwarded or answered with a cookie): the pressure
+    /// signal of automatic cookie mode.
+    pub syns: u64,
+    /// SYNs answered with a cookie SYN-ACK.
+    pub cookies_sent: u64,
+    /// Client ACKs whose cookie checked out (each created a flow).
+    pub cookies_valid: u64,
+    /// Client ACKs without a flow whose cookie did not check out.
+    pub cookies_invalid: u64,
+}
+
+impl VipStats {
+    /// Adds another CPU's counters.
+    pub fn add(&mut self, o: &VipStats) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.new_flows += o.new_flows;
+        self.no_backend += o.no_backend;
+        self.syns += o.syns;
+        self.cookies_sent += o.cookies_sent;
+        self.cookies_valid += o.cookies_valid;
+        self.cookies_invalid += o.cookies_invalid;
+    }
 }
 
 /// BACKEND_STATS value (per CPU), indexed by backend id. "in" is client → backend (into the data
@@ -649,6 +687,7 @@ mod pod_impls {
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for BenchFrame {}
+    unsafe impl aya::Pod for crate::cookie::CookieKey {}
 }
 
 #[cfg(test)]

@@ -60,6 +60,15 @@ reasons! {
     IcmpErrorToBackend = "icmp_error_to_backend", Sent;
     /// Too big for the egress MTU with DF set: the edge sent fragmentation-needed to the sender.
     IcmpFragNeededSent = "icmp_frag_needed_sent", Sent;
+    /// SYN to a VIP in cookie mode: answered by the edge with a cookie SYN-ACK, nothing kept.
+    SynCookieSent = "syn_cookie_sent", Sent;
+    /// Client ACK with a valid cookie: the flow was created and became the SYN to its backend.
+    SynCookieAccepted = "syn_cookie_accepted", Sent;
+    /// Client segment of a cookie flow before its backend answered: its data is dropped (the
+    /// client sends it again) and the SYN to the backend is repeated in its place.
+    SynCookieSynRepeated = "syn_cookie_syn_repeated", Sent;
+    /// The backend's SYN-ACK on a cookie flow: answered by the edge with the handshake's ACK.
+    SynCookieBackendAcked = "syn_cookie_backend_acked", Sent;
     /// Not IPv4 (ARP, IPv6, LLDP, ...).
     PassNotIpv4 = "pass_not_ipv4", Pass;
     /// Destination is neither a VIP (address, port, protocol) nor a SNAT address.
@@ -108,6 +117,11 @@ reasons! {
     /// A map holds something the daemon never writes (a SNAT index beyond the flow table):
     /// a bug; counted instead of aborting.
     DropInternal = "drop_internal", Drop;
+    /// Client ACK without a flow to a VIP in cookie mode whose cookie did not check out
+    /// (forged, or older than its two counter periods).
+    DropSynCookieInvalid = "drop_syn_cookie_invalid", Drop;
+    /// Backend segment of a cookie flow before its SYN-ACK (nothing the client could use).
+    DropSynCookiePending = "drop_syn_cookie_pending", Drop;
 }
 
 impl Reason {

@@ -15,6 +15,7 @@ pub mod kind {
     pub const MSS: u8 = 2;
     pub const WSCALE: u8 = 3;
     pub const SACK_OK: u8 = 4;
+    pub const SACK: u8 = 5;
     pub const TIMESTAMPS: u8 = 8;
 }
 
@@ -70,6 +71,10 @@ pub struct Offsets {
     pub wscale: u8,
     pub sack_ok: u8,
     pub ts: u8,
+    /// The first SACK block (cookie flows translate them), and how many blocks follow.
+    pub sack: u8,
+    pub sack_blocks: u8,
+    pub _pad: [u8; 2],
 }
 
 impl Default for Offsets {
@@ -79,9 +84,15 @@ impl Default for Offsets {
             wscale: ABSENT,
             sack_ok: ABSENT,
             ts: ABSENT,
+            sack: ABSENT,
+            sack_blocks: 0,
+            _pad: [0; 2],
         }
     }
 }
+
+/// Bytes of one SACK block (left and right edge).
+pub const SACK_BLOCK: usize = 8;
 
 /// Walks `len` bytes of options; `read(i)` gives byte `i` or `OUT_OF_BOUNDS`. Records where
 /// each known option's value starts. Malformed options (a length below 2 or past the end) end
@@ -115,6 +126,10 @@ pub fn walk(len: usize, read: impl Fn(usize) -> u16, at: &mut Offsets) {
             (kind::WSCALE, 3) => at.wscale = value,
             (kind::SACK_OK, 2) => at.sack_ok = value,
             (kind::TIMESTAMPS, 10) => at.ts = value,
+            (kind::SACK, 10 | 18 | 26 | 34) => {
+                at.sack = value;
+                at.sack_blocks = ((l - 2) / SACK_BLOCK) as u8;
+            }
             _ => {}
         }
         i += l;
@@ -251,6 +266,21 @@ mod tests {
             }
         }
         let _ = buf;
+    }
+
+    #[test]
+    fn sack_blocks_are_found_after_timestamps() {
+        // nop, nop, TS, nop, nop, SACK with two blocks (what Linux sends after a loss).
+        let mut opts = vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2, 1, 1, 5, 18];
+        opts.extend_from_slice(&[0; 16]);
+        let mut at = Offsets::default();
+        walk(opts.len(), reader(&opts), &mut at);
+        assert_eq!((at.ts, at.sack, at.sack_blocks), (4, 16, 2));
+        // A SACK option of a length that is no whole number of blocks is not one.
+        let bad = [5u8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut at = Offsets::default();
+        walk(bad.len(), reader(&bad), &mut at);
+        assert_eq!(at.sack, ABSENT);
     }
 
     #[test]

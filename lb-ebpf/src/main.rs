@@ -13,6 +13,7 @@
 mod bench;
 mod classify;
 mod conntrack;
+mod cookie;
 mod egress;
 mod events;
 mod icmp;

@@ -11,6 +11,7 @@ use lb_common::{
     DEFAULT_MAX_FLOWS, DataplaneConfig, Flow4Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE,
     MAX_BACKENDS, MAX_INTERFACES, MAX_SNAT_ADDRS, MAX_VIP_ENTRIES, MAX_VIPS, Reason,
     SLOTS_PER_SNAT_ADDR, SnatAddr, TABLES_PER_VIP, Vip4Key, VipInfo, VipMeta, VipStats,
+    cookie::CookieKey,
 };
 
 /// Direct-mapped filter of our IPv4 addresses (VIP and SNAT), indexed by
@@ -72,6 +73,10 @@ pub static SNAT_PICK: Array<u32, { MAX_SNAT_ADDRS as usize }> = Array::new();
 
 #[btf_map]
 pub static CONFIG: Array<DataplaneConfig, 1> = Array::new();
+
+/// The SYN-cookie secret (written once by the daemon, kept across restarts in the pin).
+#[btf_map]
+pub static COOKIE_KEY: Array<CookieKey, 1> = Array::new();
 
 /// Interfaces the program redirects to (the ones wklb runs on).
 #[btf_map]

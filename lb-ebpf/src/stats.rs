@@ -54,3 +54,28 @@ pub fn backend_out(backend_id: u32, bytes: u64) {
         }
     }
 }
+
+/// Per-VIP SYN and cookie counters (`VipStats`).
+#[derive(Clone, Copy)]
+pub enum VipSyn {
+    /// An initial SYN reached the VIP.
+    Syn,
+    CookieSent,
+    CookieValid,
+    CookieInvalid,
+}
+
+#[inline(always)]
+pub fn vip_syn(vip_id: u32, what: VipSyn) {
+    if let Some(s) = VIP_STATS.get_ptr_mut(vip_id) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            match what {
+                VipSyn::Syn => (*s).syns += 1,
+                VipSyn::CookieSent => (*s).cookies_sent += 1,
+                VipSyn::CookieValid => (*s).cookies_valid += 1,
+                VipSyn::CookieInvalid => (*s).cookies_invalid += 1,
+            }
+        }
+    }
+}

@@ -5,7 +5,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     AddrClass, FlowEntry, Reason,
-    conntrack::{Direction, is_bad_syn, tcp_flags},
+    conntrack::{Direction, State, is_bad_syn, tcp_flags},
     ports_word, slot,
     tcp_opts::Options,
 };
@@ -16,6 +16,7 @@ use crate::{
         forward::{self, Found},
         now_ns,
     },
+    cookie,
     egress::{self, NoHop},
     icmp, maps, mss,
     nat::{self, Rewrite},
@@ -35,6 +36,12 @@ pub fn handle(
     let mut flow = match forward::find_or_create(ctx, p, class) {
         Found::Flow(f) => f,
         Found::NotVip => return None,
+        Found::CookieSyn(vip_id) => {
+            return Some(match maps::config() {
+                Some(cfg) => cookie::syn::answer(ctx, p, vip_id, opts, cfg),
+                None => Verdict::of(Reason::DropInternal),
+            });
+        }
         Found::Refused(reason, vip_id) => {
             if reason == Reason::DropNoBackend {
                 stats::vip_no_backend(vip_id);
@@ -51,11 +58,42 @@ pub fn handle(
     // SAFETY: a live FLOW_TABLE value pointer; racing writers store whole scalars only.
     let e = unsafe { &mut *flow.entry };
     let now = now_ns();
+    if e.flags & FlowEntry::TRANSLATE != 0 {
+        return Some(cookie_flow(ctx, p, &mut flow, e, opts, now));
+    }
     if !flow.new {
         flow.accepted = conntrack::track(e, p, Direction::Forward);
         conntrack::touch(ctx, e, now, Direction::Forward);
     }
     Some(send(ctx, p, &flow, e, opts, now))
+}
+
+/// A flow the edge answered itself: the SYN to the backend until it answers, then translated.
+#[inline(always)]
+fn cookie_flow(
+    ctx: &XdpContext,
+    p: &Packet,
+    flow: &mut Flow,
+    e: &mut FlowEntry,
+    opts: Option<&Options>,
+    now: u64,
+) -> Verdict {
+    let pending = e.state == State::SynSent as u8;
+    if pending && p.seg.flags & tcp_flags::RST == 0 {
+        return match maps::config() {
+            Some(cfg) => cookie::backend_syn::send(ctx, p, flow, e, cfg, now),
+            None => Verdict::of(Reason::DropInternal),
+        };
+    }
+    if !flow.new {
+        flow.accepted = conntrack::track(e, p, Direction::Forward);
+        conntrack::touch(ctx, e, now, Direction::Forward);
+    }
+    // A RST before the backend answered needs no translation (it acknowledges nothing).
+    if !pending && cookie::translate::forward(ctx, p, e).is_none() {
+        return Verdict::of(Reason::DropInternal);
+    }
+    send(ctx, p, flow, e, opts, now)
 }
 
 #[inline(always)]

@@ -3,11 +3,13 @@
 //! side's MTU is smaller; MSS clamping on the SYN-ACK).
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{AddrClass, Reason, conntrack::Direction, ports_word, tcp_opts::Options};
+use lb_common::{
+    AddrClass, FlowEntry, Reason, conntrack::Direction, ports_word, tcp_opts::Options,
+};
 
 use crate::{
     conntrack::{self, now_ns, reverse},
-    egress, icmp, maps, mss,
+    cookie, egress, icmp, maps, mss,
     nat::{self, Rewrite},
     parse::Packet,
     stats,
@@ -30,6 +32,14 @@ pub fn handle(
     }
     // SAFETY: a live FLOW_TABLE value pointer; racing writers store whole scalars only.
     let e = unsafe { &mut *flow.entry };
+    if e.flags & FlowEntry::TRANSLATE != 0 {
+        if let Some(v) = cookie::handshake::reverse(ctx, p, e, opts) {
+            return v;
+        }
+        if cookie::translate::reverse(ctx, p, e).is_none() {
+            return Verdict::of(Reason::DropInternal);
+        }
+    }
     let accepted = conntrack::track(e, p, Direction::Reverse);
     conntrack::touch(ctx, e, now_ns(), Direction::Reverse);
     let Some(cfg) = maps::config() else {

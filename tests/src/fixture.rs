@@ -13,7 +13,8 @@ use anyhow::{Context as _, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
     Addr, Backend, BackendStats, DataplaneConfig, FAMILY_IPV4, FlowEntry, MAGLEV_TABLE_SIZE,
-    PROTO_TCP, PROTO_UDP, SnatAddr, Vip4Key, VipInfo, VipMeta, VipStats,
+    PROTO_TCP, PROTO_UDP, Reason, SnatAddr, Vip4Key, VipInfo, VipMeta, VipStats,
+    cookie::CookieKey,
     hash::flow_hash_v4,
     maglev::{Member, build_table},
 };
@@ -25,7 +26,35 @@ use lb_userspace::{
     },
 };
 
-use crate::netns::{enable_forwarding, ifindex, ip, mac_of};
+use crate::{
+    netns::{enable_forwarding, ifindex, in_private_netns, ip, mac_of},
+    root::require_root,
+};
+
+/// Runs `f` on a fresh fixture in a private network namespace (root only).
+pub fn with_fixture(
+    test: &'static str,
+    max_flows: u32,
+    f: impl FnOnce(&mut Fixture) + Send + 'static,
+) {
+    if !require_root(test) {
+        return;
+    }
+    in_private_netns(move || {
+        let mut fx = Fixture::new(max_flows).expect("fixture topology and data plane");
+        f(&mut fx);
+    });
+}
+
+/// Asserts that exactly `reason` moved by `n` since `before`, and nothing else did.
+pub fn assert_only(fx: &Fixture, before: &[u64], reason: Reason, n: u64) {
+    let after = fx.reasons();
+    for r in Reason::ALL {
+        let d = after[*r as usize] - before[*r as usize];
+        let want = if *r == reason { n } else { 0 };
+        assert_eq!(d, want, "reason {} moved by {d}, expected {want}", r.name());
+    }
+}
 
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 2);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
@@ -70,6 +99,8 @@ pub struct Fixture {
     pub backend_if: u32,
     pub client_side_mac: [u8; 6],
     pub backend_side_mac: [u8; 6],
+    /// The SYN-cookie secret the program uses.
+    pub cookie_key: CookieKey,
 }
 
 impl Fixture {
@@ -116,6 +147,7 @@ impl Fixture {
             backend_if: ifindex(BACKEND_IF)?,
             client_side_mac: mac_of(CLIENT_IF)?,
             backend_side_mac: mac_of(BACKEND_IF)?,
+            cookie_key: loaded.cookie_key,
         };
         fx.image = fx.maps.read()?;
         fx.initial_image();
@@ -253,6 +285,13 @@ impl Fixture {
     ) -> u32 {
         let h = flow_hash_v4(src.0.octets(), dst.0.octets(), src.1, dst.1, proto);
         self.image.tables[&vip_id][(h % MAGLEV_TABLE_SIZE) as usize]
+    }
+
+    /// Sets the flags of the TCP VIP (`VipMeta::COOKIES_*`).
+    pub fn set_tcp_vip_flags(&mut self, flags: u32) -> Result<()> {
+        let key = Vip4Key::new(word(VIP), VIP_TCP_PORT, PROTO_TCP);
+        self.image.vips.get_mut(&key).expect("tcp vip").flags = flags;
+        self.sync()
     }
 
     pub fn reasons(&self) -> Vec<u64> {

@@ -428,3 +428,77 @@ pub fn checksums_valid(frame: &[u8]) -> Option<bool> {
     };
     Some(ip_ok && l4_ok)
 }
+
+/// A TCP segment's header as seen, options decoded (cookie fixtures check every field).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TcpView {
+    pub syn: bool,
+    pub ack_flag: bool,
+    pub rst: bool,
+    pub fin: bool,
+    pub seq: u32,
+    pub ack: u32,
+    pub win: u16,
+    /// Header length in bytes.
+    pub header_len: usize,
+    pub mss: Option<u16>,
+    pub wscale: Option<u8>,
+    pub sack_ok: bool,
+    pub ts: Option<(u32, u32)>,
+    pub sack: Vec<(u32, u32)>,
+    pub payload: Vec<u8>,
+}
+
+pub fn tcp_view(frame: &[u8]) -> TcpView {
+    let s = SlicedPacket::from_ethernet(frame).expect("frame parses");
+    let Some(TransportSlice::Tcp(t)) = &s.transport else {
+        panic!("not tcp")
+    };
+    let h = t.to_header();
+    let mut v = TcpView {
+        syn: h.syn,
+        ack_flag: h.ack,
+        rst: h.rst,
+        fin: h.fin,
+        seq: h.sequence_number,
+        ack: h.acknowledgment_number,
+        win: h.window_size,
+        header_len: h.header_len(),
+        payload: t.payload().to_vec(),
+        ..TcpView::default()
+    };
+    use etherparse::TcpOptionElement as O;
+    for o in h.options_iterator() {
+        match o.expect("options parse") {
+            O::MaximumSegmentSize(m) => v.mss = Some(m),
+            O::WindowScale(w) => v.wscale = Some(w),
+            O::SelectiveAcknowledgementPermitted => v.sack_ok = true,
+            O::Timestamp(a, b) => v.ts = Some((a, b)),
+            O::SelectiveAcknowledgement(first, rest) => {
+                v.sack.push(first);
+                v.sack.extend(rest.iter().flatten());
+            }
+            O::Noop => {}
+        }
+    }
+    v
+}
+
+/// Option bytes: NOP, NOP, timestamps (12 bytes), what Linux puts on every segment.
+pub fn ts_option(val: u32, ecr: u32) -> Vec<u8> {
+    let mut o = vec![1, 1, 8, 10];
+    o.extend_from_slice(&val.to_be_bytes());
+    o.extend_from_slice(&ecr.to_be_bytes());
+    o
+}
+
+/// What Linux puts on a SYN: MSS, SACK-permitted, timestamps, NOP, window scale (20 bytes).
+pub fn linux_syn_options(mss: u16, ts_val: u32, ts_ecr: u32, wscale: u8) -> Vec<u8> {
+    let mut o = vec![2, 4];
+    o.extend_from_slice(&mss.to_be_bytes());
+    o.extend_from_slice(&[4, 2, 8, 10]);
+    o.extend_from_slice(&ts_val.to_be_bytes());
+    o.extend_from_slice(&ts_ecr.to_be_bytes());
+    o.extend_from_slice(&[1, 3, 3, wscale]);
+    o
+}

@@ -9,38 +9,17 @@ use lb_common::{
 };
 use wklb_tests::{
     fixture::*,
-    netns::{in_private_netns, ip},
+    netns::ip,
     packets::{
         self, CLIENT_MAC, Seg, echo, icmp_error, inspect, inspect_icmp, quoted_tuple, tcp, tcp_seg,
         tcp_ttl, udp,
     },
-    root::require_root,
 };
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
-
-fn with_fixture(test: &'static str, max_flows: u32, f: impl FnOnce(&mut Fixture) + Send + 'static) {
-    if !require_root(test) {
-        return;
-    }
-    in_private_netns(move || {
-        let mut fx = Fixture::new(max_flows).expect("fixture topology and data plane");
-        f(&mut fx);
-    });
-}
-
-/// Asserts that exactly `reason` moved by `n` since `before`, and nothing else did.
-fn assert_only(fx: &Fixture, before: &[u64], reason: Reason, n: u64) {
-    let after = fx.reasons();
-    for r in Reason::ALL {
-        let d = after[*r as usize] - before[*r as usize];
-        let want = if *r == reason { n } else { 0 };
-        assert_eq!(d, want, "reason {} moved by {d}, expected {want}", r.name());
-    }
-}
 
 fn client(port: u16) -> (Ipv4Addr, u16) {
     (CLIENT, port)

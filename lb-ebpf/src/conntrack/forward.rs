@@ -7,17 +7,22 @@ use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use lb_common::{
     AddrClass, Backend, DataplaneConfig, Flow4Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE,
     NO_BACKEND, Reason, TABLES_PER_VIP, VipMeta,
-    conntrack::{NO_WSCALE, State, is_bad_syn, is_initial_syn, syn_restarts_flow},
+    conntrack::{
+        NO_WSCALE, Segment, State, is_bad_syn, is_initial_syn, syn_restarts_flow, tcp_flags,
+    },
     hash::flow_hash_v4_words,
     ports_of, slot,
 };
 
 use super::{Flow, now_ns};
 use crate::{
+    cookie::ack::{self as cookie_ack, CookieStart},
     egress::learn_client_hop,
     maps::{BACKENDS, FLOW_TABLE, FLOWS4, MAGLEV, SNAT_ADDRS, TABLE_SEL, config},
     parse::Packet,
-    snat, vip,
+    snat,
+    stats::{self, VipSyn},
+    vip,
 };
 
 const EEXIST: i32 = 17;
@@ -29,6 +34,8 @@ pub enum Found {
     NotVip,
     /// Ours, but refused (counted under the reason) for this VIP id.
     Refused(Reason, u32),
+    /// A SYN to this VIP id in cookie mode: the edge answers it.
+    CookieSyn(u32),
 }
 
 #[inline(always)]
@@ -46,14 +53,27 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
         return Found::Refused(Reason::DropInternal, vip.vip_id);
     };
     if p.is_tcp() && !syn {
+        if vip.flags & VipMeta::COOKIES_ALLOWED != 0 && cookie_ack::is_candidate(p.seg.flags) {
+            return from_cookie(ctx, p, &key, &vip, cfg);
+        }
         return Found::Refused(no_state(p.seg.flags, cfg), vip.vip_id);
     }
     if p.ttl <= 1 {
         return Found::Refused(Reason::DropTtlExpired, vip.vip_id);
     }
+    if syn {
+        stats::vip_syn(vip.vip_id, VipSyn::Syn);
+        if vip.flags & VipMeta::COOKIES_ON != 0 {
+            // A retransmitted SYN of a flow created before cookie mode keeps its flow.
+            return match lookup(&key) {
+                Some(f) if !stale_for_syn(f.entry) => Found::Flow(f),
+                _ => Found::CookieSyn(vip.vip_id),
+            };
+        }
+    }
     let hash = flow_hash_v4_words(p.src, p.dst, sport, dport, p.proto);
     for _ in 0..2 {
-        match create(ctx, p, &key, &vip, hash, cfg) {
+        match create(ctx, p, &key, &vip, hash, cfg, None) {
             Created::Flow(f) => return Found::Flow(f),
             Created::Refused(r) => return Found::Refused(r, vip.vip_id),
             Created::Clash => {}
@@ -71,6 +91,44 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
     match lookup(&key) {
         Some(f) => Found::Flow(f),
         None => Found::Refused(Reason::DropInternal, vip.vip_id),
+    }
+}
+
+/// A client ACK without a flow to a cookie-capable VIP: a valid cookie creates the flow.
+#[inline(always)]
+fn from_cookie(
+    ctx: &XdpContext,
+    p: &Packet,
+    key: &Flow4Key,
+    vip: &VipMeta,
+    cfg: &DataplaneConfig,
+) -> Found {
+    let Some(start) = cookie_ack::check(ctx, p) else {
+        stats::vip_syn(vip.vip_id, VipSyn::CookieInvalid);
+        // Under attack a forged ACK goes nowhere; otherwise it is an ordinary stateless segment.
+        let r = if vip.flags & VipMeta::COOKIES_ON != 0 {
+            Reason::DropSynCookieInvalid
+        } else {
+            no_state(p.seg.flags, cfg)
+        };
+        return Found::Refused(r, vip.vip_id);
+    };
+    if p.ttl <= 1 {
+        return Found::Refused(Reason::DropTtlExpired, vip.vip_id);
+    }
+    let (sport, dport) = ports_of(p.ports);
+    let hash = flow_hash_v4_words(p.src, p.dst, sport, dport, p.proto);
+    match create(ctx, p, key, vip, hash, cfg, Some(&start)) {
+        Created::Flow(f) => {
+            stats::vip_syn(vip.vip_id, VipSyn::CookieValid);
+            Found::Flow(f)
+        }
+        Created::Refused(r) => Found::Refused(r, vip.vip_id),
+        // Another CPU created it from the same ACK.
+        Created::Clash => match lookup(key) {
+            Some(f) => Found::Flow(f),
+            None => Found::Refused(Reason::DropInternal, vip.vip_id),
+        },
     }
 }
 
@@ -140,6 +198,7 @@ fn create(
     vip: &VipMeta,
     hash: u32,
     cfg: &DataplaneConfig,
+    cookie: Option<&CookieStart>,
 ) -> Created {
     let table_slot = hash % MAGLEV_TABLE_SIZE;
     let sel = TABLE_SEL.get(vip.vip_id).map_or(0, |s| *s & 1);
@@ -166,6 +225,9 @@ fn create(
     // SAFETY: we own the slot (claimed above).
     let entry = unsafe { &mut *e };
     fill(ctx, entry, p, backend, id, vip, snat_addr.addr.v4_word_of());
+    if let Some(c) = cookie {
+        start_cookie(entry, p, c);
+    }
     let r = FlowRef { slot: s, token };
     match FLOWS4.insert(key, &r, BPF_NOEXIST as u64) {
         Ok(()) => Created::Flow(Flow {
@@ -214,7 +276,8 @@ fn fill(
     e.last_seen_ns = now;
     e.created_s = (now / 1_000_000_000) as u32;
     e.proto = p.proto;
-    e._pad = [0; 3];
+    e.syn_opts = 0;
+    e._pad = [0; 2];
     e.seq_delta = 0;
     e.ts_delta = 0;
     if p.is_tcp() {
@@ -226,4 +289,27 @@ fn fill(
         e.wscale = [NO_WSCALE, NO_WSCALE];
     }
     let _ = learn_client_hop(ctx, &mut e.to_client);
+}
+
+/// A cookie flow starts as if the client's SYN had just been seen, with translation pending
+/// until the backend's SYN-ACK (see cookie::handshake).
+#[inline(always)]
+fn start_cookie(e: &mut FlowEntry, p: &Packet, c: &CookieStart) {
+    e.start_tcp(&Segment {
+        flags: tcp_flags::SYN,
+        seq: c.isn,
+        ack: 0,
+        win: 0,
+        wscale: c.wscale,
+    });
+    e.flags = FlowEntry::TRANSLATE;
+    e.seq_delta = c.cookie;
+    e.ts_delta = c.edge_ts;
+    e.syn_opts = c.syn_opts;
+    // The client's window in bytes (its ACK's window is scaled).
+    e.win[0] = if e.wscale[0] == NO_WSCALE {
+        p.seg.win as u32
+    } else {
+        (p.seg.win as u32) << e.wscale[0]
+    };
 }

@@ -43,6 +43,24 @@ pub fn syn_options(ctx: &XdpContext, p: &mut Packet) -> Option<&'static Options>
     if p.seg.flags & tcp_flags::SYN == 0 {
         return None;
     }
+    let s = walk(ctx, p)?;
+    // SAFETY: per-CPU scratch value, ours for the rest of this run.
+    unsafe {
+        p.seg.wscale = core::ptr::read_volatile(&raw const (*s).options.wscale);
+        Some(&(*s).options)
+    }
+}
+
+/// Walks the options of any segment (cookie flows translate timestamps and SACK blocks), in
+/// the same scratch slot as `syn_options`.
+pub fn any_options(ctx: &XdpContext, p: &Packet) -> Option<(&'static Offsets, &'static Options)> {
+    let s = walk(ctx, p)?;
+    // SAFETY: per-CPU scratch value, ours for the rest of this run.
+    unsafe { Some((&(*s).at, &(*s).options)) }
+}
+
+#[inline(always)]
+fn walk(ctx: &XdpContext, p: &Packet) -> Option<*mut Scratch> {
     let s = SCRATCH.get_ptr_mut(0)?;
     let start = options_at(p);
     let len = p.tcp_len() - TCP_FIXED;
@@ -57,9 +75,8 @@ pub fn syn_options(ctx: &XdpContext, p: &mut Packet) -> Option<&'static Options>
         core::ptr::write_volatile(&raw mut (*s).options, Options::default());
         tcp_opts::walk(len, read, &mut (*s).at);
         tcp_opts::read_values(read, &(*s).at, &mut (*s).options);
-        p.seg.wscale = core::ptr::read_volatile(&raw const (*s).options.wscale);
-        Some(&(*s).options)
     }
+    Some(s)
 }
 
 /// `syn_options`' scratch.

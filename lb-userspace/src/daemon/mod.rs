@@ -228,6 +228,7 @@ fn load_data_plane(cfg: &Config) -> Result<DataPlane> {
         counters,
         flows,
         pins,
+        ..
     } = kernel::load(&LoadOptions {
         max_flows: cfg.conntrack.max_flows,
         snat_slots: cfg.snat_slots(),

@@ -17,7 +17,7 @@ use aya::{
 use lb_common::{
     ADDR_FILTER_SIZE, AddrClass, Backend, BackendHop, BackendStats, DataplaneConfig, Flow4Key,
     FlowEntry, FlowRef, MAX_SNAT_ADDRS, Reason, SLOTS_PER_SNAT_ADDR, SnatAddr, Vip4Key, VipInfo,
-    VipMeta, VipStats, names,
+    VipMeta, VipStats, cookie::CookieKey, names,
 };
 
 use super::{Counters, Flows, Image, Maps, Write, tables::MaglevTables};
@@ -66,6 +66,8 @@ pub struct Loaded {
     pub counters: Arc<KernelCounters>,
     pub flows: Arc<KernelFlows>,
     pub pins: Option<Pins>,
+    /// The SYN-cookie secret in use (tests compute cookies with it).
+    pub cookie_key: CookieKey,
 }
 
 /// Loads and verifies the program, creating its maps or adopting pinned ones.
@@ -91,6 +93,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .ok_or_else(|| anyhow!("program {PROGRAM} missing from the object"))?
         .try_into()?;
     load_program(prog).context("the kernel verifier rejected the XDP program")?;
+    let cookie_key = ensure_cookie_key(&mut ebpf)?;
     let maps = KernelMaps::take(&mut ebpf)?;
     let counters = Arc::new(KernelCounters::take(&mut ebpf)?);
     let flows = Arc::new(KernelFlows::take(&mut ebpf)?);
@@ -107,6 +110,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         counters,
         flows,
         pins: pin.map(|dir| Pins { dir, adopted }),
+        cookie_key,
     };
     if !adopted {
         loaded
@@ -127,6 +131,26 @@ macro_rules! typed {
             .try_into()
             .with_context(|| format!("map {} has an unexpected type", $name))?
     };
+}
+
+/// The SYN-cookie secret: 128 random bits written when the map is new, kept when adopted from
+/// the pin (cookies handed out before a restart stay valid).
+fn ensure_cookie_key(ebpf: &mut Ebpf) -> Result<CookieKey> {
+    let mut keys: Array<MapData, CookieKey> = typed!(ebpf, names::COOKIE_KEY);
+    let current = keys.get(&0, 0).context("reading the SYN-cookie secret")?;
+    if current != CookieKey::default() {
+        return Ok(current);
+    }
+    let mut raw = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)
+        .context("reading /dev/urandom for the SYN-cookie secret")?;
+    let key = CookieKey {
+        k0: u64::from_ne_bytes(raw[..8].try_into().expect("8 bytes")),
+        k1: u64::from_ne_bytes(raw[8..].try_into().expect("8 bytes")),
+    };
+    keys.set(0, key, 0)
+        .context("writing the SYN-cookie secret")?;
+    Ok(key)
 }
 
 /// The XDP programs of the object (the main one and the benchmark entries).
@@ -417,10 +441,7 @@ impl Counters for KernelCounters {
             .get(&id, 0)?
             .iter()
             .fold(VipStats::default(), |mut t, s| {
-                t.packets += s.packets;
-                t.bytes += s.bytes;
-                t.new_flows += s.new_flows;
-                t.no_backend += s.no_backend;
+                t.add(s);
                 t
             }))
     }

@@ -1,0 +1,94 @@
+//! A SYN to a VIP in cookie mode: answered in place with a SYN-ACK whose sequence number is the
+//! cookie. Nothing is stored and nothing reaches a backend.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    DataplaneConfig, Reason,
+    conntrack::{NO_WSCALE, tcp_flags},
+    cookie::{self, EDGE_WSCALE, SYNACK_WINDOW, Tuple},
+    mss,
+    tcp_opts::{ABSENT, IPV4_TCP_HEADERS, Options},
+};
+
+use super::segment::{self, Segment, word};
+use crate::{conntrack::now_ns, maps::COOKIE_KEY, parse::Packet, stats, verdict::Verdict};
+
+#[inline(always)]
+pub fn answer(
+    ctx: &XdpContext,
+    p: &Packet,
+    vip_id: u32,
+    opts: Option<&Options>,
+    cfg: &DataplaneConfig,
+) -> Verdict {
+    let Some(key) = COOKIE_KEY.get(0) else {
+        return Verdict::of(Reason::DropInternal);
+    };
+    let now = now_ns();
+    let (client_mss, wscale, sack, ts) = match opts {
+        Some(o) => (
+            o.mss,
+            o.wscale,
+            o.sack_ok,
+            (o.ts_at != ABSENT).then_some(o.ts_val),
+        ),
+        None => (0, NO_WSCALE, false, None),
+    };
+    let mss_idx = cookie::mss_index(client_mss);
+    let t = Tuple {
+        client: p.src,
+        vip: p.dst,
+        ports: p.ports,
+        isn: p.seg.seq,
+    };
+    let c = cookie::generate(key, &t, cookie::counter(now), mss_idx);
+    let s = Segment {
+        src: p.dst,
+        dst: p.src,
+        ports: segment::swap_ports(p.ports),
+        seq: c,
+        ack: p.seg.seq.wrapping_add(1),
+        flags: tcp_flags::SYN | tcp_flags::ACK,
+        win: SYNACK_WINDOW,
+    };
+    let [m0, m1] = advertised_mss(cfg).to_be_bytes();
+    let mss_opt = word([2, 4, m0, m1]);
+    let written = match ts {
+        // Window scale and SACK are offered back only when the client offered them, and only
+        // with timestamps, where the edge can remember them.
+        Some(client_ts) => {
+            let sack_opt = if sack {
+                word([4, 2, 8, 10])
+            } else {
+                word([1, 1, 8, 10])
+            };
+            let ws_opt = if wscale != NO_WSCALE {
+                word([1, 3, 3, EDGE_WSCALE])
+            } else {
+                word([1, 1, 1, 1])
+            };
+            let ts_val = cookie::ts_value(now, wscale, sack);
+            let opts = [mss_opt, sack_opt, ts_val.to_be(), client_ts.to_be(), ws_opt];
+            segment::write::<5>(ctx, p.l3(), &s, &opts)
+        }
+        None => segment::write::<1>(ctx, p.l3(), &s, &[mss_opt]),
+    };
+    if written.is_none() || segment::swap_macs(ctx).is_none() {
+        return Verdict::of(Reason::DropInternal);
+    }
+    stats::vip_syn(vip_id, stats::VipSyn::CookieSent);
+    Verdict::tx(Reason::SynCookieSent)
+}
+
+/// The MSS the edge offers a cookie client: what its smallest interface carries, or the
+/// configured clamp.
+#[inline(always)]
+fn advertised_mss(cfg: &DataplaneConfig) -> u16 {
+    match cfg.mss_mode {
+        mss::FIXED if cfg.mss_value != 0 => cfg.mss_value,
+        _ if cfg.min_mtu > IPV4_TCP_HEADERS as u32 && cfg.min_mtu <= 9000 => {
+            cfg.min_mtu as u16 - IPV4_TCP_HEADERS
+        }
+        _ => 1460,
+    }
+}
