@@ -161,7 +161,7 @@ const BACKEND_GAUGES: [Field<BackendReport, i64>; 5] = [
     ),
 ];
 /// Per-VIP counters (label `vip`).
-const VIP_COUNTERS: [Field<VipReport, u64>; 3] = [
+const VIP_COUNTERS: [Field<VipReport, u64>; 7] = [
     ("wklb_vip_packets", "Packets client -> VIP", |v| v.packets),
     ("wklb_vip_new_flows", "Flows created for the VIP", |v| {
         v.new_flows
@@ -170,6 +170,24 @@ const VIP_COUNTERS: [Field<VipReport, u64>; 3] = [
         "wklb_vip_no_backend_drops",
         "Packets dropped for want of a backend",
         |v| v.no_backend_drops,
+    ),
+    ("wklb_vip_syns", "Initial SYNs that reached the VIP", |v| {
+        v.syns
+    }),
+    (
+        "wklb_vip_syn_cookies_sent",
+        "SYNs answered by the edge with a cookie SYN-ACK",
+        |v| v.cookies_sent,
+    ),
+    (
+        "wklb_vip_syn_cookies_valid",
+        "Client ACKs whose cookie checked out (each created a flow)",
+        |v| v.cookies_valid,
+    ),
+    (
+        "wklb_vip_syn_cookies_invalid",
+        "Client ACKs without a flow whose cookie did not check out",
+        |v| v.cookies_invalid,
     ),
 ];
 
@@ -224,6 +242,20 @@ fn encode_vips(enc: &mut DescriptorEncoder, s: &StatsReport) -> Result<(), std::
         "wklb_vip_fail_open",
         "1 when every backend of the VIP fails its health check and all are kept (fail-open)",
         s.vips.iter().map(|v| (labels(v), v.fail_open as i64)),
+    )?;
+    gauge_family(
+        enc,
+        "wklb_vip_syn_cookies_active",
+        "1 while the VIP answers SYNs with cookies (mode always, or auto under SYN pressure)",
+        s.vips
+            .iter()
+            .map(|v| (labels(v), v.syn_cookies_active as i64)),
+    )?;
+    gauge_family(
+        enc,
+        "wklb_vip_half_open_flows",
+        "Flows of the VIP whose backend has not answered the SYN yet",
+        s.vips.iter().map(|v| (labels(v), v.half_open_flows as i64)),
     )?;
     for (name, help, get) in VIP_COUNTERS {
         counter_family(enc, name, help, s.vips.iter().map(|v| (labels(v), get(v))))?;

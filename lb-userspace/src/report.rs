@@ -49,8 +49,21 @@ pub struct VipReport {
     pub new_flows: u64,
     pub no_backend_drops: u64,
     pub active_flows: u64,
+    /// Flows whose backend has not answered the SYN yet.
+    pub half_open_flows: u64,
     pub backends_total: usize,
     pub backends_in_table: usize,
+    /// SYN-cookie mode: "off", "auto" or "always".
+    pub syn_cookies: String,
+    /// SYNs are answered with cookies now (`always`, or `auto` under pressure).
+    pub syn_cookies_active: bool,
+    /// Unix seconds when `auto` mode last engaged or released (None: not since start).
+    pub syn_cookies_since: Option<u64>,
+    /// Initial SYNs that reached the VIP.
+    pub syns: u64,
+    pub cookies_sent: u64,
+    pub cookies_valid: u64,
+    pub cookies_invalid: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

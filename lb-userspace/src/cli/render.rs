@@ -23,6 +23,9 @@ pub fn vips(v: &[VipReport]) -> String {
         "packets",
         "new flows",
         "no-backend drops",
+        "syn cookies",
+        "syns",
+        "cookies sent/valid/bad",
     ]);
     for x in v {
         t.add_row(vec![
@@ -40,9 +43,24 @@ pub fn vips(v: &[VipReport]) -> String {
             x.packets.to_string(),
             x.new_flows.to_string(),
             x.no_backend_drops.to_string(),
+            cookie_mode(x),
+            x.syns.to_string(),
+            format!(
+                "{}/{}/{}",
+                x.cookies_sent, x.cookies_valid, x.cookies_invalid
+            ),
         ]);
     }
     t.to_string()
+}
+
+/// "auto", "auto: ON", "always", "off".
+fn cookie_mode(x: &VipReport) -> String {
+    if x.syn_cookies == "auto" && x.syn_cookies_active {
+        "auto: ON".into()
+    } else {
+        x.syn_cookies.clone()
+    }
 }
 
 pub fn backends(v: &[BackendReport]) -> String {

@@ -61,6 +61,14 @@ fn reloadable_values(c: &Config) -> Vec<(&'static str, String)> {
         ("snat.port_max", c.snat.port_max.to_string()),
         ("data_path.mss_clamp", mss),
         ("data_path.echo_reply", c.data_path.echo_reply.to_string()),
+        (
+            "syn_cookies.engage_syn_rate",
+            c.syn_cookies.engage_syn_rate.to_string(),
+        ),
+        (
+            "syn_cookies.release_after",
+            dur(c.syn_cookies.release_after),
+        ),
     ]
 }
 

@@ -31,7 +31,41 @@ pub struct Config {
     pub conntrack: Conntrack,
     pub snat: Snat,
     pub data_path: DataPath,
+    pub syn_cookies: SynCookies,
     pub vips: Vec<Vip>,
+}
+
+/// SYN-cookie mode of a TCP VIP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CookieMode {
+    /// SYNs always go to the backends.
+    Off,
+    /// Cookies while the VIP is under SYN pressure (see `SynCookies`).
+    #[default]
+    Auto,
+    /// Every SYN is answered with a cookie.
+    Always,
+}
+
+impl CookieMode {
+    pub const fn name(self) -> &'static str {
+        match self {
+            CookieMode::Off => "off",
+            CookieMode::Auto => "auto",
+            CookieMode::Always => "always",
+        }
+    }
+}
+
+/// When `auto` cookie mode engages and releases.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SynCookies {
+    /// SYNs per second to one VIP that engage cookie mode (a new flow refused for lack of SNAT
+    /// ports or table space engages it too).
+    pub engage_syn_rate: u64,
+    /// Cookie mode releases after this long below half the engage rate with no refusal.
+    pub release_after: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -118,6 +152,8 @@ pub struct Vip {
     pub port: u16,
     pub protocol: Protocol,
     pub health: HealthCheck,
+    /// SYN-cookie mode (UDP VIPs: always off).
+    pub syn_cookies: CookieMode,
     pub backends: Vec<BackendConfig>,
 }
 

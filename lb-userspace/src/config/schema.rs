@@ -34,6 +34,9 @@ pub mod defaults {
     pub const HC_RISE: i64 = 2;
     pub const HC_FALL: i64 = 2;
     pub const WEIGHT: i64 = 100;
+    pub const SYN_COOKIES: &str = "auto";
+    pub const COOKIE_ENGAGE_SYN_RATE: i64 = 2000;
+    pub const COOKIE_RELEASE_AFTER: &str = "30s";
 }
 
 /// A default that came from nowhere in the file (no line to report).
@@ -54,7 +57,27 @@ pub struct RawConfig {
     #[serde(default)]
     pub data_path: RawDataPath,
     #[serde(default)]
+    pub syn_cookies: RawSynCookies,
+    #[serde(default)]
     pub vip: Vec<RawVip>,
+}
+
+/// When `auto` cookie mode engages and releases.
+#[derive(Deserialize)]
+pub struct RawSynCookies {
+    #[serde(default = "d_engage_syn_rate")]
+    pub engage_syn_rate: Spanned<i64>,
+    #[serde(default = "d_release_after")]
+    pub release_after: Spanned<String>,
+}
+
+impl Default for RawSynCookies {
+    fn default() -> Self {
+        RawSynCookies {
+            engage_syn_rate: d_engage_syn_rate(),
+            release_after: d_release_after(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -141,6 +164,9 @@ pub struct RawVip {
     #[serde(default = "d_protocol")]
     pub protocol: Spanned<String>,
     pub health_check: Option<RawHealthCheck>,
+    /// "auto", "always" or "off" (TCP VIPs).
+    #[serde(default = "d_syn_cookies")]
+    pub syn_cookies: Spanned<String>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
 }
@@ -253,4 +279,13 @@ fn d_fall() -> Spanned<i64> {
 }
 fn d_weight() -> Spanned<i64> {
     sp(d::WEIGHT)
+}
+fn d_syn_cookies() -> Spanned<String> {
+    s(d::SYN_COOKIES)
+}
+fn d_engage_syn_rate() -> Spanned<i64> {
+    sp(d::COOKIE_ENGAGE_SYN_RATE)
+}
+fn d_release_after() -> Spanned<String> {
+    s(d::COOKIE_RELEASE_AFTER)
 }

@@ -252,3 +252,37 @@ fn syntax_error_has_a_line() {
     let e = one_error("[daemon\ninterfaces = []");
     assert_eq!(e.line, Some(1));
 }
+
+#[test]
+fn syn_cookie_modes_and_thresholds() {
+    let c = ok(GOOD);
+    assert_eq!(c.vips[0].syn_cookies, CookieMode::Auto);
+    assert_eq!(c.syn_cookies.engage_syn_rate, 2000);
+    assert_eq!(c.syn_cookies.release_after, Duration::from_secs(30));
+    let always = GOOD.replace("port = 5100\n", "port = 5100\nsyn_cookies = \"always\"\n");
+    assert_eq!(ok(&always).vips[0].syn_cookies, CookieMode::Always);
+    let tuned = format!("{GOOD}\n[syn_cookies]\nengage_syn_rate = 500\nrelease_after = \"2m\"\n");
+    let c = ok(&tuned);
+    assert_eq!(c.syn_cookies.engage_syn_rate, 500);
+    assert_eq!(c.syn_cookies.release_after, Duration::from_secs(120));
+
+    let bad = GOOD.replace(
+        "port = 5100\n",
+        "port = 5100\nsyn_cookies = \"sometimes\"\n",
+    );
+    let e = one_error(&bad);
+    assert_eq!((e.path.as_str(), e.line), ("vip[0].syn_cookies", Some(12)));
+    assert!(e.message.contains("auto, always, off"), "{e}");
+    let zero = format!("{GOOD}\n[syn_cookies]\nengage_syn_rate = 0\n");
+    assert_eq!(one_error(&zero).path, "syn_cookies.engage_syn_rate");
+    // UDP has no handshake: cookies are off, and asking for them is an error.
+    let udp = GOOD.replace("port = 5100\n", "port = 5100\nprotocol = \"udp\"\n");
+    assert_eq!(ok(&udp).vips[0].syn_cookies, CookieMode::Off);
+    let udp_always = GOOD.replace(
+        "port = 5100\n",
+        "port = 5100\nprotocol = \"udp\"\nsyn_cookies = \"always\"\n",
+    );
+    let e = one_error(&udp_always);
+    assert_eq!(e.path, "vip[0].syn_cookies");
+    assert!(e.message.contains("TCP VIPs only"), "{e}");
+}

@@ -10,8 +10,8 @@ use lb_common::conntrack::Timeouts;
 use toml::Spanned;
 
 use super::{
-    BackendConfig, Checks, Config, ConfigError, Conntrack, Daemon, DataPath, HealthCheck, Loaded,
-    MAX_WEIGHT, MssClamp, ProbeKind, Protocol, Snat, Vip,
+    BackendConfig, Checks, Config, ConfigError, Conntrack, CookieMode, Daemon, DataPath,
+    HealthCheck, Loaded, MAX_WEIGHT, MssClamp, ProbeKind, Protocol, Snat, SynCookies, Vip,
     schema::{RawBackend, RawConfig, RawHealthCheck, RawVip},
 };
 use crate::{dataplane::links::AttachMode, sys::netdev};
@@ -204,12 +204,14 @@ fn validate(c: &mut Collector, raw: RawConfig, checks: Checks) -> Config {
     let conntrack = conntrack(c, &raw);
     let snat = snat(c, &raw, checks);
     let data_path = data_path(c, &raw);
+    let syn_cookies = syn_cookies(c, &raw);
     let vips = vips(c, &raw.vip);
     let cfg = Config {
         daemon,
         conntrack,
         snat,
         data_path,
+        syn_cookies,
         vips,
     };
     cross_checks(c, &raw, &cfg);
@@ -432,6 +434,48 @@ fn data_path(c: &mut Collector, raw: &RawConfig) -> DataPath {
     }
 }
 
+fn syn_cookies(c: &mut Collector, raw: &RawConfig) -> SynCookies {
+    let r = &raw.syn_cookies;
+    SynCookies {
+        engage_syn_rate: c.ranged(
+            "syn_cookies.engage_syn_rate",
+            &r.engage_syn_rate,
+            1,
+            100_000_000,
+            "SYNs per second",
+        ) as u64,
+        release_after: c.duration("syn_cookies.release_after", &r.release_after),
+    }
+}
+
+/// A VIP's cookie mode; UDP has no handshake to answer, so only "off" (or nothing) is accepted.
+fn cookie_mode(c: &mut Collector, p: &str, v: &RawVip, protocol: Protocol) -> CookieMode {
+    let mode = match v.syn_cookies.get_ref().as_str() {
+        "auto" => CookieMode::Auto,
+        "always" => CookieMode::Always,
+        "off" => CookieMode::Off,
+        other => {
+            c.err(
+                format!("{p}.syn_cookies"),
+                &v.syn_cookies,
+                format!("{other:?} is not one of auto, always, off"),
+            );
+            CookieMode::Auto
+        }
+    };
+    if protocol == Protocol::Udp {
+        if mode != CookieMode::Off && c.line_of(v.syn_cookies.span()).is_some() {
+            c.err(
+                format!("{p}.syn_cookies"),
+                &v.syn_cookies,
+                "SYN cookies apply to TCP VIPs only (UDP has no handshake); remove the key or set \"off\"",
+            );
+        }
+        return CookieMode::Off;
+    }
+    mode
+}
+
 fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
     let mut vips = Vec::new();
     let mut names = HashSet::new();
@@ -470,12 +514,14 @@ fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
             Some(h) => health_check(c, &format!("{p}.health_check"), h),
         };
         let backends = backends(c, &p, v, &name, port);
+        let syn_cookies = cookie_mode(c, &p, v, protocol);
         vips.push(Vip {
             name,
             address,
             port,
             protocol,
             health,
+            syn_cookies,
             backends,
         });
     }

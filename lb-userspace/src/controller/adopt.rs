@@ -74,6 +74,15 @@ fn vip(img: &Image, key: &lb_common::Vip4Key, meta: &VipMeta) -> Option<VipState
         } else {
             TableMode::Normal
         },
+        // Until the config says which mode; an engaged cookie mode stays engaged across a
+        // restart (the pressure watch releases it when the flood is over).
+        syn_cookies: if meta.flags & VipMeta::COOKIES_ALLOWED != 0 {
+            crate::config::CookieMode::Auto
+        } else {
+            crate::config::CookieMode::Off
+        },
+        cookies_engaged: meta.flags & VipMeta::COOKIES_ON != 0,
+        cookies_changed: None,
     };
     for (id, b) in img.backends.iter().filter(|(_, b)| b.vip_id == meta.vip_id) {
         if b.flags & Backend::ACTIVE == 0 {

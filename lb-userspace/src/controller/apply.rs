@@ -110,6 +110,9 @@ fn add_vip(next: &mut State, vc: &Vip) -> Result<()> {
         table: VipState::empty_table(),
         members: Vec::new(),
         mode: Default::default(),
+        syn_cookies: vc.syn_cookies,
+        cookies_engaged: false,
+        cookies_changed: None,
     };
     for b in &vc.backends {
         let bid = alloc_with(next, &v)?;
@@ -147,6 +150,17 @@ fn update_vip(
         summary.push(format!("vip {}: renamed to {}", v.name, vc.name));
     }
     v.name = vc.name.clone();
+    if v.syn_cookies != vc.syn_cookies {
+        if !adopted {
+            summary.push(format!(
+                "vip {}: syn_cookies {} -> {}",
+                vc.name,
+                v.syn_cookies.name(),
+                vc.syn_cookies.name()
+            ));
+        }
+        v.syn_cookies = vc.syn_cookies;
+    }
     if v.health != vc.health {
         if !adopted {
             summary.push(format!("vip {}: health check changed", vc.name));

@@ -220,6 +220,29 @@ impl<M: Maps> Controller<M> {
         Ok(out)
     }
 
+    /// Engages or releases `auto` cookie mode on a VIP (the SYN-pressure watch decides).
+    pub fn set_cookies_engaged(&mut self, vip: &str, engaged: bool, why: &str) -> Result<()> {
+        let vi = self.state.vip_index(vip)?;
+        if self.state.vips[vi].cookies_engaged == engaged {
+            return Ok(());
+        }
+        let mut next = self.state.clone();
+        let v = &mut next.vips[vi];
+        v.cookies_engaged = engaged;
+        v.cookies_changed = Some(std::time::SystemTime::now());
+        let on = v.cookies_on();
+        self.commit(next)?;
+        if engaged {
+            warn!("vip {vip}: SYN cookies ENGAGED: {why}");
+        } else {
+            info!("vip {vip}: SYN cookies released: {why}");
+        }
+        if on != engaged {
+            info!("vip {vip}: its syn_cookies mode overrides the watch");
+        }
+        Ok(())
+    }
+
     pub fn expired_total(&self) -> u64 {
         self.expired_total
     }

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod reports;
 pub mod snapshot;
 pub mod state;
+pub mod syn_pressure;
 pub mod thread;
 mod txn;
 

@@ -10,7 +10,10 @@ use lb_common::{
 use serde::Serialize;
 
 use super::state::{State, VipState};
-use crate::{config::MssClamp, health::Status};
+use crate::{
+    config::{CookieMode, MssClamp, Protocol},
+    health::Status,
+};
 
 /// How a VIP's table was chosen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -119,11 +122,17 @@ fn vip(img: &mut super::super::dataplane::Image, v: &VipState) {
             flags: 0,
         },
     );
-    let flags = if v.mode == TableMode::FailOpen {
+    let mut flags = if v.mode == TableMode::FailOpen {
         VipMeta::FAIL_OPEN
     } else {
         0
     };
+    if v.protocol == Protocol::Tcp && v.syn_cookies != CookieMode::Off {
+        flags |= VipMeta::COOKIES_ALLOWED;
+        if v.cookies_on() {
+            flags |= VipMeta::COOKIES_ON;
+        }
+    }
     img.vips.insert(
         Vip4Key::new(word(v.address), v.port, v.protocol.number()),
         VipMeta {
@@ -206,11 +215,7 @@ pub fn filter(addrs: &BTreeMap<u32, AddrClass>) -> BTreeMap<u32, u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        config::{HealthCheck, Protocol},
-        controller::state::BackendState,
-        health::Health,
-    };
+    use crate::{config::HealthCheck, controller::state::BackendState, health::Health};
 
     fn vip(backends: &[(u32, Status)]) -> VipState {
         VipState {
@@ -238,6 +243,9 @@ mod tests {
             table: VipState::empty_table(),
             members: Vec::new(),
             mode: TableMode::Normal,
+            syn_cookies: CookieMode::Auto,
+            cookies_engaged: false,
+            cookies_changed: None,
         }
     }
 

@@ -53,6 +53,7 @@ struct FlowCounts {
     /// backend id → (open, closing)
     per_backend: HashMap<u32, (u64, u64)>,
     per_vip: HashMap<u32, u64>,
+    half_open_per_vip: HashMap<u32, u64>,
     per_snat: HashMap<u32, u64>,
     total: u64,
     open: u64,
@@ -71,6 +72,9 @@ fn count(flows: &dyn Flows) -> FlowCounts {
             b.0 += 1;
             c.open += 1;
             *c.per_vip.entry(e.vip_id as u32).or_default() += 1;
+            if e.state == State::SynSent as u8 {
+                *c.half_open_per_vip.entry(e.vip_id as u32).or_default() += 1;
+            }
         } else {
             b.1 += 1;
         }
@@ -128,8 +132,20 @@ fn vip_report(v: &VipView, counters: &dyn Counters, fc: &FlowCounts) -> Result<V
         new_flows: s.new_flows,
         no_backend_drops: s.no_backend,
         active_flows: fc.per_vip.get(&v.id).copied().unwrap_or(0),
+        half_open_flows: fc.half_open_per_vip.get(&v.id).copied().unwrap_or(0),
         backends_total: v.backends.len(),
         backends_in_table: v.backends.iter().filter(|b| b.in_table).count(),
+        syn_cookies: v.syn_cookies.name().into(),
+        syn_cookies_active: v.cookies_on,
+        syn_cookies_since: v.cookies_changed.and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs())
+        }),
+        syns: s.syns,
+        cookies_sent: s.cookies_sent,
+        cookies_valid: s.cookies_valid,
+        cookies_invalid: s.cookies_invalid,
     })
 }
 

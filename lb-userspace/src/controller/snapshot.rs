@@ -9,7 +9,7 @@ use std::{
 
 use super::{plan::TableMode, state::State};
 use crate::{
-    config::{HealthCheck, ProbeKind, Protocol},
+    config::{CookieMode, HealthCheck, ProbeKind, Protocol},
     dataplane::links::Attachment,
     health::{Status, probe::ProbeTarget},
 };
@@ -45,6 +45,12 @@ pub struct VipView {
     /// The live Maglev table (for `lookup`).
     pub table: Arc<Vec<u32>>,
     pub backends: Vec<BackendView>,
+    pub syn_cookies: CookieMode,
+    /// `auto` mode is engaged.
+    pub cookies_engaged: bool,
+    /// SYNs are answered with cookies now (`always`, or `auto` engaged).
+    pub cookies_on: bool,
+    pub cookies_changed: Option<std::time::SystemTime>,
 }
 
 #[derive(Clone, Debug)]
@@ -82,6 +88,10 @@ impl Snapshot {
                     mode: v.mode,
                     health: v.health.clone(),
                     table: Arc::clone(&v.table),
+                    syn_cookies: v.syn_cookies,
+                    cookies_engaged: v.cookies_engaged,
+                    cookies_on: v.cookies_on(),
+                    cookies_changed: v.cookies_changed,
                     backends: v
                         .backends
                         .iter()

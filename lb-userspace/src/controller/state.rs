@@ -14,7 +14,7 @@ use lb_common::{MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SNAT_ADDRS, MAX_VIPS, NO_BA
 
 use super::plan::{self, TableMode};
 use crate::{
-    config::{Config, HealthCheck, Protocol},
+    config::{Config, CookieMode, HealthCheck, Protocol},
     health::{Health, Status},
 };
 
@@ -57,9 +57,24 @@ pub struct VipState {
     pub table: Arc<Vec<u32>>,
     pub members: Vec<maglev::Member>,
     pub mode: TableMode,
+    /// SYN-cookie mode from the config.
+    pub syn_cookies: CookieMode,
+    /// `auto` mode is engaged now (set by the SYN-pressure watch).
+    pub cookies_engaged: bool,
+    /// When `cookies_engaged` last changed.
+    pub cookies_changed: Option<std::time::SystemTime>,
 }
 
 impl VipState {
+    /// The data path answers this VIP's SYNs with cookies now.
+    pub const fn cookies_on(&self) -> bool {
+        match self.syn_cookies {
+            CookieMode::Off => false,
+            CookieMode::Always => true,
+            CookieMode::Auto => self.cookies_engaged,
+        }
+    }
+
     pub fn tuple(&self) -> (IpAddr, u16, Protocol) {
         (self.address, self.port, self.protocol)
     }

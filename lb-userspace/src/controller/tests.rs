@@ -161,7 +161,37 @@ fn fail_open_when_all_are_down_and_recovery() {
     probe(&mut c, "10.2.0.13", true, 2);
     assert_eq!(c.state().vips[0].mode, TableMode::Normal);
     assert_eq!(table_ids(&maps), vec![id_of(&c, "10.2.0.13")]);
-    assert_eq!(maps.image().vips.values().next().unwrap().flags, 0);
+    let flags = maps.image().vips.values().next().unwrap().flags;
+    assert_eq!(flags & VipMeta::FAIL_OPEN, 0);
+}
+
+#[test]
+fn cookie_mode_reaches_the_vip_flags_and_survives_a_reload() {
+    let (mut c, maps) = start(&three());
+    let flags = || maps.image().vips.values().next().unwrap().flags;
+    // Default "auto": cookies may be checked, not engaged.
+    assert_eq!(flags(), VipMeta::COOKIES_ALLOWED);
+    let name = c.state().vips[0].name.clone();
+    c.set_cookies_engaged(&name, true, "test").unwrap();
+    assert_eq!(flags(), VipMeta::COOKIES_ALLOWED | VipMeta::COOKIES_ON);
+    // A reload that changes nothing else keeps the engaged state.
+    let cfg = c.config().clone();
+    c.apply(cfg.clone()).unwrap();
+    assert_eq!(flags(), VipMeta::COOKIES_ALLOWED | VipMeta::COOKIES_ON);
+    // "off" wins over the watch.
+    let mut off = cfg.clone();
+    off.vips[0].syn_cookies = crate::config::CookieMode::Off;
+    let lines = c.apply(off).unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("syn_cookies auto -> off")),
+        "{lines:?}"
+    );
+    assert_eq!(flags(), 0);
+    c.set_cookies_engaged(&name, false, "test").unwrap();
+    let mut always = cfg;
+    always.vips[0].syn_cookies = crate::config::CookieMode::Always;
+    c.apply(always).unwrap();
+    assert_eq!(flags(), VipMeta::COOKIES_ALLOWED | VipMeta::COOKIES_ON);
 }
 
 #[test]

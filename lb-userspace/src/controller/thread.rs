@@ -34,6 +34,8 @@ pub enum Command {
     Probe(ProbeTarget, ProbeResult),
     InUse(InUse),
     Attached(Vec<Attachment>),
+    /// Engage (true) or release `auto` SYN-cookie mode on a VIP, and why.
+    Cookies(String, bool, String),
     /// End the thread (probe tasks may still hold senders).
     Stop,
 }
@@ -207,6 +209,11 @@ fn handle<M: Maps>(c: &mut Controller<M>, cmd: Command, attachments: &mut Vec<At
             Err(e) => error!("releasing unused backend ids and SNAT addresses failed: {e:#}"),
         },
         Command::Attached(a) => *attachments = a,
+        Command::Cookies(vip, on, why) => {
+            if let Err(e) = c.set_cookies_engaged(&vip, on, &why) {
+                error!("vip {vip}: changing SYN-cookie mode failed: {e:#}");
+            }
+        }
         Command::Stop => {}
     }
     true

@@ -190,6 +190,7 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
         tokio::spawn(crate::control::serve(control.publish()?, ctx.clone())),
         tokio::spawn(tasks::health_scheduler(handle.clone(), probes)),
         tokio::spawn(tasks::neighbor_loop(handle.clone())),
+        tokio::spawn(tasks::cookie_watch(handle.clone(), ctx.counters.clone())),
     ];
     info!(
         "wklb daemon ready: control socket {}, metrics http://{}/metrics",

@@ -7,16 +7,76 @@ use std::{
     time::Duration,
 };
 
-use log::debug;
+use std::sync::Arc;
+
+use lb_common::Reason;
+use log::{debug, warn};
 use tokio::task::JoinHandle;
 
 use crate::{
-    config::HealthCheck,
-    controller::thread::{Command, Handle},
+    config::{CookieMode, HealthCheck},
+    controller::{
+        syn_pressure::{Change, Watch},
+        thread::{Command, Handle},
+    },
+    dataplane::Counters,
     health::probe::{self, ProbeTarget},
     metrics::{BackendLabels, ProbeMetrics},
-    sys::neighbors,
+    sys::{clock::monotonic_ns, neighbors},
 };
+
+/// How often the cookie watch samples the counters (cookie mode engages within about a second
+/// of a flood: the rate needs a few samples).
+const COOKIE_WATCH_EVERY: Duration = Duration::from_millis(200);
+
+/// Engages and releases `auto` SYN-cookie mode per VIP from its SYN rate and the data path's
+/// refusals of new flows (no SNAT port, table full).
+pub async fn cookie_watch(h: Handle, counters: Arc<dyn Counters>) {
+    let mut watches: BTreeMap<String, Watch> = BTreeMap::new();
+    let mut refusals_before: Option<u64> = None;
+    let mut tick = tokio::time::interval(COOKIE_WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let snap = h.snapshot();
+        let refusals = match counters.reasons() {
+            Ok(r) => r[Reason::DropSnatExhausted as usize] + r[Reason::DropConntrackFull as usize],
+            Err(e) => {
+                warn!("cookie watch: reading the verdict counters failed: {e:#}");
+                continue;
+            }
+        };
+        let refused = refusals_before.is_some_and(|b| refusals > b);
+        refusals_before = Some(refusals);
+        let now = monotonic_ns();
+        watches.retain(|name, _| {
+            snap.vips
+                .iter()
+                .any(|v| &v.name == name && v.syn_cookies == CookieMode::Auto)
+        });
+        for v in snap
+            .vips
+            .iter()
+            .filter(|v| v.syn_cookies == CookieMode::Auto)
+        {
+            let Ok(stats) = counters.vip(v.id) else {
+                continue;
+            };
+            let w = watches
+                .entry(v.name.clone())
+                .or_insert_with(|| Watch::new(v.cookies_engaged));
+            let change = w.observe(now, stats.syns, refused, &snap.config.syn_cookies);
+            let (on, why) = match change {
+                Some(Change::Engage(why)) => (true, why),
+                Some(Change::Release(why)) => (false, why),
+                None => continue,
+            };
+            if h.send(Command::Cookies(v.name.clone(), on, why)).is_err() {
+                return;
+            }
+        }
+    }
+}
 
 /// IPv4 addresses among `addrs` (neighbour warm-up reads /proc/net/arp).
 pub fn backend_v4(addrs: &[IpAddr]) -> BTreeSet<Ipv4Addr> {
