@@ -172,8 +172,8 @@ pub struct Topology {
     pub health: Vec<Option<Proc>>,
     pub daemon: Option<Proc>,
     created: Vec<String>,
-    /// XDP_PASS on the switch port facing a one-armed edge (see `lab`).
-    _peer_pass: Option<aya::programs::links::FdLink>,
+    /// XDP_PASS on the veth peers of the edge's interfaces (see `peer_pass`).
+    peer_pass: Vec<aya::programs::links::FdLink>,
 }
 
 impl Topology {
@@ -209,7 +209,7 @@ impl Topology {
             health: Vec::new(),
             daemon: None,
             created: Vec::new(),
-            _peer_pass: None,
+            peer_pass: Vec::new(),
             id,
         };
         t.build()?;
@@ -271,9 +271,7 @@ impl Topology {
                 &["addr", "add", &format!("{}/32", self.snat), "dev", &e0],
             )?;
             ethtool(&sw, &cs, &["gro", "on"])?;
-            // The edge answers with XDP_TX: veth delivers those to a peer with XDP only.
-            let pin = PathBuf::from(format!("/sys/fs/bpf/{}-lab-pass", self.id));
-            self._peer_pass = Some(crate::lab::attach_pass(&sw, &es, &pin)?);
+            self.peer_pass(&sw, &es)?;
         } else {
             ip(&[
                 "link", "add", &c0, "netns", &cli, "type", "veth", "peer", "name", &e0, "netns",
@@ -312,6 +310,31 @@ impl Topology {
         ethtool(&cli, &c0, &["tx", "off"])?;
         ethtool(&cli, &c0, &["gro", "on"])?;
         ethtool(&edge, &e0, &["tx", "off"])?;
+        match self.shape {
+            Shape::TwoArmed => {
+                self.peer_pass(&cli, &c0)?;
+                self.peer_pass(&sw, &s0)?;
+            }
+            Shape::Routed { .. } => {
+                self.peer_pass(&cli, &c0)?;
+                self.peer_pass(&format!("{}-r1", self.id), &self.ifname("r1a"))?;
+            }
+            Shape::OneArmed => {}
+        }
+        Ok(())
+    }
+
+    /// The edge answers some packets with XDP_TX (cookie SYN-ACKs, handshake ACKs, echo
+    /// replies, fragmentation-needed): a veth schedules its peer to receive those only when the
+    /// peer runs XDP itself (physical NICs need nothing), so the peer gets XDP_PASS.
+    fn peer_pass(&mut self, ns: &str, ifname: &str) -> Result<()> {
+        let pin = PathBuf::from(format!(
+            "/sys/fs/bpf/{}-pass{}",
+            self.id,
+            self.peer_pass.len()
+        ));
+        self.peer_pass
+            .push(crate::lab::attach_pass(ns, ifname, &pin)?);
         Ok(())
     }
 

@@ -116,7 +116,7 @@ fn check_interfaces_free(cfg: &Config) -> Result<()> {
         }
         if netdev::driver(iface).as_deref() == Some("veth") {
             warn!(
-                "{iface} is a veth: frames redirected into a veth reach its peer only if the peer has GRO on (`ethtool -K PEER gro on`) or an XDP program, and locally generated packets need tx checksum offload off on the senders (`ethtool -K DEV tx off`); see the README's namespace lab notes"
+                "{iface} is a veth: frames redirected into a veth reach its peer only if the peer has GRO on (`ethtool -K PEER gro on`) or an XDP program, frames the edge answers itself (XDP_TX: SYN-cookie handshakes, echo replies, fragmentation-needed) reach the peer promptly only if the peer runs an XDP program (XDP_PASS will do), and locally generated packets need tx checksum offload off on the senders (`ethtool -K DEV tx off`); see the README's namespace lab notes"
             );
         }
     }

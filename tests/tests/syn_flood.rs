@@ -1,0 +1,233 @@
+//! A spoofed-source SYN flood against the VIP, and bulk data through cookie-mode flows, in the
+//! namespace topology with real clients and backends. Root; CI runs them; serialised with the
+//! other end-to-end tests. Every flood is bounded in rate and time.
+
+use std::{
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use wklb_tests::{e2e::*, topology::*};
+
+/// Spoofed sources: a block nobody in the topology uses (the edge's cookie SYN-ACKs to them
+/// end in the client namespace, which drops them).
+const SPOOFED: &str = "10.1.128.0/17";
+const FLOOD_RATE: u64 = 30_000;
+const FLOOD_SECS: f64 = 16.0;
+
+fn vip<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no vip {name}: {s:#}"))
+}
+
+fn backend_new_flows(s: &Value) -> u64 {
+    s["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["vip"] == "im-tcp")
+        .map(|b| b["new_flows"].as_u64().unwrap())
+        .sum()
+}
+
+fn flood(t: &Topology) -> Child {
+    command_in(&t.client_ns, workspace_bin("wk-spoof"))
+        .unwrap()
+        .args(["--dst", &format!("{VIP}:{TCP_PORT}"), "--flags", "S"])
+        .args(["--flood-from", SPOOFED, "--rate", &FLOOD_RATE.to_string()])
+        .args(["--duration-s", &FLOOD_SECS.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn f01_a_spoofed_syn_flood_engages_cookies_and_new_users_still_connect() {
+    let Some(mut t) = topology("f01_syn_flood", 3) else {
+        return;
+    };
+    let weights = [(0, 100), (1, 100), (2, 100)];
+    let cfg = t.write_config(&t.config(&weights, "")).unwrap();
+    t.start_daemon(&cfg).unwrap();
+    wait_stats(&t, Duration::from_secs(10), "backends in the table", |s| {
+        s["vips"][0]["backends_in_table"] == 3
+    });
+    const LONG_LIVED: usize = 1000;
+    const LATE: usize = 300;
+    let long = tcp_client(&t, LONG_LIVED, 1000, 32);
+    wait_connected(&t, LONG_LIVED);
+    let before = t.stats().unwrap();
+    assert_eq!(vip(&before, "im-tcp")["syn_cookies"], "auto");
+    assert_eq!(vip(&before, "im-tcp")["syn_cookies_active"], false);
+
+    let flooding = Instant::now();
+    let flood = flood(&t);
+    let took = wait_stats(&t, Duration::from_secs(5), "cookie mode engaged", |s| {
+        vip(s, "im-tcp")["syn_cookies_active"] == true
+    });
+    println!("cookie mode engaged {took:?} after the flood started");
+    let engaged = t.stats().unwrap();
+    // New users arrive 11 s into the flood.
+    std::thread::sleep(Duration::from_secs(11).saturating_sub(flooding.elapsed()));
+    let late = tcp_client(&t, LATE, 1000, 3);
+    let late = Topology::client_report(late).unwrap();
+    let flood_out = flood.wait_with_output().unwrap();
+    assert!(flood_out.status.success(), "wk-spoof failed");
+    let sent: Value = serde_json::from_slice(&flood_out.stdout).unwrap();
+    let during = t.stats().unwrap();
+    let long = Topology::client_report(long).unwrap();
+
+    let v0 = vip(&engaged, "im-tcp");
+    let v1 = vip(&during, "im-tcp");
+    let d = |k: &str| v1[k].as_u64().unwrap() - v0[k].as_u64().unwrap();
+    let to_backends = backend_new_flows(&during) - backend_new_flows(&engaged);
+    println!(
+        "flood: {} SYNs in {} s; after engaging: {} cookies sent, {} valid, {} invalid, {} new flows to the backends; late clients {}/{LATE} connected (connect p99 {} ms); long-lived {} broken, {} lost pongs",
+        sent["sent"],
+        sent["secs"],
+        d("cookies_sent"),
+        d("cookies_valid"),
+        d("cookies_invalid"),
+        to_backends,
+        late["connected"],
+        late["connect_ms_p99"],
+        long["broken"],
+        long["lost_pongs"],
+    );
+    let flood_rate = sent["sent"].as_f64().unwrap() / sent["secs"].as_f64().unwrap();
+    assert!(
+        flood_rate >= 25_000.0,
+        "the flood must reach 25,000 SYNs/s: {sent}"
+    );
+    assert_eq!(long["connected"], LONG_LIVED, "{long:#}");
+    assert_eq!(long["broken"], 0, "long-lived connections broke: {long:#}");
+    let ok = late["connected"].as_u64().unwrap();
+    assert!(
+        ok * 100 >= LATE as u64 * 99,
+        "only {ok} of {LATE} new connections opened during the flood: {late:#}"
+    );
+    // The data nodes see SYNs only from clients that completed the handshake with the edge:
+    // every flow created after cookie mode engaged came from a valid cookie.
+    assert_eq!(
+        to_backends,
+        d("cookies_valid"),
+        "flows reached the backends without a valid cookie"
+    );
+    assert!(
+        to_backends >= ok && to_backends <= ok + 5,
+        "{to_backends} vs {ok}"
+    );
+    assert!(
+        d("cookies_sent") as f64 >= FLOOD_RATE as f64 * (FLOOD_SECS - 12.0),
+        "the flood was answered with cookies"
+    );
+
+    // The flood is over: cookie mode releases after release_after (30 s by default); check
+    // with a short one through a reload.
+    let extra = "[syn_cookies]\nrelease_after = \"2s\"\n";
+    t.write_config(&t.config(&weights, extra)).unwrap();
+    t.wklb(&["reload"]).unwrap();
+    wait_stats(&t, Duration::from_secs(10), "cookie mode released", |s| {
+        vip(s, "im-tcp")["syn_cookies_active"] == false
+    });
+    let log = t.daemon_log();
+    assert!(log.contains("SYN cookies ENGAGED"), "{log}");
+    assert!(log.contains("SYN cookies released"), "{log}");
+}
+
+/// The TCP VIP's config with `syn_cookies = mode`, plus an iperf3 VIP on backend 0.
+fn config_with_cookies(t: &Topology, mode: &str) -> String {
+    let mut cfg = t.config(&[(0, 100)], "").replace(
+        "protocol = \"tcp\"\n",
+        &format!("protocol = \"tcp\"\nsyn_cookies = \"{mode}\"\n"),
+    );
+    cfg.push_str(&format!(
+        "[[vip]]\nname = \"perf\"\naddress = \"{VIP}\"\nport = {IPERF_PORT}\nsyn_cookies = \"{mode}\"\n\n[vip.health_check]\nkind = \"tcp\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n\n[[vip.backend]]\naddress = \"{}\"\n\n",
+        backend_addr(0)
+    ));
+    cfg
+}
+
+/// One iperf3 run through the VIP: received bits per second.
+fn iperf(t: &Topology) -> f64 {
+    let out = t
+        .exec(
+            &t.client_ns,
+            &[
+                "iperf3",
+                "-c",
+                &VIP.to_string(),
+                "-p",
+                &IPERF_PORT.to_string(),
+                "-t",
+                "3",
+                "-J",
+            ],
+        )
+        .unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("iperf3 report: {v:#}"))
+}
+
+#[test]
+fn f02_cookie_flows_carry_bulk_data_and_echoes_intact() {
+    let Some(mut t) = topology("f02_cookie_bulk", 1) else {
+        return;
+    };
+    let _iperf = t.start_iperf(0).unwrap();
+    let cfg = t.write_config(&config_with_cookies(&t, "always")).unwrap();
+    t.start_daemon(&cfg).unwrap();
+    wait_stats(&t, Duration::from_secs(10), "backends in the table", |s| {
+        s["vips"][0]["backends_in_table"] == 1 && vip(s, "perf")["backends_in_table"] == 1
+    });
+    let before = t.stats().unwrap();
+    assert_eq!(vip(&before, "perf")["syn_cookies_active"], true);
+    let bps = iperf(&t);
+    let after = t.stats().unwrap();
+    let cookies = vip(&after, "perf")["cookies_valid"].as_u64().unwrap()
+        - vip(&before, "perf")["cookies_valid"].as_u64().unwrap();
+    println!("iperf3 through cookie flows: {:.2} Gbit/s", bps / 1e9);
+    assert!(
+        cookies >= 2,
+        "iperf3's control and data connections used cookies"
+    );
+    assert!(bps > 100e6, "bulk data through a cookie flow: {bps} bit/s");
+    // Large echoed messages (several segments each way, SACK and timestamps in play) arrive
+    // whole, and window scaling is in effect on the client's side.
+    let c = t
+        .client(&[
+            "tcp",
+            "--target",
+            &format!("{VIP}:{TCP_PORT}"),
+            "--conns",
+            "50",
+            "--ping-interval-ms",
+            "200",
+            "--duration-s",
+            "3",
+            "--message-bytes",
+            "65536",
+        ])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let ss = t
+        .exec(&t.client_ns, &["ss", "-tin", "dst", &VIP.to_string()])
+        .unwrap();
+    let r = Topology::client_report(c).unwrap();
+    assert_eq!(r["connected"], 50, "{r:#}");
+    assert_eq!(r["broken"], 0, "{r:#}");
+    assert_eq!(r["lost_pongs"], 0, "{r:#}");
+    assert!(r["pongs"].as_u64().unwrap() >= 50 * 5, "{r:#}");
+    assert!(
+        ss.contains("wscale:7,"),
+        "the client sees the edge's window scale 7: {ss}"
+    );
+}
