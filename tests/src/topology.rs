@@ -550,6 +550,14 @@ impl Topology {
         s
     }
 
+    /// `config` with the TCP VIP's SYN-cookie mode set (`auto` when not given).
+    pub fn with_cookies(config: &str, mode: &str) -> String {
+        config.replace(
+            "protocol = \"tcp\"\n",
+            &format!("protocol = \"tcp\"\nsyn_cookies = \"{mode}\"\n"),
+        )
+    }
+
     pub fn write_config(&self, text: &str) -> Result<PathBuf> {
         let p = self.dir.path().join("wklb.toml");
         std::fs::write(&p, text)?;

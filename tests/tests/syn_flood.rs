@@ -143,10 +143,7 @@ fn f01_a_spoofed_syn_flood_engages_cookies_and_new_users_still_connect() {
 
 /// The TCP VIP's config with `syn_cookies = mode`, plus an iperf3 VIP on backend 0.
 fn config_with_cookies(t: &Topology, mode: &str) -> String {
-    let mut cfg = t.config(&[(0, 100)], "").replace(
-        "protocol = \"tcp\"\n",
-        &format!("protocol = \"tcp\"\nsyn_cookies = \"{mode}\"\n"),
-    );
+    let mut cfg = Topology::with_cookies(&t.config(&[(0, 100)], ""), mode);
     cfg.push_str(&format!(
         "[[vip]]\nname = \"perf\"\naddress = \"{VIP}\"\nport = {IPERF_PORT}\nsyn_cookies = \"{mode}\"\n\n[vip.health_check]\nkind = \"tcp\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n\n[[vip.backend]]\naddress = \"{}\"\n\n",
         backend_addr(0)

@@ -30,6 +30,12 @@ use wklb_tests::{
 
 const FLOOR: &str = "floor: restore + read + XDP_TX";
 const REVERSE: &str = "reverse (reply)";
+const FORWARD_TS: &str = "established forward, timestamps";
+const REVERSE_TS: &str = "reverse, timestamps";
+const COOKIE_FORWARD: &str = "established forward, cookie flow (timestamps)";
+const COOKIE_REVERSE: &str = "reverse, cookie flow (timestamps)";
+const COOKIE_SYN: &str = "cookie SYN-ACK (SYN in cookie mode)";
+const COOKIES: u32 = lb_common::VipMeta::COOKIES_ALLOWED | lb_common::VipMeta::COOKIES_ON;
 
 struct Case {
     name: &'static str,
@@ -41,6 +47,8 @@ struct Case {
     expect: Option<Reason>,
     /// Every run must create a flow (checked through the VIP's new-flow counter).
     new_flows: bool,
+    /// The TCP VIP's flags during the case (`VipMeta::COOKIES_*`).
+    vip_flags: u32,
 }
 
 #[derive(Serialize, Default)]
@@ -326,11 +334,9 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
     fx.sync()?;
     let verifier_instructions = fx.program.verified_instructions()?;
     println!("verifier: {verifier_instructions} instructions processed");
-    let (setup_out, seen) = handshake(&mut fx)?;
     let client = (CLIENT, 40000);
     let vip = (VIP, VIP_TCP_PORT);
-    let _ = setup_out;
-    let cases = [
+    let mut cases = vec![
         Case {
             name: "floor: XDP_TX, no work",
             program: "bench_tx",
@@ -338,6 +344,7 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
             vary_source: false,
             expect: None,
             new_flows: false,
+            vip_flags: 0,
         },
         Case {
             name: "floor: restore + XDP_TX (previous floor)",
@@ -346,6 +353,7 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
             vary_source: false,
             expect: None,
             new_flows: false,
+            vip_flags: 0,
         },
         Case {
             name: FLOOR,
@@ -354,6 +362,7 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
             vary_source: false,
             expect: None,
             new_flows: false,
+            vip_flags: 0,
         },
         Case {
             name: "established forward",
@@ -362,14 +371,16 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
             vary_source: false,
             expect: Some(Reason::Forwarded),
             new_flows: false,
+            vip_flags: 0,
         },
         Case {
             name: REVERSE,
             program: "bench_wklb",
-            frame: tcp64((seen.dst, seen.dst_port), (seen.src, seen.src_port), "A"),
+            frame: Vec::new(), // set by `setup_flows`
             vary_source: false,
             expect: Some(Reason::Reversed),
             new_flows: false,
+            vip_flags: 0,
         },
         Case {
             name: "new flow (SYN)",
@@ -378,6 +389,26 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
             vary_source: true,
             expect: Some(Reason::Forwarded),
             new_flows: true,
+            vip_flags: 0,
+        },
+        Case {
+            name: COOKIE_SYN,
+            program: "bench_wklb",
+            frame: wklb_tests::packets::tcp_seg(
+                (CLIENT, 41000),
+                vip,
+                &wklb_tests::packets::Seg {
+                    flags: "S",
+                    seq: 7000,
+                    ack: 0,
+                    options: &wklb_tests::packets::linux_syn_options(1460, 77, 0, 7),
+                    ..Default::default()
+                },
+            ),
+            vary_source: false,
+            expect: Some(Reason::SynCookieSent),
+            new_flows: false,
+            vip_flags: COOKIES,
         },
         Case {
             name: "non-VIP pass (SYN to the host)",
@@ -386,6 +417,7 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
             vary_source: false,
             expect: Some(Reason::PassNotOurs),
             new_flows: false,
+            vip_flags: 0,
         },
         Case {
             name: "non-VIP pass (host traffic, ACK)",
@@ -394,8 +426,25 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
             vary_source: false,
             expect: Some(Reason::PassNotOurs),
             new_flows: false,
+            vip_flags: 0,
         },
     ];
+    for (name, expect) in [
+        (FORWARD_TS, Reason::Forwarded),
+        (COOKIE_FORWARD, Reason::Forwarded),
+        (REVERSE_TS, Reason::Reversed),
+        (COOKIE_REVERSE, Reason::Reversed),
+    ] {
+        cases.push(Case {
+            name,
+            program: "bench_wklb",
+            frame: Vec::new(), // set by `setup_flows`
+            vary_source: false,
+            expect: Some(expect),
+            new_flows: false,
+            vip_flags: 0,
+        });
+    }
     let only = std::env::var("WKLB_BENCH_ONLY").ok();
     let mut cases: Vec<Case> = cases
         .into_iter()
@@ -404,11 +453,17 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
                 .is_none_or(|o| c.name.contains(o.as_str()) || c.name == FLOOR)
         })
         .collect();
+    setup_flows(&mut fx, &mut cases)?;
+    let mut vip_flags = 0;
     // Rounds interleave the cases, so each case is compared with the floor measured moments
     // before it: this machine's speed drifts by tens of percent over seconds.
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for round in 0..rounds {
         for (i, c) in cases.iter().enumerate() {
+            if c.vip_flags != vip_flags {
+                fx.set_tcp_vip_flags(c.vip_flags)?;
+                vip_flags = c.vip_flags;
+            }
             let ns = run_round(&mut fx, c, repeat, round)?;
             print!(
                 "\r  round {}/{rounds}: {:<42} {ns:6.1} ns   ",
@@ -418,13 +473,12 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
             samples[i].push(ns);
         }
         if cases.iter().any(|c| c.new_flows) {
-            // The new-flow round emptied the table: establish the flow again (its SNAT port, and
-            // so the reply's tuple, may differ).
+            // The new-flow round emptied the table: establish the flows again (their SNAT
+            // ports, and so the replies' tuples, may differ).
             fx.flows.clear()?;
-            let (_, seen) = handshake(&mut fx)?;
-            if let Some(c) = cases.iter_mut().find(|c| c.name == REVERSE) {
-                c.frame = tcp64((seen.dst, seen.dst_port), (seen.src, seen.src_port), "A");
-            }
+            fx.set_tcp_vip_flags(0)?;
+            vip_flags = 0;
+            setup_flows(&mut fx, &mut cases)?;
         }
     }
     println!();
@@ -486,6 +540,98 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
         sweep_flows,
         live_mpps: live,
     })
+}
+
+/// Establishes the flows the established-path cases use and gives those cases their frames:
+/// a plain flow (client port 40000) and a cookie-mode one (41001), the latter set up through
+/// the edge's own handshake. Leaves the VIP's cookie flags off.
+fn setup_flows(fx: &mut Fixture, cases: &mut [Case]) -> Result<()> {
+    use wklb_tests::packets::{Seg, inspect, linux_syn_options, tcp_seg, tcp_view, ts_option};
+    let (_, seen) = handshake(fx)?;
+    let vip = (VIP, VIP_TCP_PORT);
+    let reply_of = |seen: &wklb_tests::packets::Seen, seq: u32, ack: u32, opts: &[u8]| {
+        tcp_seg(
+            (seen.dst, seen.dst_port),
+            (seen.src, seen.src_port),
+            &Seg {
+                flags: "A",
+                seq,
+                ack,
+                options: opts,
+                ..Seg::default()
+            },
+        )
+    };
+    let data = |port: u16, seq: u32, ack: u32, opts: &[u8]| {
+        tcp_seg(
+            (CLIENT, port),
+            vip,
+            &Seg {
+                flags: "A",
+                seq,
+                ack,
+                options: opts,
+                ..Seg::default()
+            },
+        )
+    };
+    let ts = ts_option(1_000, 2_000);
+    let plain_fwd = data(40000, 1001, 2, &ts);
+    let plain_rev = reply_of(&seen, 2, 1001, &ts);
+    // The cookie flow: SYN → cookie SYN-ACK, ACK → SYN to the backend, its SYN-ACK → ACK.
+    fx.set_tcp_vip_flags(COOKIES)?;
+    let port = 41001;
+    let syn = tcp_seg(
+        (CLIENT, port),
+        vip,
+        &Seg {
+            flags: "S",
+            seq: 7000,
+            ack: 0,
+            options: &linux_syn_options(1460, 500, 0, 7),
+            ..Seg::default()
+        },
+    );
+    let (_, out) = fx.run(fx.client_if, &syn)?;
+    let sa = tcp_view(&out);
+    let edge_ts = sa.ts.context("the cookie SYN-ACK has timestamps")?.0;
+    let (act, out) = fx.run(
+        fx.client_if,
+        &data(port, 7001, sa.seq.wrapping_add(1), &ts_option(501, edge_ts)),
+    )?;
+    if act != 3 && act != 4 {
+        bail!("the cookie ACK was not turned into a SYN (action {act})");
+    }
+    let to_backend = inspect(&out);
+    let synack = tcp_seg(
+        (to_backend.dst, to_backend.dst_port),
+        (to_backend.src, to_backend.src_port),
+        &Seg {
+            flags: "SA",
+            seq: 90_000,
+            ack: 7001,
+            options: &linux_syn_options(1460, 40_000, 501, 7),
+            ..Seg::default()
+        },
+    );
+    let (act, _) = fx.run(fx.backend_if, &synack)?;
+    if act != 3 {
+        bail!("the backend's SYN-ACK was not answered (action {act})");
+    }
+    fx.set_tcp_vip_flags(0)?;
+    let cookie_fwd = data(port, 7001, sa.seq.wrapping_add(1), &ts_option(502, edge_ts));
+    let cookie_rev = reply_of(&to_backend, 90_001, 7001, &ts_option(40_001, 502));
+    for c in cases.iter_mut() {
+        c.frame = match c.name {
+            REVERSE => tcp64((seen.dst, seen.dst_port), (seen.src, seen.src_port), "A"),
+            FORWARD_TS => plain_fwd.clone(),
+            REVERSE_TS => plain_rev.clone(),
+            COOKIE_FORWARD => cookie_fwd.clone(),
+            COOKIE_REVERSE => cookie_rev.clone(),
+            _ => continue,
+        };
+    }
+    Ok(())
 }
 
 /// One established flow (SYN, SYN-ACK, ACK) for the forward and reverse cases; returns the
