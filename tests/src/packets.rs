@@ -450,9 +450,14 @@ pub struct TcpView {
 }
 
 pub fn tcp_view(frame: &[u8]) -> TcpView {
-    let s = SlicedPacket::from_ethernet(frame).expect("frame parses");
+    try_tcp_view(frame).expect("a TCP frame with well-formed options")
+}
+
+/// `tcp_view`, or None for anything else (not TCP, malformed options).
+pub fn try_tcp_view(frame: &[u8]) -> Option<TcpView> {
+    let s = SlicedPacket::from_ethernet(frame).ok()?;
     let Some(TransportSlice::Tcp(t)) = &s.transport else {
-        panic!("not tcp")
+        return None;
     };
     let h = t.to_header();
     let mut v = TcpView {
@@ -469,7 +474,7 @@ pub fn tcp_view(frame: &[u8]) -> TcpView {
     };
     use etherparse::TcpOptionElement as O;
     for o in h.options_iterator() {
-        match o.expect("options parse") {
+        match o.ok()? {
             O::MaximumSegmentSize(m) => v.mss = Some(m),
             O::WindowScale(w) => v.wscale = Some(w),
             O::SelectiveAcknowledgementPermitted => v.sack_ok = true,
@@ -481,7 +486,7 @@ pub fn tcp_view(frame: &[u8]) -> TcpView {
             O::Noop => {}
         }
     }
-    v
+    Some(v)
 }
 
 /// Option bytes: NOP, NOP, timestamps (12 bytes), what Linux puts on every segment.

@@ -21,15 +21,15 @@ use std::{
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use lb_common::{Reason, conntrack::Timeouts, slot};
+use lb_common::{Reason, VipMeta, conntrack::Timeouts, slot};
 use lb_userspace::{controller::expiry, dataplane::Flows as _, sys::clock::monotonic_ns};
 use rand::{Rng, SeedableRng, rngs::SmallRng, seq::IndexedRandom as _};
 use wklb_tests::{
     fixture::*,
     netns::in_private_netns,
     packets::{
-        Seg, checksums_valid, echo, fix_ip_checksum, icmp_error, tcp_seg, udp, with_ip_options,
-        with_vlan,
+        Seen, Seg, TcpView, checksums_valid, echo, fix_ip_checksum, icmp_error, inspect,
+        linux_syn_options, tcp_seg, try_tcp_view, ts_option, udp, with_ip_options, with_vlan,
     },
     root::have_root,
 };
@@ -132,11 +132,21 @@ impl Gen {
 
     fn tcp(&mut self, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
         let (flags, seq, ack, payload, ttl) = self.seg();
-        let mss = [2u8, 4, 0x05, 0xb4];
-        let options: &[u8] = if flags.contains('S') && self.rng.random_bool(0.5) {
-            &mss
+        let syn_options = if self.rng.random_bool(0.5) {
+            linux_syn_options(1460, self.rng.random(), 0, self.rng.random_range(0..16))
         } else {
-            &[]
+            vec![2u8, 4, 0x05, 0xb4]
+        };
+        // Later segments of a cookie flow carry timestamps and SACK blocks the edge translates.
+        let mut later = ts_option(self.rng.random(), self.rng.random());
+        if self.rng.random_bool(0.3) {
+            later.extend_from_slice(&[1, 1, 5, 10]);
+            later.extend((0..8).map(|_| self.rng.random::<u8>()));
+        }
+        let options: &[u8] = match (flags.contains('S'), self.rng.random_bool(0.5)) {
+            (true, true) => &syn_options,
+            (false, true) => &later,
+            _ => &[],
         };
         tcp_seg(
             src,
@@ -171,7 +181,7 @@ impl Gen {
     /// A valid frame of some kind, and which side it arrives on (0 client, 1 backend).
     fn valid(&mut self) -> (u32, Vec<u8>) {
         let client = (CLIENT, self.client_port());
-        match self.rng.random_range(0..12) {
+        match self.rng.random_range(0..14) {
             0..=2 => (0, self.tcp(client, (VIP, VIP_TCP_PORT))),
             3 | 4 => self.backend_reply(true),
             5 => (0, udp(client, (VIP, VIP_UDP_PORT), b"request")),
@@ -221,6 +231,8 @@ impl Gen {
                 )
             }
             10 => (0, self.tcp(client, (EDGE_CLIENT_SIDE, 22))),
+            12 => self.answer_synack(),
+            13 => self.answer_syn(),
             _ => {
                 let len = self.rng.random_range(14..200);
                 (
@@ -229,6 +241,61 @@ impl Gen {
                 )
             }
         }
+    }
+
+    /// The client's ACK of a SYN-ACK the edge sent (a cookie, when the VIP was in cookie mode),
+    /// with the timestamp it echoes, sometimes with data.
+    fn answer_synack(&mut self) -> (u32, Vec<u8>) {
+        let Some(sa) = self.pick_sent(true, "SA") else {
+            let port = self.client_port();
+            return (0, self.tcp((CLIENT, port), (VIP, VIP_TCP_PORT)));
+        };
+        let (s, v) = sa;
+        let opts = ts_option(self.rng.random(), v.ts.map_or(0, |t| t.0));
+        let payload = if self.rng.random_bool(0.3) {
+            &b"hello"[..]
+        } else {
+            &[]
+        };
+        let seg = Seg {
+            flags: "A",
+            seq: v.ack,
+            ack: v.seq.wrapping_add(1),
+            options: &opts,
+            payload,
+            ..Seg::default()
+        };
+        (0, tcp_seg((s.dst, s.dst_port), (s.src, s.src_port), &seg))
+    }
+
+    /// A backend's SYN-ACK for a SYN the edge sent it (a cookie flow's, or a plain one).
+    fn answer_syn(&mut self) -> (u32, Vec<u8>) {
+        let Some((s, v)) = self.pick_sent(false, "S") else {
+            return self.backend_reply(true);
+        };
+        let opts = linux_syn_options(1460, self.rng.random(), v.ts.map_or(0, |t| t.0), 9);
+        let seg = Seg {
+            flags: "SA",
+            seq: self.rng.random(),
+            ack: v.seq.wrapping_add(1),
+            options: &opts,
+            ..Seg::default()
+        };
+        (1, tcp_seg((s.dst, s.dst_port), (s.src, s.src_port), &seg))
+    }
+
+    /// A remembered TCP frame the edge sent toward a client (or a backend) with exactly these
+    /// flags (`S` = SYN alone, `SA` = SYN-ACK).
+    fn pick_sent(&mut self, to_client: bool, flags: &str) -> Option<(Seen, TcpView)> {
+        let list = if to_client {
+            &self.mem.to_client
+        } else {
+            &self.mem.to_backend
+        };
+        let f = list.choose(&mut self.rng)?;
+        let v = try_tcp_view(f)?;
+        let want_ack = flags == "SA";
+        (v.syn && v.ack_flag == want_ack && !v.rst).then(|| (inspect(f), v))
     }
 
     fn icmp_kind(&mut self) -> (u8, u8, [u8; 4]) {
@@ -330,13 +397,22 @@ impl Gen {
 }
 
 /// Another data-plane setting between expiry passes, so every policy branch sees traffic: the
-/// non-SYN and echo policies, MSS clamping, the SNAT port range, and the third TCP backend
+/// non-SYN and echo policies, SYN-cookie mode, MSS clamping, the SNAT port range, and the third TCP backend
 /// healthy, without a neighbour entry, without a route, or inactive.
 fn shuffle(fx: &mut Fixture, rng: &mut SmallRng) -> Result<()> {
     let mut c = fx.config();
     c.flags = rng.random_range(0..4);
     c.mss_mode = rng.random_range(0..3);
     c.mss_value = rng.random_range(500..1500);
+    // SYN cookies off, allowed (ACKs checked), or on (SYNs answered by the edge).
+    let cookies = *[
+        0,
+        VipMeta::COOKIES_ALLOWED,
+        VipMeta::COOKIES_ALLOWED | VipMeta::COOKIES_ON,
+    ]
+    .choose(rng)
+    .unwrap();
+    fx.set_tcp_vip_flags(cookies)?;
     c.snat_port_max = *[65535u16, 1100, 1030].choose(rng).unwrap();
     fx.set_config(c)?;
     let (addr, active) = match rng.random_range(0..4) {
