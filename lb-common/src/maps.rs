@@ -69,10 +69,13 @@ pub mod names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const COOKIE_KEY: &str = "COOKIE_KEY";
+    pub const SOURCES4: &str = "SOURCES4";
+    pub const VIP_LIMITS: &str = "VIP_LIMITS";
+    pub const SOURCE_RATE: &str = "SOURCE_RATE";
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 22] = [
         ADDR_FILTER,
         ADDRS4,
         VIPS4,
@@ -92,6 +95,9 @@ pub mod names {
         VIP_STATS,
         BACKEND_STATS,
         COOKIE_KEY,
+        SOURCES4,
+        VIP_LIMITS,
+        SOURCE_RATE,
     ];
 }
 
@@ -254,7 +260,111 @@ impl VipMeta {
     /// Cookie mode is engaged now (`always`, or `auto` under pressure): SYNs are answered by the
     /// edge with a cookie SYN-ACK instead of being forwarded.
     pub const COOKIES_ON: u32 = 4;
+    /// The VIP has deny or allow entries in SOURCES4: new flows look their source up.
+    pub const SOURCE_LISTS: u32 = 8;
+    /// The VIP limits new connections per source (VIP_LIMITS, SOURCE_RATE).
+    pub const RATE_LIMIT: u32 = 16;
 }
+
+// ---------------------------------------------------------------------------- sources
+
+/// `SOURCES4` key data, after the LPM trie's prefix length: the VIP id in network order (so the
+/// trie matches it first, whole: prefix length = 32 + the CIDR's length) and the source address
+/// (native word of the network-order bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct SourceKey4 {
+    pub vip: u32,
+    pub addr: u32,
+}
+
+impl SourceKey4 {
+    pub const fn new(vip_id: u32, addr: u32) -> Self {
+        SourceKey4 {
+            vip: vip_id.to_be(),
+            addr,
+        }
+    }
+    /// The trie prefix length of a `len`-bit CIDR of this VIP.
+    pub const fn prefix_len(len: u8) -> u32 {
+        32 + len as u32
+    }
+    pub const fn vip_id(&self) -> u32 {
+        u32::from_be(self.vip)
+    }
+}
+
+/// `SOURCES4` values: what a source's longest matching prefix says.
+pub mod source_list {
+    pub const DENY: u32 = 1;
+    pub const ALLOW: u32 = 2;
+}
+
+/// `VIP_LIMITS` value, indexed by VIP id: the per-source new-connection rate as a generic cell
+/// rate algorithm (one timestamp per source, no division in the data path).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct VipLimits {
+    /// ns between connections at the sustained rate (10^9 / rate); 0 = no limit.
+    pub interval_ns: u64,
+    /// How far ahead of now a source's schedule may run: (burst - 1) × interval.
+    pub tolerance_ns: u64,
+}
+
+impl VipLimits {
+    pub const fn new(rate_per_s: u32, burst: u32) -> Self {
+        if rate_per_s == 0 {
+            return VipLimits {
+                interval_ns: 0,
+                tolerance_ns: 0,
+            };
+        }
+        let interval_ns = 1_000_000_000 / rate_per_s as u64;
+        let burst = if burst == 0 { 1 } else { burst };
+        VipLimits {
+            interval_ns,
+            tolerance_ns: (burst as u64 - 1) * interval_ns,
+        }
+    }
+
+    /// GCRA: whether a connection at `now` conforms given the source's theoretical arrival time
+    /// `tat` (0: unseen), and the new `tat` if it does.
+    #[inline(always)]
+    pub const fn admit(&self, tat: u64, now: u64) -> Option<u64> {
+        let base = if tat > now { tat } else { now };
+        if base - now > self.tolerance_ns {
+            None
+        } else {
+            Some(base + self.interval_ns)
+        }
+    }
+}
+
+/// `SOURCE_RATE` key: (VIP id, source). IPv4 sources are limited per address (`addr[0]`, the
+/// other word 0); IPv6 sources per /64 (both words), so one subscriber's addresses share one
+/// budget.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SourceRateKey {
+    pub vip_id: u32,
+    pub family: u32,
+    pub addr: [u32; 2],
+}
+
+impl SourceRateKey {
+    pub const fn v4(vip_id: u32, addr: u32) -> Self {
+        SourceRateKey {
+            vip_id,
+            family: FAMILY_IPV4 as u32,
+            addr: [addr, 0],
+        }
+    }
+}
+
+/// Capacity of `SOURCES4` (deny and allow entries of every VIP together).
+pub const MAX_SOURCE_ENTRIES: u32 = 65536;
+/// Sources whose rate the data path remembers (least recently used ones are forgotten first).
+pub const SOURCE_RATE_ENTRIES: u32 = 262_144;
 
 /// `VIP_INFO` value, indexed by vip id: the VIP's address, for replies and ICMP the program
 /// sources from it, and for the daemon to re-adopt ids.
@@ -605,6 +715,12 @@ pub struct VipStats {
     pub cookies_valid: u64,
     /// Client ACKs without a flow whose cookie did not check out.
     pub cookies_invalid: u64,
+    /// New connections refused by the deny list.
+    pub denied: u64,
+    /// New connections whose source matched the allow list.
+    pub allowed: u64,
+    /// New connections refused by the per-source rate limit.
+    pub rate_limited: u64,
 }
 
 impl VipStats {
@@ -618,6 +734,9 @@ impl VipStats {
         self.cookies_sent += o.cookies_sent;
         self.cookies_valid += o.cookies_valid;
         self.cookies_invalid += o.cookies_invalid;
+        self.denied += o.denied;
+        self.allowed += o.allowed;
+        self.rate_limited += o.rate_limited;
     }
 }
 
@@ -688,6 +807,9 @@ mod pod_impls {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for BenchFrame {}
     unsafe impl aya::Pod for crate::cookie::CookieKey {}
+    unsafe impl aya::Pod for SourceKey4 {}
+    unsafe impl aya::Pod for VipLimits {}
+    unsafe impl aya::Pod for SourceRateKey {}
 }
 
 #[cfg(test)]
@@ -751,6 +873,36 @@ mod tests {
             Flow4Key::new([203, 0, 113, 7], [198, 51, 100, 1], 40001, 5100, PROTO_TCP)
         );
         assert_eq!(e.vip_v4().to_ne_bytes(), [198, 51, 100, 1]);
+    }
+
+    #[test]
+    fn the_rate_limit_allows_the_burst_then_the_rate() {
+        let l = VipLimits::new(10, 3); // 10/s, bursts of 3
+        let (mut tat, now) = (0u64, 1_000_000_000u64);
+        for _ in 0..3 {
+            tat = l.admit(tat, now).expect("within the burst");
+        }
+        assert_eq!(l.admit(tat, now), None, "the fourth at once is refused");
+        // 100 ms later one more conforms, and only one.
+        let later = now + 100_000_000;
+        tat = l.admit(tat, later).expect("one interval later");
+        assert_eq!(l.admit(tat, later), None);
+        // A long pause refills to the burst, not beyond.
+        let much_later = later + 60_000_000_000;
+        for _ in 0..3 {
+            tat = l.admit(tat, much_later).unwrap();
+        }
+        assert_eq!(l.admit(tat, much_later), None);
+        assert_eq!(VipLimits::new(0, 5).interval_ns, 0);
+    }
+
+    #[test]
+    fn source_keys_put_the_vip_first_for_the_trie() {
+        let k = SourceKey4::new(3, u32::from_ne_bytes([192, 0, 2, 0]));
+        assert_eq!(bytemuck::bytes_of(&k), &[0, 0, 0, 3, 192, 0, 2, 0]);
+        assert_eq!(k.vip_id(), 3);
+        assert_eq!(SourceKey4::prefix_len(24), 56);
+        assert_eq!(size_of::<SourceRateKey>(), 16);
     }
 
     #[test]

@@ -122,6 +122,10 @@ reasons! {
     DropSynCookieInvalid = "drop_syn_cookie_invalid", Drop;
     /// Backend segment of a cookie flow before its SYN-ACK (nothing the client could use).
     DropSynCookiePending = "drop_syn_cookie_pending", Drop;
+    /// New connection from a source on the VIP's deny list.
+    DropSourceDenied = "drop_source_denied", Drop;
+    /// New connection over the VIP's per-source rate.
+    DropSourceRateLimited = "drop_source_rate_limited", Drop;
 }
 
 impl Reason {

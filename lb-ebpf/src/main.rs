@@ -22,6 +22,7 @@ mod mss;
 mod nat;
 mod parse;
 mod snat;
+mod sources;
 mod stats;
 mod to_backend;
 mod to_client;

@@ -3,15 +3,15 @@
 //! flows). See docs/architecture.md for who reads and writes what.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
     ADDR_FILTER_SIZE, AddrClass, BPF_F_MMAPABLE, Backend, BackendHop, BackendStats,
     DEFAULT_MAX_FLOWS, DataplaneConfig, Flow4Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE,
-    MAX_BACKENDS, MAX_INTERFACES, MAX_SNAT_ADDRS, MAX_VIP_ENTRIES, MAX_VIPS, Reason,
-    SLOTS_PER_SNAT_ADDR, SnatAddr, TABLES_PER_VIP, Vip4Key, VipInfo, VipMeta, VipStats,
-    cookie::CookieKey,
+    MAX_BACKENDS, MAX_INTERFACES, MAX_SNAT_ADDRS, MAX_SOURCE_ENTRIES, MAX_VIP_ENTRIES, MAX_VIPS,
+    Reason, SLOTS_PER_SNAT_ADDR, SOURCE_RATE_ENTRIES, SnatAddr, SourceKey4, SourceRateKey,
+    TABLES_PER_VIP, Vip4Key, VipInfo, VipLimits, VipMeta, VipStats, cookie::CookieKey,
 };
 
 /// Direct-mapped filter of our IPv4 addresses (VIP and SNAT), indexed by
@@ -73,6 +73,21 @@ pub static SNAT_PICK: Array<u32, { MAX_SNAT_ADDRS as usize }> = Array::new();
 
 #[btf_map]
 pub static CONFIG: Array<DataplaneConfig, 1> = Array::new();
+
+/// (VIP id, IPv4 source prefix) → `source_list::DENY` or `ALLOW`: the longest match decides
+/// whether a new flow may start.
+#[btf_map]
+pub static SOURCES4: LpmTrie<SourceKey4, u32, { MAX_SOURCE_ENTRIES as usize }> = LpmTrie::new();
+
+/// VIP id → per-source new-connection rate.
+#[btf_map]
+pub static VIP_LIMITS: Array<VipLimits, { MAX_VIPS as usize }> = Array::new();
+
+/// (VIP id, source) → theoretical arrival time of its next connection (GCRA). LRU: sources
+/// not seen for a while make room.
+#[btf_map]
+pub static SOURCE_RATE: LruHashMap<SourceRateKey, u64, { SOURCE_RATE_ENTRIES as usize }> =
+    LruHashMap::new();
 
 /// The SYN-cookie secret (written once by the daemon, kept across restarts in the pin).
 #[btf_map]

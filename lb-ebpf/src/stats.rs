@@ -55,7 +55,7 @@ pub fn backend_out(backend_id: u32, bytes: u64) {
     }
 }
 
-/// Per-VIP SYN and cookie counters (`VipStats`).
+/// Per-VIP counters of new-connection attempts (`VipStats`): SYNs, cookies, source policy.
 #[derive(Clone, Copy)]
 pub enum VipSyn {
     /// An initial SYN reached the VIP.
@@ -63,6 +63,9 @@ pub enum VipSyn {
     CookieSent,
     CookieValid,
     CookieInvalid,
+    Denied,
+    Allowed,
+    RateLimited,
 }
 
 #[inline(always)]
@@ -75,6 +78,9 @@ pub fn vip_syn(vip_id: u32, what: VipSyn) {
                 VipSyn::CookieSent => (*s).cookies_sent += 1,
                 VipSyn::CookieValid => (*s).cookies_valid += 1,
                 VipSyn::CookieInvalid => (*s).cookies_invalid += 1,
+                VipSyn::Denied => (*s).denied += 1,
+                VipSyn::Allowed => (*s).allowed += 1,
+                VipSyn::RateLimited => (*s).rate_limited += 1,
             }
         }
     }

@@ -161,7 +161,7 @@ const BACKEND_GAUGES: [Field<BackendReport, i64>; 5] = [
     ),
 ];
 /// Per-VIP counters (label `vip`).
-const VIP_COUNTERS: [Field<VipReport, u64>; 7] = [
+const VIP_COUNTERS: [Field<VipReport, u64>; 10] = [
     ("wklb_vip_packets", "Packets client -> VIP", |v| v.packets),
     ("wklb_vip_new_flows", "Flows created for the VIP", |v| {
         v.new_flows
@@ -188,6 +188,21 @@ const VIP_COUNTERS: [Field<VipReport, u64>; 7] = [
         "wklb_vip_syn_cookies_invalid",
         "Client ACKs without a flow whose cookie did not check out",
         |v| v.cookies_invalid,
+    ),
+    (
+        "wklb_vip_source_denied",
+        "New connections refused by the VIP's deny list",
+        |v| v.denied,
+    ),
+    (
+        "wklb_vip_source_allowed",
+        "New connections from sources on the VIP's allow list",
+        |v| v.allowed,
+    ),
+    (
+        "wklb_vip_source_rate_limited",
+        "New connections refused by the VIP's per-source rate limit",
+        |v| v.rate_limited,
     ),
 ];
 

@@ -64,6 +64,26 @@ pub struct VipReport {
     pub cookies_sent: u64,
     pub cookies_valid: u64,
     pub cookies_invalid: u64,
+    /// Entries on the deny and allow lists.
+    pub deny_entries: usize,
+    pub allow_entries: usize,
+    /// New connections per second per source (0: no limit), and the burst.
+    pub source_rate: u32,
+    pub source_burst: u32,
+    /// New connections refused by the deny list.
+    pub denied: u64,
+    /// New connections from allow-listed sources.
+    pub allowed: u64,
+    /// New connections refused by the per-source rate.
+    pub rate_limited: u64,
+}
+
+/// One deny or allow entry.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SourceEntry {
+    pub vip: String,
+    pub list: String,
+    pub prefix: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -228,3 +228,44 @@ fn f02_cookie_flows_carry_bulk_data_and_echoes_intact() {
         "the client sees the edge's window scale 7: {ss}"
     );
 }
+
+#[test]
+fn f03_a_source_denied_at_runtime_cannot_connect_until_it_is_removed() {
+    let Some(mut t) = topology("f03_deny_runtime", 1) else {
+        return;
+    };
+    let cfg = t.write_config(&t.config(&[(0, 100)], "")).unwrap();
+    t.start_daemon(&cfg).unwrap();
+    wait_stats(&t, Duration::from_secs(10), "backend in the table", |s| {
+        s["vips"][0]["backends_in_table"] == 1
+    });
+    let out = t
+        .wklb(&["deny", "add", "im-tcp", &format!("{CLIENT}")])
+        .unwrap();
+    assert!(out.contains("added to the deny list"), "{out}");
+    // A typo is refused with the offending value, and nothing changes.
+    let err = t
+        .wklb(&["deny", "add", "im-tcp", "10.1.0.2/24"])
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("host bits"), "{err:#}");
+    let list = t.json(&["deny", "list"]).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list:#}");
+    assert_eq!(list[0]["prefix"], format!("{CLIENT}/32"));
+    let denied = tcp_client(&t, 5, 1000, 1);
+    let r = Topology::client_report(denied).unwrap();
+    assert_eq!(r["connected"], 0, "a denied source connected: {r:#}");
+    let s = t.stats().unwrap();
+    assert!(vip(&s, "im-tcp")["denied"].as_u64().unwrap() >= 5, "{s:#}");
+    assert_eq!(vip(&s, "im-tcp")["deny_entries"], 1);
+    t.wklb(&["deny", "remove", "im-tcp", &format!("{CLIENT}/32")])
+        .unwrap();
+    let r = Topology::client_report(tcp_client(&t, 5, 1000, 1)).unwrap();
+    assert_eq!(r["connected"], 5, "{r:#}");
+    // The file is the truth again on reload: its (empty) list replaces runtime entries.
+    t.wklb(&["deny", "add", "im-tcp", "10.1.0.0/24"]).unwrap();
+    t.wklb(&["reload"]).unwrap();
+    assert_eq!(
+        t.json(&["deny", "list"]).unwrap().as_array().unwrap().len(),
+        0
+    );
+}

@@ -1389,6 +1389,12 @@ fn verifier_instruction_count() {
     with_fixture("verifier_instruction_count", 1024, |fx| {
         let n = fx.program.verified_instructions().unwrap();
         println!("wklb XDP program: {n} instructions processed by the verifier");
-        assert!(n > 0 && n < 1_000_000, "{n}");
+        // The kernel refuses a program at 1,000,000; a tighter budget here catches a change that
+        // multiplies the verifier's paths long before it breaks loading (per-byte packet reads
+        // at data-dependent offsets did: 920,000).
+        assert!(
+            n > 0 && n < 400_000,
+            "{n} instructions processed by the verifier"
+        );
     });
 }

@@ -20,7 +20,7 @@ use crate::{
     egress::learn_client_hop,
     maps::{BACKENDS, FLOW_TABLE, FLOWS4, MAGLEV, SNAT_ADDRS, TABLE_SEL, config},
     parse::Packet,
-    snat,
+    snat, sources,
     stats::{self, VipSyn},
     vip,
 };
@@ -61,15 +61,20 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
     if p.ttl <= 1 {
         return Found::Refused(Reason::DropTtlExpired, vip.vip_id);
     }
+    let cookies = syn && vip.flags & VipMeta::COOKIES_ON != 0;
     if syn {
         stats::vip_syn(vip.vip_id, VipSyn::Syn);
-        if vip.flags & VipMeta::COOKIES_ON != 0 {
-            // A retransmitted SYN of a flow created before cookie mode keeps its flow.
-            return match lookup(&key) {
-                Some(f) if !stale_for_syn(f.entry) => Found::Flow(f),
-                _ => Found::CookieSyn(vip.vip_id),
-            };
-        }
+    }
+    // A new flow (UDP, or TCP's SYN): the VIP's source lists and rate limit.
+    if let Err(r) = sources::admit(&vip, p.src, !cookies) {
+        return Found::Refused(r, vip.vip_id);
+    }
+    if cookies {
+        // A retransmitted SYN of a flow created before cookie mode keeps its flow.
+        return match lookup(&key) {
+            Some(f) if !stale_for_syn(f.entry) => Found::Flow(f),
+            _ => Found::CookieSyn(vip.vip_id),
+        };
     }
     let hash = flow_hash_v4_words(p.src, p.dst, sport, dport, p.proto);
     for _ in 0..2 {
@@ -115,6 +120,10 @@ fn from_cookie(
     };
     if p.ttl <= 1 {
         return Found::Refused(Reason::DropTtlExpired, vip.vip_id);
+    }
+    // The source is proven now: its lists and rate limit apply.
+    if let Err(r) = sources::admit(vip, p.src, true) {
+        return Found::Refused(r, vip.vip_id);
     }
     let (sport, dport) = ports_of(p.ports);
     let hash = flow_hash_v4_words(p.src, p.dst, sport, dport, p.proto);

@@ -6,7 +6,6 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     conntrack::{NO_WSCALE, tcp_flags},
     cookie::{self, Tuple, syn_opts},
-    tcp_opts::ABSENT,
 };
 
 use crate::{
@@ -53,12 +52,13 @@ pub fn check(ctx: &XdpContext, p: &Packet) -> Option<CookieStart> {
         wscale: NO_WSCALE,
         edge_ts: 0,
     };
-    if let Some((_, o)) = tcp::any_options(ctx, p)
-        && o.ts_at != ABSENT
+    if let Some(c) = tcp::copied_options(ctx, p)
+        && c.layout().0
     {
-        let (ws, sack) = cookie::ts_options(o.ts_ecr);
+        let ecr = c.get32(tcp::TS_ECHO);
+        let (ws, sack) = cookie::ts_options(ecr);
         start.wscale = ws;
-        start.edge_ts = o.ts_ecr;
+        start.edge_ts = ecr;
         start.syn_opts |= syn_opts::TS;
         if sack {
             start.syn_opts |= syn_opts::SACK;

@@ -9,7 +9,6 @@ use lb_common::{
     conntrack::{NO_WSCALE, tcp_flags},
     cookie::{MSS_TABLE, syn_opts},
     ports_word, slot,
-    tcp_opts::ABSENT,
 };
 
 use super::segment::{self, Segment, word};
@@ -39,8 +38,8 @@ pub fn send(
     };
     // The client's timestamp, read before the segment is overwritten.
     let client_ts = if e.syn_opts & syn_opts::TS != 0 {
-        match tcp::any_options(ctx, p) {
-            Some((_, o)) if o.ts_at != ABSENT => o.ts_val,
+        match tcp::copied_options(ctx, p) {
+            Some(c) if c.layout().0 => c.get32(tcp::TS_VALUE),
             _ => 0,
         }
     } else {

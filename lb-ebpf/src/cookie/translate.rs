@@ -4,6 +4,10 @@
 //! off the backend's sequence numbers; timestamps likewise (`ts_delta`); the backend's windows
 //! are re-expressed in the window scale the client was told. Flows the edge did not answer
 //! itself never come here.
+//!
+//! Options are translated in the layout stacks send after the handshake (NOP, NOP, timestamps,
+//! then NOP, NOP, SACK): see `parse::tcp::copied_options`. A segment with options in another
+//! order keeps its sequence numbers translated, not its timestamps or SACK blocks.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
@@ -11,12 +15,15 @@ use lb_common::{
     conntrack::{NO_WSCALE, tcp_flags},
     cookie::{EDGE_WSCALE, rescale_window},
     csum::CsumDelta,
-    tcp_opts::{ABSENT, SACK_BLOCK},
+    tcp_opts::SACK_BLOCK,
 };
 
 use crate::{
     nat::TCP_CSUM,
-    parse::{Packet, ipv4::TCP_FIXED, load16, load32, ptr_at, store16, store32, tcp},
+    parse::{
+        Packet, load16, load32, ptr_at, store16, store32,
+        tcp::{self, Copied, SACK_FIRST, TS_ECHO, TS_VALUE},
+    },
 };
 
 /// Offsets inside the TCP header.
@@ -31,21 +38,19 @@ pub fn forward(ctx: &XdpContext, p: &Packet, e: &FlowEntry) -> Option<()> {
     if p.seg.flags & tcp_flags::ACK != 0 {
         d = add32(ctx, p, ACK, e.seq_delta, d)?;
     }
-    if p.tcp_len() > TCP_FIXED
-        && let Some((at, _)) = tcp::any_options(ctx, p)
-    {
-        if at.ts != ABSENT {
-            // The echoed timestamp (TSecr, 4 bytes after the value).
-            d = add32(ctx, p, option(at.ts) + 4, e.ts_delta, d)?;
-        }
-        if at.sack != ABSENT {
-            let first = option(at.sack);
-            for i in 0..4 {
-                if i < at.sack_blocks as usize {
-                    let b = first + i * SACK_BLOCK;
-                    d = add32(ctx, p, b, e.seq_delta, d)?;
-                    d = add32(ctx, p, b + 4, e.seq_delta, d)?;
+    if let Some(mut o) = tcp::copied_options(ctx, p) {
+        let (ts, blocks) = o.layout();
+        if ts {
+            d = option_add32(&mut o, TS_ECHO, e.ts_delta, d);
+            for i in 0..3 {
+                if i < blocks {
+                    let b = SACK_FIRST + i * SACK_BLOCK;
+                    d = option_add32(&mut o, b, e.seq_delta, d);
+                    d = option_add32(&mut o, b + 4, e.seq_delta, d);
                 }
+            }
+            if !o.store(ctx, p) {
+                return None;
             }
         }
     }
@@ -74,26 +79,34 @@ pub fn reverse(ctx: &XdpContext, p: &mut Packet, e: &FlowEntry) -> Option<()> {
         }
         p.seg.win = win;
     }
-    if p.tcp_len() > TCP_FIXED
-        && e.ts_delta != 0
-        && let Some((at, _)) = tcp::any_options(ctx, p)
-        && at.ts != ABSENT
+    if e.ts_delta != 0
+        && let Some(mut o) = tcp::copied_options(ctx, p)
+        && o.layout().0
     {
-        d = add32(ctx, p, option(at.ts), 0u32.wrapping_sub(e.ts_delta), d)?;
+        d = option_add32(&mut o, TS_VALUE, 0u32.wrapping_sub(e.ts_delta), d);
+        if !o.store(ctx, p) {
+            return None;
+        }
     }
     fix_checksum(ctx, p, d)
 }
 
-/// Offset from the TCP header of an option value the walk found (masked for the verifier).
+/// Adds `v` to the big-endian word `at` bytes into the copied options.
 #[inline(always)]
-fn option(at: u8) -> usize {
-    TCP_FIXED + (at as usize & 63)
+fn option_add32(o: &mut Copied, at: usize, v: u32, d: CsumDelta) -> CsumDelta {
+    let old = o.get32(at);
+    let new = old.wrapping_add(v);
+    o.set32(at, new);
+    let (ob, nb) = (old.to_be_bytes(), new.to_be_bytes());
+    let half = |b: [u8; 4], i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+    // Options start at an even offset of the header, so `at` gives the field's parity.
+    d.replace16_at(at, half(ob, 0), half(nb, 0))
+        .replace16_at(at, half(ob, 2), half(nb, 2))
 }
 
 /// Adds `v` to the big-endian 32-bit field `rel` bytes into the TCP header.
 #[inline(always)]
 fn add32(ctx: &XdpContext, p: &Packet, rel: usize, v: u32, d: CsumDelta) -> Option<CsumDelta> {
-    let rel = rel & 63;
     let f = ptr_at::<[u8; 4]>(ctx, p.l4() + rel)? as *mut u8;
     // SAFETY: 4 bytes bounds-checked by ptr_at.
     unsafe {
@@ -101,11 +114,7 @@ fn add32(ctx: &XdpContext, p: &Packet, rel: usize, v: u32, d: CsumDelta) -> Opti
         let new = (u32::from_be(load32(f)).wrapping_add(v)).to_be();
         store32(f, new);
         let (new_hi, new_lo) = (load16(f), load16(f.add(2)));
-        // Both halves sit at the field's parity (options may leave it odd).
-        Some(
-            d.replace16_at(rel, old_hi, new_hi)
-                .replace16_at(rel, old_lo, new_lo),
-        )
+        Some(d.replace16(old_hi, new_hi).replace16(old_lo, new_lo))
     }
 }
 

@@ -1,6 +1,12 @@
 //! TCP: ports, the segment fields the tracker reads, and SYN options.
 
-use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map, programs::XdpContext};
+use aya_ebpf::{
+    btf_maps::PerCpuArray,
+    cty::c_void,
+    helpers::generated::{bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    macros::btf_map,
+    programs::XdpContext,
+};
 use lb_common::{
     conntrack::{NO_WSCALE, tcp_flags},
     tcp_opts::{self, Offsets, Options},
@@ -51,13 +57,114 @@ pub fn syn_options(ctx: &XdpContext, p: &mut Packet) -> Option<&'static Options>
     }
 }
 
-/// Walks the options of any segment (cookie flows translate timestamps and SACK blocks), in
-/// the same scratch slot as `syn_options`.
-pub fn any_options(ctx: &XdpContext, p: &Packet) -> Option<(&'static Offsets, &'static Options)> {
-    let s = walk(ctx, p)?;
-    // SAFETY: per-CPU scratch value, ours for the rest of this run.
-    unsafe { Some((&(*s).at, &(*s).options)) }
+/// The options of a non-SYN segment (cookie flows translate timestamps and SACK blocks), copied
+/// into a per-CPU buffer with one helper call. They are read in the layout every stack we know
+/// sends after the handshake, NOP, NOP, timestamps, then NOP, NOP, SACK when there are blocks
+/// (`Copied::layout`), at fixed offsets: no walk, and no packet access at data-dependent
+/// offsets, which would leave every path with its own packet-range knowledge and keep the
+/// verifier from merging the paths that follow. None without options.
+#[inline(always)]
+pub fn copied_options(ctx: &XdpContext, p: &Packet) -> Option<Copied> {
+    let len = p.tcp_len().checked_sub(TCP_FIXED)?;
+    if len == 0 {
+        return None;
+    }
+    let buf = OPTION_BYTES.get_ptr_mut(0)?;
+    // SAFETY: helper call with our context and a per-CPU buffer of 64 bytes (len <= 40).
+    let rc = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            options_at(p) as u32,
+            buf as *mut c_void,
+            helper_len(len),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: per-CPU value, ours for the rest of this run.
+    Some(Copied {
+        bytes: unsafe { &mut (*buf).0 },
+        len,
+    })
 }
+
+/// Offsets in the usual layout: the timestamp value and echo, and the first SACK block.
+pub const TS_VALUE: usize = 4;
+pub const TS_ECHO: usize = 8;
+pub const SACK_FIRST: usize = 16;
+
+/// Options copied out of a segment by `copied_options`.
+pub struct Copied {
+    pub bytes: &'static mut [u8; 64],
+    /// Option bytes (1-40).
+    pub len: usize,
+}
+
+impl Copied {
+    /// (timestamps present, SACK blocks) in the usual layout; (false, 0) for any other.
+    #[inline(always)]
+    pub fn layout(&self) -> (bool, usize) {
+        let b = &self.bytes;
+        if self.len < 12 || b[0] != 1 || b[1] != 1 || b[2] != 8 || b[3] != 10 {
+            return (false, 0);
+        }
+        if self.len < SACK_FIRST + 8 || b[12] != 1 || b[13] != 1 || b[14] != 5 {
+            return (true, 0);
+        }
+        let blocks = (b[15] as usize).wrapping_sub(2) / 8;
+        // With timestamps, 40 option bytes hold at most 3 blocks.
+        (true, if blocks > 3 { 3 } else { blocks })
+    }
+
+    /// The big-endian word at `at` (masked into the buffer).
+    #[inline(always)]
+    pub fn get32(&self, at: usize) -> u32 {
+        let b = &self.bytes;
+        u32::from_be_bytes([
+            b[at & 63],
+            b[(at + 1) & 63],
+            b[(at + 2) & 63],
+            b[(at + 3) & 63],
+        ])
+    }
+
+    #[inline(always)]
+    pub fn set32(&mut self, at: usize, v: u32) {
+        let [a, b, c, d] = v.to_be_bytes();
+        self.bytes[at & 63] = a;
+        self.bytes[(at + 1) & 63] = b;
+        self.bytes[(at + 2) & 63] = c;
+        self.bytes[(at + 3) & 63] = d;
+    }
+
+    /// Writes the (changed) options back into the segment.
+    #[inline(always)]
+    pub fn store(&mut self, ctx: &XdpContext, p: &Packet) -> bool {
+        // SAFETY: helper call with our context and the buffer `copied_options` filled.
+        unsafe {
+            bpf_xdp_store_bytes(
+                ctx.ctx,
+                options_at(p) as u32,
+                self.bytes.as_mut_ptr() as *mut c_void,
+                helper_len(self.len),
+            ) == 0
+        }
+    }
+}
+
+/// A length of 1-40 the verifier can see is 1-64 (the buffer's size): never zero, never past it.
+#[inline(always)]
+fn helper_len(len: usize) -> u32 {
+    ((len as u32).wrapping_sub(1) & 63) + 1
+}
+
+/// `copied_options`' buffer (64 bytes: masked indices always land inside).
+#[repr(C)]
+pub struct OptionBytes([u8; 64]);
+
+#[btf_map]
+static OPTION_BYTES: PerCpuArray<OptionBytes, 1> = PerCpuArray::new();
 
 #[inline(always)]
 fn walk(ctx: &XdpContext, p: &Packet) -> Option<*mut Scratch> {

@@ -11,13 +11,13 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{BackendCmd, Cli, Cmd, VipCmd, render};
+use super::{BackendCmd, Cli, Cmd, SourceCmd, VipCmd, render};
 use crate::{
-    config::{self, Checks, schema::defaults},
+    config::{self, Checks, SourceList, schema::defaults},
     control::protocol::{Changes, Endpoint, Request, Response, call},
     daemon::{self, locks},
     dataplane::{kernel, links},
-    report::{BackendReport, ConnsReport, LookupReport, StatsReport, VipReport},
+    report::{BackendReport, ConnsReport, LookupReport, SourceEntry, StatsReport, VipReport},
     sys::bpffs,
 };
 
@@ -130,6 +130,8 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Backend { cmd } => backend(&c, cmd),
+        Cmd::Deny { cmd } => source_list(&c, SourceList::Deny, cmd),
+        Cmd::Allow { cmd } => source_list(&c, SourceList::Allow, cmd),
         Cmd::Stats { watch, count } => stats(&c, watch, count),
         Cmd::Conns {
             vip,
@@ -214,6 +216,31 @@ fn backend(c: &Client, cmd: BackendCmd) -> Result<()> {
             backend: parse_endpoint(&backend)?,
             weight,
         }),
+    }
+}
+
+fn source_list(c: &Client, list: SourceList, cmd: SourceCmd) -> Result<()> {
+    let edit = |vip: String, prefix: String, add: bool| {
+        // Checked here too, so a typo is reported without a round trip.
+        crate::config::parse_prefix(&prefix).map_err(|e| anyhow!(e))?;
+        c.change(&Request::SourceEdit {
+            vip,
+            list,
+            prefix,
+            add,
+        })
+    };
+    match cmd {
+        SourceCmd::List { vip } => {
+            let v: Vec<SourceEntry> = c.request(&Request::SourceList { list, vip })?;
+            if c.json {
+                out_json(&v, true)
+            } else {
+                out(render::sources(&v))
+            }
+        }
+        SourceCmd::Add { vip, prefix } => edit(vip, prefix, true),
+        SourceCmd::Remove { vip, prefix } => edit(vip, prefix, false),
     }
 }
 

@@ -56,6 +56,18 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: BackendCmd,
     },
+    /// A VIP's deny list: sources (IPv4 prefixes) refused new connections. Runtime changes; the
+    /// file is the truth on reload.
+    Deny {
+        #[command(subcommand)]
+        cmd: SourceCmd,
+    },
+    /// A VIP's allow list: sources always admitted (exceptions to the deny list and to the
+    /// per-source rate limit). Runtime changes; the file is the truth on reload.
+    Allow {
+        #[command(subcommand)]
+        cmd: SourceCmd,
+    },
     /// Counters per VIP and backend, flows, SNAT use, interfaces, and every verdict reason.
     Stats {
         /// Repeat every SECS seconds.
@@ -108,6 +120,20 @@ pub enum Cmd {
 pub enum VipCmd {
     /// Every VIP with its table mode and counters.
     List,
+}
+
+#[derive(Subcommand)]
+pub enum SourceCmd {
+    /// The list's entries.
+    List {
+        /// Only this VIP's.
+        #[arg(long)]
+        vip: Option<String>,
+    },
+    /// Add a prefix (ADDRESS or ADDRESS/LEN) for new connections to VIP.
+    Add { vip: String, prefix: String },
+    /// Remove a prefix.
+    Remove { vip: String, prefix: String },
 }
 
 #[derive(Subcommand)]

@@ -2,7 +2,9 @@
 
 use comfy_table::{Table, presets::NOTHING};
 
-use crate::report::{BackendReport, ConnsReport, LookupReport, StatsReport, VipReport};
+use crate::report::{
+    BackendReport, ConnsReport, LookupReport, SourceEntry, StatsReport, VipReport,
+};
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
@@ -26,6 +28,7 @@ pub fn vips(v: &[VipReport]) -> String {
         "syn cookies",
         "syns",
         "cookies sent/valid/bad",
+        "denied/limited",
     ]);
     for x in v {
         t.add_row(vec![
@@ -49,6 +52,7 @@ pub fn vips(v: &[VipReport]) -> String {
                 "{}/{}/{}",
                 x.cookies_sent, x.cookies_valid, x.cookies_invalid
             ),
+            format!("{}/{}", x.denied, x.rate_limited),
         ]);
     }
     t.to_string()
@@ -190,4 +194,15 @@ pub fn lookup(r: &LookupReport) -> String {
         s += &format!("\nan existing flow for this tuple goes to {e} (it wins until it ends)");
     }
     s
+}
+
+pub fn sources(v: &[SourceEntry]) -> String {
+    if v.is_empty() {
+        return "no entries".into();
+    }
+    let mut t = table(&["vip", "list", "prefix"]);
+    for e in v {
+        t.add_row(vec![e.vip.clone(), e.list.clone(), e.prefix.clone()]);
+    }
+    t.to_string()
 }

@@ -154,7 +154,71 @@ pub struct Vip {
     pub health: HealthCheck,
     /// SYN-cookie mode (UDP VIPs: always off).
     pub syn_cookies: CookieMode,
+    pub sources: SourcePolicy,
     pub backends: Vec<BackendConfig>,
+}
+
+/// Which sources may open connections to a VIP, and how fast.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourcePolicy {
+    pub deny: std::collections::BTreeSet<ipnet::Ipv4Net>,
+    pub allow: std::collections::BTreeSet<ipnet::Ipv4Net>,
+    /// New connections per second per source; 0 = no limit.
+    pub rate: u32,
+    /// Connections at once before the rate applies.
+    pub burst: u32,
+}
+
+/// A VIP's source lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceList {
+    Deny,
+    Allow,
+}
+
+impl SourceList {
+    pub const fn name(self) -> &'static str {
+        match self {
+            SourceList::Deny => "deny",
+            SourceList::Allow => "allow",
+        }
+    }
+}
+
+impl SourcePolicy {
+    pub fn list(&self, l: SourceList) -> &std::collections::BTreeSet<ipnet::Ipv4Net> {
+        match l {
+            SourceList::Deny => &self.deny,
+            SourceList::Allow => &self.allow,
+        }
+    }
+    pub fn list_mut(&mut self, l: SourceList) -> &mut std::collections::BTreeSet<ipnet::Ipv4Net> {
+        match l {
+            SourceList::Deny => &mut self.deny,
+            SourceList::Allow => &mut self.allow,
+        }
+    }
+}
+
+/// Parses a source prefix: IPv4 CIDR (a bare address is a /32) without host bits.
+pub fn parse_prefix(s: &str) -> Result<ipnet::Ipv4Net, String> {
+    let net = if s.contains('/') {
+        s.parse::<ipnet::Ipv4Net>()
+            .map_err(|_| format!("{s:?} is not an IPv4 prefix like \"203.0.113.0/24\""))?
+    } else {
+        let a: std::net::Ipv4Addr = s
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IPv4 address or prefix"))?;
+        ipnet::Ipv4Net::new(a, 32).expect("/32 is valid")
+    };
+    if net.trunc() != net {
+        return Err(format!(
+            "{s} has host bits set; the prefix is {}",
+            net.trunc()
+        ));
+    }
+    Ok(net)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -167,6 +167,18 @@ pub struct RawVip {
     /// "auto", "always" or "off" (TCP VIPs).
     #[serde(default = "d_syn_cookies")]
     pub syn_cookies: Spanned<String>,
+    /// Source prefixes (CIDR) refused new connections.
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    /// Source prefixes always admitted (exceptions to `deny` and to the rate limit).
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    /// New connections per second per source (IPv4 address); 0 = no limit.
+    #[serde(default = "d_source_rate")]
+    pub source_rate: Spanned<i64>,
+    /// Connections a source may open at once before the rate applies; 0 = `source_rate`.
+    #[serde(default = "d_source_burst")]
+    pub source_burst: Spanned<i64>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
 }
@@ -288,4 +300,10 @@ fn d_engage_syn_rate() -> Spanned<i64> {
 }
 fn d_release_after() -> Spanned<String> {
     s(d::COOKIE_RELEASE_AFTER)
+}
+fn d_source_rate() -> Spanned<i64> {
+    sp(0)
+}
+fn d_source_burst() -> Spanned<i64> {
+    sp(0)
 }

@@ -286,3 +286,41 @@ fn syn_cookie_modes_and_thresholds() {
     assert_eq!(e.path, "vip[0].syn_cookies");
     assert!(e.message.contains("TCP VIPs only"), "{e}");
 }
+
+#[test]
+fn source_lists_and_rates() {
+    let with = |extra: &str| GOOD.replace("port = 5100\n", &format!("port = 5100\n{extra}"));
+    let c = ok(&with(
+        "deny = [\"203.0.113.0/24\", \"198.51.100.7\"]\nallow = [\"203.0.113.9/32\"]\nsource_rate = 20\n",
+    ));
+    let s = &c.vips[0].sources;
+    assert_eq!(s.deny.len(), 2);
+    assert!(
+        s.deny.contains(&"198.51.100.7/32".parse().unwrap()),
+        "a bare address is a /32"
+    );
+    assert_eq!(
+        (s.rate, s.burst),
+        (20, 20),
+        "the burst defaults to the rate"
+    );
+    assert_eq!(ok(GOOD).vips[0].sources, SourcePolicy::default());
+
+    let e = one_error(&with("deny = [\"203.0.113.1/24\"]\n"));
+    assert_eq!(e.path, "vip[0].deny[0]");
+    assert!(
+        e.message.contains("host bits") && e.message.contains("203.0.113.0/24"),
+        "{e}"
+    );
+    let e = one_error(&with("allow = [\"banana\"]\n"));
+    assert_eq!(e.path, "vip[0].allow[0]");
+    let e = one_error(&with("deny = [\"10.0.0.0/8\", \"10.0.0.0/8\"]\n"));
+    assert!(e.message.contains("twice"), "{e}");
+    let e = one_error(&with("deny = [\"10.0.0.0/8\"]\nallow = [\"10.0.0.0/8\"]\n"));
+    assert!(
+        e.message.contains("both the deny and the allow list"),
+        "{e}"
+    );
+    let e = one_error(&with("source_rate = -1\n"));
+    assert_eq!(e.path, "vip[0].source_rate");
+}

@@ -11,7 +11,8 @@ use toml::Spanned;
 
 use super::{
     BackendConfig, Checks, Config, ConfigError, Conntrack, CookieMode, Daemon, DataPath,
-    HealthCheck, Loaded, MAX_WEIGHT, MssClamp, ProbeKind, Protocol, Snat, SynCookies, Vip,
+    HealthCheck, Loaded, MAX_WEIGHT, MssClamp, ProbeKind, Protocol, Snat, SourceList, SourcePolicy,
+    SynCookies, Vip,
     schema::{RawBackend, RawConfig, RawHealthCheck, RawVip},
 };
 use crate::{dataplane::links::AttachMode, sys::netdev};
@@ -476,6 +477,64 @@ fn cookie_mode(c: &mut Collector, p: &str, v: &RawVip, protocol: Protocol) -> Co
     mode
 }
 
+/// Deny and allow lists and the per-source rate of one VIP.
+fn source_policy(c: &mut Collector, p: &str, v: &RawVip) -> SourcePolicy {
+    let mut out = SourcePolicy::default();
+    for (list, raw) in [(SourceList::Deny, &v.deny), (SourceList::Allow, &v.allow)] {
+        for (i, e) in raw.iter().enumerate() {
+            let key = format!("{p}.{}[{i}]", list.name());
+            match super::parse_prefix(e.get_ref()) {
+                Ok(net) if !out.list_mut(list).insert(net) => {
+                    c.err(key, e, format!("{net} is listed twice"));
+                }
+                Ok(_) => {}
+                Err(m) => c.err(key, e, m),
+            }
+        }
+    }
+    for net in out.deny.intersection(&out.allow) {
+        let at = v
+            .allow
+            .iter()
+            .find(|e| super::parse_prefix(e.get_ref()) == Ok(*net));
+        if let Some(at) = at {
+            c.err(
+                format!("{p}.allow"),
+                at,
+                format!("{net} is on both the deny and the allow list"),
+            );
+        }
+    }
+    out.rate = c.ranged(
+        &format!("{p}.source_rate"),
+        &v.source_rate,
+        0,
+        1_000_000,
+        "new connections per second per source (0 = no limit)",
+    ) as u32;
+    out.burst = c.ranged(
+        &format!("{p}.source_burst"),
+        &v.source_burst,
+        0,
+        1_000_000,
+        "connections at once per source (0 = source_rate)",
+    ) as u32;
+    if out.burst == 0 {
+        out.burst = out.rate;
+    }
+    if out.deny.len() + out.allow.len() > lb_common::MAX_SOURCE_ENTRIES as usize {
+        c.err(
+            format!("{p}.deny"),
+            &v.source_rate,
+            format!(
+                "at most {} deny and allow entries in all",
+                lb_common::MAX_SOURCE_ENTRIES
+            ),
+        );
+    }
+    out
+}
+
 fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
     let mut vips = Vec::new();
     let mut names = HashSet::new();
@@ -515,6 +574,7 @@ fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
         };
         let backends = backends(c, &p, v, &name, port);
         let syn_cookies = cookie_mode(c, &p, v, protocol);
+        let sources = source_policy(c, &p, v);
         vips.push(Vip {
             name,
             address,
@@ -522,6 +582,7 @@ fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
             protocol,
             health,
             syn_cookies,
+            sources,
             backends,
         });
     }

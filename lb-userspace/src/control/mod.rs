@@ -197,6 +197,22 @@ async fn dispatch(ctx: &Arc<Ctx>, req: Request) -> Result<Response> {
                 blocking(move || reports::lookup(&snap, flows.as_ref(), client, &vip)).await?,
             )
         }
+        Request::SourceEdit {
+            vip,
+            list,
+            prefix,
+            add,
+        } => {
+            let net = crate::config::parse_prefix(&prefix).map_err(|e| anyhow::anyhow!(e))?;
+            changed(h.edit_source_list(vip, list, net, add).await?)
+        }
+        Request::SourceList { list, vip } => {
+            let snap = h.snapshot();
+            if let Some(v) = &vip {
+                snap.vip(v)?;
+            }
+            Response::ok(reports::source_list(&snap, list, vip.as_deref()))
+        }
         Request::Reload => Response::ok(reload(ctx).await?),
         Request::Unload => {
             ctx.unload_requested.store(true, Ordering::SeqCst);

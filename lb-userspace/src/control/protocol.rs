@@ -13,6 +13,8 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use serde::{Deserialize, Serialize};
 
+use crate::config::SourceList;
+
 /// A backend as the CLI names it: an address, and its port when the VIP has several backends
 /// on one address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +56,18 @@ pub enum Request {
     Lookup {
         client: SocketAddr,
         vip: String,
+    },
+    /// Add or remove a prefix on a VIP's deny or allow list.
+    SourceEdit {
+        vip: String,
+        list: SourceList,
+        prefix: String,
+        add: bool,
+    },
+    /// Every VIP's (or one VIP's) entries of one list.
+    SourceList {
+        list: SourceList,
+        vip: Option<String>,
     },
     Reload,
     Unload,

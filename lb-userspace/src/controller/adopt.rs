@@ -83,6 +83,8 @@ fn vip(img: &Image, key: &lb_common::Vip4Key, meta: &VipMeta) -> Option<VipState
         },
         cookies_engaged: meta.flags & VipMeta::COOKIES_ON != 0,
         cookies_changed: None,
+        // The config's lists and rate are applied right after adoption.
+        sources: Default::default(),
     };
     for (id, b) in img.backends.iter().filter(|(_, b)| b.vip_id == meta.vip_id) {
         if b.flags & Backend::ACTIVE == 0 {

@@ -113,6 +113,7 @@ fn add_vip(next: &mut State, vc: &Vip) -> Result<()> {
         syn_cookies: vc.syn_cookies,
         cookies_engaged: false,
         cookies_changed: None,
+        sources: vc.sources.clone(),
     };
     for b in &vc.backends {
         let bid = alloc_with(next, &v)?;
@@ -160,6 +161,19 @@ fn update_vip(
             ));
         }
         v.syn_cookies = vc.syn_cookies;
+    }
+    if v.sources != vc.sources {
+        if !adopted {
+            summary.push(format!(
+                "vip {}: sources: {} deny, {} allow, rate {}/s (burst {})",
+                vc.name,
+                vc.sources.deny.len(),
+                vc.sources.allow.len(),
+                vc.sources.rate,
+                vc.sources.burst
+            ));
+        }
+        v.sources = vc.sources.clone();
     }
     if v.health != vc.health {
         if !adopted {

@@ -1,4 +1,5 @@
-//! Runtime changes: backends added, removed and re-weighted from the CLI, health transitions
+//! Runtime changes: backends added, removed and re-weighted and source lists edited from the
+//! CLI, health transitions
 //! from probes, and the resources expiry found free.
 
 use std::{collections::BTreeSet, net::IpAddr};
@@ -8,7 +9,7 @@ use log::{info, warn};
 
 use super::{Controller, plan::TableMode, state::State};
 use crate::{
-    config::MAX_WEIGHT,
+    config::{MAX_WEIGHT, SourceList},
     dataplane::Maps,
     health::{
         Status, Transition,
@@ -218,6 +219,53 @@ impl<M: Maps> Controller<M> {
             self.commit(next)?;
         }
         Ok(out)
+    }
+
+    /// Adds (`add`) or removes a prefix on a VIP's deny or allow list.
+    pub fn edit_source_list(
+        &mut self,
+        vip: &str,
+        list: SourceList,
+        net: ipnet::Ipv4Net,
+        add: bool,
+    ) -> Result<String> {
+        let vi = self.state.vip_index(vip)?;
+        let mut next = self.state.clone();
+        let p = &mut next.vips[vi].sources;
+        let other = match list {
+            SourceList::Deny => SourceList::Allow,
+            SourceList::Allow => SourceList::Deny,
+        };
+        if add {
+            if p.list(other).contains(&net) {
+                bail!(
+                    "vip {vip}: {net} is on the {} list; remove it there first",
+                    other.name()
+                );
+            }
+            let total: usize = next
+                .vips
+                .iter()
+                .map(|v| v.sources.deny.len() + v.sources.allow.len())
+                .sum();
+            if total >= lb_common::MAX_SOURCE_ENTRIES as usize {
+                bail!(
+                    "all {} deny and allow entries are in use",
+                    lb_common::MAX_SOURCE_ENTRIES
+                );
+            }
+            if !next.vips[vi].sources.list_mut(list).insert(net) {
+                bail!("vip {vip}: {net} is already on the {} list", list.name());
+            }
+        } else if !p.list_mut(list).remove(&net) {
+            bail!("vip {vip}: {net} is not on the {} list", list.name());
+        }
+        self.commit(next)?;
+        let verb = if add { "added to" } else { "removed from" };
+        Ok(format!(
+            "vip {vip}: {net} {verb} the {} list (existing connections are not affected)",
+            list.name()
+        ))
     }
 
     /// Engages or releases `auto` cookie mode on a VIP (the SYN-pressure watch decides).

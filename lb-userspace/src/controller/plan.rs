@@ -5,13 +5,14 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use lb_common::{
     ADDR_FILTER_SIZE, Addr, AddrClass, Backend, DataplaneConfig, FAMILY_IPV4, FilterBucket,
-    SnatAddr, Vip4Key, VipInfo, VipMeta, hash::filter_index, maglev::Member, mss,
+    SnatAddr, SourceKey4, Vip4Key, VipInfo, VipLimits, VipMeta, hash::filter_index, maglev::Member,
+    mss, source_list,
 };
 use serde::Serialize;
 
 use super::state::{State, VipState};
 use crate::{
-    config::{CookieMode, MssClamp, Protocol},
+    config::{CookieMode, MssClamp, Protocol, SourceList},
     health::Status,
 };
 
@@ -133,6 +134,21 @@ fn vip(img: &mut super::super::dataplane::Image, v: &VipState) {
             flags |= VipMeta::COOKIES_ON;
         }
     }
+    for (list, action) in [
+        (SourceList::Deny, source_list::DENY),
+        (SourceList::Allow, source_list::ALLOW),
+    ] {
+        for net in v.sources.list(list) {
+            let key = SourceKey4::new(v.id, u32::from_ne_bytes(net.network().octets()));
+            img.sources.insert((key, net.prefix_len()), action);
+            flags |= VipMeta::SOURCE_LISTS;
+        }
+    }
+    if v.sources.rate > 0 {
+        img.vip_limits
+            .insert(v.id, VipLimits::new(v.sources.rate, v.sources.burst));
+        flags |= VipMeta::RATE_LIMIT;
+    }
     img.vips.insert(
         Vip4Key::new(word(v.address), v.port, v.protocol.number()),
         VipMeta {
@@ -246,6 +262,7 @@ mod tests {
             syn_cookies: CookieMode::Auto,
             cookies_engaged: false,
             cookies_changed: None,
+            sources: Default::default(),
         }
     }
 

@@ -19,10 +19,12 @@ use super::{
     snapshot::{BackendView, VipView},
 };
 use crate::{
+    config::SourceList,
     dataplane::{Counters, Flows},
     health::Status,
     report::{
-        BackendReport, ConnReport, ConnsReport, LookupReport, SnatReport, StatsReport, VipReport,
+        BackendReport, ConnReport, ConnsReport, LookupReport, SnatReport, SourceEntry, StatsReport,
+        VipReport,
     },
 };
 
@@ -146,6 +148,13 @@ fn vip_report(v: &VipView, counters: &dyn Counters, fc: &FlowCounts) -> Result<V
         cookies_sent: s.cookies_sent,
         cookies_valid: s.cookies_valid,
         cookies_invalid: s.cookies_invalid,
+        deny_entries: v.sources.deny.len(),
+        allow_entries: v.sources.allow.len(),
+        source_rate: v.sources.rate,
+        source_burst: v.sources.burst,
+        denied: s.denied,
+        allowed: s.allowed,
+        rate_limited: s.rate_limited,
     })
 }
 
@@ -326,4 +335,19 @@ pub fn lookup(
         backend,
         existing_flow_backend: existing,
     })
+}
+
+/// The entries of one list, VIP by VIP.
+pub fn source_list(snap: &Snapshot, list: SourceList, vip: Option<&str>) -> Vec<SourceEntry> {
+    snap.vips
+        .iter()
+        .filter(|v| vip.is_none_or(|n| v.name == n))
+        .flat_map(|v| {
+            v.sources.list(list).iter().map(|net| SourceEntry {
+                vip: v.name.clone(),
+                list: list.name().into(),
+                prefix: net.to_string(),
+            })
+        })
+        .collect()
 }

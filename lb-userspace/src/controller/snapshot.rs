@@ -9,7 +9,7 @@ use std::{
 
 use super::{plan::TableMode, state::State};
 use crate::{
-    config::{CookieMode, HealthCheck, ProbeKind, Protocol},
+    config::{CookieMode, HealthCheck, ProbeKind, Protocol, SourcePolicy},
     dataplane::links::Attachment,
     health::{Status, probe::ProbeTarget},
 };
@@ -51,6 +51,7 @@ pub struct VipView {
     /// SYNs are answered with cookies now (`always`, or `auto` engaged).
     pub cookies_on: bool,
     pub cookies_changed: Option<std::time::SystemTime>,
+    pub sources: SourcePolicy,
 }
 
 #[derive(Clone, Debug)]
@@ -92,6 +93,7 @@ impl Snapshot {
                     cookies_engaged: v.cookies_engaged,
                     cookies_on: v.cookies_on(),
                     cookies_changed: v.cookies_changed,
+                    sources: v.sources.clone(),
                     backends: v
                         .backends
                         .iter()

@@ -14,7 +14,7 @@ use lb_common::{MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SNAT_ADDRS, MAX_VIPS, NO_BA
 
 use super::plan::{self, TableMode};
 use crate::{
-    config::{Config, CookieMode, HealthCheck, Protocol},
+    config::{Config, CookieMode, HealthCheck, Protocol, SourcePolicy},
     health::{Health, Status},
 };
 
@@ -63,6 +63,9 @@ pub struct VipState {
     pub cookies_engaged: bool,
     /// When `cookies_engaged` last changed.
     pub cookies_changed: Option<std::time::SystemTime>,
+    /// Deny and allow lists (the config's, plus CLI edits until the next reload) and the
+    /// per-source rate.
+    pub sources: SourcePolicy,
 }
 
 impl VipState {

@@ -552,3 +552,49 @@ fn the_snapshot_lists_probe_targets_and_the_live_table() {
     );
     let _ = Vip4Key::default();
 }
+
+#[test]
+fn source_lists_and_limits_reach_the_maps_and_runtime_edits_are_checked() {
+    let (mut c, maps) = start(&three());
+    let name = c.state().vips[0].name.clone();
+    let net: ipnet::Ipv4Net = "203.0.113.0/24".parse().unwrap();
+    let msg = c
+        .edit_source_list(&name, crate::config::SourceList::Deny, net, true)
+        .unwrap();
+    assert!(msg.contains("added to the deny list"), "{msg}");
+    let img = maps.image();
+    let flags = img.vips.values().next().unwrap().flags;
+    assert_ne!(flags & VipMeta::SOURCE_LISTS, 0);
+    assert_eq!(flags & VipMeta::RATE_LIMIT, 0);
+    assert_eq!(img.sources.len(), 1);
+    let ((k, len), v) = img.sources.iter().next().unwrap();
+    assert_eq!(
+        (k.vip_id(), *len, *v),
+        (0, 24, lb_common::source_list::DENY)
+    );
+    // The same prefix on the other list, twice on one, or a removal of nothing: refused.
+    use crate::config::SourceList::{Allow, Deny};
+    assert!(c.edit_source_list(&name, Allow, net, true).is_err());
+    assert!(c.edit_source_list(&name, Deny, net, true).is_err());
+    let other: ipnet::Ipv4Net = "192.0.2.0/24".parse().unwrap();
+    assert!(c.edit_source_list(&name, Deny, other, false).is_err());
+    c.edit_source_list(&name, Deny, net, false).unwrap();
+    let img = maps.image();
+    assert!(img.sources.is_empty());
+    assert_eq!(
+        img.vips.values().next().unwrap().flags & VipMeta::SOURCE_LISTS,
+        0
+    );
+    // A rate in the config becomes the VIP's limit.
+    let mut cfg = c.config().clone();
+    cfg.vips[0].sources.rate = 50;
+    cfg.vips[0].sources.burst = 100;
+    let lines = c.apply(cfg).unwrap();
+    assert!(lines.iter().any(|l| l.contains("rate 50/s")), "{lines:?}");
+    let img = maps.image();
+    assert_ne!(
+        img.vips.values().next().unwrap().flags & VipMeta::RATE_LIMIT,
+        0
+    );
+    assert_eq!(img.vip_limits[&0], lb_common::VipLimits::new(50, 100));
+}

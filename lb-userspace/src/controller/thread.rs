@@ -16,8 +16,10 @@ use log::{error, info};
 use tokio::sync::{Notify, oneshot, watch};
 
 use super::{Controller, Snapshot, edits::InUse};
+use ipnet::Ipv4Net;
+
 use crate::{
-    config::Config,
+    config::{Config, SourceList},
     dataplane::{Maps, links::Attachment},
     health::probe::{ProbeResult, ProbeTarget},
 };
@@ -31,6 +33,8 @@ pub enum Command {
     AddBackend(String, IpAddr, Option<u16>, u32, Reply<String>),
     RemoveBackend(String, IpAddr, Option<u16>, Reply<String>),
     SetWeight(String, IpAddr, Option<u16>, u32, Reply<String>),
+    /// (VIP, list, prefix, add or remove).
+    SourceList(String, SourceList, Ipv4Net, bool, Reply<String>),
     Probe(ProbeTarget, ProbeResult),
     InUse(InUse),
     Attached(Vec<Attachment>),
@@ -94,6 +98,17 @@ impl Handle {
         w: u32,
     ) -> Result<String> {
         self.ask(|r| Command::SetWeight(vip, a, port, w, r)).await
+    }
+
+    pub async fn edit_source_list(
+        &self,
+        vip: String,
+        list: SourceList,
+        net: Ipv4Net,
+        add: bool,
+    ) -> Result<String> {
+        self.ask(|r| Command::SourceList(vip, list, net, add, r))
+            .await
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -195,6 +210,9 @@ fn handle<M: Maps>(c: &mut Controller<M>, cmd: Command, attachments: &mut Vec<At
         Command::AddBackend(vip, a, port, w, r) => reply(r, c.add_backend(&vip, a, port, w)),
         Command::RemoveBackend(vip, a, port, r) => reply(r, c.remove_backend(&vip, a, port)),
         Command::SetWeight(vip, a, port, w, r) => reply(r, c.set_weight(&vip, a, port, w)),
+        Command::SourceList(vip, list, net, add, r) => {
+            reply(r, c.edit_source_list(&vip, list, net, add))
+        }
         Command::Probe(t, res) => {
             return match c.record_probe(&t, &res) {
                 Ok(tr) => tr.is_some(),

@@ -11,13 +11,13 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, IterableMap as _, Map, MapData, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, IterableMap as _, LpmTrie, Map, MapData, PerCpuArray},
     programs::Xdp,
 };
 use lb_common::{
     ADDR_FILTER_SIZE, AddrClass, Backend, BackendHop, BackendStats, DataplaneConfig, Flow4Key,
-    FlowEntry, FlowRef, MAX_SNAT_ADDRS, Reason, SLOTS_PER_SNAT_ADDR, SnatAddr, Vip4Key, VipInfo,
-    VipMeta, VipStats, cookie::CookieKey, names,
+    FlowEntry, FlowRef, MAX_SNAT_ADDRS, Reason, SLOTS_PER_SNAT_ADDR, SnatAddr, SourceKey4, Vip4Key,
+    VipInfo, VipLimits, VipMeta, VipStats, cookie::CookieKey, names,
 };
 
 use super::{Counters, Flows, Image, Maps, Write, tables::MaglevTables};
@@ -296,6 +296,8 @@ pub struct KernelMaps {
     config: Array<MapData, DataplaneConfig>,
     tx_ports: DevMapHash<MapData>,
     iface_mtu: HashMap<MapData, u32, u32>,
+    sources: LpmTrie<MapData, SourceKey4, u32>,
+    vip_limits: Array<MapData, VipLimits>,
 }
 
 impl KernelMaps {
@@ -320,6 +322,8 @@ impl KernelMaps {
             config: typed!(ebpf, names::CONFIG),
             tx_ports: typed!(ebpf, names::TX_PORTS),
             iface_mtu: typed!(ebpf, names::IFACE_MTU),
+            sources: typed!(ebpf, names::SOURCES4),
+            vip_limits: typed!(ebpf, names::VIP_LIMITS),
         })
     }
 }
@@ -349,6 +353,14 @@ impl Maps for KernelMaps {
             Write::IfaceMtu(ifindex, Some(m)) => self.iface_mtu.insert(ifindex, m, 0)?,
             Write::IfaceMtu(ifindex, None) => ignore_missing(self.iface_mtu.remove(ifindex))?,
             Write::Config(c) => self.config.set(0, c, 0)?,
+            Write::Source((k, len), Some(v)) => self
+                .sources
+                .insert(&source_key(k, *len), v, 0)
+                .with_context(|| format!("adding a source entry of VIP id {}", k.vip_id()))?,
+            Write::Source((k, len), None) => {
+                ignore_missing(self.sources.remove(&source_key(k, *len)))?
+            }
+            Write::VipLimits(id, l) => self.vip_limits.set(*id, l.unwrap_or_default(), 0)?,
         }
         Ok(())
     }
@@ -394,8 +406,24 @@ impl Maps for KernelMaps {
         }
         img.tx_ports = self.tx_ports.keys().collect::<Result<_, _>>()?;
         img.iface_mtu = self.iface_mtu.iter().collect::<Result<_, _>>()?;
+        for e in self.sources.iter() {
+            let (k, v) = e?;
+            let len = k.prefix_len().saturating_sub(SourceKey4::prefix_len(0)) as u8;
+            img.sources.insert((k.data(), len), v);
+        }
+        for (id, l) in self.vip_limits.iter().enumerate() {
+            let l = l?;
+            if l != VipLimits::default() {
+                img.vip_limits.insert(id as u32, l);
+            }
+        }
         Ok(img)
     }
+}
+
+/// The trie key of a VIP's `len`-bit prefix.
+fn source_key(k: &SourceKey4, len: u8) -> aya::maps::lpm_trie::Key<SourceKey4> {
+    aya::maps::lpm_trie::Key::new(SourceKey4::prefix_len(len), *k)
 }
 
 fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<()> {

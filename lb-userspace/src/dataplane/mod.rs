@@ -20,7 +20,7 @@ use std::{
 use anyhow::Result;
 use lb_common::{
     AddrClass, Backend, BackendStats, DataplaneConfig, Flow4Key, FlowEntry, FlowRef, SnatAddr,
-    Vip4Key, VipInfo, VipMeta, VipStats,
+    SourceKey4, Vip4Key, VipInfo, VipLimits, VipMeta, VipStats,
 };
 
 /// One change to a configuration map. `None` / zero values remove or clear.
@@ -38,6 +38,9 @@ pub enum Write {
     TxPort(u32, bool),
     IfaceMtu(u32, Option<u32>),
     Config(DataplaneConfig),
+    /// A deny/allow entry: (VIP id + network, CIDR length) → `source_list::*`.
+    Source((SourceKey4, u8), Option<u32>),
+    VipLimits(u32, Option<VipLimits>),
 }
 
 impl Write {
@@ -54,6 +57,8 @@ impl Write {
             Write::Filter(_, v) => *v == 0,
             Write::TxPort(_, on) => !on,
             Write::IfaceMtu(_, m) => m.is_none(),
+            Write::Source(_, v) => v.is_none(),
+            Write::VipLimits(_, v) => v.is_none(),
             Write::SnatPick(..) | Write::Config(_) => false,
         }
     }
@@ -64,7 +69,7 @@ impl Write {
             Write::Backend(..) => 0,
             Write::SnatAddr(..) => 1,
             Write::Table(..) => 2,
-            Write::VipInfo(..) => 3,
+            Write::VipInfo(..) | Write::Source(..) | Write::VipLimits(..) => 3,
             Write::Vip(..) => 4,
             Write::Addr(..) => 5,
             Write::Filter(..) => 6,
@@ -81,7 +86,7 @@ impl Write {
             Write::Filter(..) => 0,
             Write::Addr(..) => 1,
             Write::Vip(..) => 2,
-            Write::VipInfo(..) => 3,
+            Write::VipInfo(..) | Write::Source(..) | Write::VipLimits(..) => 3,
             Write::Table(..) => 4,
             Write::Backend(..) => 5,
             Write::SnatAddr(..) => 6,
@@ -104,6 +109,8 @@ pub struct Image {
     pub tables: BTreeMap<u32, Arc<Vec<u32>>>,
     pub tx_ports: BTreeSet<u32>,
     pub iface_mtu: BTreeMap<u32, u32>,
+    pub sources: BTreeMap<(SourceKey4, u8), u32>,
+    pub vip_limits: BTreeMap<u32, VipLimits>,
 }
 
 fn diff_map<K: Ord + Copy, V: PartialEq + Clone>(
@@ -152,6 +159,8 @@ impl Image {
             w.push(Write::TxPort(*p, false));
         }
         diff_map(&self.iface_mtu, &new.iface_mtu, &mut w, Write::IfaceMtu);
+        diff_map(&self.sources, &new.sources, &mut w, Write::Source);
+        diff_map(&self.vip_limits, &new.vip_limits, &mut w, Write::VipLimits);
         if self.config != new.config {
             w.push(Write::Config(new.config));
         }
@@ -203,6 +212,8 @@ impl Image {
             }
             Write::IfaceMtu(k, m) => put(&mut self.iface_mtu, k, m),
             Write::Config(c) => self.config = c,
+            Write::Source(k, v) => put(&mut self.sources, k, v),
+            Write::VipLimits(k, v) => put(&mut self.vip_limits, k, v),
         }
     }
 
@@ -226,6 +237,8 @@ impl Image {
             Write::TxPort(k, _) => Write::TxPort(*k, self.tx_ports.contains(k)),
             Write::IfaceMtu(k, _) => Write::IfaceMtu(*k, self.iface_mtu.get(k).copied()),
             Write::Config(_) => Write::Config(self.config),
+            Write::Source(k, _) => Write::Source(*k, self.sources.get(k).copied()),
+            Write::VipLimits(k, _) => Write::VipLimits(*k, self.vip_limits.get(k).copied()),
         }
     }
 }
