@@ -397,7 +397,7 @@ impl Gen {
 }
 
 /// Another data-plane setting between expiry passes, so every policy branch sees traffic: the
-/// non-SYN and echo policies, SYN-cookie mode, MSS clamping, the SNAT port range, and the third TCP backend
+/// non-SYN and echo policies, SYN-cookie mode, source lists and rate, MSS clamping, the SNAT port range, and the third TCP backend
 /// healthy, without a neighbour entry, without a route, or inactive.
 fn shuffle(fx: &mut Fixture, rng: &mut SmallRng) -> Result<()> {
     let mut c = fx.config();
@@ -412,7 +412,28 @@ fn shuffle(fx: &mut Fixture, rng: &mut SmallRng) -> Result<()> {
     ]
     .choose(rng)
     .unwrap();
-    fx.set_tcp_vip_flags(cookies)?;
+    // Source lists (the client's /30 denied, its own address allowed) and a per-source rate,
+    // each on or off.
+    let deny = lb_common::SourceKey4::new(TCP_VIP_ID, u32::from_ne_bytes([10, 10, 0, 0]));
+    let allow = lb_common::SourceKey4::new(TCP_VIP_ID, u32::from_ne_bytes([10, 10, 0, 2]));
+    fx.image
+        .sources
+        .insert((deny, 30), lb_common::source_list::DENY);
+    fx.image
+        .sources
+        .insert((allow, 32), lb_common::source_list::ALLOW);
+    fx.image
+        .vip_limits
+        .insert(TCP_VIP_ID, lb_common::VipLimits::new(500, 20));
+    let policy = *[
+        0,
+        VipMeta::SOURCE_LISTS,
+        VipMeta::RATE_LIMIT,
+        VipMeta::SOURCE_LISTS | VipMeta::RATE_LIMIT,
+    ]
+    .choose(rng)
+    .unwrap();
+    fx.set_tcp_vip_flags(cookies | policy)?;
     c.snat_port_max = *[65535u16, 1100, 1030].choose(rng).unwrap();
     fx.set_config(c)?;
     let (addr, active) = match rng.random_range(0..4) {
