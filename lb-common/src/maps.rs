@@ -72,10 +72,11 @@ pub mod names {
     pub const SOURCES4: &str = "SOURCES4";
     pub const VIP_LIMITS: &str = "VIP_LIMITS";
     pub const SOURCE_RATE: &str = "SOURCE_RATE";
+    pub const SOURCE_FULL: &str = "SOURCE_FULL";
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         ADDR_FILTER,
         ADDRS4,
         VIPS4,
@@ -98,6 +99,7 @@ pub mod names {
         SOURCES4,
         VIP_LIMITS,
         SOURCE_RATE,
+        SOURCE_FULL,
     ];
 }
 
@@ -264,6 +266,9 @@ impl VipMeta {
     pub const SOURCE_LISTS: u32 = 8;
     /// The VIP limits new connections per source (VIP_LIMITS, SOURCE_RATE).
     pub const RATE_LIMIT: u32 = 16;
+    /// The VIP limits concurrent connections per source: sources at the limit are in
+    /// SOURCE_FULL.
+    pub const CONN_LIMIT: u32 = 32;
 }
 
 // ---------------------------------------------------------------------------- sources
@@ -344,7 +349,7 @@ impl VipLimits {
 /// other word 0); IPv6 sources per /64 (both words), so one subscriber's addresses share one
 /// budget.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct SourceRateKey {
     pub vip_id: u32,
     pub family: u32,
@@ -361,6 +366,8 @@ impl SourceRateKey {
     }
 }
 
+/// Capacity of `SOURCE_FULL` (sources at their VIP's concurrent-connection limit).
+pub const MAX_FULL_SOURCES: u32 = 65536;
 /// Capacity of `SOURCES4` (deny and allow entries of every VIP together).
 pub const MAX_SOURCE_ENTRIES: u32 = 65536;
 /// Sources whose rate the data path remembers (least recently used ones are forgotten first).
@@ -721,6 +728,8 @@ pub struct VipStats {
     pub allowed: u64,
     /// New connections refused by the per-source rate limit.
     pub rate_limited: u64,
+    /// New connections refused because their source was at its concurrent-connection limit.
+    pub conn_limited: u64,
 }
 
 impl VipStats {
@@ -737,6 +746,7 @@ impl VipStats {
         self.denied += o.denied;
         self.allowed += o.allowed;
         self.rate_limited += o.rate_limited;
+        self.conn_limited += o.conn_limited;
     }
 }
 

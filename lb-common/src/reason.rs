@@ -126,6 +126,8 @@ reasons! {
     DropSourceDenied = "drop_source_denied", Drop;
     /// New connection over the VIP's per-source rate.
     DropSourceRateLimited = "drop_source_rate_limited", Drop;
+    /// New connection from a source at the VIP's concurrent-connection limit.
+    DropSourceConnLimit = "drop_source_conn_limit", Drop;
 }
 
 impl Reason {

@@ -1,6 +1,7 @@
 //! Who may open a connection to a VIP: its deny and allow lists (the longest matching prefix
-//! decides; an allowed source also skips the rate limit) and its per-source new-connection rate
-//! (GCRA, `lb_common::VipLimits`). Asked only for new flows, and only by VIPs whose flags say
+//! decides; an allowed source also skips the limits), the concurrent-connection limit (sources
+//! at it are listed in SOURCE_FULL by the daemon's expiry pass) and the per-source
+//! new-connection rate (GCRA, `lb_common::VipLimits`). Asked only for new flows, and only by VIPs whose flags say
 //! they have lists or a limit.
 
 use aya_ebpf::bindings::BPF_ANY;
@@ -9,7 +10,7 @@ use lb_common::{Reason, SourceKey4, SourceRateKey, VipMeta, source_list};
 
 use crate::{
     conntrack::now_ns,
-    maps::{SOURCE_RATE, SOURCES4, VIP_LIMITS},
+    maps::{SOURCE_FULL, SOURCE_RATE, SOURCES4, VIP_LIMITS},
     stats::{self, VipSyn},
 };
 
@@ -18,12 +19,13 @@ use crate::{
 /// budget).
 #[inline(always)]
 pub fn admit(vip: &VipMeta, src: u32, limit: bool) -> Result<(), Reason> {
-    if vip.flags & (VipMeta::SOURCE_LISTS | VipMeta::RATE_LIMIT) == 0 {
+    if vip.flags & (VipMeta::SOURCE_LISTS | VipMeta::RATE_LIMIT | VipMeta::CONN_LIMIT) == 0 {
         return Ok(());
     }
     match decide(vip.flags, vip.vip_id, src, limit as u32) {
         DENIED => Err(Reason::DropSourceDenied),
         LIMITED => Err(Reason::DropSourceRateLimited),
+        FULL => Err(Reason::DropSourceConnLimit),
         _ => Ok(()),
     }
 }
@@ -31,6 +33,7 @@ pub fn admit(vip: &VipMeta, src: u32, limit: bool) -> Result<(), Reason> {
 const ADMITTED: u32 = 0;
 const DENIED: u32 = 1;
 const LIMITED: u32 = 2;
+const FULL: u32 = 3;
 
 /// The decision, as a BPF function of its own (never inlined): the verifier then sees one
 /// outcome per answer at the call, not every path through the lists and the limit, each
@@ -51,6 +54,16 @@ fn decide(flags: u32, vip_id: u32, src: u32, limit: u32) -> u32 {
             }
             _ => {}
         }
+    }
+    // A source at its concurrent limit (spoofed SYNs in its name change nothing for it).
+    if !allowed
+        && flags & VipMeta::CONN_LIMIT != 0
+        && SOURCE_FULL
+            .get_ptr(&SourceRateKey::v4(vip_id, src))
+            .is_some()
+    {
+        stats::vip_syn(vip_id, VipSyn::ConnLimited);
+        return FULL;
     }
     if limit != 0 && !allowed && flags & VipMeta::RATE_LIMIT != 0 && !conforms(vip_id, src) {
         stats::vip_syn(vip_id, VipSyn::RateLimited);

@@ -66,6 +66,7 @@ pub enum VipSyn {
     Denied,
     Allowed,
     RateLimited,
+    ConnLimited,
 }
 
 #[inline(always)]
@@ -81,6 +82,7 @@ pub fn vip_syn(vip_id: u32, what: VipSyn) {
                 VipSyn::Denied => (*s).denied += 1,
                 VipSyn::Allowed => (*s).allowed += 1,
                 VipSyn::RateLimited => (*s).rate_limited += 1,
+                VipSyn::ConnLimited => (*s).conn_limited += 1,
             }
         }
     }

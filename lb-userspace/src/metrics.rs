@@ -161,7 +161,7 @@ const BACKEND_GAUGES: [Field<BackendReport, i64>; 5] = [
     ),
 ];
 /// Per-VIP counters (label `vip`).
-const VIP_COUNTERS: [Field<VipReport, u64>; 10] = [
+const VIP_COUNTERS: [Field<VipReport, u64>; 11] = [
     ("wklb_vip_packets", "Packets client -> VIP", |v| v.packets),
     ("wklb_vip_new_flows", "Flows created for the VIP", |v| {
         v.new_flows
@@ -203,6 +203,11 @@ const VIP_COUNTERS: [Field<VipReport, u64>; 10] = [
         "wklb_vip_source_rate_limited",
         "New connections refused by the VIP's per-source rate limit",
         |v| v.rate_limited,
+    ),
+    (
+        "wklb_vip_source_conn_limited",
+        "New connections refused because their source was at its concurrent-connection limit",
+        |v| v.conn_limited,
     ),
 ];
 

@@ -76,6 +76,10 @@ pub struct VipReport {
     pub allowed: u64,
     /// New connections refused by the per-source rate.
     pub rate_limited: u64,
+    /// Concurrent connections per source (0: no limit).
+    pub source_max_conns: u32,
+    /// New connections refused because their source was at that limit.
+    pub conn_limited: u64,
 }
 
 /// One deny or allow entry.

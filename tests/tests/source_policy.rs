@@ -167,3 +167,30 @@ fn with_cookies_the_limit_applies_to_proven_sources_only() {
         assert!(cookie::check(&fx.cookie_key, &t, cookies[1], now).is_some());
     });
 }
+
+#[test]
+fn a_source_at_its_connection_limit_opens_no_more() {
+    with_fixture("a_source_at_its_connection_limit", 1024, |fx| {
+        use lb_userspace::dataplane::Flows as _;
+        fx.set_tcp_vip_flags(VipMeta::CONN_LIMIT).unwrap();
+        assert_eq!(run(fx, &syn(CLIENT, 40500)), XDP_REDIRECT);
+        // The expiry pass found CLIENT at its limit.
+        let full = [lb_common::SourceRateKey::v4(TCP_VIP_ID, word(CLIENT))]
+            .into_iter()
+            .collect();
+        fx.flows.set_full_sources(&full).unwrap();
+        let before = fx.reasons();
+        assert_eq!(run(fx, &syn(CLIENT, 40501)), XDP_DROP);
+        assert_only(fx, &before, Reason::DropSourceConnLimit, 1);
+        assert_eq!(fx.vip_stats(TCP_VIP_ID).conn_limited, 1);
+        // Its open connections go on; other sources are not affected.
+        assert_eq!(
+            run(fx, &tcp((CLIENT, 40500), VIP_TCP, "A", b"x")),
+            XDP_REDIRECT
+        );
+        assert_eq!(run(fx, &syn(OTHER_CLIENT, 40502)), XDP_REDIRECT);
+        // Below the limit again (the next pass took it off the list): admitted.
+        fx.flows.set_full_sources(&Default::default()).unwrap();
+        assert_eq!(run(fx, &syn(CLIENT, 40503)), XDP_REDIRECT);
+    });
+}

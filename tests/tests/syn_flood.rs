@@ -269,3 +269,34 @@ fn f03_a_source_denied_at_runtime_cannot_connect_until_it_is_removed() {
         0
     );
 }
+
+#[test]
+fn f04_a_source_at_its_connection_limit_waits_until_some_close() {
+    let Some(mut t) = topology("f04_conn_limit", 1) else {
+        return;
+    };
+    let cfg_text = t
+        .config(&[(0, 100)], "")
+        .replace("protocol = \"tcp\"\n", "protocol = \"tcp\"\nsource_max_conns = 20\n");
+    let cfg = t.write_config(&cfg_text).unwrap();
+    t.start_daemon(&cfg).unwrap();
+    wait_stats(&t, Duration::from_secs(10), "backend in the table", |s| {
+        s["vips"][0]["backends_in_table"] == 1
+    });
+    // 30 at once: the limit is enforced from the next expiry pass (gc_interval, 1 s here), so
+    // this burst gets through; the next connection does not.
+    let holders = tcp_client(&t, 30, 0, 6);
+    wait_connected(&t, 30);
+    std::thread::sleep(Duration::from_millis(2500));
+    let late = Topology::client_report(tcp_client(&t, 3, 1000, 1)).unwrap();
+    assert_eq!(late["connected"], 0, "{late:#}");
+    let s = t.stats().unwrap();
+    assert!(vip(&s, "im-tcp")["conn_limited"].as_u64().unwrap() >= 3, "{s:#}");
+    assert_eq!(vip(&s, "im-tcp")["source_max_conns"], 20);
+    // Once the holders close, the source is under its limit at the next pass.
+    let r = Topology::client_report(holders).unwrap();
+    assert_eq!((r["connected"].as_u64(), r["broken"].as_u64()), (Some(30), Some(0)));
+    std::thread::sleep(Duration::from_millis(2500));
+    let again = Topology::client_report(tcp_client(&t, 3, 1000, 1)).unwrap();
+    assert_eq!(again["connected"], 3, "{again:#}");
+}

@@ -28,7 +28,7 @@ pub fn vips(v: &[VipReport]) -> String {
         "syn cookies",
         "syns",
         "cookies sent/valid/bad",
-        "denied/limited",
+        "denied/rate/conns limited",
     ]);
     for x in v {
         t.add_row(vec![
@@ -52,7 +52,7 @@ pub fn vips(v: &[VipReport]) -> String {
                 "{}/{}/{}",
                 x.cookies_sent, x.cookies_valid, x.cookies_invalid
             ),
-            format!("{}/{}", x.denied, x.rate_limited),
+            format!("{}/{}/{}", x.denied, x.rate_limited, x.conn_limited),
         ]);
     }
     t.to_string()

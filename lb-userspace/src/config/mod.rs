@@ -167,6 +167,8 @@ pub struct SourcePolicy {
     pub rate: u32,
     /// Connections at once before the rate applies.
     pub burst: u32,
+    /// Concurrent connections per source (enforced at every expiry pass); 0 = no limit.
+    pub max_conns: u32,
 }
 
 /// A VIP's source lists.

@@ -179,6 +179,9 @@ pub struct RawVip {
     /// Connections a source may open at once before the rate applies; 0 = `source_rate`.
     #[serde(default = "d_source_burst")]
     pub source_burst: Spanned<i64>,
+    /// Concurrent connections per source; 0 = no limit.
+    #[serde(default = "d_source_burst")]
+    pub source_max_conns: Spanned<i64>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
 }

@@ -522,6 +522,13 @@ fn source_policy(c: &mut Collector, p: &str, v: &RawVip) -> SourcePolicy {
     if out.burst == 0 {
         out.burst = out.rate;
     }
+    out.max_conns = c.ranged(
+        &format!("{p}.source_max_conns"),
+        &v.source_max_conns,
+        0,
+        1_000_000,
+        "concurrent connections per source (0 = no limit)",
+    ) as u32;
     if out.deny.len() + out.allow.len() > lb_common::MAX_SOURCE_ENTRIES as usize {
         c.err(
             format!("{p}.deny"),

@@ -165,12 +165,13 @@ fn update_vip(
     if v.sources != vc.sources {
         if !adopted {
             summary.push(format!(
-                "vip {}: sources: {} deny, {} allow, rate {}/s (burst {})",
+                "vip {}: sources: {} deny, {} allow, rate {}/s (burst {}), at most {} connections each",
                 vc.name,
                 vc.sources.deny.len(),
                 vc.sources.allow.len(),
                 vc.sources.rate,
-                vc.sources.burst
+                vc.sources.burst,
+                vc.sources.max_conns
             ));
         }
         v.sources = vc.sources.clone();

@@ -4,6 +4,7 @@
 //! flow, no lock anyone else needs.
 
 use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -13,8 +14,8 @@ use std::{
 
 use anyhow::Result;
 use lb_common::{
-    Flow4Key, FlowEntry, MAX_BACKENDS, MAX_SNAT_ADDRS,
-    conntrack::{Timeouts, is_expired},
+    Flow4Key, FlowEntry, MAX_BACKENDS, MAX_FULL_SOURCES, MAX_SNAT_ADDRS, SourceRateKey,
+    conntrack::{State, Timeouts, is_expired},
     slot::{self, DYING, FREE},
 };
 use log::{debug, warn};
@@ -39,10 +40,23 @@ pub struct Sweep {
     pub stale_refs: u64,
     pub live: u64,
     pub in_use: InUse,
+    /// Sources at their VIP's concurrent-connection limit (VIPs given in `limits`).
+    pub full: BTreeSet<SourceRateKey>,
     pub took: Duration,
 }
 
 pub fn sweep(flows: &dyn Flows, timeouts: &Timeouts, now: u64) -> Result<Sweep> {
+    sweep_with(flows, timeouts, &BTreeMap::new(), now)
+}
+
+/// A pass that also counts the open flows of each source of the VIPs in `limits` (VIP id →
+/// concurrent connections per source) and reports those at their limit.
+pub fn sweep_with(
+    flows: &dyn Flows,
+    timeouts: &Timeouts,
+    limits: &BTreeMap<u32, u32>,
+    now: u64,
+) -> Result<Sweep> {
     let t0 = Instant::now();
     let mut out = Sweep {
         in_use: InUse {
@@ -63,6 +77,7 @@ pub fn sweep(flows: &dyn Flows, timeouts: &Timeouts, now: u64) -> Result<Sweep> 
     let mut backends = vec![false; MAX_BACKENDS as usize];
     let mut snat = vec![false; MAX_SNAT_ADDRS as usize];
     let mut expire: Vec<(u32, FlowEntry)> = Vec::new();
+    let mut per_source: HashMap<SourceRateKey, u32> = HashMap::new();
     let mut orphans: Vec<(u32, u32)> = Vec::new();
     flows.scan(&mut |s, e| {
         if e.owner == DYING {
@@ -80,8 +95,23 @@ pub fn sweep(flows: &dyn Flows, timeouts: &Timeouts, now: u64) -> Result<Sweep> 
             out.live += 1;
             mark(&mut backends, e.backend_id as u32);
             mark(&mut snat, slot::snat_index_of(s));
+            let vip = e.vip_id as u32;
+            if limits.contains_key(&vip)
+                && e.flags & FlowEntry::CLIENT_V6 == 0
+                && State::from_u8(e.state).is_some_and(State::is_open)
+            {
+                *per_source
+                    .entry(SourceRateKey::v4(vip, e.client[0]))
+                    .or_default() += 1;
+            }
         }
     });
+    out.full = per_source
+        .into_iter()
+        .filter(|(k, n)| limits.get(&k.vip_id).is_some_and(|max| n >= max))
+        .map(|(k, _)| k)
+        .take(MAX_FULL_SOURCES as usize)
+        .collect();
     for (s, owner) in orphans {
         if flows.swap_owner(s, owner, FREE) {
             out.orphans += 1;
@@ -173,10 +203,21 @@ pub fn spawn(
                 if Instant::now() < next {
                     continue;
                 }
-                let cfg = h.snapshot().config.clone();
+                let snap = h.snapshot();
+                let cfg = snap.config.clone();
                 next = Instant::now() + cfg.daemon.gc_interval;
-                match sweep(flows.as_ref(), &cfg.conntrack.timeouts, monotonic_ns()) {
+                let limits: BTreeMap<u32, u32> = snap
+                    .vips
+                    .iter()
+                    .filter(|v| v.sources.max_conns > 0)
+                    .map(|v| (v.id, v.sources.max_conns))
+                    .collect();
+                match sweep_with(flows.as_ref(), &cfg.conntrack.timeouts, &limits, monotonic_ns())
+                {
                     Ok(s) => {
+                        if let Err(e) = flows.set_full_sources(&s.full) {
+                            warn!("updating the sources at their connection limit failed: {e:#}");
+                        }
                         if s.expired + s.orphans + s.stale_refs > 0 {
                             debug!(
                                 "expiry: {} expired, {} orphan slots and {} stale references cleaned, {} live ({:?})",

@@ -144,6 +144,9 @@ fn vip(img: &mut super::super::dataplane::Image, v: &VipState) {
             flags |= VipMeta::SOURCE_LISTS;
         }
     }
+    if v.sources.max_conns > 0 {
+        flags |= VipMeta::CONN_LIMIT;
+    }
     if v.sources.rate > 0 {
         img.vip_limits
             .insert(v.id, VipLimits::new(v.sources.rate, v.sources.burst));

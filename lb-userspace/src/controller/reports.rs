@@ -155,6 +155,8 @@ fn vip_report(v: &VipView, counters: &dyn Counters, fc: &FlowCounts) -> Result<V
         denied: s.denied,
         allowed: s.allowed,
         rate_limited: s.rate_limited,
+        source_max_conns: v.sources.max_conns,
+        conn_limited: s.conn_limited,
     })
 }
 

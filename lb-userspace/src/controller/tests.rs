@@ -505,6 +505,38 @@ fn expiry_removes_idle_flows_by_state_and_frees_their_slots() {
 }
 
 #[test]
+fn expiry_lists_the_sources_at_their_connection_limit() {
+    let f = FakeFlows::new(16, 64);
+    let now = 10_000 * S;
+    // Source 203.0.113.7 (the helper's client) holds 3 open flows and 1 closed one; another
+    // source holds 1.
+    for (slot, port, st) in [
+        (1, 40001, Ct::Established),
+        (2, 40002, Ct::SynSent),
+        (3, 40003, Ct::Established),
+        (4, 40004, Ct::Closed),
+    ] {
+        f.insert(slot, flow(port, st, now, 1));
+    }
+    let mut other = flow(40005, Ct::Established, now, 1);
+    other.client[0] = u32::from_ne_bytes([198, 51, 100, 9]);
+    f.insert(5, other);
+    let at = |max: u32| {
+        let limits = [(0u32, max)].into_iter().collect();
+        expiry::sweep_with(&f, &Timeouts::default(), &limits, now)
+            .unwrap()
+            .full
+    };
+    let full = at(3);
+    assert_eq!(full.len(), 1, "{full:?}");
+    let k = full.iter().next().unwrap();
+    assert_eq!((k.vip_id, k.addr[0]), (0, flow(1, Ct::Established, 0, 0).client[0]));
+    assert!(at(4).is_empty(), "closed flows do not count");
+    assert_eq!(at(1).len(), 2);
+    assert!(expiry::sweep(&f, &Timeouts::default(), now).unwrap().full.is_empty());
+}
+
+#[test]
 fn expiry_frees_orphan_slots_and_stale_references() {
     let f = FakeFlows::new(8, 64);
     let now = 10_000 * S;

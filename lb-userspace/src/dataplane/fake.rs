@@ -103,6 +103,7 @@ impl Counters for FakeCounters {
 pub struct FakeFlows {
     pub table: Mutex<Vec<FlowEntry>>,
     pub refs: Mutex<HashMap<Flow4Key, FlowRef>>,
+    pub full: Mutex<std::collections::BTreeSet<lb_common::SourceRateKey>>,
     max_flows: u32,
 }
 
@@ -111,6 +112,7 @@ impl FakeFlows {
         FakeFlows {
             table: Mutex::new(vec![FlowEntry::default(); slots as usize]),
             refs: Mutex::new(HashMap::new()),
+            full: Mutex::new(Default::default()),
             max_flows,
         }
     }
@@ -169,6 +171,13 @@ impl Flows for FakeFlows {
     }
     fn restore_ref(&self, key: &Flow4Key, r: &FlowRef) -> Result<()> {
         self.refs.lock().unwrap().entry(*key).or_insert(*r);
+        Ok(())
+    }
+    fn set_full_sources(
+        &self,
+        full: &std::collections::BTreeSet<lb_common::SourceRateKey>,
+    ) -> Result<()> {
+        *self.full.lock().unwrap() = full.clone();
         Ok(())
     }
 }

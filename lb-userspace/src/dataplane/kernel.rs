@@ -3,6 +3,7 @@
 //! table it sweeps are memory-mapped; everything else is a map update per element.
 
 use std::{
+    collections::BTreeSet,
     os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
@@ -16,8 +17,8 @@ use aya::{
 };
 use lb_common::{
     ADDR_FILTER_SIZE, AddrClass, Backend, BackendHop, BackendStats, DataplaneConfig, Flow4Key,
-    FlowEntry, FlowRef, MAX_SNAT_ADDRS, Reason, SLOTS_PER_SNAT_ADDR, SnatAddr, SourceKey4, Vip4Key,
-    VipInfo, VipLimits, VipMeta, VipStats, cookie::CookieKey, names,
+    FlowEntry, FlowRef, MAX_SNAT_ADDRS, Reason, SLOTS_PER_SNAT_ADDR, SnatAddr, SourceKey4,
+    SourceRateKey, Vip4Key, VipInfo, VipLimits, VipMeta, VipStats, cookie::CookieKey, names,
 };
 
 use super::{Counters, Flows, Image, Maps, Write, tables::MaglevTables};
@@ -493,6 +494,7 @@ impl Counters for KernelCounters {
 /// The connection table: FLOWS4 by fd, FLOW_TABLE memory-mapped.
 pub struct KernelFlows {
     refs: HashMap<MapData, Flow4Key, FlowRef>,
+    full: std::sync::Mutex<HashMap<MapData, SourceRateKey, u32>>,
     table_map: MapData,
     table: Mmap,
     max_flows: u32,
@@ -520,6 +522,7 @@ impl KernelFlows {
         .context("mapping the flow table")?;
         Ok(KernelFlows {
             refs,
+            full: std::sync::Mutex::new(typed!(ebpf, names::SOURCE_FULL)),
             table_map,
             table,
             max_flows,
@@ -596,6 +599,22 @@ impl Flows for KernelFlows {
 
     fn take_ref(&self, key: &Flow4Key) -> Result<Option<FlowRef>> {
         sys::bpf::lookup_and_delete(self.refs.map().fd().as_fd(), key)
+    }
+
+    fn set_full_sources(&self, full: &BTreeSet<SourceRateKey>) -> Result<()> {
+        let mut m = self
+            .full
+            .lock()
+            .map_err(|_| anyhow!("SOURCE_FULL lock poisoned"))?;
+        let now: BTreeSet<SourceRateKey> = m.keys().collect::<Result<_, _>>()?;
+        for k in now.difference(full) {
+            ignore_missing(m.remove(k))?;
+        }
+        for k in full.difference(&now) {
+            m.insert(k, 1, 0)
+                .context("listing a source at its connection limit")?;
+        }
+        Ok(())
     }
 
     fn restore_ref(&self, key: &Flow4Key, r: &FlowRef) -> Result<()> {

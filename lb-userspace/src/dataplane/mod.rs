@@ -20,7 +20,7 @@ use std::{
 use anyhow::Result;
 use lb_common::{
     AddrClass, Backend, BackendStats, DataplaneConfig, Flow4Key, FlowEntry, FlowRef, SnatAddr,
-    SourceKey4, Vip4Key, VipInfo, VipLimits, VipMeta, VipStats,
+    SourceKey4, SourceRateKey, Vip4Key, VipInfo, VipLimits, VipMeta, VipStats,
 };
 
 /// One change to a configuration map. `None` / zero values remove or clear.
@@ -278,6 +278,8 @@ pub trait Flows: Send + Sync {
     fn take_ref(&self, key: &Flow4Key) -> Result<Option<FlowRef>>;
     /// Puts an entry back unless the key has one (undoing a `take_ref` that took a newer flow).
     fn restore_ref(&self, key: &Flow4Key, r: &FlowRef) -> Result<()>;
+    /// Makes SOURCE_FULL hold exactly `full`: the sources at their VIP's concurrent limit.
+    fn set_full_sources(&self, full: &BTreeSet<SourceRateKey>) -> Result<()>;
 }
 
 #[cfg(test)]
