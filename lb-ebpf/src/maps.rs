@@ -9,9 +9,10 @@ use aya_ebpf::{
 use lb_common::{
     ADDR_FILTER_SIZE, AddrClass, BPF_F_MMAPABLE, Backend, BackendHop, BackendStats,
     DEFAULT_MAX_FLOWS, DataplaneConfig, Flow4Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE,
-    MAX_BACKENDS, MAX_INTERFACES, MAX_FULL_SOURCES, MAX_SNAT_ADDRS, MAX_SOURCE_ENTRIES, MAX_VIP_ENTRIES, MAX_VIPS,
-    Reason, SLOTS_PER_SNAT_ADDR, SOURCE_RATE_ENTRIES, SnatAddr, SourceKey4, SourceRateKey,
-    TABLES_PER_VIP, Vip4Key, VipInfo, VipLimits, VipMeta, VipStats, cookie::CookieKey,
+    MAX_BACKENDS, MAX_FULL_SOURCES, MAX_INTERFACES, MAX_SNAT_ADDRS, MAX_SOURCE_ENTRIES,
+    MAX_VIP_ENTRIES, MAX_VIPS, Reason, SLOTS_PER_SNAT_ADDR, SOURCE_RATE_ENTRIES, SnatAddr,
+    SourceKey4, SourceRateKey, TABLES_PER_VIP, Vip4Key, VipInfo, VipLimits, VipMeta, VipStats,
+    cookie::CookieKey,
 };
 
 /// Direct-mapped filter of our IPv4 addresses (VIP and SNAT), indexed by
@@ -92,8 +93,7 @@ pub static SOURCE_RATE: LruHashMap<SourceRateKey, u64, { SOURCE_RATE_ENTRIES as 
 /// (VIP id, source) present: the source is at its VIP's concurrent-connection limit (written by
 /// the daemon's expiry pass, which counts every source's flows).
 #[btf_map]
-pub static SOURCE_FULL: HashMap<SourceRateKey, u32, { MAX_FULL_SOURCES as usize }> =
-    HashMap::new();
+pub static SOURCE_FULL: HashMap<SourceRateKey, u32, { MAX_FULL_SOURCES as usize }> = HashMap::new();
 
 /// The SYN-cookie secret (written once by the daemon, kept across restarts in the pin).
 #[btf_map]

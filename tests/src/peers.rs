@@ -14,7 +14,16 @@ use serde::Serialize;
 
 use crate::{netns::run, topology::*};
 
-pub const PEERS: [&str; 5] = ["wklb", "nginx-stream", "haproxy", "nftables", "direct"];
+/// `wklb-cookies`: wklb with every TCP VIP in `syn_cookies = "always"` (what a client gets while
+/// cookie mode is engaged), measured in the same run as plain wklb.
+pub const PEERS: [&str; 6] = [
+    "wklb",
+    "wklb-cookies",
+    "nginx-stream",
+    "haproxy",
+    "nftables",
+    "direct",
+];
 
 /// Whole-machine CPU from /proc/stat: (busy, softirq) in seconds.
 fn cpu_now() -> (f64, f64) {
@@ -150,12 +159,14 @@ pub fn start(t: &mut Topology, name: &'static str) -> Result<Peer> {
         )
     };
     match name {
-        "wklb" => {
+        "wklb" | "wklb-cookies" => {
             let _ = lo_vip(false);
-            let mut cfg = t.config(&[(0, 100), (1, 100), (2, 100)], "");
+            let mode = if name == "wklb" { "auto" } else { "always" };
+            let mut cfg =
+                Topology::with_cookies(&t.config(&[(0, 100), (1, 100), (2, 100)], ""), mode);
             for (vname, port, set) in [("http", HTTP_PORT, 3usize), ("iperf", IPERF_PORT, 1)] {
                 cfg.push_str(&format!(
-                    "[[vip]]\nname = \"{vname}\"\naddress = \"{VIP}\"\nport = {port}\n\n[vip.health_check]\nkind = \"tcp\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n\n"
+                    "[[vip]]\nname = \"{vname}\"\naddress = \"{VIP}\"\nport = {port}\nsyn_cookies = \"{mode}\"\n\n[vip.health_check]\nkind = \"tcp\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n\n"
                 ));
                 for i in 0..set {
                     cfg.push_str(&format!(
@@ -257,7 +268,7 @@ pub fn start(t: &mut Topology, name: &'static str) -> Result<Peer> {
 /// Stops a peer and leaves the edge namespace as it found it.
 pub fn stop(t: &mut Topology, p: Peer) -> Result<()> {
     match p.name {
-        "wklb" => {
+        "wklb" | "wklb-cookies" => {
             let _ = t.wklb(&["unload"]);
             if let Some(mut d) = t.daemon.take() {
                 d.stop(Duration::from_secs(10));

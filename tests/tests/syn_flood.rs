@@ -275,9 +275,10 @@ fn f04_a_source_at_its_connection_limit_waits_until_some_close() {
     let Some(mut t) = topology("f04_conn_limit", 1) else {
         return;
     };
-    let cfg_text = t
-        .config(&[(0, 100)], "")
-        .replace("protocol = \"tcp\"\n", "protocol = \"tcp\"\nsource_max_conns = 20\n");
+    let cfg_text = t.config(&[(0, 100)], "").replace(
+        "protocol = \"tcp\"\n",
+        "protocol = \"tcp\"\nsource_max_conns = 20\n",
+    );
     let cfg = t.write_config(&cfg_text).unwrap();
     t.start_daemon(&cfg).unwrap();
     wait_stats(&t, Duration::from_secs(10), "backend in the table", |s| {
@@ -291,11 +292,17 @@ fn f04_a_source_at_its_connection_limit_waits_until_some_close() {
     let late = Topology::client_report(tcp_client(&t, 3, 1000, 1)).unwrap();
     assert_eq!(late["connected"], 0, "{late:#}");
     let s = t.stats().unwrap();
-    assert!(vip(&s, "im-tcp")["conn_limited"].as_u64().unwrap() >= 3, "{s:#}");
+    assert!(
+        vip(&s, "im-tcp")["conn_limited"].as_u64().unwrap() >= 3,
+        "{s:#}"
+    );
     assert_eq!(vip(&s, "im-tcp")["source_max_conns"], 20);
     // Once the holders close, the source is under its limit at the next pass.
     let r = Topology::client_report(holders).unwrap();
-    assert_eq!((r["connected"].as_u64(), r["broken"].as_u64()), (Some(30), Some(0)));
+    assert_eq!(
+        (r["connected"].as_u64(), r["broken"].as_u64()),
+        (Some(30), Some(0))
+    );
     std::thread::sleep(Duration::from_millis(2500));
     let again = Topology::client_report(tcp_client(&t, 3, 1000, 1)).unwrap();
     assert_eq!(again["connected"], 3, "{again:#}");

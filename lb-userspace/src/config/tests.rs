@@ -323,7 +323,12 @@ fn source_lists_and_rates() {
     );
     let e = one_error(&with("source_rate = -1\n"));
     assert_eq!(e.path, "vip[0].source_rate");
-    assert_eq!(ok(&with("source_max_conns = 20\n")).vips[0].sources.max_conns, 20);
+    assert_eq!(
+        ok(&with("source_max_conns = 20\n")).vips[0]
+            .sources
+            .max_conns,
+        20
+    );
     let e = one_error(&with("source_max_conns = -2\n"));
     assert_eq!(e.path, "vip[0].source_max_conns");
 }

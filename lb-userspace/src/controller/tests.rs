@@ -530,10 +530,18 @@ fn expiry_lists_the_sources_at_their_connection_limit() {
     let full = at(3);
     assert_eq!(full.len(), 1, "{full:?}");
     let k = full.iter().next().unwrap();
-    assert_eq!((k.vip_id, k.addr[0]), (0, flow(1, Ct::Established, 0, 0).client[0]));
+    assert_eq!(
+        (k.vip_id, k.addr[0]),
+        (0, flow(1, Ct::Established, 0, 0).client[0])
+    );
     assert!(at(4).is_empty(), "closed flows do not count");
     assert_eq!(at(1).len(), 2);
-    assert!(expiry::sweep(&f, &Timeouts::default(), now).unwrap().full.is_empty());
+    assert!(
+        expiry::sweep(&f, &Timeouts::default(), now)
+            .unwrap()
+            .full
+            .is_empty()
+    );
 }
 
 #[test]
