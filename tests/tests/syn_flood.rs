@@ -286,7 +286,8 @@ fn f04_a_source_at_its_connection_limit_waits_until_some_close() {
     });
     // 30 at once: the limit is enforced from the next expiry pass (gc_interval, 1 s here), so
     // this burst gets through; the next connection does not.
-    let holders = tcp_client(&t, 30, 0, 6);
+    // They hold for longer than the late client tries (its connect gives up after 5 s).
+    let holders = tcp_client(&t, 30, 0, 12);
     wait_connected(&t, 30);
     std::thread::sleep(Duration::from_millis(2500));
     let late = Topology::client_report(tcp_client(&t, 3, 1000, 1)).unwrap();
