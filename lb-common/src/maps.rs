@@ -716,6 +716,9 @@ pub struct VipStats {
     /// Initial SYNs that reached this VIP (forwarded or answered with a cookie): the pressure
     /// signal of automatic cookie mode.
     pub syns: u64,
+    /// Handshakes the client completed (its first ACK after the backend's SYN-ACK) on flows
+    /// created by a SYN: with `cookies_valid`, the SYNs that were not floods.
+    pub handshakes: u64,
     /// SYNs answered with a cookie SYN-ACK.
     pub cookies_sent: u64,
     /// Client ACKs whose cookie checked out (each created a flow).
@@ -740,6 +743,7 @@ impl VipStats {
         self.new_flows += o.new_flows;
         self.no_backend += o.no_backend;
         self.syns += o.syns;
+        self.handshakes += o.handshakes;
         self.cookies_sent += o.cookies_sent;
         self.cookies_valid += o.cookies_valid;
         self.cookies_invalid += o.cookies_invalid;

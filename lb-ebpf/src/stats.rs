@@ -60,6 +60,8 @@ pub fn backend_out(backend_id: u32, bytes: u64) {
 pub enum VipSyn {
     /// An initial SYN reached the VIP.
     Syn,
+    /// A client completed the handshake of a flow its SYN created.
+    Handshake,
     CookieSent,
     CookieValid,
     CookieInvalid,
@@ -76,6 +78,7 @@ pub fn vip_syn(vip_id: u32, what: VipSyn) {
         unsafe {
             match what {
                 VipSyn::Syn => (*s).syns += 1,
+                VipSyn::Handshake => (*s).handshakes += 1,
                 VipSyn::CookieSent => (*s).cookies_sent += 1,
                 VipSyn::CookieValid => (*s).cookies_valid += 1,
                 VipSyn::CookieInvalid => (*s).cookies_invalid += 1,

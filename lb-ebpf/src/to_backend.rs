@@ -62,8 +62,16 @@ pub fn handle(
         return Some(cookie_flow(ctx, p, &mut flow, e, opts, now));
     }
     if !flow.new {
+        let acked_before = e.flags & FlowEntry::ACK_SEEN_FWD;
         flow.accepted = conntrack::track(e, p, Direction::Forward);
         conntrack::touch(ctx, e, now, Direction::Forward);
+        // The client's first ACK after the backend's SYN-ACK: a real client, not a flood.
+        if acked_before == 0
+            && e.flags & FlowEntry::ACK_SEEN_FWD != 0
+            && e.state == State::Established as u8
+        {
+            stats::vip_syn(e.vip_id as u32, stats::VipSyn::Handshake);
+        }
     }
     Some(send(ctx, p, &flow, e, opts, now))
 }

@@ -61,6 +61,9 @@ pub struct VipReport {
     pub syn_cookies_since: Option<u64>,
     /// Initial SYNs that reached the VIP.
     pub syns: u64,
+    /// Handshakes clients completed on flows their SYN created (not counted for cookie flows:
+    /// `cookies_valid` are those).
+    pub handshakes: u64,
     pub cookies_sent: u64,
     pub cookies_valid: u64,
     pub cookies_invalid: u64,

@@ -503,3 +503,49 @@ fn flows_from_before_cookie_mode_keep_their_path() {
         assert_eq!(flow(fx, 40006).unwrap().flags & FlowEntry::TRANSLATE, 0);
     });
 }
+
+#[test]
+fn completed_handshakes_are_counted_for_the_pressure_watch() {
+    with_fixture("completed_handshakes_are_counted", 1024, |fx| {
+        let syn = syn_with(40007, &[]);
+        let (act, out) = fx.run(fx.client_if, &syn).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let s = wklb_tests::packets::inspect(&out);
+        let b = BACKENDS.iter().position(|x| *x == s.dst).unwrap();
+        // The client's ACK before the backend answered is no handshake.
+        let ack = tcp_seg(
+            client(40007),
+            VIP_TCP,
+            &Seg {
+                flags: "A",
+                seq: ISN + 1,
+                ack: BACKEND_ISN.wrapping_add(1),
+                ..Seg::default()
+            },
+        );
+        fx.run(fx.client_if, &ack).unwrap();
+        assert_eq!(fx.vip_stats(TCP_VIP_ID).handshakes, 0);
+        let synack = backend_synack(b, s.src_port, &[]);
+        fx.run(fx.backend_if, &synack).unwrap();
+        let fresh = syn_with(40008, &[]);
+        let (_, out) = fx.run(fx.client_if, &fresh).unwrap();
+        let s2 = wklb_tests::packets::inspect(&out);
+        let b2 = BACKENDS.iter().position(|x| *x == s2.dst).unwrap();
+        fx.run(fx.backend_if, &backend_synack(b2, s2.src_port, &[]))
+            .unwrap();
+        let ack2 = tcp_seg(
+            client(40008),
+            VIP_TCP,
+            &Seg {
+                flags: "A",
+                seq: ISN + 1,
+                ack: BACKEND_ISN.wrapping_add(1),
+                ..Seg::default()
+            },
+        );
+        fx.run(fx.client_if, &ack2).unwrap();
+        fx.run(fx.client_if, &ack2).unwrap();
+        let vs = fx.vip_stats(TCP_VIP_ID);
+        assert_eq!((vs.syns, vs.handshakes), (2, 1), "once, after the SYN-ACK");
+    });
+}

@@ -308,3 +308,43 @@ fn f04_a_source_at_its_connection_limit_waits_until_some_close() {
     let again = Topology::client_report(tcp_client(&t, 3, 1000, 1)).unwrap();
     assert_eq!(again["connected"], 3, "{again:#}");
 }
+
+#[test]
+fn f05_a_reconnect_storm_of_real_clients_does_not_engage_cookies() {
+    let Some(mut t) = topology("f05_storm", 2) else {
+        return;
+    };
+    let cfg = t
+        .write_config(&t.config(&[(0, 100), (1, 100)], ""))
+        .unwrap();
+    t.start_daemon(&cfg).unwrap();
+    wait_stats(&t, Duration::from_secs(10), "backends in the table", |s| {
+        s["vips"][0]["backends_in_table"] == 2
+    });
+    // 3,000 clients at once (200 in parallel): thousands of SYNs a second, each completing.
+    let storm = t
+        .client(&[
+            "tcp",
+            "--target",
+            &format!("{VIP}:{TCP_PORT}"),
+            "--conns",
+            "3000",
+            "--parallel",
+            "200",
+            "--ping-interval-ms",
+            "0",
+            "--duration-s",
+            "2",
+        ])
+        .unwrap();
+    let r = Topology::client_report(storm).unwrap();
+    assert_eq!(r["connected"], 3000, "{r:#}");
+    let s = t.stats().unwrap();
+    let v = vip(&s, "im-tcp");
+    println!(
+        "storm: {} SYNs, {} handshakes, connect p99 {} ms",
+        v["syns"], v["handshakes"], r["connect_ms_p99"]
+    );
+    assert_eq!(v["syn_cookies_active"], false, "{v:#}");
+    assert!(!t.daemon_log().contains("SYN cookies ENGAGED"));
+}

@@ -61,8 +61,8 @@ impl CookieMode {
 /// When `auto` cookie mode engages and releases.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SynCookies {
-    /// SYNs per second to one VIP that engage cookie mode (a new flow refused for lack of SNAT
-    /// ports or table space engages it too).
+    /// SYNs per second to one VIP that do not complete a handshake, at which cookie mode
+    /// engages (a new flow refused for lack of SNAT ports or table space engages it too).
     pub engage_syn_rate: u64,
     /// Cookie mode releases after this long below half the engage rate with no refusal.
     pub release_after: Duration,

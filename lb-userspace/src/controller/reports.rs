@@ -145,6 +145,7 @@ fn vip_report(v: &VipView, counters: &dyn Counters, fc: &FlowCounts) -> Result<V
                 .map(|d| d.as_secs())
         }),
         syns: s.syns,
+        handshakes: s.handshakes,
         cookies_sent: s.cookies_sent,
         cookies_valid: s.cookies_valid,
         cookies_invalid: s.cookies_invalid,

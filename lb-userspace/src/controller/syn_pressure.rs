@@ -1,6 +1,10 @@
-//! When `auto` SYN-cookie mode engages and releases for one VIP, from its SYN counter and the
-//! data path's refusals, sampled a few times a second by the daemon's cookie watch. Pure logic:
-//! the clock and the counters come in as arguments.
+//! When `auto` SYN-cookie mode engages and releases for one VIP, sampled a few times a second by
+//! the daemon's cookie watch. The pressure is the rate of SYNs that do not complete a handshake
+//! (the VIP's SYNs minus the handshakes its clients completed and the cookies they returned): a
+//! spoofed flood never completes one, while a reconnect storm of real clients completes nearly
+//! all of them and so does not engage cookie mode (which would cost client-first protocols one
+//! retransmission per connection). A new flow refused for lack of SNAT ports or table space
+//! engages it too. Pure logic: the clock and the counters come in as arguments.
 
 use std::collections::VecDeque;
 
@@ -20,8 +24,9 @@ pub enum Change {
 
 #[derive(Clone, Debug, Default)]
 pub struct Watch {
-    /// (CLOCK_MONOTONIC ns, cumulative SYNs) within the last WINDOW_NS, oldest first.
-    samples: VecDeque<(u64, u64)>,
+    /// (CLOCK_MONOTONIC ns, cumulative SYNs, cumulative completed handshakes) within the last
+    /// WINDOW_NS, oldest first.
+    samples: VecDeque<(u64, u64, u64)>,
     pub engaged: bool,
     calm_since: Option<u64>,
 }
@@ -34,31 +39,38 @@ impl Watch {
         }
     }
 
-    /// SYNs per second over the window, once it spans enough time.
+    /// SYNs per second over the window that did not complete a handshake, once the window
+    /// spans enough time.
     pub fn rate(&self) -> Option<u64> {
-        let (&(t0, s0), &(t1, s1)) = (self.samples.front()?, self.samples.back()?);
+        let (&(t0, s0, c0), &(t1, s1, c1)) = (self.samples.front()?, self.samples.back()?);
         let span = t1.saturating_sub(t0);
-        (span >= MIN_SPAN_NS).then(|| (s1 - s0) * 1_000_000_000 / span)
+        let unanswered = (s1 - s0).saturating_sub(c1.saturating_sub(c0));
+        (span >= MIN_SPAN_NS).then(|| unanswered * 1_000_000_000 / span)
     }
 
-    /// Feeds the VIP's cumulative SYN count at `now`; `refused` says a new flow was refused for
-    /// lack of SNAT ports or table space since the previous sample.
+    /// Feeds the VIP's cumulative SYNs and completed handshakes at `now`; `refused` says a new
+    /// flow was refused for lack of SNAT ports or table space since the previous sample.
     pub fn observe(
         &mut self,
         now: u64,
         syns: u64,
+        completed: u64,
         refused: bool,
         th: &SynCookies,
     ) -> Option<Change> {
-        if self.samples.back().is_some_and(|&(_, s)| syns < s) {
-            // The counter went back (the VIP's id was reused): start over.
+        if self
+            .samples
+            .back()
+            .is_some_and(|&(_, s, c)| syns < s || completed < c)
+        {
+            // A counter went back (the VIP's id was reused): start over.
             self.samples.clear();
         }
-        self.samples.push_back((now, syns));
+        self.samples.push_back((now, syns, completed));
         while self
             .samples
             .front()
-            .is_some_and(|&(t, _)| now.saturating_sub(t) > WINDOW_NS)
+            .is_some_and(|&(t, _, _)| now.saturating_sub(t) > WINDOW_NS)
         {
             self.samples.pop_front();
         }
@@ -68,7 +80,7 @@ impl Watch {
         if !self.engaged {
             let why = match rate {
                 Some(r) if r >= th.engage_syn_rate => Some(format!(
-                    "{r} SYNs/s (engage_syn_rate {})",
+                    "{r} SYNs/s without a completed handshake (engage_syn_rate {})",
                     th.engage_syn_rate
                 )),
                 _ if refused && syns_now => {
@@ -113,15 +125,37 @@ mod tests {
         }
     }
 
-    /// Feeds `rate` SYNs/s for `ms`, sampling every 200 ms; returns the changes seen.
+    /// Feeds `rate` SYNs/s that never complete for `ms`, sampling every 200 ms; returns the
+    /// changes seen.
     fn run(w: &mut Watch, t: &mut u64, total: &mut u64, rate: u64, ms: u64) -> Vec<Change> {
         let mut out = Vec::new();
         for _ in 0..ms / 200 {
             *t += 200 * MS;
             *total += rate / 5;
-            out.extend(w.observe(*t, *total, false, &th()));
+            out.extend(w.observe(*t, *total, 0, false, &th()));
         }
         out
+    }
+
+    #[test]
+    fn a_storm_of_real_clients_does_not_engage() {
+        let mut w = Watch::new(false);
+        let (mut t, mut syns, mut done) = (0u64, 0u64, 0u64);
+        for _ in 0..50 {
+            t += 200 * MS;
+            syns += 4000; // 20,000 SYNs/s ...
+            done += 3950; // ... nearly all of which complete
+            assert_eq!(w.observe(t, syns, done, false, &th()), None);
+        }
+        assert!(!w.engaged);
+        // The same rate with nothing completing is a flood.
+        let mut c = Vec::new();
+        for _ in 0..5 {
+            t += 200 * MS;
+            syns += 4000;
+            c.extend(w.observe(t, syns, done, false, &th()));
+        }
+        assert!(matches!(c.as_slice(), [Change::Engage(_)]), "{c:?}");
     }
 
     #[test]
@@ -149,17 +183,17 @@ mod tests {
     fn refusals_engage_only_while_syns_arrive() {
         let mut w = Watch::new(false);
         assert_eq!(
-            w.observe(0, 10, true, &th()),
+            w.observe(0, 10, 0, true, &th()),
             None,
             "one sample: nothing arrives yet"
         );
         assert_eq!(
-            w.observe(200 * MS, 10, true, &th()),
+            w.observe(200 * MS, 10, 0, true, &th()),
             None,
             "no SYNs: not a flood"
         );
         assert!(matches!(
-            w.observe(400 * MS, 12, true, &th()),
+            w.observe(400 * MS, 12, 0, true, &th()),
             Some(Change::Engage(_))
         ));
     }
@@ -167,8 +201,8 @@ mod tests {
     #[test]
     fn a_counter_that_goes_back_starts_over() {
         let mut w = Watch::new(false);
-        w.observe(0, 1_000_000, false, &th());
-        assert_eq!(w.observe(500 * MS, 5, false, &th()), None);
+        w.observe(0, 1_000_000, 0, false, &th());
+        assert_eq!(w.observe(500 * MS, 5, 0, false, &th()), None);
         assert_eq!(w.rate(), None);
     }
 }

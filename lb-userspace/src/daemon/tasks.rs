@@ -65,7 +65,14 @@ pub async fn cookie_watch(h: Handle, counters: Arc<dyn Counters>) {
             let w = watches
                 .entry(v.name.clone())
                 .or_insert_with(|| Watch::new(v.cookies_engaged));
-            let change = w.observe(now, stats.syns, refused, &snap.config.syn_cookies);
+            let completed = stats.handshakes + stats.cookies_valid;
+            let change = w.observe(
+                now,
+                stats.syns,
+                completed,
+                refused,
+                &snap.config.syn_cookies,
+            );
             let (on, why) = match change {
                 Some(Change::Engage(why)) => (true, why),
                 Some(Change::Release(why)) => (false, why),

@@ -429,21 +429,33 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
             vip_flags: 0,
         },
     ];
-    for (name, expect) in [
+    // Before the new-flow case, which empties the table (the flows are set up again after
+    // every round).
+    let at = cases
+        .iter()
+        .position(|c| c.new_flows)
+        .expect("a new-flow case");
+    for (k, (name, expect)) in [
         (FORWARD_TS, Reason::Forwarded),
         (COOKIE_FORWARD, Reason::Forwarded),
         (REVERSE_TS, Reason::Reversed),
         (COOKIE_REVERSE, Reason::Reversed),
-    ] {
-        cases.push(Case {
-            name,
-            program: "bench_wklb",
-            frame: Vec::new(), // set by `setup_flows`
-            vary_source: false,
-            expect: Some(expect),
-            new_flows: false,
-            vip_flags: 0,
-        });
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        cases.insert(
+            at + k,
+            Case {
+                name,
+                program: "bench_wklb",
+                frame: Vec::new(), // set by `setup_flows`
+                vary_source: false,
+                expect: Some(expect),
+                new_flows: false,
+                vip_flags: 0,
+            },
+        );
     }
     let only = std::env::var("WKLB_BENCH_ONLY").ok();
     let mut cases: Vec<Case> = cases
