@@ -276,6 +276,25 @@ fn a_valid_cookie_creates_the_flow_and_the_edge_does_the_backend_handshake() {
             vec![(BACKEND_ISN.wrapping_add(100), BACKEND_ISN.wrapping_add(200))]
         );
         assert_eq!(v.payload, b"hello");
+        // Timestamps alone (the usual data segment): translated in place.
+        let plain = tcp_seg(
+            client(40003),
+            VIP_TCP,
+            &Seg {
+                flags: "PA",
+                seq: ISN + 6,
+                ack: sa.seq.wrapping_add(1),
+                options: ts_option(CLIENT_TS + 3, edge_ts + 7).leak(),
+                payload: b"!",
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.client_if, &plain).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        assert!(wklb_tests::packets::inspect(&out).checksums_ok);
+        let v = tcp_view(&out);
+        assert_eq!(v.ts, Some((CLIENT_TS + 3, BACKEND_TS + 7)));
+        assert_eq!(v.ack, BACKEND_ISN.wrapping_add(1));
 
         // Backend data: sequence number and timestamp move to the client's view, the window
         // from scale 9 to the edge's 7.

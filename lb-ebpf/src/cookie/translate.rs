@@ -38,6 +38,13 @@ pub fn forward(ctx: &XdpContext, p: &Packet, e: &FlowEntry) -> Option<()> {
     if p.seg.flags & tcp_flags::ACK != 0 {
         d = add32(ctx, p, ACK, e.seq_delta, d)?;
     }
+    if p.tcp_len() == TS_ONLY {
+        // The common case, a segment with timestamps alone: changed in place.
+        if let Some(d2) = ts_in_place(ctx, p, TS_ECHO, e.ts_delta, d) {
+            d = d2;
+        }
+        return fix_checksum(ctx, p, d);
+    }
     if let Some(mut o) = tcp::copied_options(ctx, p) {
         let (ts, blocks) = o.layout();
         if ts {
@@ -79,7 +86,11 @@ pub fn reverse(ctx: &XdpContext, p: &mut Packet, e: &FlowEntry) -> Option<()> {
         }
         p.seg.win = win;
     }
-    if e.ts_delta != 0
+    if e.ts_delta != 0 && p.tcp_len() == TS_ONLY {
+        if let Some(d2) = ts_in_place(ctx, p, TS_VALUE, 0u32.wrapping_sub(e.ts_delta), d) {
+            d = d2;
+        }
+    } else if e.ts_delta != 0
         && let Some(mut o) = tcp::copied_options(ctx, p)
         && o.layout().0
     {
@@ -89,6 +100,31 @@ pub fn reverse(ctx: &XdpContext, p: &mut Packet, e: &FlowEntry) -> Option<()> {
         }
     }
     fix_checksum(ctx, p, d)
+}
+
+/// Header length of a segment whose only options are NOP, NOP, timestamps.
+const TS_ONLY: usize = 32;
+
+/// In a segment with exactly NOP, NOP, timestamps: adds `v` to the timestamp word `at` bytes
+/// into the options, in the packet (one fixed-size bounds check, no copy). None, changing
+/// nothing, when the options are something else.
+#[inline(always)]
+fn ts_in_place(ctx: &XdpContext, p: &Packet, at: usize, v: u32, d: CsumDelta) -> Option<CsumDelta> {
+    let o = ptr_at::<[u8; 12]>(ctx, p.l4() + 20)? as *mut u8;
+    // SAFETY: 12 bytes bounds-checked by ptr_at; `at` (TS_VALUE or TS_ECHO) is a constant
+    // with its word inside them.
+    unsafe {
+        if load32(o) != u32::from_ne_bytes([1, 1, 8, 10]) {
+            return None;
+        }
+        let f = o.add(at);
+        let (old_hi, old_lo) = (load16(f), load16(f.add(2)));
+        store32(f, (u32::from_be(load32(f)).wrapping_add(v)).to_be());
+        Some(
+            d.replace16(old_hi, load16(f))
+                .replace16(old_lo, load16(f.add(2))),
+        )
+    }
 }
 
 /// Adds `v` to the big-endian word `at` bytes into the copied options.
