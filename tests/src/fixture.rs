@@ -59,6 +59,8 @@ pub fn assert_only(fx: &Fixture, before: &[u64], reason: Reason, n: u64) {
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 2);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 pub const VIP_TCP_PORT: u16 = 5100;
+/// The TCP VIP as (address, port).
+pub const VIP_TCP: (Ipv4Addr, u16) = (VIP, VIP_TCP_PORT);
 pub const VIP_UDP_PORT: u16 = 5300;
 pub const SNAT: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 100);
 pub const EDGE_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
@@ -82,6 +84,11 @@ pub const SNAT_SLOTS: u32 = 4;
 
 pub fn backend_mac(i: usize) -> [u8; 6] {
     [0x02, 0, 0, 0, 0x0b, 0x11 + i as u8]
+}
+
+/// The fixture's client at `port`.
+pub fn client(port: u16) -> (Ipv4Addr, u16) {
+    (CLIENT, port)
 }
 
 pub fn word(a: Ipv4Addr) -> u32 {

@@ -18,7 +18,6 @@ use wklb_tests::{
 const XDP_DROP: u32 = 1;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
-const VIP_TCP: (Ipv4Addr, u16) = (VIP, VIP_TCP_PORT);
 const OTHER_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 3);
 
 fn net(a: [u8; 4], len: u8) -> ((SourceKey4, u8), Ipv4Addr) {

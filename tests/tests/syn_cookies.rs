@@ -2,8 +2,6 @@
 //! SYN-ACK, valid / forged / expired cookie ACKs, the SYN the edge sends the backend, the
 //! handshake's last ACK, and translation both ways with timestamps and SACK blocks.
 
-use std::net::Ipv4Addr;
-
 use lb_common::{
     FlowEntry, PROTO_TCP, Reason, VipMeta,
     conntrack::{NO_WSCALE, State},
@@ -24,11 +22,6 @@ const BACKEND_ISN: u32 = 0xffff_fff0; // wraps during the tests
 const CLIENT_TS: u32 = 0x0102_0304;
 const BACKEND_TS: u32 = 900_000;
 const COOKIES: u32 = VipMeta::COOKIES_ALLOWED | VipMeta::COOKIES_ON;
-
-fn client(port: u16) -> (Ipv4Addr, u16) {
-    (CLIENT, port)
-}
-const VIP_TCP: (Ipv4Addr, u16) = (VIP, VIP_TCP_PORT);
 
 fn tuple(port: u16, isn: u32) -> Tuple {
     Tuple {
@@ -531,18 +524,20 @@ fn completed_handshakes_are_counted_for_the_pressure_watch() {
         assert_eq!(act, XDP_REDIRECT);
         let s = wklb_tests::packets::inspect(&out);
         let b = BACKENDS.iter().position(|x| *x == s.dst).unwrap();
+        let ack = |port: u16| {
+            tcp_seg(
+                client(port),
+                VIP_TCP,
+                &Seg {
+                    flags: "A",
+                    seq: ISN + 1,
+                    ack: BACKEND_ISN.wrapping_add(1),
+                    ..Seg::default()
+                },
+            )
+        };
         // The client's ACK before the backend answered is no handshake.
-        let ack = tcp_seg(
-            client(40007),
-            VIP_TCP,
-            &Seg {
-                flags: "A",
-                seq: ISN + 1,
-                ack: BACKEND_ISN.wrapping_add(1),
-                ..Seg::default()
-            },
-        );
-        fx.run(fx.client_if, &ack).unwrap();
+        fx.run(fx.client_if, &ack(40007)).unwrap();
         assert_eq!(fx.vip_stats(TCP_VIP_ID).handshakes, 0);
         let synack = backend_synack(b, s.src_port, &[]);
         fx.run(fx.backend_if, &synack).unwrap();
@@ -552,18 +547,8 @@ fn completed_handshakes_are_counted_for_the_pressure_watch() {
         let b2 = BACKENDS.iter().position(|x| *x == s2.dst).unwrap();
         fx.run(fx.backend_if, &backend_synack(b2, s2.src_port, &[]))
             .unwrap();
-        let ack2 = tcp_seg(
-            client(40008),
-            VIP_TCP,
-            &Seg {
-                flags: "A",
-                seq: ISN + 1,
-                ack: BACKEND_ISN.wrapping_add(1),
-                ..Seg::default()
-            },
-        );
-        fx.run(fx.client_if, &ack2).unwrap();
-        fx.run(fx.client_if, &ack2).unwrap();
+        fx.run(fx.client_if, &ack(40008)).unwrap();
+        fx.run(fx.client_if, &ack(40008)).unwrap();
         let vs = fx.vip_stats(TCP_VIP_ID);
         assert_eq!((vs.syns, vs.handshakes), (2, 1), "once, after the SYN-ACK");
     });

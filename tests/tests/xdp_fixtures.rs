@@ -21,10 +21,6 @@ const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
-fn client(port: u16) -> (Ipv4Addr, u16) {
-    (CLIENT, port)
-}
-const VIP_TCP: (Ipv4Addr, u16) = (VIP, VIP_TCP_PORT);
 const VIP_UDP: (Ipv4Addr, u16) = (VIP, VIP_UDP_PORT);
 const ISN: u32 = 1000;
 /// A router between the edge and the backends, the source of ICMP errors about them.

@@ -88,17 +88,7 @@ pub fn send(
     } else {
         Reason::SynCookieSynRepeated
     };
-    let v = match hop {
-        Some(h) => {
-            let vlan = if h.ifindex == egress::ingress_ifindex(ctx) {
-                p.vlan
-            } else {
-                0
-            };
-            egress::transmit(ctx, &h, p.vlan, vlan, sent)
-        }
-        None => Verdict::of(Reason::PassNoNeighbor),
-    };
+    let v = egress::to_backend(ctx, hop, p.vlan, sent);
     let len = (20
         + 20
         + if e.syn_opts & syn_opts::TS != 0 {
