@@ -203,23 +203,6 @@ pub fn transmit(ctx: &XdpContext, hop: &Hop, have_vlan: u16, vlan: u16, sent: Re
     }
 }
 
-/// Sends a packet toward a backend through its hop, or to the kernel when the hop has no
-/// neighbour entry yet. A VLAN tag does not cross interfaces; on the same interface it stays.
-#[inline(always)]
-pub fn to_backend(ctx: &XdpContext, hop: Option<Hop>, have_vlan: u16, sent: Reason) -> Verdict {
-    match hop {
-        Some(h) => {
-            let vlan = if h.ifindex == ingress_ifindex(ctx) {
-                have_vlan
-            } else {
-                0
-            };
-            transmit(ctx, &h, have_vlan, vlan, sent)
-        }
-        None => Verdict::of(Reason::PassNoNeighbor),
-    }
-}
-
 /// Whether a `len`-byte packet exceeds `mtu` (0: unknown, never).
 #[inline(always)]
 pub const fn too_big(len: u16, mtu: u32) -> bool {

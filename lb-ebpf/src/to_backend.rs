@@ -145,10 +145,18 @@ fn send(
     } else {
         Reason::ForwardedOutOfWindow
     };
-    let v = if egress::too_big(p.ip_len, mtu) {
-        Verdict::of(Reason::PassTooBig)
-    } else {
-        egress::to_backend(ctx, hop, p.vlan, sent)
+    let v = match hop {
+        _ if egress::too_big(p.ip_len, mtu) => Verdict::of(Reason::PassTooBig),
+        Some(h) => {
+            // A tag does not cross interfaces; on the same interface it stays.
+            let vlan = if h.ifindex == egress::ingress_ifindex(ctx) {
+                p.vlan
+            } else {
+                0
+            };
+            egress::transmit(ctx, &h, p.vlan, vlan, sent)
+        }
+        None => Verdict::of(Reason::PassNoNeighbor),
     };
     stats::vip(e.vip_id as u32, p.ip_len as u64, flow.new);
     stats::backend_in(e.backend_id as u32, p.ip_len as u64, flow.new);

@@ -88,7 +88,19 @@ pub fn send(
     } else {
         Reason::SynCookieSynRepeated
     };
-    let v = egress::to_backend(ctx, hop, p.vlan, sent);
+    // As in to_backend::send. Not shared through a helper taking `Option<Hop>`: passed by value,
+    // its `None` leaves a partly undefined register that the verifier refuses to read.
+    let v = match hop {
+        Some(h) => {
+            let vlan = if h.ifindex == egress::ingress_ifindex(ctx) {
+                p.vlan
+            } else {
+                0
+            };
+            egress::transmit(ctx, &h, p.vlan, vlan, sent)
+        }
+        None => Verdict::of(Reason::PassNoNeighbor),
+    };
     let len = (20
         + 20
         + if e.syn_opts & syn_opts::TS != 0 {
