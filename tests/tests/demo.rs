@@ -56,6 +56,8 @@ fn demo_runs_to_the_end() {
     for needle in [
         "health check marked b2 DOWN",
         "new connections per backend",
+        "SYN cookies engaged",
+        "of 100 new connections opened",
         "lost 0",
         "== done",
     ] {

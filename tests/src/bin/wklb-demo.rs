@@ -117,7 +117,7 @@ fn run(d: &Demo) -> Result<()> {
     }
 
     d.step(
-        "400 long-lived clients connect and ping every second (WKProto-style 0x70/0x80) for 40 s",
+        "400 long-lived clients connect and ping every second (WKProto-style 0x70/0x80) for 50 s",
     )?;
     let clients = t.client(&[
         "tcp",
@@ -128,7 +128,7 @@ fn run(d: &Demo) -> Result<()> {
         "--ping-interval-ms",
         "1000",
         "--duration-s",
-        "40",
+        "50",
     ])?;
     let _clients = ClientGuard(Some(clients));
     d.sleep(Duration::from_secs(6))?;
@@ -183,10 +183,57 @@ fn run(d: &Demo) -> Result<()> {
         fresh["per_backend"]
     ));
 
+    d.step(
+        "a spoofed SYN flood at the VIP, 30,000 SYN/s from random addresses for 8 s: SYN cookies engage, new users still connect",
+    )?;
+    let mut spoof = command_in(&t.client_ns, workspace_bin("wk-spoof"))?;
+    spoof
+        .args(["--dst", &format!("{VIP}:{TCP_PORT}"), "--flags", "S"])
+        .args(["--flood-from", "10.1.128.0/17", "--rate", "30000"])
+        .args(["--duration-s", "8"])
+        .stdout(std::process::Stdio::piped());
+    let flood = ClientGuard(Some(spoof.spawn()?));
+    let started = Instant::now();
+    loop {
+        d.check()?;
+        let s = t.stats()?;
+        if s["vips"][0]["syn_cookies_active"] == true {
+            d.say(&format!(
+                "SYN cookies engaged {:.1} s into the flood: the edge answers SYNs itself, keeps nothing, and only clients that complete the handshake reach a backend",
+                started.elapsed().as_secs_f64()
+            ));
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(6) {
+            bail!("cookie mode did not engage:\n{}", t.daemon_log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // New users arrive a few seconds into the flood (the first second's SYNs, forwarded before
+    // cookie mode engaged, still crowd the backends' own SYN queues for a moment).
+    d.sleep(Duration::from_secs(3).saturating_sub(started.elapsed()))?;
+    let during = Topology::client_report(t.client(&[
+        "tcp",
+        "--target",
+        &format!("{VIP}:{TCP_PORT}"),
+        "--conns",
+        "100",
+        "--ping-interval-ms",
+        "0",
+        "--duration-s",
+        "1",
+    ])?)?;
+    let sent = flood.wait(d)?;
+    let v = t.stats()?["vips"][0].clone();
+    d.say(&format!(
+        "during the flood {} of 100 new connections opened; {} spoofed SYNs sent, {} answered with cookies, {} valid cookies came back (the new users)",
+        during["connected"], sent["sent"], v["cookies_sent"], v["cookies_valid"]
+    ));
+
     d.step("a few live connections (`wklb conns`): client, backend, SNAT address:port")?;
     println!("{}", t.wklb(&["conns", "--limit", "5"])?);
 
-    d.step("waiting for the long-lived clients to finish their 40 s")?;
+    d.step("waiting for the long-lived clients to finish their 50 s")?;
     let report = _clients.wait(d)?;
     d.say(&format!(
         "connected {} of 400; per backend {}; ended early {} (all on b2: {}); pongs {}, lost {}; ping rtt p50 {:.2} ms p99 {:.2} ms",
