@@ -713,8 +713,9 @@ pub struct VipStats {
     pub new_flows: u64,
     /// Packets for this VIP dropped because no backend was available.
     pub no_backend: u64,
-    /// Initial SYNs that reached this VIP (forwarded or answered with a cookie): the pressure
-    /// signal of automatic cookie mode.
+    /// Initial SYNs this VIP admitted (forwarded or answered with a cookie; not those its source
+    /// policy refused): with `handshakes` and `cookies_valid`, the pressure signal of automatic
+    /// cookie mode.
     pub syns: u64,
     /// Handshakes the client completed (its first ACK after the backend's SYN-ACK) on flows
     /// created by a SYN: with `cookies_valid`, the SYNs that were not floods.

@@ -59,7 +59,7 @@ pub struct VipReport {
     pub syn_cookies_active: bool,
     /// Unix seconds when `auto` mode last engaged or released (None: not since start).
     pub syn_cookies_since: Option<u64>,
-    /// Initial SYNs that reached the VIP.
+    /// Initial SYNs the VIP admitted (not those its source policy refused).
     pub syns: u64,
     /// Handshakes clients completed on flows their SYN created (not counted for cookie flows:
     /// `cookies_valid` are those).

@@ -62,12 +62,13 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
         return Found::Refused(Reason::DropTtlExpired, vip.vip_id);
     }
     let cookies = syn && vip.flags & VipMeta::COOKIES_ON != 0;
-    if syn {
-        stats::vip_syn(vip.vip_id, VipSyn::Syn);
-    }
-    // A new flow (UDP, or TCP's SYN): the VIP's source lists and rate limit.
+    // A new flow (UDP, or TCP's SYN): the VIP's source lists and limits.
     if let Err(r) = sources::admit(&vip, p.src, !cookies) {
         return Found::Refused(r, vip.vip_id);
+    }
+    // Counted once admitted: SYNs the source policy refuses do not push cookie mode on.
+    if syn {
+        stats::vip_syn(vip.vip_id, VipSyn::Syn);
     }
     if cookies {
         // A retransmitted SYN of a flow created before cookie mode keeps its flow.
