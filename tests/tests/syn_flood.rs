@@ -25,6 +25,16 @@ fn vip<'a>(s: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no vip {name}: {s:#}"))
 }
 
+/// Writes `config`, starts the daemon and waits until the TCP VIP's `n` backends are in its
+/// table.
+fn start(t: &mut Topology, config: &str, n: usize) {
+    let cfg = t.write_config(config).unwrap();
+    t.start_daemon(&cfg).unwrap();
+    wait_stats(t, Duration::from_secs(10), "backends in the table", |s| {
+        s["vips"][0]["backends_in_table"] == n
+    });
+}
+
 fn backend_new_flows(s: &Value) -> u64 {
     s["backends"]
         .as_array()
@@ -53,11 +63,8 @@ fn f01_a_spoofed_syn_flood_engages_cookies_and_new_users_still_connect() {
         return;
     };
     let weights = [(0, 100), (1, 100), (2, 100)];
-    let cfg = t.write_config(&t.config(&weights, "")).unwrap();
-    t.start_daemon(&cfg).unwrap();
-    wait_stats(&t, Duration::from_secs(10), "backends in the table", |s| {
-        s["vips"][0]["backends_in_table"] == 3
-    });
+    let config = t.config(&weights, "");
+    start(&mut t, &config, 3);
     const LONG_LIVED: usize = 1000;
     const LATE: usize = 300;
     let long = tcp_client(&t, LONG_LIVED, 1000, 32);
@@ -234,11 +241,8 @@ fn f03_a_source_denied_at_runtime_cannot_connect_until_it_is_removed() {
     let Some(mut t) = topology("f03_deny_runtime", 1) else {
         return;
     };
-    let cfg = t.write_config(&t.config(&[(0, 100)], "")).unwrap();
-    t.start_daemon(&cfg).unwrap();
-    wait_stats(&t, Duration::from_secs(10), "backend in the table", |s| {
-        s["vips"][0]["backends_in_table"] == 1
-    });
+    let config = t.config(&[(0, 100)], "");
+    start(&mut t, &config, 1);
     let out = t
         .wklb(&["deny", "add", "im-tcp", &format!("{CLIENT}")])
         .unwrap();
@@ -279,11 +283,7 @@ fn f04_a_source_at_its_connection_limit_waits_until_some_close() {
         "protocol = \"tcp\"\n",
         "protocol = \"tcp\"\nsource_max_conns = 20\n",
     );
-    let cfg = t.write_config(&cfg_text).unwrap();
-    t.start_daemon(&cfg).unwrap();
-    wait_stats(&t, Duration::from_secs(10), "backend in the table", |s| {
-        s["vips"][0]["backends_in_table"] == 1
-    });
+    start(&mut t, &cfg_text, 1);
     // 30 at once: the limit is enforced from the next expiry pass (gc_interval, 1 s here), so
     // this burst gets through; the next connection does not.
     // They hold for longer than the late client tries (its connect gives up after 5 s).
@@ -314,13 +314,8 @@ fn f05_a_reconnect_storm_of_real_clients_does_not_engage_cookies() {
     let Some(mut t) = topology("f05_storm", 2) else {
         return;
     };
-    let cfg = t
-        .write_config(&t.config(&[(0, 100), (1, 100)], ""))
-        .unwrap();
-    t.start_daemon(&cfg).unwrap();
-    wait_stats(&t, Duration::from_secs(10), "backends in the table", |s| {
-        s["vips"][0]["backends_in_table"] == 2
-    });
+    let config = t.config(&[(0, 100), (1, 100)], "");
+    start(&mut t, &config, 2);
     // 3,000 clients at once (200 in parallel): thousands of SYNs a second, each completing.
     let storm = t
         .client(&[
