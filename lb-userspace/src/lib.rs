@@ -1,5 +1,6 @@
 //! wklb userspace: configuration, the controller and its data-plane interface, health checks,
 //! the daemon with its control socket and metrics, and the CLI.
+pub mod announce;
 pub mod cli;
 pub mod config;
 pub mod control;

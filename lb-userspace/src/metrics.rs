@@ -225,8 +225,40 @@ impl Collector for ReportCollector {
         };
         encode_backends(&mut enc, s)?;
         encode_vips(&mut enc, s)?;
+        encode_edge(&mut enc, s)?;
         encode_data_plane(&mut enc, s)
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AddressLabels {
+    address: String,
+}
+
+/// The anycast announcement (only with an [announce] section).
+fn encode_edge(enc: &mut DescriptorEncoder, s: &StatsReport) -> Result<(), std::fmt::Error> {
+    let Some(e) = &s.edge else {
+        return Ok(());
+    };
+    gauge_family(
+        enc,
+        "wklb_edge_drained",
+        "1 while the edge is drained (`wklb edge drain`): no VIP route announced",
+        one(e.drained as i64),
+    )?;
+    gauge_family(
+        enc,
+        "wklb_vip_address_announced",
+        "1 while the VIP address's route is in the announce table (the BGP daemon advertises it)",
+        e.addresses.iter().map(|a| {
+            (
+                AddressLabels {
+                    address: a.address.clone(),
+                },
+                a.announced as i64,
+            )
+        }),
+    )
 }
 
 fn encode_backends(enc: &mut DescriptorEncoder, s: &StatsReport) -> Result<(), std::fmt::Error> {

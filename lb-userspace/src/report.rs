@@ -117,6 +117,38 @@ pub struct StatsReport {
     pub snat: Vec<SnatReport>,
     /// Where XDP runs and how it was attached.
     pub interfaces: Vec<Attachment>,
+    /// What this edge announces (None: no `[announce]` section).
+    #[serde(default)]
+    pub edge: Option<EdgeReport>,
+}
+
+/// `wklb edge status`: what this edge announces to its BGP daemon, and why.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct EdgeReport {
+    /// The kernel routing table holding the VIP routes.
+    pub table: u32,
+    pub drained: bool,
+    /// Unix seconds when the edge was drained.
+    pub drained_since: Option<u64>,
+    /// "keep" or "withdraw".
+    pub when_all_backends_down: String,
+    pub addresses: Vec<AddressReport>,
+    /// Open connections to the announced VIPs on this edge (what a drain waits for).
+    pub open_flows: u64,
+    /// The last failure to change the routing table (retried every tick), if it persists.
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct AddressReport {
+    pub address: String,
+    /// Its route is in the table (the BGP daemon advertises it).
+    pub announced: bool,
+    /// "serving", or why it is withdrawn (or not announced yet).
+    pub why: String,
+    pub vips: Vec<String>,
+    /// Unix seconds of the last change between announced and withdrawn.
+    pub since: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

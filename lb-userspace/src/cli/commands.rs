@@ -11,13 +11,15 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{BackendCmd, Cli, Cmd, SourceCmd, VipCmd, render};
+use super::{BackendCmd, Cli, Cmd, EdgeCmd, SourceCmd, VipCmd, render};
 use crate::{
     config::{self, Checks, SourceList, schema::defaults},
-    control::protocol::{Changes, Endpoint, Request, Response, call},
+    control::protocol::{Changes, EdgeChange, Endpoint, Request, Response, call},
     daemon::{self, locks},
     dataplane::{kernel, links},
-    report::{BackendReport, ConnsReport, LookupReport, SourceEntry, StatsReport, VipReport},
+    report::{
+        BackendReport, ConnsReport, EdgeReport, LookupReport, SourceEntry, StatsReport, VipReport,
+    },
     sys::bpffs,
 };
 
@@ -165,6 +167,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 out(render::lookup(&r))
             }
         }
+        Cmd::Edge { cmd } => edge(&c, cmd),
         Cmd::Reload => c.change(&Request::Reload),
         Cmd::Unload { pin_path } => unload(&c, &pin_path),
         Cmd::Verify => {
@@ -301,6 +304,63 @@ impl std::fmt::Display for Silent {
 
 impl std::error::Error for Silent {}
 
+fn edge(c: &Client, cmd: EdgeCmd) -> Result<()> {
+    let (req, wait, timeout) = match cmd {
+        EdgeCmd::Status => {
+            let r: EdgeReport = c.request(&Request::EdgeStatus)?;
+            return if c.json {
+                out_json(&r, true)
+            } else {
+                out(render::edge(&r))
+            };
+        }
+        EdgeCmd::Drain { wait, timeout } => (Request::EdgeDrain, wait, timeout),
+        EdgeCmd::Undrain => (Request::EdgeUndrain, false, None),
+    };
+    let mut r: EdgeChange = c.request(&req)?;
+    if !c.json {
+        for l in &r.changes {
+            out(l)?;
+        }
+        out(render::edge(&r.edge))?;
+    }
+    if wait {
+        let start = std::time::Instant::now();
+        let mut last = None;
+        while r.edge.open_flows > 0 {
+            if timeout.is_some_and(|t| start.elapsed() >= Duration::from_secs(t)) {
+                if c.json {
+                    out_json(&r, true)?;
+                }
+                bail!(
+                    "{} connection(s) still open after {} s; the edge stays drained",
+                    r.edge.open_flows,
+                    start.elapsed().as_secs()
+                );
+            }
+            if last != Some(r.edge.open_flows) {
+                // Progress goes to stderr so `--json` stays one document on stdout.
+                eprintln!(
+                    "{} open connection(s) on this edge ({} s)",
+                    r.edge.open_flows,
+                    start.elapsed().as_secs()
+                );
+                last = Some(r.edge.open_flows);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            r.edge = c.request(&Request::EdgeStatus)?;
+        }
+        eprintln!(
+            "no open connection left on this edge after {} s",
+            start.elapsed().as_secs()
+        );
+    }
+    if c.json {
+        out_json(&r, true)?;
+    }
+    Ok(())
+}
+
 fn stats(c: &Client, watch: Option<u64>, count: Option<u64>) -> Result<()> {
     let Some(secs) = watch else {
         let s: StatsReport = c.request(&Request::Stats)?;
@@ -349,7 +409,12 @@ fn unload(c: &Client, pin_path: &Path) -> Result<()> {
     }
     bpffs::require_root("unloading the data plane")?;
     let dir = bpffs::resolve_pin_dir(pin_path)?.path;
-    let removed = links::unload_pinned(&dir)?;
+    // Withdraw first, so the BGP daemon stops sending traffic before XDP goes away.
+    let mut removed: Vec<String> = crate::sys::routes::withdraw_all_blocking()?
+        .iter()
+        .map(|r| format!("withdrew the route {r}"))
+        .collect();
+    removed.extend(links::unload_pinned(&dir)?);
     if c.json {
         return out_json(
             Changes {

@@ -104,6 +104,12 @@ pub enum Cmd {
         /// VIP name
         vip: String,
     },
+    /// This edge's anycast announcement: status, drain (withdraw every VIP route, keep serving
+    /// existing connections), undrain. Needs an [announce] section.
+    Edge {
+        #[command(subcommand)]
+        cmd: EdgeCmd,
+    },
     /// Re-read the config file and apply only the difference (SIGHUP does the same).
     Reload,
     /// Detach XDP and remove every pinned object (breaks live connections).
@@ -114,6 +120,24 @@ pub enum Cmd {
     },
     /// Load the XDP program, print the verifier's instruction count, unload.
     Verify,
+}
+
+#[derive(Subcommand)]
+pub enum EdgeCmd {
+    /// Each VIP address: announced or withdrawn, and why; the drain mark; open connections.
+    Status,
+    /// Withdraw every VIP route (remembered across restarts) and keep serving existing
+    /// connections; prints how many are open.
+    Drain {
+        /// Then report the open connections every second until none is left.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after SECS seconds (exit status 1 if connections remain).
+        #[arg(long, value_name = "SECS", requires = "wait")]
+        timeout: Option<u64>,
+    },
+    /// Clear the drain mark: each VIP address is announced again while it can serve.
+    Undrain,
 }
 
 #[derive(Subcommand)]

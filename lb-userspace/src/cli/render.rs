@@ -3,7 +3,7 @@
 use comfy_table::{Table, presets::NOTHING};
 
 use crate::report::{
-    BackendReport, ConnsReport, LookupReport, SourceEntry, StatsReport, VipReport,
+    BackendReport, ConnsReport, EdgeReport, LookupReport, SourceEntry, StatsReport, VipReport,
 };
 
 fn table(header: &[&str]) -> Table {
@@ -145,6 +145,9 @@ pub fn stats(s: &StatsReport) -> String {
             xdp.join(", ")
         }
     );
+    if let Some(e) = &s.edge {
+        out += &format!("{}\n\n", edge(e));
+    }
     let mut t = table(&["verdict", "packets"]);
     for (r, n) in &s.reasons {
         if *n > 0 {
@@ -177,6 +180,39 @@ pub fn conns(r: &ConnsReport) -> String {
         format!("{} connection(s)", r.total)
     };
     format!("{t}\n{tail}")
+}
+
+pub fn edge(r: &EdgeReport) -> String {
+    let mut t = table(&["address", "announced", "why", "vips", "since"]);
+    for a in &r.addresses {
+        t.add_row(vec![
+            a.address.clone(),
+            if a.announced { "yes" } else { "no" }.to_string(),
+            a.why.clone(),
+            a.vips.join(", "),
+            a.since.map(unix_time).unwrap_or_default(),
+        ]);
+    }
+    let mut out = format!(
+        "table {} | {} | when all backends are down: {} | {} open connection(s)\n{t}",
+        r.table,
+        match r.drained_since {
+            Some(s) if r.drained => format!("DRAINED since {}", unix_time(s)),
+            _ if r.drained => "DRAINED".to_string(),
+            _ => "not drained".to_string(),
+        },
+        r.when_all_backends_down,
+        r.open_flows,
+    );
+    if let Some(e) = &r.last_error {
+        out += &format!("\nlast error (retrying): {e}");
+    }
+    out
+}
+
+fn unix_time(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
 }
 
 pub fn lookup(r: &LookupReport) -> String {

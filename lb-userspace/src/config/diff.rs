@@ -69,6 +69,19 @@ fn reloadable_values(c: &Config) -> Vec<(&'static str, String)> {
             "syn_cookies.release_after",
             dur(c.syn_cookies.release_after),
         ),
+        (
+            "announce",
+            match &c.announce {
+                None => "off".to_string(),
+                Some(a) => format!(
+                    "table {}, VIPs {:?}, when all backends are down: {}, drain file {}",
+                    a.table,
+                    a.vips,
+                    a.when_all_down.name(),
+                    a.drain_file.display()
+                ),
+            },
+        ),
     ]
 }
 

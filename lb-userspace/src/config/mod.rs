@@ -32,7 +32,43 @@ pub struct Config {
     pub snat: Snat,
     pub data_path: DataPath,
     pub syn_cookies: SynCookies,
+    /// None: this edge installs no VIP route (no `[announce]` section).
+    pub announce: Option<Announce>,
     pub vips: Vec<Vip>,
+}
+
+/// What this edge announces: a /32 route per VIP address in a kernel routing table that the
+/// host's BGP daemon (BIRD, FRR, GoBGP) reads and advertises, present while the edge can serve.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Announce {
+    /// Kernel routing table wklb owns for its VIP routes (not used for forwarding).
+    pub table: u32,
+    /// Names of the VIPs whose addresses are announced.
+    pub vips: Vec<String>,
+    /// What a VIP whose backends are all down does to its address's route.
+    pub when_all_down: WhenAllDown,
+    /// Exists while the edge is drained (`wklb edge drain`): survives restarts and reboots.
+    pub drain_file: PathBuf,
+}
+
+/// When every backend of an announced VIP is down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenAllDown {
+    /// Keep announcing: fail-open sends new flows to every backend (a cluster-wide health
+    /// failure, such as a leader election, must not withdraw the VIP from every edge at once).
+    Keep,
+    /// Withdraw the address: other edges, whose view may differ, take the traffic.
+    Withdraw,
+}
+
+impl WhenAllDown {
+    pub const fn name(self) -> &'static str {
+        match self {
+            WhenAllDown::Keep => "keep",
+            WhenAllDown::Withdraw => "withdraw",
+        }
+    }
 }
 
 /// SYN-cookie mode of a TCP VIP.

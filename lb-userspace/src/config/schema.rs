@@ -37,6 +37,9 @@ pub mod defaults {
     pub const SYN_COOKIES: &str = "auto";
     pub const COOKIE_ENGAGE_SYN_RATE: i64 = 2000;
     pub const COOKIE_RELEASE_AFTER: &str = "30s";
+    pub const ANNOUNCE_TABLE: i64 = 200;
+    pub const ANNOUNCE_ALL_DOWN: &str = "keep";
+    pub const DRAIN_FILE: &str = "/var/lib/wklb/drained";
 }
 
 /// A default that came from nowhere in the file (no line to report).
@@ -58,8 +61,24 @@ pub struct RawConfig {
     pub data_path: RawDataPath,
     #[serde(default)]
     pub syn_cookies: RawSynCookies,
+    /// Absent: no VIP route is installed (announcing off).
+    pub announce: Option<RawAnnounce>,
     #[serde(default)]
     pub vip: Vec<RawVip>,
+}
+
+/// Which VIP addresses this edge announces (through a kernel routing table a BGP daemon reads).
+#[derive(Deserialize)]
+pub struct RawAnnounce {
+    #[serde(default = "d_announce_table")]
+    pub table: Spanned<i64>,
+    /// VIP names; absent = every VIP.
+    pub vips: Option<Spanned<Vec<Spanned<String>>>>,
+    /// "keep" (announce while fail-open serves every backend) | "withdraw".
+    #[serde(default = "d_announce_all_down")]
+    pub when_all_backends_down: Spanned<String>,
+    #[serde(default = "d_drain_file")]
+    pub drain_file: PathBuf,
 }
 
 /// When `auto` cookie mode engages and releases.
@@ -309,4 +328,13 @@ fn d_source_rate() -> Spanned<i64> {
 }
 fn d_source_burst() -> Spanned<i64> {
     sp(0)
+}
+fn d_announce_table() -> Spanned<i64> {
+    sp(d::ANNOUNCE_TABLE)
+}
+fn d_announce_all_down() -> Spanned<String> {
+    s(d::ANNOUNCE_ALL_DOWN)
+}
+fn d_drain_file() -> PathBuf {
+    PathBuf::from(d::DRAIN_FILE)
 }

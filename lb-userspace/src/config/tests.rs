@@ -332,3 +332,41 @@ fn source_lists_and_rates() {
     let e = one_error(&with("source_max_conns = -2\n"));
     assert_eq!(e.path, "vip[0].source_max_conns");
 }
+
+#[test]
+fn announce_defaults_and_values() {
+    assert_eq!(ok(GOOD).announce, None, "no section: announcing is off");
+    let c = ok(&format!("{GOOD}\n[announce]\n"));
+    let a = c.announce.expect("announce");
+    assert_eq!(a.table, 200);
+    assert_eq!(a.vips, ["im-tcp"], "every VIP by default");
+    assert_eq!(a.when_all_down, WhenAllDown::Keep);
+    assert_eq!(a.drain_file, PathBuf::from("/var/lib/wklb/drained"));
+    let c = ok(&format!(
+        "{GOOD}\n[announce]\ntable = 1000\nvips = [\"im-tcp\"]\nwhen_all_backends_down = \"withdraw\"\ndrain_file = \"/tmp/x\"\n"
+    ));
+    let a = c.announce.expect("announce");
+    assert_eq!((a.table, a.when_all_down), (1000, WhenAllDown::Withdraw));
+}
+
+#[test]
+fn announce_errors_name_the_key_and_line() {
+    let src = format!("{GOOD}\n[announce]\ntable = 254\n");
+    let e = one_error(&src);
+    assert_eq!(e.path, "announce.table");
+    assert!(e.message.contains("main"), "{e}");
+    assert_eq!(e.line, Some(src.lines().count()));
+    let e = one_error(&format!("{GOOD}\n[announce]\nvips = [\"im-tpc\"]\n"));
+    assert_eq!(e.path, "announce.vips[0]");
+    assert!(e.message.contains("im-tpc"), "{e}");
+    let e = one_error(&format!("{GOOD}\n[announce]\nvips = []\n"));
+    assert_eq!(e.path, "announce.vips");
+    let e = one_error(&format!(
+        "{GOOD}\n[announce]\nwhen_all_backends_down = \"panic\"\n"
+    ));
+    assert_eq!(e.path, "announce.when_all_backends_down");
+    let e = one_error(&format!("{GOOD}\n[announce]\ntable = 0\n"));
+    assert_eq!(e.path, "announce.table");
+    let e = one_error(&format!("{GOOD}\n[announce]\ntabel = 5\n"));
+    assert!(e.message.contains("unknown key"), "{e}");
+}

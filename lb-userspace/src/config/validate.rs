@@ -10,10 +10,10 @@ use lb_common::conntrack::Timeouts;
 use toml::Spanned;
 
 use super::{
-    BackendConfig, Checks, Config, ConfigError, Conntrack, CookieMode, Daemon, DataPath,
+    Announce, BackendConfig, Checks, Config, ConfigError, Conntrack, CookieMode, Daemon, DataPath,
     HealthCheck, Loaded, MAX_WEIGHT, MssClamp, ProbeKind, Protocol, Snat, SourceList, SourcePolicy,
-    SynCookies, Vip,
-    schema::{RawBackend, RawConfig, RawHealthCheck, RawVip},
+    SynCookies, Vip, WhenAllDown,
+    schema::{RawAnnounce, RawBackend, RawConfig, RawHealthCheck, RawVip},
 };
 use crate::{dataplane::links::AttachMode, sys::netdev};
 
@@ -207,12 +207,14 @@ fn validate(c: &mut Collector, raw: RawConfig, checks: Checks) -> Config {
     let data_path = data_path(c, &raw);
     let syn_cookies = syn_cookies(c, &raw);
     let vips = vips(c, &raw.vip);
+    let announce = raw.announce.as_ref().map(|a| announce(c, a, &vips));
     let cfg = Config {
         daemon,
         conntrack,
         snat,
         data_path,
         syn_cookies,
+        announce,
         vips,
     };
     cross_checks(c, &raw, &cfg);
@@ -450,6 +452,62 @@ fn syn_cookies(c: &mut Collector, raw: &RawConfig) -> SynCookies {
 }
 
 /// A VIP's cookie mode; UDP has no handshake to answer, so only "off" (or nothing) is accepted.
+fn announce(c: &mut Collector, a: &RawAnnounce, vips: &[Vip]) -> Announce {
+    let table = c.ranged("announce.table", &a.table, 1, 4_294_967_295, "a table id");
+    if (253..=255).contains(&table) {
+        c.err(
+            "announce.table",
+            &a.table,
+            format!(
+                "table {table} is the kernel's {} table, which forwards traffic; give wklb a table of its own (e.g. 200) that the BGP daemon imports",
+                ["default", "main", "local"][(table - 253) as usize]
+            ),
+        );
+    }
+    let names = match &a.vips {
+        None => vips.iter().map(|v| v.name.clone()).collect(),
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                c.err(
+                    "announce.vips",
+                    list,
+                    "is empty: name the VIPs to announce, or leave the key out to announce every VIP",
+                );
+            }
+            let mut out: Vec<String> = Vec::new();
+            for (i, n) in list.get_ref().iter().enumerate() {
+                let p = format!("announce.vips[{i}]");
+                if !vips.iter().any(|v| &v.name == n.get_ref()) {
+                    c.err(&p, n, format!("no VIP is named {:?}", n.get_ref()));
+                } else if out.contains(n.get_ref()) {
+                    c.err(&p, n, format!("{:?} is listed twice", n.get_ref()));
+                } else {
+                    out.push(n.get_ref().clone());
+                }
+            }
+            out
+        }
+    };
+    let when_all_down = match a.when_all_backends_down.get_ref().as_str() {
+        "keep" => WhenAllDown::Keep,
+        "withdraw" => WhenAllDown::Withdraw,
+        other => {
+            c.err(
+                "announce.when_all_backends_down",
+                &a.when_all_backends_down,
+                format!("{other:?} is not one of keep, withdraw"),
+            );
+            WhenAllDown::Keep
+        }
+    };
+    Announce {
+        table: table as u32,
+        vips: names,
+        when_all_down,
+        drain_file: a.drain_file.clone(),
+    }
+}
+
 fn cookie_mode(c: &mut Collector, p: &str, v: &RawVip, protocol: Protocol) -> CookieMode {
     let mode = match v.syn_cookies.get_ref().as_str() {
         "auto" => CookieMode::Auto,

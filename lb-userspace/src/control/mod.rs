@@ -22,9 +22,10 @@ use crate::{
     config::{self, Checks},
     controller::reports::{self, ConnFilter},
     daemon::Ctx,
+    report::EdgeReport,
     sys::clock::monotonic_ns,
 };
-use protocol::{Changes, Endpoint, Request, Response};
+use protocol::{Changes, EdgeChange, Endpoint, Request, Response};
 
 /// The socket bound at start-up under a temporary name, refusing when a live daemon already
 /// answers on the real one. `publish` gives it its real name once the daemon is ready, so a
@@ -214,6 +215,9 @@ async fn dispatch(ctx: &Arc<Ctx>, req: Request) -> Result<Response> {
             Response::ok(reports::source_list(&snap, list, vip.as_deref()))
         }
         Request::Reload => Response::ok(reload(ctx).await?),
+        Request::EdgeStatus => Response::ok(edge_report(ctx).await?),
+        Request::EdgeDrain => Response::ok(edge_drain(ctx, true).await?),
+        Request::EdgeUndrain => Response::ok(edge_drain(ctx, false).await?),
         Request::Unload => {
             ctx.unload_requested.store(true, Ordering::SeqCst);
             Response::ok(Changes {
@@ -224,6 +228,47 @@ async fn dispatch(ctx: &Arc<Ctx>, req: Request) -> Result<Response> {
                 note: None,
             })
         }
+    })
+}
+
+const NO_ANNOUNCE: &str = "announcing is off: the config has no [announce] section, so this edge installs no VIP route a BGP daemon could advertise or withdraw";
+
+async fn edge_report(ctx: &Ctx) -> Result<EdgeReport> {
+    ctx.stats()
+        .await?
+        .edge
+        .ok_or_else(|| anyhow::anyhow!(NO_ANNOUNCE))
+}
+
+/// Sets or clears the drain mark and applies it to the routes before answering.
+async fn edge_drain(ctx: &Ctx, drain: bool) -> Result<EdgeChange> {
+    let snap = ctx.handle.snapshot();
+    let a = snap
+        .config
+        .announce
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!(NO_ANNOUNCE))?;
+    let was = crate::announce::drain::since(&a.drain_file).is_some();
+    let msg = match (drain, was) {
+        (true, true) => "already drained: no VIP route is announced".to_string(),
+        (true, false) => {
+            crate::announce::drain::set(&a.drain_file)?;
+            "drained: every VIP route withdrawn; existing connections are served until they close"
+                .to_string()
+        }
+        (false, false) => "not drained: nothing to undo".to_string(),
+        (false, true) => {
+            crate::announce::drain::clear(&a.drain_file)?;
+            "undrained: each VIP address is announced again while it can serve".to_string()
+        }
+    };
+    ctx.announcer.lock().await.reconcile(&snap).await?;
+    if was != drain {
+        info!("edge {msg}");
+    }
+    Ok(EdgeChange {
+        changes: vec![msg],
+        edge: edge_report(ctx).await?,
     })
 }
 

@@ -71,6 +71,19 @@ pub enum Request {
     },
     Reload,
     Unload,
+    /// What this edge announces, and why.
+    EdgeStatus,
+    /// Withdraw every VIP route and keep serving existing flows.
+    EdgeDrain,
+    /// Announce again (each address once it can serve).
+    EdgeUndrain,
+}
+
+/// The answer of `edge drain` / `edge undrain`: what changed and the edge's state after it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EdgeChange {
+    pub changes: Vec<String>,
+    pub edge: crate::report::EdgeReport,
 }
 
 /// The answer of a command that changes something: what happened, line by line.

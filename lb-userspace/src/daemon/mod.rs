@@ -25,6 +25,7 @@ use tokio::{
 };
 
 use crate::{
+    announce::Announcer,
     config::{self, Checks, Config},
     controller::{
         Controller, reports,
@@ -50,6 +51,8 @@ pub struct Ctx {
     /// Stop the daemon; with `unload_requested`, detach and remove the pinned objects too.
     pub shutdown: Notify,
     pub unload_requested: AtomicBool,
+    /// The VIP routes this edge announces (one holder at a time: the loop or a CLI command).
+    pub announcer: tokio::sync::Mutex<Announcer>,
 }
 
 impl Ctx {
@@ -60,10 +63,29 @@ impl Ctx {
             self.counters.clone(),
             self.flows.clone(),
         );
-        tokio::task::spawn_blocking(move || {
-            reports::stats(&snap, counters.as_ref(), flows.as_ref())
+        let snap2 = snap.clone();
+        let mut r = tokio::task::spawn_blocking(move || {
+            reports::stats(&snap2, counters.as_ref(), flows.as_ref())
         })
-        .await?
+        .await??;
+        r.edge = self.edge_report(&snap, &r).await;
+        Ok(r)
+    }
+
+    /// The announcer's state with the open flows of the announced VIPs.
+    async fn edge_report(
+        &self,
+        snap: &crate::controller::Snapshot,
+        r: &StatsReport,
+    ) -> Option<crate::report::EdgeReport> {
+        let announced = &snap.config.announce.as_ref()?.vips;
+        let open = r
+            .vips
+            .iter()
+            .filter(|v| announced.contains(&v.name))
+            .map(|v| v.active_flows)
+            .sum();
+        self.announcer.lock().await.report(snap, open)
     }
 }
 
@@ -180,6 +202,7 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
         config_path,
         shutdown: Notify::new(),
         unload_requested: AtomicBool::new(false),
+        announcer: tokio::sync::Mutex::new(Announcer::new(&cfg)),
     });
     let stop_expiry = Arc::new(AtomicBool::new(false));
     let expiry = crate::controller::expiry::spawn(flows, handle.clone(), stop_expiry.clone());
@@ -191,6 +214,7 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
         tokio::spawn(tasks::health_scheduler(handle.clone(), probes)),
         tokio::spawn(tasks::neighbor_loop(handle.clone())),
         tokio::spawn(tasks::cookie_watch(handle.clone(), ctx.counters.clone())),
+        tokio::spawn(tasks::announce_loop(ctx.clone())),
     ];
     info!(
         "wklb daemon ready: control socket {}, metrics http://{}/metrics",
@@ -204,6 +228,15 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
     stop_expiry.store(true, Ordering::Relaxed);
     let _ = std::fs::remove_file(&cfg.daemon.control_socket);
     let unload = ctx.unload_requested.load(Ordering::SeqCst);
+    if unload {
+        // Withdraw first: the BGP daemon stops sending traffic before XDP goes away.
+        match ctx.announcer.lock().await.withdraw_all().await {
+            Ok(removed) => removed
+                .iter()
+                .for_each(|r| info!("unload: withdrew the route {r}")),
+            Err(e) => error!("unload: withdrawing the VIP routes failed: {e:#}"),
+        }
+    }
     // Drop our handles (program, maps) first so only the pins hold the objects.
     let _ = handle.send(Command::Stop);
     drop((ctx, handle));

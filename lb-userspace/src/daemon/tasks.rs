@@ -19,6 +19,7 @@ use crate::{
         syn_pressure::{Change, Watch},
         thread::{Command, Handle},
     },
+    daemon::Ctx,
     dataplane::Counters,
     health::probe::{self, ProbeTarget},
     metrics::{BackendLabels, ProbeMetrics},
@@ -82,6 +83,22 @@ pub async fn cookie_watch(h: Handle, counters: Arc<dyn Counters>) {
                 return;
             }
         }
+    }
+}
+
+/// How often the announcer compares the routes with the plan (a withdraw follows a drain or a
+/// health change within this, plus the BGP daemon's own delay).
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(200);
+
+/// Keeps the VIP routes in line with the controller's state and the drain mark.
+pub async fn announce_loop(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let snap = ctx.handle.snapshot();
+        // Failures are logged (once per distinct error) and retried on the next tick.
+        let _ = ctx.announcer.lock().await.reconcile(&snap).await;
     }
 }
 

@@ -1,4 +1,4 @@
-//! Operating-system plumbing: BPF syscalls aya lacks, bpffs, network devices, neighbours, clock,
+//! Operating-system plumbing: BPF syscalls aya lacks, bpffs, network devices, neighbours, routes, clock,
 //! RCU grace periods.
 
 pub mod bpf;
@@ -7,3 +7,4 @@ pub mod clock;
 pub mod neighbors;
 pub mod netdev;
 pub mod rcu;
+pub mod routes;
