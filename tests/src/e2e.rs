@@ -15,6 +15,12 @@ pub struct Serial<T> {
     _guard: std::sync::MutexGuard<'static, ()>,
 }
 
+impl<T> Serial<T> {
+    pub fn new(t: T, guard: std::sync::MutexGuard<'static, ()>) -> Self {
+        Serial { t, _guard: guard }
+    }
+}
+
 impl<T> std::ops::Deref for Serial<T> {
     type Target = T;
     fn deref(&self) -> &T {

@@ -2,6 +2,7 @@
 //! that loads the real XDP object into a small veth topology for BPF_PROG_TEST_RUN.
 pub mod e2e;
 pub mod fixture;
+pub mod fleet;
 pub mod lab;
 pub mod netns;
 pub mod packets;

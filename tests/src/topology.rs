@@ -423,62 +423,13 @@ impl Topology {
 
     /// Starts backend `i` with extra wk-backend arguments (fault modes, its own /health).
     pub fn start_backend_with(&mut self, i: usize, extra: &[&str]) -> Result<()> {
-        let mut cmd = command_in(&self.backend_ns[i], workspace_bin("wk-backend"))?;
-        cmd.args([
-            "--name",
-            &format!("b{}", i + 1),
-            "--listen",
-            "0.0.0.0:5100",
-            "--udp",
-            "0.0.0.0:5300",
-        ])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-        let child = cmd.spawn().context("starting wk-backend")?;
-        self.backends[i] = Some(Proc {
-            name: format!("b{}", i + 1),
-            child,
-        });
-        wait_port(&self.backend_ns[i], backend_addr(i), TCP_PORT)?;
+        self.backends[i] = Some(spawn_backend(&self.backend_ns[i], i, extra)?);
         Ok(())
     }
 
     /// Starts nginx answering `GET /health` with 200 on port 5001 of backend `i`.
     pub fn start_health(&mut self, i: usize) -> Result<()> {
-        let prefix = self.dir.path().join(format!("nginx-b{}", i + 1));
-        std::fs::create_dir_all(prefix.join("logs"))?;
-        let conf = prefix.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "daemon off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\n\
-                 events {{ worker_connections 256; }}\n\
-                 http {{\n  access_log off;\n  client_body_temp_path {p};\n  proxy_temp_path {p};\n  fastcgi_temp_path {p};\n  uwsgi_temp_path {p};\n  scgi_temp_path {p};\n\
-                 server {{ listen {addr}:{HEALTH_PORT}; location = /health {{ default_type application/json; return 200 '{{\"status\":\"ok\"}}'; }} location / {{ return 404; }} }}\n\
-                 server {{ listen {addr}:{HTTP_PORT}; keepalive_timeout 0; location / {{ default_type text/plain; return 200 'ok\\n'; }} }}\n}}\n",
-                p = prefix.display(),
-                addr = backend_addr(i),
-            ),
-        )?;
-        let mut cmd = command_in(&self.backend_ns[i], "nginx")?;
-        cmd.args([
-            "-c",
-            &conf.to_string_lossy(),
-            "-p",
-            &prefix.to_string_lossy(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        let child = cmd
-            .spawn()
-            .context("starting nginx (apt-get install nginx)")?;
-        self.health[i] = Some(Proc {
-            name: format!("nginx-b{}", i + 1),
-            child,
-        });
-        wait_port(&self.backend_ns[i], backend_addr(i), HEALTH_PORT)?;
+        self.health[i] = Some(spawn_health(self.dir.path(), &self.backend_ns[i], i)?);
         Ok(())
     }
 
@@ -702,17 +653,78 @@ impl Drop for Topology {
     }
 }
 
-fn ip(args: &[&str]) -> Result<String> {
+/// Backend `i`'s test server (TCP 5100, UDP 5300) named "b{i+1}" in namespace `ns`.
+pub(crate) fn spawn_backend(ns: &str, i: usize, extra: &[&str]) -> Result<Proc> {
+    let mut cmd = command_in(ns, workspace_bin("wk-backend"))?;
+    cmd.args([
+        "--name",
+        &format!("b{}", i + 1),
+        "--listen",
+        "0.0.0.0:5100",
+        "--udp",
+        "0.0.0.0:5300",
+    ])
+    .args(extra)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null());
+    let child = cmd.spawn().context("starting wk-backend")?;
+    let p = Proc {
+        name: format!("b{}", i + 1),
+        child,
+    };
+    wait_port(ns, backend_addr(i), TCP_PORT)?;
+    Ok(p)
+}
+
+/// nginx on backend `i` (namespace `ns`): `GET /health` → 200 on 5001, small answers on 8080.
+pub(crate) fn spawn_health(dir: &Path, ns: &str, i: usize) -> Result<Proc> {
+    let prefix = dir.join(format!("nginx-b{}", i + 1));
+    std::fs::create_dir_all(prefix.join("logs"))?;
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {p};\n  proxy_temp_path {p};\n  fastcgi_temp_path {p};\n  uwsgi_temp_path {p};\n  scgi_temp_path {p};\n\
+             server {{ listen {addr}:{HEALTH_PORT}; location = /health {{ default_type application/json; return 200 '{{\"status\":\"ok\"}}'; }} location / {{ return 404; }} }}\n\
+             server {{ listen {addr}:{HTTP_PORT}; keepalive_timeout 0; location / {{ default_type text/plain; return 200 'ok\\n'; }} }}\n}}\n",
+            p = prefix.display(),
+            addr = backend_addr(i),
+        ),
+    )?;
+    let mut cmd = command_in(ns, "nginx")?;
+    cmd.args([
+        "-c",
+        &conf.to_string_lossy(),
+        "-p",
+        &prefix.to_string_lossy(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let child = cmd
+        .spawn()
+        .context("starting nginx (apt-get install nginx)")?;
+    let p = Proc {
+        name: format!("nginx-b{}", i + 1),
+        child,
+    };
+    wait_port(ns, backend_addr(i), HEALTH_PORT)?;
+    Ok(p)
+}
+
+pub(crate) fn ip(args: &[&str]) -> Result<String> {
     run("ip", args)
 }
 
-fn ipn(ns: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn ipn(ns: &str, args: &[&str]) -> Result<String> {
     let mut a = vec!["-n", ns];
     a.extend_from_slice(args);
     run("ip", &a)
 }
 
-fn ethtool(ns: &str, dev: &str, what: &[&str]) -> Result<()> {
+pub(crate) fn ethtool(ns: &str, dev: &str, what: &[&str]) -> Result<()> {
     let mut a = vec!["netns", "exec", ns, "ethtool", "-K", dev];
     a.extend_from_slice(what);
     run("ip", &a).map(|_| ())

@@ -5,9 +5,11 @@
 //! Fault modes for the harness: `--mode reset` accepts and resets at once; `--mode slow` waits
 //! `--delay-ms` before every answer (greeting, pongs, health).
 //! `--health ADDR:PORT` answers any HTTP request with 200 (after the delay in slow mode).
+//! `--greet-peer` greets with `NAME@PEER_ADDRESS`: behind full NAT the peer is the SNAT address
+//! of the edge the connection came through (a fleet of edges tells them apart by it).
 //!
 //! wk-backend --name NAME --listen ADDR:PORT [--udp ADDR:PORT] [--health ADDR:PORT]
-//!            [--mode normal|reset|slow] [--delay-ms MS]
+//!            [--mode normal|reset|slow] [--delay-ms MS] [--greet-peer]
 
 use std::{
     io::{Read as _, Write as _},
@@ -36,7 +38,10 @@ fn delay(mode: Mode) {
     }
 }
 
-fn serve_tcp(mut s: TcpStream, name: String, mode: Mode) {
+fn serve_tcp(mut s: TcpStream, mut name: String, mode: Mode, greet_peer: bool) {
+    if greet_peer && let Ok(p) = s.peer_addr() {
+        name = format!("{name}@{}", p.ip());
+    }
     if mode == Mode::Reset {
         // SO_LINGER 0: close() sends a RST.
         let _ = socket_linger_zero(&s);
@@ -126,9 +131,10 @@ fn main() {
             }
         });
     }
+    let greet_peer = std::env::args().any(|a| a == "--greet-peer");
     let l = TcpListener::bind(&listen).unwrap_or_else(|e| panic!("bind {listen}: {e}"));
     for s in l.incoming().flatten() {
         let name = name.clone();
-        thread::spawn(move || serve_tcp(s, name, mode));
+        thread::spawn(move || serve_tcp(s, name, mode, greet_peer));
     }
 }

@@ -50,6 +50,10 @@ enum Mode {
         /// exercise path MTU handling).
         #[arg(long, default_value_t = 1)]
         message_bytes: usize,
+        /// A connection that breaks connects again (as IM clients do) and goes on pinging;
+        /// the break is still counted.
+        #[arg(long)]
+        reconnect: bool,
     },
     /// UDP requests from distinct source ports; each expects the backend's name.
     Udp {
@@ -72,6 +76,11 @@ struct TcpReport {
     /// Connections that ended early (reset, EOF, error, lost pong), per backend.
     broken_per_backend: BTreeMap<String, usize>,
     broken: usize,
+    /// With --reconnect: broken connections that connected again, per backend of the new one.
+    reconnected_per_backend: BTreeMap<String, usize>,
+    reconnected: usize,
+    /// With --reconnect: broken connections that could not connect again before the end.
+    reconnect_failures: usize,
     pongs: u64,
     lost_pongs: u64,
     connect_ms_p50: f64,
@@ -114,6 +123,82 @@ enum Outcome {
     },
 }
 
+/// One connection's life under --reconnect: its first outcome, then where it reconnected.
+struct Life {
+    outcome: Outcome,
+    /// Backend (greeting) of the connection that replaced a broken one.
+    reconnected: Option<String>,
+    reconnect_failed: bool,
+}
+
+/// Connects and reads the greeting (the backend's name).
+async fn connect(target: SocketAddr) -> Option<(String, BufReader<TcpStream>)> {
+    let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target))
+        .await
+        .ok()?
+        .ok()?;
+    s.set_nodelay(true).ok()?;
+    let mut r = BufReader::new(s);
+    let mut name = String::new();
+    tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut name))
+        .await
+        .ok()?
+        .ok()?;
+    (!name.is_empty()).then(|| (name.trim().to_string(), r))
+}
+
+/// Pings on one connection until the deadline (or holds it, with `ping_ms` 0).
+#[allow(clippy::too_many_arguments)]
+async fn ping_until(
+    name: String,
+    mut r: BufReader<TcpStream>,
+    spread: Duration,
+    ping_ms: u64,
+    deadline: tokio::time::Instant,
+    pong_timeout: Duration,
+    message: &[u8],
+    sent: &AtomicU64,
+    recv: &AtomicU64,
+) -> Outcome {
+    let mut rtts = Vec::new();
+    let mut answer = vec![0u8; message.len()];
+    // Spread pings over the interval.
+    tokio::time::sleep(spread).await;
+    let mut lost = 0;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Outcome::Done { rtts };
+        }
+        if ping_ms == 0 {
+            // Hold: any byte or EOF before the deadline means the connection broke.
+            let mut b = [0u8; 1];
+            return match tokio::time::timeout_at(deadline, r.read(&mut b)).await {
+                Err(_) => Outcome::Done { rtts },
+                Ok(_) => Outcome::Broken { name, rtts, lost },
+            };
+        }
+        let t0 = Instant::now();
+        if r.get_mut().write_all(message).await.is_err() {
+            return Outcome::Broken { name, rtts, lost };
+        }
+        sent.fetch_add(message.len() as u64, Relaxed);
+        match tokio::time::timeout(pong_timeout, r.read_exact(&mut answer)).await {
+            Ok(Ok(_)) if answer[0] == 0x80 && answer[1..] == message[1..] => {
+                recv.fetch_add(answer.len() as u64, Relaxed);
+                rtts.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            Err(_) => {
+                lost += 1;
+                return Outcome::Broken { name, rtts, lost };
+            }
+            _ => return Outcome::Broken { name, rtts, lost },
+        }
+        let next = now + Duration::from_millis(ping_ms);
+        tokio::time::sleep_until(next.min(deadline)).await;
+    }
+}
+
 async fn run_tcp(
     target: SocketAddr,
     conns: usize,
@@ -122,6 +207,7 @@ async fn run_tcp(
     parallel: usize,
     pong_timeout: Duration,
     message_bytes: usize,
+    reconnect: bool,
 ) -> TcpReport {
     let message: Arc<Vec<u8>> = Arc::new(
         std::iter::once(0x70)
@@ -139,29 +225,10 @@ async fn run_tcp(
         handles.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.ok()?;
             let t0 = Instant::now();
-            let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target))
-                .await
-                .ok()?
-                .ok()?;
-            s.set_nodelay(true).ok()?;
-            let mut r = BufReader::new(s);
-            let mut name = String::new();
-            tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut name))
-                .await
-                .ok()?
-                .ok()?;
-            if name.is_empty() {
-                return None;
-            }
-            recv.fetch_add(name.len() as u64, Relaxed);
+            let (name, r) = connect(target).await?;
+            recv.fetch_add(name.len() as u64 + 1, Relaxed);
             let connect_ms = t0.elapsed().as_secs_f64() * 1000.0;
-            Some((
-                Conn {
-                    name: name.trim().to_string(),
-                    connect_ms,
-                },
-                r,
-            ))
+            Some((Conn { name, connect_ms }, r))
         }));
     }
     let mut report = TcpReport {
@@ -189,85 +256,86 @@ async fn run_tcp(
     // Phase 2: every connection pings until the deadline.
     let deadline = tokio::time::Instant::now() + duration;
     let mut tasks = Vec::new();
-    for (i, (c, mut r)) in live.into_iter().enumerate() {
+    for (i, (c, r)) in live.into_iter().enumerate() {
         let sent = sent.clone();
         let recv = recv.clone();
         let message = message.clone();
         tasks.push(tokio::spawn(async move {
-            let mut rtts = Vec::new();
-            let mut answer = vec![0u8; message.len()];
-            if ping_ms > 0 {
-                // Spread pings over the interval.
-                tokio::time::sleep(Duration::from_millis((i as u64 * 37) % ping_ms)).await;
+            let spread = if ping_ms > 0 {
+                Duration::from_millis((i as u64 * 37) % ping_ms)
+            } else {
+                Duration::ZERO
+            };
+            let outcome = ping_until(
+                c.name,
+                r,
+                spread,
+                ping_ms,
+                deadline,
+                pong_timeout,
+                &message,
+                &sent,
+                &recv,
+            )
+            .await;
+            let mut life = Life {
+                outcome,
+                reconnected: None,
+                reconnect_failed: false,
+            };
+            if reconnect && matches!(life.outcome, Outcome::Broken { .. }) {
+                // Retry until the deadline, as an IM client's reconnect loop does.
+                loop {
+                    if tokio::time::Instant::now() >= deadline {
+                        life.reconnect_failed = true;
+                        break;
+                    }
+                    if let Some((name, r)) = connect(target).await {
+                        recv.fetch_add(name.len() as u64 + 1, Relaxed);
+                        life.reconnected = Some(name.clone());
+                        let _ = ping_until(
+                            name,
+                            r,
+                            Duration::ZERO,
+                            ping_ms,
+                            deadline,
+                            pong_timeout,
+                            &message,
+                            &sent,
+                            &recv,
+                        )
+                        .await;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
-            let mut lost = 0;
-            loop {
-                let now = tokio::time::Instant::now();
-                if now >= deadline {
-                    return Outcome::Done { rtts };
-                }
-                if ping_ms == 0 {
-                    // Hold: any byte or EOF before the deadline means the connection broke.
-                    let mut b = [0u8; 1];
-                    return match tokio::time::timeout_at(deadline, r.read(&mut b)).await {
-                        Err(_) => Outcome::Done { rtts },
-                        Ok(_) => Outcome::Broken {
-                            name: c.name,
-                            rtts,
-                            lost,
-                        },
-                    };
-                }
-                let t0 = Instant::now();
-                if r.get_mut().write_all(&message).await.is_err() {
-                    return Outcome::Broken {
-                        name: c.name,
-                        rtts,
-                        lost,
-                    };
-                }
-                sent.fetch_add(message.len() as u64, Relaxed);
-                match tokio::time::timeout(pong_timeout, r.read_exact(&mut answer)).await {
-                    Ok(Ok(_)) if answer[0] == 0x80 && answer[1..] == message[1..] => {
-                        recv.fetch_add(answer.len() as u64, Relaxed);
-                        rtts.push(t0.elapsed().as_secs_f64() * 1000.0);
-                    }
-                    Err(_) => {
-                        lost += 1;
-                        return Outcome::Broken {
-                            name: c.name,
-                            rtts,
-                            lost,
-                        };
-                    }
-                    _ => {
-                        return Outcome::Broken {
-                            name: c.name,
-                            rtts,
-                            lost,
-                        };
-                    }
-                }
-                let next = now + Duration::from_millis(ping_ms);
-                tokio::time::sleep_until(next.min(deadline)).await;
-            }
+            life
         }));
     }
     let mut all_rtts = Vec::new();
     for t in tasks {
-        match t.await {
-            Ok(Outcome::Done { rtts, .. }) => {
+        let Ok(life) = t.await else {
+            report.broken += 1;
+            continue;
+        };
+        if let Some(n) = life.reconnected {
+            report.reconnected += 1;
+            *report.reconnected_per_backend.entry(n).or_default() += 1;
+        }
+        report.reconnect_failures += life.reconnect_failed as usize;
+        match life.outcome {
+            Outcome::Done { rtts, .. } => {
                 report.pongs += rtts.len() as u64;
                 all_rtts.extend(rtts);
             }
-            Ok(Outcome::Broken { name, rtts, lost }) => {
+            Outcome::Broken { name, rtts, lost } => {
                 report.pongs += rtts.len() as u64;
                 report.lost_pongs += lost;
                 all_rtts.extend(rtts);
                 report.broken += 1;
                 *report.broken_per_backend.entry(name).or_default() += 1;
             }
-            Err(_) => report.broken += 1,
         }
     }
     report.connect_ms_p50 = pct(&mut connect_ms, 0.5);
@@ -331,6 +399,7 @@ async fn main() {
             parallel,
             pong_timeout_ms,
             message_bytes,
+            reconnect,
         } => serde_json::to_string(
             &run_tcp(
                 target,
@@ -340,6 +409,7 @@ async fn main() {
                 parallel,
                 Duration::from_millis(pong_timeout_ms),
                 message_bytes.max(1),
+                reconnect,
             )
             .await,
         ),
