@@ -24,8 +24,11 @@ fn leftovers(id: &str) -> Vec<String> {
             left.push(format!("namespace {l}"));
         }
     }
-    if std::path::Path::new(&format!("/sys/fs/bpf/{id}")).exists() {
-        left.push(format!("pinned /sys/fs/bpf/{id}"));
+    for p in std::fs::read_dir("/sys/fs/bpf").unwrap().flatten() {
+        let name = p.file_name().to_string_lossy().into_owned();
+        if name == id || name.starts_with(&format!("{id}-")) {
+            left.push(format!("pinned /sys/fs/bpf/{name}"));
+        }
     }
     for p in std::fs::read_dir("/proc").unwrap().flatten() {
         let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
@@ -59,6 +62,36 @@ fn demo_runs_to_the_end() {
         "SYN cookies engaged",
         "of 100 new connections opened",
         "lost 0",
+        "== done",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    let id = run_id(&text).expect("run id");
+    assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
+}
+
+#[test]
+fn anycast_demo_runs_to_the_end() {
+    if !require_root("anycast_demo_runs_to_the_end") {
+        return;
+    }
+    let _serial = serial();
+    let out = Command::new(workspace_bin("wklb-demo"))
+        .args(["--edges", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "has 2 next hops",
+        "the router dropped edge 1",
+        "(none on the drained edge 1)",
+        "broken per edge [0, ",
+        "reconnected ",
         "== done",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");

@@ -53,12 +53,13 @@ pub fn workspace_root() -> std::path::PathBuf {
 /// Runs a long interactive child to completion. Ctrl-C reaches the child too (same process
 /// group); xtask itself keeps waiting so the child can finish its cleanup before the prompt
 /// returns.
-pub fn run_foreground(program: &std::path::Path) -> Result<()> {
+pub fn run_foreground(program: &std::path::Path, args: &[&str]) -> Result<()> {
     let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, interrupted.clone())?;
     }
     let status = Command::new(program)
+        .args(args)
         .status()
         .with_context(|| format!("could not start {}", program.display()))?;
     if !status.success() {

@@ -19,7 +19,12 @@ enum Task {
         args: Vec<String>,
     },
     /// The whole thing on this machine (root): namespaces, daemon, clients, a failover. ~1 min.
-    Demo,
+    Demo {
+        /// Anycast instead: a router running BIRD with ECMP in front of 2 or 3 edges, each
+        /// running wklb and BIRD (drain, undrain, an edge dying). ~40 s.
+        #[arg(long, value_name = "N")]
+        edges: Option<u8>,
+    },
     /// Benchmarks (root): data path against the XDP floor, control plane, and end to end
     /// against nginx stream, HAProxy, nftables and no balancer. Writes bench/results/.
     Bench {
@@ -99,7 +104,7 @@ fn run(task: Task) -> Result<()> {
             }
             Ok(())
         }
-        Task::Demo => {
+        Task::Demo { edges } => {
             if !setup::is_root() {
                 anyhow::bail!(
                     "the demo creates network namespaces and loads XDP: run `sudo cargo xtask demo`"
@@ -109,7 +114,11 @@ fn run(task: Task) -> Result<()> {
             cmd::step("building wklb and the demo (release)");
             build_release_bins()?;
             cmd::step("running the demo (Ctrl-C at any time removes everything it created)");
-            cmd::run_foreground(&cmd::workspace_root().join("target/release/wklb-demo"))
+            let demo = cmd::workspace_root().join("target/release/wklb-demo");
+            match edges {
+                None => cmd::run_foreground(&demo, &[]),
+                Some(n) => cmd::run_foreground(&demo, &["--edges", &n.to_string()]),
+            }
         }
         Task::Bench { quick } => {
             if !setup::is_root() {

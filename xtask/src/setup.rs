@@ -7,7 +7,14 @@ use anyhow::{Context as _, Result, bail};
 use crate::cmd::{output, run, step};
 
 /// Debian packages the tests, demo and benchmarks use (nginx serves backends' /health).
-const PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping", "nginx", "nftables"];
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "iputils-ping",
+    "nginx",
+    "nftables",
+    "bird2",
+];
 
 /// Extra Debian packages for `cargo xtask bench`: the balancers wklb is compared with, the load
 /// generators, and a font for the chart.

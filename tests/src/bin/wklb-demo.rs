@@ -3,6 +3,10 @@
 //! drives a few hundred long-lived clients, shows the distribution and counters, kills one
 //! backend and shows the health change and where new connections go, then tears down.
 //! Ctrl-C at any moment stops the demo and removes everything it created.
+//!
+//! `--edges N` (2 or 3) runs the anycast demo instead: a router running BIRD in front of N
+//! edges, each running wklb and BIRD; connections spread over the edges, one edge is drained
+//! and undrained, another dies and its clients reconnect to the rest.
 
 use std::{
     sync::{
@@ -59,7 +63,19 @@ fn main() {
         stop,
         start: Instant::now(),
     };
-    let result = run(&demo);
+    let args: Vec<String> = std::env::args().collect();
+    let edges = args
+        .iter()
+        .position(|a| a == "--edges")
+        .map(|i| args.get(i + 1).and_then(|n| n.parse::<usize>().ok()));
+    let result = match edges {
+        None => run(&demo),
+        Some(Some(n)) if (2..=3).contains(&n) => run_fleet(&demo, n),
+        Some(_) => {
+            eprintln!("--edges takes 2 or 3");
+            std::process::exit(2);
+        }
+    };
     // The topology was dropped inside run(): namespaces, processes and pins are gone.
     match result {
         Ok(()) => println!(
@@ -252,6 +268,130 @@ fn run(d: &Demo) -> Result<()> {
     d.step("tearing down: `wklb unload`, then the namespaces")?;
     println!("{}", t.wklb(&["unload"])?.trim());
     drop(t);
+    Ok(())
+}
+
+/// The anycast demo: a router with BIRD and ECMP in front of `n` edges running wklb and BIRD.
+fn run_fleet(d: &Demo, n: usize) -> Result<()> {
+    use wklb_tests::fleet::{Fleet, edge_snat, per_edge};
+    d.step(&format!(
+        "building a router, {n} edges and 3 backends in network namespaces"
+    ))?;
+    let mut f = Fleet::new(n, 3)?;
+    d.say(&format!(
+        "client ns {} -> router ns {} (BIRD, ECMP on the 5-tuple) -> edges {} -> backends",
+        f.client_ns,
+        f.router_ns,
+        f.edges
+            .iter()
+            .map(|e| e.ns.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let all: Vec<usize> = (0..n).collect();
+    d.step(
+        "starting wklb and BIRD on every edge: wklb installs the VIP route, BIRD advertises it",
+    )?;
+    for k in 0..n {
+        f.start_edge(k)?;
+        d.say(&format!(
+            "edge {}: wklb (SNAT {}), BIRD peering with the router over eBGP + BFD",
+            k + 1,
+            edge_snat(k)
+        ));
+    }
+    let took = f.wait_next_hops(&all, Duration::from_secs(30))?;
+    d.say(&format!(
+        "the router's route to {VIP} has {n} next hops {:.1} s later:",
+        took.as_secs_f64()
+    ));
+    println!(
+        "{}",
+        f.router_next_hops()?
+            .iter()
+            .map(|h| format!("        via {h}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    println!("{}", f.wklb(0, &["edge", "status"])?);
+
+    d.step("300 long-lived clients connect through the router for 25 s")?;
+    let target = format!("{VIP}:{TCP_PORT}");
+    let tcp = |conns: &str, secs: &str, extra: &[&str]| -> Result<std::process::Child> {
+        let mut a = vec![
+            "tcp",
+            "--target",
+            &target,
+            "--conns",
+            conns,
+            "--ping-interval-ms",
+            "1000",
+            "--duration-s",
+            secs,
+        ];
+        a.extend_from_slice(extra);
+        f.client(&a)
+    };
+    let long = ClientGuard(Some(tcp("300", "25", &["--reconnect"])?));
+    d.sleep(Duration::from_secs(3))?;
+    for k in 0..n {
+        let s = f.json(k, &["edge", "status"])?;
+        d.say(&format!(
+            "edge {}: {} open connections",
+            k + 1,
+            s["open_flows"]
+        ));
+    }
+
+    d.step("`wklb edge drain` on edge 1: withdrawn at once, its connections keep working")?;
+    let t = Instant::now();
+    println!("{}", f.wklb(0, &["edge", "drain"])?);
+    let rest: Vec<usize> = (1..n).collect();
+    let gone = f.wait_next_hops(&rest, Duration::from_secs(5))?;
+    d.say(&format!(
+        "the router dropped edge 1 {:.0} ms after the command ({:.0} ms after the route left)",
+        t.elapsed().as_secs_f64() * 1000.0,
+        gone.as_secs_f64() * 1000.0
+    ));
+    let fresh = Topology::client_report(tcp("150", "1", &[])?)?;
+    d.say(&format!(
+        "150 new connections per edge: {:?} (none on the drained edge 1)",
+        per_edge(&fresh, "per_backend", n)
+    ));
+    d.step("`wklb edge undrain`: announced again")?;
+    println!(
+        "{}",
+        f.wklb(0, &["edge", "undrain"])?
+            .lines()
+            .next()
+            .unwrap_or("")
+    );
+    let back = f.wait_next_hops(&all, Duration::from_secs(5))?;
+    d.say(&format!(
+        "the router uses edge 1 again {:.0} ms later",
+        back.as_secs_f64() * 1000.0
+    ));
+
+    d.step(&format!(
+        "edge {n} dies (its wklb and BIRD killed, its links down)"
+    ))?;
+    f.kill_edge(n - 1)?;
+    let gone = f.wait_next_hops(&all[..n - 1], Duration::from_secs(5))?;
+    d.say(&format!(
+        "the router routes around it after {:.0} ms; its clients reconnect through the other edges",
+        gone.as_secs_f64() * 1000.0
+    ));
+    d.step("waiting for the long-lived clients to finish")?;
+    let r = long.wait(d)?;
+    d.say(&format!(
+        "carried per edge {:?}; broken per edge {:?} (only the dead edge's); reconnected {} of them, through edges {:?}",
+        per_edge(&r, "per_backend", n),
+        per_edge(&r, "broken_per_backend", n),
+        r["reconnected"],
+        per_edge(&r, "reconnected_per_backend", n)
+    ));
+    d.step("tearing down")?;
+    drop(f);
     Ok(())
 }
 
