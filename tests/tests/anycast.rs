@@ -80,6 +80,9 @@ fn wait_open(f: &Fleet, n: u64) {
 #[test]
 fn a01_new_connections_spread_over_the_edges_and_every_edge_picks_the_same_backend() {
     let Some(f) = fleet("a01", 3) else { return };
+    // The shipped BIRD config is valid BIRD.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/bird.conf");
+    wklb_tests::netns::run("bird", &["-p", "-c", example]).expect("examples/bird.conf parses");
     // The same config and health view give the same Maglev table on every edge.
     for p in 0..64u16 {
         let client = format!("10.1.0.2:{}", 20_000 + p * 613);
