@@ -29,32 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Mode {
     /// Long-lived TCP connections, each pinging at an interval.
-    Tcp {
-        #[arg(long)]
-        target: SocketAddr,
-        #[arg(long, default_value_t = 100)]
-        conns: usize,
-        /// 0: connect, read the greeting, hold without pinging.
-        #[arg(long, default_value_t = 1000)]
-        ping_interval_ms: u64,
-        /// How long every connection stays open after all are connected.
-        #[arg(long, default_value_t = 10)]
-        duration_s: u64,
-        /// Connections opened at once.
-        #[arg(long, default_value_t = 200)]
-        parallel: usize,
-        /// A PONG later than this is lost.
-        #[arg(long, default_value_t = 3000)]
-        pong_timeout_ms: u64,
-        /// Bytes per ping: the PING byte followed by filler, all echoed back (large messages
-        /// exercise path MTU handling).
-        #[arg(long, default_value_t = 1)]
-        message_bytes: usize,
-        /// A connection that breaks connects again (as IM clients do) and goes on pinging;
-        /// the break is still counted.
-        #[arg(long)]
-        reconnect: bool,
-    },
+    Tcp(TcpArgs),
     /// UDP requests from distinct source ports; each expects the backend's name.
     Udp {
         #[arg(long)]
@@ -64,6 +39,34 @@ enum Mode {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
+}
+
+#[derive(clap::Args)]
+struct TcpArgs {
+    #[arg(long)]
+    target: SocketAddr,
+    #[arg(long, default_value_t = 100)]
+    conns: usize,
+    /// 0: connect, read the greeting, hold without pinging.
+    #[arg(long, default_value_t = 1000)]
+    ping_interval_ms: u64,
+    /// How long every connection stays open after all are connected.
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 200)]
+    parallel: usize,
+    /// A PONG later than this is lost.
+    #[arg(long, default_value_t = 3000)]
+    pong_timeout_ms: u64,
+    /// Bytes per ping: the PING byte followed by filler, all echoed back (large messages
+    /// exercise path MTU handling).
+    #[arg(long, default_value_t = 1)]
+    message_bytes: usize,
+    /// A connection that breaks connects again (as IM clients do) and goes on pinging;
+    /// the break is still counted.
+    #[arg(long)]
+    reconnect: bool,
 }
 
 #[derive(Serialize, Default)]
@@ -147,19 +150,31 @@ async fn connect(target: SocketAddr) -> Option<(String, BufReader<TcpStream>)> {
     (!name.is_empty()).then(|| (name.trim().to_string(), r))
 }
 
+/// What every connection's ping loop shares.
+struct Pinger {
+    ping_ms: u64,
+    deadline: tokio::time::Instant,
+    pong_timeout: Duration,
+    message: Vec<u8>,
+    sent: AtomicU64,
+    recv: AtomicU64,
+}
+
 /// Pings on one connection until the deadline (or holds it, with `ping_ms` 0).
-#[allow(clippy::too_many_arguments)]
 async fn ping_until(
     name: String,
     mut r: BufReader<TcpStream>,
     spread: Duration,
-    ping_ms: u64,
-    deadline: tokio::time::Instant,
-    pong_timeout: Duration,
-    message: &[u8],
-    sent: &AtomicU64,
-    recv: &AtomicU64,
+    p: &Pinger,
 ) -> Outcome {
+    let Pinger {
+        ping_ms,
+        deadline,
+        pong_timeout,
+        ref message,
+        ref sent,
+        ref recv,
+    } = *p;
     let mut rtts = Vec::new();
     let mut answer = vec![0u8; message.len()];
     // Spread pings over the interval.
@@ -199,23 +214,26 @@ async fn ping_until(
     }
 }
 
-async fn run_tcp(
-    target: SocketAddr,
-    conns: usize,
-    ping_ms: u64,
-    duration: Duration,
-    parallel: usize,
-    pong_timeout: Duration,
-    message_bytes: usize,
-    reconnect: bool,
-) -> TcpReport {
-    let message: Arc<Vec<u8>> = Arc::new(
-        std::iter::once(0x70)
-            .chain(std::iter::repeat_n(0x41, message_bytes.saturating_sub(1)))
-            .collect(),
+async fn run_tcp(a: TcpArgs) -> TcpReport {
+    let TcpArgs {
+        target,
+        conns,
+        ping_interval_ms: ping_ms,
+        duration_s,
+        parallel,
+        pong_timeout_ms,
+        message_bytes,
+        reconnect,
+    } = a;
+    let (duration, pong_timeout) = (
+        Duration::from_secs(duration_s),
+        Duration::from_millis(pong_timeout_ms),
     );
+    let message_bytes = message_bytes.max(1);
+    let message: Vec<u8> = std::iter::once(0x70)
+        .chain(std::iter::repeat_n(0x41, message_bytes.saturating_sub(1)))
+        .collect();
     let sem = Arc::new(Semaphore::new(parallel.max(1)));
-    let sent = Arc::new(AtomicU64::new(0));
     let recv = Arc::new(AtomicU64::new(0));
     // Phase 1: connect everything (bounded parallelism), read greetings.
     let mut handles = Vec::new();
@@ -256,28 +274,23 @@ async fn run_tcp(
     // Phase 2: every connection pings until the deadline.
     let deadline = tokio::time::Instant::now() + duration;
     let mut tasks = Vec::new();
+    let pinger = Arc::new(Pinger {
+        ping_ms,
+        deadline,
+        pong_timeout,
+        message,
+        sent: AtomicU64::new(0),
+        recv: AtomicU64::new(recv.load(Relaxed)),
+    });
     for (i, (c, r)) in live.into_iter().enumerate() {
-        let sent = sent.clone();
-        let recv = recv.clone();
-        let message = message.clone();
+        let p = pinger.clone();
         tasks.push(tokio::spawn(async move {
             let spread = if ping_ms > 0 {
                 Duration::from_millis((i as u64 * 37) % ping_ms)
             } else {
                 Duration::ZERO
             };
-            let outcome = ping_until(
-                c.name,
-                r,
-                spread,
-                ping_ms,
-                deadline,
-                pong_timeout,
-                &message,
-                &sent,
-                &recv,
-            )
-            .await;
+            let outcome = ping_until(c.name, r, spread, &p).await;
             let mut life = Life {
                 outcome,
                 reconnected: None,
@@ -291,20 +304,9 @@ async fn run_tcp(
                         break;
                     }
                     if let Some((name, r)) = connect(target).await {
-                        recv.fetch_add(name.len() as u64 + 1, Relaxed);
+                        p.recv.fetch_add(name.len() as u64 + 1, Relaxed);
                         life.reconnected = Some(name.clone());
-                        let _ = ping_until(
-                            name,
-                            r,
-                            Duration::ZERO,
-                            ping_ms,
-                            deadline,
-                            pong_timeout,
-                            &message,
-                            &sent,
-                            &recv,
-                        )
-                        .await;
+                        let _ = ping_until(name, r, Duration::ZERO, &p).await;
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -342,8 +344,8 @@ async fn run_tcp(
     report.connect_ms_p99 = pct(&mut connect_ms, 0.99);
     report.rtt_ms_p50 = pct(&mut all_rtts, 0.5);
     report.rtt_ms_p99 = pct(&mut all_rtts, 0.99);
-    report.bytes_sent = sent.load(Relaxed);
-    report.bytes_received = recv.load(Relaxed);
+    report.bytes_sent = pinger.sent.load(Relaxed);
+    report.bytes_received = pinger.recv.load(Relaxed);
     report
 }
 
@@ -391,28 +393,7 @@ async fn run_udp(target: SocketAddr, requests: usize, timeout: Duration) -> UdpR
 async fn main() {
     let cli = Cli::parse();
     let json = match cli.mode {
-        Mode::Tcp {
-            target,
-            conns,
-            ping_interval_ms,
-            duration_s,
-            parallel,
-            pong_timeout_ms,
-            message_bytes,
-            reconnect,
-        } => serde_json::to_string(
-            &run_tcp(
-                target,
-                conns,
-                ping_interval_ms,
-                Duration::from_secs(duration_s),
-                parallel,
-                Duration::from_millis(pong_timeout_ms),
-                message_bytes.max(1),
-                reconnect,
-            )
-            .await,
-        ),
+        Mode::Tcp(a) => serde_json::to_string(&run_tcp(a).await),
         Mode::Udp {
             target,
             requests,
