@@ -190,7 +190,7 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
     let snat_capacity = flows.slots() / lb_common::SLOTS_PER_SNAT_ADDR;
     let (ctl, summary) = Controller::new(maps, cfg.clone(), interfaces(&cfg)?, snat_capacity)?;
     summary.iter().for_each(|l| info!("{l}"));
-    warm_neighbors(&ctl);
+    warm_neighbors(&ctl).await;
     let attachments = attach(&mut program, &pins.dir.path, &cfg)?;
     created.0 = None;
     let (handle, controller_thread) = thread::spawn(ctl)?;
@@ -284,19 +284,20 @@ fn load_data_plane(cfg: &Config) -> Result<DataPlane> {
 }
 
 /// Resolves the backends' neighbour entries before XDP needs them (up to a second).
-fn warm_neighbors<M: crate::dataplane::Maps>(ctl: &Controller<M>) {
-    let addrs = tasks::backend_v4(
-        &ctl.state()
-            .vips
-            .iter()
-            .flat_map(|v| v.backends.iter().map(|b| b.address))
-            .collect::<Vec<_>>(),
-    );
-    let n = crate::sys::neighbors::warm(&addrs, std::time::Duration::from_secs(1));
-    info!(
-        "neighbour entries: {n} of {} backend address(es) resolved",
-        addrs.len()
-    );
+async fn warm_neighbors<M: crate::dataplane::Maps>(ctl: &Controller<M>) {
+    let addrs: std::collections::BTreeSet<std::net::IpAddr> = ctl
+        .state()
+        .vips
+        .iter()
+        .flat_map(|v| v.backends.iter().map(|b| b.address))
+        .collect();
+    match crate::sys::neighbors::warm(&addrs, std::time::Duration::from_secs(1)).await {
+        Ok(n) => info!(
+            "neighbour entries: {n} of {} backend address(es) resolved",
+            addrs.len()
+        ),
+        Err(e) => warn!("neighbour warm-up: {e:#} (the kernel resolves backends on first use)"),
+    }
 }
 
 /// After every handle is dropped: unload when asked, and fail when the controller died.

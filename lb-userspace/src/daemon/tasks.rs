@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     time::Duration,
 };
 
@@ -102,17 +102,6 @@ pub async fn announce_loop(ctx: Arc<Ctx>) {
     }
 }
 
-/// IPv4 addresses among `addrs` (neighbour warm-up reads /proc/net/arp).
-pub fn backend_v4(addrs: &[IpAddr]) -> BTreeSet<Ipv4Addr> {
-    addrs
-        .iter()
-        .filter_map(|a| match a {
-            IpAddr::V4(v) => Some(*v),
-            IpAddr::V6(_) => None,
-        })
-        .collect()
-}
-
 /// One probing task per target; re-synced whenever the controller says targets changed.
 pub async fn health_scheduler(h: Handle, m: ProbeMetrics) {
     let mut tasks: BTreeMap<ProbeTarget, (HealthCheck, JoinHandle<()>)> = BTreeMap::new();
@@ -166,7 +155,7 @@ async fn probe_loop(h: Handle, t: ProbeTarget, hc: HealthCheck, m: ProbeMetrics)
 pub async fn neighbor_loop(h: Handle) {
     let mut changes = h.changes.clone();
     loop {
-        let addrs = backend_v4(&h.snapshot().backend_addresses());
+        let addrs: BTreeSet<IpAddr> = h.snapshot().backend_addresses().into_iter().collect();
         if let Err(e) = tokio::task::spawn_blocking(move || neighbors::poke(&addrs)).await {
             debug!("neighbour upkeep: {e}");
         }
