@@ -58,6 +58,16 @@ pub struct FleetEdge {
     pub bird: Option<Proc>,
 }
 
+/// How the lab router treats a connection when the edges announcing the VIP change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Router {
+    /// Keeps it on the edge that took its first packet (what a full-NAT fleet needs).
+    FlowAffinity,
+    /// Plain ECMP as the kernel installs BIRD's multipath route (hash-threshold): connections
+    /// are re-hashed over whatever edges remain.
+    Stateless,
+}
+
 pub struct Fleet {
     pub id: String,
     pub dir: tempfile::TempDir,
@@ -78,6 +88,10 @@ impl Fleet {
     /// Builds the namespaces and links, starts the backends (with health endpoints) and the
     /// router's BIRD. Edges are started with `start_edge`.
     pub fn new(edges: usize, backends: usize) -> Result<Self> {
+        Self::with_router(edges, backends, Router::FlowAffinity)
+    }
+
+    pub fn with_router(edges: usize, backends: usize, router: Router) -> Result<Self> {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let id = format!(
             "wf{}x{}",
@@ -101,7 +115,7 @@ impl Fleet {
             dir,
             id,
         };
-        f.build(edges, backends)?;
+        f.build(edges, backends, router)?;
         Ok(f)
     }
 
@@ -127,7 +141,7 @@ impl Fleet {
         Ok(())
     }
 
-    fn build(&mut self, edges: usize, backends: usize) -> Result<()> {
+    fn build(&mut self, edges: usize, backends: usize, router: Router) -> Result<()> {
         let (cli, rt, sw) = (
             self.client_ns.clone(),
             self.router_ns.clone(),
@@ -158,7 +172,9 @@ impl Fleet {
         for k in 0..edges {
             self.add_edge(k)?;
         }
-        self.router_affinity(edges)?;
+        if router == Router::FlowAffinity {
+            self.router_affinity(edges)?;
+        }
         for i in 0..backends {
             let ns = format!("{}-b{}", self.id, i + 1);
             self.ns_add(&ns)?;

@@ -11,7 +11,7 @@ use std::{
 use serde_json::Value;
 use wklb_tests::{
     e2e::{Serial, serial},
-    fleet::{Fleet, per_edge},
+    fleet::{Fleet, Router, per_edge},
     root::require_root,
     topology::Topology,
 };
@@ -19,11 +19,15 @@ use wklb_tests::{
 const EDGES: usize = 3;
 
 fn fleet(test: &str, backends: usize) -> Option<Serial<Fleet>> {
+    fleet_behind(test, backends, Router::FlowAffinity)
+}
+
+fn fleet_behind(test: &str, backends: usize, router: Router) -> Option<Serial<Fleet>> {
     if !require_root(test) {
         return None;
     }
     let guard = serial();
-    let mut f = Fleet::new(EDGES, backends).expect("fleet");
+    let mut f = Fleet::with_router(EDGES, backends, router).expect("fleet");
     for k in 0..EDGES {
         f.start_edge(k).expect("edge");
     }
@@ -280,4 +284,33 @@ fn a04_an_edge_that_cannot_reach_its_backends_withdraws_and_unload_withdraws() {
     )
     .unwrap_or_default();
     assert!(left.trim().is_empty(), "routes left after unload: {left}");
+}
+
+/// Why the routers must keep connections on their edge: behind plain hash-threshold ECMP, an
+/// edge leaving re-hashes some connections of the surviving edges onto another edge, which has
+/// no state for them (and could not continue them: the data node knows them by the first
+/// edge's SNAT address). Measured here so the README's claim stays true.
+#[test]
+fn a05_behind_a_stateless_ecmp_router_an_edge_leaving_breaks_connections_on_survivors() {
+    let Some(mut f) = fleet_behind("a05", 2, Router::Stateless) else {
+        return;
+    };
+    let clients = tcp_client(&f, 600, 8, &["--pong-timeout-ms", "1500", "--reconnect"]);
+    wait_open(&f, 600);
+    f.kill_edge(0).unwrap();
+    f.wait_next_hops(&[1, 2], Duration::from_secs(3))
+        .expect("the router removes the dead edge");
+    let r = Topology::client_report(clients).unwrap();
+    let carried = per_edge(&r, "per_backend", EDGES);
+    let broken = per_edge(&r, "broken_per_backend", EDGES);
+    eprintln!(
+        "stateless router, edge 1 dies: carried {carried:?}, broken {broken:?}, reconnected {}",
+        r["reconnected"]
+    );
+    assert_eq!(broken[0], carried[0], "{r}");
+    assert!(
+        broken[1] + broken[2] > 0,
+        "no surviving connection moved: the router re-hashed nothing (resilient hashing?): {r}"
+    );
+    assert_eq!(r["reconnect_failures"], 0, "{r}");
 }
