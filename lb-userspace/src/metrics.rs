@@ -225,9 +225,56 @@ impl Collector for ReportCollector {
         };
         encode_backends(&mut enc, s)?;
         encode_vips(&mut enc, s)?;
+        encode_groups(&mut enc, s)?;
         encode_edge(&mut enc, s)?;
         encode_data_plane(&mut enc, s)
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    vip: String,
+    group: String,
+}
+
+/// Backend groups: health and the share of new flows each gets.
+fn encode_groups(enc: &mut DescriptorEncoder, s: &StatsReport) -> Result<(), std::fmt::Error> {
+    let rows = || {
+        s.vips.iter().flat_map(|v| {
+            v.groups.iter().map(move |g| {
+                (
+                    GroupLabels {
+                        vip: v.name.clone(),
+                        group: g.name.clone(),
+                    },
+                    g,
+                )
+            })
+        })
+    };
+    for (name, help, get) in [
+        (
+            "wklb_group_healthy_share",
+            "Healthy share of the group's backends (0..1)",
+            (|g: &crate::report::GroupReport| g.healthy_share) as fn(&_) -> f64,
+        ),
+        (
+            "wklb_group_new_flow_share",
+            "Share of new flows the VIP's table gives the group now (0..1)",
+            |g| g.new_flow_share,
+        ),
+    ] {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, g) in rows() {
+            ConstGauge::new(get(g)).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    counter_family(
+        enc,
+        "wklb_group_new_flows",
+        "New flows the group's backends took",
+        rows().map(|(l, g)| (l, g.new_flows)),
+    )
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -11,6 +11,9 @@ pub struct BackendReport {
     pub vip: String,
     pub address: String,
     pub port: u16,
+    /// Its backend group (`default` unless the config names one).
+    #[serde(default)]
+    pub group: String,
     /// Current weight (0 = drained); `configured_weight` is what the config file says.
     pub weight: u32,
     pub configured_weight: u32,
@@ -57,6 +60,9 @@ pub struct VipReport {
     pub syn_cookies: String,
     /// SYNs are answered with cookies now (`always`, or `auto` under pressure).
     pub syn_cookies_active: bool,
+    /// Backend groups in priority order: healthy share and share of new flows.
+    #[serde(default)]
+    pub groups: Vec<GroupReport>,
     /// Unix seconds when `auto` mode last engaged or released (None: not since start).
     pub syn_cookies_since: Option<u64>,
     /// Initial SYNs the VIP admitted (not those its source policy refused).
@@ -120,6 +126,25 @@ pub struct StatsReport {
     /// What this edge announces (None: no `[announce]` section).
     #[serde(default)]
     pub edge: Option<EdgeReport>,
+}
+
+/// One backend group of a VIP.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct GroupReport {
+    pub name: String,
+    pub priority: u32,
+    /// Backends with weight > 0, and how many of them are healthy.
+    pub backends: u32,
+    pub healthy: u32,
+    /// healthy / backends (0 when it has none).
+    pub healthy_share: f64,
+    /// Its priority level's health: healthy share × overprovisioning, capped at 1.
+    pub level_health: f64,
+    /// Share of new flows the table gives it now (0..1; all groups 0 in fail-open, where
+    /// every backend shares).
+    pub new_flow_share: f64,
+    /// New flows its backends took so far (counted by the data path).
+    pub new_flows: u64,
 }
 
 /// `wklb edge status`: what this edge announces to its BGP daemon, and why.

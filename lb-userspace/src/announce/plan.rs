@@ -85,6 +85,8 @@ mod tests {
             cookies_on: false,
             cookies_changed: None,
             sources: SourcePolicy::default(),
+            groups: Default::default(),
+            levels: Vec::new(),
         }
     }
 

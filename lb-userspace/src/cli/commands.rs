@@ -196,10 +196,12 @@ fn backend(c: &Client, cmd: BackendCmd) -> Result<()> {
             vip,
             backend,
             weight,
+            group,
         } => c.change(&Request::BackendAdd {
             vip,
             backend: parse_endpoint(&backend)?,
             weight,
+            group,
         }),
         BackendCmd::Remove { vip, backend } => c.change(&Request::BackendRemove {
             vip,

@@ -175,6 +175,9 @@ pub enum BackendCmd {
         backend: String,
         #[arg(long, default_value_t = defaults::WEIGHT as u32)]
         weight: u32,
+        /// Its backend group ([[vip.group]]); default: `default`.
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Remove a backend: no new connections; its existing ones keep working until they end.
     Remove {

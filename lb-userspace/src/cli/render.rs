@@ -29,6 +29,7 @@ pub fn vips(v: &[VipReport]) -> String {
         "syns",
         "cookies sent/valid/bad",
         "denied/rate/conns limited",
+        "groups: healthy, new flows",
     ]);
     for x in v {
         t.add_row(vec![
@@ -53,6 +54,20 @@ pub fn vips(v: &[VipReport]) -> String {
                 x.cookies_sent, x.cookies_valid, x.cookies_invalid
             ),
             format!("{}/{}/{}", x.denied, x.rate_limited, x.conn_limited),
+            x.groups
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{} (p{}): {}/{}, {:.0}%",
+                        g.name,
+                        g.priority,
+                        g.healthy,
+                        g.backends,
+                        g.new_flow_share * 100.0
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
         ]);
     }
     t.to_string()
@@ -71,6 +86,7 @@ pub fn backends(v: &[BackendReport]) -> String {
     let mut t = table(&[
         "vip",
         "backend",
+        "group",
         "health",
         "weight",
         "in table",
@@ -95,6 +111,7 @@ pub fn backends(v: &[BackendReport]) -> String {
         t.add_row(vec![
             b.vip.clone(),
             format!("{}:{}", b.address, b.port),
+            b.group.clone(),
             if b.health == "down" {
                 "DOWN".into()
             } else {

@@ -192,6 +192,63 @@ pub struct Vip {
     pub syn_cookies: CookieMode,
     pub sources: SourcePolicy,
     pub backends: Vec<BackendConfig>,
+    /// Backend groups with priorities, and which group each backend is in.
+    pub groups: Groups,
+}
+
+/// The group every backend is in unless it names another.
+pub const DEFAULT_GROUP: &str = "default";
+
+/// A VIP's backend groups: a group at a lower priority number is preferred, and new flows
+/// spill to the next priority as its healthy share falls (`controller::priority`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Groups {
+    /// Declared groups, and `default` (priority 0) when a backend is in no declared group.
+    pub groups: Vec<Group>,
+    /// Backend (address, port) → group name; a backend not listed is in `default`.
+    pub of_backend: BTreeMap<(IpAddr, u16), String>,
+    /// Overprovisioning factor in percent (140 = 1.4).
+    pub overprovisioning_pct: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    pub priority: u32,
+}
+
+impl Default for Groups {
+    fn default() -> Self {
+        Groups {
+            groups: vec![Group {
+                name: DEFAULT_GROUP.into(),
+                priority: 0,
+            }],
+            of_backend: BTreeMap::new(),
+            overprovisioning_pct: schema::defaults::OVERPROVISIONING_PCT,
+        }
+    }
+}
+
+impl Groups {
+    /// The group of a backend.
+    pub fn group_of(&self, address: IpAddr, port: u16) -> &str {
+        self.of_backend
+            .get(&(address, port))
+            .map(String::as_str)
+            .unwrap_or(DEFAULT_GROUP)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Group> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// The priority of a backend's group.
+    pub fn priority_of(&self, address: IpAddr, port: u16) -> u32 {
+        self.get(self.group_of(address, port))
+            .map(|g| g.priority)
+            .unwrap_or(0)
+    }
 }
 
 /// Which sources may open connections to a VIP, and how fast.

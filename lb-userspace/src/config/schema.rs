@@ -40,6 +40,8 @@ pub mod defaults {
     pub const ANNOUNCE_TABLE: i64 = 200;
     pub const ANNOUNCE_ALL_DOWN: &str = "keep";
     pub const DRAIN_FILE: &str = "/var/lib/wklb/drained";
+    pub const OVERPROVISIONING: f64 = 1.4;
+    pub const OVERPROVISIONING_PCT: u32 = 140;
 }
 
 /// A default that came from nowhere in the file (no line to report).
@@ -203,6 +205,24 @@ pub struct RawVip {
     pub source_max_conns: Spanned<i64>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
+    /// Backend groups with priorities (`[[vip.group]]`).
+    #[serde(default)]
+    pub group: Vec<RawGroup>,
+    pub failover: Option<RawFailover>,
+}
+
+#[derive(Deserialize)]
+pub struct RawGroup {
+    pub name: Spanned<String>,
+    #[serde(default = "d_priority")]
+    pub priority: Spanned<i64>,
+}
+
+/// How new flows spill from one priority to the next.
+#[derive(Deserialize)]
+pub struct RawFailover {
+    #[serde(default = "d_overprovisioning")]
+    pub overprovisioning: Spanned<f64>,
 }
 
 #[derive(Deserialize)]
@@ -230,6 +250,8 @@ pub struct RawHealthCheck {
 pub struct RawBackend {
     pub address: Spanned<String>,
     pub port: Option<Spanned<i64>>,
+    /// A `[[vip.group]]` name; absent = `default`.
+    pub group: Option<Spanned<String>>,
     #[serde(default = "d_weight")]
     pub weight: Spanned<i64>,
 }
@@ -337,4 +359,10 @@ fn d_announce_all_down() -> Spanned<String> {
 }
 fn d_drain_file() -> PathBuf {
     PathBuf::from(d::DRAIN_FILE)
+}
+fn d_priority() -> Spanned<i64> {
+    sp(0)
+}
+fn d_overprovisioning() -> Spanned<f64> {
+    sp(d::OVERPROVISIONING)
 }

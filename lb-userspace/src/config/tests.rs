@@ -370,3 +370,93 @@ fn announce_errors_name_the_key_and_line() {
     let e = one_error(&format!("{GOOD}\n[announce]\ntabel = 5\n"));
     assert!(e.message.contains("unknown key"), "{e}");
 }
+
+const GROUPED: &str = r#"
+[daemon]
+interfaces = ["eth0"]
+
+[snat]
+addresses = ["192.0.2.10"]
+
+[[vip]]
+name = "im"
+address = "198.51.100.1"
+port = 5100
+
+[[vip.group]]
+name = "direct"
+priority = 0
+
+[[vip.group]]
+name = "via-relay"
+priority = 1
+
+[vip.failover]
+overprovisioning = 1.2
+
+[[vip.backend]]
+address = "10.0.1.11"
+group = "direct"
+
+[[vip.backend]]
+address = "10.0.2.11"
+group = "via-relay"
+"#;
+
+#[test]
+fn backend_groups_and_failover() {
+    let c = ok(GROUPED);
+    let g = &c.vips[0].groups;
+    assert_eq!(g.overprovisioning_pct, 120);
+    assert_eq!(
+        g.groups
+            .iter()
+            .map(|g| (g.name.as_str(), g.priority))
+            .collect::<Vec<_>>(),
+        [("direct", 0), ("via-relay", 1)],
+        "no backend is in `default`, so there is none"
+    );
+    assert_eq!(g.group_of("10.0.2.11".parse().unwrap(), 5100), "via-relay");
+    assert_eq!(g.priority_of("10.0.2.11".parse().unwrap(), 5100), 1);
+    // Without groups: everything in `default`, overprovisioning 1.4.
+    let c = ok(GOOD);
+    let g = &c.vips[0].groups;
+    assert_eq!((g.groups.len(), g.overprovisioning_pct), (1, 140));
+    assert_eq!(g.group_of("192.0.2.21".parse().unwrap(), 5100), "default");
+    // A backend without a group next to declared groups lands in `default`, priority 0.
+    let c = ok(&GROUPED.replace("group = \"via-relay\"\n", ""));
+    assert!(c.vips[0].groups.get("default").is_some());
+}
+
+#[test]
+fn group_errors_name_the_key_and_line() {
+    let src = GROUPED.replace("group = \"via-relay\"", "group = \"via-realy\"");
+    let e = one_error(&src);
+    assert_eq!(e.path, "vip[0].backend[1].group");
+    assert!(
+        e.message.contains("via-realy") && e.message.contains("direct, via-relay"),
+        "{e}"
+    );
+    assert_eq!(
+        e.line,
+        Some(src.lines().position(|l| l.contains("via-realy")).unwrap() + 1)
+    );
+    let e = errors(&GROUPED.replace("name = \"via-relay\"", "name = \"direct\""));
+    assert!(e[0].message.contains("declared twice"), "{e:?}");
+    assert_eq!(e[0].path, "vip[0].group[1].name");
+    let e = one_error(&GROUPED.replace("overprovisioning = 1.2", "overprovisioning = 0.5"));
+    assert_eq!(e.path, "vip[0].failover.overprovisioning");
+    let e = one_error(&GROUPED.replace("priority = 1", "priority = -1"));
+    assert_eq!(e.path, "vip[0].group[1].priority");
+    // A declared group without backends is a warning, not an error.
+    let l = parse(
+        &GROUPED.replace("group = \"via-relay\"", "group = \"direct\""),
+        Checks::Offline,
+    )
+    .expect("valid");
+    assert!(
+        l.warnings.iter().any(|w| w.path == "vip[0].group[1]"),
+        "{:?}",
+        l.warnings
+    );
+}

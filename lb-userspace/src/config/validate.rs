@@ -10,9 +10,9 @@ use lb_common::conntrack::Timeouts;
 use toml::Spanned;
 
 use super::{
-    Announce, BackendConfig, Checks, Config, ConfigError, Conntrack, CookieMode, Daemon, DataPath,
-    HealthCheck, Loaded, MAX_WEIGHT, MssClamp, ProbeKind, Protocol, Snat, SourceList, SourcePolicy,
-    SynCookies, Vip, WhenAllDown,
+    Announce, BackendConfig, Checks, Config, ConfigError, Conntrack, CookieMode, DEFAULT_GROUP,
+    Daemon, DataPath, Group, Groups, HealthCheck, Loaded, MAX_WEIGHT, MssClamp, ProbeKind,
+    Protocol, Snat, SourceList, SourcePolicy, SynCookies, Vip, WhenAllDown,
     schema::{RawAnnounce, RawBackend, RawConfig, RawHealthCheck, RawVip},
 };
 use crate::{dataplane::links::AttachMode, sys::netdev};
@@ -638,6 +638,7 @@ fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
             Some(h) => health_check(c, &format!("{p}.health_check"), h),
         };
         let backends = backends(c, &p, v, &name, port);
+        let groups = groups(c, &p, v, &backends);
         let syn_cookies = cookie_mode(c, &p, v, protocol);
         let sources = source_policy(c, &p, v);
         vips.push(Vip {
@@ -649,9 +650,104 @@ fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
             syn_cookies,
             sources,
             backends,
+            groups,
         });
     }
     vips
+}
+
+/// `[[vip.group]]`, each backend's `group` and `[vip.failover]`.
+fn groups(c: &mut Collector, p: &str, v: &RawVip, backends: &[BackendConfig]) -> Groups {
+    let mut out = Groups {
+        groups: Vec::new(),
+        ..Groups::default()
+    };
+    for (gi, g) in v.group.iter().enumerate() {
+        let gp = format!("{p}.group[{gi}]");
+        let name = g.name.get_ref();
+        if name.is_empty() || name.chars().any(|ch| ch.is_whitespace()) {
+            c.err(
+                format!("{gp}.name"),
+                &g.name,
+                "a group name must be non-empty without spaces",
+            );
+        }
+        if out.get(name).is_some() {
+            c.err(
+                format!("{gp}.name"),
+                &g.name,
+                format!("group {name:?} is declared twice"),
+            );
+            continue;
+        }
+        let priority = c.ranged(
+            &format!("{gp}.priority"),
+            &g.priority,
+            0,
+            1000,
+            "priority (0 = most preferred)",
+        ) as u32;
+        out.groups.push(Group {
+            name: name.clone(),
+            priority,
+        });
+    }
+    for (bi, b) in v.backend.iter().enumerate() {
+        let Some(g) = &b.group else { continue };
+        let name = g.get_ref();
+        if out.get(name).is_none() && name != DEFAULT_GROUP {
+            let known: Vec<&str> = out.groups.iter().map(|g| g.name.as_str()).collect();
+            c.err(
+                format!("{p}.backend[{bi}].group"),
+                g,
+                format!(
+                    "no [[vip.group]] is named {name:?} (declared: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+            continue;
+        }
+        if let Some(bc) = backends.get(bi) {
+            out.of_backend.insert((bc.address, bc.port), name.clone());
+        }
+    }
+    let in_default = backends.len() > out.of_backend.len();
+    if out.get(DEFAULT_GROUP).is_none() && (in_default || out.groups.is_empty()) {
+        out.groups.push(Group {
+            name: DEFAULT_GROUP.into(),
+            priority: 0,
+        });
+    }
+    for (gi, g) in v.group.iter().enumerate() {
+        let name = g.name.get_ref();
+        let used = backends
+            .iter()
+            .any(|b| out.group_of(b.address, b.port) == name.as_str());
+        if !used {
+            c.warn(
+                format!("{p}.group[{gi}]"),
+                &g.name,
+                format!("group {name:?} has no backend: it never takes a connection"),
+            );
+        }
+    }
+    if let Some(f) = &v.failover {
+        let op = *f.overprovisioning.get_ref();
+        if !(1.0..=10.0).contains(&op) {
+            c.err(
+                format!("{p}.failover.overprovisioning"),
+                &f.overprovisioning,
+                format!("overprovisioning must be between 1.0 and 10.0, got {op}"),
+            );
+        } else {
+            out.overprovisioning_pct = (op * 100.0).round() as u32;
+        }
+    }
+    out
 }
 
 fn vip_name(c: &mut Collector, p: &str, v: &RawVip, names: &mut HashSet<String>) -> String {

@@ -162,7 +162,8 @@ async fn dispatch(ctx: &Arc<Ctx>, req: Request) -> Result<Response> {
             vip,
             backend: Endpoint { address, port },
             weight,
-        } => changed(h.add_backend(vip, address, port, weight).await?),
+            group,
+        } => changed(h.add_backend(vip, address, port, weight, group).await?),
         Request::BackendRemove {
             vip,
             backend: Endpoint { address, port },

@@ -34,6 +34,9 @@ pub enum Request {
         vip: String,
         backend: Endpoint,
         weight: u32,
+        /// Its backend group (None: `default`).
+        #[serde(default)]
+        group: Option<String>,
     },
     BackendRemove {
         vip: String,

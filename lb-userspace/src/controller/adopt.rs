@@ -67,6 +67,8 @@ fn vip(img: &Image, key: &lb_common::Vip4Key, meta: &VipMeta) -> Option<VipState
         id: meta.vip_id,
         backends: Vec::new(),
         adopted: true,
+        // Until the config says which groups there are.
+        groups: Default::default(),
         table: table.unwrap_or_else(VipState::empty_table),
         members: Vec::new(),
         mode: if fail_open {

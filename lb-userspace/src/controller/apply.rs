@@ -114,6 +114,7 @@ fn add_vip(next: &mut State, vc: &Vip) -> Result<()> {
         cookies_engaged: false,
         cookies_changed: None,
         sources: vc.sources.clone(),
+        groups: vc.groups.clone(),
     };
     for b in &vc.backends {
         let bid = alloc_with(next, &v)?;
@@ -175,6 +176,22 @@ fn update_vip(
             ));
         }
         v.sources = vc.sources.clone();
+    }
+    if v.groups != vc.groups {
+        if !adopted {
+            summary.push(format!(
+                "vip {}: groups {}, overprovisioning {:.2}",
+                vc.name,
+                vc.groups
+                    .groups
+                    .iter()
+                    .map(|g| format!("{} (priority {})", g.name, g.priority))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                vc.groups.overprovisioning_pct as f64 / 100.0
+            ));
+        }
+        v.groups = vc.groups.clone();
     }
     if v.health != vc.health {
         if !adopted {

@@ -69,6 +69,7 @@ impl<M: Maps> Controller<M> {
         address: IpAddr,
         port: Option<u16>,
         weight: u32,
+        group: Option<&str>,
     ) -> Result<String> {
         check_weight(weight)?;
         if !address.is_ipv4() {
@@ -84,6 +85,18 @@ impl<M: Maps> Controller<M> {
         {
             bail!("vip {vip} already has backend {address}:{port}");
         }
+        let groups = &mut next.vips[vi].groups;
+        let group = group.unwrap_or(crate::config::DEFAULT_GROUP);
+        if groups.get(group).is_none() {
+            let known: Vec<&str> = groups.groups.iter().map(|g| g.name.as_str()).collect();
+            bail!(
+                "vip {vip} has no backend group {group:?} (its groups: {}); name one with --group",
+                known.join(", ")
+            );
+        }
+        if group != crate::config::DEFAULT_GROUP {
+            groups.of_backend.insert((address, port), group.to_string());
+        }
         let id = next.alloc_backend_id()?;
         let hc = next.vips[vi].health.clone();
         let b = next.new_backend(address, port, weight, id, &hc);
@@ -91,7 +104,7 @@ impl<M: Maps> Controller<M> {
         next.vips[vi].backends.push(b);
         self.commit(next)?;
         Ok(format!(
-            "vip {vip}: added backend {address}:{port} weight {weight}{}",
+            "vip {vip}: added backend {address}:{port} weight {weight} in group {group}{}",
             if pending {
                 " (pending: it takes new connections once its health checks pass)"
             } else {
@@ -115,6 +128,7 @@ impl<M: Maps> Controller<M> {
             );
         }
         let b = next.vips[vi].backends.remove(bi);
+        next.vips[vi].groups.of_backend.remove(&(b.address, b.port));
         let vip_id = next.vips[vi].id;
         next.retire(vip_id, &b, monotonic_ns());
         self.commit(next)?;

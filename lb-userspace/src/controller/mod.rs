@@ -13,6 +13,7 @@ mod apply;
 pub mod edits;
 pub mod expiry;
 pub mod plan;
+pub mod priority;
 pub mod reports;
 pub mod snapshot;
 pub mod state;

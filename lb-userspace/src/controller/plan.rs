@@ -10,7 +10,10 @@ use lb_common::{
 };
 use serde::Serialize;
 
-use super::state::{State, VipState};
+use super::{
+    priority,
+    state::{State, VipState},
+};
 use crate::{
     config::{CookieMode, MssClamp, Protocol, SourceList},
     health::Status,
@@ -32,31 +35,92 @@ pub enum TableMode {
     Empty,
 }
 
-/// The members of a VIP's table and why.
+/// The members of a VIP's table and why. Healthy backends of the preferred priority level take
+/// every new flow until that level's health falls below 100 (`priority`); then each level's
+/// share of the table is its load, split among its healthy backends by weight.
 pub fn members(v: &VipState) -> (Vec<Member>, TableMode) {
     let eligible: Vec<_> = v.backends.iter().filter(|b| b.weight > 0).collect();
-    let member = |b: &&super::state::BackendState| Member {
+    let member = |b: &super::state::BackendState, weight: u32| Member {
         id: b.id,
         key: b.key(),
-        weight: b.weight,
+        weight,
     };
-    let up: Vec<Member> = eligible
-        .iter()
-        .filter(|b| b.health.status == Status::Up)
-        .map(member)
-        .collect();
-    if !up.is_empty() {
-        return (up, TableMode::Normal);
-    }
     if eligible.is_empty() {
         return (Vec::new(), TableMode::Empty);
     }
-    let all = eligible.iter().map(member).collect();
-    if eligible.iter().any(|b| b.health.status == Status::Down) {
-        (all, TableMode::FailOpen)
-    } else {
-        (all, TableMode::Starting)
+    if !eligible.iter().any(|b| b.health.status == Status::Up) {
+        let all = eligible.iter().map(|b| member(b, b.weight)).collect();
+        return if eligible.iter().any(|b| b.health.status == Status::Down) {
+            (all, TableMode::FailOpen)
+        } else {
+            (all, TableMode::Starting)
+        };
     }
+    let levels = level_loads(v);
+    let loaded: Vec<&Level> = levels.iter().filter(|l| l.load_pct > 0).collect();
+    let up = |b: &&super::state::BackendState, l: &Level| {
+        b.health.status == Status::Up && v.groups.priority_of(b.address, b.port) == l.priority
+    };
+    let mut out = Vec::new();
+    for l in &loaded {
+        let level_up: Vec<_> = eligible.iter().filter(|b| up(b, l)).collect();
+        let weight_up: u64 = level_up.iter().map(|b| b.weight as u64).sum();
+        for b in level_up {
+            // One loaded level keeps the configured weights (the table of a VIP without
+            // groups is what it always was); several share the table by their loads.
+            let w = if loaded.len() == 1 {
+                b.weight
+            } else {
+                (b.weight as u64 * l.load_pct as u64 * 10_000 / weight_up.max(1)).max(1) as u32
+            };
+            out.push(member(b, w));
+        }
+    }
+    (out, TableMode::Normal)
+}
+
+/// A priority level of a VIP: its eligible and healthy backends, health and load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Level {
+    pub priority: u32,
+    /// Backends with weight > 0.
+    pub backends: u32,
+    pub healthy: u32,
+    pub health_pct: u32,
+    /// Percent of new flows it gets (0 for every level in fail-open: all backends share then).
+    pub load_pct: u32,
+}
+
+/// The VIP's priority levels in order, with their loads.
+pub fn level_loads(v: &VipState) -> Vec<Level> {
+    let mut levels: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
+    for g in &v.groups.groups {
+        levels.entry(g.priority).or_default();
+    }
+    for b in v.backends.iter().filter(|b| b.weight > 0) {
+        let e = levels
+            .entry(v.groups.priority_of(b.address, b.port))
+            .or_default();
+        e.0 += 1;
+        e.1 += (b.health.status == Status::Up) as u32;
+    }
+    let op = v.groups.overprovisioning_pct;
+    let health: Vec<u32> = levels
+        .values()
+        .map(|(n, up)| priority::health(*up, *n, op))
+        .collect();
+    let loads = priority::loads(&health).unwrap_or_else(|| vec![0; health.len()]);
+    levels
+        .into_iter()
+        .zip(health.iter().zip(loads))
+        .map(|((priority, (backends, healthy)), (h, load))| Level {
+            priority,
+            backends,
+            healthy,
+            health_pct: *h,
+            load_pct: load,
+        })
+        .collect()
 }
 
 /// An IPv4 address as the data path's native word (other families are refused by validation).
@@ -266,6 +330,7 @@ mod tests {
             cookies_engaged: false,
             cookies_changed: None,
             sources: Default::default(),
+            groups: Default::default(),
         }
     }
 
@@ -340,5 +405,85 @@ mod tests {
         let f = filter(&addrs);
         let bucket = FilterBucket::from_u64(f[&filter_index(a)]);
         assert!(bucket.class.flags & AddrClass::COLLISION != 0);
+    }
+
+    /// Backends 0..direct in group "direct" (priority 0), the rest in "relay" (priority 1).
+    fn grouped(backends: &[(u32, Status)], direct: usize) -> VipState {
+        let mut v = vip(backends);
+        v.groups.groups = vec![
+            crate::config::Group {
+                name: "direct".into(),
+                priority: 0,
+            },
+            crate::config::Group {
+                name: "relay".into(),
+                priority: 1,
+            },
+        ];
+        for (i, b) in v.backends.iter().enumerate() {
+            let g = if i < direct { "direct" } else { "relay" };
+            v.groups.of_backend.insert((b.address, b.port), g.into());
+        }
+        v
+    }
+
+    /// Share of the Maglev table per backend id, in percent.
+    fn table_shares(v: &VipState) -> BTreeMap<u32, f64> {
+        let (m, _) = members(v);
+        let t = lb_common::maglev::build_table(&m, lb_common::MAGLEV_TABLE_SIZE);
+        let mut out = BTreeMap::new();
+        for id in t {
+            *out.entry(id).or_insert(0.0) += 100.0 / lb_common::MAGLEV_TABLE_SIZE as f64;
+        }
+        out
+    }
+
+    #[test]
+    fn preferred_group_keeps_new_flows_until_its_health_drops_then_spills_in_proportion() {
+        use Status::*;
+        let all_up = grouped(&[(100, Up); 5], 3);
+        assert_eq!(ids(&all_up), (vec![0, 1, 2], TableMode::Normal));
+        // One of three direct backends down: health 93, so 7% of new flows go to the relays.
+        let v = grouped(
+            &[(100, Down), (100, Up), (100, Up), (100, Up), (100, Up)],
+            3,
+        );
+        let s = table_shares(&v);
+        let direct: f64 = s[&1] + s[&2];
+        let relay: f64 = s[&3] + s[&4];
+        assert!((direct - 93.0).abs() < 0.5, "{s:?}");
+        assert!((relay - 7.0).abs() < 0.5, "{s:?}");
+        assert!((s[&1] - s[&2]).abs() < 0.5, "direct split evenly: {s:?}");
+        let l = level_loads(&v);
+        assert_eq!((l[0].health_pct, l[0].load_pct, l[1].load_pct), (93, 93, 7));
+        // Every direct backend down: the relays take everything, with their own weights.
+        let v = grouped(
+            &[(100, Down), (100, Down), (100, Down), (100, Up), (50, Up)],
+            3,
+        );
+        let (m, mode) = members(&v);
+        assert_eq!(mode, TableMode::Normal);
+        assert_eq!(
+            m.iter().map(|m| (m.id, m.weight)).collect::<Vec<_>>(),
+            [(3, 100), (4, 50)]
+        );
+        // Everything down: fail-open over every group.
+        let v = grouped(&[(100, Down); 5], 3);
+        assert_eq!(ids(&v), (vec![0, 1, 2, 3, 4], TableMode::FailOpen));
+    }
+
+    #[test]
+    fn the_table_depends_on_health_only() {
+        use Status::*;
+        let a = grouped(
+            &[(100, Down), (100, Up), (100, Up), (100, Up), (100, Up)],
+            3,
+        );
+        let mut b = a.clone();
+        b.backends.reverse();
+        let build = |v: &VipState| {
+            lb_common::maglev::build_table(&members(v).0, lb_common::MAGLEV_TABLE_SIZE)
+        };
+        assert_eq!(build(&a), build(&b), "configuration order does not matter");
     }
 }

@@ -23,8 +23,8 @@ use crate::{
     dataplane::{Counters, Flows},
     health::Status,
     report::{
-        BackendReport, ConnReport, ConnsReport, LookupReport, SnatReport, SourceEntry, StatsReport,
-        VipReport,
+        BackendReport, ConnReport, ConnsReport, GroupReport, LookupReport, SnatReport, SourceEntry,
+        StatsReport, VipReport,
     },
 };
 
@@ -112,12 +112,77 @@ pub fn stats(snap: &Snapshot, counters: &dyn Counters, flows: &dyn Flows) -> Res
         ..Default::default()
     };
     for v in &snap.vips {
-        r.vips.push(vip_report(v, counters, &fc)?);
+        let mut vr = vip_report(v, counters, &fc)?;
+        let first = r.backends.len();
         for b in &v.backends {
             r.backends.push(backend_report(v, b, counters, &fc)?);
         }
+        vr.groups = group_reports(v, &r.backends[first..]);
+        r.vips.push(vr);
     }
     Ok(r)
+}
+
+/// Each group's health and share of new flows: its level's load, split among the level's
+/// groups by the weight of their healthy backends (as the table splits it).
+fn group_reports(v: &VipView, backends: &[BackendReport]) -> Vec<GroupReport> {
+    let mut groups: Vec<&crate::config::Group> = v.groups.groups.iter().collect();
+    groups.sort_by_key(|g| (g.priority, g.name.clone()));
+    let up_weight = |name: &str| -> u64 {
+        v.backends
+            .iter()
+            .filter(|b| b.weight > 0 && b.status == Status::Up)
+            .filter(|b| v.groups.group_of(b.address, b.port) == name)
+            .map(|b| b.weight as u64)
+            .sum()
+    };
+    groups
+        .into_iter()
+        .map(|g| {
+            let mine: Vec<&BackendView> = v
+                .backends
+                .iter()
+                .filter(|b| v.groups.group_of(b.address, b.port) == g.name)
+                .collect();
+            let eligible = mine.iter().filter(|b| b.weight > 0).count() as u32;
+            let healthy = mine
+                .iter()
+                .filter(|b| b.weight > 0 && b.status == Status::Up)
+                .count() as u32;
+            let level = v.levels.iter().find(|l| l.priority == g.priority);
+            let level_up: u64 = v
+                .groups
+                .groups
+                .iter()
+                .filter(|o| o.priority == g.priority)
+                .map(|o| up_weight(&o.name))
+                .sum();
+            let share = match level {
+                Some(l) if v.mode == TableMode::Normal && level_up > 0 => {
+                    l.load_pct as f64 / 100.0 * up_weight(&g.name) as f64 / level_up as f64
+                }
+                _ => 0.0,
+            };
+            GroupReport {
+                name: g.name.clone(),
+                priority: g.priority,
+                backends: eligible,
+                healthy,
+                healthy_share: if eligible > 0 {
+                    healthy as f64 / eligible as f64
+                } else {
+                    0.0
+                },
+                level_health: level.map_or(0.0, |l| l.health_pct as f64 / 100.0),
+                new_flow_share: share,
+                new_flows: backends
+                    .iter()
+                    .filter(|b| b.group == g.name)
+                    .map(|b| b.new_flows)
+                    .sum(),
+            }
+        })
+        .collect()
 }
 
 fn vip_report(v: &VipView, counters: &dyn Counters, fc: &FlowCounts) -> Result<VipReport> {
@@ -158,6 +223,7 @@ fn vip_report(v: &VipView, counters: &dyn Counters, fc: &FlowCounts) -> Result<V
         rate_limited: s.rate_limited,
         source_max_conns: v.sources.max_conns,
         conn_limited: s.conn_limited,
+        groups: Vec::new(),
     })
 }
 
@@ -173,6 +239,7 @@ fn backend_report(
         vip: v.name.clone(),
         address: b.address.to_string(),
         port: b.port,
+        group: v.groups.group_of(b.address, b.port).to_string(),
         weight: b.weight,
         configured_weight: b.configured_weight,
         health: status_name(b.status).into(),

@@ -7,9 +7,12 @@ use std::{
     sync::Arc,
 };
 
-use super::{plan::TableMode, state::State};
+use super::{
+    plan::{Level, TableMode, level_loads},
+    state::State,
+};
 use crate::{
-    config::{CookieMode, HealthCheck, ProbeKind, Protocol, SourcePolicy},
+    config::{CookieMode, Groups, HealthCheck, ProbeKind, Protocol, SourcePolicy},
     dataplane::links::Attachment,
     health::{Status, probe::ProbeTarget},
 };
@@ -52,6 +55,9 @@ pub struct VipView {
     pub cookies_on: bool,
     pub cookies_changed: Option<std::time::SystemTime>,
     pub sources: SourcePolicy,
+    pub groups: Groups,
+    /// Priority levels with their health and load, as the table was built.
+    pub levels: Vec<Level>,
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +100,8 @@ impl Snapshot {
                     cookies_on: v.cookies_on(),
                     cookies_changed: v.cookies_changed,
                     sources: v.sources.clone(),
+                    groups: v.groups.clone(),
+                    levels: level_loads(v),
                     backends: v
                         .backends
                         .iter()

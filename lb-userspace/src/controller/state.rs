@@ -14,7 +14,7 @@ use lb_common::{MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SNAT_ADDRS, MAX_VIPS, NO_BA
 
 use super::plan::{self, TableMode};
 use crate::{
-    config::{Config, CookieMode, HealthCheck, Protocol, SourcePolicy},
+    config::{Config, CookieMode, Groups, HealthCheck, Protocol, SourcePolicy},
     health::{Health, Status},
 };
 
@@ -66,6 +66,8 @@ pub struct VipState {
     /// Deny and allow lists (the config's, plus CLI edits until the next reload) and the
     /// per-source rate.
     pub sources: SourcePolicy,
+    /// Backend groups and priorities (the config's, plus CLI additions until the next reload).
+    pub groups: Groups,
 }
 
 impl VipState {

@@ -231,7 +231,7 @@ fn a_runtime_backend_waits_for_its_probes() {
         probe(&mut c, a, true, 2);
     }
     let msg = c
-        .add_backend("im", "10.2.0.14".parse().unwrap(), None, 100)
+        .add_backend("im", "10.2.0.14".parse().unwrap(), None, 100, None)
         .unwrap();
     assert!(msg.contains("pending"), "{msg}");
     let new = id_of(&c, "10.2.0.14");
@@ -242,7 +242,7 @@ fn a_runtime_backend_waits_for_its_probes() {
     probe(&mut c, "10.2.0.14", true, 2);
     assert!(table_ids(&maps).contains(&new));
     let e = c
-        .add_backend("im", "10.2.0.14".parse().unwrap(), None, 1)
+        .add_backend("im", "10.2.0.14".parse().unwrap(), None, 1, None)
         .unwrap_err();
     assert!(e.to_string().contains("already has"), "{e}");
 }
@@ -255,7 +255,7 @@ fn a_removed_backend_id_is_reused_only_after_its_flows_are_gone() {
         .unwrap();
     let kept = maps.image().backends[&gone];
     assert_eq!(kept.flags & Backend::ACTIVE, 0, "retired, not cleared");
-    c.add_backend("im", "10.2.0.20".parse().unwrap(), None, 100)
+    c.add_backend("im", "10.2.0.20".parse().unwrap(), None, 100, None)
         .unwrap();
     assert_ne!(
         id_of(&c, "10.2.0.20"),
@@ -270,7 +270,7 @@ fn a_removed_backend_id_is_reused_only_after_its_flows_are_gone() {
     })
     .unwrap();
     assert!(!maps.image().backends.contains_key(&gone));
-    c.add_backend("im", "10.2.0.21".parse().unwrap(), None, 100)
+    c.add_backend("im", "10.2.0.21".parse().unwrap(), None, 100, None)
         .unwrap();
     assert_eq!(id_of(&c, "10.2.0.21"), gone);
 }
@@ -379,7 +379,7 @@ fn the_backend_limit_is_enforced() {
     maps_cfg.vips[0].backends = backends;
     let (mut c, _) = Controller::new(FakeMaps::default(), maps_cfg, eth0(), 4).unwrap();
     let e = c
-        .add_backend("im", "10.4.0.1".parse().unwrap(), None, 1)
+        .add_backend("im", "10.4.0.1".parse().unwrap(), None, 1, None)
         .unwrap_err();
     assert!(e.to_string().contains("backend slots are in use"), "{e}");
 }

@@ -30,7 +30,15 @@ type Reply<T> = oneshot::Sender<Result<T, String>>;
 
 pub enum Command {
     Reload(Config, Reply<Vec<String>>),
-    AddBackend(String, IpAddr, Option<u16>, u32, Reply<String>),
+    /// (VIP, address, port, weight, group).
+    AddBackend(
+        String,
+        IpAddr,
+        Option<u16>,
+        u32,
+        Option<String>,
+        Reply<String>,
+    ),
     RemoveBackend(String, IpAddr, Option<u16>, Reply<String>),
     SetWeight(String, IpAddr, Option<u16>, u32, Reply<String>),
     /// (VIP, list, prefix, add or remove).
@@ -79,8 +87,10 @@ impl Handle {
         a: IpAddr,
         port: Option<u16>,
         w: u32,
+        group: Option<String>,
     ) -> Result<String> {
-        self.ask(|r| Command::AddBackend(vip, a, port, w, r)).await
+        self.ask(|r| Command::AddBackend(vip, a, port, w, group, r))
+            .await
     }
     pub async fn remove_backend(
         &self,
@@ -207,7 +217,9 @@ fn handle<M: Maps>(c: &mut Controller<M>, cmd: Command, attachments: &mut Vec<At
                 });
             reply(r, res);
         }
-        Command::AddBackend(vip, a, port, w, r) => reply(r, c.add_backend(&vip, a, port, w)),
+        Command::AddBackend(vip, a, port, w, g, r) => {
+            reply(r, c.add_backend(&vip, a, port, w, g.as_deref()))
+        }
         Command::RemoveBackend(vip, a, port, r) => reply(r, c.remove_backend(&vip, a, port)),
         Command::SetWeight(vip, a, port, w, r) => reply(r, c.set_weight(&vip, a, port, w)),
         Command::SourceList(vip, list, net, add, r) => {
