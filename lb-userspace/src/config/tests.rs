@@ -245,6 +245,15 @@ fn shipped_examples_are_valid() {
     let c = ok(include_str!("../../../examples/wklb.toml"));
     assert_eq!(c.vips.len(), 2);
     assert_eq!(c.vips[1].port, 5200);
+    let c = ok(include_str!("../../../examples/cross-region.toml"));
+    assert_eq!(c.vips[1].port, 443);
+    assert_eq!(c.vips[1].backends[0].port, 5210);
+    assert_eq!(
+        c.vips[0]
+            .groups
+            .priority_of("172.16.5.21".parse().unwrap(), 5100),
+        1
+    );
 }
 
 #[test]
