@@ -14,6 +14,7 @@ pub mod hash;
 pub mod icmp;
 pub mod maps;
 pub mod reason;
+pub mod rtt;
 pub mod slot;
 pub mod tcp_opts;
 

@@ -73,10 +73,11 @@ pub mod names {
     pub const VIP_LIMITS: &str = "VIP_LIMITS";
     pub const SOURCE_RATE: &str = "SOURCE_RATE";
     pub const SOURCE_FULL: &str = "SOURCE_FULL";
+    pub const RTT_HIST: &str = "RTT_HIST";
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 24] = [
         ADDR_FILTER,
         ADDRS4,
         VIPS4,
@@ -100,6 +101,7 @@ pub mod names {
         VIP_LIMITS,
         SOURCE_RATE,
         SOURCE_FULL,
+        RTT_HIST,
     ];
 }
 

@@ -21,6 +21,7 @@ mod maps;
 mod mss;
 mod nat;
 mod parse;
+mod rtt;
 mod snat;
 mod sources;
 mod stats;

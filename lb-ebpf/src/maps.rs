@@ -13,6 +13,7 @@ use lb_common::{
     MAX_VIP_ENTRIES, MAX_VIPS, Reason, SLOTS_PER_SNAT_ADDR, SOURCE_RATE_ENTRIES, SnatAddr,
     SourceKey4, SourceRateKey, TABLES_PER_VIP, Vip4Key, VipInfo, VipLimits, VipMeta, VipStats,
     cookie::CookieKey,
+    rtt::{RTT_KINDS, RttRow},
 };
 
 /// Direct-mapped filter of our IPv4 addresses (VIP and SNAT), indexed by
@@ -116,6 +117,12 @@ pub static VIP_STATS: PerCpuArray<VipStats, { MAX_VIPS as usize }> = PerCpuArray
 
 #[btf_map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+
+/// (backend id, kind) → handshake round-trip histogram (lb_common::rtt). Shared by CPUs
+/// (atomic adds, handshakes only); memory-mapped read-only by the daemon.
+#[btf_map]
+pub static RTT_HIST: Array<RttRow, { (MAX_BACKENDS * RTT_KINDS) as usize }, BPF_F_MMAPABLE> =
+    Array::new();
 
 /// The current configuration (index 0 always exists in an array).
 #[inline(always)]

@@ -62,7 +62,7 @@ pub fn handle(
         return Some(cookie_flow(ctx, p, &mut flow, e, opts, now));
     }
     if !flow.new {
-        let acked_before = e.flags & FlowEntry::ACK_SEEN_FWD;
+        let (acked_before, synack_at) = (e.flags & FlowEntry::ACK_SEEN_FWD, e.last_seen_ns);
         flow.accepted = conntrack::track(e, p, Direction::Forward);
         conntrack::touch(ctx, e, now, Direction::Forward);
         // The client's first ACK after the backend's SYN-ACK: a real client, not a flood.
@@ -71,6 +71,7 @@ pub fn handle(
             && e.state == State::Established as u8
         {
             stats::vip_syn(e.vip_id as u32, stats::VipSyn::Handshake);
+            crate::rtt::client_acked(e, synack_at);
         }
     }
     Some(send(ctx, p, &flow, e, opts, now))

@@ -4,7 +4,10 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    AddrClass, FlowEntry, Reason, conntrack::Direction, ports_word, tcp_opts::Options,
+    AddrClass, FlowEntry, Reason,
+    conntrack::{Direction, State},
+    ports_word,
+    tcp_opts::Options,
 };
 
 use crate::{
@@ -12,7 +15,7 @@ use crate::{
     cookie, egress, icmp, maps, mss,
     nat::{self, Rewrite},
     parse::Packet,
-    stats,
+    rtt, stats,
     verdict::Verdict,
 };
 
@@ -40,8 +43,12 @@ pub fn handle(
             return Verdict::of(Reason::DropInternal);
         }
     }
+    let (handshake, syn_at) = (e.state == State::SynSent as u8, e.last_seen_ns);
     let accepted = conntrack::track(e, p, Direction::Reverse);
     conntrack::touch(ctx, e, now_ns(), Direction::Reverse);
+    if handshake && e.state == State::Established as u8 {
+        rtt::backend_answered(e, syn_at);
+    }
     let Some(cfg) = maps::config() else {
         return Verdict::of(Reason::DropInternal);
     };

@@ -226,9 +226,78 @@ impl Collector for ReportCollector {
         encode_backends(&mut enc, s)?;
         encode_vips(&mut enc, s)?;
         encode_groups(&mut enc, s)?;
+        encode_rtt(&mut enc, s)?;
         encode_edge(&mut enc, s)?;
         encode_data_plane(&mut enc, s)
     }
+}
+
+/// Handshake round trips measured by the data path, as Prometheus histograms: one bucket per
+/// octave from 128 µs to about 1 s (merged from the data path's four per octave); the sum is
+/// estimated from bucket midpoints.
+fn encode_rtt(enc: &mut DescriptorEncoder, s: &StatsReport) -> Result<(), std::fmt::Error> {
+    let backend = |b: &BackendReport| BackendLabels {
+        vip: b.vip.clone(),
+        backend: format!("{}:{}", b.address, b.port),
+    };
+    let vip = |v: &VipReport| VipLabels {
+        vip: v.name.clone(),
+    };
+    histogram_family(
+        enc,
+        "wklb_backend_handshake_rtt_seconds",
+        "Edge to backend round trip of new TCP flows: forwarded SYN to the backend's SYN-ACK",
+        s.backends.iter().map(|b| (backend(b), &b.backend_rtt)),
+    )?;
+    histogram_family(
+        enc,
+        "wklb_vip_backend_rtt_seconds",
+        "Edge to backend round trip of the VIP's new TCP flows, all backends",
+        s.vips.iter().map(|v| (vip(v), &v.backend_rtt)),
+    )?;
+    histogram_family(
+        enc,
+        "wklb_vip_client_rtt_seconds",
+        "Client to edge round trip of the VIP's new TCP flows: SYN-ACK to the client's first ACK",
+        s.vips.iter().map(|v| (vip(v), &v.client_rtt)),
+    )
+}
+
+fn histogram_family<'a, L: EncodeLabelSet + 'a>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl Iterator<Item = (L, &'a crate::report::RttReport)>,
+) -> Result<(), std::fmt::Error> {
+    use lb_common::rtt::{RTT_BUCKETS, rtt_bucket_floor_ns};
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, r) in rows {
+        let Some(h) = &r.hist else { continue };
+        let mut buckets = Vec::new();
+        let mut from = 0usize;
+        for edge in (24..RTT_BUCKETS).step_by(4) {
+            let n = h.counts[from..edge].iter().sum();
+            buckets.push((rtt_bucket_floor_ns(edge as u32) as f64 / 1e9, n));
+            from = edge;
+        }
+        buckets.push((f64::MAX, h.counts[from..].iter().sum()));
+        let sum: f64 = (0..RTT_BUCKETS)
+            .map(|b| {
+                let lo = rtt_bucket_floor_ns(b as u32) as f64;
+                let hi = if b + 1 < RTT_BUCKETS {
+                    rtt_bucket_floor_ns(b as u32 + 1) as f64
+                } else {
+                    lo
+                };
+                h.counts[b] as f64 * (lo + hi) / 2.0 / 1e9
+            })
+            .sum();
+        m.encode_family(&labels)?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                sum, r.samples, &buckets, None,
+            )?;
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -33,6 +33,12 @@ pub struct BackendReport {
     pub closing_flows: u64,
     /// Round-trip time of the last health probe.
     pub probe_rtt_ms: Option<f64>,
+    /// Edge ↔ backend round trips measured by the data path (SYN → SYN-ACK).
+    #[serde(default)]
+    pub backend_rtt: RttReport,
+    /// Client ↔ edge round trips of this backend's new flows (SYN-ACK → first ACK).
+    #[serde(default)]
+    pub client_rtt: RttReport,
     pub last_probe_error: Option<String>,
 }
 
@@ -63,6 +69,12 @@ pub struct VipReport {
     /// Backend groups in priority order: healthy share and share of new flows.
     #[serde(default)]
     pub groups: Vec<GroupReport>,
+    /// Edge ↔ backend round trips of the VIP's handshakes, all backends together.
+    #[serde(default)]
+    pub backend_rtt: RttReport,
+    /// Client ↔ edge round trips of the VIP's handshakes.
+    #[serde(default)]
+    pub client_rtt: RttReport,
     /// Unix seconds when `auto` mode last engaged or released (None: not since start).
     pub syn_cookies_since: Option<u64>,
     /// Initial SYNs the VIP admitted (not those its source policy refused).
@@ -145,6 +157,45 @@ pub struct GroupReport {
     pub new_flow_share: f64,
     /// New flows its backends took so far (counted by the data path).
     pub new_flows: u64,
+    /// Edge ↔ backend round trips through this group's backends.
+    #[serde(default)]
+    pub backend_rtt: RttReport,
+}
+
+/// Round-trip times the data path measured at TCP handshakes (since the backend was added).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RttReport {
+    pub samples: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// The histogram (for /metrics; not in JSON).
+    #[serde(skip)]
+    pub hist: Option<Box<lb_common::rtt::RttRow>>,
+}
+
+impl RttReport {
+    pub fn of(row: lb_common::rtt::RttRow) -> Self {
+        let q = |q| lb_common::rtt::rtt_quantile_ns(&row.counts, q).map(|ns| ns / 1e6);
+        RttReport {
+            samples: row.counts.iter().sum(),
+            p50_ms: q(0.5),
+            p99_ms: q(0.99),
+            hist: Some(Box::new(row)),
+        }
+    }
+
+    /// The sum of several histograms.
+    pub fn sum<'a>(rows: impl Iterator<Item = &'a RttReport>) -> Self {
+        let mut total = lb_common::rtt::RttRow::default();
+        for r in rows {
+            if let Some(h) = &r.hist {
+                for (t, c) in total.counts.iter_mut().zip(h.counts.iter()) {
+                    *t += c;
+                }
+            }
+        }
+        Self::of(total)
+    }
 }
 
 /// `wklb edge status`: what this edge announces to its BGP daemon, and why.

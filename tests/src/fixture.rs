@@ -313,6 +313,11 @@ impl Fixture {
         self.counters.vip(id).expect("vip stats")
     }
 
+    /// A backend's handshake round-trip histogram (`lb_common::rtt`).
+    pub fn rtt(&self, backend_id: u32, kind: u32) -> lb_common::rtt::RttRow {
+        self.counters.rtt(backend_id, kind)
+    }
+
     /// Every live flow: (slot, entry).
     pub fn flows(&self) -> Vec<(u32, FlowEntry)> {
         let mut v = Vec::new();

@@ -171,6 +171,8 @@ pub struct Topology {
     pub backends: Vec<Option<Proc>>,
     pub health: Vec<Option<Proc>>,
     pub daemon: Option<Proc>,
+    /// Delay lines in front of far-away backends (`add_backend_host_delayed`).
+    delays: Vec<Proc>,
     created: Vec<String>,
     /// XDP_PASS on the veth peers of the edge's interfaces (see `peer_pass`).
     peer_pass: Vec<aya::programs::links::FdLink>,
@@ -208,6 +210,7 @@ impl Topology {
             backends: Vec::new(),
             health: Vec::new(),
             daemon: None,
+            delays: Vec::new(),
             created: Vec::new(),
             peer_pass: Vec::new(),
             id,
@@ -410,6 +413,64 @@ impl Topology {
         ipn(&ns, &["route", "add", "default", "via", "10.2.0.1"])?;
         ipn(&sw, &["link", "set", &s, "master", "br0", "up"])?;
         ethtool(&ns, &b, &["tx", "off"])?;
+        self.backend_ns.push(ns);
+        self.backends.push(None);
+        self.health.push(None);
+        Ok(i)
+    }
+
+    /// Adds a backend host `one_way` away from the switch (round trip 2 × `one_way`): its
+    /// address sits on an inner veth, and a delay line (`wk-delay`) bridges the inner pair's
+    /// other end to its link to the switch. Returns its index.
+    pub fn add_backend_host_delayed(&mut self, one_way: Duration) -> Result<usize> {
+        let i = self.backend_ns.len();
+        let n = i + 1;
+        let ns = format!("{}-b{n}", self.id);
+        self.ns_add(&ns)?;
+        let (b, s, inner, outer) = (
+            self.ifname(&format!("b{n}")),
+            self.ifname(&format!("p{n}")),
+            self.ifname(&format!("i{n}")),
+            self.ifname(&format!("o{n}")),
+        );
+        let sw = self.switch_ns.clone();
+        ip(&[
+            "link", "add", &b, "netns", &ns, "type", "veth", "peer", "name", &s, "netns", &sw,
+        ])?;
+        ipn(
+            &ns,
+            &[
+                "link", "add", &inner, "type", "veth", "peer", "name", &outer,
+            ],
+        )?;
+        for l in [&b, &outer] {
+            // The delay line's ports carry no address of their own.
+            ipn(&ns, &["link", "set", l, "addrgenmode", "none"])?;
+            ipn(&ns, &["link", "set", l, "up"])?;
+        }
+        ipn(
+            &ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", backend_addr(i)),
+                "dev",
+                &inner,
+            ],
+        )?;
+        ipn(&ns, &["link", "set", &inner, "up"])?;
+        ipn(&ns, &["route", "add", "default", "via", "10.2.0.1"])?;
+        ipn(&sw, &["link", "set", &s, "master", "br0", "up"])?;
+        ethtool(&ns, &inner, &["tx", "off"])?;
+        let mut cmd = command_in(&ns, workspace_bin("wk-delay"))?;
+        cmd.args(["--a", &outer, "--b", &b])
+            .args(["--delay-us", &one_way.as_micros().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        self.delays.push(Proc {
+            name: format!("wk-delay b{n}"),
+            child: cmd.spawn().context("starting wk-delay")?,
+        });
         self.backend_ns.push(ns);
         self.backends.push(None);
         self.health.push(None);
@@ -642,6 +703,9 @@ impl Drop for Topology {
             if let Some(mut p) = p.take() {
                 p.stop(Duration::from_secs(3));
             }
+        }
+        for p in &mut self.delays {
+            p.kill();
         }
         // Deleting the namespaces removes their interfaces, which detaches any XDP link.
         for ns in self.created.iter().rev() {

@@ -60,7 +60,33 @@ fn wait_direct(t: &Topology, healthy: u64, share: f64) {
 
 /// Opens `n` short connections; returns how many reached the direct group (b1-b3).
 fn batch_to_direct(t: &Topology, n: usize) -> usize {
-    let r = Topology::client_report(tcp_client(t, n, 0, 1)).unwrap();
+    batch_to_direct_at(t, n, 200)
+}
+
+/// The same, `parallel` connections at a time.
+fn batch_to_direct_at(t: &Topology, n: usize, parallel: usize) -> usize {
+    let (conns, parallel) = (n.to_string(), parallel.to_string());
+    let target = format!(
+        "{}:{}",
+        wklb_tests::topology::VIP,
+        wklb_tests::topology::TCP_PORT
+    );
+    let child = t
+        .client(&[
+            "tcp",
+            "--target",
+            &target,
+            "--conns",
+            &conns,
+            "--ping-interval-ms",
+            "0",
+            "--duration-s",
+            "1",
+            "--parallel",
+            &parallel,
+        ])
+        .unwrap();
+    let r = Topology::client_report(child).unwrap();
     assert_eq!(r["connected"].as_u64(), Some(n as u64), "{r}");
     let per = &r["per_backend"];
     let on = |b: &str| per[b].as_u64().unwrap_or(0) as usize;
@@ -147,5 +173,67 @@ fn g01_new_flows_spill_from_the_preferred_group_by_priority_load_and_return() {
     assert!(
         on_relays > 100,
         "the later connections spilled to the relays: {later}"
+    );
+}
+
+/// Groups at different distances (a delay line in front of each backend): the round trips the
+/// data path measures at handshakes match each group's emulated distance.
+#[test]
+fn g02_data_path_round_trips_match_each_groups_distance() {
+    let Some(mut t) = wklb_tests::e2e::bare_topology("g02", 0) else {
+        return;
+    };
+    // Direct: 5 ms round trip; via-relay: 60 ms.
+    for one_way_us in [2_500, 2_500, 2_500, 30_000, 30_000] {
+        let i = t
+            .add_backend_host_delayed(Duration::from_micros(one_way_us))
+            .unwrap();
+        t.start_backend(i).unwrap();
+        t.start_health(i).unwrap();
+    }
+    let cfg = t.write_config(&grouped_config(&t)).unwrap();
+    t.start_daemon(&cfg).unwrap();
+    wait_direct(&t, 3, 1.0);
+    // A few handshakes at a time: a burst of hundreds would queue in the delay lines and the
+    // backends of this 2-core machine and time that queueing, not the distance.
+    assert_eq!(batch_to_direct_at(&t, 300, 10), 300);
+    // The relays take every new flow once direct's health checks fail.
+    for i in 0..3 {
+        t.stop_health(i);
+    }
+    wait_direct(&t, 0, 0.0);
+    assert_eq!(batch_to_direct_at(&t, 300, 10), 0);
+    let s = t.stats().unwrap();
+    for (name, rtt_ms) in [("direct", 5.0), ("via-relay", 60.0)] {
+        let r = &group(&s, name)["backend_rtt"];
+        let p50 = r["p50_ms"].as_f64().expect("samples");
+        eprintln!(
+            "{name}: {} handshakes, edge to backend p50 {p50:.2} ms, p99 {:.2} ms (emulated {rtt_ms} ms)",
+            r["samples"], r["p99_ms"]
+        );
+        assert!(r["samples"].as_u64().unwrap() >= 300, "{r}");
+        assert!(
+            (p50 - rtt_ms).abs() <= rtt_ms * 0.2,
+            "{name}: p50 {p50} ms, emulated {rtt_ms} ms"
+        );
+    }
+    let c = &s["vips"][0]["client_rtt"];
+    eprintln!(
+        "client to edge: {} handshakes, p50 {} ms, p99 {} ms",
+        c["samples"], c["p50_ms"], c["p99_ms"]
+    );
+    assert!(c["samples"].as_u64().unwrap() >= 600, "{c}");
+    assert!(c["p50_ms"].as_f64().unwrap() < 2.0, "{c}");
+    // The same histograms in /metrics.
+    let m =
+        wklb_tests::netns::http_get_in(&t.edge_ns, "127.0.0.1:9330".parse().unwrap(), "/metrics")
+            .unwrap();
+    assert!(
+        m.contains("wklb_vip_client_rtt_seconds_count{vip=\"im-tcp\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("wklb_backend_handshake_rtt_seconds_bucket{"),
+        "{m}"
     );
 }

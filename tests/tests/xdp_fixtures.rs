@@ -210,6 +210,56 @@ fn handshake_data_and_replies_follow_the_flow() {
 }
 
 #[test]
+fn handshakes_record_both_round_trips_and_established_segments_do_not() {
+    use lb_common::rtt::{RTT_BACKEND, RTT_CLIENT, rtt_bucket_floor_ns};
+    with_fixture("handshakes_record_both_round_trips", 1024, |fx| {
+        let port = 45_001;
+        let (b, sp) = open(fx, port);
+        std::thread::sleep(std::time::Duration::from_millis(8));
+        let synack = tcp_seg(
+            (BACKENDS[b], VIP_TCP_PORT),
+            (SNAT, sp),
+            &Seg {
+                flags: "SA",
+                seq: BACKEND_ISN,
+                ack: ISN + 1,
+                ..Seg::default()
+            },
+        );
+        assert_eq!(fx.run(fx.backend_if, &synack).unwrap().0, XDP_REDIRECT);
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let ack = tcp_seg(
+            client(port),
+            VIP_TCP,
+            &Seg {
+                flags: "A",
+                seq: ISN + 1,
+                ack: BACKEND_ISN + 1,
+                ..Seg::default()
+            },
+        );
+        assert_eq!(fx.run(fx.client_if, &ack).unwrap().0, XDP_REDIRECT);
+        // More segments of the established flow add nothing.
+        for _ in 0..3 {
+            fx.run(fx.client_if, &ack).unwrap();
+        }
+        // One sample each, in the bucket of what the test waited (plus scheduling noise).
+        let one = |kind: u32, at_least_ms: u64| {
+            let row = fx.rtt(b as u32, kind);
+            assert_eq!(row.counts.iter().sum::<u64>(), 1, "kind {kind}: {row:?}");
+            let bucket = row.counts.iter().position(|c| *c == 1).unwrap() as u32;
+            let (lo, hi) = (rtt_bucket_floor_ns(bucket), rtt_bucket_floor_ns(bucket + 1));
+            assert!(
+                hi > at_least_ms * 1_000_000 && lo < (at_least_ms + 50) * 1_000_000,
+                "kind {kind}: bucket {bucket} [{lo}, {hi}) ns for {at_least_ms} ms"
+            );
+        };
+        one(RTT_BACKEND, 8);
+        one(RTT_CLIENT, 3);
+    });
+}
+
+#[test]
 fn blind_rst_and_fin_are_forwarded_but_do_not_end_the_flow() {
     with_fixture("blind_rst_and_fin", 1024, |fx| {
         let (b, snat_port) = establish(fx, 40010);

@@ -283,7 +283,12 @@ fn fill(
     e.vip_id = vip.vip_id as u16;
     e.flags = 0;
     e.client_vlan = p.vlan;
-    e.last_seen_ns = now;
+    // A SYN is stamped precisely: its handshake's round trips are measured from it (rtt).
+    e.last_seen_ns = if p.is_tcp() {
+        crate::rtt::precise_ns()
+    } else {
+        now
+    };
     e.created_s = (now / 1_000_000_000) as u32;
     e.proto = p.proto;
     e.syn_opts = 0;

@@ -30,6 +30,7 @@ pub fn vips(v: &[VipReport]) -> String {
         "cookies sent/valid/bad",
         "denied/rate/conns limited",
         "groups: healthy, new flows",
+        "rtt p50/p99 ms: backend | client",
     ]);
     for x in v {
         t.add_row(vec![
@@ -68,9 +69,18 @@ pub fn vips(v: &[VipReport]) -> String {
                 })
                 .collect::<Vec<_>>()
                 .join("; "),
+            format!("{} | {}", rtt(&x.backend_rtt), rtt(&x.client_rtt)),
         ]);
     }
     t.to_string()
+}
+
+/// "p50/p99" of handshake round trips, or "-" without samples.
+fn rtt(r: &crate::report::RttReport) -> String {
+    match (r.p50_ms, r.p99_ms) {
+        (Some(a), Some(b)) => format!("{a:.2}/{b:.2}"),
+        _ => "-".into(),
+    }
 }
 
 /// "auto", "auto: ON", "always", "off".
@@ -97,7 +107,8 @@ pub fn backends(v: &[BackendReport]) -> String {
         "bytes in",
         "pkts out",
         "bytes out",
-        "rtt ms",
+        "probe rtt ms",
+        "handshake rtt p50/p99 ms",
     ]);
     for b in v {
         let mut weight = if b.weight == b.configured_weight {
@@ -129,6 +140,7 @@ pub fn backends(v: &[BackendReport]) -> String {
             b.probe_rtt_ms
                 .map(|r| format!("{r:.2}"))
                 .unwrap_or_else(|| "-".into()),
+            rtt(&b.backend_rtt),
         ]);
     }
     t.to_string()

@@ -23,8 +23,8 @@ use crate::{
     dataplane::{Counters, Flows},
     health::Status,
     report::{
-        BackendReport, ConnReport, ConnsReport, GroupReport, LookupReport, SnatReport, SourceEntry,
-        StatsReport, VipReport,
+        BackendReport, ConnReport, ConnsReport, GroupReport, LookupReport, RttReport, SnatReport,
+        SourceEntry, StatsReport, VipReport,
     },
 };
 
@@ -117,7 +117,10 @@ pub fn stats(snap: &Snapshot, counters: &dyn Counters, flows: &dyn Flows) -> Res
         for b in &v.backends {
             r.backends.push(backend_report(v, b, counters, &fc)?);
         }
-        vr.groups = group_reports(v, &r.backends[first..]);
+        let mine = &r.backends[first..];
+        vr.groups = group_reports(v, mine);
+        vr.backend_rtt = RttReport::sum(mine.iter().map(|b| &b.backend_rtt));
+        vr.client_rtt = RttReport::sum(mine.iter().map(|b| &b.client_rtt));
         r.vips.push(vr);
     }
     Ok(r)
@@ -180,6 +183,12 @@ fn group_reports(v: &VipView, backends: &[BackendReport]) -> Vec<GroupReport> {
                     .filter(|b| b.group == g.name)
                     .map(|b| b.new_flows)
                     .sum(),
+                backend_rtt: RttReport::sum(
+                    backends
+                        .iter()
+                        .filter(|b| b.group == g.name)
+                        .map(|b| &b.backend_rtt),
+                ),
             }
         })
         .collect()
@@ -224,6 +233,8 @@ fn vip_report(v: &VipView, counters: &dyn Counters, fc: &FlowCounts) -> Result<V
         source_max_conns: v.sources.max_conns,
         conn_limited: s.conn_limited,
         groups: Vec::new(),
+        backend_rtt: RttReport::default(),
+        client_rtt: RttReport::default(),
     })
 }
 
@@ -253,6 +264,8 @@ fn backend_report(
         active_flows: open,
         closing_flows: closing,
         probe_rtt_ms: b.probe_rtt_ms,
+        backend_rtt: RttReport::of(counters.rtt(b.id, lb_common::rtt::RTT_BACKEND)),
+        client_rtt: RttReport::of(counters.rtt(b.id, lb_common::rtt::RTT_CLIENT)),
         last_probe_error: b.last_error.clone(),
     })
 }

@@ -71,6 +71,8 @@ pub struct FakeCounters {
     pub reasons: Mutex<Vec<u64>>,
     pub vips: Mutex<HashMap<u32, VipStats>>,
     pub backends: Mutex<HashMap<u32, BackendStats>>,
+    /// (backend id, kind) → histogram.
+    pub rtt: Mutex<HashMap<(u32, u32), lb_common::rtt::RttRow>>,
 }
 
 impl Counters for FakeCounters {
@@ -96,6 +98,14 @@ impl Counters for FakeCounters {
             .get(&id)
             .copied()
             .unwrap_or_default())
+    }
+    fn rtt(&self, backend_id: u32, kind: u32) -> lb_common::rtt::RttRow {
+        self.rtt
+            .lock()
+            .unwrap()
+            .get(&(backend_id, kind))
+            .copied()
+            .unwrap_or_default()
     }
 }
 

@@ -444,14 +444,31 @@ pub struct KernelCounters {
     reasons: PerCpuArray<MapData, u64>,
     vips: PerCpuArray<MapData, VipStats>,
     backends: PerCpuArray<MapData, BackendStats>,
+    /// RTT_HIST, memory-mapped read-only (one histogram row is 80 counters).
+    rtt: Mmap,
+    _rtt_map: MapData,
 }
 
 impl KernelCounters {
     fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let rtt_map = match take(ebpf, names::RTT_HIST)? {
+            Map::Array(d) => d,
+            _ => bail!("map {} has an unexpected type", names::RTT_HIST),
+        };
+        let rows = rtt_map.info()?.max_entries();
+        let rtt = Mmap::new(
+            rtt_map.fd().as_fd(),
+            rows as usize,
+            size_of::<lb_common::rtt::RttRow>(),
+            false,
+        )
+        .context("mapping the round-trip histograms")?;
         Ok(KernelCounters {
             reasons: typed!(ebpf, names::REASONS),
             vips: typed!(ebpf, names::VIP_STATS),
             backends: typed!(ebpf, names::BACKEND_STATS),
+            rtt,
+            _rtt_map: rtt_map,
         })
     }
 }
@@ -488,6 +505,14 @@ impl Counters for KernelCounters {
                 t.new_flows += s.new_flows;
                 t
             }))
+    }
+
+    fn rtt(&self, backend_id: u32, kind: u32) -> lb_common::rtt::RttRow {
+        let row = lb_common::rtt::rtt_row(backend_id, kind) as usize;
+        if row >= self.rtt.entries() {
+            return Default::default();
+        }
+        self.rtt.read(row)
     }
 }
 

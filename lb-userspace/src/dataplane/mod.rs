@@ -257,6 +257,8 @@ pub trait Counters: Send + Sync {
     fn reasons(&self) -> Result<Vec<u64>>;
     fn vip(&self, id: u32) -> Result<VipStats>;
     fn backend(&self, id: u32) -> Result<BackendStats>;
+    /// A backend's handshake round-trip histogram of one kind (`lb_common::rtt`).
+    fn rtt(&self, backend_id: u32, kind: u32) -> lb_common::rtt::RttRow;
 }
 
 /// The connection table: `FLOWS4` (client tuple → slot) and `FLOW_TABLE` (slot → flow).

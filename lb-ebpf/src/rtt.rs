@@ -1,0 +1,55 @@
+//! Handshake round-trip times into RTT_HIST (layout and buckets in lb_common::rtt): the SYN is
+//! stamped with the precise clock when its flow is created, the backend's SYN-ACK records
+//! edge ↔ backend and stamps the flow again, and the client's first ACK records client ↔ edge.
+//! Established flows never come here.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use lb_common::{
+    FlowEntry,
+    rtt::{RTT_BACKEND, RTT_BUCKETS, RTT_CLIENT, rtt_bucket, rtt_row},
+};
+
+use crate::maps::RTT_HIST;
+
+/// CLOCK_MONOTONIC in ns, precise (the coarse clock the flow table uses ticks in milliseconds).
+#[inline(always)]
+pub fn precise_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn record(backend_id: u32, kind: u32, ns: u64) {
+    // Hidden from the optimiser, which knows the bound and would drop the check the verifier
+    // needs.
+    let b = crate::parse::opaque(rtt_bucket(ns) as usize);
+    if b >= RTT_BUCKETS {
+        return;
+    }
+    if let Some(row) = RTT_HIST.get_ptr_mut(rtt_row(backend_id, kind)) {
+        // SAFETY: a valid map value; shared by CPUs, so the add is atomic.
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*row).counts[b], 1)
+        };
+    }
+}
+
+/// The backend's SYN-ACK established the flow: `syn_at` is when its SYN went out.
+#[inline(always)]
+pub fn backend_answered(e: &mut FlowEntry, syn_at: u64) {
+    let now = precise_ns();
+    record(e.backend_id as u32, RTT_BACKEND, now.wrapping_sub(syn_at));
+    // The SYN-ACK goes to the client now: the client's ACK measures from here.
+    e.last_seen_ns = now;
+}
+
+/// The client's first ACK: `synack_at` is when the SYN-ACK went to it.
+#[inline(always)]
+pub fn client_acked(e: &FlowEntry, synack_at: u64) {
+    record(
+        e.backend_id as u32,
+        RTT_CLIENT,
+        precise_ns().wrapping_sub(synack_at),
+    );
+}
