@@ -74,10 +74,12 @@ pub mod names {
     pub const SOURCE_RATE: &str = "SOURCE_RATE";
     pub const SOURCE_FULL: &str = "SOURCE_FULL";
     pub const RTT_HIST: &str = "RTT_HIST";
+    pub const PINS4: &str = "PINS4";
+    pub const PIN_STATS: &str = "PIN_STATS";
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 26] = [
         ADDR_FILTER,
         ADDRS4,
         VIPS4,
@@ -102,6 +104,8 @@ pub mod names {
         SOURCE_RATE,
         SOURCE_FULL,
         RTT_HIST,
+        PINS4,
+        PIN_STATS,
     ];
 }
 
@@ -271,6 +275,8 @@ impl VipMeta {
     /// The VIP limits concurrent connections per source: sources at the limit are in
     /// SOURCE_FULL.
     pub const CONN_LIMIT: u32 = 32;
+    /// Some sources are pinned to backend groups: PINS4 is consulted for new flows.
+    pub const PINNED: u32 = 64;
 }
 
 // ---------------------------------------------------------------------------- sources
@@ -299,6 +305,34 @@ impl SourceKey4 {
     pub const fn vip_id(&self) -> u32 {
         u32::from_be(self.vip)
     }
+}
+
+/// `PINS4` value: the Maglev table (an id from the VIP id space) that decides new flows from a
+/// pinned source prefix of a VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct PinTarget {
+    pub table_id: u32,
+    /// `PinTarget::SPILL`.
+    pub flags: u32,
+}
+
+impl PinTarget {
+    /// When the pin's table is empty (its groups have no healthy backend), use the VIP's own
+    /// table instead of refusing.
+    pub const SPILL: u32 = 1;
+}
+
+/// `PIN_STATS` value (per CPU), indexed by a pin's table id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PinStats {
+    /// New flows its table decided.
+    pub new_flows: u64,
+    /// New connections refused: the pin's groups had no backend and it does not spill.
+    pub refused: u64,
+    /// New flows sent to the VIP's own table because the pin's groups had no backend (spill).
+    pub spilled: u64,
 }
 
 /// `SOURCES4` values: what a source's longest matching prefix says.
@@ -827,6 +861,8 @@ mod pod_impls {
     unsafe impl aya::Pod for SourceKey4 {}
     unsafe impl aya::Pod for VipLimits {}
     unsafe impl aya::Pod for SourceRateKey {}
+    unsafe impl aya::Pod for PinTarget {}
+    unsafe impl aya::Pod for PinStats {}
 }
 
 #[cfg(test)]

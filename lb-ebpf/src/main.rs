@@ -21,6 +21,7 @@ mod maps;
 mod mss;
 mod nat;
 mod parse;
+mod pins;
 mod rtt;
 mod snat;
 mod sources;

@@ -10,8 +10,9 @@ use lb_common::{
     ADDR_FILTER_SIZE, AddrClass, BPF_F_MMAPABLE, Backend, BackendHop, BackendStats,
     DEFAULT_MAX_FLOWS, DataplaneConfig, Flow4Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE,
     MAX_BACKENDS, MAX_FULL_SOURCES, MAX_INTERFACES, MAX_SNAT_ADDRS, MAX_SOURCE_ENTRIES,
-    MAX_VIP_ENTRIES, MAX_VIPS, Reason, SLOTS_PER_SNAT_ADDR, SOURCE_RATE_ENTRIES, SnatAddr,
-    SourceKey4, SourceRateKey, TABLES_PER_VIP, Vip4Key, VipInfo, VipLimits, VipMeta, VipStats,
+    MAX_VIP_ENTRIES, MAX_VIPS, PinStats, PinTarget, Reason, SLOTS_PER_SNAT_ADDR,
+    SOURCE_RATE_ENTRIES, SnatAddr, SourceKey4, SourceRateKey, TABLES_PER_VIP, Vip4Key, VipInfo,
+    VipLimits, VipMeta, VipStats,
     cookie::CookieKey,
     rtt::{RTT_KINDS, RttRow},
 };
@@ -80,6 +81,15 @@ pub static CONFIG: Array<DataplaneConfig, 1> = Array::new();
 /// whether a new flow may start.
 #[btf_map]
 pub static SOURCES4: LpmTrie<SourceKey4, u32, { MAX_SOURCE_ENTRIES as usize }> = LpmTrie::new();
+
+/// (VIP id, IPv4 source prefix) → the table of the pin covering it (source-prefix pinning to
+/// backend groups); consulted only for VIPs flagged `VipMeta::PINNED`, only for new flows.
+#[btf_map]
+pub static PINS4: LpmTrie<SourceKey4, PinTarget, { MAX_SOURCE_ENTRIES as usize }> = LpmTrie::new();
+
+/// Pin table id → new flows, refusals and spills (per CPU).
+#[btf_map]
+pub static PIN_STATS: PerCpuArray<PinStats, { MAX_VIPS as usize }> = PerCpuArray::new();
 
 /// VIP id → per-source new-connection rate.
 #[btf_map]

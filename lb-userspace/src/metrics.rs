@@ -343,7 +343,51 @@ fn encode_groups(enc: &mut DescriptorEncoder, s: &StatsReport) -> Result<(), std
         "wklb_group_new_flows",
         "New flows the group's backends took",
         rows().map(|(l, g)| (l, g.new_flows)),
+    )?;
+    let pins = || {
+        s.vips.iter().flat_map(|v| {
+            v.pins.iter().map(move |p| {
+                (
+                    PinLabels {
+                        vip: v.name.clone(),
+                        pin: p.name.clone(),
+                    },
+                    p,
+                )
+            })
+        })
+    };
+    for (name, help, get) in [
+        (
+            "wklb_pin_new_flows",
+            "New flows a pin's table decided",
+            (|p: &crate::report::PinReport| p.new_flows) as fn(&_) -> u64,
+        ),
+        (
+            "wklb_pin_refused",
+            "New connections refused: the pin's groups had no backend",
+            |p| p.refused,
+        ),
+        (
+            "wklb_pin_spilled",
+            "New flows sent to the VIP's table: the pin's groups had no backend",
+            |p| p.spilled,
+        ),
+    ] {
+        counter_family(enc, name, help, pins().map(|(l, p)| (l, get(p))))?;
+    }
+    gauge_family(
+        enc,
+        "wklb_pin_backends_in_table",
+        "Backends in a pin's table (0: its clients are refused or spill)",
+        pins().map(|(l, p)| (l, p.backends_in_table as i64)),
     )
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PinLabels {
+    vip: String,
+    pin: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -69,6 +69,9 @@ pub struct VipReport {
     /// Backend groups in priority order: healthy share and share of new flows.
     #[serde(default)]
     pub groups: Vec<GroupReport>,
+    /// Source prefixes pinned to groups.
+    #[serde(default)]
+    pub pins: Vec<PinReport>,
     /// Edge ↔ backend round trips of the VIP's handshakes, all backends together.
     #[serde(default)]
     pub backend_rtt: RttReport,
@@ -160,6 +163,22 @@ pub struct GroupReport {
     /// Edge ↔ backend round trips through this group's backends.
     #[serde(default)]
     pub backend_rtt: RttReport,
+}
+
+/// A pinned set of source prefixes of a VIP.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PinReport {
+    pub name: String,
+    pub sources: Vec<String>,
+    pub groups: Vec<String>,
+    pub spill: bool,
+    /// Backends in its table now (0: its clients are refused, or spill to the VIP's table).
+    pub backends_in_table: usize,
+    pub new_flows: u64,
+    /// New connections refused because its groups had no backend.
+    pub refused: u64,
+    /// New flows sent to the VIP's table because its groups had no backend.
+    pub spilled: u64,
 }
 
 /// Round-trip times the data path measured at TCP handshakes (since the backend was added).
@@ -258,4 +277,13 @@ pub struct LookupReport {
     pub backend: Option<String>,
     /// An existing flow for this tuple, which wins over the table.
     pub existing_flow_backend: Option<String>,
+    /// The pin covering the client, whose table decides (None: the VIP's table).
+    #[serde(default)]
+    pub pin: Option<String>,
+    /// The group of the backend a new flow gets.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// What happens when the pin's groups have no backend: "refused" or "spilled".
+    #[serde(default)]
+    pub pin_outcome: Option<String>,
 }

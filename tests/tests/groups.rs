@@ -237,3 +237,145 @@ fn g02_data_path_round_trips_match_each_groups_distance() {
         "{m}"
     );
 }
+
+/// Runs `n` short connections from `source`; returns the report.
+fn batch_from(t: &Topology, source: &str, n: usize, parallel: usize) -> Value {
+    let (conns, parallel) = (n.to_string(), parallel.to_string());
+    let target = format!(
+        "{}:{}",
+        wklb_tests::topology::VIP,
+        wklb_tests::topology::TCP_PORT
+    );
+    Topology::client_report(
+        t.client(&[
+            "tcp",
+            "--target",
+            &target,
+            "--conns",
+            &conns,
+            "--ping-interval-ms",
+            "0",
+            "--duration-s",
+            "1",
+            "--parallel",
+            &parallel,
+            "--source",
+            source,
+        ])
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+fn on(r: &Value, backends: &[&str]) -> u64 {
+    backends
+        .iter()
+        .map(|b| r["per_backend"][*b].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn pin_row(t: &Topology) -> Value {
+    t.stats().unwrap()["vips"][0]["pins"][0].clone()
+}
+
+/// Data residency: clients of a pinned prefix only ever reach the pinned group, counted at the
+/// backends, also while that group fails; with its group down they are refused (and counted)
+/// rather than sent across the boundary, unless the pin spills.
+#[test]
+fn p01_a_pinned_prefix_never_leaves_its_groups() {
+    let Some(mut t) = topology("p01", 5) else {
+        return;
+    };
+    // A second client prefix, the pinned one.
+    t.exec(
+        &t.client_ns.clone(),
+        &[
+            "ip",
+            "addr",
+            "add",
+            "10.1.1.2/24",
+            "dev",
+            &format!("{}c0", t.id),
+        ],
+    )
+    .unwrap();
+    t.exec(
+        &t.edge_ns.clone(),
+        &["ip", "route", "add", "10.1.1.0/24", "via", "10.1.0.2"],
+    )
+    .unwrap();
+    let pin = "[[vip.pin]]\nname = \"residency\"\nsources = [\"10.1.1.0/24\"]\ngroups = [\"via-relay\"]\n\n";
+    let cfg_text = grouped_config(&t).replacen(
+        "[vip.failover]\noverprovisioning = 1.4\n",
+        &format!("[vip.failover]\noverprovisioning = 1.4\n\n{pin}"),
+        1,
+    );
+    let cfg = t.write_config(&cfg_text).unwrap();
+    t.start_daemon(&cfg).unwrap();
+    wait_direct(&t, 3, 1.0);
+    let (direct, relay) = (["b1", "b2", "b3"], ["b4", "b5"]);
+    let pinned = batch_from(&t, "10.1.1.2", 200, 50);
+    let other = batch_from(&t, "10.1.0.2", 200, 50);
+    assert_eq!(
+        (on(&pinned, &relay), on(&pinned, &direct)),
+        (200, 0),
+        "{pinned}"
+    );
+    assert_eq!(
+        (on(&other, &direct), on(&other, &relay)),
+        (200, 0),
+        "{other}"
+    );
+    let l = t.json(&["lookup", "10.1.1.2:40000", "im-tcp"]).unwrap();
+    assert_eq!(
+        (l["pin"].as_str(), l["group"].as_str()),
+        (Some("residency"), Some("via-relay")),
+        "{l}"
+    );
+    let l = t.json(&["lookup", "10.1.0.2:40000", "im-tcp"]).unwrap();
+    assert_eq!(
+        (l["pin"].as_str(), l["group"].as_str()),
+        (None, Some("direct")),
+        "{l}"
+    );
+
+    // One relay dies: the pinned clients stay on the other.
+    t.stop_backend(3);
+    t.stop_health(3);
+    wait_stats(&t, Duration::from_secs(10), "b4 out of the pin", |s| {
+        s["vips"][0]["pins"][0]["backends_in_table"] == 1
+    });
+    let pinned = batch_from(&t, "10.1.1.2", 200, 50);
+    assert_eq!(
+        (on(&pinned, &["b5"]), pinned["connected"].as_u64()),
+        (200, Some(200)),
+        "{pinned}"
+    );
+    // Both die: refused and counted, never sent to direct; other clients are unaffected.
+    t.stop_backend(4);
+    t.stop_health(4);
+    wait_stats(&t, Duration::from_secs(10), "the pin's table empty", |s| {
+        s["vips"][0]["pins"][0]["backends_in_table"] == 0
+    });
+    let before = pin_row(&t)["refused"].as_u64().unwrap();
+    let pinned = batch_from(&t, "10.1.1.2", 20, 20);
+    assert_eq!(pinned["connected"], 0, "{pinned}");
+    let refused = pin_row(&t)["refused"].as_u64().unwrap() - before;
+    eprintln!("pinned group down: 0 of 20 connected, {refused} SYNs refused by the pin");
+    assert!(refused >= 20, "{refused}");
+    let other = batch_from(&t, "10.1.0.2", 100, 50);
+    assert_eq!(on(&other, &direct), 100, "{other}");
+    // With spill, they go where everyone else goes.
+    std::fs::write(
+        &cfg,
+        cfg_text.replace(
+            "groups = [\"via-relay\"]\n\n",
+            "groups = [\"via-relay\"]\nspill = true\n\n",
+        ),
+    )
+    .unwrap();
+    t.wklb(&["reload"]).unwrap();
+    let pinned = batch_from(&t, "10.1.1.2", 100, 50);
+    assert_eq!(on(&pinned, &direct), 100, "{pinned}");
+    assert!(pin_row(&t)["spilled"].as_u64().unwrap() >= 100);
+}

@@ -20,7 +20,7 @@ use crate::{
     egress::learn_client_hop,
     maps::{BACKENDS, FLOW_TABLE, FLOWS4, MAGLEV, SNAT_ADDRS, TABLE_SEL, config},
     parse::Packet,
-    snat, sources,
+    pins, snat, sources,
     stats::{self, VipSyn},
     vip,
 };
@@ -211,11 +211,29 @@ fn create(
     cookie: Option<&CookieStart>,
 ) -> Created {
     let table_slot = hash % MAGLEV_TABLE_SIZE;
-    let sel = TABLE_SEL.get(vip.vip_id).map_or(0, |s| *s & 1);
-    let id = match MAGLEV.get_value(vip.vip_id * TABLES_PER_VIP + sel, &table_slot) {
-        Some(id) if *id != NO_BACKEND => *id,
-        _ => return Created::Refused(Reason::DropNoBackend),
-    };
+    let pin = pins::lookup(vip, p.src);
+    let mut id = pick(
+        if pin == pins::NONE {
+            vip.vip_id
+        } else {
+            pin >> 1
+        },
+        table_slot,
+    );
+    if pin != pins::NONE {
+        if id != NO_BACKEND {
+            pins::count(pin >> 1, pins::Outcome::Decided);
+        } else if pin & 1 != 0 {
+            pins::count(pin >> 1, pins::Outcome::Spilled);
+            id = pick(vip.vip_id, table_slot);
+        } else {
+            pins::count(pin >> 1, pins::Outcome::Refused);
+            return Created::Refused(Reason::DropNoBackend);
+        }
+    }
+    if id == NO_BACKEND {
+        return Created::Refused(Reason::DropNoBackend);
+    }
     let backend = match BACKENDS.get(id) {
         Some(b) if b.flags & Backend::ACTIVE != 0 => b,
         _ => return Created::Refused(Reason::DropNoBackend),
@@ -256,6 +274,16 @@ fn create(
                 Created::Refused(Reason::DropConntrackFull)
             }
         }
+    }
+}
+
+/// The backend id at `slot` of the live table of `table_id` (a VIP's, or a pin's).
+#[inline(always)]
+fn pick(table_id: u32, slot: u32) -> u32 {
+    let sel = TABLE_SEL.get(table_id).map_or(0, |s| *s & 1);
+    match MAGLEV.get_value(table_id * TABLES_PER_VIP + sel, &slot) {
+        Some(id) => *id,
+        None => NO_BACKEND,
     }
 }
 

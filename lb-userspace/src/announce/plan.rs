@@ -87,6 +87,7 @@ mod tests {
             sources: SourcePolicy::default(),
             groups: Default::default(),
             levels: Vec::new(),
+            pins: Vec::new(),
         }
     }
 

@@ -174,6 +174,22 @@ pub fn stats(s: &StatsReport) -> String {
             xdp.join(", ")
         }
     );
+    for v in &s.vips {
+        for p in &v.pins {
+            out += &format!(
+                "pin {} of {}: {} -> groups {}{}; {} backends in its table; new flows {}, refused {}, spilled {}\n",
+                p.name,
+                v.name,
+                p.sources.join(", "),
+                p.groups.join(", "),
+                if p.spill { " (spills)" } else { "" },
+                p.backends_in_table,
+                p.new_flows,
+                p.refused,
+                p.spilled
+            );
+        }
+    }
     if let Some(e) = &s.edge {
         out += &format!("{}\n\n", edge(e));
     }
@@ -255,6 +271,18 @@ pub fn lookup(r: &LookupReport) -> String {
             r.client, r.vip
         ),
     };
+    if let Some(g) = &r.group {
+        s += &format!(" in group {g}");
+    }
+    match (&r.pin, &r.pin_outcome) {
+        (Some(p), None) => s += &format!("\nthe client is in pin {p}: its groups decide"),
+        (Some(p), Some(o)) => {
+            s += &format!(
+                "\nthe client is in pin {p}, whose groups have no backend now: new connections are {o}"
+            )
+        }
+        _ => {}
+    }
     if let Some(e) = &r.existing_flow_backend {
         s += &format!("\nan existing flow for this tuple goes to {e} (it wins until it ends)");
     }

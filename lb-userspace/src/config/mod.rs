@@ -194,6 +194,19 @@ pub struct Vip {
     pub backends: Vec<BackendConfig>,
     /// Backend groups with priorities, and which group each backend is in.
     pub groups: Groups,
+    /// Source prefixes pinned to some of the groups.
+    pub pins: Vec<Pin>,
+}
+
+/// Clients in `sources` are only ever sent to backends of `groups` (data residency).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pin {
+    pub name: String,
+    pub sources: std::collections::BTreeSet<ipnet::Ipv4Net>,
+    pub groups: Vec<String>,
+    /// When the pinned groups have no backend: the VIP's table decides (true) instead of a
+    /// refusal (false).
+    pub spill: bool,
 }
 
 /// The group every backend is in unless it names another.

@@ -209,6 +209,18 @@ pub struct RawVip {
     #[serde(default)]
     pub group: Vec<RawGroup>,
     pub failover: Option<RawFailover>,
+    /// Source prefixes pinned to groups (`[[vip.pin]]`).
+    #[serde(default)]
+    pub pin: Vec<RawPin>,
+}
+
+#[derive(Deserialize)]
+pub struct RawPin {
+    pub name: Option<Spanned<String>>,
+    pub sources: Spanned<Vec<Spanned<String>>>,
+    pub groups: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub spill: bool,
 }
 
 #[derive(Deserialize)]

@@ -469,3 +469,33 @@ fn group_errors_name_the_key_and_line() {
         l.warnings
     );
 }
+
+#[test]
+fn pins_name_prefixes_and_groups() {
+    let pinned = GROUPED.replace(
+        "[vip.failover]",
+        "[[vip.pin]]\nname = \"eu\"\nsources = [\"203.0.113.0/24\", \"198.51.100.7\"]\ngroups = [\"via-relay\"]\n\n[[vip.pin]]\nsources = [\"192.0.2.0/25\"]\ngroups = [\"direct\"]\nspill = true\n\n[vip.failover]",
+    );
+    let c = ok(&pinned);
+    let p = &c.vips[0].pins;
+    assert_eq!(p.len(), 2);
+    assert_eq!(
+        (p[0].name.as_str(), p[0].sources.len(), p[0].spill),
+        ("eu", 2, false)
+    );
+    assert_eq!((p[1].name.as_str(), p[1].spill), ("pin1", true));
+    assert_eq!(p[0].groups, ["via-relay"]);
+    let e = one_error(&pinned.replace(
+        "groups = [\"via-relay\"]\n\n[[vip.pin]]",
+        "groups = [\"relay\"]\n\n[[vip.pin]]",
+    ));
+    assert_eq!(e.path, "vip[0].pin[0].groups[0]");
+    assert!(e.message.contains("direct, via-relay"), "{e}");
+    let e = one_error(&pinned.replace("\"192.0.2.0/25\"", "\"203.0.113.0/24\""));
+    assert_eq!(e.path, "vip[0].pin[1].sources[0]");
+    assert!(e.message.contains("already pinned by pin \"eu\""), "{e}");
+    let e = one_error(&pinned.replace("\"192.0.2.0/25\"", "\"192.0.2.1/25\""));
+    assert!(e.message.contains("host bits"), "{e}");
+    let e = one_error(&pinned.replace("groups = [\"direct\"]", "groups = []"));
+    assert_eq!(e.path, "vip[0].pin[1].groups");
+}

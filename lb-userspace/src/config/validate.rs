@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use super::{
     Announce, BackendConfig, Checks, Config, ConfigError, Conntrack, CookieMode, DEFAULT_GROUP,
-    Daemon, DataPath, Group, Groups, HealthCheck, Loaded, MAX_WEIGHT, MssClamp, ProbeKind,
+    Daemon, DataPath, Group, Groups, HealthCheck, Loaded, MAX_WEIGHT, MssClamp, Pin, ProbeKind,
     Protocol, Snat, SourceList, SourcePolicy, SynCookies, Vip, WhenAllDown,
     schema::{RawAnnounce, RawBackend, RawConfig, RawHealthCheck, RawVip},
 };
@@ -639,6 +639,7 @@ fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
         };
         let backends = backends(c, &p, v, &name, port);
         let groups = groups(c, &p, v, &backends);
+        let pins = pins(c, &p, v, &groups);
         let syn_cookies = cookie_mode(c, &p, v, protocol);
         let sources = source_policy(c, &p, v);
         vips.push(Vip {
@@ -651,9 +652,97 @@ fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
             sources,
             backends,
             groups,
+            pins,
         });
     }
     vips
+}
+
+/// `[[vip.pin]]`: named, with valid prefixes and declared groups.
+fn pins(c: &mut Collector, p: &str, v: &RawVip, groups: &Groups) -> Vec<Pin> {
+    let mut out: Vec<Pin> = Vec::new();
+    for (pi, raw) in v.pin.iter().enumerate() {
+        let pp = format!("{p}.pin[{pi}]");
+        let name = match &raw.name {
+            Some(n) => {
+                if n.get_ref().is_empty() || n.get_ref().chars().any(char::is_whitespace) {
+                    c.err(
+                        format!("{pp}.name"),
+                        n,
+                        "a pin name must be non-empty without spaces",
+                    );
+                }
+                if out.iter().any(|o| &o.name == n.get_ref()) {
+                    c.err(
+                        format!("{pp}.name"),
+                        n,
+                        format!("pin {:?} is declared twice", n.get_ref()),
+                    );
+                }
+                n.get_ref().clone()
+            }
+            None => format!("pin{pi}"),
+        };
+        if raw.sources.get_ref().is_empty() {
+            c.err(
+                format!("{pp}.sources"),
+                &raw.sources,
+                "a pin needs at least one source prefix",
+            );
+        }
+        let mut sources = std::collections::BTreeSet::new();
+        for (si, s) in raw.sources.get_ref().iter().enumerate() {
+            match super::parse_prefix(s.get_ref()) {
+                Ok(net) => {
+                    if let Some(o) = out.iter().find(|o| o.sources.contains(&net)) {
+                        c.err(
+                            format!("{pp}.sources[{si}]"),
+                            s,
+                            format!("{net} is already pinned by pin {:?}", o.name),
+                        );
+                    } else if !sources.insert(net) {
+                        c.err(
+                            format!("{pp}.sources[{si}]"),
+                            s,
+                            format!("{net} is listed twice"),
+                        );
+                    }
+                }
+                Err(e) => c.err(format!("{pp}.sources[{si}]"), s, e),
+            }
+        }
+        if raw.groups.get_ref().is_empty() {
+            c.err(
+                format!("{pp}.groups"),
+                &raw.groups,
+                "a pin needs at least one group",
+            );
+        }
+        let mut names = Vec::new();
+        for (gi, g) in raw.groups.get_ref().iter().enumerate() {
+            if groups.get(g.get_ref()).is_none() {
+                let known: Vec<&str> = groups.groups.iter().map(|g| g.name.as_str()).collect();
+                c.err(
+                    format!("{pp}.groups[{gi}]"),
+                    g,
+                    format!(
+                        "no group {:?} in this VIP (its groups: {})",
+                        g.get_ref(),
+                        known.join(", ")
+                    ),
+                );
+            } else if !names.contains(g.get_ref()) {
+                names.push(g.get_ref().clone());
+            }
+        }
+        out.push(Pin {
+            name,
+            sources,
+            groups: names,
+            spill: raw.spill,
+        });
+    }
+    out
 }
 
 /// `[[vip.group]]`, each backend's `group` and `[vip.failover]`.
@@ -918,6 +1007,17 @@ fn health_check(c: &mut Collector, p: &str, h: &RawHealthCheck) -> HealthCheck {
 /// Rules across sections: limits of the data path's arrays, SNAT addresses that are VIPs,
 /// SNAT capacity.
 fn cross_checks(c: &mut Collector, raw: &RawConfig, cfg: &Config) {
+    let tables: usize = cfg.vips.iter().map(|v| 1 + v.pins.len()).sum();
+    if tables > lb_common::MAX_VIPS as usize {
+        c.errors.push(ConfigError {
+            path: "vip[].pin".into(),
+            line: None,
+            message: format!(
+                "{tables} Maglev tables (one per VIP and one per pin); the data plane holds at most {}",
+                lb_common::MAX_VIPS
+            ),
+        });
+    }
     let backends: usize = cfg.vips.iter().map(|v| v.backends.len()).sum();
     if backends > lb_common::MAX_BACKENDS as usize {
         c.errors.push(ConfigError {

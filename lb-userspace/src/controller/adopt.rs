@@ -67,8 +67,9 @@ fn vip(img: &Image, key: &lb_common::Vip4Key, meta: &VipMeta) -> Option<VipState
         id: meta.vip_id,
         backends: Vec::new(),
         adopted: true,
-        // Until the config says which groups there are.
+        // Until the config says which groups and pins there are.
         groups: Default::default(),
+        pins: Vec::new(),
         table: table.unwrap_or_else(VipState::empty_table),
         members: Vec::new(),
         mode: if fail_open {

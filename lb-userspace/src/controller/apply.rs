@@ -1,13 +1,13 @@
 //! Making the running state equal to a (validated) config: SNAT addresses, VIPs, backends.
 //! Unchanged backends keep their id, health and flows; the summary names every change.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
 
 use anyhow::Result;
 
 use super::{
     Controller,
-    state::{SnatState, State, VipState},
+    state::{PinState, SnatState, State, VipState},
 };
 use crate::{
     config::{BackendConfig, Config, Vip},
@@ -115,6 +115,7 @@ fn add_vip(next: &mut State, vc: &Vip) -> Result<()> {
         cookies_changed: None,
         sources: vc.sources.clone(),
         groups: vc.groups.clone(),
+        pins: Vec::new(),
     };
     for b in &vc.backends {
         let bid = alloc_with(next, &v)?;
@@ -122,7 +123,9 @@ fn add_vip(next: &mut State, vc: &Vip) -> Result<()> {
             .push(next.new_backend(b.address, b.port, b.weight, bid, &vc.health));
     }
     next.vips.push(v);
-    Ok(())
+    let i = next.vips.len() - 1;
+    // The "added" line says enough.
+    set_pins(next, i, vc, true, &mut Vec::new())
 }
 
 /// A backend id free in `next` and in the VIP being built.
@@ -131,6 +134,47 @@ fn alloc_with(next: &State, pending: &VipState) -> Result<u32> {
     used.extend(pending.backends.iter().map(|b| b.id));
     super::state::lowest_free(&used, lb_common::MAX_BACKENDS)
         .ok_or_else(|| anyhow::anyhow!("all {} backend slots are in use", lb_common::MAX_BACKENDS))
+}
+
+/// Makes the VIP's pins those of the config: a kept pin (same name) keeps its table id.
+fn set_pins(
+    next: &mut State,
+    i: usize,
+    vc: &Vip,
+    adopted: bool,
+    summary: &mut Vec<String>,
+) -> Result<()> {
+    let old = std::mem::take(&mut next.vips[i].pins);
+    for pc in &vc.pins {
+        let kept = old.iter().find(|p| p.cfg.name == pc.name);
+        let table_id = match kept {
+            Some(p) => p.table_id,
+            None => next.alloc_vip_id()?,
+        };
+        if !adopted && kept.map(|p| &p.cfg) != Some(pc) {
+            summary.push(format!(
+                "vip {}: pin {}: {} prefix(es) to group(s) {}{}",
+                vc.name,
+                pc.name,
+                pc.sources.len(),
+                pc.groups.join(", "),
+                if pc.spill { ", spills" } else { "" }
+            ));
+        }
+        next.vips[i].pins.push(PinState {
+            cfg: pc.clone(),
+            table_id,
+            table: kept.map_or_else(VipState::empty_table, |p| Arc::clone(&p.table)),
+            members: kept.map(|p| p.members.clone()).unwrap_or_default(),
+        });
+    }
+    for p in old
+        .iter()
+        .filter(|p| !vc.pins.iter().any(|c| c.name == p.cfg.name))
+    {
+        summary.push(format!("vip {}: pin {} removed", vc.name, p.cfg.name));
+    }
+    Ok(())
 }
 
 fn update_vip(
@@ -193,6 +237,8 @@ fn update_vip(
         }
         v.groups = vc.groups.clone();
     }
+    set_pins(next, i, vc, adopted, summary)?;
+    let v = &mut next.vips[i];
     if v.health != vc.health {
         if !adopted {
             summary.push(format!("vip {}: health check changed", vc.name));

@@ -80,6 +80,7 @@ impl<M: Maps> Controller<M> {
     fn commit(&mut self, mut next: State) -> Result<()> {
         for v in &mut next.vips {
             v.refresh_table();
+            v.refresh_pins();
         }
         let want = plan::image(&next);
         let writes = self.image.diff(&want);

@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use lb_common::{
     ADDR_FILTER_SIZE, Addr, AddrClass, Backend, DataplaneConfig, FAMILY_IPV4, FilterBucket,
-    SnatAddr, SourceKey4, Vip4Key, VipInfo, VipLimits, VipMeta, hash::filter_index, maglev::Member,
-    mss, source_list,
+    PinTarget, SnatAddr, SourceKey4, Vip4Key, VipInfo, VipLimits, VipMeta, hash::filter_index,
+    maglev::Member, mss, source_list,
 };
 use serde::Serialize;
 
@@ -39,7 +39,39 @@ pub enum TableMode {
 /// every new flow until that level's health falls below 100 (`priority`); then each level's
 /// share of the table is its load, split among its healthy backends by weight.
 pub fn members(v: &VipState) -> (Vec<Member>, TableMode) {
-    let eligible: Vec<_> = v.backends.iter().filter(|b| b.weight > 0).collect();
+    members_of(v, |_| true)
+}
+
+/// The members of a pin's table: its groups' backends by the same rules, restricted to them.
+/// When none of them is healthy the table is empty (its clients are refused, or spill), unless
+/// the whole VIP is failing open or starting: a cluster-wide health failure fails open inside
+/// the boundary too.
+pub fn pin_members(v: &VipState, pin: &crate::config::Pin) -> Vec<Member> {
+    let (m, mode) = members_of(v, |b| {
+        pin.groups
+            .iter()
+            .any(|g| g == v.groups.group_of(b.address, b.port))
+    });
+    match mode {
+        TableMode::Normal => m,
+        TableMode::FailOpen | TableMode::Starting
+            if matches!(v.mode, TableMode::FailOpen | TableMode::Starting) =>
+        {
+            m
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn members_of(
+    v: &VipState,
+    keep: impl Fn(&super::state::BackendState) -> bool,
+) -> (Vec<Member>, TableMode) {
+    let eligible: Vec<_> = v
+        .backends
+        .iter()
+        .filter(|b| b.weight > 0 && keep(b))
+        .collect();
     let member = |b: &super::state::BackendState, weight: u32| Member {
         id: b.id,
         key: b.key(),
@@ -56,7 +88,7 @@ pub fn members(v: &VipState) -> (Vec<Member>, TableMode) {
             (all, TableMode::Starting)
         };
     }
-    let levels = level_loads(v);
+    let levels = level_loads_of(v, &eligible);
     let loaded: Vec<&Level> = levels.iter().filter(|l| l.load_pct > 0).collect();
     let up = |b: &&super::state::BackendState, l: &Level| {
         b.health.status == Status::Up && v.groups.priority_of(b.address, b.port) == l.priority
@@ -93,11 +125,13 @@ pub struct Level {
 
 /// The VIP's priority levels in order, with their loads.
 pub fn level_loads(v: &VipState) -> Vec<Level> {
+    let eligible: Vec<_> = v.backends.iter().filter(|b| b.weight > 0).collect();
+    level_loads_of(v, &eligible)
+}
+
+fn level_loads_of(v: &VipState, eligible: &[&super::state::BackendState]) -> Vec<Level> {
     let mut levels: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
-    for g in &v.groups.groups {
-        levels.entry(g.priority).or_default();
-    }
-    for b in v.backends.iter().filter(|b| b.weight > 0) {
+    for b in eligible {
         let e = levels
             .entry(v.groups.priority_of(b.address, b.port))
             .or_default();
@@ -177,6 +211,17 @@ fn vip(img: &mut super::super::dataplane::Image, v: &VipState) {
         );
     }
     img.tables.insert(v.id, Arc::clone(&v.table));
+    for p in &v.pins {
+        img.tables.insert(p.table_id, Arc::clone(&p.table));
+        let target = PinTarget {
+            table_id: p.table_id,
+            flags: if p.cfg.spill { PinTarget::SPILL } else { 0 },
+        };
+        for net in &p.cfg.sources {
+            let key = SourceKey4::new(v.id, u32::from_ne_bytes(net.network().octets()));
+            img.pins.insert((key, net.prefix_len()), target);
+        }
+    }
     img.vip_info.insert(
         v.id,
         VipInfo {
@@ -210,6 +255,9 @@ fn vip(img: &mut super::super::dataplane::Image, v: &VipState) {
     }
     if v.sources.max_conns > 0 {
         flags |= VipMeta::CONN_LIMIT;
+    }
+    if !v.pins.is_empty() {
+        flags |= VipMeta::PINNED;
     }
     if v.sources.rate > 0 {
         img.vip_limits
@@ -331,6 +379,7 @@ mod tests {
             cookies_changed: None,
             sources: Default::default(),
             groups: Default::default(),
+            pins: Vec::new(),
         }
     }
 
@@ -485,5 +534,38 @@ mod tests {
             lb_common::maglev::build_table(&members(v).0, lb_common::MAGLEV_TABLE_SIZE)
         };
         assert_eq!(build(&a), build(&b), "configuration order does not matter");
+    }
+
+    #[test]
+    fn a_pin_keeps_to_its_groups_and_empties_when_they_fail_unless_everything_fails() {
+        use Status::*;
+        let pin = crate::config::Pin {
+            name: "eu".into(),
+            sources: Default::default(),
+            groups: vec!["relay".into()],
+            spill: false,
+        };
+        let ids_of = |v: &VipState| {
+            let mut v = v.clone();
+            v.refresh_table();
+            pin_members(&v, &pin)
+                .iter()
+                .map(|m| m.id)
+                .collect::<Vec<_>>()
+        };
+        let v = grouped(
+            &[(100, Up), (100, Up), (100, Up), (100, Up), (100, Down)],
+            3,
+        );
+        assert_eq!(ids_of(&v), [3]);
+        // The relays are down, direct is fine: the pin's table is empty (refuse or spill).
+        let v = grouped(
+            &[(100, Up), (100, Up), (100, Up), (100, Down), (100, Down)],
+            3,
+        );
+        assert!(ids_of(&v).is_empty());
+        // Everything is down (a cluster-wide health failure): fail open, inside the boundary.
+        let v = grouped(&[(100, Down); 5], 3);
+        assert_eq!(ids_of(&v), [3, 4]);
     }
 }

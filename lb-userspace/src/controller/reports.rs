@@ -23,8 +23,8 @@ use crate::{
     dataplane::{Counters, Flows},
     health::Status,
     report::{
-        BackendReport, ConnReport, ConnsReport, GroupReport, LookupReport, RttReport, SnatReport,
-        SourceEntry, StatsReport, VipReport,
+        BackendReport, ConnReport, ConnsReport, GroupReport, LookupReport, PinReport, RttReport,
+        SnatReport, SourceEntry, StatsReport, VipReport,
     },
 };
 
@@ -119,6 +119,23 @@ pub fn stats(snap: &Snapshot, counters: &dyn Counters, flows: &dyn Flows) -> Res
         }
         let mine = &r.backends[first..];
         vr.groups = group_reports(v, mine);
+        vr.pins = v
+            .pins
+            .iter()
+            .map(|p| {
+                let s = counters.pin(p.table_id).unwrap_or_default();
+                PinReport {
+                    name: p.cfg.name.clone(),
+                    sources: p.cfg.sources.iter().map(|n| n.to_string()).collect(),
+                    groups: p.cfg.groups.clone(),
+                    spill: p.cfg.spill,
+                    backends_in_table: p.members.len(),
+                    new_flows: s.new_flows,
+                    refused: s.refused,
+                    spilled: s.spilled,
+                }
+            })
+            .collect();
         vr.backend_rtt = RttReport::sum(mine.iter().map(|b| &b.backend_rtt));
         vr.client_rtt = RttReport::sum(mine.iter().map(|b| &b.client_rtt));
         r.vips.push(vr);
@@ -233,6 +250,7 @@ fn vip_report(v: &VipView, counters: &dyn Counters, fc: &FlowCounts) -> Result<V
         source_max_conns: v.sources.max_conns,
         conn_limited: s.conn_limited,
         groups: Vec::new(),
+        pins: Vec::new(),
         backend_rtt: RttReport::default(),
         client_rtt: RttReport::default(),
     })
@@ -396,11 +414,22 @@ pub fn lookup(
     );
     let h = flow_hash_v4_key(&key);
     let table_slot = h % MAGLEV_TABLE_SIZE;
-    let id = v
-        .table
-        .get(table_slot as usize)
-        .copied()
-        .unwrap_or(NO_BACKEND);
+    let at = |t: &[u32]| t.get(table_slot as usize).copied().unwrap_or(NO_BACKEND);
+    // The data path's choice: the pin's table when one covers the client, else the VIP's.
+    let pin = v.pin_of(*c.ip());
+    let mut pin_outcome = None;
+    let id = match pin {
+        Some(p) if at(&p.table) != NO_BACKEND => at(&p.table),
+        Some(p) if p.cfg.spill => {
+            pin_outcome = Some("spilled".to_string());
+            at(&v.table)
+        }
+        Some(_) => {
+            pin_outcome = Some("refused".to_string());
+            NO_BACKEND
+        }
+        None => at(&v.table),
+    };
     let backend = v
         .backends
         .iter()
@@ -410,6 +439,11 @@ pub fn lookup(
         let e = flows.entry(r.slot);
         (e.owner == r.token).then(|| SocketAddr::new(ip(e.backend), e.backend_port).to_string())
     });
+    let group = v
+        .backends
+        .iter()
+        .find(|b| b.id == id)
+        .map(|b| v.groups.group_of(b.address, b.port).to_string());
     Ok(LookupReport {
         vip: v.name.clone(),
         client: client.to_string(),
@@ -417,6 +451,9 @@ pub fn lookup(
         slot: table_slot,
         backend,
         existing_flow_backend: existing,
+        pin: pin.map(|p| p.cfg.name.clone()),
+        group,
+        pin_outcome,
     })
 }
 

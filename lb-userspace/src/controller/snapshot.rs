@@ -9,7 +9,7 @@ use std::{
 
 use super::{
     plan::{Level, TableMode, level_loads},
-    state::State,
+    state::{PinState, State},
 };
 use crate::{
     config::{CookieMode, Groups, HealthCheck, ProbeKind, Protocol, SourcePolicy},
@@ -58,6 +58,20 @@ pub struct VipView {
     pub groups: Groups,
     /// Priority levels with their health and load, as the table was built.
     pub levels: Vec<Level>,
+    /// Pinned source prefixes and their tables.
+    pub pins: Vec<PinState>,
+}
+
+impl VipView {
+    /// The pin whose prefix is the longest match for `client` (the data path's LPM answer).
+    pub fn pin_of(&self, client: std::net::Ipv4Addr) -> Option<&PinState> {
+        self.pins
+            .iter()
+            .flat_map(|p| p.cfg.sources.iter().map(move |n| (n, p)))
+            .filter(|(n, _)| n.contains(&client))
+            .max_by_key(|(n, _)| n.prefix_len())
+            .map(|(_, p)| p)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +116,7 @@ impl Snapshot {
                     sources: v.sources.clone(),
                     groups: v.groups.clone(),
                     levels: level_loads(v),
+                    pins: v.pins.clone(),
                     backends: v
                         .backends
                         .iter()

@@ -14,7 +14,7 @@ use lb_common::{MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SNAT_ADDRS, MAX_VIPS, NO_BA
 
 use super::plan::{self, TableMode};
 use crate::{
-    config::{Config, CookieMode, Groups, HealthCheck, Protocol, SourcePolicy},
+    config::{Config, CookieMode, Groups, HealthCheck, Pin, Protocol, SourcePolicy},
     health::{Health, Status},
 };
 
@@ -68,6 +68,18 @@ pub struct VipState {
     pub sources: SourcePolicy,
     /// Backend groups and priorities (the config's, plus CLI additions until the next reload).
     pub groups: Groups,
+    /// Source prefixes pinned to groups, each with a table of its own.
+    pub pins: Vec<PinState>,
+}
+
+/// A pin and its Maglev table.
+#[derive(Clone, Debug)]
+pub struct PinState {
+    pub cfg: Pin,
+    /// Its table's id, from the VIP id space (MAGLEV, TABLE_SEL, PIN_STATS).
+    pub table_id: u32,
+    pub table: Arc<Vec<u32>>,
+    pub members: Vec<maglev::Member>,
 }
 
 impl VipState {
@@ -93,6 +105,19 @@ impl VipState {
         }
         self.table = Arc::new(maglev::build_table(&members, MAGLEV_TABLE_SIZE));
         self.members = members;
+    }
+
+    /// Rebuilds the pins' tables whose members changed.
+    pub fn refresh_pins(&mut self) {
+        for i in 0..self.pins.len() {
+            let members = plan::pin_members(self, &self.pins[i].cfg);
+            let p = &mut self.pins[i];
+            if members == p.members && p.table.len() == MAGLEV_TABLE_SIZE as usize {
+                continue;
+            }
+            p.table = Arc::new(maglev::build_table(&members, MAGLEV_TABLE_SIZE));
+            p.members = members;
+        }
     }
 
     /// Backend ids in the live table.
@@ -179,8 +204,13 @@ impl State {
         })
     }
 
+    /// A free id in the VIP id space (VIPs and pins' tables share it).
     pub fn alloc_vip_id(&self) -> Result<u32> {
-        let used: BTreeSet<u32> = self.vips.iter().map(|v| v.id).collect();
+        let used: BTreeSet<u32> = self
+            .vips
+            .iter()
+            .flat_map(|v| std::iter::once(v.id).chain(v.pins.iter().map(|p| p.table_id)))
+            .collect();
         lowest_free(&used, MAX_VIPS).ok_or_else(|| anyhow!("all {MAX_VIPS} VIP slots are in use"))
     }
 

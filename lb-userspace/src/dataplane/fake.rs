@@ -99,6 +99,9 @@ impl Counters for FakeCounters {
             .copied()
             .unwrap_or_default())
     }
+    fn pin(&self, _table_id: u32) -> Result<lb_common::PinStats> {
+        Ok(Default::default())
+    }
     fn rtt(&self, backend_id: u32, kind: u32) -> lb_common::rtt::RttRow {
         self.rtt
             .lock()

@@ -17,8 +17,9 @@ use aya::{
 };
 use lb_common::{
     ADDR_FILTER_SIZE, AddrClass, Backend, BackendHop, BackendStats, DataplaneConfig, Flow4Key,
-    FlowEntry, FlowRef, MAX_SNAT_ADDRS, Reason, SLOTS_PER_SNAT_ADDR, SnatAddr, SourceKey4,
-    SourceRateKey, Vip4Key, VipInfo, VipLimits, VipMeta, VipStats, cookie::CookieKey, names,
+    FlowEntry, FlowRef, MAX_SNAT_ADDRS, PinStats, PinTarget, Reason, SLOTS_PER_SNAT_ADDR, SnatAddr,
+    SourceKey4, SourceRateKey, Vip4Key, VipInfo, VipLimits, VipMeta, VipStats, cookie::CookieKey,
+    names,
 };
 
 use super::{Counters, Flows, Image, Maps, Write, tables::MaglevTables};
@@ -299,6 +300,7 @@ pub struct KernelMaps {
     iface_mtu: HashMap<MapData, u32, u32>,
     sources: LpmTrie<MapData, SourceKey4, u32>,
     vip_limits: Array<MapData, VipLimits>,
+    pins: LpmTrie<MapData, SourceKey4, PinTarget>,
 }
 
 impl KernelMaps {
@@ -325,6 +327,7 @@ impl KernelMaps {
             iface_mtu: typed!(ebpf, names::IFACE_MTU),
             sources: typed!(ebpf, names::SOURCES4),
             vip_limits: typed!(ebpf, names::VIP_LIMITS),
+            pins: typed!(ebpf, names::PINS4),
         })
     }
 }
@@ -362,6 +365,11 @@ impl Maps for KernelMaps {
                 ignore_missing(self.sources.remove(&source_key(k, *len)))?
             }
             Write::VipLimits(id, l) => self.vip_limits.set(*id, l.unwrap_or_default(), 0)?,
+            Write::Pin((k, len), Some(t)) => self
+                .pins
+                .insert(&source_key(k, *len), t, 0)
+                .with_context(|| format!("adding a pinned prefix of VIP id {}", k.vip_id()))?,
+            Write::Pin((k, len), None) => ignore_missing(self.pins.remove(&source_key(k, *len)))?,
         }
         Ok(())
     }
@@ -412,6 +420,14 @@ impl Maps for KernelMaps {
             let len = k.prefix_len().saturating_sub(SourceKey4::prefix_len(0)) as u8;
             img.sources.insert((k.data(), len), v);
         }
+        for e in self.pins.iter() {
+            let (k, t) = e?;
+            let len = k.prefix_len().saturating_sub(SourceKey4::prefix_len(0)) as u8;
+            img.pins.insert((k.data(), len), t);
+            if let Some(table) = self.tables.read(t.table_id)? {
+                img.tables.insert(t.table_id, Arc::new(table));
+            }
+        }
         for (id, l) in self.vip_limits.iter().enumerate() {
             let l = l?;
             if l != VipLimits::default() {
@@ -444,6 +460,7 @@ pub struct KernelCounters {
     reasons: PerCpuArray<MapData, u64>,
     vips: PerCpuArray<MapData, VipStats>,
     backends: PerCpuArray<MapData, BackendStats>,
+    pins: PerCpuArray<MapData, PinStats>,
     /// RTT_HIST, memory-mapped read-only (one histogram row is 80 counters).
     rtt: Mmap,
     _rtt_map: MapData,
@@ -467,6 +484,7 @@ impl KernelCounters {
             reasons: typed!(ebpf, names::REASONS),
             vips: typed!(ebpf, names::VIP_STATS),
             backends: typed!(ebpf, names::BACKEND_STATS),
+            pins: typed!(ebpf, names::PIN_STATS),
             rtt,
             _rtt_map: rtt_map,
         })
@@ -503,6 +521,19 @@ impl Counters for KernelCounters {
                 t.packets_out += s.packets_out;
                 t.bytes_out += s.bytes_out;
                 t.new_flows += s.new_flows;
+                t
+            }))
+    }
+
+    fn pin(&self, table_id: u32) -> Result<PinStats> {
+        Ok(self
+            .pins
+            .get(&table_id, 0)?
+            .iter()
+            .fold(PinStats::default(), |mut t, s| {
+                t.new_flows += s.new_flows;
+                t.refused += s.refused;
+                t.spilled += s.spilled;
                 t
             }))
     }

@@ -19,8 +19,8 @@ use std::{
 
 use anyhow::Result;
 use lb_common::{
-    AddrClass, Backend, BackendStats, DataplaneConfig, Flow4Key, FlowEntry, FlowRef, SnatAddr,
-    SourceKey4, SourceRateKey, Vip4Key, VipInfo, VipLimits, VipMeta, VipStats,
+    AddrClass, Backend, BackendStats, DataplaneConfig, Flow4Key, FlowEntry, FlowRef, PinStats,
+    PinTarget, SnatAddr, SourceKey4, SourceRateKey, Vip4Key, VipInfo, VipLimits, VipMeta, VipStats,
 };
 
 /// One change to a configuration map. `None` / zero values remove or clear.
@@ -41,6 +41,8 @@ pub enum Write {
     /// A deny/allow entry: (VIP id + network, CIDR length) → `source_list::*`.
     Source((SourceKey4, u8), Option<u32>),
     VipLimits(u32, Option<VipLimits>),
+    /// A pinned prefix: (VIP id + network, CIDR length) → its table.
+    Pin((SourceKey4, u8), Option<PinTarget>),
 }
 
 impl Write {
@@ -58,6 +60,7 @@ impl Write {
             Write::TxPort(_, on) => !on,
             Write::IfaceMtu(_, m) => m.is_none(),
             Write::Source(_, v) => v.is_none(),
+            Write::Pin(_, v) => v.is_none(),
             Write::VipLimits(_, v) => v.is_none(),
             Write::SnatPick(..) | Write::Config(_) => false,
         }
@@ -69,7 +72,7 @@ impl Write {
             Write::Backend(..) => 0,
             Write::SnatAddr(..) => 1,
             Write::Table(..) => 2,
-            Write::VipInfo(..) | Write::Source(..) | Write::VipLimits(..) => 3,
+            Write::VipInfo(..) | Write::Source(..) | Write::VipLimits(..) | Write::Pin(..) => 3,
             Write::Vip(..) => 4,
             Write::Addr(..) => 5,
             Write::Filter(..) => 6,
@@ -86,7 +89,7 @@ impl Write {
             Write::Filter(..) => 0,
             Write::Addr(..) => 1,
             Write::Vip(..) => 2,
-            Write::VipInfo(..) | Write::Source(..) | Write::VipLimits(..) => 3,
+            Write::VipInfo(..) | Write::Source(..) | Write::VipLimits(..) | Write::Pin(..) => 3,
             Write::Table(..) => 4,
             Write::Backend(..) => 5,
             Write::SnatAddr(..) => 6,
@@ -111,6 +114,7 @@ pub struct Image {
     pub iface_mtu: BTreeMap<u32, u32>,
     pub sources: BTreeMap<(SourceKey4, u8), u32>,
     pub vip_limits: BTreeMap<u32, VipLimits>,
+    pub pins: BTreeMap<(SourceKey4, u8), PinTarget>,
 }
 
 fn diff_map<K: Ord + Copy, V: PartialEq + Clone>(
@@ -161,6 +165,7 @@ impl Image {
         diff_map(&self.iface_mtu, &new.iface_mtu, &mut w, Write::IfaceMtu);
         diff_map(&self.sources, &new.sources, &mut w, Write::Source);
         diff_map(&self.vip_limits, &new.vip_limits, &mut w, Write::VipLimits);
+        diff_map(&self.pins, &new.pins, &mut w, Write::Pin);
         if self.config != new.config {
             w.push(Write::Config(new.config));
         }
@@ -214,6 +219,7 @@ impl Image {
             Write::Config(c) => self.config = c,
             Write::Source(k, v) => put(&mut self.sources, k, v),
             Write::VipLimits(k, v) => put(&mut self.vip_limits, k, v),
+            Write::Pin(k, v) => put(&mut self.pins, k, v),
         }
     }
 
@@ -239,6 +245,7 @@ impl Image {
             Write::Config(_) => Write::Config(self.config),
             Write::Source(k, _) => Write::Source(*k, self.sources.get(k).copied()),
             Write::VipLimits(k, _) => Write::VipLimits(*k, self.vip_limits.get(k).copied()),
+            Write::Pin(k, _) => Write::Pin(*k, self.pins.get(k).copied()),
         }
     }
 }
@@ -257,6 +264,8 @@ pub trait Counters: Send + Sync {
     fn reasons(&self) -> Result<Vec<u64>>;
     fn vip(&self, id: u32) -> Result<VipStats>;
     fn backend(&self, id: u32) -> Result<BackendStats>;
+    /// A pin's counters, by its table id.
+    fn pin(&self, table_id: u32) -> Result<PinStats>;
     /// A backend's handshake round-trip histogram of one kind (`lb_common::rtt`).
     fn rtt(&self, backend_id: u32, kind: u32) -> lb_common::rtt::RttRow;
 }

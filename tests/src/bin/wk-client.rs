@@ -67,6 +67,9 @@ struct TcpArgs {
     /// the break is still counted.
     #[arg(long)]
     reconnect: bool,
+    /// Connect from this local address (one of the client namespace's).
+    #[arg(long)]
+    source: Option<std::net::IpAddr>,
 }
 
 #[derive(Serialize, Default)]
@@ -134,9 +137,19 @@ struct Life {
     reconnect_failed: bool,
 }
 
-/// Connects and reads the greeting (the backend's name).
-async fn connect(target: SocketAddr) -> Option<(String, BufReader<TcpStream>)> {
-    let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target))
+/// Connects (from `source` when given) and reads the greeting (the backend's name).
+async fn connect(
+    target: SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> Option<(String, BufReader<TcpStream>)> {
+    let socket = match target {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4().ok()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6().ok()?,
+    };
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0)).ok()?;
+    }
+    let s = tokio::time::timeout(Duration::from_secs(5), socket.connect(target))
         .await
         .ok()?
         .ok()?;
@@ -224,6 +237,7 @@ async fn run_tcp(a: TcpArgs) -> TcpReport {
         pong_timeout_ms,
         message_bytes,
         reconnect,
+        source,
     } = a;
     let (duration, pong_timeout) = (
         Duration::from_secs(duration_s),
@@ -243,7 +257,7 @@ async fn run_tcp(a: TcpArgs) -> TcpReport {
         handles.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.ok()?;
             let t0 = Instant::now();
-            let (name, r) = connect(target).await?;
+            let (name, r) = connect(target, source).await?;
             recv.fetch_add(name.len() as u64 + 1, Relaxed);
             let connect_ms = t0.elapsed().as_secs_f64() * 1000.0;
             Some((Conn { name, connect_ms }, r))
@@ -303,7 +317,7 @@ async fn run_tcp(a: TcpArgs) -> TcpReport {
                         life.reconnect_failed = true;
                         break;
                     }
-                    if let Some((name, r)) = connect(target).await {
+                    if let Some((name, r)) = connect(target, source).await {
                         p.recv.fetch_add(name.len() as u64 + 1, Relaxed);
                         life.reconnected = Some(name.clone());
                         let _ = ping_until(name, r, Duration::ZERO, &p).await;
