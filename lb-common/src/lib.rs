@@ -7,6 +7,7 @@
 #[cfg(all(feature = "user", not(test)))]
 extern crate std;
 
+pub mod connlog;
 pub mod conntrack;
 pub mod cookie;
 pub mod csum;

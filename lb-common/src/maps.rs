@@ -76,10 +76,13 @@ pub mod names {
     pub const RTT_HIST: &str = "RTT_HIST";
     pub const PINS4: &str = "PINS4";
     pub const PIN_STATS: &str = "PIN_STATS";
+    pub const CONN_OPENS: &str = "CONN_OPENS";
+    pub const FLOW_BYTES: &str = "FLOW_BYTES";
+    pub const CONN_LOG_LOST: &str = "CONN_LOG_LOST";
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 29] = [
         ADDR_FILTER,
         ADDRS4,
         VIPS4,
@@ -106,6 +109,9 @@ pub mod names {
         RTT_HIST,
         PINS4,
         PIN_STATS,
+        CONN_OPENS,
+        FLOW_BYTES,
+        CONN_LOG_LOST,
     ];
 }
 
@@ -625,6 +631,8 @@ impl FlowEntry {
     pub const ACK_SEEN_REV: u8 = 4;
     /// Sequence/timestamp translation is active (`seq_delta`, `ts_delta`).
     pub const TRANSLATE: u8 = 8;
+    /// Created while the connection log was on: its packets are counted in FLOW_BYTES.
+    pub const COUNTED: u8 = 16;
 
     pub const fn ack_seen_bit(dir: usize) -> u8 {
         if dir == 0 {
@@ -719,6 +727,9 @@ impl DataplaneConfig {
     /// Rare data-path events (`Reason::is_event`) are logged through aya-log, at most once per
     /// second per reason and CPU.
     pub const LOG_EVENTS: u32 = 4;
+    /// The connection log is on: new flows are reported on CONN_OPENS and every packet is
+    /// counted in FLOW_BYTES.
+    pub const CONN_LOG: u32 = 8;
     pub const DEFAULT_SNAT_PORT_MIN: u16 = 1024;
     pub const DEFAULT_SNAT_PORT_MAX: u16 = 65535;
 }
@@ -863,6 +874,7 @@ mod pod_impls {
     unsafe impl aya::Pod for SourceRateKey {}
     unsafe impl aya::Pod for PinTarget {}
     unsafe impl aya::Pod for PinStats {}
+    unsafe impl aya::Pod for crate::connlog::FlowBytes {}
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 mod bench;
 mod classify;
+mod connlog;
 mod conntrack;
 mod cookie;
 mod egress;

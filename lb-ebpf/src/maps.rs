@@ -3,7 +3,9 @@
 //! flows). See docs/architecture.md for who reads and writes what.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{
+        Array, ArrayOfMaps, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf,
+    },
     macros::btf_map,
 };
 use lb_common::{
@@ -13,6 +15,7 @@ use lb_common::{
     MAX_VIP_ENTRIES, MAX_VIPS, PinStats, PinTarget, Reason, SLOTS_PER_SNAT_ADDR,
     SOURCE_RATE_ENTRIES, SnatAddr, SourceKey4, SourceRateKey, TABLES_PER_VIP, Vip4Key, VipInfo,
     VipLimits, VipMeta, VipStats,
+    connlog::{CONN_OPENS_BYTES, FlowBytes, OpenEvent},
     cookie::CookieKey,
     rtt::{RTT_KINDS, RttRow},
 };
@@ -133,6 +136,19 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> =
 #[btf_map]
 pub static RTT_HIST: Array<RttRow, { (MAX_BACKENDS * RTT_KINDS) as usize }, BPF_F_MMAPABLE> =
     Array::new();
+
+/// Connection log: a record per new flow, read by the daemon (only while the log is on).
+#[btf_map]
+pub static CONN_OPENS: RingBuf<OpenEvent, { CONN_OPENS_BYTES as usize }> = RingBuf::new();
+
+/// Connection log: slot → packets and payload bytes per direction. Sized by the loader like
+/// FLOW_TABLE while the log is on, one entry otherwise.
+#[btf_map]
+pub static FLOW_BYTES: Array<FlowBytes, 1> = Array::new();
+
+/// Connection-log records lost to a full ring buffer (per CPU).
+#[btf_map]
+pub static CONN_LOG_LOST: PerCpuArray<u64, 1> = PerCpuArray::new();
 
 /// The current configuration (index 0 always exists in an array).
 #[inline(always)]

@@ -114,6 +114,7 @@ fn send(
     opts: Option<&Options>,
     now: u64,
 ) -> Verdict {
+    crate::connlog::count(e, flow.slot, 0, p);
     let snat_addr = e.client[2];
     let hop = match egress::backend_hop(ctx, e.backend_id, snat_addr, e.backend, p.proto, now) {
         Ok(h) => Some(h),

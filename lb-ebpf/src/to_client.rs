@@ -52,6 +52,7 @@ pub fn handle(
     let Some(cfg) = maps::config() else {
         return Verdict::of(Reason::DropInternal);
     };
+    crate::connlog::count(e, flow.slot, 1, p);
     let hop = egress::client_hop(&e.to_client);
     let mtu = egress::iface_mtu(hop.ifindex, p.ip_len as u32, cfg.min_mtu);
     if egress::too_big(p.ip_len, mtu) && p.df {

@@ -3,6 +3,7 @@
 pub mod announce;
 pub mod cli;
 pub mod config;
+pub mod connlog;
 pub mod control;
 pub mod controller;
 pub mod daemon;

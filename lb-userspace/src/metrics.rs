@@ -228,6 +228,7 @@ impl Collector for ReportCollector {
         encode_groups(&mut enc, s)?;
         encode_rtt(&mut enc, s)?;
         encode_edge(&mut enc, s)?;
+        encode_conn_log(&mut enc, s)?;
         encode_data_plane(&mut enc, s)
     }
 }
@@ -393,6 +394,38 @@ struct PinLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AddressLabels {
     address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: String,
+}
+
+/// The connection log (only while it is on).
+fn encode_conn_log(enc: &mut DescriptorEncoder, s: &StatsReport) -> Result<(), std::fmt::Error> {
+    let Some(l) = &s.conn_log else {
+        return Ok(());
+    };
+    counter_family(
+        enc,
+        "wklb_conn_log_records",
+        "Connection-log records written, by event (open, close)",
+        [("open", l.opens), ("close", l.closes)]
+            .into_iter()
+            .map(|(e, n)| (EventLabels { event: e.into() }, n)),
+    )?;
+    counter_family(
+        enc,
+        "wklb_conn_log_lost",
+        "Open records the data path lost to a full ring buffer",
+        one(l.lost),
+    )?;
+    counter_family(
+        enc,
+        "wklb_conn_log_write_errors",
+        "Connection-log records that could not be written",
+        one(l.write_errors),
+    )
 }
 
 /// The anycast announcement (only with an [announce] section).

@@ -141,6 +141,22 @@ pub struct StatsReport {
     /// What this edge announces (None: no `[announce]` section).
     #[serde(default)]
     pub edge: Option<EdgeReport>,
+    /// The connection log (None: off).
+    #[serde(default)]
+    pub conn_log: Option<ConnLogReport>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ConnLogReport {
+    /// The file, or "-" for standard output.
+    pub path: String,
+    /// Records written since the daemon started.
+    pub opens: u64,
+    pub closes: u64,
+    /// Records that could not be written (disk full, permissions).
+    pub write_errors: u64,
+    /// Open records the data path lost to a full ring buffer (since the maps were created).
+    pub lost: u64,
 }
 
 /// One backend group of a VIP.

@@ -143,6 +143,7 @@ impl Fixture {
             max_flows,
             snat_slots,
             pin_dir: None,
+            conn_log: false,
         })?;
         let mut fx = Fixture {
             program: loaded.program,

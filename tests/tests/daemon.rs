@@ -497,6 +497,7 @@ fn fill_flows(t: &Topology, cfg_text: &str, n: u32) -> u64 {
         max_flows: cfg.conntrack.max_flows,
         snat_slots: cfg.snat_slots(),
         pin_dir: Some(t.pin_path.clone()),
+        conn_log: false,
     };
     let (e0, e1) = (format!("{}e0", t.id), format!("{}e1", t.id));
     wklb_tests::netns::in_named_netns(&t.edge_ns, move || {

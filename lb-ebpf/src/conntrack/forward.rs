@@ -258,13 +258,18 @@ fn create(
     }
     let r = FlowRef { slot: s, token };
     match FLOWS4.insert(key, &r, BPF_NOEXIST as u64) {
-        Ok(()) => Created::Flow(Flow {
-            entry: e,
-            slot: s,
-            token,
-            new: true,
-            accepted: true,
-        }),
+        Ok(()) => {
+            if crate::connlog::on(cfg) {
+                crate::connlog::opened(entry, s, token, entry.last_seen_ns);
+            }
+            Created::Flow(Flow {
+                entry: e,
+                slot: s,
+                token,
+                new: true,
+                accepted: true,
+            })
+        }
         Err(err) => {
             snat::release(e, token);
             if err == -EEXIST {

@@ -193,6 +193,12 @@ pub fn stats(s: &StatsReport) -> String {
     if let Some(e) = &s.edge {
         out += &format!("{}\n\n", edge(e));
     }
+    if let Some(l) = &s.conn_log {
+        out += &format!(
+            "connection log {}: {} opens, {} closes written, {} lost (ring buffer full), {} write errors\n\n",
+            l.path, l.opens, l.closes, l.lost, l.write_errors
+        );
+    }
     let mut t = table(&["verdict", "packets"]);
     for (r, n) in &s.reasons {
         if *n > 0 {

@@ -13,19 +13,21 @@ const RESTART_ONLY: &[(&str, &str)] = &[
         "the CLI talks to the socket bound at start",
     ),
     ("daemon.metrics_listen", "the listener is bound at start"),
+    ("conn_log", "its per-flow counters are sized at start"),
     (
         "conntrack.max_flows",
         "the connection table is allocated at start",
     ),
 ];
 
-fn restart_only_values(c: &Config) -> [String; 6] {
+fn restart_only_values(c: &Config) -> [String; 7] {
     [
         c.daemon.pin_path.display().to_string(),
         format!("{:?}", c.daemon.interfaces),
         c.daemon.xdp_mode.name().to_string(),
         c.daemon.control_socket.display().to_string(),
         c.daemon.metrics_listen.to_string(),
+        format!("{:?}", c.conn_log),
         c.conntrack.max_flows.to_string(),
     ]
 }

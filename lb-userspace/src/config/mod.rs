@@ -34,6 +34,8 @@ pub struct Config {
     pub syn_cookies: SynCookies,
     /// None: this edge installs no VIP route (no `[announce]` section).
     pub announce: Option<Announce>,
+    /// None: no connection log (`[conn_log]` absent or `enabled = false`).
+    pub conn_log: Option<ConnLog>,
     pub vips: Vec<Vip>,
 }
 
@@ -49,6 +51,17 @@ pub struct Announce {
     pub when_all_down: WhenAllDown,
     /// Exists while the edge is drained (`wklb edge drain`): survives restarts and reboots.
     pub drain_file: PathBuf,
+}
+
+/// Where every connection's open and close records go (JSON lines).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnLog {
+    /// A file (rotated by size), or None for stdout (journald).
+    pub path: Option<PathBuf>,
+    /// Rotate when the file reaches this size.
+    pub max_bytes: u64,
+    /// Rotated files kept (`path.1` .. `path.N`).
+    pub keep: u32,
 }
 
 /// When every backend of an announced VIP is down.

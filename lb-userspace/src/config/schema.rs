@@ -41,6 +41,9 @@ pub mod defaults {
     pub const ANNOUNCE_ALL_DOWN: &str = "keep";
     pub const DRAIN_FILE: &str = "/var/lib/wklb/drained";
     pub const OVERPROVISIONING: f64 = 1.4;
+    pub const CONN_LOG_PATH: &str = "/var/log/wklb/conns.jsonl";
+    pub const CONN_LOG_MAX_BYTES: i64 = 100 << 20;
+    pub const CONN_LOG_KEEP: i64 = 5;
     pub const OVERPROVISIONING_PCT: u32 = 140;
 }
 
@@ -65,6 +68,7 @@ pub struct RawConfig {
     pub syn_cookies: RawSynCookies,
     /// Absent: no VIP route is installed (announcing off).
     pub announce: Option<RawAnnounce>,
+    pub conn_log: Option<RawConnLog>,
     #[serde(default)]
     pub vip: Vec<RawVip>,
 }
@@ -223,6 +227,19 @@ pub struct RawPin {
     pub spill: bool,
 }
 
+/// The connection log.
+#[derive(Deserialize)]
+pub struct RawConnLog {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "d_conn_log_path")]
+    pub path: Spanned<String>,
+    #[serde(default = "d_conn_log_max_bytes")]
+    pub max_bytes: Spanned<i64>,
+    #[serde(default = "d_conn_log_keep")]
+    pub keep: Spanned<i64>,
+}
+
 #[derive(Deserialize)]
 pub struct RawGroup {
     pub name: Spanned<String>,
@@ -377,4 +394,13 @@ fn d_priority() -> Spanned<i64> {
 }
 fn d_overprovisioning() -> Spanned<f64> {
     sp(d::OVERPROVISIONING)
+}
+fn d_conn_log_path() -> Spanned<String> {
+    s(d::CONN_LOG_PATH)
+}
+fn d_conn_log_max_bytes() -> Spanned<i64> {
+    sp(d::CONN_LOG_MAX_BYTES)
+}
+fn d_conn_log_keep() -> Spanned<i64> {
+    sp(d::CONN_LOG_KEEP)
 }

@@ -208,6 +208,7 @@ fn validate(c: &mut Collector, raw: RawConfig, checks: Checks) -> Config {
     let syn_cookies = syn_cookies(c, &raw);
     let vips = vips(c, &raw.vip);
     let announce = raw.announce.as_ref().map(|a| announce(c, a, &vips));
+    let conn_log = raw.conn_log.as_ref().and_then(|l| conn_log(c, l));
     let cfg = Config {
         daemon,
         conntrack,
@@ -215,6 +216,7 @@ fn validate(c: &mut Collector, raw: RawConfig, checks: Checks) -> Config {
         data_path,
         syn_cookies,
         announce,
+        conn_log,
         vips,
     };
     cross_checks(c, &raw, &cfg);
@@ -506,6 +508,30 @@ fn announce(c: &mut Collector, a: &RawAnnounce, vips: &[Vip]) -> Announce {
         when_all_down,
         drain_file: a.drain_file.clone(),
     }
+}
+
+fn conn_log(c: &mut Collector, l: &super::schema::RawConnLog) -> Option<super::ConnLog> {
+    let max_bytes = c.ranged(
+        "conn_log.max_bytes",
+        &l.max_bytes,
+        4096,
+        1 << 40,
+        "bytes before the file is rotated",
+    ) as u64;
+    let keep = c.ranged("conn_log.keep", &l.keep, 0, 1000, "rotated files kept") as u32;
+    let path = l.path.get_ref();
+    if path.is_empty() {
+        c.err(
+            "conn_log.path",
+            &l.path,
+            "a file path, or \"-\" for standard output",
+        );
+    }
+    l.enabled.then(|| super::ConnLog {
+        path: (path != "-").then(|| std::path::PathBuf::from(path)),
+        max_bytes,
+        keep,
+    })
 }
 
 fn cookie_mode(c: &mut Collector, p: &str, v: &RawVip, protocol: Protocol) -> CookieMode {

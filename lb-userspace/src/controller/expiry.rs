@@ -42,11 +42,13 @@ pub struct Sweep {
     pub in_use: InUse,
     /// Sources at their VIP's concurrent-connection limit (VIPs given in `limits`).
     pub full: BTreeSet<SourceRateKey>,
+    /// Flows removed, with their counters, when the connection log asked for them.
+    pub closed: Vec<(u32, FlowEntry, lb_common::connlog::FlowBytes)>,
     pub took: Duration,
 }
 
 pub fn sweep(flows: &dyn Flows, timeouts: &Timeouts, now: u64) -> Result<Sweep> {
-    sweep_with(flows, timeouts, &BTreeMap::new(), now)
+    sweep_with(flows, timeouts, &BTreeMap::new(), false, now)
 }
 
 /// A pass that also counts the open flows of each source of the VIPs in `limits` (VIP id →
@@ -55,6 +57,7 @@ pub fn sweep_with(
     flows: &dyn Flows,
     timeouts: &Timeouts,
     limits: &BTreeMap<u32, u32>,
+    log: bool,
     now: u64,
 ) -> Result<Sweep> {
     let t0 = Instant::now();
@@ -118,8 +121,11 @@ pub fn sweep_with(
         }
     }
     for (s, e) in expire {
-        if remove(flows, s, &e)? {
+        if let Some(bytes) = remove(flows, s, &e, log)? {
             out.expired += 1;
+            if log {
+                out.closed.push((s, e, bytes));
+            }
         } else {
             out.live += 1;
             mark(&mut backends, e.backend_id as u32);
@@ -155,15 +161,27 @@ fn members(set: &[bool]) -> std::collections::BTreeSet<u32> {
 
 /// Expires one flow: mark its slot DYING (the data path stops following it), check it did not
 /// come back to life meanwhile, remove its FLOWS4 entry, free the slot.
-fn remove(flows: &dyn Flows, s: u32, seen: &FlowEntry) -> Result<bool> {
+/// Some(its counters, when `log`) when it was removed.
+fn remove(
+    flows: &dyn Flows,
+    s: u32,
+    seen: &FlowEntry,
+    log: bool,
+) -> Result<Option<lb_common::connlog::FlowBytes>> {
     if !flows.swap_owner(s, seen.owner, DYING) {
-        return Ok(false);
+        return Ok(None);
     }
     if flows.entry(s).last_seen_ns != seen.last_seen_ns {
         // A packet refreshed it between the scan and the mark: it lives on.
         flows.swap_owner(s, DYING, seen.owner);
-        return Ok(false);
+        return Ok(None);
     }
+    // Read while the slot is still ours: a new flow in it zeroes the counters.
+    let bytes = if log {
+        flows.bytes(s)
+    } else {
+        Default::default()
+    };
     let key = seen.key_v4();
     if let Some(r) = flows.take_ref(&key)?
         && (r.slot != s || r.token != seen.owner)
@@ -172,7 +190,7 @@ fn remove(flows: &dyn Flows, s: u32, seen: &FlowEntry) -> Result<bool> {
         flows.restore_ref(&key, &r)?;
     }
     flows.swap_owner(s, DYING, FREE);
-    Ok(true)
+    Ok(Some(bytes))
 }
 
 /// Removes a FLOWS4 entry still equal to `r`; true when it was.
@@ -193,6 +211,7 @@ pub fn spawn(
     flows: Arc<dyn Flows>,
     h: Handle,
     stop: Arc<AtomicBool>,
+    log: Option<std::sync::mpsc::Sender<crate::connlog::Record>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("wklb-expiry".into())
@@ -212,9 +231,20 @@ pub fn spawn(
                     .filter(|v| v.sources.max_conns > 0)
                     .map(|v| (v.id, v.sources.max_conns))
                     .collect();
-                match sweep_with(flows.as_ref(), &cfg.conntrack.timeouts, &limits, monotonic_ns())
-                {
+                let now = monotonic_ns();
+                match sweep_with(
+                    flows.as_ref(),
+                    &cfg.conntrack.timeouts,
+                    &limits,
+                    log.is_some(),
+                    now,
+                ) {
                     Ok(s) => {
+                        if let Some(tx) = &log {
+                            for (slot, e, b) in &s.closed {
+                                let _ = tx.send(crate::connlog::close_record(&snap, *slot, e, b, now));
+                            }
+                        }
                         if let Err(e) = flows.set_full_sources(&s.full) {
                             warn!("updating the sources at their connection limit failed: {e:#}");
                         }

@@ -285,6 +285,9 @@ fn config(s: &State) -> DataplaneConfig {
     if c.daemon.log_data_path_events {
         flags |= DataplaneConfig::LOG_EVENTS;
     }
+    if c.conn_log.is_some() {
+        flags |= DataplaneConfig::CONN_LOG;
+    }
     let (mss_mode, mss_value) = match c.data_path.mss_clamp {
         MssClamp::Off => (mss::OFF, 0),
         MssClamp::Auto => (mss::AUTO, 0),

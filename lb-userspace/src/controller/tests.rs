@@ -523,7 +523,7 @@ fn expiry_lists_the_sources_at_their_connection_limit() {
     f.insert(5, other);
     let at = |max: u32| {
         let limits = [(0u32, max)].into_iter().collect();
-        expiry::sweep_with(&f, &Timeouts::default(), &limits, now)
+        expiry::sweep_with(&f, &Timeouts::default(), &limits, false, now)
             .unwrap()
             .full
     };

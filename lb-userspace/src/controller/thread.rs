@@ -29,7 +29,7 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 type Reply<T> = oneshot::Sender<Result<T, String>>;
 
 pub enum Command {
-    Reload(Config, Reply<Vec<String>>),
+    Reload(Box<Config>, Reply<Vec<String>>),
     /// (VIP, address, port, weight, group).
     AddBackend(
         String,
@@ -79,7 +79,7 @@ impl Handle {
     }
 
     pub async fn reload(&self, cfg: Config) -> Result<Vec<String>> {
-        self.ask(|r| Command::Reload(cfg, r)).await
+        self.ask(|r| Command::Reload(Box::new(cfg), r)).await
     }
     pub async fn add_backend(
         &self,
@@ -212,7 +212,7 @@ fn handle<M: Maps>(c: &mut Controller<M>, cmd: Command, attachments: &mut Vec<At
             let res = crate::config::diff::global_changes(c.config(), &cfg)
                 .map_err(|e| anyhow!(e))
                 .and_then(|mut lines| {
-                    lines.extend(c.apply(cfg)?);
+                    lines.extend(c.apply(*cfg)?);
                     Ok(lines)
                 });
             reply(r, res);

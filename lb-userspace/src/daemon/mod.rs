@@ -53,6 +53,8 @@ pub struct Ctx {
     pub unload_requested: AtomicBool,
     /// The VIP routes this edge announces (one holder at a time: the loop or a CLI command).
     pub announcer: tokio::sync::Mutex<Announcer>,
+    /// What the connection log wrote.
+    pub conn_log: Arc<crate::connlog::Written>,
 }
 
 impl Ctx {
@@ -69,6 +71,19 @@ impl Ctx {
         })
         .await??;
         r.edge = self.edge_report(&snap, &r).await;
+        if let Some(l) = &snap.config.conn_log {
+            use std::sync::atomic::Ordering::Relaxed;
+            r.conn_log = Some(crate::report::ConnLogReport {
+                path: l
+                    .path
+                    .as_ref()
+                    .map_or("-".to_string(), |p| p.display().to_string()),
+                opens: self.conn_log.opens.load(Relaxed),
+                closes: self.conn_log.closes.load(Relaxed),
+                write_errors: self.conn_log.errors.load(Relaxed),
+                lost: self.counters.conn_log_lost()?,
+            });
+        }
         Ok(r)
     }
 
@@ -185,7 +200,7 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
     // Sockets first: a clash stops the daemon before anything is attached.
     let control = crate::control::bind(&cfg.daemon.control_socket)?;
     let metrics_listener = metrics::bind(cfg.daemon.metrics_listen).await?;
-    let (mut program, maps, counters, flows, pins) = load_data_plane(&cfg)?;
+    let (mut program, maps, counters, flows, pins, conn_opens) = load_data_plane(&cfg)?;
     let mut created = CreatedPins((!pins.adopted).then(|| pins.dir.path.clone()));
     let snat_capacity = flows.slots() / lb_common::SLOTS_PER_SNAT_ADDR;
     let (ctl, summary) = Controller::new(maps, cfg.clone(), interfaces(&cfg)?, snat_capacity)?;
@@ -203,10 +218,26 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
         shutdown: Notify::new(),
         unload_requested: AtomicBool::new(false),
         announcer: tokio::sync::Mutex::new(Announcer::new(&cfg)),
+        conn_log: Arc::new(Default::default()),
     });
     let stop_expiry = Arc::new(AtomicBool::new(false));
-    let expiry = crate::controller::expiry::spawn(flows, handle.clone(), stop_expiry.clone());
+    let log = match &cfg.conn_log {
+        Some(l) => {
+            let tx = crate::connlog::spawn_writer(l, ctx.conn_log.clone())?;
+            info!(
+                "connection log: {}",
+                l.path
+                    .as_ref()
+                    .map_or("standard output".to_string(), |p| p.display().to_string())
+            );
+            Some(tx)
+        }
+        None => None,
+    };
+    let expiry =
+        crate::controller::expiry::spawn(flows, handle.clone(), stop_expiry.clone(), log.clone());
     let probes = metrics::ProbeMetrics::new();
+    let h2 = handle.clone();
     let m = Arc::new(metrics::Metrics::new(&probes));
     let tasks = [
         tokio::spawn(metrics::serve(metrics_listener, m, ctx.clone())),
@@ -215,6 +246,13 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
         tokio::spawn(tasks::neighbor_loop(handle.clone())),
         tokio::spawn(tasks::cookie_watch(handle.clone(), ctx.counters.clone())),
         tokio::spawn(tasks::announce_loop(ctx.clone())),
+        tokio::spawn(async move {
+            if let Some(tx) = log
+                && let Err(e) = crate::connlog::read_opens(conn_opens, h2, tx).await
+            {
+                error!("connection log: reading open records stopped: {e:#}");
+            }
+        }),
     ];
     info!(
         "wklb daemon ready: control socket {}, metrics http://{}/metrics",
@@ -252,6 +290,7 @@ type DataPlane = (
     Arc<kernel::KernelCounters>,
     Arc<kernel::KernelFlows>,
     kernel::Pins,
+    aya::maps::RingBuf<aya::maps::MapData>,
 );
 
 /// Loads the XDP object, adopting the maps pinned by an earlier daemon when there are any.
@@ -262,11 +301,13 @@ fn load_data_plane(cfg: &Config) -> Result<DataPlane> {
         counters,
         flows,
         pins,
+        conn_opens,
         ..
     } = kernel::load(&LoadOptions {
         max_flows: cfg.conntrack.max_flows,
         snat_slots: cfg.snat_slots(),
         pin_dir: Some(cfg.daemon.pin_path.clone()),
+        conn_log: cfg.conn_log.is_some(),
     })?;
     let pins = pins.context("the data plane was loaded without pins")?;
     // Printed only when daemon.log_data_path_events lets the program emit them (CONFIG flag).
@@ -280,7 +321,7 @@ fn load_data_plane(cfg: &Config) -> Result<DataPlane> {
         },
         cfg.daemon.pin_path.display()
     );
-    Ok((program, maps, counters, flows, pins))
+    Ok((program, maps, counters, flows, pins, conn_opens))
 }
 
 /// Resolves the backends' neighbour entries before XDP needs them (up to a second).

@@ -99,6 +99,9 @@ impl Counters for FakeCounters {
             .copied()
             .unwrap_or_default())
     }
+    fn conn_log_lost(&self) -> Result<u64> {
+        Ok(0)
+    }
     fn pin(&self, _table_id: u32) -> Result<lb_common::PinStats> {
         Ok(Default::default())
     }
@@ -192,5 +195,8 @@ impl Flows for FakeFlows {
     ) -> Result<()> {
         *self.full.lock().unwrap() = full.clone();
         Ok(())
+    }
+    fn bytes(&self, _slot: u32) -> lb_common::connlog::FlowBytes {
+        Default::default()
     }
 }

@@ -40,6 +40,8 @@ pub struct LoadOptions {
     /// Pin every map under this directory, adopting maps already pinned there (a restarted or
     /// upgraded daemon keeps every flow and counter). None: private maps (tests, benchmarks).
     pub pin_dir: Option<PathBuf>,
+    /// Size FLOW_BYTES for every flow slot (the connection log counts bytes per flow).
+    pub conn_log: bool,
 }
 
 impl Default for LoadOptions {
@@ -48,6 +50,7 @@ impl Default for LoadOptions {
             max_flows: lb_common::DEFAULT_MAX_FLOWS,
             snat_slots: 4,
             pin_dir: None,
+            conn_log: false,
         }
     }
 }
@@ -70,6 +73,8 @@ pub struct Loaded {
     pub pins: Option<Pins>,
     /// The SYN-cookie secret in use (tests compute cookies with it).
     pub cookie_key: CookieKey,
+    /// The connection log's ring buffer of open records.
+    pub conn_opens: aya::maps::RingBuf<MapData>,
 }
 
 /// Loads and verifies the program, creating its maps or adopting pinned ones.
@@ -99,6 +104,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let maps = KernelMaps::take(&mut ebpf)?;
     let counters = Arc::new(KernelCounters::take(&mut ebpf)?);
     let flows = Arc::new(KernelFlows::take(&mut ebpf)?);
+    let conn_opens = take(&mut ebpf, names::CONN_OPENS)?
+        .try_into()
+        .context("map CONN_OPENS has an unexpected type")?;
     if adopted && flows.max_flows() != opts.max_flows {
         log::warn!(
             "the pinned connection table holds {} flows, not the configured {}: resizing needs `wklb unload` (which breaks live connections)",
@@ -113,6 +121,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         flows,
         pins: pin.map(|dir| Pins { dir, adopted }),
         cookie_key,
+        conn_opens,
     };
     if !adopted {
         loaded
@@ -241,15 +250,27 @@ impl Program {
 fn load_object(opts: &LoadOptions, pin: Option<&PinDir>) -> Result<(Ebpf, bool)> {
     let mut loader = EbpfLoader::new();
     let table_slots = opts.snat_slots * SLOTS_PER_SNAT_ADDR;
+    let byte_slots = if opts.conn_log { table_slots } else { 1 };
     loader
         .map_max_entries(names::FLOWS4, opts.max_flows)
-        .map_max_entries(names::FLOW_TABLE, table_slots);
+        .map_max_entries(names::FLOW_TABLE, table_slots)
+        .map_max_entries(names::FLOW_BYTES, byte_slots);
     let mut adopted = false;
     let pin_paths: Vec<(&str, PathBuf)> = match pin {
         Some(p) => {
             std::fs::create_dir_all(&p.path)
                 .with_context(|| format!("creating {}", p.path.display()))?;
             adopted = p.path.join(names::FLOWS4).exists();
+            // Turning the connection log on or off resizes its counters: the old ones go
+            // (only the byte counts of flows already open are lost).
+            let bytes_pin = p.path.join(names::FLOW_BYTES);
+            if let Ok(m) = aya::maps::MapData::from_pin(&bytes_pin)
+                && m.info().map(|i| i.max_entries()).ok() != Some(byte_slots)
+            {
+                drop(m);
+                std::fs::remove_file(&bytes_pin)
+                    .with_context(|| format!("removing {}", bytes_pin.display()))?;
+            }
             names::ALL.iter().map(|n| (*n, p.path.join(n))).collect()
         }
         None => Vec::new(),
@@ -461,6 +482,7 @@ pub struct KernelCounters {
     vips: PerCpuArray<MapData, VipStats>,
     backends: PerCpuArray<MapData, BackendStats>,
     pins: PerCpuArray<MapData, PinStats>,
+    conn_log_lost: PerCpuArray<MapData, u64>,
     /// RTT_HIST, memory-mapped read-only (one histogram row is 80 counters).
     rtt: Mmap,
     _rtt_map: MapData,
@@ -485,6 +507,7 @@ impl KernelCounters {
             vips: typed!(ebpf, names::VIP_STATS),
             backends: typed!(ebpf, names::BACKEND_STATS),
             pins: typed!(ebpf, names::PIN_STATS),
+            conn_log_lost: typed!(ebpf, names::CONN_LOG_LOST),
             rtt,
             _rtt_map: rtt_map,
         })
@@ -525,6 +548,10 @@ impl Counters for KernelCounters {
             }))
     }
 
+    fn conn_log_lost(&self) -> Result<u64> {
+        Ok(self.conn_log_lost.get(&0, 0)?.iter().sum())
+    }
+
     fn pin(&self, table_id: u32) -> Result<PinStats> {
         Ok(self
             .pins
@@ -555,6 +582,8 @@ pub struct KernelFlows {
     table: Mmap,
     max_flows: u32,
     slots: u32,
+    /// FLOW_BYTES (one entry while the connection log is off).
+    bytes: Array<MapData, lb_common::connlog::FlowBytes>,
 }
 
 /// Byte offset of `FlowEntry::owner`.
@@ -583,6 +612,7 @@ impl KernelFlows {
             table,
             max_flows,
             slots,
+            bytes: typed!(ebpf, names::FLOW_BYTES),
         })
     }
 
@@ -655,6 +685,10 @@ impl Flows for KernelFlows {
 
     fn take_ref(&self, key: &Flow4Key) -> Result<Option<FlowRef>> {
         sys::bpf::lookup_and_delete(self.refs.map().fd().as_fd(), key)
+    }
+
+    fn bytes(&self, slot: u32) -> lb_common::connlog::FlowBytes {
+        self.bytes.get(&slot, 0).unwrap_or_default()
     }
 
     fn set_full_sources(&self, full: &BTreeSet<SourceRateKey>) -> Result<()> {

@@ -264,6 +264,8 @@ pub trait Counters: Send + Sync {
     fn reasons(&self) -> Result<Vec<u64>>;
     fn vip(&self, id: u32) -> Result<VipStats>;
     fn backend(&self, id: u32) -> Result<BackendStats>;
+    /// Connection-log records the data path lost to a full ring buffer.
+    fn conn_log_lost(&self) -> Result<u64>;
     /// A pin's counters, by its table id.
     fn pin(&self, table_id: u32) -> Result<PinStats>;
     /// A backend's handshake round-trip histogram of one kind (`lb_common::rtt`).
@@ -289,6 +291,8 @@ pub trait Flows: Send + Sync {
     fn take_ref(&self, key: &Flow4Key) -> Result<Option<FlowRef>>;
     /// Puts an entry back unless the key has one (undoing a `take_ref` that took a newer flow).
     fn restore_ref(&self, key: &Flow4Key, r: &FlowRef) -> Result<()>;
+    /// A flow's packets and payload bytes each way (zero while the connection log is off).
+    fn bytes(&self, slot: u32) -> lb_common::connlog::FlowBytes;
     /// Makes SOURCE_FULL hold exactly `full`: the sources at their VIP's concurrent limit.
     fn set_full_sources(&self, full: &BTreeSet<SourceRateKey>) -> Result<()>;
 }

@@ -842,6 +842,7 @@ fn memory_at_1m() -> Result<(f64, f64)> {
         max_flows: FLOWS,
         snat_slots,
         pin_dir: None,
+        conn_log: false,
     })?;
     let bytes = l.flows.memory_bytes()?;
     let per = bytes as f64 / FLOWS as f64;
