@@ -79,10 +79,11 @@ pub mod names {
     pub const CONN_OPENS: &str = "CONN_OPENS";
     pub const FLOW_BYTES: &str = "FLOW_BYTES";
     pub const CONN_LOG_LOST: &str = "CONN_LOG_LOST";
+    pub const PIN_RTT: &str = "PIN_RTT";
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
-    pub const ALL: [&str; 29] = [
+    pub const ALL: [&str; 30] = [
         ADDR_FILTER,
         ADDRS4,
         VIPS4,
@@ -112,6 +113,7 @@ pub mod names {
         CONN_OPENS,
         FLOW_BYTES,
         CONN_LOG_LOST,
+        PIN_RTT,
     ];
 }
 

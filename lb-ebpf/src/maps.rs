@@ -137,6 +137,10 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> =
 pub static RTT_HIST: Array<RttRow, { (MAX_BACKENDS * RTT_KINDS) as usize }, BPF_F_MMAPABLE> =
     Array::new();
 
+/// Pin table id → client ↔ edge handshake round trips of the pin's clients.
+#[btf_map]
+pub static PIN_RTT: Array<RttRow, { MAX_VIPS as usize }, BPF_F_MMAPABLE> = Array::new();
+
 /// Connection log: a record per new flow, read by the daemon (only while the log is on).
 #[btf_map]
 pub static CONN_OPENS: RingBuf<OpenEvent, { CONN_OPENS_BYTES as usize }> = RingBuf::new();

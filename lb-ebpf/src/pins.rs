@@ -14,7 +14,7 @@ pub const NONE: u32 = u32::MAX;
 /// The pin covering `src`, as `table id << 1 | spill`, or NONE. A function of its own: the
 /// verifier sees two outcomes at the call instead of every path through the trie lookup.
 #[inline(never)]
-fn find(vip_id: u32, src: u32) -> u32 {
+pub fn find(vip_id: u32, src: u32) -> u32 {
     let key = Key::new(SourceKey4::prefix_len(32), SourceKey4::new(vip_id, src));
     match PINS4.get(&key) {
         Some(t) => (t.table_id << 1) | (t.flags & PinTarget::SPILL != 0) as u32,

@@ -7,10 +7,10 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use lb_common::{
     FlowEntry,
-    rtt::{RTT_BACKEND, RTT_BUCKETS, RTT_CLIENT, rtt_bucket, rtt_row},
+    rtt::{RTT_BACKEND, RTT_BUCKETS, RTT_CLIENT, RttRow, rtt_bucket, rtt_row},
 };
 
-use crate::maps::RTT_HIST;
+use crate::maps::{PIN_RTT, RTT_HIST};
 
 /// CLOCK_MONOTONIC in ns, precise (the coarse clock the flow table uses ticks in milliseconds).
 #[inline(always)]
@@ -21,13 +21,18 @@ pub fn precise_ns() -> u64 {
 
 #[inline(always)]
 fn record(backend_id: u32, kind: u32, ns: u64) {
+    bump(RTT_HIST.get_ptr_mut(rtt_row(backend_id, kind)), ns);
+}
+
+#[inline(always)]
+fn bump(row: Option<*mut RttRow>, ns: u64) {
     // Hidden from the optimiser, which knows the bound and would drop the check the verifier
     // needs.
     let b = crate::parse::opaque(rtt_bucket(ns) as usize);
     if b >= RTT_BUCKETS {
         return;
     }
-    if let Some(row) = RTT_HIST.get_ptr_mut(rtt_row(backend_id, kind)) {
+    if let Some(row) = row {
         // SAFETY: a valid map value; shared by CPUs, so the add is atomic.
         unsafe {
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*row).counts[b], 1)
@@ -44,12 +49,14 @@ pub fn backend_answered(e: &mut FlowEntry, syn_at: u64) {
     e.last_seen_ns = now;
 }
 
-/// The client's first ACK: `synack_at` is when the SYN-ACK went to it.
+/// The client's first ACK: `synack_at` is when the SYN-ACK went to it. Counted for its
+/// backend, and for its pin when one covers the client (one trie lookup per handshake).
 #[inline(always)]
 pub fn client_acked(e: &FlowEntry, synack_at: u64) {
-    record(
-        e.backend_id as u32,
-        RTT_CLIENT,
-        precise_ns().wrapping_sub(synack_at),
-    );
+    let ns = precise_ns().wrapping_sub(synack_at);
+    record(e.backend_id as u32, RTT_CLIENT, ns);
+    let pin = crate::pins::find(e.vip_id as u32, e.client[0]);
+    if pin != crate::pins::NONE {
+        bump(PIN_RTT.get_ptr_mut(pin >> 1), ns);
+    }
 }

@@ -261,6 +261,22 @@ fn encode_rtt(enc: &mut DescriptorEncoder, s: &StatsReport) -> Result<(), std::f
         "wklb_vip_client_rtt_seconds",
         "Client to edge round trip of the VIP's new TCP flows: SYN-ACK to the client's first ACK",
         s.vips.iter().map(|v| (vip(v), &v.client_rtt)),
+    )?;
+    histogram_family(
+        enc,
+        "wklb_pin_client_rtt_seconds",
+        "Client to edge round trip of a pin's clients' new TCP flows",
+        s.vips.iter().flat_map(|v| {
+            v.pins.iter().map(move |p| {
+                (
+                    PinLabels {
+                        vip: v.name.clone(),
+                        pin: p.name.clone(),
+                    },
+                    &p.client_rtt,
+                )
+            })
+        }),
     )
 }
 

@@ -195,6 +195,9 @@ pub struct PinReport {
     pub refused: u64,
     /// New flows sent to the VIP's table because its groups had no backend.
     pub spilled: u64,
+    /// Client ↔ edge round trips of its clients' handshakes.
+    #[serde(default)]
+    pub client_rtt: RttReport,
 }
 
 /// Round-trip times the data path measured at TCP handshakes (since the backend was added).

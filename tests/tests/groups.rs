@@ -332,6 +332,8 @@ fn p01_a_pinned_prefix_never_leaves_its_groups() {
         (Some("residency"), Some("via-relay")),
         "{l}"
     );
+    let rtt = &pin_row(&t)["client_rtt"];
+    assert!(rtt["samples"].as_u64().unwrap() >= 200, "{rtt}");
     let l = t.json(&["lookup", "10.1.0.2:40000", "im-tcp"]).unwrap();
     assert_eq!(
         (l["pin"].as_str(), l["group"].as_str()),

@@ -133,6 +133,7 @@ pub fn stats(snap: &Snapshot, counters: &dyn Counters, flows: &dyn Flows) -> Res
                     new_flows: s.new_flows,
                     refused: s.refused,
                     spilled: s.spilled,
+                    client_rtt: RttReport::of(counters.pin_rtt(p.table_id)),
                 }
             })
             .collect();

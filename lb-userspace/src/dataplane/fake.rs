@@ -105,6 +105,9 @@ impl Counters for FakeCounters {
     fn pin(&self, _table_id: u32) -> Result<lb_common::PinStats> {
         Ok(Default::default())
     }
+    fn pin_rtt(&self, _table_id: u32) -> lb_common::rtt::RttRow {
+        Default::default()
+    }
     fn rtt(&self, backend_id: u32, kind: u32) -> lb_common::rtt::RttRow {
         self.rtt
             .lock()

@@ -486,6 +486,8 @@ pub struct KernelCounters {
     /// RTT_HIST, memory-mapped read-only (one histogram row is 80 counters).
     rtt: Mmap,
     _rtt_map: MapData,
+    pin_rtt: Mmap,
+    _pin_rtt_map: MapData,
 }
 
 impl KernelCounters {
@@ -502,6 +504,17 @@ impl KernelCounters {
             false,
         )
         .context("mapping the round-trip histograms")?;
+        let pin_rtt_map = match take(ebpf, names::PIN_RTT)? {
+            Map::Array(d) => d,
+            _ => bail!("map {} has an unexpected type", names::PIN_RTT),
+        };
+        let pin_rtt = Mmap::new(
+            pin_rtt_map.fd().as_fd(),
+            pin_rtt_map.info()?.max_entries() as usize,
+            size_of::<lb_common::rtt::RttRow>(),
+            false,
+        )
+        .context("mapping the pins' round-trip histograms")?;
         Ok(KernelCounters {
             reasons: typed!(ebpf, names::REASONS),
             vips: typed!(ebpf, names::VIP_STATS),
@@ -510,6 +523,8 @@ impl KernelCounters {
             conn_log_lost: typed!(ebpf, names::CONN_LOG_LOST),
             rtt,
             _rtt_map: rtt_map,
+            pin_rtt,
+            _pin_rtt_map: pin_rtt_map,
         })
     }
 }
@@ -563,6 +578,13 @@ impl Counters for KernelCounters {
                 t.spilled += s.spilled;
                 t
             }))
+    }
+
+    fn pin_rtt(&self, table_id: u32) -> lb_common::rtt::RttRow {
+        if table_id as usize >= self.pin_rtt.entries() {
+            return Default::default();
+        }
+        self.pin_rtt.read(table_id as usize)
     }
 
     fn rtt(&self, backend_id: u32, kind: u32) -> lb_common::rtt::RttRow {

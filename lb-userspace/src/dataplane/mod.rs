@@ -268,6 +268,8 @@ pub trait Counters: Send + Sync {
     fn conn_log_lost(&self) -> Result<u64>;
     /// A pin's counters, by its table id.
     fn pin(&self, table_id: u32) -> Result<PinStats>;
+    /// Client ↔ edge round trips of a pin's clients (`lb_common::rtt`), by its table id.
+    fn pin_rtt(&self, table_id: u32) -> lb_common::rtt::RttRow;
     /// A backend's handshake round-trip histogram of one kind (`lb_common::rtt`).
     fn rtt(&self, backend_id: u32, kind: u32) -> lb_common::rtt::RttRow;
 }
