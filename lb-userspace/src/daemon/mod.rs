@@ -301,7 +301,6 @@ fn load_data_plane(cfg: &Config) -> Result<DataPlane> {
         counters,
         flows,
         pins,
-        conn_opens,
         ..
     } = kernel::load(&LoadOptions {
         max_flows: cfg.conntrack.max_flows,
@@ -321,6 +320,7 @@ fn load_data_plane(cfg: &Config) -> Result<DataPlane> {
         },
         cfg.daemon.pin_path.display()
     );
+    let conn_opens = program.take_conn_opens()?;
     Ok((program, maps, counters, flows, pins, conn_opens))
 }
 

@@ -73,8 +73,6 @@ pub struct Loaded {
     pub pins: Option<Pins>,
     /// The SYN-cookie secret in use (tests compute cookies with it).
     pub cookie_key: CookieKey,
-    /// The connection log's ring buffer of open records.
-    pub conn_opens: aya::maps::RingBuf<MapData>,
 }
 
 /// Loads and verifies the program, creating its maps or adopting pinned ones.
@@ -104,9 +102,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let maps = KernelMaps::take(&mut ebpf)?;
     let counters = Arc::new(KernelCounters::take(&mut ebpf)?);
     let flows = Arc::new(KernelFlows::take(&mut ebpf)?);
-    let conn_opens = take(&mut ebpf, names::CONN_OPENS)?
-        .try_into()
-        .context("map CONN_OPENS has an unexpected type")?;
     if adopted && flows.max_flows() != opts.max_flows {
         log::warn!(
             "the pinned connection table holds {} flows, not the configured {}: resizing needs `wklb unload` (which breaks live connections)",
@@ -121,7 +116,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         flows,
         pins: pin.map(|dir| Pins { dir, adopted }),
         cookie_key,
-        conn_opens,
     };
     if !adopted {
         loaded
@@ -172,6 +166,14 @@ pub struct Program {
 }
 
 impl Program {
+    /// The connection log's ring buffer of open records (for the daemon's reader). It stays in
+    /// the object until taken: programs loaded later (benchmark entries) refer to it.
+    pub fn take_conn_opens(&mut self) -> Result<aya::maps::RingBuf<MapData>> {
+        take(&mut self.ebpf, names::CONN_OPENS)?
+            .try_into()
+            .context("map CONN_OPENS has an unexpected type")
+    }
+
     pub fn xdp(&mut self) -> Result<&mut Xdp> {
         Ok(self
             .ebpf
