@@ -30,7 +30,7 @@ use crate::{
     netns::run,
     topology::{
         HEALTH_PORT, Proc, TCP_PORT, UDP_PORT, VIP, backend_addr, command_in, ethtool, ip, ipn,
-        spawn_backend, spawn_health, workspace_bin,
+        spawn_backend, spawn_health, wire_backend, workspace_bin,
     },
 };
 
@@ -178,21 +178,7 @@ impl Fleet {
         for i in 0..backends {
             let ns = format!("{}-b{}", self.id, i + 1);
             self.ns_add(&ns)?;
-            let (b, p) = (
-                self.ifname(&format!("b{}", i + 1)),
-                self.ifname(&format!("p{}", i + 1)),
-            );
-            ip(&[
-                "link", "add", &b, "netns", &ns, "type", "veth", "peer", "name", &p, "netns", &sw,
-            ])?;
-            ipn(
-                &ns,
-                &["addr", "add", &format!("{}/24", backend_addr(i)), "dev", &b],
-            )?;
-            ipn(&ns, &["link", "set", &b, "up"])?;
-            ipn(&ns, &["route", "add", "default", "via", "10.2.0.1"])?;
-            ipn(&sw, &["link", "set", &p, "master", "br0", "up"])?;
-            ethtool(&ns, &b, &["tx", "off"])?;
+            wire_backend(&ns, &sw, &self.id, i)?;
             self.procs.push(spawn_backend(&ns, i, &["--greet-peer"])?);
             self.procs.push(spawn_health(self.dir.path(), &ns, i)?);
             self.backend_ns.push(ns);

@@ -397,22 +397,7 @@ impl Topology {
         let i = self.backend_ns.len();
         let ns = format!("{}-b{}", self.id, i + 1);
         self.ns_add(&ns)?;
-        let (b, s) = (
-            self.ifname(&format!("b{}", i + 1)),
-            self.ifname(&format!("p{}", i + 1)),
-        );
-        let sw = self.switch_ns.clone();
-        ip(&[
-            "link", "add", &b, "netns", &ns, "type", "veth", "peer", "name", &s, "netns", &sw,
-        ])?;
-        ipn(
-            &ns,
-            &["addr", "add", &format!("{}/24", backend_addr(i)), "dev", &b],
-        )?;
-        ipn(&ns, &["link", "set", &b, "up"])?;
-        ipn(&ns, &["route", "add", "default", "via", "10.2.0.1"])?;
-        ipn(&sw, &["link", "set", &s, "master", "br0", "up"])?;
-        ethtool(&ns, &b, &["tx", "off"])?;
+        wire_backend(&ns, &self.switch_ns, &self.id, i)?;
         self.backend_ns.push(ns);
         self.backends.push(None);
         self.health.push(None);
@@ -715,6 +700,24 @@ impl Drop for Topology {
             let _ = std::fs::remove_dir_all(&self.pin_path);
         }
     }
+}
+
+/// Backend `i`'s link to the switch (`{id}b{n}` in `ns`, `{id}p{n}` on the bridge), its
+/// address and default route (via 10.2.0.1).
+pub(crate) fn wire_backend(ns: &str, sw: &str, id: &str, i: usize) -> Result<()> {
+    let (b, s) = (format!("{id}b{}", i + 1), format!("{id}p{}", i + 1));
+    ip(&[
+        "link", "add", &b, "netns", ns, "type", "veth", "peer", "name", &s, "netns", sw,
+    ])?;
+    ipn(
+        ns,
+        &["addr", "add", &format!("{}/24", backend_addr(i)), "dev", &b],
+    )?;
+    ipn(ns, &["link", "set", &b, "up"])?;
+    ipn(ns, &["route", "add", "default", "via", "10.2.0.1"])?;
+    ipn(sw, &["link", "set", &s, "master", "br0", "up"])?;
+    ethtool(ns, &b, &["tx", "off"])?;
+    Ok(())
 }
 
 /// Backend `i`'s test server (TCP 5100, UDP 5300) named "b{i+1}" in namespace `ns`.

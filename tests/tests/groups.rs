@@ -65,28 +65,7 @@ fn batch_to_direct(t: &Topology, n: usize) -> usize {
 
 /// The same, `parallel` connections at a time.
 fn batch_to_direct_at(t: &Topology, n: usize, parallel: usize) -> usize {
-    let (conns, parallel) = (n.to_string(), parallel.to_string());
-    let target = format!(
-        "{}:{}",
-        wklb_tests::topology::VIP,
-        wklb_tests::topology::TCP_PORT
-    );
-    let child = t
-        .client(&[
-            "tcp",
-            "--target",
-            &target,
-            "--conns",
-            &conns,
-            "--ping-interval-ms",
-            "0",
-            "--duration-s",
-            "1",
-            "--parallel",
-            &parallel,
-        ])
-        .unwrap();
-    let r = Topology::client_report(child).unwrap();
+    let r = batch(t, None, n, parallel);
     assert_eq!(r["connected"].as_u64(), Some(n as u64), "{r}");
     let per = &r["per_backend"];
     let on = |b: &str| per[b].as_u64().unwrap_or(0) as usize;
@@ -95,9 +74,23 @@ fn batch_to_direct_at(t: &Topology, n: usize, parallel: usize) -> usize {
     direct
 }
 
+/// The cross-region shape: three direct backends 5 ms away (round trip), two relays
+/// 60 ms away, each behind a delay line; a topology with their servers and health endpoints up.
+fn distant_groups(test: &str) -> Option<wklb_tests::e2e::Serial<Topology>> {
+    let mut t = wklb_tests::e2e::bare_topology(test, 0)?;
+    for one_way_us in [2_500, 2_500, 2_500, 30_000, 30_000] {
+        let i = t
+            .add_backend_host_delayed(Duration::from_micros(one_way_us))
+            .unwrap();
+        t.start_backend(i).unwrap();
+        t.start_health(i).unwrap();
+    }
+    Some(t)
+}
+
 #[test]
 fn g01_new_flows_spill_from_the_preferred_group_by_priority_load_and_return() {
-    let Some(mut t) = topology("g01", 5) else {
+    let Some(mut t) = distant_groups("g01") else {
         return;
     };
     let cfg = t.write_config(&grouped_config(&t)).unwrap();
@@ -180,17 +173,9 @@ fn g01_new_flows_spill_from_the_preferred_group_by_priority_load_and_return() {
 /// data path measures at handshakes match each group's emulated distance.
 #[test]
 fn g02_data_path_round_trips_match_each_groups_distance() {
-    let Some(mut t) = wklb_tests::e2e::bare_topology("g02", 0) else {
+    let Some(mut t) = distant_groups("g02") else {
         return;
     };
-    // Direct: 5 ms round trip; via-relay: 60 ms.
-    for one_way_us in [2_500, 2_500, 2_500, 30_000, 30_000] {
-        let i = t
-            .add_backend_host_delayed(Duration::from_micros(one_way_us))
-            .unwrap();
-        t.start_backend(i).unwrap();
-        t.start_health(i).unwrap();
-    }
     let cfg = t.write_config(&grouped_config(&t)).unwrap();
     t.start_daemon(&cfg).unwrap();
     wait_direct(&t, 3, 1.0);
@@ -238,33 +223,35 @@ fn g02_data_path_round_trips_match_each_groups_distance() {
     );
 }
 
-/// Runs `n` short connections from `source`; returns the report.
-fn batch_from(t: &Topology, source: &str, n: usize, parallel: usize) -> Value {
+/// Runs `n` short connections, `parallel` at a time, from `source` when given; the report.
+fn batch(t: &Topology, source: Option<&str>, n: usize, parallel: usize) -> Value {
     let (conns, parallel) = (n.to_string(), parallel.to_string());
     let target = format!(
         "{}:{}",
         wklb_tests::topology::VIP,
         wklb_tests::topology::TCP_PORT
     );
-    Topology::client_report(
-        t.client(&[
-            "tcp",
-            "--target",
-            &target,
-            "--conns",
-            &conns,
-            "--ping-interval-ms",
-            "0",
-            "--duration-s",
-            "1",
-            "--parallel",
-            &parallel,
-            "--source",
-            source,
-        ])
-        .unwrap(),
-    )
-    .unwrap()
+    let mut args = vec![
+        "tcp",
+        "--target",
+        &target,
+        "--conns",
+        &conns,
+        "--ping-interval-ms",
+        "0",
+        "--duration-s",
+        "1",
+        "--parallel",
+        &parallel,
+    ];
+    if let Some(s) = source {
+        args.extend(["--source", s]);
+    }
+    Topology::client_report(t.client(&args).unwrap()).unwrap()
+}
+
+fn batch_from(t: &Topology, source: &str, n: usize, parallel: usize) -> Value {
+    batch(t, Some(source), n, parallel)
 }
 
 fn on(r: &Value, backends: &[&str]) -> u64 {
