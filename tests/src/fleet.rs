@@ -81,7 +81,7 @@ pub struct Fleet {
     procs: Vec<Proc>,
     router_bird: Option<Proc>,
     created: Vec<String>,
-    peer_pass: Vec<aya::programs::links::FdLink>,
+    peer_pass: crate::lab::PeerPass,
 }
 
 impl Fleet {
@@ -111,7 +111,7 @@ impl Fleet {
             procs: Vec::new(),
             router_bird: None,
             created: Vec::new(),
-            peer_pass: Vec::new(),
+            peer_pass: Default::default(),
             dir,
             id,
         };
@@ -131,14 +131,7 @@ impl Fleet {
     }
 
     fn peer_pass(&mut self, ns: &str, ifname: &str) -> Result<()> {
-        let pin = PathBuf::from(format!(
-            "/sys/fs/bpf/{}-pass{}",
-            self.id,
-            self.peer_pass.len()
-        ));
-        self.peer_pass
-            .push(crate::lab::attach_pass(ns, ifname, &pin)?);
-        Ok(())
+        self.peer_pass.add(&self.id, ns, ifname)
     }
 
     fn build(&mut self, edges: usize, backends: usize, router: Router) -> Result<()> {

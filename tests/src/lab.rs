@@ -89,6 +89,23 @@ fn load_pass(pin: &Path) -> Result<()> {
     Ok(())
 }
 
+/// XDP_PASS links on veth peers of one lab run (named after the run's id), detached on drop.
+#[derive(Default)]
+pub struct PeerPass {
+    links: Vec<FdLink>,
+}
+
+impl PeerPass {
+    /// Gives the veth `ifname` in `ns` an XDP_PASS program: a veth schedules the frames its
+    /// peer sends with XDP_TX (and redirects into it) promptly only then.
+    pub fn add(&mut self, run_id: &str, ns: &str, ifname: &str) -> Result<()> {
+        let pin =
+            std::path::PathBuf::from(format!("/sys/fs/bpf/{run_id}-pass{}", self.links.len()));
+        self.links.push(attach_pass(ns, ifname, &pin)?);
+        Ok(())
+    }
+}
+
 /// An XDP_PASS program attached (driver mode) to `ifname` in namespace `ns`, through a
 /// temporary pin at `pin`; detached when the returned link is dropped or the interface goes away.
 pub fn attach_pass(ns: &str, ifname: &str, pin: &Path) -> Result<FdLink> {

@@ -175,7 +175,7 @@ pub struct Topology {
     delays: Vec<Proc>,
     created: Vec<String>,
     /// XDP_PASS on the veth peers of the edge's interfaces (see `peer_pass`).
-    peer_pass: Vec<aya::programs::links::FdLink>,
+    peer_pass: crate::lab::PeerPass,
 }
 
 impl Topology {
@@ -212,7 +212,7 @@ impl Topology {
             daemon: None,
             delays: Vec::new(),
             created: Vec::new(),
-            peer_pass: Vec::new(),
+            peer_pass: Default::default(),
             id,
         };
         t.build()?;
@@ -331,14 +331,7 @@ impl Topology {
     /// replies, fragmentation-needed): a veth schedules its peer to receive those only when the
     /// peer runs XDP itself (physical NICs need nothing), so the peer gets XDP_PASS.
     fn peer_pass(&mut self, ns: &str, ifname: &str) -> Result<()> {
-        let pin = PathBuf::from(format!(
-            "/sys/fs/bpf/{}-pass{}",
-            self.id,
-            self.peer_pass.len()
-        ));
-        self.peer_pass
-            .push(crate::lab::attach_pass(ns, ifname, &pin)?);
-        Ok(())
+        self.peer_pass.add(&self.id, ns, ifname)
     }
 
     /// edge e1 ── r1 ══ hop (MTU `hop_mtu`) ══ r2 ── switch (`s0` is the edge side's switch
