@@ -635,8 +635,6 @@ impl FlowEntry {
     pub const TRANSLATE: u8 = 8;
     /// Created while the connection log was on: its packets are counted in FLOW_BYTES.
     pub const COUNTED: u8 = 16;
-    /// The client is in a pinned prefix (its handshake round trip also counts for the pin).
-    pub const PINNED: u8 = 32;
 
     pub const fn ack_seen_bit(dir: usize) -> u8 {
         if dir == 0 {

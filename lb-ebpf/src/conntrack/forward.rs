@@ -253,9 +253,6 @@ fn create(
     // SAFETY: we own the slot (claimed above).
     let entry = unsafe { &mut *e };
     fill(ctx, entry, p, backend, id, vip, snat_addr.addr.v4_word_of());
-    if pin != pins::NONE {
-        entry.flags |= FlowEntry::PINNED;
-    }
     if let Some(c) = cookie {
         start_cookie(entry, p, c);
     }
