@@ -109,18 +109,32 @@ pub fn wait_connected(t: &Topology, n: usize) {
 }
 
 pub fn tcp_client(t: &Topology, conns: usize, ping_ms: u64, secs: u64) -> std::process::Child {
-    t.client(&[
+    tcp_client_with(t, conns, ping_ms, secs, &[])
+}
+
+/// `tcp_client` with more wk-client arguments (`--parallel`, `--source`, `--reconnect`, ...).
+pub fn tcp_client_with(
+    t: &Topology,
+    conns: usize,
+    ping_ms: u64,
+    secs: u64,
+    extra: &[&str],
+) -> std::process::Child {
+    let target = format!("{VIP}:{TCP_PORT}");
+    let (conns, ping, secs) = (conns.to_string(), ping_ms.to_string(), secs.to_string());
+    let mut args = vec![
         "tcp",
         "--target",
-        &format!("{VIP}:{TCP_PORT}"),
+        &target,
         "--conns",
-        &conns.to_string(),
+        &conns,
         "--ping-interval-ms",
-        &ping_ms.to_string(),
+        &ping,
         "--duration-s",
-        &secs.to_string(),
-    ])
-    .unwrap()
+        &secs,
+    ];
+    args.extend_from_slice(extra);
+    t.client(&args).unwrap()
 }
 
 pub fn count(r: &Value, key: &str, b: &str) -> u64 {

@@ -43,41 +43,15 @@ fn leftovers(id: &str) -> Vec<String> {
     left
 }
 
-#[test]
-fn demo_runs_to_the_end() {
-    if !require_root("demo_runs_to_the_end") {
-        return;
-    }
-    let _serial = serial();
-    let out = Command::new(workspace_bin("wklb-demo")).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for needle in [
-        "health check marked b2 DOWN",
-        "new connections per backend",
-        "SYN cookies engaged",
-        "of 100 new connections opened",
-        "lost 0",
-        "== done",
-    ] {
-        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
-    }
-    let id = run_id(&text).expect("run id");
-    assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
-}
-
-#[test]
-fn anycast_demo_runs_to_the_end() {
-    if !require_root("anycast_demo_runs_to_the_end") {
+/// Runs the demo with `args` to its end: it succeeds, tells each of `needles`, and leaves
+/// nothing behind.
+fn runs_to_the_end(test: &str, args: &[&str], needles: &[&str]) {
+    if !require_root(test) {
         return;
     }
     let _serial = serial();
     let out = Command::new(workspace_bin("wklb-demo"))
-        .args(["--edges", "2"])
+        .args(args)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -86,18 +60,43 @@ fn anycast_demo_runs_to_the_end() {
         "demo failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for needle in [
-        "has 2 next hops",
-        "the router dropped edge 1",
-        "(none on the drained edge 1)",
-        "broken per edge [0, ",
-        "reconnected ",
-        "== done",
-    ] {
+    for needle in needles {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
     let id = run_id(&text).expect("run id");
     assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
+}
+
+#[test]
+fn demo_runs_to_the_end() {
+    runs_to_the_end(
+        "demo_runs_to_the_end",
+        &[],
+        &[
+            "health check marked b2 DOWN",
+            "new connections per backend",
+            "SYN cookies engaged",
+            "of 100 new connections opened",
+            "lost 0",
+            "== done",
+        ],
+    );
+}
+
+#[test]
+fn anycast_demo_runs_to_the_end() {
+    runs_to_the_end(
+        "anycast_demo_runs_to_the_end",
+        &["--edges", "2"],
+        &[
+            "has 2 next hops",
+            "the router dropped edge 1",
+            "(none on the drained edge 1)",
+            "broken per edge [0, ",
+            "reconnected ",
+            "== done",
+        ],
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use wklb_tests::{
-    e2e::{tcp_client, topology, wait_connected, wait_stats},
+    e2e::{tcp_client, tcp_client_with, topology, wait_connected, wait_stats},
     topology::Topology,
 };
 
@@ -225,29 +225,12 @@ fn g02_data_path_round_trips_match_each_groups_distance() {
 
 /// Runs `n` short connections, `parallel` at a time, from `source` when given; the report.
 fn batch(t: &Topology, source: Option<&str>, n: usize, parallel: usize) -> Value {
-    let (conns, parallel) = (n.to_string(), parallel.to_string());
-    let target = format!(
-        "{}:{}",
-        wklb_tests::topology::VIP,
-        wklb_tests::topology::TCP_PORT
-    );
-    let mut args = vec![
-        "tcp",
-        "--target",
-        &target,
-        "--conns",
-        &conns,
-        "--ping-interval-ms",
-        "0",
-        "--duration-s",
-        "1",
-        "--parallel",
-        &parallel,
-    ];
+    let parallel = parallel.to_string();
+    let mut extra = vec!["--parallel", &parallel];
     if let Some(s) = source {
-        args.extend(["--source", s]);
+        extra.extend(["--source", s]);
     }
-    Topology::client_report(t.client(&args).unwrap()).unwrap()
+    Topology::client_report(tcp_client_with(t, n, 0, 1, &extra)).unwrap()
 }
 
 fn batch_from(t: &Topology, source: &str, n: usize, parallel: usize) -> Value {

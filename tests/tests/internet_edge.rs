@@ -25,30 +25,6 @@ fn reason(s: &Value, name: &str) -> u64 {
     s["reasons"][name].as_u64().unwrap_or(0)
 }
 
-fn client_with(
-    t: &Topology,
-    conns: usize,
-    ping_ms: u64,
-    secs: u64,
-    extra: &[&str],
-) -> std::process::Child {
-    let target = format!("{VIP}:{TCP_PORT}");
-    let (conns, ping, secs) = (conns.to_string(), ping_ms.to_string(), secs.to_string());
-    let mut args = vec![
-        "tcp",
-        "--target",
-        &target,
-        "--conns",
-        &conns,
-        "--ping-interval-ms",
-        &ping,
-        "--duration-s",
-        &secs,
-    ];
-    args.extend_from_slice(extra);
-    t.client(&args).unwrap()
-}
-
 /// Client ports of the VIP's live connections, from `wklb conns`.
 fn client_ports(t: &Topology) -> Vec<u16> {
     let c = t
@@ -75,7 +51,7 @@ fn e01_blind_rsts_do_not_end_long_lived_connections() {
     // Heartbeats every 12 s for 30 s: longer than the 10 s a Closed flow lives, so a flow the
     // forged RST had closed would expire before the next heartbeat (the code before this
     // check broke 200 of 200 connections here).
-    let client = client_with(&t, CONNS, 12_000, 30, &[]);
+    let client = tcp_client_with(&t, CONNS, 12_000, 30, &[]);
     wait_stats(&t, Duration::from_secs(20), "200 established flows", |s| {
         s["vips"][0]["active_flows"] == CONNS
     });
@@ -118,7 +94,7 @@ fn e01_blind_rsts_do_not_end_long_lived_connections() {
 
 /// 200 connections echo 8 KB messages through the routed topology; returns the client report.
 fn echo_8k_through_small_hop(t: &Topology) -> Value {
-    let client = client_with(
+    let client = tcp_client_with(
         t,
         200,
         1000,
@@ -179,7 +155,7 @@ fn e04_one_armed_edge_long_lived_failover_and_restart() {
     };
     start(&mut t, &[(0, 100), (1, 100), (2, 100)], "");
     let before = t.stats().unwrap();
-    let long = client_with(&t, 300, 1000, 20, &[]);
+    let long = tcp_client_with(&t, 300, 1000, 20, &[]);
     wait_stats(&t, Duration::from_secs(20), "300 established flows", |s| {
         s["vips"][0]["active_flows"] == 300
     });
@@ -198,7 +174,7 @@ fn e04_one_armed_edge_long_lived_failover_and_restart() {
     t.stop_daemon().unwrap();
     let cfg = t.dir.path().join("wklb.toml");
     t.start_daemon(&cfg).unwrap();
-    let fresh = Topology::client_report(client_with(&t, 200, 0, 1, &[])).unwrap();
+    let fresh = Topology::client_report(tcp_client_with(&t, 200, 0, 1, &[])).unwrap();
     let r = Topology::client_report(long).unwrap();
     let after = t.stats().unwrap();
     println!("one-armed: long-lived {r}\nfresh {fresh}");
