@@ -32,11 +32,12 @@ impl CsumDelta {
         }
     }
 
-    /// A 32-bit field (an IPv4 address) loaded natively from packet memory.
+    /// A 32-bit field (an IPv4 address) loaded natively from packet memory, at an even offset.
+    /// Added whole: 2^16 ≡ 1 modulo 0xFFFF, so a 32-bit word and its complement count as the
+    /// sum of their two 16-bit halves once folded (half the work of two `replace16`).
     #[inline(always)]
     pub const fn replace32(self, old: u32, new: u32) -> Self {
-        self.replace16((old >> 16) as u16, (new >> 16) as u16)
-            .replace16(old as u16, new as u16)
+        CsumDelta(self.0 + (!old) as u64 + new as u64)
     }
 
     /// Four bytes as they sit in the packet.
@@ -163,6 +164,33 @@ mod tests {
                 h.calc_checksum_ipv4(&hdr, &payload[8..]).unwrap() == h.checksum
             }
             _ => false,
+        }
+    }
+
+    /// A whole 32-bit word gives the checksum its two 16-bit halves would, extremes included.
+    #[test]
+    fn replace32_equals_two_replace16() {
+        let mut rng = Rng(0x0DDC_0FFE_E15B_AD00);
+        let extremes = [0u32, 0xFFFF_FFFF, 0xFFFF_0000, 0x0000_FFFF, 1, 0x8000_0000];
+        for i in 0..20_000usize {
+            let pick = |r: &mut Rng, k: usize| {
+                if k % 3 == 0 {
+                    extremes[(r.next() % extremes.len() as u64) as usize]
+                } else {
+                    r.next() as u32
+                }
+            };
+            let (old, new, csum) = (pick(&mut rng, i), pick(&mut rng, i / 3), rng.next() as u16);
+            let halves = CsumDelta::new()
+                .replace16((old >> 16) as u16, (new >> 16) as u16)
+                .replace16(old as u16, new as u16);
+            let whole = CsumDelta::new().replace32(old, new);
+            assert_eq!(
+                whole.apply(csum),
+                halves.apply(csum),
+                "old {old:#x} new {new:#x} csum {csum:#x}"
+            );
+            assert_eq!(whole.apply_udp(csum), halves.apply_udp(csum));
         }
     }
 

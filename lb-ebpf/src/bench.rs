@@ -63,6 +63,7 @@ fn restore(ctx: &XdpContext) -> Option<&'static BenchFrame> {
 
 /// Restore + the full wklb data path.
 #[xdp]
+#[inline(always)]
 pub fn bench_wklb(ctx: XdpContext) -> u32 {
     if restore(&ctx).is_none() {
         return xdp_action::XDP_DROP;

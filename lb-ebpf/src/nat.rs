@@ -50,10 +50,12 @@ pub fn rewrite_ip(ctx: &XdpContext, p: &Packet, src: u32, dst: u32) -> Option<Cs
     let addr_delta = CsumDelta::new().replace32(p.src, src).replace32(p.dst, dst);
     // SAFETY: the fixed IPv4 header is in bounds.
     unsafe {
-        // TTL shares a 16-bit checksum word with the protocol byte.
-        let old_word = load16(ip.add(TTL));
-        *ip.add(TTL) -= 1;
-        let new_word = load16(ip.add(TTL));
+        // TTL shares a 16-bit checksum word with the protocol byte. Both words come from the
+        // parsed fields and the new one is stored whole: reading the word back after a byte
+        // store would stall on store forwarding.
+        let old_word = u16::from_ne_bytes([p.ttl, p.proto]);
+        let new_word = u16::from_ne_bytes([p.ttl.wrapping_sub(1), p.proto]);
+        store16(ip.add(TTL), new_word);
         let check = load16(ip.add(CHECK));
         store16(
             ip.add(CHECK),

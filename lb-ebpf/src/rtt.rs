@@ -10,14 +10,10 @@ use lb_common::{
     rtt::{RTT_BACKEND, RTT_BUCKETS, RTT_CLIENT, RttRow, rtt_bucket, rtt_row},
 };
 
-use crate::maps::{PIN_RTT, RTT_HIST};
-
-/// CLOCK_MONOTONIC in ns, precise (the coarse clock the flow table uses ticks in milliseconds).
-#[inline(always)]
-pub fn precise_ns() -> u64 {
-    // SAFETY: plain helper call.
-    unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() }
-}
+use crate::{
+    clock::precise_ns,
+    maps::{PIN_RTT, RTT_HIST},
+};
 
 #[inline(always)]
 fn record(backend_id: u32, kind: u32, ns: u64) {

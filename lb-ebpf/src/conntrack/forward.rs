@@ -318,7 +318,7 @@ fn fill(
     e.client_vlan = p.vlan;
     // A SYN is stamped precisely: its handshake's round trips are measured from it (rtt).
     e.last_seen_ns = if p.is_tcp() {
-        crate::rtt::precise_ns()
+        crate::clock::precise_ns()
     } else {
         now
     };

@@ -10,6 +10,7 @@ use lb_common::{
     conntrack::{Direction, TOUCH_INTERVAL_NS, Verdict as Track},
 };
 
+pub use crate::clock::now_ns;
 use crate::{egress::learn_client_hop, parse::Packet};
 
 /// A flow found or created for a packet.
@@ -21,12 +22,6 @@ pub struct Flow {
     pub new: bool,
     /// The packet's RST/FIN was acceptable (or it carried neither).
     pub accepted: bool,
-}
-
-#[inline(always)]
-pub fn now_ns() -> u64 {
-    // SAFETY: plain helper call. Coarse clock: cheaper, and expiry needs only ~ms precision.
-    unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() }
 }
 
 /// TCP tracking for one packet (UDP flows have nothing to track).
