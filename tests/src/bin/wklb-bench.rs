@@ -70,8 +70,18 @@ struct DataPath {
     /// One expiry pass over the table holding `sweep_flows` live flows, ms.
     sweep_ms: f64,
     sweep_flows: u64,
-    /// BPF_F_TEST_XDP_LIVE_FRAMES: (path, million packets per second transmitted on a veth).
-    live_mpps: Vec<(String, f64)>,
+    /// BPF_F_TEST_XDP_LIVE_FRAMES: frames really transmitted on a veth.
+    live: Vec<LiveRow>,
+}
+
+/// One live-frames path: median Mpps over the rounds, and the medians of its per-round ratios
+/// to the two floors.
+#[derive(Serialize)]
+struct LiveRow {
+    path: String,
+    mpps: f64,
+    vs_tx_floor: f64,
+    vs_redirect_floor: f64,
 }
 
 #[derive(Serialize)]
@@ -527,7 +537,7 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
     let (sweep_ms, sweep_flows) = sweep(&mut fx)?;
     fx.flows.clear()?;
     handshake(&mut fx)?;
-    let live = live_frames(&mut fx, client, vip, repeat)?;
+    let live = live_frames(&mut fx, client, vip, repeat, rounds)?;
     let (table_swap_ms, table_swap_back_to_back_ms) = table_swap(&mut fx)?;
     drop(fx);
     let (bytes_per_flow_at_1m, table_mib_at_1m) = memory_at_1m()?;
@@ -550,7 +560,7 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
         table_swap_back_to_back_ms,
         sweep_ms,
         sweep_flows,
-        live_mpps: live,
+        live,
     })
 }
 
@@ -736,48 +746,84 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Live frames: the kernel really transmits what the program returns. The floors transmit
 /// back (XDP_TX) or redirect to the backend veth; wklb's established forward path redirects.
+/// Rounds interleave the three paths like the cases above, and each ratio is the median of the
+/// per-round ratios: one run after another would compare moments of a drifting machine.
 fn live_frames(
     fx: &mut Fixture,
     client: (Ipv4Addr, u16),
     vip: (Ipv4Addr, u16),
     repeat: u32,
-) -> Result<Vec<(String, f64)>> {
+    rounds: usize,
+) -> Result<Vec<LiveRow>> {
     let frames = repeat * 10;
     let established = tcp64(client, vip, "A");
-    let mut live = Vec::new();
-    for (name, program) in [
+    let paths = [
         ("floor: restore + read + XDP_TX, live", "bench_floor"),
         (
             "floor: restore + read + redirect, live",
             "bench_floor_redirect",
         ),
         ("wklb established forward (redirect), live", "bench_wklb"),
-    ] {
-        let redirect_ifindex = fx.backend_if;
-        fx.program
-            .set_bench_frame(&BenchFrame::new(&established, false, redirect_ifindex))?;
-        let before = fx.reasons();
-        let ns = time(fx, program, &established, frames, true)?;
-        if program == "bench_wklb" {
-            let after = fx.reasons();
-            let moved = after[Reason::Forwarded as usize] - before[Reason::Forwarded as usize];
-            if moved != frames as u64 {
-                let counted: Vec<String> = Reason::ALL
-                    .iter()
-                    .filter(|r| after[**r as usize] != before[**r as usize])
-                    .map(|r| format!("{} {}", r.name(), after[*r as usize] - before[*r as usize]))
-                    .collect();
-                bail!(
-                    "live frames: {moved} of {frames} counted as forwarded ({})",
-                    counted.join(", ")
-                );
+    ];
+    let mut mpps: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    fx.program
+        .set_bench_frame(&BenchFrame::new(&established, false, fx.backend_if))?;
+    for round in 0..rounds {
+        for (i, (name, program)) in paths.iter().enumerate() {
+            let before = fx.reasons();
+            let ns = time(fx, program, &established, frames, true)?;
+            if *program == "bench_wklb" {
+                let after = fx.reasons();
+                let moved = after[Reason::Forwarded as usize] - before[Reason::Forwarded as usize];
+                if moved != frames as u64 {
+                    let counted: Vec<String> = Reason::ALL
+                        .iter()
+                        .filter(|r| after[**r as usize] != before[**r as usize])
+                        .map(|r| {
+                            format!("{} {}", r.name(), after[*r as usize] - before[*r as usize])
+                        })
+                        .collect();
+                    bail!(
+                        "live frames: {moved} of {frames} counted as forwarded ({})",
+                        counted.join(", ")
+                    );
+                }
             }
+            print!(
+                "\r  live round {}/{rounds}: {name:<44} {:5.2} Mpps   ",
+                round + 1,
+                1e3 / ns
+            );
+            mpps[i].push(1e3 / ns);
         }
-        let mpps = 1e3 / ns;
-        println!("  {name:<44} {mpps:5.2} Mpps ({ns:.0} ns/frame, {frames} frames)");
-        live.push((name.to_string(), mpps));
     }
-    Ok(live)
+    println!();
+    let ratios = |i: usize, floor: usize| {
+        median(
+            mpps[i]
+                .iter()
+                .zip(&mpps[floor])
+                .map(|(v, f)| v / f)
+                .collect(),
+        )
+    };
+    let rows: Vec<LiveRow> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| LiveRow {
+            path: name.to_string(),
+            mpps: median(mpps[i].clone()),
+            vs_tx_floor: ratios(i, 0),
+            vs_redirect_floor: ratios(i, 1),
+        })
+        .collect();
+    for r in &rows {
+        println!(
+            "  {:<44} {:5.2} Mpps ({frames} frames x {rounds} rounds; {:.2}x the redirect floor)",
+            r.path, r.mpps, r.vs_redirect_floor
+        );
+    }
+    Ok(rows)
 }
 
 /// Build + fill + atomic swap of one VIP's 65537-slot table (ten backends), median of 5.
@@ -934,12 +980,16 @@ fn markdown(r: &Report) -> String {
         d.sweep_flows,
         d.sweep_ms
     );
-    if !d.live_mpps.is_empty() {
-        s += "Live frames (BPF_F_TEST_XDP_LIVE_FRAMES, transmitted on a veth):\n\n| path | Mpps | vs XDP_TX floor | vs redirect floor |\n|---|---:|---:|---:|\n";
-        let f = d.live_mpps[0].1;
-        let fr = d.live_mpps.get(1).map(|x| x.1).unwrap_or(f);
-        for (n, v) in &d.live_mpps {
-            s += &format!("| {n} | {v:.2} | {:.2}x | {:.2}x |\n", v / f, v / fr);
+    if !d.live.is_empty() {
+        s += &format!(
+            "Live frames (BPF_F_TEST_XDP_LIVE_FRAMES, transmitted on a veth; median of {} interleaved rounds, ratios = median of per-round ratios):\n\n| path | Mpps | vs XDP_TX floor | vs redirect floor |\n|---|---:|---:|---:|\n",
+            d.rounds
+        );
+        for r in &d.live {
+            s += &format!(
+                "| {} | {:.2} | {:.2}x | {:.2}x |\n",
+                r.path, r.mpps, r.vs_tx_floor, r.vs_redirect_floor
+            );
         }
         s += "\n";
     }
