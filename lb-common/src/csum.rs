@@ -174,7 +174,7 @@ mod tests {
         let extremes = [0u32, 0xFFFF_FFFF, 0xFFFF_0000, 0x0000_FFFF, 1, 0x8000_0000];
         for i in 0..20_000usize {
             let pick = |r: &mut Rng, k: usize| {
-                if k % 3 == 0 {
+                if k.is_multiple_of(3) {
                     extremes[(r.next() % extremes.len() as u64) as usize]
                 } else {
                     r.next() as u32
