@@ -1,7 +1,7 @@
 //! The flow hash: one definition used by the XDP program to pick a Maglev slot and by
 //! `wklb lookup` to predict it without sending a packet.
 
-use crate::maps::{ADDR_FILTER_SIZE, Flow4Key};
+use crate::maps::{ADDR_FILTER_SIZE, FLOW_HINT_SLOTS, Flow4Key};
 
 const SEED: u32 = 0x5741_4b4c; // "WAKL"
 
@@ -69,6 +69,20 @@ pub const fn flow_hash_v4_key(key: &Flow4Key) -> u32 {
     flow_hash_v4_words(key.src, key.dst, sport, dport, key.proto as u8)
 }
 
+/// Entry of an IPv4 forward key in `FLOW_HINTS4`: the key folded into one 64-bit word and
+/// murmur3's 64-bit finalizer, far cheaper than the flow hash. Collisions only cost a `FLOWS4`
+/// lookup (a hint is checked against the flow it names), so it needs spread, not strength.
+#[inline(always)]
+pub const fn flow_hint_index(key: &Flow4Key) -> u32 {
+    let mut h = (((key.src ^ key.proto) as u64) << 32) | (key.dst ^ key.ports) as u64;
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    (h >> (64 - FLOW_HINT_SLOTS.trailing_zeros())) as u32
+}
+
 /// Bucket of an IPv4 address (native word) in the direct-mapped `ADDR_FILTER`.
 #[inline(always)]
 pub const fn filter_index(addr: u32) -> u32 {
@@ -87,6 +101,40 @@ pub const fn rehash(hash: u32, salt: u32) -> u32 {
 mod tests {
     use super::*;
     use crate::maps::PROTO_TCP;
+
+    /// Clients of one carrier range with sequential ports (what a NAT64 or CGNAT pool sends)
+    /// spread over the hint cache like random keys would: ~95% distinct at a tenth of its size.
+    #[test]
+    fn hint_index_spreads_clustered_clients() {
+        let mut seen = std::collections::HashSet::new();
+        let mut n = 0u32;
+        for host in 0..400u32 {
+            for port in 0..250u16 {
+                let c = (0x6440_0000u32 | host).to_be_bytes();
+                let key = Flow4Key::new(c, [198, 51, 100, 1], 32768 + port, 5100, PROTO_TCP);
+                let i = flow_hint_index(&key);
+                assert!(i < FLOW_HINT_SLOTS);
+                seen.insert(i);
+                n += 1;
+            }
+        }
+        let ideal = FLOW_HINT_SLOTS as f64 * (1.0 - (-(n as f64) / FLOW_HINT_SLOTS as f64).exp());
+        assert!(
+            seen.len() as f64 > 0.98 * ideal,
+            "{} distinct of {n} (random keys: {ideal:.0})",
+            seen.len()
+        );
+    }
+
+    #[test]
+    fn hints_round_trip_and_empty_is_none() {
+        let r = crate::FlowRef {
+            slot: 0x0012_3456,
+            token: 0x8000_0001,
+        };
+        assert_eq!(crate::FlowRef::from_hint(r.to_hint()), Some(r));
+        assert_eq!(crate::FlowRef::from_hint(0), None);
+    }
 
     #[test]
     fn key_and_tuple_hash_agree() {

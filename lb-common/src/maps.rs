@@ -5,7 +5,8 @@
 //!
 //! The connection table is split in two (see docs/architecture.md):
 //! - `FLOWS4`, a hash map from the client's 16-byte IPv4 5-tuple to a slot number;
-//! - `FLOW_TABLE`, an array of [`FlowEntry`] indexed by slot = (SNAT address index, SNAT port).
+//! - `FLOW_TABLE`, an array of [`FlowEntry`] indexed by slot = (SNAT address index, SNAT port);
+//! - `FLOW_HINTS4`, a direct-mapped cache of `FLOWS4` answers checked against `FLOW_TABLE`.
 //!
 //! A reply to a SNAT address finds its flow with one array index (no hash), a new flow claims its
 //! SNAT port by claiming the slot (an atomic compare-and-exchange), and the daemon sweeps the
@@ -80,6 +81,8 @@ pub mod names {
     pub const FLOW_BYTES: &str = "FLOW_BYTES";
     pub const CONN_LOG_LOST: &str = "CONN_LOG_LOST";
     pub const PIN_RTT: &str = "PIN_RTT";
+    /// Hint cache in front of FLOWS4 (not pinned: each program load starts an empty one).
+    pub const FLOW_HINTS4: &str = "FLOW_HINTS4";
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
@@ -560,6 +563,30 @@ pub struct FlowRef {
     pub slot: u32,
     pub token: u32,
 }
+
+impl FlowRef {
+    /// As one `FLOW_HINTS4` word (written and read whole, so no reader sees half of it).
+    #[inline(always)]
+    pub const fn to_hint(self) -> u64 {
+        ((self.token as u64) << 32) | self.slot as u64
+    }
+
+    /// From a `FLOW_HINTS4` word; None for an empty one (tokens are odd, never 0).
+    #[inline(always)]
+    pub const fn from_hint(hint: u64) -> Option<Self> {
+        let token = (hint >> 32) as u32;
+        if token == 0 {
+            return None;
+        }
+        Some(FlowRef {
+            slot: hint as u32,
+            token,
+        })
+    }
+}
+
+/// Entries of `FLOW_HINTS4`, the direct-mapped cache in front of `FLOWS4` (8 MiB).
+pub const FLOW_HINT_SLOTS: u32 = 1 << 20;
 
 /// The next hop toward the client, learned from the client's own packets (interface and both
 /// MAC addresses): replies go back the way the client's traffic came, with no FIB lookup.

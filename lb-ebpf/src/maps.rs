@@ -10,11 +10,11 @@ use aya_ebpf::{
 };
 use lb_common::{
     ADDR_FILTER_SIZE, AddrClass, BPF_F_MMAPABLE, Backend, BackendHop, BackendStats,
-    DEFAULT_MAX_FLOWS, DataplaneConfig, Flow4Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE,
-    MAX_BACKENDS, MAX_FULL_SOURCES, MAX_INTERFACES, MAX_SNAT_ADDRS, MAX_SOURCE_ENTRIES,
-    MAX_VIP_ENTRIES, MAX_VIPS, PinStats, PinTarget, Reason, SLOTS_PER_SNAT_ADDR,
-    SOURCE_RATE_ENTRIES, SnatAddr, SourceKey4, SourceRateKey, TABLES_PER_VIP, Vip4Key, VipInfo,
-    VipLimits, VipMeta, VipStats,
+    DEFAULT_MAX_FLOWS, DataplaneConfig, FLOW_HINT_SLOTS, Flow4Key, FlowEntry, FlowRef,
+    MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_FULL_SOURCES, MAX_INTERFACES, MAX_SNAT_ADDRS,
+    MAX_SOURCE_ENTRIES, MAX_VIP_ENTRIES, MAX_VIPS, PinStats, PinTarget, Reason,
+    SLOTS_PER_SNAT_ADDR, SOURCE_RATE_ENTRIES, SnatAddr, SourceKey4, SourceRateKey, TABLES_PER_VIP,
+    Vip4Key, VipInfo, VipLimits, VipMeta, VipStats,
     connlog::{CONN_OPENS_BYTES, FlowBytes, OpenEvent},
     cookie::CookieKey,
     rtt::{RTT_KINDS, RttRow},
@@ -61,6 +61,13 @@ pub static BACKEND_HOPS: Array<BackendHop, { MAX_BACKENDS as usize }> = Array::n
 /// Client IPv4 5-tuple → slot of its flow in FLOW_TABLE. Resized by the loader (max_flows).
 #[btf_map]
 pub static FLOWS4: HashMap<Flow4Key, FlowRef, { DEFAULT_MAX_FLOWS as usize }> = HashMap::new();
+
+/// `hash::flow_hint_index` of a client IPv4 5-tuple → `FlowRef::to_hint` of the flow FLOWS4
+/// last gave for a tuple there (0: none). A cache in front of FLOWS4 for established packets,
+/// checked against the slot's owner and tuple: a wrong or stale hint only costs the FLOWS4
+/// lookup, which rewrites it. Per program load, never pinned.
+#[btf_map]
+pub static FLOW_HINTS4: Array<u64, { FLOW_HINT_SLOTS as usize }> = Array::new();
 
 /// Slot (SNAT index << 16 | SNAT port) → flow. Resized by the loader to the SNAT capacity;
 /// memory-mapped read-only by the daemon for expiry and listings.

@@ -462,6 +462,93 @@ fn syn_reusing_a_closed_tuple_or_a_removed_backend_starts_a_new_flow() {
     });
 }
 
+/// The slot and claim of the flow from `port`, as FLOWS4 and FLOW_HINTS4 name it.
+fn flow_ref(fx: &Fixture, port: u16) -> (lb_common::Flow4Key, lb_common::FlowRef) {
+    let (slot, e) = fx
+        .flows()
+        .into_iter()
+        .find(|(_, e)| e.client_port == port)
+        .unwrap_or_else(|| panic!("no flow from port {port}"));
+    (
+        e.key_v4(),
+        lb_common::FlowRef {
+            slot,
+            token: e.owner,
+        },
+    )
+}
+
+#[test]
+fn flow_hints_are_checked_against_the_flow_they_name() {
+    with_fixture("flow_hints", 1024, |fx| {
+        let (a, a_sp) = establish(fx, 44000);
+        let _ = establish(fx, 44001);
+        let (a_key, a_ref) = flow_ref(fx, 44000);
+        let (_, b_ref) = flow_ref(fx, 44001);
+        assert_eq!(
+            fx.program.flow_hint(&a_key).unwrap(),
+            Some(a_ref),
+            "the handshake's ACK left a hint"
+        );
+        let data = tcp_seg(
+            client(44000),
+            VIP_TCP,
+            &Seg {
+                flags: "PA",
+                seq: ISN + 1,
+                ack: BACKEND_ISN + 1,
+                payload: b"x",
+                ..Seg::default()
+            },
+        );
+        let wrong_token = lb_common::FlowRef {
+            token: a_ref.token ^ 2,
+            ..a_ref
+        };
+        // Another live flow's slot and claim, and this flow's slot with a claim it does not
+        // hold: both are refused, FLOWS4 answers, and the hint is put right.
+        for bad in [b_ref, wrong_token] {
+            fx.program.set_flow_hint(&a_key, Some(bad)).unwrap();
+            let (act, out) = fx.run(fx.client_if, &data).unwrap();
+            assert_eq!(act, XDP_REDIRECT);
+            let sent = inspect(&out);
+            assert_eq!(
+                (sent.dst, sent.src_port),
+                (BACKENDS[a], a_sp),
+                "hint {bad:?} misrouted"
+            );
+            assert_eq!(fx.program.flow_hint(&a_key).unwrap(), Some(a_ref));
+        }
+        // A tuple with no flow, whose hint names a live flow: no state, nothing forwarded.
+        let stranger = tcp_seg(
+            client(44002),
+            VIP_TCP,
+            &Seg {
+                flags: "A",
+                seq: ISN + 1,
+                ack: BACKEND_ISN + 1,
+                ..Seg::default()
+            },
+        );
+        let s_key = lb_common::Flow4Key::new(
+            client(44002).0.octets(),
+            VIP_TCP.0.octets(),
+            44002,
+            VIP_TCP.1,
+            PROTO_TCP,
+        );
+        fx.program.set_flow_hint(&s_key, Some(a_ref)).unwrap();
+        let before = fx.reasons();
+        let (act, _) = fx.run(fx.client_if, &stranger).unwrap();
+        assert_ne!(act, XDP_REDIRECT);
+        assert_eq!(
+            fx.reasons()[Reason::Forwarded as usize],
+            before[Reason::Forwarded as usize]
+        );
+        assert_eq!(fx.flows().len(), 2, "no flow created or taken over");
+    });
+}
+
 #[test]
 fn a_reply_must_come_from_the_flows_backend() {
     with_fixture("a_reply_must_come_from_the_flows_backend", 1024, |fx| {

@@ -10,15 +10,15 @@ use lb_common::{
     conntrack::{
         NO_WSCALE, Segment, State, is_bad_syn, is_initial_syn, syn_restarts_flow, tcp_flags,
     },
-    hash::flow_hash_v4_words,
-    ports_of, slot,
+    hash::{flow_hash_v4_words, flow_hint_index},
+    ports_of, ports_word, slot,
 };
 
 use super::{Flow, now_ns};
 use crate::{
     cookie::ack::{self as cookie_ack, CookieStart},
     egress::learn_client_hop,
-    maps::{BACKENDS, FLOW_TABLE, FLOWS4, MAGLEV, SNAT_ADDRS, TABLE_SEL, config},
+    maps::{BACKENDS, FLOW_HINTS4, FLOW_TABLE, FLOWS4, MAGLEV, SNAT_ADDRS, TABLE_SEL, config},
     parse::Packet,
     pins, snat, sources,
     stats::{self, VipSyn},
@@ -42,7 +42,7 @@ pub enum Found {
 pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
     let key = Flow4Key::from_wire(p.src, p.dst, p.ports, p.proto);
     let syn = p.is_tcp() && is_initial_syn(p.seg.flags);
-    if !syn && let Some(f) = lookup(&key) {
+    if !syn && let Some(f) = lookup_hinted(&key) {
         return Found::Flow(f);
     }
     let (sport, dport) = ports_of(p.ports);
@@ -140,6 +140,55 @@ fn from_cookie(
             None => Found::Refused(Reason::DropInternal, vip.vip_id),
         },
     }
+}
+
+/// The flow of an established-path packet: its hint when the slot it names still holds this
+/// tuple's flow (no call at all), else FLOWS4, whose answer becomes the hint.
+#[inline(always)]
+fn lookup_hinted(key: &Flow4Key) -> Option<Flow> {
+    let hint = FLOW_HINTS4.get_ptr_mut(flow_hint_index(key));
+    if let Some(h) = hint
+        // SAFETY: valid map value pointer; hints are written whole (one 8-byte store).
+        && let Some(r) = FlowRef::from_hint(unsafe { core::ptr::read_volatile(h) })
+        && let Some(f) = hinted(key, r)
+    {
+        return Some(f);
+    }
+    let f = lookup(key)?;
+    if let Some(h) = hint {
+        let r = FlowRef {
+            slot: f.slot,
+            token: f.token,
+        };
+        // SAFETY: valid map value pointer; racing writers store whole words.
+        unsafe { core::ptr::write_volatile(h, r.to_hint()) };
+    }
+    Some(f)
+}
+
+/// The flow `r` names, if its slot still holds that claim and this IPv4 tuple.
+#[inline(always)]
+fn hinted(key: &Flow4Key, r: FlowRef) -> Option<Flow> {
+    let e = FLOW_TABLE.get_ptr_mut(r.slot)?;
+    // SAFETY: valid map value pointer; its fields are stable while the owner word holds the
+    // claim (a flow is filled before FLOWS4, and so any hint, can name it).
+    let x = unsafe { &*e };
+    if x.owner != r.token
+        || x.flags & FlowEntry::CLIENT_V6 != 0
+        || x.client[0] != key.src
+        || x.client[1] != key.dst
+        || ports_word(x.client_port, x.vip_port) != key.ports
+        || x.proto as u32 != key.proto
+    {
+        return None;
+    }
+    Some(Flow {
+        entry: e,
+        slot: r.slot,
+        token: r.token,
+        new: false,
+        accepted: true,
+    })
 }
 
 /// The flow of `key`, if its slot still belongs to it.

@@ -90,7 +90,10 @@ pub fn sweep_with(
         }
         let referenced = by_slot.get(s as usize) == Some(&e.owner);
         let idle = now.saturating_sub(e.last_seen_ns);
-        if !referenced && idle > ORPHAN_GRACE_NS {
+        // By age too, not only idleness: a FLOW_HINTS4 hint written just before its flow lost
+        // the tuple to a racing restart could keep an orphan busy.
+        let age = (now / 1_000_000_000).saturating_sub(e.created_s as u64) * 1_000_000_000;
+        if !referenced && (idle > ORPHAN_GRACE_NS || age > ORPHAN_GRACE_NS) {
             orphans.push((s, e.owner));
         } else if is_expired(e, now, timeouts) {
             expire.push((s, *e));

@@ -564,6 +564,24 @@ fn expiry_frees_orphan_slots_and_stale_references() {
 }
 
 #[test]
+fn expiry_frees_a_busy_orphan_by_age() {
+    let f = FakeFlows::new(8, 64);
+    let now = 10_000 * S;
+    // Unreferenced but busy (a stale FLOW_HINTS4 hint keeps it touched): freed once it is older
+    // than the grace period, left alone while it may still be being created.
+    let mut old = flow(40008, Ct::Established, now, 1);
+    old.created_s = (now / S - 10) as u32;
+    let mut young = flow(40009, Ct::SynSent, now, 1);
+    young.created_s = (now / S) as u32;
+    let (a, b) = (f.insert(1, old), f.insert(2, young));
+    f.refs.lock().unwrap().clear();
+    let s = expiry::sweep(&f, &Timeouts::default(), now).unwrap();
+    assert_eq!(s.orphans, 1);
+    assert_eq!(f.entry(a.slot).owner, slot::FREE);
+    assert_eq!(f.entry(b.slot).owner, b.token);
+}
+
+#[test]
 fn expiry_leaves_a_tuple_that_a_newer_flow_took() {
     let f = FakeFlows::new(8, 64);
     let now = 10_000 * S;

@@ -236,6 +236,46 @@ impl Program {
     }
 
     /// Sets the template frame of the benchmark entries.
+    /// The `FLOW_HINTS4` entry for `key` (tests: the hint cache in front of FLOWS4).
+    pub fn flow_hint(&self, key: &Flow4Key) -> Result<Option<FlowRef>> {
+        let a: Array<&MapData, u64> = self
+            .ebpf
+            .map(names::FLOW_HINTS4)
+            .ok_or_else(|| anyhow!("map {} missing", names::FLOW_HINTS4))?
+            .try_into()?;
+        Ok(FlowRef::from_hint(
+            a.get(&lb_common::hash::flow_hint_index(key), 0)?,
+        ))
+    }
+
+    /// Overwrites the `FLOW_HINTS4` entry for `key` (tests: wrong and stale hints).
+    pub fn set_flow_hint(&mut self, key: &Flow4Key, r: Option<FlowRef>) -> Result<()> {
+        let mut a: Array<&mut MapData, u64> = self
+            .ebpf
+            .map_mut(names::FLOW_HINTS4)
+            .ok_or_else(|| anyhow!("map {} missing", names::FLOW_HINTS4))?
+            .try_into()?;
+        a.set(
+            lb_common::hash::flow_hint_index(key),
+            r.map_or(0, FlowRef::to_hint),
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// Kernel memory charged to one of the object's maps, from fdinfo.
+    pub fn map_memory_bytes(&self, name: &str) -> Result<u64> {
+        let m = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing"))?;
+        let data = match m {
+            Map::Array(d) => d,
+            _ => bail!("map {name} is not an array"),
+        };
+        memlock(data)
+    }
+
     pub fn set_bench_frame(&mut self, frame: &lb_common::BenchFrame) -> Result<()> {
         let m = self
             .ebpf

@@ -890,10 +890,11 @@ fn memory_at_1m() -> Result<(f64, f64)> {
         pin_dir: None,
         conn_log: false,
     })?;
-    let bytes = l.flows.memory_bytes()?;
+    let bytes =
+        l.flows.memory_bytes()? + l.program.map_memory_bytes(lb_common::names::FLOW_HINTS4)?;
     let per = bytes as f64 / FLOWS as f64;
     println!(
-        "connection table for 1,000,000 flows ({snat_slots} SNAT addresses x 65,536 slots + FLOWS4): {:.0} MiB = {per:.0} bytes per flow",
+        "connection table for 1,000,000 flows ({snat_slots} SNAT addresses x 65,536 slots + FLOWS4 + FLOW_HINTS4): {:.0} MiB = {per:.0} bytes per flow",
         bytes as f64 / (1 << 20) as f64
     );
     Ok((per, bytes as f64 / (1 << 20) as f64))
@@ -972,7 +973,7 @@ fn markdown(r: &Report) -> String {
         );
     }
     s += &format!(
-        "\nNew flows: every round starts from an empty table and every run is checked to create a flow. Verifier: {} instructions. Connection table sized for 1,000,000 flows (FLOWS4 + flow slots for the SNAT addresses they need): {:.0} bytes per flow ({:.0} MiB). Table build + fill + atomic swap: {:.2} ms. Expiry pass over {} live flows: {:.0} ms.\n\n",
+        "\nNew flows: every round starts from an empty table and every run is checked to create a flow. Verifier: {} instructions. Connection table sized for 1,000,000 flows (FLOWS4 + FLOW_HINTS4 + flow slots for the SNAT addresses they need): {:.0} bytes per flow ({:.0} MiB). Table build + fill + atomic swap: {:.2} ms. Expiry pass over {} live flows: {:.0} ms.\n\n",
         d.verifier_instructions,
         d.bytes_per_flow_at_1m,
         d.table_mib_at_1m,
