@@ -75,9 +75,9 @@ fn backend_answers(fx: &mut Fixture, b: usize, sp: u16) {
     assert_eq!(fx.run(fx.backend_if, &synack).unwrap().0, XDP_REDIRECT);
 }
 
-/// The client's ACK from `port` (its first one ends the handshake), forwarded.
-fn client_acks(fx: &mut Fixture, port: u16) {
-    let ack = tcp_seg(
+/// The client's ACK from `port` after the backend's SYN-ACK.
+fn ack_from(port: u16) -> Vec<u8> {
+    tcp_seg(
         client(port),
         VIP_TCP,
         &Seg {
@@ -86,8 +86,15 @@ fn client_acks(fx: &mut Fixture, port: u16) {
             ack: BACKEND_ISN + 1,
             ..Seg::default()
         },
+    )
+}
+
+/// The client's ACK from `port` (its first one ends the handshake), forwarded.
+fn client_acks(fx: &mut Fixture, port: u16) {
+    assert_eq!(
+        fx.run(fx.client_if, &ack_from(port)).unwrap().0,
+        XDP_REDIRECT
     );
-    assert_eq!(fx.run(fx.client_if, &ack).unwrap().0, XDP_REDIRECT);
 }
 
 /// The client's next segment as the edge sends it to backend `b` from SNAT port `sp`.
@@ -520,16 +527,7 @@ fn flow_hints_are_checked_against_the_flow_they_name() {
             assert_eq!(fx.program.flow_hint(&a_key).unwrap(), Some(a_ref));
         }
         // A tuple with no flow, whose hint names a live flow: no state, nothing forwarded.
-        let stranger = tcp_seg(
-            client(44002),
-            VIP_TCP,
-            &Seg {
-                flags: "A",
-                seq: ISN + 1,
-                ack: BACKEND_ISN + 1,
-                ..Seg::default()
-            },
-        );
+        let stranger = ack_from(44002);
         let s_key = lb_common::Flow4Key::new(
             client(44002).0.octets(),
             VIP_TCP.0.octets(),
