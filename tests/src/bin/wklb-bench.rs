@@ -438,6 +438,17 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
             new_flows: false,
             vip_flags: 0,
         },
+        // Hostile: every packet an ACK from a new source, so every flow lookup misses (the
+        // hint cache and FLOWS4 both) before the segment is refused.
+        Case {
+            name: "ACK flood (no flow, new source each packet)",
+            program: "bench_wklb",
+            frame: tcp64((CLIENT, 1), vip, "A"),
+            vary_source: true,
+            expect: Some(Reason::DropNonSynNoState),
+            new_flows: false,
+            vip_flags: 0,
+        },
     ];
     // Before the new-flow case, which empties the table (the flows are set up again after
     // every round).
