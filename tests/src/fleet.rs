@@ -312,21 +312,14 @@ impl Fleet {
         let file = self.dir.path().join(format!("bird-{name}.conf"));
         std::fs::write(&file, conf)?;
         let ctl = self.bird_ctl(name);
-        let mut cmd = command_in(ns, "bird")?;
-        cmd.args(["-f", "-c"])
-            .arg(&file)
-            .arg("-s")
-            .arg(&ctl)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd
-            .spawn()
-            .context("starting bird (apt-get install bird2)")?;
-        let p = Proc {
-            name: format!("bird-{name}"),
-            child,
-        };
+        let args = [
+            "-f".as_ref(),
+            "-c".as_ref(),
+            file.as_os_str(),
+            "-s".as_ref(),
+            ctl.as_os_str(),
+        ];
+        let p = Proc::spawn_quiet(ns, "bird", args, format!("bird-{name}"), "bird2")?;
         let t = Instant::now();
         while !ctl.exists() {
             if t.elapsed() > Duration::from_secs(10) {

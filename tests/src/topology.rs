@@ -99,6 +99,30 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// `program args` started in namespace `ns` with no standard streams, named `name`;
+    /// `package` is what installs the program, for the error when it cannot start.
+    pub fn spawn_quiet<I, A>(
+        ns: &str,
+        program: &str,
+        args: I,
+        name: String,
+        package: &str,
+    ) -> Result<Proc>
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = command_in(ns, program)?;
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {program} (apt-get install {package})"))?;
+        Ok(Proc { name, child })
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -474,19 +498,15 @@ impl Topology {
 
     /// Starts an iperf3 server on backend `i` (kept with the backend's processes).
     pub fn start_iperf(&mut self, i: usize) -> Result<Proc> {
-        let mut cmd = command_in(&self.backend_ns[i], "iperf3")?;
-        cmd.args(["-s", "-p", &IPERF_PORT.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd
-            .spawn()
-            .context("starting iperf3 (apt-get install iperf3)")?;
+        let p = Proc::spawn_quiet(
+            &self.backend_ns[i],
+            "iperf3",
+            ["-s", "-p", &IPERF_PORT.to_string()],
+            format!("iperf3-b{}", i + 1),
+            "iperf3",
+        )?;
         wait_port(&self.backend_ns[i], backend_addr(i), IPERF_PORT)?;
-        Ok(Proc {
-            name: format!("iperf3-b{}", i + 1),
-            child,
-        })
+        Ok(p)
     }
 
     pub fn stop_backend(&mut self, i: usize) {
@@ -753,23 +773,18 @@ pub(crate) fn spawn_health(dir: &Path, ns: &str, i: usize) -> Result<Proc> {
             addr = backend_addr(i),
         ),
     )?;
-    let mut cmd = command_in(ns, "nginx")?;
-    cmd.args([
-        "-c",
-        &conf.to_string_lossy(),
-        "-p",
-        &prefix.to_string_lossy(),
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let child = cmd
-        .spawn()
-        .context("starting nginx (apt-get install nginx)")?;
-    let p = Proc {
-        name: format!("nginx-b{}", i + 1),
-        child,
-    };
+    let p = Proc::spawn_quiet(
+        ns,
+        "nginx",
+        [
+            "-c",
+            &conf.to_string_lossy(),
+            "-p",
+            &prefix.to_string_lossy(),
+        ],
+        format!("nginx-b{}", i + 1),
+        "nginx",
+    )?;
     wait_port(ns, backend_addr(i), HEALTH_PORT)?;
     Ok(p)
 }
