@@ -18,6 +18,7 @@ pub mod reason;
 pub mod rtt;
 pub mod slot;
 pub mod tcp_opts;
+pub mod xlat;
 
 #[cfg(feature = "user")]
 pub mod maglev;
