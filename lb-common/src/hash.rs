@@ -1,7 +1,7 @@
 //! The flow hash: one definition used by the XDP program to pick a Maglev slot and by
 //! `wklb lookup` to predict it without sending a packet.
 
-use crate::maps::{ADDR_FILTER_SIZE, FLOW_HINT_SLOTS, Flow4Key};
+use crate::maps::{ADDR_FILTER_SIZE, FLOW_HINT_SLOTS, Flow4Key, Flow6Key};
 
 const SEED: u32 = 0x5741_4b4c; // "WAKL"
 
@@ -60,6 +60,39 @@ pub const fn flow_hash_v4(
         dst_port,
         proto,
     )
+}
+
+/// Hash of an IPv6 5-tuple given addresses as native words loaded from packet memory. The same
+/// mixing as IPv4 over eight address words, so both families share one Maglev table.
+#[inline(always)]
+pub const fn flow_hash_v6_words(
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    src_port: u16,
+    dst_port: u16,
+    proto: u8,
+) -> u32 {
+    let mut h = SEED;
+    let mut i = 0;
+    while i < 4 {
+        h = mix(h, u32::from_be(src[i]));
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 4 {
+        h = mix(h, u32::from_be(dst[i]));
+        i += 1;
+    }
+    h = mix(h, ((src_port as u32) << 16) | dst_port as u32);
+    h = mix(h, proto as u32);
+    finish(h)
+}
+
+/// Hash of an IPv6 forward key, as the data path computes it from the packet.
+#[inline(always)]
+pub const fn flow_hash_v6_key(key: &Flow6Key) -> u32 {
+    let (sport, dport) = key.ports_host();
+    flow_hash_v6_words(&key.src, &key.dst, sport, dport, key.proto as u8)
 }
 
 /// Hash of an IPv4 forward key, as the data path computes it from the packet.
@@ -134,6 +167,37 @@ mod tests {
         };
         assert_eq!(crate::FlowRef::from_hint(r.to_hint()), Some(r));
         assert_eq!(crate::FlowRef::from_hint(0), None);
+    }
+
+    #[test]
+    fn ipv6_hash_is_the_key_hash_and_differs_from_ipv4_mapped() {
+        let c = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xbe, 0xef,
+        ];
+        let v = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let key = crate::Flow6Key::new(c, v, 40001, 5100, PROTO_TCP);
+        let h = flow_hash_v6_key(&key);
+        assert_eq!(
+            h,
+            flow_hash_v6_words(
+                &crate::words_of_v6(c),
+                &crate::words_of_v6(v),
+                40001,
+                5100,
+                PROTO_TCP
+            )
+        );
+        // Every address byte counts.
+        for i in 0..16 {
+            let mut c2 = c;
+            c2[i] ^= 1;
+            assert_ne!(
+                flow_hash_v6_key(&crate::Flow6Key::new(c2, v, 40001, 5100, 6)),
+                h
+            );
+        }
+        assert_eq!(core::mem::size_of::<crate::Flow6Key>(), 40);
+        assert_eq!(core::mem::size_of::<crate::Vip6Key>(), 20);
     }
 
     #[test]

@@ -537,6 +537,78 @@ impl Flow4Key {
     }
 }
 
+/// `FLOWS6` key: the client's IPv6 5-tuple as it sits in the packet (addresses as four native
+/// words each), 40 bytes built from whole words like `Flow4Key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct Flow6Key {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Source then destination port, as the 4 bytes sit in the packet.
+    pub ports: u32,
+    pub proto: u32,
+}
+
+impl Flow6Key {
+    #[inline(always)]
+    pub const fn from_wire(src: [u32; 4], dst: [u32; 4], ports: u32, proto: u8) -> Self {
+        Flow6Key {
+            src,
+            dst,
+            ports,
+            proto: proto as u32,
+        }
+    }
+
+    /// From octets and host-order ports (userspace, tests).
+    pub const fn new(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, proto: u8) -> Self {
+        Self::from_wire(
+            words_of_v6(src),
+            words_of_v6(dst),
+            ports_word(sport, dport),
+            proto,
+        )
+    }
+
+    /// (source, destination) port in host order.
+    #[inline(always)]
+    pub const fn ports_host(&self) -> (u16, u16) {
+        ports_of(self.ports)
+    }
+}
+
+/// `VIPS6` key: (address, port, protocol), like `Vip4Key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct Vip6Key {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl Vip6Key {
+    pub const fn new(addr: [u32; 4], port: u16, proto: u8) -> Self {
+        Vip6Key {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
+/// An IPv6 address's 16 bytes as four native words (what loads from packet memory give).
+#[inline(always)]
+pub const fn words_of_v6(o: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
 /// The 4 port bytes of a TCP/UDP header (source, destination) as a native word.
 #[inline(always)]
 pub const fn ports_word(sport: u16, dport: u16) -> u32 {
@@ -890,6 +962,8 @@ mod pod_impls {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for BackendHop {}
     unsafe impl aya::Pod for Flow4Key {}
+    unsafe impl aya::Pod for Flow6Key {}
+    unsafe impl aya::Pod for Vip6Key {}
     unsafe impl aya::Pod for FlowRef {}
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for SnatAddr {}
