@@ -64,6 +64,8 @@ fn pipeline(ctx: &XdpContext) -> u32 {
 fn process(ctx: &XdpContext) -> Verdict {
     let (l3, vlan) = match eth::parse(ctx) {
         L2::Ipv4 { l3, vlan } => (l3, vlan),
+        // The IPv6 pipeline is not wired yet (branch ipv6): IPv6 goes to the kernel as before.
+        L2::Ipv6 { .. } => return Verdict::of(Reason::PassNotIpv4),
         L2::NotIpv4 => return Verdict::of(Reason::PassNotIpv4),
         L2::Truncated => return Verdict::of(Reason::PassUnparsable),
     };

@@ -10,11 +10,11 @@ use aya_ebpf::{
 };
 use lb_common::{
     ADDR_FILTER_SIZE, AddrClass, BPF_F_MMAPABLE, Backend, BackendHop, BackendStats,
-    DEFAULT_MAX_FLOWS, DataplaneConfig, FLOW_HINT_SLOTS, Flow4Key, FlowEntry, FlowRef,
+    DEFAULT_MAX_FLOWS, DataplaneConfig, FLOW_HINT_SLOTS, Flow4Key, Flow6Key, FlowEntry, FlowRef,
     MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_FULL_SOURCES, MAX_INTERFACES, MAX_SNAT_ADDRS,
     MAX_SOURCE_ENTRIES, MAX_VIP_ENTRIES, MAX_VIPS, PinStats, PinTarget, Reason,
     SLOTS_PER_SNAT_ADDR, SOURCE_RATE_ENTRIES, SnatAddr, SourceKey4, SourceRateKey, TABLES_PER_VIP,
-    Vip4Key, VipInfo, VipLimits, VipMeta, VipStats,
+    Vip4Key, Vip6Key, VipInfo, VipLimits, VipMeta, VipStats,
     connlog::{CONN_OPENS_BYTES, FlowBytes, OpenEvent},
     cookie::CookieKey,
     rtt::{RTT_KINDS, RttRow},
@@ -28,6 +28,14 @@ pub static ADDR_FILTER: Array<u64, { ADDR_FILTER_SIZE as usize }, BPF_F_MMAPABLE
 /// IPv4 address → class, for buckets where our addresses collide.
 #[btf_map]
 pub static ADDRS4: HashMap<u32, AddrClass, { MAX_VIP_ENTRIES as usize }> = HashMap::new();
+
+/// IPv6 address (native words) → class. Only VIPs for now (IPv6 SNAT addresses come later).
+#[btf_map]
+pub static ADDRS6: HashMap<[u32; 4], AddrClass, { MAX_VIP_ENTRIES as usize }> = HashMap::new();
+
+/// (IPv6 VIP address, port, protocol) → VIP id.
+#[btf_map]
+pub static VIPS6: HashMap<Vip6Key, VipMeta, { MAX_VIP_ENTRIES as usize }> = HashMap::new();
 
 /// (VIP address, port, protocol) → VIP id.
 #[btf_map]
@@ -61,6 +69,10 @@ pub static BACKEND_HOPS: Array<BackendHop, { MAX_BACKENDS as usize }> = Array::n
 /// Client IPv4 5-tuple → slot of its flow in FLOW_TABLE. Resized by the loader (max_flows).
 #[btf_map]
 pub static FLOWS4: HashMap<Flow4Key, FlowRef, { DEFAULT_MAX_FLOWS as usize }> = HashMap::new();
+
+/// Client IPv6 5-tuple → slot of its flow in FLOW_TABLE (flows marked `FlowEntry::CLIENT_V6`).
+#[btf_map]
+pub static FLOWS6: HashMap<Flow6Key, FlowRef, { DEFAULT_MAX_FLOWS as usize }> = HashMap::new();
 
 /// `hash::flow_hint_index` of a client IPv4 5-tuple → `FlowRef::to_hint` of the flow FLOWS4
 /// last gave for a tuple there (0: none). A cache in front of FLOWS4 for established packets,

@@ -9,10 +9,12 @@ use super::ptr_at;
 pub const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
 
-/// Where the IPv4 header starts, or why there is none.
+/// Where the IP header starts, or why there is none.
 pub enum L2 {
     Ipv4 { l3: usize, vlan: u16 },
+    Ipv6 { l3: usize, vlan: u16 },
     NotIpv4,
     Truncated,
 }
@@ -30,6 +32,12 @@ pub fn parse(ctx: &XdpContext) -> L2 {
             vlan: 0,
         };
     }
+    if ether_type == ETH_P_IPV6 {
+        return L2::Ipv6 {
+            l3: EthHdr::LEN,
+            vlan: 0,
+        };
+    }
     if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
         return L2::NotIpv4;
     }
@@ -43,15 +51,15 @@ pub fn parse(ctx: &XdpContext) -> L2 {
             u16::from_be((*tag).ether_type),
         )
     };
-    if inner != ETH_P_IPV4 {
-        return L2::NotIpv4;
-    }
-    L2::Ipv4 {
-        l3: EthHdr::LEN + VlanHdr::LEN,
-        vlan: match tci & 0x0fff {
-            0 => VLAN_PRIORITY_ONLY,
-            vid => vid,
-        },
+    let vlan = match tci & 0x0fff {
+        0 => VLAN_PRIORITY_ONLY,
+        vid => vid,
+    };
+    let l3 = EthHdr::LEN + VlanHdr::LEN;
+    match inner {
+        ETH_P_IPV4 => L2::Ipv4 { l3, vlan },
+        ETH_P_IPV6 => L2::Ipv6 { l3, vlan },
+        _ => L2::NotIpv4,
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod eth;
 pub mod ipv4;
+pub mod ipv6;
 pub mod tcp;
 
 use aya_ebpf::programs::XdpContext;
