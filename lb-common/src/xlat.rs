@@ -41,8 +41,24 @@ pub const fn ipv4_header(
     w
 }
 
-/// An IPv6 header for a translated IPv4 packet: traffic class from TOS, flow label 0,
-/// `payload_len` the IPv4 payload length, hop limit the TTL (already decremented).
+/// The first two words of an IPv6 header for a translated IPv4 packet: traffic class from TOS,
+/// flow label 0, `payload_len` the IPv4 payload length, hop limit the TTL (already
+/// decremented). The addresses follow as they are.
+#[inline(always)]
+pub const fn ipv6_first_words(
+    traffic_class: u8,
+    payload_len: u16,
+    next_header: u8,
+    hop_limit: u8,
+) -> [u32; 2] {
+    let l = payload_len.to_be_bytes();
+    [
+        u32::from_ne_bytes([0x60 | (traffic_class >> 4), traffic_class << 4, 0, 0]),
+        u32::from_ne_bytes([l[0], l[1], next_header, hop_limit]),
+    ]
+}
+
+/// The whole IPv6 header (`ipv6_first_words`, then the addresses).
 #[inline(always)]
 pub const fn ipv6_header(
     traffic_class: u8,
@@ -52,18 +68,9 @@ pub const fn ipv6_header(
     src: &[u32; 4],
     dst: &[u32; 4],
 ) -> [u32; 10] {
-    let l = payload_len.to_be_bytes();
+    let [w0, w1] = ipv6_first_words(traffic_class, payload_len, next_header, hop_limit);
     [
-        u32::from_ne_bytes([0x60 | (traffic_class >> 4), traffic_class << 4, 0, 0]),
-        u32::from_ne_bytes([l[0], l[1], next_header, hop_limit]),
-        src[0],
-        src[1],
-        src[2],
-        src[3],
-        dst[0],
-        dst[1],
-        dst[2],
-        dst[3],
+        w0, w1, src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
     ]
 }
 

@@ -30,6 +30,7 @@ mod sources;
 mod stats;
 mod to_backend;
 mod to_client;
+mod v6;
 mod verdict;
 mod vip;
 mod vlan;
@@ -64,8 +65,7 @@ fn pipeline(ctx: &XdpContext) -> u32 {
 fn process(ctx: &XdpContext) -> Verdict {
     let (l3, vlan) = match eth::parse(ctx) {
         L2::Ipv4 { l3, vlan } => (l3, vlan),
-        // The IPv6 pipeline is not wired yet (branch ipv6): IPv6 goes to the kernel as before.
-        L2::Ipv6 { .. } => return Verdict::of(Reason::PassNotIpv4),
+        L2::Ipv6 { l3, vlan } => return v6::handle(ctx, l3, vlan),
         L2::NotIpv4 => return Verdict::of(Reason::PassNotIpv4),
         L2::Truncated => return Verdict::of(Reason::PassUnparsable),
     };

@@ -8,6 +8,7 @@ use lb_common::{
     conntrack::{Direction, State},
     ports_word,
     tcp_opts::Options,
+    xlat::GROWTH_V4_TO_V6,
 };
 
 use crate::{
@@ -54,28 +55,42 @@ pub fn handle(
     };
     crate::connlog::count(e, flow.slot, 1, p);
     let hop = egress::client_hop(&e.to_client);
-    let mtu = egress::iface_mtu(hop.ifindex, p.ip_len as u32, cfg.min_mtu);
-    if egress::too_big(p.ip_len, mtu) && p.df {
+    // An IPv6 client's packets grow by the header difference on the way out.
+    let v6 = e.flags & FlowEntry::CLIENT_V6 != 0;
+    let growth = if v6 { GROWTH_V4_TO_V6 as u16 } else { 0 };
+    let out_len = p.ip_len.saturating_add(growth);
+    let mtu = egress::iface_mtu(hop.ifindex, out_len as u32, cfg.min_mtu);
+    if egress::too_big(out_len, mtu) && p.df {
         // The backend learns the path MTU toward the SNAT address it talks to.
-        return icmp::too_big::send(ctx, p, mtu, p.dst, p.src);
+        return icmp::too_big::send(ctx, p, mtu.saturating_sub(growth as u32), p.dst, p.src);
     }
     if let Some(opts) = opts {
-        clamp_synack(ctx, p, opts, cfg, hop.ifindex);
+        clamp_synack(ctx, p, opts, cfg, hop.ifindex, growth as u32);
     }
-    let to = Rewrite {
-        src: e.vip_v4(),
-        dst: e.client[0],
-        ports: ports_word(e.vip_port, e.client_port),
-    };
-    if nat::rewrite(ctx, p, &to).is_none() {
-        return Verdict::of(Reason::DropInternal);
+    let ports = ports_word(e.vip_port, e.client_port);
+    if v6 {
+        let Some(vip) = maps::VIP_INFO.get(e.vip_id as u32) else {
+            return Verdict::of(Reason::DropInternal);
+        };
+        if crate::v6::xlat::to_v6(ctx, p, &vip.addr.words, &e.client, ports).is_none() {
+            return Verdict::of(Reason::DropMalformed);
+        }
+    } else {
+        let to = Rewrite {
+            src: e.vip_v4(),
+            dst: e.client[0],
+            ports,
+        };
+        if nat::rewrite(ctx, p, &to).is_none() {
+            return Verdict::of(Reason::DropInternal);
+        }
     }
     let sent = if accepted {
         Reason::Reversed
     } else {
         Reason::ReversedOutOfWindow
     };
-    let v = if egress::too_big(p.ip_len, mtu) {
+    let v = if egress::too_big(out_len, mtu) {
         Verdict::of(Reason::PassTooBig)
     } else {
         egress::transmit(ctx, &hop, p.vlan, e.client_vlan, sent)
@@ -92,9 +107,11 @@ fn clamp_synack(
     opts: &Options,
     cfg: &lb_common::DataplaneConfig,
     ifindex: u32,
+    growth: u32,
 ) {
-    // Every size is "large" here: always read the interface's MTU.
-    let mtu = egress::iface_mtu(ifindex, u32::MAX, 0);
+    // Every size is "large" here: always read the interface's MTU. An IPv6 client's segments
+    // carry `growth` more header bytes than the backend's.
+    let mtu = egress::iface_mtu(ifindex, u32::MAX, 0).saturating_sub(growth);
     if let Some(limit) = mss::limit(cfg, mtu) {
         mss::clamp_to(ctx, p, opts, limit);
     }

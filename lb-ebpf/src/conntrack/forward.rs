@@ -213,7 +213,7 @@ pub fn lookup(key: &Flow4Key) -> Option<Flow> {
 
 /// A TCP segment other than a SYN with no flow: dropped, or passed so the kernel resets it.
 #[inline(always)]
-fn no_state(flags: u8, cfg: &DataplaneConfig) -> Reason {
+pub(crate) fn no_state(flags: u8, cfg: &DataplaneConfig) -> Reason {
     if is_bad_syn(flags) {
         Reason::DropBadTcpFlags
     } else if cfg.flags & DataplaneConfig::NON_SYN_PASS != 0 {
@@ -333,7 +333,7 @@ fn create(
 
 /// The backend id at `slot` of the live table of `table_id` (a VIP's, or a pin's).
 #[inline(always)]
-fn pick(table_id: u32, slot: u32) -> u32 {
+pub(crate) fn pick(table_id: u32, slot: u32) -> u32 {
     let sel = TABLE_SEL.get(table_id).map_or(0, |s| *s & 1);
     match MAGLEV.get_value(table_id * TABLES_PER_VIP + sel, &slot) {
         Some(id) => *id,
@@ -344,7 +344,7 @@ fn pick(table_id: u32, slot: u32) -> u32 {
 /// Writes every field of a freshly claimed entry, field by field (a struct literal would be a
 /// memset call in BPF).
 #[inline(always)]
-fn fill(
+pub(crate) fn fill(
     ctx: &XdpContext,
     e: &mut FlowEntry,
     p: &Packet,

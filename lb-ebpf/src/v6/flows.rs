@@ -1,0 +1,165 @@
+//! IPv6 client → VIP: the connection table (`FLOWS6`) decides first, as for IPv4. A new flow
+//! takes its backend from the VIP's Maglev table by the IPv6 flow hash and claims an IPv4 SNAT
+//! slot: the backend is IPv4 and the flow is translated (`v6::xlat`).
+
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
+use lb_common::{
+    Backend, FAMILY_IPV4, Flow6Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE, NO_BACKEND, Reason,
+    Vip6Key, VipMeta,
+    conntrack::{is_initial_syn, syn_restarts_flow},
+    hash::flow_hash_v6_words,
+    ports_of, slot,
+};
+
+use crate::{
+    conntrack::{
+        Flow,
+        forward::{fill, no_state, pick},
+    },
+    maps::{BACKENDS, FLOW_TABLE, FLOWS6, SNAT_ADDRS, VIPS6, config},
+    parse::{Packet, ipv6::Addrs6},
+    snat,
+    stats::{self, VipSyn},
+};
+
+const EEXIST: i32 = 17;
+
+pub enum Found6 {
+    Flow(Flow),
+    NotVip,
+    Refused(Reason, u32),
+}
+
+#[inline(always)]
+pub fn find_or_create(ctx: &XdpContext, p: &Packet, a: &Addrs6, any_port: u16) -> Found6 {
+    let key = Flow6Key::from_wire(a.src, a.dst, p.ports, p.proto);
+    let syn = p.is_tcp() && is_initial_syn(p.seg.flags);
+    if !syn && let Some(f) = lookup(&key) {
+        return Found6::Flow(f);
+    }
+    let (sport, dport) = ports_of(p.ports);
+    let Some(vip) = vip(&a.dst, dport, p.proto, any_port) else {
+        return Found6::NotVip;
+    };
+    let Some(cfg) = config() else {
+        return Found6::Refused(Reason::DropInternal, vip.vip_id);
+    };
+    if p.is_tcp() && !syn {
+        return Found6::Refused(no_state(p.seg.flags, cfg), vip.vip_id);
+    }
+    if p.ttl <= 1 {
+        return Found6::Refused(Reason::DropTtlExpired, vip.vip_id);
+    }
+    if syn {
+        stats::vip_syn(vip.vip_id, VipSyn::Syn);
+    }
+    let hash = flow_hash_v6_words(&a.src, &a.dst, sport, dport, p.proto);
+    for _ in 0..2 {
+        match create(ctx, p, a, &key, &vip, hash, cfg) {
+            Ok(Some(f)) => return Found6::Flow(f),
+            Ok(None) => {}
+            Err(r) => return Found6::Refused(r, vip.vip_id),
+        }
+        match lookup(&key) {
+            // SAFETY: a live FLOW_TABLE value pointer.
+            Some(f) if !(syn && syn_restarts_flow(unsafe { (*f.entry).state })) => {
+                return Found6::Flow(f);
+            }
+            Some(f) => snat::release(f.entry, f.token),
+            None => {}
+        }
+        let _ = FLOWS6.remove(&key);
+    }
+    match lookup(&key) {
+        Some(f) => Found6::Flow(f),
+        None => Found6::Refused(Reason::DropInternal, vip.vip_id),
+    }
+}
+
+/// The VIP of (address, port, protocol), then the protocol's any-port VIP when the address has
+/// one (`any_port`: the address class's any-port bit for this protocol).
+#[inline(always)]
+fn vip(dst: &[u32; 4], dport: u16, proto: u8, any_port: u16) -> Option<VipMeta> {
+    if let Some(v) = VIPS6.get_ptr(&Vip6Key::new(*dst, dport, proto)) {
+        // SAFETY: valid map value pointer.
+        return Some(unsafe { *v });
+    }
+    if any_port == 0 {
+        return None;
+    }
+    // SAFETY: valid map value pointer.
+    VIPS6
+        .get_ptr(&Vip6Key::new(*dst, 0, proto))
+        .map(|v| unsafe { *v })
+}
+
+#[inline(always)]
+pub fn lookup(key: &Flow6Key) -> Option<Flow> {
+    let r = FLOWS6.get_ptr(key)?;
+    // SAFETY: valid map value pointer.
+    let FlowRef { slot, token } = unsafe { *r };
+    let e = FLOW_TABLE.get_ptr_mut(slot)?;
+    // SAFETY: valid map value pointer.
+    if unsafe { (*e).owner } != token {
+        return None;
+    }
+    Some(Flow {
+        entry: e,
+        slot,
+        token,
+        new: false,
+        accepted: true,
+    })
+}
+
+/// A new flow; Ok(None) when the tuple already has one.
+#[inline(always)]
+fn create(
+    ctx: &XdpContext,
+    p: &Packet,
+    a: &Addrs6,
+    key: &Flow6Key,
+    vip: &VipMeta,
+    hash: u32,
+    cfg: &lb_common::DataplaneConfig,
+) -> Result<Option<Flow>, Reason> {
+    let id = pick(vip.vip_id, hash % MAGLEV_TABLE_SIZE);
+    if id == NO_BACKEND {
+        return Err(Reason::DropNoBackend);
+    }
+    let backend = match BACKENDS.get(id) {
+        Some(b) if b.flags & Backend::ACTIVE != 0 && b.family == FAMILY_IPV4 => b,
+        _ => return Err(Reason::DropNoBackend),
+    };
+    if cfg.snat_count == 0 {
+        return Err(Reason::DropNoSnatAddress);
+    }
+    let (s, e) = snat::claim(hash, cfg)?;
+    let token = slot::token(hash);
+    let Some(snat_addr) = SNAT_ADDRS.get(slot::snat_index_of(s)) else {
+        snat::release(e, token);
+        return Err(Reason::DropInternal);
+    };
+    // SAFETY: we own the slot (claimed above).
+    let entry = unsafe { &mut *e };
+    fill(ctx, entry, p, backend, id, vip, snat_addr.addr.v4_word_of());
+    entry.client = a.src;
+    entry.flags = FlowEntry::CLIENT_V6;
+    match FLOWS6.insert(key, &FlowRef { slot: s, token }, BPF_NOEXIST as u64) {
+        Ok(()) => Ok(Some(Flow {
+            entry: e,
+            slot: s,
+            token,
+            new: true,
+            accepted: true,
+        })),
+        Err(err) => {
+            snat::release(e, token);
+            if err == -EEXIST {
+                Ok(None)
+            } else {
+                Err(Reason::DropConntrackFull)
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! IPv6 clients of IPv6 VIPs, served by IPv4 backends through an IPv4 SNAT address: classify
+//! the destination (`ADDRS6`), parse, find or create the flow (`flows`), translate to IPv4
+//! (`xlat`), send. Replies come back as IPv4 to the SNAT address and are translated in
+//! `to_client`. ICMPv6 (neighbour discovery included) and everything not ours go to the kernel.
+
+pub mod flows;
+pub mod xlat;
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    AddrClass, FlowEntry, Reason,
+    conntrack::{Direction, State, is_bad_syn, tcp_flags},
+    ports_word, slot,
+};
+
+use crate::{
+    conntrack::{self, now_ns},
+    egress::{self, NoHop},
+    maps::{ADDRS6, SNAT_ADDRS},
+    parse::{
+        self,
+        ipv6::{self, Parsed6},
+    },
+    stats,
+    verdict::Verdict,
+};
+use flows::Found6;
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
+    let Some(dst) = ipv6::destination(ctx, l3) else {
+        return Verdict::of(Reason::PassUnparsable);
+    };
+    let Some(class) = ADDRS6.get_ptr(&dst) else {
+        return Verdict::of(Reason::PassNotIpv4);
+    };
+    // SAFETY: valid map value pointer.
+    let class: AddrClass = unsafe { *class };
+    if class.flags & AddrClass::VIP == 0 {
+        return Verdict::of(Reason::PassNotIpv4);
+    }
+    let (mut p, a) = match ipv6::parse(ctx, l3, vlan) {
+        Parsed6::Ok(p, a) => (p, a),
+        Parsed6::Icmp => return Verdict::of(Reason::PassIcmp),
+        Parsed6::Fragment => return Verdict::of(Reason::DropFragment),
+        // Extension headers and other protocols to a VIP: not a client of ours.
+        Parsed6::Other | Parsed6::Malformed => return Verdict::of(Reason::DropMalformed),
+    };
+    let opts = if p.seg.flags & tcp_flags::SYN != 0 {
+        parse::tcp::syn_options(ctx, &mut p)
+    } else {
+        None
+    };
+    let mut flow =
+        match flows::find_or_create(ctx, &p, &a, class.flags & AddrClass::any_port_bit(p.proto)) {
+            Found6::Flow(f) => f,
+            Found6::NotVip => return Verdict::of(Reason::PassNotOurs),
+            Found6::Refused(r, vip_id) => {
+                if r == Reason::DropNoBackend {
+                    stats::vip_no_backend(vip_id);
+                }
+                return Verdict::of(r);
+            }
+        };
+    if p.is_tcp() && is_bad_syn(p.seg.flags) {
+        return Verdict::of(Reason::DropBadTcpFlags);
+    }
+    if p.ttl <= 1 {
+        return Verdict::of(Reason::DropTtlExpired);
+    }
+    // SAFETY: a live FLOW_TABLE value pointer; racing writers store whole scalars only.
+    let e = unsafe { &mut *flow.entry };
+    let now = now_ns();
+    if !flow.new {
+        let (acked_before, synack_at) = (e.flags & FlowEntry::ACK_SEEN_FWD, e.last_seen_ns);
+        flow.accepted = conntrack::track(e, &p, Direction::Forward);
+        conntrack::touch(ctx, e, now, Direction::Forward);
+        if acked_before == 0
+            && e.flags & FlowEntry::ACK_SEEN_FWD != 0
+            && e.state == State::Established as u8
+        {
+            stats::vip_syn(e.vip_id as u32, stats::VipSyn::Handshake);
+            crate::rtt::client_acked(e, synack_at);
+        }
+    }
+    let Some(snat) = SNAT_ADDRS.get(slot::snat_index_of(flow.slot)) else {
+        return Verdict::of(Reason::DropInternal);
+    };
+    let snat = snat.addr.v4_word_of();
+    let hop = match egress::backend_hop(ctx, e.backend_id, snat, e.backend, p.proto, now) {
+        Ok(h) => Some(h),
+        Err(NoHop::Neighbor) => None,
+        Err(NoHop::Failed) => return Verdict::of(Reason::DropFibFailed),
+    };
+    if p.is_tcp()
+        && p.seg.flags & tcp_flags::SYN != 0
+        && let Some(cfg) = crate::maps::config()
+        && let Some(limit) = crate::mss::limit(cfg, hop.map_or(0, |h| h.mtu))
+        && let Some(opts) = opts
+    {
+        crate::mss::clamp_to(ctx, &p, opts, limit);
+    }
+    let ports = ports_word(slot::port_of(flow.slot), e.backend_port);
+    if xlat::to_v4(ctx, &p, &a, snat, e.backend, ports).is_none() {
+        return Verdict::of(Reason::DropInternal);
+    }
+    let len = p.ip_len as u64 - 20;
+    let sent = if flow.accepted {
+        Reason::Forwarded
+    } else {
+        Reason::ForwardedOutOfWindow
+    };
+    let v = match hop {
+        Some(h) => {
+            let vlan = if h.ifindex == egress::ingress_ifindex(ctx) {
+                p.vlan
+            } else {
+                0
+            };
+            egress::transmit(ctx, &h, p.vlan, vlan, sent)
+        }
+        None => Verdict::of(Reason::PassNoNeighbor),
+    };
+    stats::vip(e.vip_id as u32, len, flow.new);
+    stats::backend_in(e.backend_id as u32, len, flow.new);
+    v
+}
