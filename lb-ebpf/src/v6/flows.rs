@@ -54,25 +54,25 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, a: &Addrs6, any_port: u16) -
         stats::vip_syn(vip.vip_id, VipSyn::Syn);
     }
     let hash = flow_hash_v6_words(&a.src, &a.dst, sport, dport, p.proto);
-    for _ in 0..2 {
-        match create(ctx, p, a, &key, &vip, hash, cfg) {
-            Ok(Some(f)) => return Found6::Flow(f),
-            Ok(None) => {}
-            Err(r) => return Found6::Refused(r, vip.vip_id),
-        }
-        match lookup(&key) {
-            // SAFETY: a live FLOW_TABLE value pointer.
-            Some(f) if !(syn && syn_restarts_flow(unsafe { (*f.entry).state })) => {
-                return Found6::Flow(f);
-            }
-            Some(f) => snat::release(f.entry, f.token),
-            None => {}
-        }
-        let _ = FLOWS6.remove(&key);
+    match create(ctx, p, a, &key, &vip, hash, cfg) {
+        Ok(Some(f)) => return Found6::Flow(f),
+        Ok(None) => {}
+        Err(r) => return Found6::Refused(r, vip.vip_id),
     }
+    // The tuple has a flow: a retransmitted SYN follows it; a SYN on a closing or reset one
+    // ends it, and the client's retransmission creates the new flow.
     match lookup(&key) {
-        Some(f) => Found6::Flow(f),
-        None => Found6::Refused(Reason::DropInternal, vip.vip_id),
+        // SAFETY: a live FLOW_TABLE value pointer.
+        Some(f) if !(syn && syn_restarts_flow(unsafe { (*f.entry).state })) => Found6::Flow(f),
+        Some(f) => {
+            snat::release(f.entry, f.token);
+            let _ = FLOWS6.remove(&key);
+            Found6::Refused(Reason::DropInternal, vip.vip_id)
+        }
+        None => {
+            let _ = FLOWS6.remove(&key);
+            Found6::Refused(Reason::DropInternal, vip.vip_id)
+        }
     }
 }
 
