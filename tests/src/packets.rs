@@ -59,6 +59,112 @@ pub fn tcp_seg(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), s: &Seg) -> Vec<u8> {
     out
 }
 
+/// An IPv6 TCP segment from `src` to `dst` (traffic class `tc`, hop limit `s.ttl`).
+pub fn tcp6_seg(src: ([u8; 16], u16), dst: ([u8; 16], u16), tc: u8, s: &Seg) -> Vec<u8> {
+    let ip = etherparse::IpHeaders::Ipv6(
+        etherparse::Ipv6Header {
+            traffic_class: tc,
+            hop_limit: s.ttl,
+            source: src.0,
+            destination: dst.0,
+            ..Default::default()
+        },
+        Default::default(),
+    );
+    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, EDGE_MAC)
+        .ip(ip)
+        .tcp(src.1, dst.1, s.seq, s.win);
+    for f in s.flags.chars() {
+        b = match f {
+            'S' => b.syn(),
+            'A' => b.ack(s.ack),
+            'F' => b.fin(),
+            'R' => b.rst(),
+            'P' => b.psh(),
+            _ => panic!("unknown TCP flag {f}"),
+        };
+    }
+    if !s.options.is_empty() {
+        b = b.options_raw(s.options).expect("options");
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, s.payload).expect("build tcp6");
+    out
+}
+
+/// An IPv6 UDP datagram.
+pub fn udp6(src: ([u8; 16], u16), dst: ([u8; 16], u16), payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, EDGE_MAC)
+        .ipv6(src.0, dst.0, 64)
+        .udp(src.1, dst.1)
+        .write(&mut out, payload)
+        .expect("build udp6");
+    out
+}
+
+/// What an IPv6 output frame carries; `ok` when its L4 checksum is right.
+#[derive(Debug)]
+pub struct Seen6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub traffic_class: u8,
+    pub hop_limit: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub payload: Vec<u8>,
+    pub mss: Option<u16>,
+    pub ok: bool,
+}
+
+pub fn inspect6(frame: &[u8]) -> Seen6 {
+    let s = SlicedPacket::from_ethernet(frame).expect("output frame parses");
+    let Some(etherparse::NetSlice::Ipv6(ip)) = &s.net else {
+        panic!("not ipv6")
+    };
+    let h = ip.header().to_header();
+    let (src_port, dst_port, payload, ok, mss) = match &s.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            let th = t.to_header();
+            let mss = th.options_iterator().flatten().find_map(|o| match o {
+                etherparse::TcpOptionElement::MaximumSegmentSize(m) => Some(m),
+                _ => None,
+            });
+            let ok = th.calc_checksum_ipv6(&h, t.payload()).unwrap() == th.checksum;
+            (
+                th.source_port,
+                th.destination_port,
+                t.payload().to_vec(),
+                ok,
+                mss,
+            )
+        }
+        Some(TransportSlice::Udp(u)) => {
+            let uh = u.to_header();
+            let ok = uh.calc_checksum_ipv6(&h, u.payload()).unwrap() == uh.checksum;
+            (
+                uh.source_port,
+                uh.destination_port,
+                u.payload().to_vec(),
+                ok,
+                None,
+            )
+        }
+        other => panic!("unexpected transport {other:?}"),
+    };
+    Seen6 {
+        src: h.source,
+        dst: h.destination,
+        traffic_class: h.traffic_class,
+        hop_limit: h.hop_limit,
+        src_port,
+        dst_port,
+        payload,
+        mss,
+        ok,
+    }
+}
+
 /// A TCP segment with default sequence numbers (seq 1000, ack 1).
 pub fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: &str, payload: &[u8]) -> Vec<u8> {
     tcp_seg(

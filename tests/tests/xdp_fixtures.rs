@@ -1519,3 +1519,189 @@ fn verifier_instruction_count() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------- IPv6 clients
+
+const V6_VIP_ID: u32 = 7;
+const V6_UDP_VIP_ID: u32 = 8;
+const CLIENT6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xbe, 0xef,
+];
+const VIP6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+];
+
+/// An IPv6 VIP (TCP and UDP) served by the fixture's IPv4 backends.
+fn add_ipv6_vip(fx: &mut Fixture) {
+    use lb_common::{FAMILY_IPV6, Vip6Key, words_of_v6};
+    for (id, port, proto, base) in [
+        (V6_VIP_ID, VIP_TCP_PORT, PROTO_TCP, 0),
+        (V6_UDP_VIP_ID, VIP_UDP_PORT, PROTO_UDP, UDP_BACKEND_BASE),
+    ] {
+        fx.image.vip_info.insert(
+            id,
+            VipInfo {
+                addr: Addr {
+                    words: words_of_v6(VIP6),
+                },
+                port,
+                proto,
+                family: FAMILY_IPV6,
+                flags: 0,
+            },
+        );
+        fx.install(id, &[(base, 1), (base + 1, 1), (base + 2, 1)])
+            .unwrap();
+        fx.program
+            .set_vip6(
+                &Vip6Key::new(words_of_v6(VIP6), port, proto),
+                VipMeta {
+                    vip_id: id,
+                    flags: 0,
+                },
+                AddrClass {
+                    flags: AddrClass::VIP,
+                    snat_index: 0,
+                },
+            )
+            .unwrap();
+    }
+    fx.sync().unwrap();
+}
+
+#[test]
+fn ipv6_clients_reach_ipv4_backends_and_get_ipv6_replies() {
+    with_fixture("ipv6_to_ipv4", 1024, |fx| {
+        add_ipv6_vip(fx);
+        let syn = packets::tcp6_seg(
+            (CLIENT6, 45000),
+            (VIP6, VIP_TCP_PORT),
+            0xb8,
+            &Seg {
+                flags: "S",
+                seq: ISN,
+                options: &mss_options(1440, false),
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.client_if, &syn).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        let s = inspect(&out);
+        assert!(s.checksums_ok, "{s:?}");
+        assert_eq!(
+            (s.src, s.dst_port, s.ttl, s.tos, s.df),
+            (SNAT, VIP_TCP_PORT, 63, 0xb8, true)
+        );
+        let b = BACKENDS
+            .iter()
+            .position(|x| *x == s.dst)
+            .expect("a backend");
+        let sp = s.src_port;
+        assert_eq!(
+            out.len(),
+            syn.len() - 20,
+            "the frame lost the header difference"
+        );
+        // The backend answers with MSS 1460: the IPv6 client gets 1440 (its side carries 20
+        // more header bytes).
+        let synack = tcp_seg(
+            (BACKENDS[b], VIP_TCP_PORT),
+            (SNAT, sp),
+            &Seg {
+                flags: "SA",
+                seq: BACKEND_ISN,
+                ack: ISN + 1,
+                options: &mss_options(1460, false),
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.backend_if, &synack).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        let r = packets::inspect6(&out);
+        assert!(r.ok, "{r:?}");
+        assert_eq!(
+            (r.src, r.dst, r.src_port, r.dst_port),
+            (VIP6, CLIENT6, VIP_TCP_PORT, 45000)
+        );
+        assert_eq!((r.hop_limit, r.mss), (63, Some(1440)));
+        // Data both ways.
+        let data = packets::tcp6_seg(
+            (CLIENT6, 45000),
+            (VIP6, VIP_TCP_PORT),
+            0,
+            &Seg {
+                flags: "PA",
+                seq: ISN + 1,
+                ack: BACKEND_ISN + 1,
+                payload: b"CONNECT",
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.client_if, &data).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let s = inspect(&out);
+        assert!(s.checksums_ok);
+        assert_eq!(
+            (s.dst, s.src_port, s.payload.as_slice()),
+            (BACKENDS[b], sp, &b"CONNECT"[..])
+        );
+        let reply = tcp_seg(
+            (BACKENDS[b], VIP_TCP_PORT),
+            (SNAT, sp),
+            &Seg {
+                flags: "PA",
+                seq: BACKEND_ISN + 1,
+                ack: ISN + 8,
+                payload: b"CONNACK",
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.backend_if, &reply).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let r = packets::inspect6(&out);
+        assert!(r.ok && r.payload == b"CONNACK", "{r:?}");
+        let flows = fx.flows();
+        assert_eq!(flows.len(), 1);
+        assert_ne!(flows[0].1.flags & lb_common::FlowEntry::CLIENT_V6, 0);
+
+        // UDP both ways.
+        let (act, out) = fx
+            .run(
+                fx.client_if,
+                &packets::udp6((CLIENT6, 45001), (VIP6, VIP_UDP_PORT), b"ping"),
+            )
+            .unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        let s = inspect(&out);
+        assert!(s.checksums_ok, "{s:?}");
+        let ub = s.dst;
+        let (act, out) = fx
+            .run(
+                fx.backend_if,
+                &udp((ub, VIP_UDP_PORT), (SNAT, s.src_port), b"pong"),
+            )
+            .unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        let r = packets::inspect6(&out);
+        assert!(r.ok && r.payload == b"pong", "{r:?}");
+        assert_eq!((r.src, r.dst, r.dst_port), (VIP6, CLIENT6, 45001));
+    });
+}
+
+#[test]
+fn ipv6_traffic_that_is_not_for_a_vip_passes_and_fragments_to_a_vip_are_dropped() {
+    with_fixture("ipv6_pass", 1024, |fx| {
+        add_ipv6_vip(fx);
+        let other = [0x20, 0x01, 0x0d, 0xb8, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+        let frame = packets::tcp6_seg((CLIENT6, 45002), (other, 22), 0, &Seg::default());
+        let (act, out) = fx.run(fx.client_if, &frame).unwrap();
+        assert_eq!((act, out), (XDP_PASS, frame), "passed byte for byte");
+        // A fragment header right after the fixed header, to the VIP.
+        let mut frag =
+            packets::tcp6_seg((CLIENT6, 45003), (VIP6, VIP_TCP_PORT), 0, &Seg::default());
+        frag[14 + 6] = 44;
+        let before = fx.reasons();
+        assert_eq!(fx.run(fx.client_if, &frag).unwrap().0, XDP_DROP);
+        assert_only(fx, &before, Reason::DropFragment, 1);
+    });
+}

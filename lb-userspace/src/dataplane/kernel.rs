@@ -263,6 +263,31 @@ impl Program {
         Ok(())
     }
 
+    /// Makes `key`'s address an IPv6 VIP address and `key` a VIP (tests, until the controller
+    /// writes IPv6 VIPs).
+    pub fn set_vip6(
+        &mut self,
+        key: &lb_common::Vip6Key,
+        meta: VipMeta,
+        class: AddrClass,
+    ) -> Result<()> {
+        {
+            let mut addrs: HashMap<&mut MapData, [u32; 4], AddrClass> = self
+                .ebpf
+                .map_mut("ADDRS6")
+                .ok_or_else(|| anyhow!("map ADDRS6 missing"))?
+                .try_into()?;
+            addrs.insert(key.addr, class, 0)?;
+        }
+        let mut vips: HashMap<&mut MapData, lb_common::Vip6Key, VipMeta> = self
+            .ebpf
+            .map_mut("VIPS6")
+            .ok_or_else(|| anyhow!("map VIPS6 missing"))?
+            .try_into()?;
+        vips.insert(key, meta, 0)?;
+        Ok(())
+    }
+
     /// Kernel memory charged to one of the object's maps, from fdinfo.
     pub fn map_memory_bytes(&self, name: &str) -> Result<u64> {
         let m = self
