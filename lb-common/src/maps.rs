@@ -81,12 +81,15 @@ pub mod names {
     pub const FLOW_BYTES: &str = "FLOW_BYTES";
     pub const CONN_LOG_LOST: &str = "CONN_LOG_LOST";
     pub const PIN_RTT: &str = "PIN_RTT";
+    pub const ADDRS6: &str = "ADDRS6";
+    pub const VIPS6: &str = "VIPS6";
+    pub const FLOWS6: &str = "FLOWS6";
     /// Hint cache in front of FLOWS4 (not pinned: each program load starts an empty one).
     pub const FLOW_HINTS4: &str = "FLOW_HINTS4";
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
-    pub const ALL: [&str; 30] = [
+    pub const ALL: [&str; 33] = [
         ADDR_FILTER,
         ADDRS4,
         VIPS4,
@@ -117,6 +120,9 @@ pub mod names {
         FLOW_BYTES,
         CONN_LOG_LOST,
         PIN_RTT,
+        ADDRS6,
+        VIPS6,
+        FLOWS6,
     ];
 }
 

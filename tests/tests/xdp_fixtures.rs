@@ -1552,20 +1552,21 @@ fn add_ipv6_vip(fx: &mut Fixture) {
         );
         fx.install(id, &[(base, 1), (base + 1, 1), (base + 2, 1)])
             .unwrap();
-        fx.program
-            .set_vip6(
-                &Vip6Key::new(words_of_v6(VIP6), port, proto),
-                VipMeta {
-                    vip_id: id,
-                    flags: 0,
-                },
-                AddrClass {
-                    flags: AddrClass::VIP,
-                    snat_index: 0,
-                },
-            )
-            .unwrap();
+        fx.image.vips6.insert(
+            Vip6Key::new(words_of_v6(VIP6), port, proto),
+            VipMeta {
+                vip_id: id,
+                flags: 0,
+            },
+        );
     }
+    fx.image.addrs6.insert(
+        words_of_v6(VIP6),
+        AddrClass {
+            flags: AddrClass::VIP,
+            snat_index: 0,
+        },
+    );
     fx.sync().unwrap();
 }
 

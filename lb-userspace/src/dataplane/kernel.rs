@@ -18,8 +18,8 @@ use aya::{
 use lb_common::{
     ADDR_FILTER_SIZE, AddrClass, Backend, BackendHop, BackendStats, DataplaneConfig, Flow4Key,
     FlowEntry, FlowRef, MAX_SNAT_ADDRS, PinStats, PinTarget, Reason, SLOTS_PER_SNAT_ADDR, SnatAddr,
-    SourceKey4, SourceRateKey, Vip4Key, VipInfo, VipLimits, VipMeta, VipStats, cookie::CookieKey,
-    names,
+    SourceKey4, SourceRateKey, Vip4Key, Vip6Key, VipInfo, VipLimits, VipMeta, VipStats,
+    cookie::CookieKey, names,
 };
 
 use super::{Counters, Flows, Image, Maps, Write, tables::MaglevTables};
@@ -263,31 +263,6 @@ impl Program {
         Ok(())
     }
 
-    /// Makes `key`'s address an IPv6 VIP address and `key` a VIP (tests, until the controller
-    /// writes IPv6 VIPs).
-    pub fn set_vip6(
-        &mut self,
-        key: &lb_common::Vip6Key,
-        meta: VipMeta,
-        class: AddrClass,
-    ) -> Result<()> {
-        {
-            let mut addrs: HashMap<&mut MapData, [u32; 4], AddrClass> = self
-                .ebpf
-                .map_mut("ADDRS6")
-                .ok_or_else(|| anyhow!("map ADDRS6 missing"))?
-                .try_into()?;
-            addrs.insert(key.addr, class, 0)?;
-        }
-        let mut vips: HashMap<&mut MapData, lb_common::Vip6Key, VipMeta> = self
-            .ebpf
-            .map_mut("VIPS6")
-            .ok_or_else(|| anyhow!("map VIPS6 missing"))?
-            .try_into()?;
-        vips.insert(key, meta, 0)?;
-        Ok(())
-    }
-
     /// Kernel memory charged to one of the object's maps, from fdinfo.
     pub fn map_memory_bytes(&self, name: &str) -> Result<u64> {
         let m = self
@@ -377,6 +352,8 @@ pub struct KernelMaps {
     _filter_map: MapData,
     addrs: HashMap<MapData, u32, AddrClass>,
     vips: HashMap<MapData, Vip4Key, VipMeta>,
+    addrs6: HashMap<MapData, [u32; 4], AddrClass>,
+    vips6: HashMap<MapData, Vip6Key, VipMeta>,
     vip_info: Array<MapData, VipInfo>,
     tables: MaglevTables,
     backends: Array<MapData, Backend>,
@@ -405,6 +382,8 @@ impl KernelMaps {
             _filter_map: filter_map,
             addrs: typed!(ebpf, names::ADDRS4),
             vips: typed!(ebpf, names::VIPS4),
+            addrs6: typed!(ebpf, names::ADDRS6),
+            vips6: typed!(ebpf, names::VIPS6),
             vip_info: typed!(ebpf, names::VIP_INFO),
             backends: typed!(ebpf, names::BACKENDS),
             hops: typed!(ebpf, names::BACKEND_HOPS),
@@ -438,6 +417,10 @@ impl Maps for KernelMaps {
             Write::Vip(k, None) => ignore_missing(self.vips.remove(k))?,
             Write::Addr(a, Some(c)) => self.addrs.insert(a, c, 0)?,
             Write::Addr(a, None) => ignore_missing(self.addrs.remove(a))?,
+            Write::Vip6(k, Some(m)) => self.vips6.insert(k, m, 0)?,
+            Write::Vip6(k, None) => ignore_missing(self.vips6.remove(k))?,
+            Write::Addr6(a, Some(c)) => self.addrs6.insert(a, c, 0)?,
+            Write::Addr6(a, None) => ignore_missing(self.addrs6.remove(a))?,
             Write::Filter(b, v) => self.filter.store64(*b as usize, *v),
             Write::SnatPick(i, v) => self.snat_pick.set(*i, v.unwrap_or(0), 0)?,
             Write::TxPort(ifindex, true) => self.tx_ports.insert(*ifindex, *ifindex, None, 0)?,
@@ -484,6 +467,8 @@ impl Maps for KernelMaps {
             }
         }
         img.vips = self.vips.iter().collect::<Result<_, _>>()?;
+        img.addrs6 = self.addrs6.iter().collect::<Result<_, _>>()?;
+        img.vips6 = self.vips6.iter().collect::<Result<_, _>>()?;
         for (id, b) in self.backends.iter().enumerate() {
             let b = b?;
             if b != Backend::default() {
@@ -496,7 +481,7 @@ impl Maps for KernelMaps {
                 img.vip_info.insert(id as u32, i);
             }
         }
-        for m in img.vips.values() {
+        for m in img.vips.values().chain(img.vips6.values()) {
             if let Some(t) = self.tables.read(m.vip_id)? {
                 img.tables.insert(m.vip_id, Arc::new(t));
             }

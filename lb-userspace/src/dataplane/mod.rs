@@ -20,7 +20,8 @@ use std::{
 use anyhow::Result;
 use lb_common::{
     AddrClass, Backend, BackendStats, DataplaneConfig, Flow4Key, FlowEntry, FlowRef, PinStats,
-    PinTarget, SnatAddr, SourceKey4, SourceRateKey, Vip4Key, VipInfo, VipLimits, VipMeta, VipStats,
+    PinTarget, SnatAddr, SourceKey4, SourceRateKey, Vip4Key, Vip6Key, VipInfo, VipLimits, VipMeta,
+    VipStats,
 };
 
 /// One change to a configuration map. `None` / zero values remove or clear.
@@ -32,6 +33,9 @@ pub enum Write {
     VipInfo(u32, VipInfo),
     Vip(Vip4Key, Option<VipMeta>),
     Addr(u32, Option<AddrClass>),
+    /// An IPv6 VIP (`VIPS6`) and an IPv6 address of ours (`ADDRS6`).
+    Vip6(Vip6Key, Option<VipMeta>),
+    Addr6([u32; 4], Option<AddrClass>),
     Filter(u32, u64),
     /// `None` clears an entry beyond the pick count.
     SnatPick(u32, Option<u32>),
@@ -54,8 +58,8 @@ impl Write {
             Write::SnatAddr(_, a) => *a == SnatAddr::default(),
             Write::Table(_, t) => t.is_none(),
             Write::VipInfo(_, i) => *i == VipInfo::default(),
-            Write::Vip(_, m) => m.is_none(),
-            Write::Addr(_, c) => c.is_none(),
+            Write::Vip(_, m) | Write::Vip6(_, m) => m.is_none(),
+            Write::Addr(_, c) | Write::Addr6(_, c) => c.is_none(),
             Write::Filter(_, v) => *v == 0,
             Write::TxPort(_, on) => !on,
             Write::IfaceMtu(_, m) => m.is_none(),
@@ -73,8 +77,8 @@ impl Write {
             Write::SnatAddr(..) => 1,
             Write::Table(..) => 2,
             Write::VipInfo(..) | Write::Source(..) | Write::VipLimits(..) | Write::Pin(..) => 3,
-            Write::Vip(..) => 4,
-            Write::Addr(..) => 5,
+            Write::Vip(..) | Write::Vip6(..) => 4,
+            Write::Addr(..) | Write::Addr6(..) => 5,
             Write::Filter(..) => 6,
             Write::SnatPick(..) => 7,
             Write::TxPort(..) => 8,
@@ -87,8 +91,8 @@ impl Write {
     fn shrink_rank(&self) -> u8 {
         match self {
             Write::Filter(..) => 0,
-            Write::Addr(..) => 1,
-            Write::Vip(..) => 2,
+            Write::Addr(..) | Write::Addr6(..) => 1,
+            Write::Vip(..) | Write::Vip6(..) => 2,
             Write::VipInfo(..) | Write::Source(..) | Write::VipLimits(..) | Write::Pin(..) => 3,
             Write::Table(..) => 4,
             Write::Backend(..) => 5,
@@ -107,6 +111,8 @@ pub struct Image {
     pub addrs: BTreeMap<u32, AddrClass>,
     pub filter: BTreeMap<u32, u64>,
     pub vips: BTreeMap<Vip4Key, VipMeta>,
+    pub addrs6: BTreeMap<[u32; 4], AddrClass>,
+    pub vips6: BTreeMap<Vip6Key, VipMeta>,
     pub vip_info: BTreeMap<u32, VipInfo>,
     pub backends: BTreeMap<u32, Backend>,
     pub tables: BTreeMap<u32, Arc<Vec<u32>>>,
@@ -152,6 +158,8 @@ impl Image {
         });
         diff_map(&self.vips, &new.vips, &mut w, Write::Vip);
         diff_map(&self.addrs, &new.addrs, &mut w, Write::Addr);
+        diff_map(&self.vips6, &new.vips6, &mut w, Write::Vip6);
+        diff_map(&self.addrs6, &new.addrs6, &mut w, Write::Addr6);
         diff_map(&self.filter, &new.filter, &mut w, |k, v| {
             Write::Filter(k, v.unwrap_or(0))
         });
@@ -206,6 +214,8 @@ impl Image {
             ),
             Write::Vip(k, m) => put(&mut self.vips, k, m),
             Write::Addr(k, c) => put(&mut self.addrs, k, c),
+            Write::Vip6(k, m) => put(&mut self.vips6, k, m),
+            Write::Addr6(k, c) => put(&mut self.addrs6, k, c),
             Write::Filter(k, v) => put(&mut self.filter, k, (v != 0).then_some(v)),
             Write::SnatPick(k, v) => put(&mut self.snat_pick, k, v),
             Write::TxPort(k, on) => {
@@ -238,6 +248,8 @@ impl Image {
             }
             Write::Vip(k, _) => Write::Vip(*k, self.vips.get(k).copied()),
             Write::Addr(k, _) => Write::Addr(*k, self.addrs.get(k).copied()),
+            Write::Vip6(k, _) => Write::Vip6(*k, self.vips6.get(k).copied()),
+            Write::Addr6(k, _) => Write::Addr6(*k, self.addrs6.get(k).copied()),
             Write::Filter(k, _) => Write::Filter(*k, self.filter.get(k).copied().unwrap_or(0)),
             Write::SnatPick(k, _) => Write::SnatPick(*k, self.snat_pick.get(k).copied()),
             Write::TxPort(k, _) => Write::TxPort(*k, self.tx_ports.contains(k)),
