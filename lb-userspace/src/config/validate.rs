@@ -83,22 +83,33 @@ impl Collector<'_> {
         n
     }
 
-    /// An address of a family the data path handles (IPv4 for now).
+    /// An IPv4 address (backends and SNAT addresses are IPv4 for now; VIPs take `ip_any`).
     fn ip(&mut self, path: &str, v: &Spanned<String>, role: &str) -> IpAddr {
-        match v.get_ref().parse::<IpAddr>() {
-            Ok(a @ IpAddr::V4(_)) => a,
-            Ok(a @ IpAddr::V6(_)) => {
+        match self.ip_any(path, v, role) {
+            a @ IpAddr::V6(_) => {
                 self.err(
                     path,
                     v,
                     format!(
-                        "{role} {a} is IPv6; this data plane is IPv4 (VIPs, backends and SNAT addresses must all be IPv4)"
+                        "{role} {a} is IPv6; backends and SNAT addresses must be IPv4 for now (an IPv6 VIP is served by IPv4 backends)"
                     ),
                 );
                 a
             }
+            a => a,
+        }
+    }
+
+    /// An address of either family.
+    fn ip_any(&mut self, path: &str, v: &Spanned<String>, role: &str) -> IpAddr {
+        match v.get_ref().parse::<IpAddr>() {
+            Ok(a) => a,
             Err(_) => {
-                self.err(path, v, format!("{:?} is not an IP address", v.get_ref()));
+                self.err(
+                    path,
+                    v,
+                    format!("{role} {:?} is not an IP address", v.get_ref()),
+                );
                 IpAddr::from([0, 0, 0, 0])
             }
         }
@@ -640,7 +651,7 @@ fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
     for (vi, v) in raw.iter().enumerate() {
         let p = format!("vip[{vi}]");
         let name = vip_name(c, &p, v, &mut names);
-        let address = c.ip(&format!("{p}.address"), &v.address, "VIP address");
+        let address = c.ip_any(&format!("{p}.address"), &v.address, "VIP address");
         let port = c.ranged(
             &format!("{p}.port"),
             &v.port,
@@ -666,8 +677,11 @@ fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
         let backends = backends(c, &p, v, &name, port);
         let groups = groups(c, &p, v, &backends);
         let pins = pins(c, &p, v, &groups);
-        let syn_cookies = cookie_mode(c, &p, v, protocol);
+        let mut syn_cookies = cookie_mode(c, &p, v, protocol);
         let sources = source_policy(c, &p, v);
+        if address.is_ipv6() {
+            ipv6_vip_limits(c, &p, v, &mut syn_cookies);
+        }
         vips.push(Vip {
             name,
             address,
@@ -682,6 +696,47 @@ fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
         });
     }
     vips
+}
+
+/// What an IPv6 VIP does not have yet: SYN cookies (off unless set, an error when set),
+/// source lists and limits, pins. Each is refused by its key.
+fn ipv6_vip_limits(c: &mut Collector, p: &str, v: &RawVip, cookies: &mut CookieMode) {
+    if *cookies != CookieMode::Off && c.line_of(v.syn_cookies.span()).is_some() {
+        c.err(
+            format!("{p}.syn_cookies"),
+            &v.syn_cookies,
+            "SYN cookies are IPv4 only for now; remove the key or set \"off\" on an IPv6 VIP",
+        );
+    }
+    *cookies = CookieMode::Off;
+    for (key, list) in [("deny", &v.deny), ("allow", &v.allow)] {
+        if let Some(first) = list.first() {
+            c.err(
+                format!("{p}.{key}"),
+                first,
+                "source lists are IPv4 only for now; not available on an IPv6 VIP",
+            );
+        }
+    }
+    for (key, val) in [
+        ("source_rate", &v.source_rate),
+        ("source_max_conns", &v.source_max_conns),
+    ] {
+        if *val.get_ref() != 0 {
+            c.err(
+                format!("{p}.{key}"),
+                val,
+                "per-source limits are IPv4 only for now; not available on an IPv6 VIP",
+            );
+        }
+    }
+    if let Some(pin) = v.pin.first() {
+        c.err(
+            format!("{p}.pin"),
+            &pin.sources,
+            "pins are IPv4 only for now; not available on an IPv6 VIP",
+        );
+    }
 }
 
 /// `[[vip.pin]]`: named, with valid prefixes and declared groups.

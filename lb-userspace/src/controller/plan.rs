@@ -165,8 +165,21 @@ pub fn word(a: IpAddr) -> u32 {
     }
 }
 
+/// Any address as the data path's 16-byte form (IPv4 in the first word).
 fn addr(a: IpAddr) -> Addr {
-    Addr::v4_word(word(a))
+    match a {
+        IpAddr::V4(_) => Addr::v4_word(word(a)),
+        IpAddr::V6(v6) => Addr {
+            words: lb_common::words_of_v6(v6.octets()),
+        },
+    }
+}
+
+fn family(a: IpAddr) -> u8 {
+    match a {
+        IpAddr::V4(_) => FAMILY_IPV4,
+        IpAddr::V6(_) => lb_common::FAMILY_IPV6,
+    }
 }
 
 /// Everything the configuration maps must hold for `s`. Tables come from `VipState::table`.
@@ -228,7 +241,7 @@ fn vip(img: &mut super::super::dataplane::Image, v: &VipState) {
             addr: addr(v.address),
             port: v.port,
             proto: v.protocol.number(),
-            family: FAMILY_IPV4,
+            family: family(v.address),
             flags: 0,
         },
     );
@@ -264,13 +277,27 @@ fn vip(img: &mut super::super::dataplane::Image, v: &VipState) {
             .insert(v.id, VipLimits::new(v.sources.rate, v.sources.burst));
         flags |= VipMeta::RATE_LIMIT;
     }
-    img.vips.insert(
-        Vip4Key::new(word(v.address), v.port, v.protocol.number()),
-        VipMeta {
-            vip_id: v.id,
-            flags,
-        },
-    );
+    let meta = VipMeta {
+        vip_id: v.id,
+        flags,
+    };
+    match v.address {
+        IpAddr::V4(_) => {
+            img.vips.insert(
+                Vip4Key::new(word(v.address), v.port, v.protocol.number()),
+                meta,
+            );
+        }
+        IpAddr::V6(_) => {
+            let key = lb_common::Vip6Key::new(addr(v.address).words, v.port, v.protocol.number());
+            img.vips6.insert(key, meta);
+            let c = img.addrs6.entry(key.addr).or_default();
+            c.flags |= AddrClass::VIP;
+            if v.port == 0 {
+                c.flags |= AddrClass::any_port_bit(v.protocol.number());
+            }
+        }
+    }
 }
 
 fn config(s: &State) -> DataplaneConfig {
@@ -308,7 +335,7 @@ fn config(s: &State) -> DataplaneConfig {
 /// Every address of ours and what it is: VIP addresses (with any-port bits) and SNAT addresses.
 pub fn addresses(s: &State) -> BTreeMap<u32, AddrClass> {
     let mut out: BTreeMap<u32, AddrClass> = BTreeMap::new();
-    for v in &s.vips {
+    for v in s.vips.iter().filter(|v| v.address.is_ipv4()) {
         let c = out.entry(word(v.address)).or_default();
         c.flags |= AddrClass::VIP;
         if v.port == 0 {
