@@ -128,6 +128,8 @@ pub mod names {
 
 /// `map_flags` bit: the array can be memory-mapped by userspace.
 pub const BPF_F_MMAPABLE: usize = 1 << 10;
+/// `map_flags` bit: hash map elements allocated on insert, not up front.
+pub const BPF_F_NO_PREALLOC: usize = 1;
 
 /// An IP address of either family, as four 32-bit words in network byte order in memory
 /// (IPv4 in `words[0]`, the rest zero).

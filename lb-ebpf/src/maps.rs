@@ -9,10 +9,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    ADDR_FILTER_SIZE, AddrClass, BPF_F_MMAPABLE, Backend, BackendHop, BackendStats,
-    DEFAULT_MAX_FLOWS, DataplaneConfig, FLOW_HINT_SLOTS, Flow4Key, Flow6Key, FlowEntry, FlowRef,
-    MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_FULL_SOURCES, MAX_INTERFACES, MAX_SNAT_ADDRS,
-    MAX_SOURCE_ENTRIES, MAX_VIP_ENTRIES, MAX_VIPS, PinStats, PinTarget, Reason,
+    ADDR_FILTER_SIZE, AddrClass, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, Backend, BackendHop,
+    BackendStats, DEFAULT_MAX_FLOWS, DataplaneConfig, FLOW_HINT_SLOTS, Flow4Key, Flow6Key,
+    FlowEntry, FlowRef, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_FULL_SOURCES, MAX_INTERFACES,
+    MAX_SNAT_ADDRS, MAX_SOURCE_ENTRIES, MAX_VIP_ENTRIES, MAX_VIPS, PinStats, PinTarget, Reason,
     SLOTS_PER_SNAT_ADDR, SOURCE_RATE_ENTRIES, SnatAddr, SourceKey4, SourceRateKey, TABLES_PER_VIP,
     Vip4Key, Vip6Key, VipInfo, VipLimits, VipMeta, VipStats,
     connlog::{CONN_OPENS_BYTES, FlowBytes, OpenEvent},
@@ -71,8 +71,10 @@ pub static BACKEND_HOPS: Array<BackendHop, { MAX_BACKENDS as usize }> = Array::n
 pub static FLOWS4: HashMap<Flow4Key, FlowRef, { DEFAULT_MAX_FLOWS as usize }> = HashMap::new();
 
 /// Client IPv6 5-tuple → slot of its flow in FLOW_TABLE (flows marked `FlowEntry::CLIENT_V6`).
+/// Not preallocated: an edge without IPv6 clients pays nothing for it. Resized by the loader.
 #[btf_map]
-pub static FLOWS6: HashMap<Flow6Key, FlowRef, { DEFAULT_MAX_FLOWS as usize }> = HashMap::new();
+pub static FLOWS6: HashMap<Flow6Key, FlowRef, { DEFAULT_MAX_FLOWS as usize }, BPF_F_NO_PREALLOC> =
+    HashMap::new();
 
 /// `hash::flow_hint_index` of a client IPv4 5-tuple → `FlowRef::to_hint` of the flow FLOWS4
 /// last gave for a tuple there (0: none). A cache in front of FLOWS4 for established packets,

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Result;
 use lb_common::{
-    Flow4Key, FlowEntry, MAX_BACKENDS, MAX_FULL_SOURCES, MAX_SNAT_ADDRS, SourceRateKey,
+    Flow4Key, Flow6Key, FlowEntry, MAX_BACKENDS, MAX_FULL_SOURCES, MAX_SNAT_ADDRS, SourceRateKey,
     conntrack::{State, Timeouts, is_expired},
     slot::{self, DYING, FREE},
 };
@@ -69,14 +69,21 @@ pub fn sweep_with(
         ..Default::default()
     };
     let refs = flows.refs()?;
-    // The token each slot's FLOWS4 entry expects (0: none; tokens are odd). Plain vectors, not
-    // maps: a pass visits a million flows.
+    let refs6 = flows.refs6()?;
+    // The token each slot's FLOWS4 or FLOWS6 entry expects (0: none; tokens are odd). Plain
+    // vectors, not maps: a pass visits a million flows.
     let mut by_slot = vec![0u32; flows.slots() as usize];
-    for (_, r) in &refs {
+    for r in refs
+        .iter()
+        .map(|(_, r)| r)
+        .chain(refs6.iter().map(|(_, r)| r))
+    {
         if let Some(t) = by_slot.get_mut(r.slot as usize) {
             *t = r.token;
         }
     }
+    // An IPv6 flow's key holds the VIP address, which its entry does not: taken from FLOWS6.
+    let key6: HashMap<u32, Flow6Key> = refs6.iter().map(|(k, r)| (r.slot, *k)).collect();
     let mut backends = vec![false; MAX_BACKENDS as usize];
     let mut snat = vec![false; MAX_SNAT_ADDRS as usize];
     let mut expire: Vec<(u32, FlowEntry)> = Vec::new();
@@ -124,7 +131,7 @@ pub fn sweep_with(
         }
     }
     for (s, e) in expire {
-        if let Some(bytes) = remove(flows, s, &e, log)? {
+        if let Some(bytes) = remove(flows, s, &e, key6.get(&s), log)? {
             out.expired += 1;
             if log {
                 out.closed.push((s, e, bytes));
@@ -140,6 +147,12 @@ pub fn sweep_with(
     for (k, r) in refs {
         let owner = flows.entry(r.slot).owner;
         if owner != r.token && owner != DYING && drop_ref(flows, &k, r)? {
+            out.stale_refs += 1;
+        }
+    }
+    for (k, r) in refs6 {
+        let owner = flows.entry(r.slot).owner;
+        if owner != r.token && owner != DYING && drop_ref6(flows, &k, r)? {
             out.stale_refs += 1;
         }
     }
@@ -169,6 +182,7 @@ fn remove(
     flows: &dyn Flows,
     s: u32,
     seen: &FlowEntry,
+    key6: Option<&Flow6Key>,
     log: bool,
 ) -> Result<Option<lb_common::connlog::FlowBytes>> {
     if !flows.swap_owner(s, seen.owner, DYING) {
@@ -185,12 +199,20 @@ fn remove(
     } else {
         Default::default()
     };
-    let key = seen.key_v4();
-    if let Some(r) = flows.take_ref(&key)?
-        && (r.slot != s || r.token != seen.owner)
+    let ours = |r: &lb_common::FlowRef| r.slot == s && r.token == seen.owner;
+    if seen.flags & FlowEntry::CLIENT_V6 == 0 {
+        let key = seen.key_v4();
+        if let Some(r) = flows.take_ref(&key)?
+            && !ours(&r)
+        {
+            // The tuple belongs to a newer flow now (a SYN on a reused port): put it back.
+            flows.restore_ref(&key, &r)?;
+        }
+    } else if let Some(key) = key6
+        && let Some(r) = flows.take_ref6(key)?
+        && !ours(&r)
     {
-        // The tuple belongs to a newer flow now (a SYN on a reused port): put it back.
-        flows.restore_ref(&key, &r)?;
+        flows.restore_ref6(key, &r)?;
     }
     flows.swap_owner(s, DYING, FREE);
     Ok(Some(bytes))
@@ -202,6 +224,18 @@ fn drop_ref(flows: &dyn Flows, k: &Flow4Key, r: lb_common::FlowRef) -> Result<bo
         Some(now) if now == r => Ok(true),
         Some(now) => {
             flows.restore_ref(k, &now)?;
+            Ok(false)
+        }
+        None => Ok(false),
+    }
+}
+
+/// `drop_ref` for FLOWS6.
+fn drop_ref6(flows: &dyn Flows, k: &Flow6Key, r: lb_common::FlowRef) -> Result<bool> {
+    match flows.take_ref6(k)? {
+        Some(now) if now == r => Ok(true),
+        Some(now) => {
+            flows.restore_ref6(k, &now)?;
             Ok(false)
         }
         None => Ok(false),

@@ -582,6 +582,40 @@ fn expiry_frees_a_busy_orphan_by_age() {
 }
 
 #[test]
+fn expiry_keeps_referenced_ipv6_flows_and_removes_their_references_when_they_expire() {
+    let f = FakeFlows::new(8, 64);
+    let now = 10_000 * S;
+    let client = [
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xbe, 0xef,
+    ];
+    let vip = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let v6 = |port: u16, last_seen: u64| {
+        let mut e = flow(port, Ct::Established, last_seen, 1);
+        e.flags = FlowEntry::CLIENT_V6;
+        e.client = lb_common::words_of_v6(client);
+        e
+    };
+    // Busy and old: only its FLOWS6 reference keeps it from being an orphan.
+    let (live, idle) = (v6(40010, now), v6(40011, now - 16 * 60 * S));
+    let (a, b) = (f.insert(1, live), f.insert(2, idle));
+    f.refs.lock().unwrap().clear();
+    for (e, r) in [(live, a), (idle, b)] {
+        let key = lb_common::Flow6Key::new(client, vip, e.client_port, 5100, 6);
+        f.refs6.lock().unwrap().insert(key, r);
+    }
+    let s = expiry::sweep(&f, &Timeouts::default(), now).unwrap();
+    assert_eq!((s.orphans, s.expired, s.live), (0, 1, 1), "{s:?}");
+    assert_eq!(f.entry(a.slot).owner, a.token);
+    assert_eq!(f.entry(b.slot).owner, slot::FREE);
+    let left: Vec<_> = f.refs6.lock().unwrap().values().copied().collect();
+    assert_eq!(
+        left,
+        vec![a],
+        "the expired flow's FLOWS6 entry went with it"
+    );
+}
+
+#[test]
 fn expiry_leaves_a_tuple_that_a_newer_flow_took() {
     let f = FakeFlows::new(8, 64);
     let now = 10_000 * S;

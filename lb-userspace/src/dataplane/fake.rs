@@ -122,6 +122,7 @@ impl Counters for FakeCounters {
 pub struct FakeFlows {
     pub table: Mutex<Vec<FlowEntry>>,
     pub refs: Mutex<HashMap<Flow4Key, FlowRef>>,
+    pub refs6: Mutex<HashMap<lb_common::Flow6Key, FlowRef>>,
     pub full: Mutex<std::collections::BTreeSet<lb_common::SourceRateKey>>,
     max_flows: u32,
 }
@@ -131,6 +132,7 @@ impl FakeFlows {
         FakeFlows {
             table: Mutex::new(vec![FlowEntry::default(); slots as usize]),
             refs: Mutex::new(HashMap::new()),
+            refs6: Mutex::new(HashMap::new()),
             full: Mutex::new(Default::default()),
             max_flows,
         }
@@ -190,6 +192,22 @@ impl Flows for FakeFlows {
     }
     fn restore_ref(&self, key: &Flow4Key, r: &FlowRef) -> Result<()> {
         self.refs.lock().unwrap().entry(*key).or_insert(*r);
+        Ok(())
+    }
+    fn refs6(&self) -> Result<Vec<(lb_common::Flow6Key, FlowRef)>> {
+        Ok(self
+            .refs6
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect())
+    }
+    fn take_ref6(&self, key: &lb_common::Flow6Key) -> Result<Option<FlowRef>> {
+        Ok(self.refs6.lock().unwrap().remove(key))
+    }
+    fn restore_ref6(&self, key: &lb_common::Flow6Key, r: &FlowRef) -> Result<()> {
+        self.refs6.lock().unwrap().entry(*key).or_insert(*r);
         Ok(())
     }
     fn set_full_sources(

@@ -17,8 +17,8 @@ use aya::{
 };
 use lb_common::{
     ADDR_FILTER_SIZE, AddrClass, Backend, BackendHop, BackendStats, DataplaneConfig, Flow4Key,
-    FlowEntry, FlowRef, MAX_SNAT_ADDRS, PinStats, PinTarget, Reason, SLOTS_PER_SNAT_ADDR, SnatAddr,
-    SourceKey4, SourceRateKey, Vip4Key, Vip6Key, VipInfo, VipLimits, VipMeta, VipStats,
+    Flow6Key, FlowEntry, FlowRef, MAX_SNAT_ADDRS, PinStats, PinTarget, Reason, SLOTS_PER_SNAT_ADDR,
+    SnatAddr, SourceKey4, SourceRateKey, Vip4Key, Vip6Key, VipInfo, VipLimits, VipMeta, VipStats,
     cookie::CookieKey, names,
 };
 
@@ -295,6 +295,7 @@ fn load_object(opts: &LoadOptions, pin: Option<&PinDir>) -> Result<(Ebpf, bool)>
     let byte_slots = if opts.conn_log { table_slots } else { 1 };
     loader
         .map_max_entries(names::FLOWS4, opts.max_flows)
+        .map_max_entries(names::FLOWS6, opts.max_flows)
         .map_max_entries(names::FLOW_TABLE, table_slots)
         .map_max_entries(names::FLOW_BYTES, byte_slots);
     let mut adopted = false;
@@ -651,6 +652,7 @@ impl Counters for KernelCounters {
 /// The connection table: FLOWS4 by fd, FLOW_TABLE memory-mapped.
 pub struct KernelFlows {
     refs: HashMap<MapData, Flow4Key, FlowRef>,
+    refs6: HashMap<MapData, Flow6Key, FlowRef>,
     full: std::sync::Mutex<HashMap<MapData, SourceRateKey, u32>>,
     table_map: MapData,
     table: Mmap,
@@ -681,6 +683,7 @@ impl KernelFlows {
         .context("mapping the flow table")?;
         Ok(KernelFlows {
             refs,
+            refs6: typed!(ebpf, names::FLOWS6),
             full: std::sync::Mutex::new(typed!(ebpf, names::SOURCE_FULL)),
             table_map,
             table,
@@ -693,7 +696,8 @@ impl KernelFlows {
     /// Empties the connection table; returns how many flows FLOWS4 held. For benchmarks and
     /// tests between rounds: not while traffic flows.
     pub fn clear(&self) -> Result<usize> {
-        let n = sys::bpf::drain_hash::<Flow4Key, FlowRef>(self.refs.map().fd().as_fd(), 16_384)?;
+        let n = sys::bpf::drain_hash::<Flow4Key, FlowRef>(self.refs.map().fd().as_fd(), 16_384)?
+            + sys::bpf::drain_hash::<Flow6Key, FlowRef>(self.refs6.map().fd().as_fd(), 16_384)?;
         self.table.zero_all();
         Ok(n)
     }
@@ -782,12 +786,28 @@ impl Flows for KernelFlows {
     }
 
     fn restore_ref(&self, key: &Flow4Key, r: &FlowRef) -> Result<()> {
-        // BPF_NOEXIST: a flow the data path created meanwhile wins.
-        const BPF_NOEXIST: u64 = 1;
-        match sys::bpf::insert(self.refs.map().fd().as_fd(), key, r, BPF_NOEXIST) {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-            Err(e) => Err(e).context("restoring a flow reference"),
-        }
+        restore(self.refs.map(), key, r)
+    }
+
+    fn refs6(&self) -> Result<Vec<(Flow6Key, FlowRef)>> {
+        sys::bpf::dump_hash(self.refs6.map().fd().as_fd(), 16_384)
+    }
+
+    fn take_ref6(&self, key: &Flow6Key) -> Result<Option<FlowRef>> {
+        sys::bpf::lookup_and_delete(self.refs6.map().fd().as_fd(), key)
+    }
+
+    fn restore_ref6(&self, key: &Flow6Key, r: &FlowRef) -> Result<()> {
+        restore(self.refs6.map(), key, r)
+    }
+}
+
+/// Puts a flow reference back unless the data path created one for the key meanwhile.
+fn restore<K: bytemuck::Pod>(m: &MapData, key: &K, r: &FlowRef) -> Result<()> {
+    const BPF_NOEXIST: u64 = 1;
+    match sys::bpf::insert(m.fd().as_fd(), key, r, BPF_NOEXIST) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(e).context("restoring a flow reference"),
     }
 }

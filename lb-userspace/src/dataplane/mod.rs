@@ -19,9 +19,9 @@ use std::{
 
 use anyhow::Result;
 use lb_common::{
-    AddrClass, Backend, BackendStats, DataplaneConfig, Flow4Key, FlowEntry, FlowRef, PinStats,
-    PinTarget, SnatAddr, SourceKey4, SourceRateKey, Vip4Key, Vip6Key, VipInfo, VipLimits, VipMeta,
-    VipStats,
+    AddrClass, Backend, BackendStats, DataplaneConfig, Flow4Key, Flow6Key, FlowEntry, FlowRef,
+    PinStats, PinTarget, SnatAddr, SourceKey4, SourceRateKey, Vip4Key, Vip6Key, VipInfo, VipLimits,
+    VipMeta, VipStats,
 };
 
 /// One change to a configuration map. `None` / zero values remove or clear.
@@ -305,6 +305,11 @@ pub trait Flows: Send + Sync {
     fn take_ref(&self, key: &Flow4Key) -> Result<Option<FlowRef>>;
     /// Puts an entry back unless the key has one (undoing a `take_ref` that took a newer flow).
     fn restore_ref(&self, key: &Flow4Key, r: &FlowRef) -> Result<()>;
+    /// Every FLOWS6 entry (IPv6 clients).
+    fn refs6(&self) -> Result<Vec<(Flow6Key, FlowRef)>>;
+    /// `take_ref` and `restore_ref` for FLOWS6.
+    fn take_ref6(&self, key: &Flow6Key) -> Result<Option<FlowRef>>;
+    fn restore_ref6(&self, key: &Flow6Key, r: &FlowRef) -> Result<()>;
     /// A flow's packets and payload bytes each way (zero while the connection log is off).
     fn bytes(&self, slot: u32) -> lb_common::connlog::FlowBytes;
     /// Makes SOURCE_FULL hold exactly `full`: the sources at their VIP's concurrent limit.
