@@ -24,11 +24,28 @@ fn ip(word: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(word.to_ne_bytes()))
 }
 
+/// An IPv6 address from its four native words.
+pub fn ip6(words: &[u32; 4]) -> IpAddr {
+    let mut o = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    IpAddr::V6(std::net::Ipv6Addr::from(o))
+}
+
 pub fn state(img: &Image, cfg: &Config) -> State {
     let mut s = State::new(cfg.clone());
     let now = monotonic_ns();
-    for (key, meta) in &img.vips {
-        if let Some(v) = vip(img, key, meta) {
+    let v4 = img
+        .vips
+        .iter()
+        .map(|(k, m)| (ip(k.addr), k.port, k.proto, m));
+    let v6 = img
+        .vips6
+        .iter()
+        .map(|(k, m)| (ip6(&k.addr), k.port, k.proto, m));
+    for (address, port, proto, meta) in v4.chain(v6) {
+        if let Some(v) = vip(img, address, port, proto, meta) {
             s.vips.push(v);
         }
     }
@@ -49,8 +66,8 @@ pub fn state(img: &Image, cfg: &Config) -> State {
 
 /// A pinned VIP with its active backends: those in its live table are up (unless fail-open
 /// put everyone there), the others down.
-fn vip(img: &Image, key: &lb_common::Vip4Key, meta: &VipMeta) -> Option<VipState> {
-    let protocol = Protocol::from_number(key.proto)?;
+fn vip(img: &Image, address: IpAddr, port: u16, proto: u8, meta: &VipMeta) -> Option<VipState> {
+    let protocol = Protocol::from_number(proto)?;
     let table = img.tables.get(&meta.vip_id).cloned();
     let in_table: BTreeSet<u32> = table
         .iter()
@@ -60,8 +77,8 @@ fn vip(img: &Image, key: &lb_common::Vip4Key, meta: &VipMeta) -> Option<VipState
     let fail_open = meta.flags & VipMeta::FAIL_OPEN != 0;
     let mut v = VipState {
         name: format!("(adopted {})", meta.vip_id),
-        address: ip(key.addr),
-        port: key.port,
+        address,
+        port,
         protocol,
         health: HealthCheck::default(),
         id: meta.vip_id,

@@ -133,7 +133,8 @@ pub fn sweep_with(
     for (s, e) in expire {
         if let Some(bytes) = remove(flows, s, &e, key6.get(&s), log)? {
             out.expired += 1;
-            if log {
+            // The connection log covers IPv4 clients (IPv6 flows write no open record).
+            if log && e.flags & FlowEntry::CLIENT_V6 == 0 {
                 out.closed.push((s, e, bytes));
             }
         } else {

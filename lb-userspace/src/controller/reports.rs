@@ -32,6 +32,15 @@ fn ip(word: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(word.to_ne_bytes()))
 }
 
+/// A flow's client address, of either family.
+fn client_ip(e: &FlowEntry) -> IpAddr {
+    if e.flags & FlowEntry::CLIENT_V6 != 0 {
+        super::adopt::ip6(&e.client)
+    } else {
+        ip(e.client[0])
+    }
+}
+
 const fn mode_name(m: TableMode) -> &'static str {
     match m {
         TableMode::Normal => "normal",
@@ -324,7 +333,7 @@ fn conn_row(snap: &Snapshot, s: u32, e: &FlowEntry, now_ns: u64) -> ConnReport {
             "udp"
         }
         .into(),
-        client: SocketAddr::new(ip(e.client[0]), e.client_port).to_string(),
+        client: SocketAddr::new(client_ip(e), e.client_port).to_string(),
         backend: SocketAddr::new(ip(e.backend), e.backend_port).to_string(),
         snat: SocketAddr::new(snat_addr, slot::port_of(s)).to_string(),
         state: State::from_u8(e.state)
@@ -363,7 +372,7 @@ pub fn conns(
             .map(|x| x.address)
             .unwrap_or(ip(e.client[2]));
         if !matches(&f.backend, ip(e.backend), e.backend_port)
-            || !matches(&f.client, ip(e.client[0]), e.client_port)
+            || !matches(&f.client, client_ip(e), e.client_port)
             || !matches(&f.snat, snat_addr, slot::port_of(s))
         {
             return;
@@ -374,7 +383,7 @@ pub fn conns(
                 .map(|v| v.name.clone())
                 .unwrap_or_default(),
             SocketAddr::new(ip(e.backend), e.backend_port).to_string(),
-            SocketAddr::new(ip(e.client[0]), e.client_port).to_string(),
+            SocketAddr::new(client_ip(e), e.client_port).to_string(),
             s,
         );
         heap.push(key);
@@ -403,21 +412,32 @@ pub fn lookup(
     vip: &str,
 ) -> Result<LookupReport> {
     let v = snap.vip(vip)?;
-    let (SocketAddr::V4(c), IpAddr::V4(va)) = (client, v.address) else {
-        bail!("client {client} is not IPv4");
+    let proto = v.protocol.number();
+    // The tuple as the data path keys and hashes it, and the recorded flow of that tuple.
+    let (h, existing_ref, client_v4) = match (client, v.address) {
+        (SocketAddr::V4(c), IpAddr::V4(va)) => {
+            let key = Flow4Key::new(c.ip().octets(), va.octets(), c.port(), v.port, proto);
+            (flow_hash_v4_key(&key), flows.get_ref(&key)?, Some(*c.ip()))
+        }
+        (SocketAddr::V6(c), IpAddr::V6(va)) => {
+            let key =
+                lb_common::Flow6Key::new(c.ip().octets(), va.octets(), c.port(), v.port, proto);
+            (
+                lb_common::hash::flow_hash_v6_key(&key),
+                flows.get_ref6(&key)?,
+                None,
+            )
+        }
+        _ => bail!(
+            "client {client} and VIP {} ({}) are of different address families",
+            v.name,
+            v.address
+        ),
     };
-    let key = Flow4Key::new(
-        c.ip().octets(),
-        va.octets(),
-        c.port(),
-        v.port,
-        v.protocol.number(),
-    );
-    let h = flow_hash_v4_key(&key);
     let table_slot = h % MAGLEV_TABLE_SIZE;
     let at = |t: &[u32]| t.get(table_slot as usize).copied().unwrap_or(NO_BACKEND);
     // The data path's choice: the pin's table when one covers the client, else the VIP's.
-    let pin = v.pin_of(*c.ip());
+    let pin = client_v4.and_then(|c| v.pin_of(c));
     let mut pin_outcome = None;
     let id = match pin {
         Some(p) if at(&p.table) != NO_BACKEND => at(&p.table),
@@ -436,7 +456,7 @@ pub fn lookup(
         .iter()
         .find(|b| b.id == id)
         .map(|b| b.socket().to_string());
-    let existing = flows.get_ref(&key)?.and_then(|r| {
+    let existing = existing_ref.and_then(|r| {
         let e = flows.entry(r.slot);
         (e.owner == r.token).then(|| SocketAddr::new(ip(e.backend), e.backend_port).to_string())
     });

@@ -203,6 +203,9 @@ impl Flows for FakeFlows {
             .map(|(k, v)| (*k, *v))
             .collect())
     }
+    fn get_ref6(&self, key: &lb_common::Flow6Key) -> Result<Option<FlowRef>> {
+        Ok(self.refs6.lock().unwrap().get(key).copied())
+    }
     fn take_ref6(&self, key: &lb_common::Flow6Key) -> Result<Option<FlowRef>> {
         Ok(self.refs6.lock().unwrap().remove(key))
     }

@@ -793,6 +793,14 @@ impl Flows for KernelFlows {
         sys::bpf::dump_hash(self.refs6.map().fd().as_fd(), 16_384)
     }
 
+    fn get_ref6(&self, key: &Flow6Key) -> Result<Option<FlowRef>> {
+        match self.refs6.get(key, 0) {
+            Ok(r) => Ok(Some(r)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn take_ref6(&self, key: &Flow6Key) -> Result<Option<FlowRef>> {
         sys::bpf::lookup_and_delete(self.refs6.map().fd().as_fd(), key)
     }

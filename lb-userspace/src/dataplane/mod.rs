@@ -307,7 +307,8 @@ pub trait Flows: Send + Sync {
     fn restore_ref(&self, key: &Flow4Key, r: &FlowRef) -> Result<()>;
     /// Every FLOWS6 entry (IPv6 clients).
     fn refs6(&self) -> Result<Vec<(Flow6Key, FlowRef)>>;
-    /// `take_ref` and `restore_ref` for FLOWS6.
+    /// `get_ref`, `take_ref` and `restore_ref` for FLOWS6.
+    fn get_ref6(&self, key: &Flow6Key) -> Result<Option<FlowRef>>;
     fn take_ref6(&self, key: &Flow6Key) -> Result<Option<FlowRef>>;
     fn restore_ref6(&self, key: &Flow6Key, r: &FlowRef) -> Result<()>;
     /// A flow's packets and payload bytes each way (zero while the connection log is off).
