@@ -147,6 +147,29 @@ fn wrong_family() {
 }
 
 #[test]
+fn an_ipv6_vip_takes_ipv4_backends_and_refuses_what_it_lacks_by_key() {
+    let v6 = GOOD.replace("198.51.100.1", "2001:db8:1::1");
+    let c = ok(&v6);
+    assert!(c.vips[0].address.is_ipv6());
+    assert_eq!(c.vips[0].syn_cookies, CookieMode::Off, "cookies off unless set");
+    let port = "port = 5100\n";
+    for (extra, path) in [
+        ("syn_cookies = \"always\"\n", "vip[0].syn_cookies"),
+        ("deny = [\"203.0.113.0/24\"]\n", "vip[0].deny"),
+        ("source_rate = 10\n", "vip[0].source_rate"),
+        ("source_max_conns = 10\n", "vip[0].source_max_conns"),
+    ] {
+        let e = one_error(&v6.replace(port, &format!("{port}{extra}")));
+        assert_eq!(e.path, path, "{e}");
+        assert!(e.message.contains("IPv6 VIP"), "{e}");
+    }
+    let announced = format!("{v6}\n[announce]\nvips = [\"im-tcp\"]\n");
+    let e = one_error(&announced);
+    assert_eq!(e.path, "announce.vips[0]");
+    assert!(e.message.contains("IPv6"), "{e}");
+}
+
+#[test]
 fn bad_duration_and_timeout_not_below_interval() {
     let e = one_error(&GOOD.replace("interval = \"1s\"", "interval = \"soon\""));
     assert_eq!(e.path, "vip[0].health_check.interval");
