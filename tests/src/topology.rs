@@ -39,6 +39,11 @@ use crate::netns::run;
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
+/// The IPv6 side of the client link (`enable_ipv6_clients`) and the IPv6 VIP behind the edge.
+pub const CLIENT6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 2);
+pub const EDGE_CLIENT_SIDE6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 1);
+pub const VIP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
 pub const EDGE_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 pub const EDGE_BACKEND_SIDE: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 1);
 pub const SNAT: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 100);
@@ -566,6 +571,49 @@ impl Topology {
             "protocol = \"tcp\"\n",
             &format!("protocol = \"tcp\"\nsyn_cookies = \"{mode}\"\n"),
         )
+    }
+
+    /// IPv6 on the client link (two-armed shape): the client at `CLIENT6`, the edge at
+    /// `EDGE_CLIENT_SIDE6`, and the client's route to `VIP6` through the edge. No DAD: the
+    /// addresses are usable at once.
+    pub fn enable_ipv6_clients(&self) -> Result<()> {
+        let (c0, e0) = (self.ifname("c0"), self.ifname("e0"));
+        ipn(
+            &self.client_ns,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{CLIENT6}/64"),
+                "dev",
+                &c0,
+                "nodad",
+            ],
+        )?;
+        ipn(
+            &self.edge_ns,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{EDGE_CLIENT_SIDE6}/64"),
+                "dev",
+                &e0,
+                "nodad",
+            ],
+        )?;
+        ipn(
+            &self.client_ns,
+            &[
+                "-6",
+                "route",
+                "add",
+                &format!("{VIP6}/128"),
+                "via",
+                &EDGE_CLIENT_SIDE6.to_string(),
+            ],
+        )?;
+        Ok(())
     }
 
     pub fn write_config(&self, text: &str) -> Result<PathBuf> {

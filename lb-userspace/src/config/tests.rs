@@ -151,7 +151,11 @@ fn an_ipv6_vip_takes_ipv4_backends_and_refuses_what_it_lacks_by_key() {
     let v6 = GOOD.replace("198.51.100.1", "2001:db8:1::1");
     let c = ok(&v6);
     assert!(c.vips[0].address.is_ipv6());
-    assert_eq!(c.vips[0].syn_cookies, CookieMode::Off, "cookies off unless set");
+    assert_eq!(
+        c.vips[0].syn_cookies,
+        CookieMode::Off,
+        "cookies off unless set"
+    );
     let port = "port = 5100\n";
     for (extra, path) in [
         ("syn_cookies = \"always\"\n", "vip[0].syn_cookies"),
