@@ -270,8 +270,9 @@ fn snat_capacity_below_max_flows_is_a_warning() {
 #[test]
 fn shipped_examples_are_valid() {
     let c = ok(include_str!("../../../examples/wklb.toml"));
-    assert_eq!(c.vips.len(), 2);
+    assert_eq!(c.vips.len(), 3);
     assert_eq!(c.vips[1].port, 5200);
+    assert!(c.vips[2].address.is_ipv6(), "the dual-stack VIP");
     let c = ok(include_str!("../../../examples/cross-region.toml"));
     assert_eq!(c.vips[1].port, 443);
     assert_eq!(c.vips[1].backends[0].port, 5210);
