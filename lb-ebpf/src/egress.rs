@@ -203,6 +203,18 @@ pub fn transmit(ctx: &XdpContext, hop: &Hop, have_vlan: u16, vlan: u16, sent: Re
     }
 }
 
+/// Sends a packet toward a backend through `hop`: a VLAN tag does not cross interfaces; on the
+/// interface the frame came in on it stays.
+#[inline(always)]
+pub fn transmit_to_backend(ctx: &XdpContext, hop: &Hop, have_vlan: u16, sent: Reason) -> Verdict {
+    let vlan = if hop.ifindex == ingress_ifindex(ctx) {
+        have_vlan
+    } else {
+        0
+    };
+    transmit(ctx, hop, have_vlan, vlan, sent)
+}
+
 /// Whether a `len`-byte packet exceeds `mtu` (0: unknown, never).
 #[inline(always)]
 pub const fn too_big(len: u16, mtu: u32) -> bool {

@@ -149,15 +149,7 @@ fn send(
     };
     let v = match hop {
         _ if egress::too_big(p.ip_len, mtu) => Verdict::of(Reason::PassTooBig),
-        Some(h) => {
-            // A tag does not cross interfaces; on the same interface it stays.
-            let vlan = if h.ifindex == egress::ingress_ifindex(ctx) {
-                p.vlan
-            } else {
-                0
-            };
-            egress::transmit(ctx, &h, p.vlan, vlan, sent)
-        }
+        Some(h) => egress::transmit_to_backend(ctx, &h, p.vlan, sent),
         None => Verdict::of(Reason::PassNoNeighbor),
     };
     stats::vip(e.vip_id as u32, p.ip_len as u64, flow.new);

@@ -38,9 +38,19 @@ impl Default for Seg<'_> {
 
 /// A TCP segment in an Ethernet frame.
 pub fn tcp_seg(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), s: &Seg) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, EDGE_MAC)
-        .ipv4(src.0.octets(), dst.0.octets(), s.ttl)
-        .tcp(src.1, dst.1, s.seq, s.win);
+    let ip =
+        PacketBuilder::ethernet2(CLIENT_MAC, EDGE_MAC).ipv4(src.0.octets(), dst.0.octets(), s.ttl);
+    tcp_over(ip, src.1, dst.1, s)
+}
+
+/// The TCP segment `s` from `sport` to `dport` over an IP header of either family.
+fn tcp_over(
+    ip: etherparse::PacketBuilderStep<etherparse::IpHeaders>,
+    sport: u16,
+    dport: u16,
+    s: &Seg,
+) -> Vec<u8> {
+    let mut b = ip.tcp(sport, dport, s.seq, s.win);
     for f in s.flags.chars() {
         b = match f {
             'S' => b.syn(),
@@ -71,25 +81,12 @@ pub fn tcp6_seg(src: ([u8; 16], u16), dst: ([u8; 16], u16), tc: u8, s: &Seg) -> 
         },
         Default::default(),
     );
-    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, EDGE_MAC)
-        .ip(ip)
-        .tcp(src.1, dst.1, s.seq, s.win);
-    for f in s.flags.chars() {
-        b = match f {
-            'S' => b.syn(),
-            'A' => b.ack(s.ack),
-            'F' => b.fin(),
-            'R' => b.rst(),
-            'P' => b.psh(),
-            _ => panic!("unknown TCP flag {f}"),
-        };
-    }
-    if !s.options.is_empty() {
-        b = b.options_raw(s.options).expect("options");
-    }
-    let mut out = Vec::new();
-    b.write(&mut out, s.payload).expect("build tcp6");
-    out
+    tcp_over(
+        PacketBuilder::ethernet2(CLIENT_MAC, EDGE_MAC).ip(ip),
+        src.1,
+        dst.1,
+        s,
+    )
 }
 
 /// An IPv6 UDP datagram.

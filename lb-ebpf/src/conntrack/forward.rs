@@ -194,9 +194,14 @@ fn hinted(key: &Flow4Key, r: FlowRef) -> Option<Flow> {
 /// The flow of `key`, if its slot still belongs to it.
 #[inline(always)]
 pub fn lookup(key: &Flow4Key) -> Option<Flow> {
-    let r = FLOWS4.get_ptr(key)?;
     // SAFETY: valid map value pointer.
-    let FlowRef { slot, token } = unsafe { *r };
+    follow(unsafe { *FLOWS4.get_ptr(key)? })
+}
+
+/// The flow a FLOWS4 or FLOWS6 entry names, if its slot still belongs to it.
+#[inline(always)]
+pub fn follow(r: FlowRef) -> Option<Flow> {
+    let FlowRef { slot, token } = r;
     let e = FLOW_TABLE.get_ptr_mut(slot)?;
     // SAFETY: valid map value pointer.
     if unsafe { (*e).owner } != token {

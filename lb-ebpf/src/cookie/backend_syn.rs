@@ -91,14 +91,7 @@ pub fn send(
     // As in to_backend::send. Not shared through a helper taking `Option<Hop>`: passed by value,
     // its `None` leaves a partly undefined register that the verifier refuses to read.
     let v = match hop {
-        Some(h) => {
-            let vlan = if h.ifindex == egress::ingress_ifindex(ctx) {
-                p.vlan
-            } else {
-                0
-            };
-            egress::transmit(ctx, &h, p.vlan, vlan, sent)
-        }
+        Some(h) => egress::transmit_to_backend(ctx, &h, p.vlan, sent),
         None => Verdict::of(Reason::PassNoNeighbor),
     };
     let len = (20

@@ -14,9 +14,9 @@ use lb_common::{
 use crate::{
     conntrack::{
         Flow,
-        forward::{fill, no_state, pick},
+        forward::{fill, follow, no_state, pick},
     },
-    maps::{BACKENDS, FLOW_TABLE, FLOWS6, SNAT_ADDRS, VIPS6, config},
+    maps::{BACKENDS, FLOWS6, SNAT_ADDRS, VIPS6, config},
     parse::{Packet, ipv6::Addrs6},
     snat,
     stats::{self, VipSyn},
@@ -95,21 +95,8 @@ fn vip(dst: &[u32; 4], dport: u16, proto: u8, any_port: u16) -> Option<VipMeta> 
 
 #[inline(always)]
 pub fn lookup(key: &Flow6Key) -> Option<Flow> {
-    let r = FLOWS6.get_ptr(key)?;
     // SAFETY: valid map value pointer.
-    let FlowRef { slot, token } = unsafe { *r };
-    let e = FLOW_TABLE.get_ptr_mut(slot)?;
-    // SAFETY: valid map value pointer.
-    if unsafe { (*e).owner } != token {
-        return None;
-    }
-    Some(Flow {
-        entry: e,
-        slot,
-        token,
-        new: false,
-        accepted: true,
-    })
+    follow(unsafe { *FLOWS6.get_ptr(key)? })
 }
 
 /// A new flow; Ok(None) when the tuple already has one.

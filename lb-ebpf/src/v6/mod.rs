@@ -111,14 +111,7 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
         Reason::ForwardedOutOfWindow
     };
     let v = match hop {
-        Some(h) => {
-            let vlan = if h.ifindex == egress::ingress_ifindex(ctx) {
-                p.vlan
-            } else {
-                0
-            };
-            egress::transmit(ctx, &h, p.vlan, vlan, sent)
-        }
+        Some(h) => egress::transmit_to_backend(ctx, &h, p.vlan, sent),
         None => Verdict::of(Reason::PassNoNeighbor),
     };
     stats::vip(e.vip_id as u32, len, flow.new);
