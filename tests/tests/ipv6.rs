@@ -22,6 +22,21 @@ fn dual_stack(t: &Topology, backends: &[(usize, u32)]) -> String {
     c
 }
 
+fn ipv6_client(t: &Topology, target: &str, conns: &str, secs: &str) -> std::process::Child {
+    t.client(&[
+        "tcp",
+        "--target",
+        target,
+        "--conns",
+        conns,
+        "--ping-interval-ms",
+        "300",
+        "--duration-s",
+        secs,
+    ])
+    .unwrap()
+}
+
 fn active(s: &Value, vip: &str) -> u64 {
     s["vips"]
         .as_array()
@@ -74,4 +89,40 @@ fn ipv6_clients_hold_connections_to_ipv4_nodes_through_a_restart() {
         assert_eq!(r["broken"], 0, "{name}: {r:#}");
         assert_eq!(r["lost_pongs"], 0, "{name}: {r:#}");
     }
+}
+
+#[test]
+fn an_ipv6_vip_fails_over_like_an_ipv4_one() {
+    let Some(mut t) = topology("ipv6_failover", 3) else {
+        return;
+    };
+    t.enable_ipv6_clients().unwrap();
+    let cfg = t
+        .write_config(&dual_stack(&t, &[(0, 100), (1, 100), (2, 100)]))
+        .unwrap();
+    t.start_daemon(&cfg).unwrap();
+    let target = format!("[{VIP6}]:{TCP_PORT}");
+    let long = ipv6_client(&t, &target, "300", "6");
+    wait_stats(&t, Duration::from_secs(30), "300 IPv6 connections", |s| {
+        active(s, "im-tcp6") >= 300
+    });
+    // The node dies: its server and its health endpoint.
+    t.stop_backend(1);
+    t.stop_health(1);
+    wait_stats(
+        &t,
+        Duration::from_millis(1500),
+        "b2 out of the IPv6 VIP's table",
+        |s| backend_row(s, "im-tcp6", 1)["in_table"] == false,
+    );
+    let fresh = Topology::client_report(ipv6_client(&t, &target, "90", "1")).unwrap();
+    assert_eq!(fresh["connected"], 90, "{fresh:#}");
+    assert_eq!(count(&fresh, "per_backend", "b2"), 0, "{fresh:#}");
+    let r = Topology::client_report(long).unwrap();
+    assert!(count(&r, "broken_per_backend", "b2") > 0, "{r:#}");
+    assert_eq!(
+        count(&r, "broken_per_backend", "b1") + count(&r, "broken_per_backend", "b3"),
+        0,
+        "healthy backends' IPv6 connections broke: {r:#}"
+    );
 }
