@@ -22,19 +22,39 @@ fn dual_stack(t: &Topology, backends: &[(usize, u32)]) -> String {
     c
 }
 
-fn ipv6_client(t: &Topology, target: &str, conns: &str, secs: &str) -> std::process::Child {
+/// wk-client holding `conns` connections to `target` for `secs`, pinging every `ping_ms`.
+fn ipv6_client(
+    t: &Topology,
+    target: &str,
+    conns: u32,
+    ping_ms: u32,
+    secs: u32,
+) -> std::process::Child {
+    let (conns, ping, secs) = (conns.to_string(), ping_ms.to_string(), secs.to_string());
     t.client(&[
         "tcp",
         "--target",
         target,
         "--conns",
-        conns,
+        &conns,
         "--ping-interval-ms",
-        "300",
+        &ping,
         "--duration-s",
-        secs,
+        &secs,
     ])
     .unwrap()
+}
+
+/// Three backends, IPv6 on the client link, the daemon running the dual-stack config (its path
+/// returned for restarts). None when not root.
+fn dual_stack_edge(test: &str) -> Option<(Serial<Topology>, std::path::PathBuf)> {
+    let mut t = topology(test, 3)?;
+    t.enable_ipv6_clients().unwrap();
+    let cfg = t
+        .write_config(&dual_stack(&t, &[(0, 100), (1, 100), (2, 100)]))
+        .unwrap();
+    t.start_daemon(&cfg).unwrap();
+    Some((t, cfg))
 }
 
 fn active(s: &Value, vip: &str) -> u64 {
@@ -47,28 +67,11 @@ fn active(s: &Value, vip: &str) -> u64 {
 
 #[test]
 fn ipv6_clients_hold_connections_to_ipv4_nodes_through_a_restart() {
-    let Some(mut t) = topology("ipv6_clients", 3) else {
+    let Some((mut t, cfg)) = dual_stack_edge("ipv6_clients") else {
         return;
     };
-    t.enable_ipv6_clients().unwrap();
-    let cfg = t
-        .write_config(&dual_stack(&t, &[(0, 100), (1, 100), (2, 100)]))
-        .unwrap();
-    t.start_daemon(&cfg).unwrap();
     let target = format!("[{VIP6}]:{TCP_PORT}");
-    let held6 = t
-        .client(&[
-            "tcp",
-            "--target",
-            &target,
-            "--conns",
-            "1000",
-            "--ping-interval-ms",
-            "200",
-            "--duration-s",
-            "8",
-        ])
-        .unwrap();
+    let held6 = ipv6_client(&t, &target, 1000, 200, 8);
     // An IPv4 client on the same data nodes at the same time.
     let held4 = tcp_client(&t, 200, 200, 8);
     wait_stats(&t, Duration::from_secs(30), "1000 IPv6 connections", |s| {
@@ -93,16 +96,11 @@ fn ipv6_clients_hold_connections_to_ipv4_nodes_through_a_restart() {
 
 #[test]
 fn an_ipv6_vip_fails_over_like_an_ipv4_one() {
-    let Some(mut t) = topology("ipv6_failover", 3) else {
+    let Some((mut t, _)) = dual_stack_edge("ipv6_failover") else {
         return;
     };
-    t.enable_ipv6_clients().unwrap();
-    let cfg = t
-        .write_config(&dual_stack(&t, &[(0, 100), (1, 100), (2, 100)]))
-        .unwrap();
-    t.start_daemon(&cfg).unwrap();
     let target = format!("[{VIP6}]:{TCP_PORT}");
-    let long = ipv6_client(&t, &target, "300", "6");
+    let long = ipv6_client(&t, &target, 300, 300, 6);
     wait_stats(&t, Duration::from_secs(30), "300 IPv6 connections", |s| {
         active(s, "im-tcp6") >= 300
     });
@@ -115,7 +113,7 @@ fn an_ipv6_vip_fails_over_like_an_ipv4_one() {
         "b2 out of the IPv6 VIP's table",
         |s| backend_row(s, "im-tcp6", 1)["in_table"] == false,
     );
-    let fresh = Topology::client_report(ipv6_client(&t, &target, "90", "1")).unwrap();
+    let fresh = Topology::client_report(ipv6_client(&t, &target, 90, 300, 1)).unwrap();
     assert_eq!(fresh["connected"], 90, "{fresh:#}");
     assert_eq!(count(&fresh, "per_backend", "b2"), 0, "{fresh:#}");
     let r = Topology::client_report(long).unwrap();
