@@ -120,12 +120,23 @@ pub fn tcp_client_with(
     secs: u64,
     extra: &[&str],
 ) -> std::process::Child {
-    let target = format!("{VIP}:{TCP_PORT}");
+    tcp_client_to(t, &format!("{VIP}:{TCP_PORT}"), conns, ping_ms, secs, extra)
+}
+
+/// `tcp_client_with` toward any `target` (an IPv6 VIP: `[addr]:port`).
+pub fn tcp_client_to(
+    t: &Topology,
+    target: &str,
+    conns: usize,
+    ping_ms: u64,
+    secs: u64,
+    extra: &[&str],
+) -> std::process::Child {
     let (conns, ping, secs) = (conns.to_string(), ping_ms.to_string(), secs.to_string());
     let mut args = vec![
         "tcp",
         "--target",
-        &target,
+        target,
         "--conns",
         &conns,
         "--ping-interval-ms",

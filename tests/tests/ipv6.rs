@@ -22,29 +22,6 @@ fn dual_stack(t: &Topology, backends: &[(usize, u32)]) -> String {
     c
 }
 
-/// wk-client holding `conns` connections to `target` for `secs`, pinging every `ping_ms`.
-fn ipv6_client(
-    t: &Topology,
-    target: &str,
-    conns: u32,
-    ping_ms: u32,
-    secs: u32,
-) -> std::process::Child {
-    let (conns, ping, secs) = (conns.to_string(), ping_ms.to_string(), secs.to_string());
-    t.client(&[
-        "tcp",
-        "--target",
-        target,
-        "--conns",
-        &conns,
-        "--ping-interval-ms",
-        &ping,
-        "--duration-s",
-        &secs,
-    ])
-    .unwrap()
-}
-
 /// Three backends, IPv6 on the client link, the daemon running the dual-stack config (its path
 /// returned for restarts). None when not root.
 fn dual_stack_edge(test: &str) -> Option<(Serial<Topology>, std::path::PathBuf)> {
@@ -71,7 +48,7 @@ fn ipv6_clients_hold_connections_to_ipv4_nodes_through_a_restart() {
         return;
     };
     let target = format!("[{VIP6}]:{TCP_PORT}");
-    let held6 = ipv6_client(&t, &target, 1000, 200, 8);
+    let held6 = tcp_client_to(&t, &target, 1000, 200, 8, &[]);
     // An IPv4 client on the same data nodes at the same time.
     let held4 = tcp_client(&t, 200, 200, 8);
     wait_stats(&t, Duration::from_secs(30), "1000 IPv6 connections", |s| {
@@ -100,7 +77,7 @@ fn an_ipv6_vip_fails_over_like_an_ipv4_one() {
         return;
     };
     let target = format!("[{VIP6}]:{TCP_PORT}");
-    let long = ipv6_client(&t, &target, 300, 300, 6);
+    let long = tcp_client_to(&t, &target, 300, 300, 6, &[]);
     wait_stats(&t, Duration::from_secs(30), "300 IPv6 connections", |s| {
         active(s, "im-tcp6") >= 300
     });
@@ -113,7 +90,7 @@ fn an_ipv6_vip_fails_over_like_an_ipv4_one() {
         "b2 out of the IPv6 VIP's table",
         |s| backend_row(s, "im-tcp6", 1)["in_table"] == false,
     );
-    let fresh = Topology::client_report(ipv6_client(&t, &target, 90, 300, 1)).unwrap();
+    let fresh = Topology::client_report(tcp_client_to(&t, &target, 90, 300, 1, &[])).unwrap();
     assert_eq!(fresh["connected"], 90, "{fresh:#}");
     assert_eq!(count(&fresh, "per_backend", "b2"), 0, "{fresh:#}");
     let r = Topology::client_report(long).unwrap();
