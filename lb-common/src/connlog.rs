@@ -22,7 +22,9 @@ pub struct OpenEvent {
     pub backend_id: u16,
     pub vip_id: u16,
     pub proto: u8,
-    pub _pad: u8,
+    /// The flow's `FlowEntry` flags when it was created (`BACKEND_V6`: `backend` is only the
+    /// first word of the backend's address; the id names it).
+    pub flags: u8,
 }
 
 /// `FLOW_BYTES` value, indexed by flow slot: per direction (0: client → backend, 1: back),

@@ -29,6 +29,26 @@ pub const QUOTE_LEN: usize = 96;
 /// TTL of packets the edge originates.
 pub const TTL: u8 = 64;
 
+/// ICMPv6 (next header 58) types the data path answers or sends.
+pub mod v6 {
+    pub const NEXT_HEADER: u8 = 58;
+    pub const PACKET_TOO_BIG: u8 = 2;
+    pub const ECHO_REQUEST: u8 = 128;
+    pub const ECHO_REPLY: u8 = 129;
+    /// Bytes of the offending packet quoted in a Packet Too Big the edge sends: its IPv6 header
+    /// and 72 bytes of L4 (ports, sequence, options).
+    pub const QUOTE_LEN: usize = 112;
+
+    /// The IPv6 pseudo-header's length and next-header words of an ICMPv6 message of `len`
+    /// bytes, as native 16-bit loads would see them (added to the checksum sum).
+    pub const fn pseudo_tail_sum(len: u32) -> u64 {
+        let l = len.to_be_bytes();
+        u16::from_ne_bytes([l[0], l[1]]) as u64
+            + u16::from_ne_bytes([l[2], l[3]]) as u64
+            + u16::from_ne_bytes([0, NEXT_HEADER]) as u64
+    }
+}
+
 /// Error types whose quoted packet the data path translates.
 #[inline(always)]
 pub const fn is_translated_error(icmp_type: u8) -> bool {

@@ -84,12 +84,18 @@ pub mod names {
     pub const ADDRS6: &str = "ADDRS6";
     pub const VIPS6: &str = "VIPS6";
     pub const FLOWS6: &str = "FLOWS6";
+    /// SNAT picks per family (IPv4 from 0, IPv6 from `MAX_SNAT_ADDRS`); SNAT_PICK keeps the
+    /// IPv4 ones for data paths of earlier builds.
+    pub const SNAT_PICKS: &str = "SNAT_PICKS";
     /// Hint cache in front of FLOWS4 (not pinned: each program load starts an empty one).
     pub const FLOW_HINTS4: &str = "FLOW_HINTS4";
+    /// The program array holding the IPv6-backend sender, and the per-CPU record handed to it.
+    pub const TAILS: &str = "TAILS";
+    pub const DEFERRED_SEND: &str = "DEFERRED_SEND";
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
-    pub const ALL: [&str; 33] = [
+    pub const ALL: [&str; 36] = [
         ADDR_FILTER,
         ADDRS4,
         VIPS4,
@@ -123,6 +129,9 @@ pub mod names {
         ADDRS6,
         VIPS6,
         FLOWS6,
+        SNAT_PICKS,
+        TAILS,
+        DEFERRED_SEND,
     ];
 }
 
@@ -742,6 +751,10 @@ impl FlowEntry {
     pub const TRANSLATE: u8 = 8;
     /// Created while the connection log was on: its packets are counted in FLOW_BYTES.
     pub const COUNTED: u8 = 16;
+    /// The backend is IPv6: its address is `BACKENDS[backend_id]` (held until no flow names
+    /// the id), `backend` holds its first word, and the SNAT address is IPv6
+    /// (`SNAT_ADDRS[slot]`).
+    pub const BACKEND_V6: u8 = 32;
 
     pub const fn ack_seen_bit(dir: usize) -> u8 {
         if dir == 0 {
@@ -824,7 +837,9 @@ pub struct DataplaneConfig {
     /// The smallest MTU of the interfaces we send on: larger packets are checked against their
     /// egress interface's MTU in IFACE_MTU.
     pub min_mtu: u32,
-    pub _pad: u32,
+    /// Number of valid IPv6 entries in SNAT_PICKS (IPv6 SNAT addresses, for IPv6 backends). Was
+    /// padding: a data path older than this field never reads it.
+    pub snat6_count: u32,
 }
 
 impl DataplaneConfig {
@@ -853,7 +868,7 @@ impl Default for DataplaneConfig {
             mss_mode: mss::AUTO,
             mss_value: 0,
             min_mtu: 1500,
-            _pad: 0,
+            snat6_count: 0,
         }
     }
 }

@@ -31,6 +31,12 @@ pub const fn is_token(owner: u32) -> bool {
     owner & 1 == 1
 }
 
+/// 1 for `FAMILY_IPV6`, 0 for `FAMILY_IPV4`, computed without a branch (6 = 0b110, 4 = 0b100).
+#[inline(always)]
+pub const fn family_bit(family: u8) -> u32 {
+    ((family >> 1) & 1) as u32
+}
+
 #[inline(always)]
 pub const fn slot(snat_index: u32, port: u16) -> u32 {
     snat_index * SLOTS_PER_SNAT_ADDR + port as u32

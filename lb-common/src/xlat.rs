@@ -110,6 +110,26 @@ pub const fn pseudo_v4_to_v6(src4: u32, dst4: u32, src6: &[u32; 4], dst6: &[u32;
         .replace32(0, dst6[3])
 }
 
+/// The L4 checksum change when an IPv6 pseudo-header's addresses are replaced (IPv6 client to
+/// IPv6 backend, and back).
+#[inline(always)]
+pub const fn pseudo_v6_to_v6(
+    old_src: &[u32; 4],
+    old_dst: &[u32; 4],
+    src: &[u32; 4],
+    dst: &[u32; 4],
+) -> CsumDelta {
+    CsumDelta::new()
+        .replace32(old_src[0], src[0])
+        .replace32(old_src[1], src[1])
+        .replace32(old_src[2], src[2])
+        .replace32(old_src[3], src[3])
+        .replace32(old_dst[0], dst[0])
+        .replace32(old_dst[1], dst[1])
+        .replace32(old_dst[2], dst[2])
+        .replace32(old_dst[3], dst[3])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +334,44 @@ mod tests {
         for tc in [0u8, 0x01, 0x10, 0xb8, 0xff] {
             let h = ipv6_header(tc, 0, 6, 64, &[0; 4], &[0; 4]);
             assert_eq!(traffic_class(h[0]), tc);
+        }
+    }
+
+    #[test]
+    fn ipv6_to_ipv6_address_rewrites_keep_checksums_valid() {
+        let (snat6, b6) = (
+            words::<4>(&[0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64]),
+            words::<4>(&[0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0b]),
+        );
+        for udp in [false, true] {
+            let b = PacketBuilder::ipv6(C6, V6, 64);
+            let mut pkt = Vec::new();
+            if udp {
+                b.udp(40000, 5300).write(&mut pkt, b"ping").unwrap();
+            } else {
+                b.tcp(40000, 5100, 7000, 512)
+                    .ack(9000)
+                    .write(&mut pkt, b"ping")
+                    .unwrap();
+            }
+            let (h, _) = Ipv6Header::from_slice(&pkt).unwrap();
+            let old_ports = u32::from_ne_bytes(pkt[IPV6_HDR..IPV6_HDR + 4].try_into().unwrap());
+            let new_ports = crate::ports_word(61000, 5100);
+            let delta = pseudo_v6_to_v6(&words(&h.source), &words(&h.destination), &snat6, &b6)
+                .replace32(old_ports, new_ports);
+            let mut out = pkt.clone();
+            out[8..24].copy_from_slice(&bytes(&snat6));
+            out[24..40].copy_from_slice(&bytes(&b6));
+            out[IPV6_HDR..IPV6_HDR + 4].copy_from_slice(&new_ports.to_ne_bytes());
+            let at = IPV6_HDR + csum_at(h.next_header.0);
+            let c = u16::from_ne_bytes([out[at], out[at + 1]]);
+            let c = if udp {
+                delta.apply_udp(c)
+            } else {
+                delta.apply(c)
+            };
+            out[at..at + 2].copy_from_slice(&c.to_ne_bytes());
+            assert!(checksums_ok(&out), "udp={udp}");
         }
     }
 }

@@ -51,7 +51,7 @@ pub fn opened(e: &mut FlowEntry, slot: u32, token: u32, now: u64) {
         (*o).backend_id = e.backend_id;
         (*o).vip_id = e.vip_id;
         (*o).proto = e.proto;
-        (*o)._pad = 0;
+        (*o).flags = e.flags;
     }
     r.submit(0);
 }

@@ -21,6 +21,7 @@ use crate::{
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 /// Where to send a frame: interface and the two MAC addresses (as 16-bit words).
 #[derive(Clone, Copy)]
@@ -46,14 +47,39 @@ pub fn ingress_ifindex(ctx: &XdpContext) -> u32 {
     unsafe { (*ctx.ctx).ingress_ifindex }
 }
 
-/// The hop toward backend `id` (for a packet from `src` to `dst`), resolving it when the cached
-/// one is missing or older than HOP_REFRESH_NS.
+/// The addresses a route is looked up for.
+#[derive(Clone, Copy)]
+pub enum Route<'a> {
+    V4 {
+        src: u32,
+        dst: u32,
+    },
+    V6 {
+        src: &'a [u32; 4],
+        dst: &'a [u32; 4],
+    },
+}
+
+/// The hop toward IPv4 backend `id` (for a packet from `src` to `dst`).
 #[inline(always)]
 pub fn backend_hop(
     ctx: &XdpContext,
     id: u16,
     src: u32,
     dst: u32,
+    proto: u8,
+    now: u64,
+) -> Result<Hop, NoHop> {
+    backend_hop_via(ctx, id, Route::V4 { src, dst }, proto, now)
+}
+
+/// The hop toward backend `id` along `route`, resolving it when the cached one is missing or
+/// older than HOP_REFRESH_NS.
+#[inline(always)]
+pub fn backend_hop_via(
+    ctx: &XdpContext,
+    id: u16,
+    route: Route,
     proto: u8,
     now: u64,
 ) -> Result<Hop, NoHop> {
@@ -72,7 +98,7 @@ pub fn backend_hop(
             mtu: h.mtu as u32,
         });
     }
-    let hop = fib(ctx, src, dst, proto)?;
+    let hop = fib(ctx, route, proto)?;
     h.dmac = hop.dmac;
     h.smac = hop.smac;
     h.mtu = hop.mtu as u16;
@@ -136,13 +162,22 @@ fn zeroed_params() -> FibParams {
 /// bpf_fib_lookup from the ingress interface. `tot_len` stays 0: the answer is cached for
 /// packets of every size, and the MTU comes back in `mtu_result` for the caller to check.
 #[inline(always)]
-fn fib(ctx: &XdpContext, src: u32, dst: u32, proto: u8) -> Result<Hop, NoHop> {
+fn fib(ctx: &XdpContext, route: Route, proto: u8) -> Result<Hop, NoHop> {
     let mut fib = zeroed_params();
-    fib.family = AF_INET;
     fib.l4_protocol = proto;
     fib.ifindex = ingress_ifindex(ctx);
-    fib.__bindgen_anon_3.ipv4_src = src;
-    fib.__bindgen_anon_4.ipv4_dst = dst;
+    match route {
+        Route::V4 { src, dst } => {
+            fib.family = AF_INET;
+            fib.__bindgen_anon_3.ipv4_src = src;
+            fib.__bindgen_anon_4.ipv4_dst = dst;
+        }
+        Route::V6 { src, dst } => {
+            fib.family = AF_INET6;
+            fib.__bindgen_anon_3.ipv6_src = *src;
+            fib.__bindgen_anon_4.ipv6_dst = *dst;
+        }
+    }
     // SAFETY: helper call with a valid context and a stack buffer of the declared size.
     let rc = unsafe {
         bpf_fib_lookup(

@@ -55,7 +55,23 @@ pub fn wklb(ctx: XdpContext) -> u32 {
 /// The whole data path for one packet; counts the verdict's reason.
 #[inline(always)]
 fn pipeline(ctx: &XdpContext) -> u32 {
-    let v = process(ctx);
+    let mut v = process(ctx);
+    if v.action == v6::backend::DEFERRED {
+        v = v6::backend::hand_over(ctx);
+    }
+    count(ctx, v)
+}
+
+/// Sends to IPv6 backends, entered by tail call from `wklb` (see `v6::backend`).
+#[xdp]
+#[inline(always)]
+pub fn wklb_v6_send(ctx: XdpContext) -> u32 {
+    count(&ctx, v6::backend::finish(&ctx))
+}
+
+/// Counts the verdict's reason (and logs it when it is an event); the action for the kernel.
+#[inline(always)]
+fn count(ctx: &XdpContext, v: Verdict) -> u32 {
     stats::count(v.reason);
     events::note(ctx, v.reason);
     v.action

@@ -6,7 +6,8 @@ use aya_ebpf::{
     btf_maps::{
         Array, ArrayOfMaps, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf,
     },
-    macros::btf_map,
+    macros::{btf_map, map},
+    maps::ProgramArray,
 };
 use lb_common::{
     ADDR_FILTER_SIZE, AddrClass, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, Backend, BackendHop,
@@ -29,7 +30,8 @@ pub static ADDR_FILTER: Array<u64, { ADDR_FILTER_SIZE as usize }, BPF_F_MMAPABLE
 #[btf_map]
 pub static ADDRS4: HashMap<u32, AddrClass, { MAX_VIP_ENTRIES as usize }> = HashMap::new();
 
-/// IPv6 address (native words) → class. Only VIPs for now (IPv6 SNAT addresses come later).
+/// IPv6 address (native words) → class: VIP addresses, and IPv6 SNAT addresses (with their
+/// SNAT index).
 #[btf_map]
 pub static ADDRS6: HashMap<[u32; 4], AddrClass, { MAX_VIP_ENTRIES as usize }> = HashMap::new();
 
@@ -94,9 +96,15 @@ pub static FLOW_TABLE: Array<FlowEntry, { SLOTS_PER_SNAT_ADDR as usize }, BPF_F_
 pub static SNAT_ADDRS: Array<SnatAddr, { MAX_SNAT_ADDRS as usize }> = Array::new();
 
 /// The SNAT indices new flows may take (CONFIG.snat_count of them): draining addresses are
-/// left out while their flows end.
+/// left out while their flows end. Read by data paths of earlier builds; this one reads
+/// SNAT_PICKS.
 #[btf_map]
 pub static SNAT_PICK: Array<u32, { MAX_SNAT_ADDRS as usize }> = Array::new();
+
+/// The same per family: IPv4 picks from 0 (CONFIG.snat_count), IPv6 picks from
+/// MAX_SNAT_ADDRS (CONFIG.snat6_count), taken by flows to backends of that family.
+#[btf_map]
+pub static SNAT_PICKS: Array<u32, { 2 * MAX_SNAT_ADDRS as usize }> = Array::new();
 
 #[btf_map]
 pub static CONFIG: Array<DataplaneConfig, 1> = Array::new();
@@ -175,8 +183,23 @@ pub static FLOW_BYTES: Array<FlowBytes, 1> = Array::new();
 #[btf_map]
 pub static CONN_LOG_LOST: PerCpuArray<u64, 1> = PerCpuArray::new();
 
+/// Per-CPU scratch: the flow whose send to an IPv6 backend `wklb_v6_send` completes in the same
+/// packet's run. Pinned, so a program of the previous generation hands over to the new one
+/// during an upgrade.
+#[btf_map]
+pub static DEFERRED_SEND: PerCpuArray<crate::v6::backend::Deferred, 1> = PerCpuArray::new();
+
 /// The current configuration (index 0 always exists in an array).
 #[inline(always)]
 pub fn config() -> Option<&'static DataplaneConfig> {
     CONFIG.get(0)
 }
+
+/// Index `V6_SEND` → the `wklb_v6_send` program, entered by tail call (its own stack and its
+/// own verifier budget). Pinned: a program array loses its entries when no pin or descriptor
+/// holds it, which would happen while the daemon restarts.
+#[map]
+pub static TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// `TAILS` index of `wklb_v6_send`.
+pub const V6_SEND: u32 = 0;

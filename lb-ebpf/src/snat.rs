@@ -2,9 +2,9 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
-use lb_common::{DataplaneConfig, FlowEntry, Reason, slot};
+use lb_common::{DataplaneConfig, FlowEntry, MAX_SNAT_ADDRS, Reason, slot};
 
-use crate::maps::{FLOW_TABLE, SNAT_PICK};
+use crate::maps::{FLOW_TABLE, SNAT_PICKS};
 
 /// Compare-and-exchange on a slot's owner word; true when it held `old`.
 #[inline(always)]
@@ -20,13 +20,27 @@ pub fn swap_owner(e: *mut FlowEntry, old: u32, new: u32) -> bool {
     }
 }
 
-/// Claims a free slot for a flow with `hash`: up to `PORT_RETRIES` (address, port) candidates.
+/// Claims a free slot for a flow with `hash`: up to `PORT_RETRIES` (address, port) candidates,
+/// on a SNAT address of the backend's `family`. Branch-free in the family: a branch here would
+/// double the verifier's paths through everything after it.
 #[inline(always)]
-pub fn claim(hash: u32, cfg: &DataplaneConfig) -> Result<(u32, *mut FlowEntry), Reason> {
+pub fn claim(
+    hash: u32,
+    cfg: &DataplaneConfig,
+    family: u8,
+) -> Result<(u32, *mut FlowEntry), Reason> {
+    let v6 = slot::family_bit(family);
+    let count = cfg
+        .snat_count
+        .wrapping_add(v6.wrapping_mul(cfg.snat6_count.wrapping_sub(cfg.snat_count)));
+    let base = v6 * MAX_SNAT_ADDRS;
+    if count == 0 {
+        return Err(Reason::DropNoSnatAddress);
+    }
     let token = slot::token(hash);
     for attempt in 0..slot::PORT_RETRIES {
-        let pick = slot::pick_index(hash, attempt, cfg.snat_count);
-        let Some(index) = SNAT_PICK.get(pick) else {
+        let pick = slot::pick_index(hash, attempt, count);
+        let Some(index) = SNAT_PICKS.get(base + pick) else {
             return Err(Reason::DropInternal);
         };
         let port = slot::port_candidate(hash, attempt, cfg.snat_port_min, cfg.snat_port_max);

@@ -74,6 +74,10 @@ pub fn handle(
             crate::rtt::client_acked(e, synack_at);
         }
     }
+    if e.flags & FlowEntry::BACKEND_V6 != 0 {
+        crate::connlog::count(e, flow.slot, 0, p);
+        return Some(crate::v6::backend::defer(&flow, opts));
+    }
     Some(send(ctx, p, &flow, e, opts, now))
 }
 
@@ -115,6 +119,7 @@ fn send(
     now: u64,
 ) -> Verdict {
     crate::connlog::count(e, flow.slot, 0, p);
+
     let snat_addr = e.client[2];
     let hop = match egress::backend_hop(ctx, e.backend_id, snat_addr, e.backend, p.proto, now) {
         Ok(h) => Some(h),

@@ -101,7 +101,7 @@ pub fn handle(
 
 /// The SYN-ACK's MSS toward the client: what the client-side interface carries.
 #[inline(always)]
-fn clamp_synack(
+pub(crate) fn clamp_synack(
     ctx: &XdpContext,
     p: &Packet,
     opts: &Options,

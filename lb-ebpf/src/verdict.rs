@@ -36,3 +36,22 @@ impl Verdict {
         }
     }
 }
+
+impl Verdict {
+    /// As one word, for functions kept out of line: a struct return would go through the
+    /// caller's stack, which the verifier refuses for subprograms.
+    #[inline(always)]
+    pub const fn to_word(&self) -> u64 {
+        ((self.reason as u32 as u64) << 32) | self.action as u64
+    }
+
+    /// From `to_word`.
+    #[inline(always)]
+    pub const fn from_word(w: u64) -> Self {
+        Verdict {
+            action: w as u32,
+            // SAFETY: the high word was a `Reason` (repr(u32)) in `to_word`.
+            reason: unsafe { core::mem::transmute::<u32, Reason>((w >> 32) as u32) },
+        }
+    }
+}

@@ -110,7 +110,10 @@ fn proto_name(p: u8) -> &'static str {
 
 /// The open record of a ring-buffer event.
 pub fn open_record(snap: &Snapshot, o: &OpenEvent) -> Record {
-    let backend = SocketAddr::new(IpAddr::V4(v4(o.backend)), o.backend_port);
+    let backend = SocketAddr::new(
+        snap.backend_ip_of(o.flags, o.backend, o.backend_id as u32),
+        o.backend_port,
+    );
     let (vip, group, snat) = names(snap, o.vip_id as u32, backend, slot::snat_index_of(o.slot));
     Record {
         event: "open",
@@ -132,7 +135,7 @@ pub fn open_record(snap: &Snapshot, o: &OpenEvent) -> Record {
 
 /// The close record of a flow the expiry pass removed.
 pub fn close_record(snap: &Snapshot, s: u32, e: &FlowEntry, b: &FlowBytes, now: u64) -> Record {
-    let backend = SocketAddr::new(IpAddr::V4(v4(e.backend)), e.backend_port);
+    let backend = SocketAddr::new(snap.backend_ip(e), e.backend_port);
     let (vip, group, snat) = names(snap, e.vip_id as u32, backend, slot::snat_index_of(s));
     let ended_by = match State::from_u8(e.state) {
         Some(State::Closing) => "fin",

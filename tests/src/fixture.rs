@@ -218,7 +218,7 @@ impl Fixture {
                 c.flags |= lb_common::AddrClass::any_port_bit(k.proto);
             }
         }
-        for (i, s) in &img.snat {
+        for (i, s) in img.snat.iter().filter(|(_, s)| s.family == FAMILY_IPV4) {
             let c: &mut lb_common::AddrClass = addrs.entry(s.addr.v4_word_of()).or_default();
             c.flags |= lb_common::AddrClass::SNAT;
             c.snat_index = *i as u16;

@@ -610,3 +610,44 @@ pub fn linux_syn_options(mss: u16, ts_val: u32, ts_ecr: u32, wscale: u8) -> Vec<
     o.extend_from_slice(&[1, 3, 3, wscale]);
     o
 }
+
+/// An ICMPv6 message the edge sent: addresses, type, code, the 4 bytes after the checksum (the
+/// MTU of a Packet Too Big), the quoted packet, and whether its checksum (pseudo-header
+/// included) verifies.
+#[derive(Debug)]
+pub struct SeenIcmp6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub hop_limit: u8,
+    pub icmp_type: u8,
+    pub code: u8,
+    pub rest: [u8; 4],
+    pub quote: Vec<u8>,
+    pub checksum_ok: bool,
+}
+
+pub fn inspect_icmp6(frame: &[u8]) -> SeenIcmp6 {
+    let s = SlicedPacket::from_ethernet(frame).expect("frame parses");
+    let Some(etherparse::NetSlice::Ipv6(ip)) = &s.net else {
+        panic!("not ipv6")
+    };
+    let h = ip.header().to_header();
+    assert_eq!(h.next_header, IpNumber::IPV6_ICMP, "not ICMPv6");
+    let icmp = ip.payload().payload;
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&h.source);
+    pseudo.extend_from_slice(&h.destination);
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(icmp);
+    SeenIcmp6 {
+        src: h.source,
+        dst: h.destination,
+        hop_limit: h.hop_limit,
+        icmp_type: icmp[0],
+        code: icmp[1],
+        rest: icmp[4..8].try_into().unwrap(),
+        quote: icmp[8..].to_vec(),
+        checksum_ok: internet_checksum(&pseudo) == 0,
+    }
+}

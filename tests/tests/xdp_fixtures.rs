@@ -7,6 +7,7 @@ use lb_common::{
     Addr, AddrClass, DataplaneConfig, FAMILY_IPV4, PROTO_TCP, PROTO_UDP, Reason, SnatAddr, Vip4Key,
     VipInfo, VipMeta, conntrack::State, mss,
 };
+use lb_userspace::dataplane::kernel;
 use wklb_tests::{
     fixture::*,
     netns::ip,
@@ -1508,7 +1509,7 @@ fn an_impossible_map_state_is_counted_not_aborted() {
 #[test]
 fn verifier_instruction_count() {
     with_fixture("verifier_instruction_count", 1024, |fx| {
-        let n = fx.program.verified_instructions().unwrap();
+        let n = fx.program.verified_instructions(kernel::PROGRAM).unwrap();
         println!("wklb XDP program: {n} instructions processed by the verifier");
         // The kernel refuses a program at 1,000,000; a tighter budget here catches a change that
         // multiplies the verifier's paths long before it breaks loading (per-byte packet reads
@@ -1517,6 +1518,16 @@ fn verifier_instruction_count() {
         assert!(
             n > 0 && n < 550_000,
             "{n} instructions processed by the verifier"
+        );
+        // The IPv6-backend sender is a program of its own (entered by tail call).
+        let n = fx
+            .program
+            .verified_instructions(kernel::V6_SEND_PROGRAM)
+            .unwrap();
+        println!("wklb_v6_send: {n} instructions processed by the verifier");
+        assert!(
+            n > 0 && n < 300_000,
+            "{n} instructions (IPv6-backend sender)"
         );
     });
 }
@@ -1705,5 +1716,384 @@ fn ipv6_traffic_that_is_not_for_a_vip_passes_and_fragments_to_a_vip_are_dropped(
         let before = fx.reasons();
         assert_eq!(fx.run(fx.client_if, &frag).unwrap().0, XDP_DROP);
         assert_only(fx, &before, Reason::DropFragment, 1);
+    });
+}
+
+// ---------------------------------------------------------------------------- IPv6 backends
+
+/// fd00:20::64 and fd00:20::11.
+const SNAT6: [u8; 16] = [0xfd, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64];
+const BACKEND6: [u8; 16] = [0xfd, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11];
+const SNAT6_INDEX: u32 = 1;
+/// Backend ids of the IPv6 data node (TCP, UDP).
+const B6_TCP: u32 = 20;
+const B6_UDP: u32 = 21;
+
+/// An IPv6 data node on the backend side, an IPv6 SNAT address, and every TCP/UDP VIP (IPv4
+/// and IPv6) served by that node alone.
+fn add_ipv6_backends(fx: &mut Fixture) {
+    use lb_common::{Backend, FAMILY_IPV6, words_of_v6};
+    add_ipv6_vip(fx);
+    for dev in ["all", "wkc0", "wkb0"] {
+        std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/forwarding"), "1").unwrap();
+    }
+    ip("-6 addr add fd00:20::1/64 dev wkb0 nodad").unwrap();
+    ip("-6 neigh add fd00:20::11 lladdr 02:00:00:00:0b:61 dev wkb0 nud permanent").unwrap();
+    let addr = |o| Addr {
+        words: words_of_v6(o),
+    };
+    fx.image
+        .snat
+        .insert(SNAT6_INDEX, SnatAddr::new(addr(SNAT6), FAMILY_IPV6));
+    fx.image.snat_pick6.insert(0, SNAT6_INDEX);
+    fx.image.config.snat6_count = 1;
+    fx.image.addrs6.insert(
+        words_of_v6(SNAT6),
+        AddrClass {
+            flags: AddrClass::SNAT,
+            snat_index: SNAT6_INDEX as u16,
+        },
+    );
+    for (id, port, vip) in [
+        (B6_TCP, VIP_TCP_PORT, TCP_VIP_ID),
+        (B6_UDP, VIP_UDP_PORT, UDP_VIP_ID),
+    ] {
+        fx.image.backends.insert(
+            id,
+            Backend::new(addr(BACKEND6), port, FAMILY_IPV6, Backend::ACTIVE, vip),
+        );
+    }
+    for (vip, b) in [
+        (TCP_VIP_ID, B6_TCP),
+        (UDP_VIP_ID, B6_UDP),
+        (V6_VIP_ID, B6_TCP),
+        (V6_UDP_VIP_ID, B6_UDP),
+    ] {
+        fx.install(vip, &[(b, 1)]).unwrap();
+    }
+}
+
+/// A segment from the IPv6 data node to the IPv6 SNAT address.
+fn from_backend6(dport: u16, sport: u16, s: &Seg) -> Vec<u8> {
+    packets::tcp6_seg((BACKEND6, sport), (SNAT6, dport), 0, s)
+}
+
+#[test]
+fn ipv4_clients_reach_ipv6_backends_through_an_ipv6_snat_address() {
+    with_fixture("ipv4_to_ipv6", 1024, |fx| {
+        add_ipv6_backends(fx);
+        let syn = tcp_seg(
+            client(46000),
+            VIP_TCP,
+            &Seg {
+                flags: "S",
+                seq: ISN,
+                options: &mss_options(1460, false),
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.client_if, &syn).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        assert_eq!(
+            out.len(),
+            syn.len() + 20,
+            "the frame gained the header difference"
+        );
+        let s = packets::inspect6(&out);
+        assert!(s.ok, "{s:?}");
+        assert_eq!(
+            (s.src, s.dst, s.dst_port, s.hop_limit),
+            (SNAT6, BACKEND6, VIP_TCP_PORT, 63)
+        );
+        // The backend side carries 20 more header bytes: MSS 1500 - 60.
+        assert_eq!(s.mss, Some(1440));
+        let sp = s.src_port;
+        let flows = fx.flows();
+        assert_eq!(flows.len(), 1);
+        assert_ne!(flows[0].1.flags & lb_common::FlowEntry::BACKEND_V6, 0);
+        assert_eq!(lb_common::slot::snat_index_of(flows[0].0), SNAT6_INDEX);
+        // The SYN-ACK comes back as IPv4 from the VIP, 20 bytes shorter.
+        let synack = from_backend6(
+            sp,
+            VIP_TCP_PORT,
+            &Seg {
+                flags: "SA",
+                seq: BACKEND_ISN,
+                ack: ISN + 1,
+                options: &mss_options(1440, false),
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.backend_if, &synack).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        assert_eq!(out.len(), synack.len() - 20);
+        let r = inspect(&out);
+        assert!(r.checksums_ok, "{r:?}");
+        assert_eq!(
+            (r.src, r.dst, r.src_port, r.dst_port, r.ttl),
+            (VIP, CLIENT, VIP_TCP_PORT, 46000, 63)
+        );
+        // Data both ways.
+        let data = tcp_seg(
+            client(46000),
+            VIP_TCP,
+            &Seg {
+                flags: "PA",
+                seq: ISN + 1,
+                ack: BACKEND_ISN + 1,
+                payload: b"CONNECT",
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.client_if, &data).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        let s = packets::inspect6(&out);
+        assert!(s.ok && s.payload == b"CONNECT", "{s:?}");
+        let reply = from_backend6(
+            sp,
+            VIP_TCP_PORT,
+            &Seg {
+                flags: "PA",
+                seq: BACKEND_ISN + 1,
+                ack: ISN + 8,
+                payload: b"CONNACK",
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.backend_if, &reply).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        let r = inspect(&out);
+        assert!(r.checksums_ok && r.payload == b"CONNACK", "{r:?}");
+        // A reply from another address on the same SNAT port is not the flow's.
+        let mut other = BACKEND6;
+        other[15] = 0x12;
+        let stray = packets::tcp6_seg((other, VIP_TCP_PORT), (SNAT6, sp), 0, &Seg::default());
+        let before = fx.reasons();
+        assert_eq!(fx.run(fx.backend_if, &stray).unwrap().0, XDP_PASS);
+        assert_only(fx, &before, Reason::PassReplyNoFlow, 1);
+
+        // UDP both ways.
+        let (act, out) = fx
+            .run(fx.client_if, &udp(client(46001), VIP_UDP, b"ping"))
+            .unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        let s = packets::inspect6(&out);
+        assert!(s.ok && s.payload == b"ping", "{s:?}");
+        assert_eq!((s.src, s.dst, s.dst_port), (SNAT6, BACKEND6, VIP_UDP_PORT));
+        let back = packets::udp6((BACKEND6, VIP_UDP_PORT), (SNAT6, s.src_port), b"pong");
+        let (act, out) = fx.run(fx.backend_if, &back).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        let r = inspect(&out);
+        assert!(r.checksums_ok && r.payload == b"pong", "{r:?}");
+        assert_eq!((r.src, r.dst, r.dst_port), (VIP, CLIENT, 46001));
+    });
+}
+
+#[test]
+fn ipv6_clients_reach_ipv6_backends_with_addresses_rewritten() {
+    with_fixture("ipv6_to_ipv6", 1024, |fx| {
+        add_ipv6_backends(fx);
+        let syn = packets::tcp6_seg(
+            (CLIENT6, 47000),
+            (VIP6, VIP_TCP_PORT),
+            0xb8,
+            &Seg {
+                flags: "S",
+                seq: ISN,
+                options: &mss_options(1440, false),
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.client_if, &syn).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        assert_eq!(out.len(), syn.len());
+        let s = packets::inspect6(&out);
+        assert!(s.ok, "{s:?}");
+        assert_eq!(
+            (
+                s.src,
+                s.dst,
+                s.dst_port,
+                s.hop_limit,
+                s.traffic_class,
+                s.mss
+            ),
+            (SNAT6, BACKEND6, VIP_TCP_PORT, 63, 0xb8, Some(1440))
+        );
+        let sp = s.src_port;
+        let synack = from_backend6(
+            sp,
+            VIP_TCP_PORT,
+            &Seg {
+                flags: "SA",
+                seq: BACKEND_ISN,
+                ack: ISN + 1,
+                options: &mss_options(1440, false),
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.backend_if, &synack).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        let r = packets::inspect6(&out);
+        assert!(r.ok, "{r:?}");
+        assert_eq!(
+            (r.src, r.dst, r.src_port, r.dst_port, r.hop_limit),
+            (VIP6, CLIENT6, VIP_TCP_PORT, 47000, 63)
+        );
+        let flows = fx.flows();
+        let f = flows[0].1.flags;
+        assert_eq!(
+            f & (lb_common::FlowEntry::BACKEND_V6 | lb_common::FlowEntry::CLIENT_V6),
+            lb_common::FlowEntry::BACKEND_V6 | lb_common::FlowEntry::CLIENT_V6
+        );
+        let (act, out) = fx
+            .run(
+                fx.client_if,
+                &packets::udp6((CLIENT6, 47001), (VIP6, VIP_UDP_PORT), b"ping"),
+            )
+            .unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        let s = packets::inspect6(&out);
+        assert!(s.ok && s.payload == b"ping", "{s:?}");
+        let back = packets::udp6((BACKEND6, VIP_UDP_PORT), (SNAT6, s.src_port), b"pong");
+        let (act, out) = fx.run(fx.backend_if, &back).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        let r = packets::inspect6(&out);
+        assert!(r.ok && r.payload == b"pong", "{r:?}");
+        assert_eq!((r.src, r.dst, r.dst_port), (VIP6, CLIENT6, 47001));
+    });
+}
+
+#[test]
+fn packets_too_big_for_an_ipv6_path_get_packet_too_big_or_fragmentation_needed() {
+    with_fixture("ipv6_too_big", 1024, |fx| {
+        add_ipv6_backends(fx);
+        ip("link set wkb0 mtu 1400").unwrap();
+        let big = vec![0x5a; 1400];
+        // An IPv6 client: its flow first, then a segment of 1460 bytes.
+        let syn = packets::tcp6_seg(
+            (CLIENT6, 48000),
+            (VIP6, VIP_TCP_PORT),
+            0,
+            &Seg {
+                flags: "S",
+                seq: ISN,
+                ..Seg::default()
+            },
+        );
+        assert_eq!(fx.run(fx.client_if, &syn).unwrap().0, XDP_REDIRECT);
+        let data = packets::tcp6_seg(
+            (CLIENT6, 48000),
+            (VIP6, VIP_TCP_PORT),
+            0,
+            &Seg {
+                flags: "A",
+                seq: ISN + 1,
+                payload: &big,
+                ..Seg::default()
+            },
+        );
+        let before = fx.reasons();
+        let (act, out) = fx.run(fx.client_if, &data).unwrap();
+        assert_eq!(act, XDP_TX, "{:?}", fx.reasons());
+        assert_only(fx, &before, Reason::IcmpFragNeededSent, 1);
+        let e = packets::inspect_icmp6(&out);
+        assert!(e.checksum_ok, "{e:?}");
+        assert_eq!((e.src, e.dst, e.icmp_type, e.code), (VIP6, CLIENT6, 2, 0));
+        assert_eq!(u32::from_be_bytes(e.rest), 1400);
+        assert_eq!(
+            &e.quote[..40],
+            &data[14..54],
+            "the client's own header is quoted"
+        );
+        assert!(out.len() - 14 <= 1280, "fits the IPv6 minimum MTU");
+        // An IPv4 client: 1440 bytes become 1460 on the IPv6 side; the client learns 1380.
+        let syn = tcp_seg(
+            client(48001),
+            VIP_TCP,
+            &Seg {
+                flags: "S",
+                seq: ISN,
+                ..Seg::default()
+            },
+        );
+        assert_eq!(fx.run(fx.client_if, &syn).unwrap().0, XDP_REDIRECT);
+        let data = tcp_seg(
+            client(48001),
+            VIP_TCP,
+            &Seg {
+                flags: "A",
+                seq: ISN + 1,
+                payload: &big,
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.client_if, &data).unwrap();
+        assert_eq!(act, XDP_TX, "{:?}", fx.reasons());
+        let e = inspect_icmp(&out);
+        assert!(e.checksums_ok);
+        assert_eq!((e.src, e.dst, e.icmp_type, e.code), (VIP, CLIENT, 3, 4));
+        assert_eq!(u16::from_be_bytes([e.rest[2], e.rest[3]]), 1380);
+
+        // An IPv6 client of an IPv4 data node: 1460 bytes become 1440, still over 1400.
+        fx.install(V6_VIP_ID, &[(0, 1)]).unwrap();
+        let syn = packets::tcp6_seg(
+            (CLIENT6, 48002),
+            (VIP6, VIP_TCP_PORT),
+            0,
+            &Seg {
+                flags: "S",
+                seq: ISN,
+                ..Seg::default()
+            },
+        );
+        assert_eq!(fx.run(fx.client_if, &syn).unwrap().0, XDP_REDIRECT);
+        let data = packets::tcp6_seg(
+            (CLIENT6, 48002),
+            (VIP6, VIP_TCP_PORT),
+            0,
+            &Seg {
+                flags: "A",
+                seq: ISN + 1,
+                payload: &big,
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.client_if, &data).unwrap();
+        assert_eq!(act, XDP_TX, "{:?}", fx.reasons());
+        let e = packets::inspect_icmp6(&out);
+        assert!(e.checksum_ok, "{e:?}");
+        assert_eq!((e.src, e.dst, e.icmp_type), (VIP6, CLIENT6, 2));
+        assert_eq!(u32::from_be_bytes(e.rest), 1420);
+
+        // The IPv6 data node's reply too big for the client side: it learns the MTU from the
+        // SNAT address it talks to.
+        let mut cfg = fx.config();
+        cfg.min_mtu = 1300;
+        fx.image.iface_mtu.insert(fx.client_if, 1300);
+        fx.set_config(cfg).unwrap();
+        let sp = fx
+            .flows()
+            .iter()
+            .find(|(_, e)| e.client_port == 48000)
+            .map(|(s, _)| lb_common::slot::port_of(*s))
+            .expect("the IPv6 client's flow");
+        let reply = from_backend6(
+            sp,
+            VIP_TCP_PORT,
+            &Seg {
+                flags: "A",
+                seq: BACKEND_ISN + 1,
+                ack: ISN + 1,
+                payload: &big,
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.backend_if, &reply).unwrap();
+        assert_eq!(act, XDP_TX, "{:?}", fx.reasons());
+        let e = packets::inspect_icmp6(&out);
+        assert!(e.checksum_ok, "{e:?}");
+        assert_eq!((e.src, e.dst, e.icmp_type), (SNAT6, BACKEND6, 2));
+        assert_eq!(u32::from_be_bytes(e.rest), 1300);
     });
 }

@@ -5,8 +5,8 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use lb_common::{
-    AddrClass, Backend, DataplaneConfig, Flow4Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE,
-    NO_BACKEND, Reason, TABLES_PER_VIP, VipMeta,
+    AddrClass, Backend, DataplaneConfig, FAMILY_IPV6, Flow4Key, FlowEntry, FlowRef,
+    MAGLEV_TABLE_SIZE, NO_BACKEND, Reason, TABLES_PER_VIP, VipMeta,
     conntrack::{
         NO_WSCALE, Segment, State, is_bad_syn, is_initial_syn, syn_restarts_flow, tcp_flags,
     },
@@ -292,10 +292,12 @@ fn create(
         Some(b) if b.flags & Backend::ACTIVE != 0 => b,
         _ => return Created::Refused(Reason::DropNoBackend),
     };
-    if cfg.snat_count == 0 {
-        return Created::Refused(Reason::DropNoSnatAddress);
+    // The edge's own SYN toward the backend (SYN cookies) is built as IPv4 only; validation
+    // keeps cookies off VIPs with IPv6 backends.
+    if cookie.is_some() && backend.family == FAMILY_IPV6 {
+        return Created::Refused(Reason::DropNoBackend);
     }
-    let (s, e) = match snat::claim(hash, cfg) {
+    let (s, e) = match snat::claim(hash, cfg, backend.family) {
         Ok(c) => c,
         Err(r) => return Created::Refused(r),
     };
@@ -368,7 +370,8 @@ pub(crate) fn fill(
     e.backend_port = if b.port == 0 { vport } else { b.port };
     e.backend_id = id as u16;
     e.vip_id = vip.vip_id as u16;
-    e.flags = 0;
+    // Branch-free (see snat::claim).
+    e.flags = (slot::family_bit(b.family) as u8) * FlowEntry::BACKEND_V6;
     e.client_vlan = p.vlan;
     // A SYN is stamped precisely: its handshake's round trips are measured from it (rtt).
     e.last_seen_ns = if p.is_tcp() {

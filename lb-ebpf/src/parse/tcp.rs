@@ -57,6 +57,18 @@ pub fn syn_options(ctx: &XdpContext, p: &mut Packet) -> Option<&'static Options>
     }
 }
 
+/// The options `syn_options` found for this packet earlier in its run (the IPv6-backend sender,
+/// entered by tail call after the main program walked them), window scale into `p.seg`.
+#[inline(always)]
+pub fn recorded_syn_options(p: &mut Packet) -> Option<&'static Options> {
+    let s = SCRATCH.get_ptr(0)?;
+    // SAFETY: per-CPU scratch value, written by `syn_options` in this run.
+    unsafe {
+        p.seg.wscale = core::ptr::read_volatile(&raw const (*s).options.wscale);
+        Some(&(*s).options)
+    }
+}
+
 /// The options of a non-SYN segment (cookie flows translate timestamps and SACK blocks), copied
 /// into a per-CPU buffer with one helper call. They are read in the layout every stack we know
 /// sends after the handshake, NOP, NOP, timestamps, then NOP, NOP, SACK when there are blocks

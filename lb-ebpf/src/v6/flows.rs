@@ -1,11 +1,11 @@
 //! IPv6 client → VIP: the connection table (`FLOWS6`) decides first, as for IPv4. A new flow
-//! takes its backend from the VIP's Maglev table by the IPv6 flow hash and claims an IPv4 SNAT
-//! slot: the backend is IPv4 and the flow is translated (`v6::xlat`).
+//! takes its backend from the VIP's Maglev table by the IPv6 flow hash and claims a SNAT slot of
+//! the backend's family: an IPv4 backend's flow is translated (`v6::xlat`), an IPv6 backend's
+//! is rewritten in place (`v6::backend`).
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use lb_common::{
-    Backend, FAMILY_IPV4, Flow6Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE, NO_BACKEND, Reason,
-    Vip6Key, VipMeta,
+    Backend, Flow6Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE, NO_BACKEND, Reason, Vip6Key, VipMeta,
     conntrack::{is_initial_syn, syn_restarts_flow},
     hash::flow_hash_v6_words,
     ports_of, slot,
@@ -115,13 +115,10 @@ fn create(
         return Err(Reason::DropNoBackend);
     }
     let backend = match BACKENDS.get(id) {
-        Some(b) if b.flags & Backend::ACTIVE != 0 && b.family == FAMILY_IPV4 => b,
+        Some(b) if b.flags & Backend::ACTIVE != 0 => b,
         _ => return Err(Reason::DropNoBackend),
     };
-    if cfg.snat_count == 0 {
-        return Err(Reason::DropNoSnatAddress);
-    }
-    let (s, e) = snat::claim(hash, cfg)?;
+    let (s, e) = snat::claim(hash, cfg, backend.family)?;
     let token = slot::token(hash);
     let Some(snat_addr) = SNAT_ADDRS.get(slot::snat_index_of(s)) else {
         snat::release(e, token);
@@ -131,7 +128,8 @@ fn create(
     let entry = unsafe { &mut *e };
     fill(ctx, entry, p, backend, id, vip, snat_addr.addr.v4_word_of());
     entry.client = a.src;
-    entry.flags = FlowEntry::CLIENT_V6;
+    // `fill` set BACKEND_V6 by the backend's family.
+    entry.flags |= FlowEntry::CLIENT_V6;
     match FLOWS6.insert(key, &FlowRef { slot: s, token }, BPF_NOEXIST as u64) {
         Ok(()) => Ok(Some(Flow {
             entry: e,

@@ -1,8 +1,11 @@
-//! IPv6 clients of IPv6 VIPs, served by IPv4 backends through an IPv4 SNAT address: classify
-//! the destination (`ADDRS6`), parse, find or create the flow (`flows`), translate to IPv4
-//! (`xlat`), send. Replies come back as IPv4 to the SNAT address and are translated in
-//! `to_client`. ICMPv6 (neighbour discovery included) and everything not ours go to the kernel.
+//! IPv6 packets to our addresses. IPv6 clients of IPv6 VIPs: classify the destination
+//! (`ADDRS6`), parse, find or create the flow (`flows`), then translate to an IPv4 backend
+//! through an IPv4 SNAT address (`xlat`; its replies are translated in `to_client`) or rewrite
+//! toward an IPv6 backend (`backend`). Replies of IPv6 backends to IPv6 SNAT addresses go back
+//! through `backend::reply`. ICMPv6 (neighbour discovery included) and everything not ours go
+//! to the kernel.
 
+pub mod backend;
 pub mod flows;
 pub mod xlat;
 
@@ -11,6 +14,7 @@ use lb_common::{
     AddrClass, FlowEntry, Reason,
     conntrack::{Direction, State, is_bad_syn, tcp_flags},
     ports_word, slot,
+    xlat::GROWTH_V4_TO_V6,
 };
 
 use crate::{
@@ -36,21 +40,27 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
     };
     // SAFETY: valid map value pointer.
     let class: AddrClass = unsafe { *class };
-    if class.flags & AddrClass::VIP == 0 {
-        return Verdict::of(Reason::PassNotIpv4);
-    }
+    let vip_addr = class.flags & AddrClass::VIP != 0;
     let (mut p, a) = match ipv6::parse(ctx, l3, vlan) {
         Parsed6::Ok(p, a) => (p, a),
         Parsed6::Icmp => return Verdict::of(Reason::PassIcmp),
-        Parsed6::Fragment => return Verdict::of(Reason::DropFragment),
+        Parsed6::Fragment if vip_addr => return Verdict::of(Reason::DropFragment),
         // Extension headers and other protocols to a VIP: not a client of ours.
-        Parsed6::Other | Parsed6::Malformed => return Verdict::of(Reason::DropMalformed),
+        Parsed6::Other | Parsed6::Malformed if vip_addr => {
+            return Verdict::of(Reason::DropMalformed);
+        }
+        // To a SNAT address only: what the edge does not translate is the kernel's.
+        _ => return Verdict::of(Reason::PassUnparsable),
     };
     let opts = if p.seg.flags & tcp_flags::SYN != 0 {
         parse::tcp::syn_options(ctx, &mut p)
     } else {
         None
     };
+    if !vip_addr {
+        // Replies of IPv6 backends: handled in the sender program too (`backend::finish`).
+        return backend::defer_reply();
+    }
     let mut flow =
         match flows::find_or_create(ctx, &p, &a, class.flags & AddrClass::any_port_bit(p.proto)) {
             Found6::Flow(f) => f,
@@ -85,6 +95,9 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
             crate::rtt::client_acked(e, synack_at);
         }
     }
+    if e.flags & FlowEntry::BACKEND_V6 != 0 {
+        return backend::defer(&flow, opts);
+    }
     let Some(snat) = SNAT_ADDRS.get(slot::snat_index_of(flow.slot)) else {
         return Verdict::of(Reason::DropInternal);
     };
@@ -94,10 +107,16 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
         Err(NoHop::Neighbor) => None,
         Err(NoHop::Failed) => return Verdict::of(Reason::DropFibFailed),
     };
+    // 20 bytes shorter on the IPv4 side: too big only behind a smaller backend-side MTU. The
+    // Packet Too Big goes out from the sender program (`backend::finish`).
+    let mtu = hop.map_or(0, |h| h.mtu);
+    if egress::too_big(p.ip_len - GROWTH_V4_TO_V6 as u16, mtu) {
+        return backend::defer(&flow, None);
+    }
     if p.is_tcp()
         && p.seg.flags & tcp_flags::SYN != 0
         && let Some(cfg) = crate::maps::config()
-        && let Some(limit) = crate::mss::limit(cfg, hop.map_or(0, |h| h.mtu))
+        && let Some(limit) = crate::mss::limit(cfg, mtu)
         && let Some(opts) = opts
     {
         crate::mss::clamp_to(ctx, &p, opts, limit);

@@ -1,7 +1,9 @@
 //! Header translation in place (`lb_common::xlat` builds the headers and checksum deltas):
 //! IPv6 → IPv4 toward an IPv4 backend (the frame loses 20 bytes), IPv4 → IPv6 for the
-//! backend's replies to an IPv6 client (the frame gains 20). The Ethernet header and its tag
-//! move with the head; only the EtherType changes. Every packet pointer is stale afterwards.
+//! backend's replies to an IPv6 client (the frame gains 20), and the same the other way for
+//! IPv6 backends; IPv6 to IPv6 keeps the frame and rewrites the addresses. The Ethernet header
+//! and its tag move with the head; only the EtherType changes. Every packet pointer is stale
+//! afterwards.
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
@@ -9,7 +11,7 @@ use lb_common::{
     csum::CsumDelta,
     xlat::{
         GROWTH_V4_TO_V6, IPV4_HDR, ipv4_header, ipv6_first_words, pseudo_v4_to_v6, pseudo_v6_to_v4,
-        traffic_class,
+        pseudo_v6_to_v6, traffic_class,
     },
 };
 
@@ -122,6 +124,44 @@ pub fn to_v6(
         store32(ip.add(28), client[1]);
         store32(ip.add(32), client[2]);
         store32(ip.add(36), client[3]);
+        store32(l4, ports);
+    }
+    store_csum(ctx, l3 + 40 + csum_at, c)
+}
+
+/// An IPv6 packet's addresses become `src` → `dst` with `ports`, hop limit one less, in place
+/// (IPv6 client to IPv6 backend, and back).
+#[inline(always)]
+pub fn rewrite_v6(
+    ctx: &XdpContext,
+    p: &Packet,
+    a: &Addrs6,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    ports: u32,
+) -> Option<()> {
+    let csum_at = csum_offset(p.proto)?;
+    let old = ptr_at::<u16>(ctx, p.l4() + csum_at)?;
+    // SAFETY: bounds checked by ptr_at.
+    let c = apply(
+        pseudo_v6_to_v6(&a.src, &a.dst, src, dst).replace32(p.ports, ports),
+        unsafe { *old },
+        p.proto,
+    );
+    let l3 = p.l3();
+    let ip = ptr_at::<[u32; 10]>(ctx, l3)? as *mut u8;
+    let l4 = ptr_at::<[u8; 8]>(ctx, l3 + 40)? as *mut u8;
+    // SAFETY: bounds checked by ptr_at; `src` and `dst` are map values or stack copies.
+    unsafe {
+        *ip.add(7) = p.ttl - 1;
+        store32(ip.add(8), src[0]);
+        store32(ip.add(12), src[1]);
+        store32(ip.add(16), src[2]);
+        store32(ip.add(20), src[3]);
+        store32(ip.add(24), dst[0]);
+        store32(ip.add(28), dst[1]);
+        store32(ip.add(32), dst[2]);
+        store32(ip.add(36), dst[3]);
         store32(l4, ports);
     }
     store_csum(ctx, l3 + 40 + csum_at, c)

@@ -172,11 +172,20 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Unload { pin_path } => unload(&c, &pin_path),
         Cmd::Verify => {
             let mut l = kernel::load(&kernel::LoadOptions::default())?;
-            let n = l.program.verified_instructions()?;
+            let n = l.program.verified_instructions(kernel::PROGRAM)?;
+            let v6 = l.program.verified_instructions(kernel::V6_SEND_PROGRAM)?;
             if json {
-                out_json(serde_json::json!({ "verified_instructions": n }), true)
+                out_json(
+                    serde_json::json!({
+                        "verified_instructions": n,
+                        "v6_sender_verified_instructions": v6,
+                    }),
+                    true,
+                )
             } else {
-                out(format!("verified instructions: {n}"))
+                out(format!(
+                    "verified instructions: {n} (IPv6-backend sender: {v6})"
+                ))
             }
         }
     }

@@ -138,12 +138,32 @@ fn negative_and_all_zero_weights() {
 }
 
 #[test]
-fn wrong_family() {
-    let e = one_error(&GOOD.replace("192.0.2.22", "2001:db8::22"));
+fn a_backend_needs_a_snat_address_of_its_family() {
+    let v6_backend = GOOD.replace("192.0.2.22", "2001:db8::22");
+    let e = one_error(&v6_backend);
     assert_eq!(e.path, "vip[0].backend[1].address");
-    assert!(e.message.contains("IPv6"), "{e}");
-    let e = one_error(&GOOD.replace("\"192.0.2.10\"", "\"2001:db8::10\""));
-    assert_eq!(e.path, "snat.addresses[0]");
+    assert_eq!(e.line, Some(25));
+    assert!(
+        e.message.contains("IPv6") && e.message.contains("snat.addresses"),
+        "{e}"
+    );
+    // An IPv6 SNAT address alone leaves the IPv4 backends without one.
+    let e = errors(&GOOD.replace("\"192.0.2.10\"", "\"2001:db8::10\""));
+    let paths: Vec<_> = e.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["vip[0].backend[0].address", "vip[0].backend[1].address"]
+    );
+    // Both families: a VIP may mix IPv4 and IPv6 backends; its SYN cookies are off unless set,
+    // and refused when set.
+    let dual = v6_backend.replace("\"192.0.2.10\"", "\"192.0.2.10\", \"2001:db8::10\"");
+    let c = ok(&dual);
+    assert!(c.vips[0].backends[1].address.is_ipv6());
+    assert_eq!(c.snat.addresses.len(), 2);
+    assert_eq!(c.vips[0].syn_cookies, CookieMode::Off);
+    let e = one_error(&dual.replace("port = 5100\n", "port = 5100\nsyn_cookies = \"auto\"\n"));
+    assert_eq!(e.path, "vip[0].syn_cookies");
+    assert!(e.message.contains("IPv6 backends"), "{e}");
 }
 
 #[test]

@@ -83,23 +83,6 @@ impl Collector<'_> {
         n
     }
 
-    /// An IPv4 address (backends and SNAT addresses are IPv4 for now; VIPs take `ip_any`).
-    fn ip(&mut self, path: &str, v: &Spanned<String>, role: &str) -> IpAddr {
-        match self.ip_any(path, v, role) {
-            a @ IpAddr::V6(_) => {
-                self.err(
-                    path,
-                    v,
-                    format!(
-                        "{role} {a} is IPv6; backends and SNAT addresses must be IPv4 for now (an IPv6 VIP is served by IPv4 backends)"
-                    ),
-                );
-                a
-            }
-            a => a,
-        }
-    }
-
     /// An address of either family.
     fn ip_any(&mut self, path: &str, v: &Spanned<String>, role: &str) -> IpAddr {
         match v.get_ref().parse::<IpAddr>() {
@@ -357,25 +340,26 @@ fn snat(c: &mut Collector, raw: &RawConfig, checks: Checks) -> Snat {
         );
     }
     let local = if checks == Checks::Host {
-        Some(netdev::ipv4_addresses())
+        Some(netdev::ip_addresses())
     } else {
         None
     };
     let mut addresses = Vec::new();
     for (i, a) in s.addresses.get_ref().iter().enumerate() {
         let path = format!("snat.addresses[{i}]");
-        let ip = c.ip(&path, a, "SNAT address");
+        let ip = c.ip_any(&path, a, "SNAT address");
         if addresses.contains(&ip) {
             c.err(&path, a, format!("{ip} is listed twice"));
         }
-        if let (Some(local), IpAddr::V4(v4)) = (&local, ip)
-            && !local.iter().any(|(l, _)| *l == v4)
+        if let Some(local) = &local
+            && !local.iter().any(|(l, _)| *l == ip)
         {
             c.err(
                 &path,
                 a,
                 format!(
-                    "{ip} is not assigned to any interface of this host: replies from the backends would never reach it (e.g. `ip addr add {ip}/32 dev IFACE`)"
+                    "{ip} is not assigned to any interface of this host: replies from the backends would never reach it (e.g. `ip addr add {ip}/{} dev IFACE`)",
+                    if ip.is_ipv4() { 32 } else { 128 }
                 ),
             );
         }
@@ -696,6 +680,8 @@ fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
         let sources = source_policy(c, &p, v);
         if address.is_ipv6() {
             ipv6_vip_limits(c, &p, v, &mut syn_cookies);
+        } else if backends.iter().any(|b| b.address.is_ipv6()) {
+            no_cookies(c, &p, v, &mut syn_cookies, "a VIP with IPv6 backends");
         }
         vips.push(Vip {
             name,
@@ -716,14 +702,7 @@ fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
 /// What an IPv6 VIP does not have yet: SYN cookies (off unless set, an error when set),
 /// source lists and limits, pins. Each is refused by its key.
 fn ipv6_vip_limits(c: &mut Collector, p: &str, v: &RawVip, cookies: &mut CookieMode) {
-    if *cookies != CookieMode::Off && c.line_of(v.syn_cookies.span()).is_some() {
-        c.err(
-            format!("{p}.syn_cookies"),
-            &v.syn_cookies,
-            "SYN cookies are IPv4 only for now; remove the key or set \"off\" on an IPv6 VIP",
-        );
-    }
-    *cookies = CookieMode::Off;
+    no_cookies(c, p, v, cookies, "an IPv6 VIP");
     for (key, list) in [("deny", &v.deny), ("allow", &v.allow)] {
         if let Some(first) = list.first() {
             c.err(
@@ -752,6 +731,21 @@ fn ipv6_vip_limits(c: &mut Collector, p: &str, v: &RawVip, cookies: &mut CookieM
             "pins are IPv4 only for now; not available on an IPv6 VIP",
         );
     }
+}
+
+/// SYN cookies are built for IPv4 clients of IPv4 backends: off unless set, an error when set
+/// on `what`.
+fn no_cookies(c: &mut Collector, p: &str, v: &RawVip, cookies: &mut CookieMode, what: &str) {
+    if *cookies != CookieMode::Off && c.line_of(v.syn_cookies.span()).is_some() {
+        c.err(
+            format!("{p}.syn_cookies"),
+            &v.syn_cookies,
+            format!(
+                "SYN cookies need IPv4 clients and IPv4 backends for now; remove the key or set \"off\" on {what}"
+            ),
+        );
+    }
+    *cookies = CookieMode::Off;
 }
 
 /// `[[vip.pin]]`: named, with valid prefixes and declared groups.
@@ -980,7 +974,7 @@ fn backends(c: &mut Collector, p: &str, v: &RawVip, name: &str, port: u16) -> Ve
     let mut out: Vec<BackendConfig> = Vec::new();
     for (bi, b) in v.backend.iter().enumerate() {
         let bp = format!("{p}.backend[{bi}]");
-        let address = c.ip(&format!("{bp}.address"), &b.address, "backend address");
+        let address = c.ip_any(&format!("{bp}.address"), &b.address, "backend address");
         let bport = match &b.port {
             Some(x) => c.ranged(&format!("{bp}.port"), x, 0, 65535, "port") as u16,
             None => port,
@@ -1137,6 +1131,7 @@ fn cross_checks(c: &mut Collector, raw: &RawConfig, cfg: &Config) {
             );
         }
     }
+    snat_families(c, raw, cfg);
     let capacity = cfg.snat.capacity();
     if !cfg.snat.addresses.is_empty() && capacity < cfg.conntrack.max_flows as u64 {
         c.warn(
@@ -1150,5 +1145,30 @@ fn cross_checks(c: &mut Collector, raw: &RawConfig, cfg: &Config) {
                 cfg.conntrack.max_flows
             ),
         );
+    }
+}
+
+/// A backend's flows take a SNAT address of the backend's family: refuse a backend whose family
+/// has no SNAT address (naming the backend's key and line).
+fn snat_families(c: &mut Collector, raw: &RawConfig, cfg: &Config) {
+    for (vi, v) in cfg.vips.iter().enumerate() {
+        for (bi, b) in v.backends.iter().enumerate() {
+            let v6 = b.address.is_ipv6();
+            let Some(at) = raw.vip.get(vi).and_then(|r| r.backend.get(bi)) else {
+                continue;
+            };
+            if cfg.snat.addresses.iter().any(|a| a.is_ipv6() == v6) {
+                continue;
+            }
+            let family = if v6 { "IPv6" } else { "IPv4" };
+            c.err(
+                format!("vip[{vi}].backend[{bi}].address"),
+                &at.address,
+                format!(
+                    "backend {} of VIP {:?} is {family}, and snat.addresses holds no {family} address: its connections would have no source address; add one to snat.addresses",
+                    b.address, v.name
+                ),
+            );
+        }
     }
 }

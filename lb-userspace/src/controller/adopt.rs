@@ -33,6 +33,15 @@ pub fn ip6(words: &[u32; 4]) -> IpAddr {
     IpAddr::V6(std::net::Ipv6Addr::from(o))
 }
 
+/// A map address of `family` (IPv4 in the first word).
+fn ip_of(a: &lb_common::Addr, family: u8) -> IpAddr {
+    if family == lb_common::FAMILY_IPV6 {
+        ip6(&a.words)
+    } else {
+        ip(a.v4_word_of())
+    }
+}
+
 pub fn state(img: &Image, cfg: &Config) -> State {
     let mut s = State::new(cfg.clone());
     let now = monotonic_ns();
@@ -55,9 +64,14 @@ pub fn state(img: &Image, cfg: &Config) -> State {
             s.retired_backends.insert(*id, (*b, now));
         }
     }
-    let picked: BTreeSet<u32> = img.snat_pick.values().copied().collect();
+    let picked: BTreeSet<u32> = img
+        .snat_pick
+        .values()
+        .chain(img.snat_pick6.values())
+        .copied()
+        .collect();
     for (i, a) in &img.snat {
-        let address = ip(a.addr.v4_word_of());
+        let address = ip_of(&a.addr, a.family);
         let active = picked.contains(i);
         s.snat.insert(*i, (SnatState { address, active }, now));
     }
@@ -112,7 +126,7 @@ fn vip(img: &Image, address: IpAddr, port: u16, proto: u8, meta: &VipMeta) -> Op
         }
         let up = in_table.contains(id) && !fail_open;
         v.backends.push(BackendState {
-            address: ip(b.addr.v4_word_of()),
+            address: ip_of(&b.addr, b.family),
             port: b.port,
             weight: 0,
             configured_weight: 0,

@@ -72,11 +72,24 @@ impl<M: Maps> Controller<M> {
         group: Option<&str>,
     ) -> Result<String> {
         check_weight(weight)?;
-        if !address.is_ipv4() {
-            bail!("{address} is IPv6; this data plane is IPv4");
-        }
         let mut next = self.state.clone();
+        if !next
+            .snat
+            .values()
+            .any(|(n, _)| n.address.is_ipv6() == address.is_ipv6())
+        {
+            let family = if address.is_ipv6() { "IPv6" } else { "IPv4" };
+            bail!(
+                "{address} is {family}, and snat.addresses holds no {family} address: its connections would have no source address"
+            );
+        }
         let vi = next.vip_index(vip)?;
+        if address.is_ipv6() && next.vips[vi].syn_cookies != crate::config::CookieMode::Off {
+            bail!(
+                "vip {vip} has SYN cookies on ({:?}); IPv6 backends need syn_cookies = \"off\" in its config",
+                next.vips[vi].syn_cookies
+            );
+        }
         let port = port.unwrap_or(next.vips[vi].port);
         if next.vips[vi]
             .backends

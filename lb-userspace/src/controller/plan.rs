@@ -157,7 +157,7 @@ fn level_loads_of(v: &VipState, eligible: &[&super::state::BackendState]) -> Vec
         .collect()
 }
 
-/// An IPv4 address as the data path's native word (other families are refused by validation).
+/// An IPv4 address as the data path's native word (0 for IPv6: callers keep to IPv4).
 pub fn word(a: IpAddr) -> u32 {
     match a {
         IpAddr::V4(v4) => u32::from_ne_bytes(v4.octets()),
@@ -190,16 +190,19 @@ pub fn image(s: &State) -> super::super::dataplane::Image {
     };
     for (i, (snat, _)) in &s.snat {
         img.snat
-            .insert(*i, SnatAddr::new(addr(snat.address), FAMILY_IPV4));
+            .insert(*i, SnatAddr::new(addr(snat.address), family(snat.address)));
     }
-    for (k, i) in s
-        .snat
-        .iter()
-        .filter(|(_, (n, _))| n.active)
-        .map(|(i, _)| *i)
-        .enumerate()
-    {
-        img.snat_pick.insert(k as u32, i);
+    // New flows take an active SNAT address of their backend's family.
+    for (v6, picks) in [(false, &mut img.snat_pick), (true, &mut img.snat_pick6)] {
+        for (k, i) in s
+            .snat
+            .iter()
+            .filter(|(_, (n, _))| n.active && n.address.is_ipv6() == v6)
+            .map(|(i, _)| *i)
+            .enumerate()
+        {
+            picks.insert(k as u32, i);
+        }
     }
     for (id, (b, _)) in &s.retired_backends {
         img.backends.insert(*id, *b);
@@ -208,6 +211,13 @@ pub fn image(s: &State) -> super::super::dataplane::Image {
         vip(&mut img, v);
     }
     img.addrs = addresses(s);
+    for (i, (n, _)) in &s.snat {
+        if n.address.is_ipv6() {
+            let c = img.addrs6.entry(addr(n.address).words).or_default();
+            c.flags |= AddrClass::SNAT;
+            c.snat_index = *i as u16;
+        }
+    }
     img.filter = filter(&img.addrs);
     for i in &s.interfaces {
         img.tx_ports.insert(i.ifindex);
@@ -220,7 +230,13 @@ fn vip(img: &mut super::super::dataplane::Image, v: &VipState) {
     for b in &v.backends {
         img.backends.insert(
             b.id,
-            Backend::new(addr(b.address), b.port, FAMILY_IPV4, Backend::ACTIVE, v.id),
+            Backend::new(
+                addr(b.address),
+                b.port,
+                family(b.address),
+                Backend::ACTIVE,
+                v.id,
+            ),
         );
     }
     img.tables.insert(v.id, Arc::clone(&v.table));
@@ -321,14 +337,22 @@ fn config(s: &State) -> DataplaneConfig {
         MssClamp::Fixed(v) => (mss::FIXED, v),
     };
     DataplaneConfig {
-        snat_count: s.snat.values().filter(|(n, _)| n.active).count() as u32,
+        snat_count: s
+            .snat
+            .values()
+            .filter(|(n, _)| n.active && n.address.is_ipv4())
+            .count() as u32,
+        snat6_count: s
+            .snat
+            .values()
+            .filter(|(n, _)| n.active && n.address.is_ipv6())
+            .count() as u32,
         snat_port_min: c.snat.port_min,
         snat_port_max: c.snat.port_max,
         flags,
         mss_mode,
         mss_value,
         min_mtu: s.interfaces.iter().map(|i| i.mtu).min().unwrap_or(1500),
-        _pad: 0,
     }
 }
 
@@ -342,7 +366,7 @@ pub fn addresses(s: &State) -> BTreeMap<u32, AddrClass> {
             c.flags |= AddrClass::any_port_bit(v.protocol.number());
         }
     }
-    for (i, (n, _)) in &s.snat {
+    for (i, (n, _)) in s.snat.iter().filter(|(_, (n, _))| n.address.is_ipv4()) {
         let c = out.entry(word(n.address)).or_default();
         c.flags |= AddrClass::SNAT;
         c.snat_index = *i as u16;

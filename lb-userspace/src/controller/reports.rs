@@ -334,7 +334,7 @@ fn conn_row(snap: &Snapshot, s: u32, e: &FlowEntry, now_ns: u64) -> ConnReport {
         }
         .into(),
         client: SocketAddr::new(client_ip(e), e.client_port).to_string(),
-        backend: SocketAddr::new(ip(e.backend), e.backend_port).to_string(),
+        backend: SocketAddr::new(snap.backend_ip(e), e.backend_port).to_string(),
         snat: SocketAddr::new(snat_addr, slot::port_of(s)).to_string(),
         state: State::from_u8(e.state)
             .map(|s| s.name())
@@ -371,7 +371,7 @@ pub fn conns(
             .find(|x| x.index == slot::snat_index_of(s))
             .map(|x| x.address)
             .unwrap_or(ip(e.client[2]));
-        if !matches(&f.backend, ip(e.backend), e.backend_port)
+        if !matches(&f.backend, snap.backend_ip(e), e.backend_port)
             || !matches(&f.client, client_ip(e), e.client_port)
             || !matches(&f.snat, snat_addr, slot::port_of(s))
         {
@@ -382,7 +382,7 @@ pub fn conns(
             snap.vip_by_id(e.vip_id as u32)
                 .map(|v| v.name.clone())
                 .unwrap_or_default(),
-            SocketAddr::new(ip(e.backend), e.backend_port).to_string(),
+            SocketAddr::new(snap.backend_ip(e), e.backend_port).to_string(),
             SocketAddr::new(client_ip(e), e.client_port).to_string(),
             s,
         );

@@ -91,6 +91,8 @@ pub struct Snapshot {
     pub expired_total: u64,
     /// Backend ids retired but still referenced by flows → the VIP they served.
     pub retired: BTreeMap<u32, u32>,
+    /// Retired IPv6 backends' addresses (flows name IPv6 backends by id).
+    pub retired_v6: BTreeMap<u32, IpAddr>,
 }
 
 impl Snapshot {
@@ -154,7 +156,32 @@ impl Snapshot {
                 .iter()
                 .map(|(id, (b, _))| (*id, b.vip_id))
                 .collect(),
+            retired_v6: s
+                .retired_backends
+                .iter()
+                .filter(|(_, (b, _))| b.family == lb_common::FAMILY_IPV6)
+                .map(|(id, (b, _))| (*id, super::adopt::ip6(&b.addr.words)))
+                .collect(),
         }
+    }
+
+    /// A flow's backend address: in the flow for IPv4, by backend id for IPv6.
+    pub fn backend_ip(&self, e: &lb_common::FlowEntry) -> IpAddr {
+        self.backend_ip_of(e.flags, e.backend, e.backend_id as u32)
+    }
+
+    /// The same from a flow's `flags`, `backend` word and backend `id`.
+    pub fn backend_ip_of(&self, flags: u8, backend: u32, id: u32) -> IpAddr {
+        if flags & lb_common::FlowEntry::BACKEND_V6 == 0 {
+            return IpAddr::from(backend.to_ne_bytes());
+        }
+        self.vips
+            .iter()
+            .flat_map(|v| &v.backends)
+            .find(|b| b.id == id)
+            .map(|b| b.address)
+            .or_else(|| self.retired_v6.get(&id).copied())
+            .unwrap_or(IpAddr::from([0u16; 8]))
     }
 
     pub fn vip(&self, name: &str) -> anyhow::Result<&VipView> {

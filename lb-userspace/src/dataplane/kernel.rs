@@ -30,6 +30,10 @@ pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 
 /// The program's name inside the object.
 pub const PROGRAM: &str = "wklb";
+/// The IPv6-backend sender, entered by tail call from `wklb` through `TAILS`.
+pub const V6_SEND_PROGRAM: &str = "wklb_v6_send";
+/// Its index in `TAILS` (lb-ebpf's `maps::V6_SEND`).
+const V6_SEND_INDEX: u32 = 0;
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -98,6 +102,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .ok_or_else(|| anyhow!("program {PROGRAM} missing from the object"))?
         .try_into()?;
     load_program(prog).context("the kernel verifier rejected the XDP program")?;
+    install_v6_sender(&mut ebpf)?;
     let cookie_key = ensure_cookie_key(&mut ebpf)?;
     let maps = KernelMaps::take(&mut ebpf)?;
     let counters = Arc::new(KernelCounters::take(&mut ebpf)?);
@@ -123,6 +128,25 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
             .write(&Write::Config(DataplaneConfig::default()))?;
     }
     Ok(loaded)
+}
+
+/// Loads the IPv6-backend sender and puts it in `TAILS` (replacing the previous generation's
+/// in an adopted array: one entry write, atomic for packets).
+fn install_v6_sender(ebpf: &mut Ebpf) -> Result<()> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(V6_SEND_PROGRAM)
+        .ok_or_else(|| anyhow!("program {V6_SEND_PROGRAM} missing from the object"))?
+        .try_into()?;
+    load_program(prog).context("the kernel verifier rejected the IPv6-backend sender")?;
+    let fd = prog.fd()?.try_clone()?;
+    let map = ebpf
+        .map_mut(names::TAILS)
+        .ok_or_else(|| anyhow!("map {} missing from the object", names::TAILS))?;
+    let mut tails = aya::maps::ProgramArray::try_from(map)?;
+    tails
+        .set(V6_SEND_INDEX, &fd, 0)
+        .context("installing the IPv6-backend sender")?;
+    Ok(())
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -227,10 +251,15 @@ impl Program {
         }
     }
 
-    /// The verifier's instruction count for the loaded program.
-    pub fn verified_instructions(&mut self) -> Result<u32> {
-        self.xdp()?
-            .info()?
+    /// The verifier's instruction count for the loaded program `name` (`PROGRAM`,
+    /// `V6_SEND_PROGRAM`).
+    pub fn verified_instructions(&mut self, name: &str) -> Result<u32> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
+            .try_into()?;
+        prog.info()?
             .verified_instruction_count()
             .ok_or_else(|| anyhow!("this kernel does not report verified instruction counts"))
     }
@@ -361,6 +390,7 @@ pub struct KernelMaps {
     hops: Array<MapData, BackendHop>,
     snat: Array<MapData, SnatAddr>,
     snat_pick: Array<MapData, u32>,
+    snat_picks: Array<MapData, u32>,
     config: Array<MapData, DataplaneConfig>,
     tx_ports: DevMapHash<MapData>,
     iface_mtu: HashMap<MapData, u32, u32>,
@@ -390,6 +420,7 @@ impl KernelMaps {
             hops: typed!(ebpf, names::BACKEND_HOPS),
             snat: typed!(ebpf, names::SNAT_ADDRS),
             snat_pick: typed!(ebpf, names::SNAT_PICK),
+            snat_picks: typed!(ebpf, names::SNAT_PICKS),
             config: typed!(ebpf, names::CONFIG),
             tx_ports: typed!(ebpf, names::TX_PORTS),
             iface_mtu: typed!(ebpf, names::IFACE_MTU),
@@ -423,7 +454,15 @@ impl Maps for KernelMaps {
             Write::Addr6(a, Some(c)) => self.addrs6.insert(a, c, 0)?,
             Write::Addr6(a, None) => ignore_missing(self.addrs6.remove(a))?,
             Write::Filter(b, v) => self.filter.store64(*b as usize, *v),
-            Write::SnatPick(i, v) => self.snat_pick.set(*i, v.unwrap_or(0), 0)?,
+            // SNAT_PICK too: the program of an earlier build reads it until it is replaced.
+            Write::SnatPick(i, v) => {
+                self.snat_picks.set(*i, v.unwrap_or(0), 0)?;
+                self.snat_pick.set(*i, v.unwrap_or(0), 0)?
+            }
+            Write::SnatPick6(i, v) => {
+                self.snat_picks
+                    .set(MAX_SNAT_ADDRS + *i, v.unwrap_or(0), 0)?
+            }
             Write::TxPort(ifindex, true) => self.tx_ports.insert(*ifindex, *ifindex, None, 0)?,
             Write::TxPort(ifindex, false) => ignore_missing(self.tx_ports.remove(*ifindex))?,
             Write::IfaceMtu(ifindex, Some(m)) => self.iface_mtu.insert(ifindex, m, 0)?,
@@ -458,8 +497,14 @@ impl Maps for KernelMaps {
                 img.snat.insert(i, a);
             }
         }
+        // From SNAT_PICKS: after an upgrade from a build without it, it reads empty and the
+        // next write fills it.
         for i in 0..config.snat_count.min(MAX_SNAT_ADDRS) {
-            img.snat_pick.insert(i, self.snat_pick.get(&i, 0)?);
+            img.snat_pick.insert(i, self.snat_picks.get(&i, 0)?);
+        }
+        for i in 0..config.snat6_count.min(MAX_SNAT_ADDRS) {
+            img.snat_pick6
+                .insert(i, self.snat_picks.get(&(MAX_SNAT_ADDRS + i), 0)?);
         }
         img.addrs = self.addrs.iter().collect::<Result<_, _>>()?;
         for (b, v) in self.filter.slice::<u64>().iter().enumerate() {

@@ -39,6 +39,8 @@ pub enum Write {
     Filter(u32, u64),
     /// `None` clears an entry beyond the pick count.
     SnatPick(u32, Option<u32>),
+    /// The same for IPv6 SNAT addresses (`SNAT_PICKS` from `MAX_SNAT_ADDRS`).
+    SnatPick6(u32, Option<u32>),
     TxPort(u32, bool),
     IfaceMtu(u32, Option<u32>),
     Config(DataplaneConfig),
@@ -66,7 +68,7 @@ impl Write {
             Write::Source(_, v) => v.is_none(),
             Write::Pin(_, v) => v.is_none(),
             Write::VipLimits(_, v) => v.is_none(),
-            Write::SnatPick(..) | Write::Config(_) => false,
+            Write::SnatPick(..) | Write::SnatPick6(..) | Write::Config(_) => false,
         }
     }
 
@@ -80,7 +82,7 @@ impl Write {
             Write::Vip(..) | Write::Vip6(..) => 4,
             Write::Addr(..) | Write::Addr6(..) => 5,
             Write::Filter(..) => 6,
-            Write::SnatPick(..) => 7,
+            Write::SnatPick(..) | Write::SnatPick6(..) => 7,
             Write::TxPort(..) => 8,
             Write::IfaceMtu(..) => 9,
             Write::Config(_) => 10,
@@ -108,6 +110,7 @@ pub struct Image {
     pub config: DataplaneConfig,
     pub snat: BTreeMap<u32, SnatAddr>,
     pub snat_pick: BTreeMap<u32, u32>,
+    pub snat_pick6: BTreeMap<u32, u32>,
     pub addrs: BTreeMap<u32, AddrClass>,
     pub filter: BTreeMap<u32, u64>,
     pub vips: BTreeMap<Vip4Key, VipMeta>,
@@ -164,6 +167,7 @@ impl Image {
             Write::Filter(k, v.unwrap_or(0))
         });
         diff_map(&self.snat_pick, &new.snat_pick, &mut w, Write::SnatPick);
+        diff_map(&self.snat_pick6, &new.snat_pick6, &mut w, Write::SnatPick6);
         for p in new.tx_ports.difference(&self.tx_ports) {
             w.push(Write::TxPort(*p, true));
         }
@@ -218,6 +222,7 @@ impl Image {
             Write::Addr6(k, c) => put(&mut self.addrs6, k, c),
             Write::Filter(k, v) => put(&mut self.filter, k, (v != 0).then_some(v)),
             Write::SnatPick(k, v) => put(&mut self.snat_pick, k, v),
+            Write::SnatPick6(k, v) => put(&mut self.snat_pick6, k, v),
             Write::TxPort(k, on) => {
                 if on {
                     self.tx_ports.insert(k);
@@ -252,6 +257,7 @@ impl Image {
             Write::Addr6(k, _) => Write::Addr6(*k, self.addrs6.get(k).copied()),
             Write::Filter(k, _) => Write::Filter(*k, self.filter.get(k).copied().unwrap_or(0)),
             Write::SnatPick(k, _) => Write::SnatPick(*k, self.snat_pick.get(k).copied()),
+            Write::SnatPick6(k, _) => Write::SnatPick6(*k, self.snat_pick6.get(k).copied()),
             Write::TxPort(k, _) => Write::TxPort(*k, self.tx_ports.contains(k)),
             Write::IfaceMtu(k, _) => Write::IfaceMtu(*k, self.iface_mtu.get(k).copied()),
             Write::Config(_) => Write::Config(self.config),

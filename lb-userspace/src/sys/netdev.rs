@@ -1,7 +1,7 @@
 //! Network interfaces in the current network namespace: index, MTU, driver, local addresses,
 //! and whatever XDP program is attached.
 
-use std::{ffi::CString, net::Ipv4Addr};
+use std::{ffi::CString, net::IpAddr};
 
 /// The interface's index, or None when it does not exist.
 pub fn ifindex(name: &str) -> Option<u32> {
@@ -76,8 +76,8 @@ pub fn driver(name: &str) -> Option<String> {
     })
 }
 
-/// Every IPv4 address assigned to an interface here, with the interface's name.
-pub fn ipv4_addresses() -> Vec<(Ipv4Addr, String)> {
+/// Every IPv4 and IPv6 address assigned to an interface here, with the interface's name.
+pub fn ip_addresses() -> Vec<(IpAddr, String)> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list we free below.
@@ -88,18 +88,26 @@ pub fn ipv4_addresses() -> Vec<(Ipv4Addr, String)> {
     while !cur.is_null() {
         // SAFETY: walking the list getifaddrs returned.
         let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null()
-            // SAFETY: non-null sockaddr from getifaddrs.
-            && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET
-        {
-            // SAFETY: AF_INET addresses are sockaddr_in.
-            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        // SAFETY: a non-null sockaddr from getifaddrs, read by its family.
+        let addr = (!ifa.ifa_addr.is_null()).then(|| unsafe {
+            match (*ifa.ifa_addr).sa_family as i32 {
+                libc::AF_INET => {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    Some(IpAddr::from(
+                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                    ))
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+                }
+                _ => None,
+            }
+        });
+        if let Some(Some(a)) = addr {
             // SAFETY: ifa_name is a NUL-terminated string.
             let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-            out.push((
-                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-                name.to_string_lossy().into_owned(),
-            ));
+            out.push((a, name.to_string_lossy().into_owned()));
         }
         cur = ifa.ifa_next;
     }
@@ -160,6 +168,6 @@ mod tests {
         assert!(mtu("lo").is_some_and(|m| m >= 1500));
         assert!(ifindex("wklb-no-such-if0").is_none());
         assert!(mtu("a-name-longer-than-ifnamsiz").is_none());
-        assert!(ipv4_addresses().iter().any(|(a, _)| a.is_loopback()));
+        assert!(ip_addresses().iter().any(|(a, _)| a.is_loopback()));
     }
 }

@@ -342,7 +342,9 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
     fx.image.config.snat_count = snat_slots;
     fx.classify();
     fx.sync()?;
-    let verifier_instructions = fx.program.verified_instructions()?;
+    let verifier_instructions = fx
+        .program
+        .verified_instructions(lb_userspace::dataplane::kernel::PROGRAM)?;
     println!("verifier: {verifier_instructions} instructions processed");
     let client = (CLIENT, 40000);
     let vip = (VIP, VIP_TCP_PORT);
