@@ -67,12 +67,20 @@ pub fn shaped_topology(test: &str, n: usize, shape: Shape) -> Option<Serial<Topo
 }
 
 pub fn backend_row<'a>(stats: &'a Value, vip: &str, i: usize) -> &'a Value {
-    let addr = backend_addr(i).to_string();
+    backend_row_at(stats, vip, &backend_addr(i).to_string())
+}
+
+/// The same for backend `i`'s IPv6 address (`enable_ipv6_backends`).
+pub fn backend_row6<'a>(stats: &'a Value, vip: &str, i: usize) -> &'a Value {
+    backend_row_at(stats, vip, &crate::topology::backend_addr6(i).to_string())
+}
+
+fn backend_row_at<'a>(stats: &'a Value, vip: &str, addr: &str) -> &'a Value {
     stats["backends"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|b| b["vip"] == vip && b["address"] == addr.as_str())
+        .find(|b| b["vip"] == vip && b["address"] == addr)
         .unwrap_or_else(|| panic!("no stats row for {vip} {addr}: {stats:#}"))
 }
 

@@ -59,6 +59,16 @@ pub fn backend_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 2, 0, 11 + i as u8)
 }
 
+/// The IPv6 side of the backend network (`enable_ipv6_backends`): the edge, its IPv6 SNAT
+/// address, and backend `i`.
+pub const EDGE_BACKEND_SIDE6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 1);
+pub const SNAT6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 0x100);
+
+pub fn backend_addr6(i: usize) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 0x11 + i as u16)
+}
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// How the edge is wired.
@@ -616,6 +626,43 @@ impl Topology {
         Ok(())
     }
 
+    /// IPv6 on the backend network (two-armed shape): the edge's side and its IPv6 SNAT
+    /// address, every backend's address and default route, IPv6 forwarding on the edge, and
+    /// the backends' servers restarted on both families.
+    pub fn enable_ipv6_backends(&mut self) -> Result<()> {
+        let edge = self.edge_ns.clone();
+        let e1 = self.ifname("e1");
+        for a in [format!("{EDGE_BACKEND_SIDE6}/64"), format!("{SNAT6}/128")] {
+            ipn(&edge, &["-6", "addr", "add", &a, "dev", &e1, "nodad"])?;
+        }
+        crate::netns::in_named_netns(&edge, || {
+            std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+                .context("enabling IPv6 forwarding")
+        })??;
+        for i in 0..self.backend_ns.len() {
+            let ns = self.backend_ns[i].clone();
+            let b = self.ifname(&format!("b{}", i + 1));
+            let a = format!("{}/64", backend_addr6(i));
+            ipn(&ns, &["-6", "addr", "add", &a, "dev", &b, "nodad"])?;
+            ipn(
+                &ns,
+                &[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &EDGE_BACKEND_SIDE6.to_string(),
+                ],
+            )?;
+            if self.backends[i].is_some() {
+                self.stop_backend(i);
+                self.backends[i] = Some(spawn_backend_on(&ns, i, &[], "[::]")?);
+            }
+        }
+        Ok(())
+    }
+
     pub fn write_config(&self, text: &str) -> Result<PathBuf> {
         let p = self.dir.path().join("wklb.toml");
         std::fs::write(&p, text)?;
@@ -783,14 +830,19 @@ pub(crate) fn wire_backend(ns: &str, sw: &str, id: &str, i: usize) -> Result<()>
 
 /// Backend `i`'s test server (TCP 5100, UDP 5300) named "b{i+1}" in namespace `ns`.
 pub(crate) fn spawn_backend(ns: &str, i: usize, extra: &[&str]) -> Result<Proc> {
+    spawn_backend_on(ns, i, extra, "0.0.0.0")
+}
+
+/// The same on `host` (`[::]`: both families).
+pub(crate) fn spawn_backend_on(ns: &str, i: usize, extra: &[&str], host: &str) -> Result<Proc> {
     let mut cmd = command_in(ns, workspace_bin("wk-backend"))?;
     cmd.args([
         "--name",
         &format!("b{}", i + 1),
         "--listen",
-        "0.0.0.0:5100",
+        &format!("{host}:5100"),
         "--udp",
-        "0.0.0.0:5300",
+        &format!("{host}:5300"),
     ])
     .args(extra)
     .stdin(Stdio::null())
@@ -859,9 +911,13 @@ pub fn wait_port(ns: &str, addr: Ipv4Addr, port: u16) -> Result<()> {
     let want = format!("{addr}:{port}");
     let any = format!("0.0.0.0:{port}");
     let dual = format!("*:{port}");
+    let dual6 = format!("[::]:{port}");
     while t.elapsed() < Duration::from_secs(10) {
         if let Ok(out) = run("ip", &["netns", "exec", ns, "ss", "-Hltn"])
-            && (out.contains(&want) || out.contains(&any) || out.contains(&dual))
+            && (out.contains(&want)
+                || out.contains(&any)
+                || out.contains(&dual)
+                || out.contains(&dual6))
         {
             return Ok(());
         }

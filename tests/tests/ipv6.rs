@@ -101,3 +101,117 @@ fn an_ipv6_vip_fails_over_like_an_ipv4_one() {
         "healthy backends' IPv6 connections broke: {r:#}"
     );
 }
+
+/// IPv4 and IPv6 VIPs served by IPv6 data nodes through an IPv6 SNAT address (TCP health
+/// checks over IPv6).
+fn ipv6_nodes(t: &Topology, backends: &[usize]) -> String {
+    let interfaces: Vec<String> = t
+        .edge_interfaces()
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect();
+    let mut c = format!(
+        "[daemon]\ninterfaces = [{}]\nxdp_mode = \"auto\"\npin_path = \"{}\"\ncontrol_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:9330\"\ngc_interval = \"1s\"\n\n\
+         [conntrack]\nmax_flows = 65536\n\n[snat]\naddresses = [\"{}\", \"{SNAT6}\"]\n\n",
+        interfaces.join(", "),
+        t.pin_path.display(),
+        t.socket.display(),
+        t.snat,
+    );
+    for (name, address) in [("im-tcp", VIP.to_string()), ("im-tcp6", VIP6.to_string())] {
+        c.push_str(&format!(
+            "[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {TCP_PORT}\nprotocol = \"tcp\"\n\n\
+             [vip.health_check]\nkind = \"tcp\"\ninterval = \"500ms\"\ntimeout = \"300ms\"\nrise = 2\nfall = 2\n\n"
+        ));
+        for i in backends {
+            c.push_str(&format!(
+                "[[vip.backend]]\naddress = \"{}\"\n\n",
+                backend_addr6(*i)
+            ));
+        }
+    }
+    c
+}
+
+#[test]
+fn ipv4_and_ipv6_clients_reach_ipv6_data_nodes_through_failover_and_a_restart() {
+    let Some(mut t) = topology("ipv6_nodes", 3) else {
+        return;
+    };
+    t.enable_ipv6_clients().unwrap();
+    t.enable_ipv6_backends().unwrap();
+    let cfg = t.write_config(&ipv6_nodes(&t, &[0, 1, 2])).unwrap();
+    // check-config warns while IPv6 forwarding is off on an interface, naming the sysctl.
+    let check = |t: &Topology| {
+        let out = command_in(&t.edge_ns, workspace_bin("wklb"))
+            .unwrap()
+            .args(["check-config", &cfg.to_string_lossy()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let e1 = t.edge_interfaces()[1].clone();
+    let sysctl = |v: &'static str| {
+        let key = format!("/proc/sys/net/ipv6/conf/{e1}/forwarding");
+        wklb_tests::netns::in_named_netns(&t.edge_ns, move || std::fs::write(key, v))
+            .unwrap()
+            .unwrap();
+    };
+    sysctl("0");
+    let warned = check(&t);
+    assert!(
+        warned.contains(&format!("net.ipv6.conf.{e1}.forwarding = 0")),
+        "{warned}"
+    );
+    sysctl("1");
+    assert!(!check(&t).contains("forwarding is off"));
+    t.start_daemon(&cfg).unwrap();
+    wait_stats(&t, Duration::from_secs(10), "IPv6 nodes healthy", |s| {
+        (0..3).all(|i| backend_row6(s, "im-tcp", i)["in_table"] == true)
+    });
+    let target6 = format!("[{VIP6}]:{TCP_PORT}");
+    let held6 = tcp_client_to(&t, &target6, 300, 300, 10, &[]);
+    let held4 = tcp_client(&t, 300, 300, 10);
+    wait_stats(&t, Duration::from_secs(30), "600 connections", |s| {
+        active(s, "im-tcp6") >= 300 && active(s, "im-tcp") >= 300
+    });
+    let conns = t
+        .wklb(&["conns", "--vip", "im-tcp", "--limit", "1", "--json"])
+        .unwrap();
+    assert!(
+        conns.contains("fd00:2::"),
+        "backends listed by their IPv6 address: {conns}"
+    );
+    assert!(conns.contains(&SNAT6.to_string()), "{conns}");
+    // A hitless restart over the pinned maps: the sender program is replaced in its pinned
+    // program array.
+    let status = t.stop_daemon().unwrap();
+    assert!(status.success(), "{}", t.daemon_log());
+    std::thread::sleep(Duration::from_millis(500));
+    t.start_daemon(&cfg).unwrap();
+    // Then a node dies: it leaves both tables, and only its own connections end.
+    t.stop_backend(1);
+    wait_stats(
+        &t,
+        Duration::from_millis(2500),
+        "b2 out of both tables",
+        |s| {
+            backend_row6(s, "im-tcp", 1)["in_table"] == false
+                && backend_row6(s, "im-tcp6", 1)["in_table"] == false
+        },
+    );
+    for (name, held) in [("IPv6 clients", held6), ("IPv4 clients", held4)] {
+        let r = Topology::client_report(held).unwrap();
+        assert_eq!(r["connected"], 300, "{name}: {r:#}");
+        assert!(count(&r, "broken_per_backend", "b2") > 0, "{name}: {r:#}");
+        assert_eq!(
+            count(&r, "broken_per_backend", "b1") + count(&r, "broken_per_backend", "b3"),
+            0,
+            "{name}: healthy nodes' connections broke: {r:#}"
+        );
+    }
+    let fresh = Topology::client_report(tcp_client(&t, 60, 300, 1)).unwrap();
+    assert_eq!(fresh["connected"], 60, "{fresh:#}");
+    assert_eq!(count(&fresh, "per_backend", "b2"), 0, "{fresh:#}");
+}

@@ -214,7 +214,49 @@ fn validate(c: &mut Collector, raw: RawConfig, checks: Checks) -> Config {
         vips,
     };
     cross_checks(c, &raw, &cfg);
+    if checks == Checks::Host {
+        forwarding(c, &raw, &cfg);
+    }
     cfg
+}
+
+/// The data path asks the kernel's FIB for the next hop toward backends, and the kernel answers
+/// only when forwarding is on for that family on the interface the packet came in on: warn for
+/// each interface where a family the backends use has it off.
+fn forwarding(c: &mut Collector, raw: &RawConfig, cfg: &Config) {
+    let families = cfg
+        .vips
+        .iter()
+        .flat_map(|v| &v.backends)
+        .fold((false, false), |(v4, v6), b| {
+            (v4 || b.address.is_ipv4(), v6 || b.address.is_ipv6())
+        });
+    for (i, name) in cfg.daemon.interfaces.iter().enumerate() {
+        for (used, family, path) in [
+            (
+                families.0,
+                "IPv4",
+                format!("/proc/sys/net/ipv4/conf/{name}/forwarding"),
+            ),
+            (
+                families.1,
+                "IPv6",
+                format!("/proc/sys/net/ipv6/conf/{name}/forwarding"),
+            ),
+        ] {
+            let off = std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0");
+            if used && off {
+                let key = path.trim_start_matches("/proc/sys/").replace('/', ".");
+                c.warn(
+                    format!("daemon.interfaces[{i}]"),
+                    &raw.daemon.interfaces,
+                    format!(
+                        "{family} forwarding is off on {name} ({key} = 0): the kernel gives the data path no route to {family} backends for packets arriving there (dropped as drop_fib_failed); `sysctl -w {key}=1`"
+                    ),
+                );
+            }
+        }
+    }
 }
 
 fn daemon(c: &mut Collector, raw: &RawConfig, checks: Checks) -> Daemon {

@@ -690,3 +690,45 @@ fn source_lists_and_limits_reach_the_maps_and_runtime_edits_are_checked() {
     );
     assert_eq!(img.vip_limits[&0], lb_common::VipLimits::new(50, 100));
 }
+
+#[test]
+fn ipv6_backends_take_ipv6_snat_addresses_and_a_restart_adopts_them() {
+    let src = "[daemon]\ninterfaces = [\"eth0\"]\n[snat]\naddresses = [\"10.2.0.100\", \"fd00:2::100\"]\n\
+               [[vip]]\nname = \"im\"\naddress = \"10.100.0.1\"\nport = 5100\n\
+               [vip.health_check]\nkind = \"tcp\"\n\
+               [[vip.backend]]\naddress = \"10.2.0.11\"\n\
+               [[vip.backend]]\naddress = \"fd00:2::11\"\n";
+    let cfg = parse(src, Checks::Offline).expect("test config").config;
+    let maps = FakeMaps::default();
+    let (c, _) = Controller::new(maps.clone(), cfg.clone(), eth0(), 4).expect("start");
+    let img = maps.image();
+    assert_eq!((img.config.snat_count, img.config.snat6_count), (1, 1));
+    assert_eq!(img.snat_pick.get(&0), Some(&0));
+    assert_eq!(img.snat_pick6.get(&0), Some(&1));
+    assert_eq!(img.snat[&1].family, lb_common::FAMILY_IPV6);
+    let v6 = lb_common::words_of_v6(
+        "fd00:2::100"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    let class = img.addrs6[&v6];
+    assert_eq!(
+        (class.flags, class.snat_index),
+        (lb_common::AddrClass::SNAT, 1)
+    );
+    assert_eq!(img.addrs.len(), 2, "the IPv4 VIP and SNAT address only");
+    let b6 = id_of(&c, "fd00:2::11");
+    assert_eq!(img.backends[&b6].family, lb_common::FAMILY_IPV6);
+    // A restarted daemon reads both families back from the maps.
+    let (again, _) = Controller::new(maps.clone(), cfg, eth0(), 4).expect("restart");
+    let mut addrs: Vec<String> = again
+        .state()
+        .snat
+        .values()
+        .map(|(n, _)| n.address.to_string())
+        .collect();
+    addrs.sort();
+    assert_eq!(addrs, ["10.2.0.100", "fd00:2::100"]);
+    assert_eq!(id_of(&again, "fd00:2::11"), b6);
+}
