@@ -362,3 +362,109 @@ impl Fixture {
         Ok((res.return_value, out))
     }
 }
+
+// ---------------------------------------------------------------------------- IPv6
+
+pub const V6_VIP_ID: u32 = 7;
+pub const V6_UDP_VIP_ID: u32 = 8;
+pub const CLIENT6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xbe, 0xef,
+];
+pub const VIP6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+];
+/// fd00:20::64, the IPv6 SNAT address, and fd00:20::11, the IPv6 data node.
+pub const SNAT6: [u8; 16] = [0xfd, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64];
+pub const BACKEND6: [u8; 16] = [0xfd, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11];
+pub const SNAT6_INDEX: u32 = 1;
+/// Backend ids of the IPv6 data node (TCP, UDP).
+pub const B6_TCP: u32 = 20;
+pub const B6_UDP: u32 = 21;
+
+impl Fixture {
+    /// An IPv6 VIP (TCP and UDP) served by the fixture's IPv4 backends.
+    pub fn add_ipv6_vip(&mut self) {
+        self.add_ipv6_vip_on(
+            V6_VIP_ID,
+            VIP_TCP_PORT,
+            PROTO_TCP,
+            &[(0, 1), (1, 1), (2, 1)],
+        );
+        let udp = UDP_BACKEND_BASE;
+        self.add_ipv6_vip_on(
+            V6_UDP_VIP_ID,
+            VIP_UDP_PORT,
+            PROTO_UDP,
+            &[(udp, 1), (udp + 1, 1), (udp + 2, 1)],
+        );
+    }
+
+    /// VIP `id` at VIP6, `port`/`proto`, its table made of `members` (backend id, weight).
+    pub fn add_ipv6_vip_on(&mut self, id: u32, port: u16, proto: u8, members: &[(u32, u32)]) {
+        use lb_common::{AddrClass, FAMILY_IPV6, Vip6Key, words_of_v6};
+        self.image.vip_info.insert(
+            id,
+            VipInfo {
+                addr: Addr {
+                    words: words_of_v6(VIP6),
+                },
+                port,
+                proto,
+                family: FAMILY_IPV6,
+                flags: 0,
+            },
+        );
+        self.put_table(id, members);
+        self.image.vips6.insert(
+            Vip6Key::new(words_of_v6(VIP6), port, proto),
+            VipMeta {
+                vip_id: id,
+                flags: 0,
+            },
+        );
+        self.image
+            .addrs6
+            .entry(words_of_v6(VIP6))
+            .or_default()
+            .flags |= AddrClass::VIP;
+        self.sync().expect("IPv6 VIP");
+    }
+
+    /// An IPv6 data node on the backend side (`B6_TCP`, `B6_UDP`, in no table yet) and the
+    /// IPv6 SNAT address at `snat_index`, with IPv6 forwarding on.
+    pub fn add_ipv6_node(&mut self, snat_index: u32) {
+        use lb_common::{AddrClass, FAMILY_IPV6, words_of_v6};
+        for dev in ["all", "wkc0", "wkb0"] {
+            std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/forwarding"), "1")
+                .expect("IPv6 forwarding");
+        }
+        ip("-6 addr add fd00:20::1/64 dev wkb0 nodad").expect("IPv6 address");
+        ip("-6 neigh add fd00:20::11 lladdr 02:00:00:00:0b:61 dev wkb0 nud permanent")
+            .expect("IPv6 neighbour");
+        let addr = |o| Addr {
+            words: words_of_v6(o),
+        };
+        self.image
+            .snat
+            .insert(snat_index, SnatAddr::new(addr(SNAT6), FAMILY_IPV6));
+        self.image.snat_pick6.insert(0, snat_index);
+        self.image.config.snat6_count = 1;
+        self.image.addrs6.insert(
+            words_of_v6(SNAT6),
+            AddrClass {
+                flags: AddrClass::SNAT,
+                snat_index: snat_index as u16,
+            },
+        );
+        for (id, port, vip) in [
+            (B6_TCP, VIP_TCP_PORT, TCP_VIP_ID),
+            (B6_UDP, VIP_UDP_PORT, UDP_VIP_ID),
+        ] {
+            self.image.backends.insert(
+                id,
+                Backend::new(addr(BACKEND6), port, FAMILY_IPV6, Backend::ACTIVE, vip),
+            );
+        }
+        self.sync().expect("IPv6 node");
+    }
+}

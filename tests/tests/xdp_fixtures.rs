@@ -1534,58 +1534,10 @@ fn verifier_instruction_count() {
 
 // ---------------------------------------------------------------------------- IPv6 clients
 
-const V6_VIP_ID: u32 = 7;
-const V6_UDP_VIP_ID: u32 = 8;
-const CLIENT6: [u8; 16] = [
-    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xbe, 0xef,
-];
-const VIP6: [u8; 16] = [
-    0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
-];
-
-/// An IPv6 VIP (TCP and UDP) served by the fixture's IPv4 backends.
-fn add_ipv6_vip(fx: &mut Fixture) {
-    use lb_common::{FAMILY_IPV6, Vip6Key, words_of_v6};
-    for (id, port, proto, base) in [
-        (V6_VIP_ID, VIP_TCP_PORT, PROTO_TCP, 0),
-        (V6_UDP_VIP_ID, VIP_UDP_PORT, PROTO_UDP, UDP_BACKEND_BASE),
-    ] {
-        fx.image.vip_info.insert(
-            id,
-            VipInfo {
-                addr: Addr {
-                    words: words_of_v6(VIP6),
-                },
-                port,
-                proto,
-                family: FAMILY_IPV6,
-                flags: 0,
-            },
-        );
-        fx.install(id, &[(base, 1), (base + 1, 1), (base + 2, 1)])
-            .unwrap();
-        fx.image.vips6.insert(
-            Vip6Key::new(words_of_v6(VIP6), port, proto),
-            VipMeta {
-                vip_id: id,
-                flags: 0,
-            },
-        );
-    }
-    fx.image.addrs6.insert(
-        words_of_v6(VIP6),
-        AddrClass {
-            flags: AddrClass::VIP,
-            snat_index: 0,
-        },
-    );
-    fx.sync().unwrap();
-}
-
 #[test]
 fn ipv6_clients_reach_ipv4_backends_and_get_ipv6_replies() {
     with_fixture("ipv6_to_ipv4", 1024, |fx| {
-        add_ipv6_vip(fx);
+        fx.add_ipv6_vip();
         let syn = packets::tcp6_seg(
             (CLIENT6, 45000),
             (VIP6, VIP_TCP_PORT),
@@ -1704,7 +1656,7 @@ fn ipv6_clients_reach_ipv4_backends_and_get_ipv6_replies() {
 #[test]
 fn ipv6_traffic_that_is_not_for_a_vip_passes_and_fragments_to_a_vip_are_dropped() {
     with_fixture("ipv6_pass", 1024, |fx| {
-        add_ipv6_vip(fx);
+        fx.add_ipv6_vip();
         let other = [0x20, 0x01, 0x0d, 0xb8, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
         let frame = packets::tcp6_seg((CLIENT6, 45002), (other, 22), 0, &Seg::default());
         let (act, out) = fx.run(fx.client_if, &frame).unwrap();
@@ -1721,48 +1673,10 @@ fn ipv6_traffic_that_is_not_for_a_vip_passes_and_fragments_to_a_vip_are_dropped(
 
 // ---------------------------------------------------------------------------- IPv6 backends
 
-/// fd00:20::64 and fd00:20::11.
-const SNAT6: [u8; 16] = [0xfd, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64];
-const BACKEND6: [u8; 16] = [0xfd, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11];
-const SNAT6_INDEX: u32 = 1;
-/// Backend ids of the IPv6 data node (TCP, UDP).
-const B6_TCP: u32 = 20;
-const B6_UDP: u32 = 21;
-
-/// An IPv6 data node on the backend side, an IPv6 SNAT address, and every TCP/UDP VIP (IPv4
-/// and IPv6) served by that node alone.
+/// The IPv6 data node serving every TCP/UDP VIP, IPv4 and IPv6.
 fn add_ipv6_backends(fx: &mut Fixture) {
-    use lb_common::{Backend, FAMILY_IPV6, words_of_v6};
-    add_ipv6_vip(fx);
-    for dev in ["all", "wkc0", "wkb0"] {
-        std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/forwarding"), "1").unwrap();
-    }
-    ip("-6 addr add fd00:20::1/64 dev wkb0 nodad").unwrap();
-    ip("-6 neigh add fd00:20::11 lladdr 02:00:00:00:0b:61 dev wkb0 nud permanent").unwrap();
-    let addr = |o| Addr {
-        words: words_of_v6(o),
-    };
-    fx.image
-        .snat
-        .insert(SNAT6_INDEX, SnatAddr::new(addr(SNAT6), FAMILY_IPV6));
-    fx.image.snat_pick6.insert(0, SNAT6_INDEX);
-    fx.image.config.snat6_count = 1;
-    fx.image.addrs6.insert(
-        words_of_v6(SNAT6),
-        AddrClass {
-            flags: AddrClass::SNAT,
-            snat_index: SNAT6_INDEX as u16,
-        },
-    );
-    for (id, port, vip) in [
-        (B6_TCP, VIP_TCP_PORT, TCP_VIP_ID),
-        (B6_UDP, VIP_UDP_PORT, UDP_VIP_ID),
-    ] {
-        fx.image.backends.insert(
-            id,
-            Backend::new(addr(BACKEND6), port, FAMILY_IPV6, Backend::ACTIVE, vip),
-        );
-    }
+    fx.add_ipv6_vip();
+    fx.add_ipv6_node(SNAT6_INDEX);
     for (vip, b) in [
         (TCP_VIP_ID, B6_TCP),
         (UDP_VIP_ID, B6_UDP),

@@ -35,6 +35,12 @@ const REVERSE_TS: &str = "reverse, timestamps";
 const COOKIE_FORWARD: &str = "established forward, cookie flow (timestamps)";
 const COOKIE_REVERSE: &str = "reverse, cookie flow (timestamps)";
 const COOKIE_SYN: &str = "cookie SYN-ACK (SYN in cookie mode)";
+const V6_FORWARD: &str = "IPv6 established forward (to an IPv4 node)";
+const V6_REVERSE: &str = "IPv6 reverse (IPv4 node to an IPv6 client)";
+const V6_NODE_FORWARD: &str = "IPv6 established forward (to an IPv6 node)";
+const V6_NODE_REVERSE: &str = "IPv6 reverse (IPv6 node to an IPv6 client)";
+/// The VIP id and port of the benchmark's IPv6 VIP served by the IPv6 node.
+const V6_NODE_VIP: (u32, u16) = (9, 5400);
 const COOKIES: u32 = lb_common::VipMeta::COOKIES_ALLOWED | lb_common::VipMeta::COOKIES_ON;
 
 struct Case {
@@ -330,8 +336,10 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
         "wklb data-path benchmark on CPU {cpu}: BPF_PROG_TEST_RUN, repeat {repeat}, median of {rounds} interleaved rounds; connection table {max_flows} entries, {snat_slots} SNAT addresses"
     );
     let mut fx = Fixture::with_slots(max_flows, snat_slots)?;
-    // Every SNAT address in use, so new flows spread their ports over 64 x 64,512 slots.
-    for i in 1..snat_slots {
+    // Every SNAT address but the last in use for IPv4, so new flows spread their ports over
+    // 63 x 64,512 slots; the last is the IPv6 node's.
+    let snat4 = snat_slots - 1;
+    for i in 1..snat4 {
         let a = Ipv4Addr::new(10, 20, 1, i as u8);
         fx.image.snat.insert(
             i,
@@ -339,9 +347,13 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
         );
         fx.image.snat_pick.insert(i, i);
     }
-    fx.image.config.snat_count = snat_slots;
+    fx.image.config.snat_count = snat4;
     fx.classify();
     fx.sync()?;
+    fx.add_ipv6_vip();
+    fx.add_ipv6_node(snat4);
+    let (id, port) = V6_NODE_VIP;
+    fx.add_ipv6_vip_on(id, port, lb_common::PROTO_TCP, &[(B6_TCP, 1)]);
     let verifier_instructions = fx
         .program
         .verified_instructions(lb_userspace::dataplane::kernel::PROGRAM)?;
@@ -452,6 +464,34 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
             vip_flags: 0,
         },
     ];
+    // IPv6, next to the IPv4 rows (the goal: within 1.3x of them).
+    let at = cases
+        .iter()
+        .position(|c| c.name == REVERSE)
+        .expect("the reverse case")
+        + 1;
+    for (k, (name, expect)) in [
+        (V6_FORWARD, Reason::Forwarded),
+        (V6_REVERSE, Reason::Reversed),
+        (V6_NODE_FORWARD, Reason::Forwarded),
+        (V6_NODE_REVERSE, Reason::Reversed),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        cases.insert(
+            at + k,
+            Case {
+                name,
+                program: "bench_wklb",
+                frame: Vec::new(), // set by `setup_flows`
+                vary_source: false,
+                expect: Some(expect),
+                new_flows: false,
+                vip_flags: 0,
+            },
+        );
+    }
     // Before the new-flow case, which empties the table (the flows are set up again after
     // every round).
     let at = cases
@@ -656,8 +696,13 @@ fn setup_flows(fx: &mut Fixture, cases: &mut [Case]) -> Result<()> {
     fx.set_tcp_vip_flags(0)?;
     let cookie_fwd = data(port, 7001, sa.seq.wrapping_add(1), &ts_option(502, edge_ts));
     let cookie_rev = reply_of(&to_backend, 90_001, 7001, &ts_option(40_001, 502));
+    let [v6_fwd, v6_rev, v6_node_fwd, v6_node_rev] = ipv6_flows(fx)?;
     for c in cases.iter_mut() {
         c.frame = match c.name {
+            V6_FORWARD => v6_fwd.clone(),
+            V6_REVERSE => v6_rev.clone(),
+            V6_NODE_FORWARD => v6_node_fwd.clone(),
+            V6_NODE_REVERSE => v6_node_rev.clone(),
             REVERSE => tcp64((seen.dst, seen.dst_port), (seen.src, seen.src_port), "A"),
             FORWARD_TS => plain_fwd.clone(),
             REVERSE_TS => plain_rev.clone(),
@@ -667,6 +712,43 @@ fn setup_flows(fx: &mut Fixture, cases: &mut [Case]) -> Result<()> {
         };
     }
     Ok(())
+}
+
+/// Two established IPv6 clients, one of the IPv4 nodes' VIP and one of the IPv6 node's;
+/// returns each one's ACK and its node's reply (forward, reverse, forward, reverse).
+fn ipv6_flows(fx: &mut Fixture) -> Result<[Vec<u8>; 4]> {
+    use wklb_tests::packets::{Seg, inspect, inspect6, tcp_seg, tcp6_seg};
+    let seg = |flags, seq, ack| Seg {
+        flags,
+        seq,
+        ack,
+        ..Seg::default()
+    };
+    let mut out = Vec::new();
+    for (port, vip_port) in [(40010, VIP_TCP_PORT), (40011, V6_NODE_VIP.1)] {
+        let client = (CLIENT6, port);
+        let vip = (VIP6, vip_port);
+        let (act, syn) = fx.run(fx.client_if, &tcp6_seg(client, vip, 0, &seg("S", 1000, 0)))?;
+        if act != 3 && act != 4 {
+            bail!("IPv6 setup SYN to port {vip_port} was not forwarded (action {act})");
+        }
+        // The node answers from where the SYN went, in its own family.
+        let reply = |s: &Seg| -> Vec<u8> {
+            if syn[12] == 0x86 {
+                let v = inspect6(&syn);
+                tcp6_seg((v.dst, v.dst_port), (v.src, v.src_port), 0, s)
+            } else {
+                let v = inspect(&syn);
+                tcp_seg((v.dst, v.dst_port), (v.src, v.src_port), s)
+            }
+        };
+        fx.run(fx.backend_if, &reply(&seg("SA", 1, 1001)))?;
+        let ack = tcp6_seg(client, vip, 0, &seg("A", 1001, 2));
+        fx.run(fx.client_if, &ack)?;
+        out.push(ack);
+        out.push(pad(reply(&seg("A", 2, 1001))));
+    }
+    Ok(out.try_into().expect("four frames"))
 }
 
 /// One established flow (SYN, SYN-ACK, ACK) for the forward and reverse cases; returns the
