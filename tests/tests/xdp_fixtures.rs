@@ -2011,3 +2011,45 @@ fn packets_too_big_for_an_ipv6_path_get_packet_too_big_or_fragmentation_needed()
         assert_eq!(u32::from_be_bytes(e.rest), 1300);
     });
 }
+
+#[test]
+fn echo_requests_to_an_ipv6_vip_are_answered_and_neighbour_discovery_passes() {
+    with_fixture("ipv6_echo", 1024, |fx| {
+        fx.add_ipv6_vip();
+        let mut ping = Vec::new();
+        etherparse::PacketBuilder::ethernet2(CLIENT_MAC, [2, 0, 0, 0, 0xe, 1])
+            .ipv6(CLIENT6, VIP6, 61)
+            .icmpv6_echo_request(0x77, 3)
+            .write(&mut ping, b"are you there")
+            .unwrap();
+        let before = fx.reasons();
+        let (act, out) = fx.run(fx.client_if, &ping).unwrap();
+        assert_eq!(act, XDP_TX, "{:?}", fx.reasons());
+        assert_only(fx, &before, Reason::IcmpEchoReplied, 1);
+        let e = packets::inspect_icmp6(&out);
+        assert!(e.checksum_ok, "{e:?}");
+        assert_eq!(
+            (e.src, e.dst, e.icmp_type, e.code, e.hop_limit),
+            (VIP6, CLIENT6, 129, 0, 64)
+        );
+        assert_eq!(e.rest, [0, 0x77, 0, 3], "identifier and sequence kept");
+        assert_eq!(&out[0..6], &CLIENT_MAC, "back to the sender");
+        // Neighbour solicitation for the VIP: the kernel's.
+        let mut ns = Vec::new();
+        etherparse::PacketBuilder::ethernet2(CLIENT_MAC, [0x33, 0x33, 0xff, 0, 0, 1])
+            .ipv6(CLIENT6, VIP6, 255)
+            .icmpv6(etherparse::Icmpv6Type::Unknown {
+                type_u8: 135,
+                code_u8: 0,
+                bytes5to8: [0; 4],
+            })
+            .write(&mut ns, &VIP6)
+            .unwrap();
+        assert_eq!(fx.run(fx.client_if, &ns).unwrap(), (XDP_PASS, ns.clone()));
+        // Echo replies off: passed.
+        let mut cfg = fx.config();
+        cfg.flags &= !DataplaneConfig::ECHO_REPLY;
+        fx.set_config(cfg).unwrap();
+        assert_eq!(fx.run(fx.client_if, &ping).unwrap().0, XDP_PASS);
+    });
+}

@@ -7,8 +7,8 @@ use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use lb_common::{
     Backend, Flow6Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE, NO_BACKEND, Reason, Vip6Key, VipMeta,
     conntrack::{is_initial_syn, syn_restarts_flow},
-    hash::flow_hash_v6_words,
-    ports_of, slot,
+    hash::{flow_hash_v6_words, flow_hint_index_v6},
+    ports_of, ports_word, slot,
 };
 
 use crate::{
@@ -16,7 +16,7 @@ use crate::{
         Flow,
         forward::{fill, follow, no_state, pick},
     },
-    maps::{BACKENDS, FLOWS6, SNAT_ADDRS, VIPS6, config},
+    maps::{BACKENDS, FLOW_HINTS4, FLOW_TABLE, FLOWS6, SNAT_ADDRS, VIP_INFO, VIPS6, config},
     parse::{Packet, ipv6::Addrs6},
     snat,
     stats::{self, VipSyn},
@@ -34,7 +34,7 @@ pub enum Found6 {
 pub fn find_or_create(ctx: &XdpContext, p: &Packet, a: &Addrs6, any_port: u16) -> Found6 {
     let key = Flow6Key::from_wire(a.src, a.dst, p.ports, p.proto);
     let syn = p.is_tcp() && is_initial_syn(p.seg.flags);
-    if !syn && let Some(f) = lookup(&key) {
+    if !syn && let Some(f) = lookup_hinted(&key) {
         return Found6::Flow(f);
     }
     let (sport, dport) = ports_of(p.ports);
@@ -91,6 +91,55 @@ fn vip(dst: &[u32; 4], dport: u16, proto: u8, any_port: u16) -> Option<VipMeta> 
     VIPS6
         .get_ptr(&Vip6Key::new(*dst, 0, proto))
         .map(|v| unsafe { *v })
+}
+
+/// As `conntrack::forward::lookup_hinted`, in the same cache: the hint counts only when its
+/// slot holds this IPv6 client's flow to this VIP address.
+#[inline(always)]
+fn lookup_hinted(key: &Flow6Key) -> Option<Flow> {
+    let hint = FLOW_HINTS4.get_ptr_mut(flow_hint_index_v6(key));
+    if let Some(h) = hint
+        // SAFETY: valid map value pointer; hints are written whole (one 8-byte store).
+        && let Some(r) = FlowRef::from_hint(unsafe { core::ptr::read_volatile(h) })
+        && let Some(f) = hinted(key, r)
+    {
+        return Some(f);
+    }
+    let f = lookup(key)?;
+    if let Some(h) = hint {
+        let r = FlowRef {
+            slot: f.slot,
+            token: f.token,
+        };
+        // SAFETY: valid map value pointer; racing writers store whole words.
+        unsafe { core::ptr::write_volatile(h, r.to_hint()) };
+    }
+    Some(f)
+}
+
+#[inline(always)]
+fn hinted(key: &Flow6Key, r: FlowRef) -> Option<Flow> {
+    let e = FLOW_TABLE.get_ptr_mut(r.slot)?;
+    // SAFETY: valid map value pointer; stable while the owner word holds the claim.
+    let x = unsafe { &*e };
+    if x.owner != r.token
+        || x.flags & FlowEntry::CLIENT_V6 == 0
+        || x.client != key.src
+        || ports_word(x.client_port, x.vip_port) != key.ports
+        || x.proto as u32 != key.proto
+    {
+        return None;
+    }
+    match VIP_INFO.get(x.vip_id as u32) {
+        Some(v) if v.addr.words == key.dst => Some(Flow {
+            entry: e,
+            slot: r.slot,
+            token: r.token,
+            new: false,
+            accepted: true,
+        }),
+        _ => None,
+    }
 }
 
 #[inline(always)]

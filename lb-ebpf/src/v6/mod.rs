@@ -2,8 +2,8 @@
 //! (`ADDRS6`), parse, find or create the flow (`flows`), then translate to an IPv4 backend
 //! through an IPv4 SNAT address (`xlat`; its replies are translated in `to_client`) or rewrite
 //! toward an IPv6 backend (`backend`). Replies of IPv6 backends to IPv6 SNAT addresses go back
-//! through `backend::reply`. ICMPv6 (neighbour discovery included) and everything not ours go
-//! to the kernel.
+//! through `backend::reply`. Echo requests to a VIP are answered (`icmp::echo`); other ICMPv6
+//! (neighbour discovery included) and everything not ours go to the kernel.
 
 pub mod backend;
 pub mod flows;
@@ -43,6 +43,7 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
     let vip_addr = class.flags & AddrClass::VIP != 0;
     let (mut p, a) = match ipv6::parse(ctx, l3, vlan) {
         Parsed6::Ok(p, a) => (p, a),
+        Parsed6::Icmp if vip_addr => return crate::icmp::echo::reply6(ctx, l3),
         Parsed6::Icmp => return Verdict::of(Reason::PassIcmp),
         Parsed6::Fragment if vip_addr => return Verdict::of(Reason::DropFragment),
         // Extension headers and other protocols to a VIP: not a client of ours.
