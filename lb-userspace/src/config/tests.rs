@@ -293,6 +293,8 @@ fn shipped_examples_are_valid() {
     assert_eq!(c.vips.len(), 3);
     assert_eq!(c.vips[1].port, 5200);
     assert!(c.vips[2].address.is_ipv6(), "the dual-stack VIP");
+    assert!(c.vips[2].backends[3].address.is_ipv6(), "an IPv6 data node");
+    assert!(c.snat.addresses[1].is_ipv6());
     let c = ok(include_str!("../../../examples/cross-region.toml"));
     assert_eq!(c.vips[1].port, 443);
     assert_eq!(c.vips[1].backends[0].port, 5210);
