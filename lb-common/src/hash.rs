@@ -167,6 +167,11 @@ mod tests {
                 n += 1;
             }
         }
+        assert_spread_like_random(&seen, n);
+    }
+
+    /// `seen` distinct hint slots of `n` keys: at least 98% of what random keys would give.
+    fn assert_spread_like_random(seen: &std::collections::HashSet<u32>, n: u32) {
         let ideal = FLOW_HINT_SLOTS as f64 * (1.0 - (-(n as f64) / FLOW_HINT_SLOTS as f64).exp());
         assert!(
             seen.len() as f64 > 0.98 * ideal,
@@ -199,12 +204,7 @@ mod tests {
                 n += 1;
             }
         }
-        let ideal = FLOW_HINT_SLOTS as f64 * (1.0 - (-(n as f64) / FLOW_HINT_SLOTS as f64).exp());
-        assert!(
-            seen.len() as f64 > 0.98 * ideal,
-            "{} distinct of {n} (random keys: {ideal:.0})",
-            seen.len()
-        );
+        assert_spread_like_random(&seen, n);
     }
 
     #[test]

@@ -36,14 +36,7 @@ fn swap(ctx: &XdpContext, p: &Packet) -> Option<()> {
         );
         store32(ip.add(SRC), p.dst);
         store32(ip.add(DST), p.src);
-        let old_type = load16(ic);
-        *ic = icmp::ECHO_REPLY;
-        let new_type = load16(ic);
-        let c = load16(ic.add(2));
-        store16(
-            ic.add(2),
-            CsumDelta::new().replace16(old_type, new_type).apply(c),
-        );
+        set_type(ic, icmp::ECHO_REPLY);
         swap_macs(eth);
     }
     Some(())
@@ -73,14 +66,7 @@ fn swap6(ctx: &XdpContext, l3: usize) -> Option<()> {
             return None;
         }
         // The pseudo-header's addresses only trade places: the checksum changes by the type.
-        let old_type = load16(ic);
-        *ic = icmp::v6::ECHO_REPLY;
-        let new_type = load16(ic);
-        let c = load16(ic.add(2));
-        store16(
-            ic.add(2),
-            CsumDelta::new().replace16(old_type, new_type).apply(c),
-        );
+        set_type(ic, icmp::v6::ECHO_REPLY);
         *ip.add(7) = icmp::TTL;
         for i in 0..4 {
             let (s, d) = (ip.add(8 + 4 * i), ip.add(24 + 4 * i));
@@ -91,6 +77,25 @@ fn swap6(ctx: &XdpContext, l3: usize) -> Option<()> {
         swap_macs(eth);
     }
     Some(())
+}
+
+/// Sets the ICMP message's type, fixing its checksum.
+///
+/// # Safety
+/// `ic` must point at the message's first 4 bytes.
+#[inline(always)]
+unsafe fn set_type(ic: *mut u8, new: u8) {
+    // SAFETY: per the contract.
+    unsafe {
+        let old_word = load16(ic);
+        *ic = new;
+        let new_word = load16(ic);
+        let c = load16(ic.add(2));
+        store16(
+            ic.add(2),
+            CsumDelta::new().replace16(old_word, new_word).apply(c),
+        );
+    }
 }
 
 /// Sends the frame back where it came from.

@@ -470,56 +470,32 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
         .position(|c| c.name == REVERSE)
         .expect("the reverse case")
         + 1;
-    for (k, (name, expect)) in [
-        (V6_FORWARD, Reason::Forwarded),
-        (V6_REVERSE, Reason::Reversed),
-        (V6_NODE_FORWARD, Reason::Forwarded),
-        (V6_NODE_REVERSE, Reason::Reversed),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        cases.insert(
-            at + k,
-            Case {
-                name,
-                program: "bench_wklb",
-                frame: Vec::new(), // set by `setup_flows`
-                vary_source: false,
-                expect: Some(expect),
-                new_flows: false,
-                vip_flags: 0,
-            },
-        );
-    }
+    insert_established(
+        &mut cases,
+        at,
+        &[
+            (V6_FORWARD, Reason::Forwarded),
+            (V6_REVERSE, Reason::Reversed),
+            (V6_NODE_FORWARD, Reason::Forwarded),
+            (V6_NODE_REVERSE, Reason::Reversed),
+        ],
+    );
     // Before the new-flow case, which empties the table (the flows are set up again after
     // every round).
     let at = cases
         .iter()
         .position(|c| c.new_flows)
         .expect("a new-flow case");
-    for (k, (name, expect)) in [
-        (FORWARD_TS, Reason::Forwarded),
-        (COOKIE_FORWARD, Reason::Forwarded),
-        (REVERSE_TS, Reason::Reversed),
-        (COOKIE_REVERSE, Reason::Reversed),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        cases.insert(
-            at + k,
-            Case {
-                name,
-                program: "bench_wklb",
-                frame: Vec::new(), // set by `setup_flows`
-                vary_source: false,
-                expect: Some(expect),
-                new_flows: false,
-                vip_flags: 0,
-            },
-        );
-    }
+    insert_established(
+        &mut cases,
+        at,
+        &[
+            (FORWARD_TS, Reason::Forwarded),
+            (COOKIE_FORWARD, Reason::Forwarded),
+            (REVERSE_TS, Reason::Reversed),
+            (COOKIE_REVERSE, Reason::Reversed),
+        ],
+    );
     let only = std::env::var("WKLB_BENCH_ONLY").ok();
     let mut cases: Vec<Case> = cases
         .into_iter()
@@ -712,6 +688,24 @@ fn setup_flows(fx: &mut Fixture, cases: &mut [Case]) -> Result<()> {
         };
     }
     Ok(())
+}
+
+/// Inserts cases of established flows at `at` (their frames come from `setup_flows`).
+fn insert_established(cases: &mut Vec<Case>, at: usize, rows: &[(&'static str, Reason)]) {
+    for (k, (name, expect)) in rows.iter().enumerate() {
+        cases.insert(
+            at + k,
+            Case {
+                name,
+                program: "bench_wklb",
+                frame: Vec::new(), // set by `setup_flows`
+                vary_source: false,
+                expect: Some(*expect),
+                new_flows: false,
+                vip_flags: 0,
+            },
+        );
+    }
 }
 
 /// Two established IPv6 clients, one of the IPv4 nodes' VIP and one of the IPv6 node's;
