@@ -112,7 +112,8 @@ fn ipv6_nodes(t: &Topology, backends: &[usize]) -> String {
         .collect();
     let mut c = format!(
         "[daemon]\ninterfaces = [{}]\nxdp_mode = \"auto\"\npin_path = \"{}\"\ncontrol_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:9330\"\ngc_interval = \"1s\"\n\n\
-         [conntrack]\nmax_flows = 65536\n\n[snat]\naddresses = [\"{}\", \"{SNAT6}\"]\n\n",
+         [conntrack]\nmax_flows = 65536\n\n[snat]\naddresses = [\"{}\", \"{SNAT6}\"]\n\n\
+         [announce]\ntable = 200\n\n",
         interfaces.join(", "),
         t.pin_path.display(),
         t.socket.display(),
@@ -170,6 +171,31 @@ fn ipv4_and_ipv6_clients_reach_ipv6_data_nodes_through_failover_and_a_restart() 
     wait_stats(&t, Duration::from_secs(10), "IPv6 nodes healthy", |s| {
         (0..3).all(|i| backend_row6(s, "im-tcp", i)["in_table"] == true)
     });
+    // Both VIP addresses announced: a /32 and a /128 blackhole route in wklb's table.
+    let start = std::time::Instant::now();
+    loop {
+        let s: Value =
+            serde_json::from_str(&t.wklb(&["edge", "status", "--json"]).unwrap()).unwrap();
+        let addrs = s["data"]["addresses"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{s:#}"));
+        if addrs.len() == 2 && addrs.iter().all(|a| a["announced"] == true) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not announced: {s:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let routes6 = wklb_tests::netns::run(
+        "ip",
+        &[
+            "-n", &t.edge_ns, "-6", "route", "show", "table", "200", "proto", "248",
+        ],
+    )
+    .unwrap();
+    assert!(routes6.contains(&format!("blackhole {VIP6}")), "{routes6}");
     let target6 = format!("[{VIP6}]:{TCP_PORT}");
     let held6 = tcp_client_to(&t, &target6, 300, 300, 10, &[]);
     let held4 = tcp_client(&t, 300, 300, 10);

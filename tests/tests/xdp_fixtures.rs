@@ -2054,3 +2054,63 @@ fn echo_requests_to_an_ipv6_vip_are_answered_and_neighbour_discovery_passes() {
         assert_eq!(fx.run(fx.client_if, &ping).unwrap().0, XDP_PASS);
     });
 }
+
+#[test]
+fn icmp_errors_about_flows_with_an_ipv6_side_go_to_the_kernel() {
+    with_fixture("ipv6_icmp_errors", 1024, |fx| {
+        // An IPv6 client of an IPv4 node: a router on the node's side cannot be answered in
+        // IPv4 to the client's address.
+        fx.add_ipv6_vip();
+        let syn = packets::tcp6_seg(
+            (CLIENT6, 49000),
+            (VIP6, VIP_TCP_PORT),
+            0,
+            &Seg {
+                flags: "S",
+                seq: ISN,
+                ..Seg::default()
+            },
+        );
+        let (act, sent) = fx.run(fx.client_if, &syn).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let err = icmp_error(BACKEND_SIDE_ROUTER, SNAT, 3, 4, [0, 0, 5, 0x78], &sent, 28);
+        let before = fx.reasons();
+        assert_eq!(
+            fx.run(fx.backend_if, &err).unwrap(),
+            (XDP_PASS, err.clone())
+        );
+        assert_only(fx, &before, Reason::PassIcmp, 1);
+        // An IPv4 client of an IPv6 node: a router on the client's side, about the node's reply.
+        fx.add_ipv6_node(SNAT6_INDEX);
+        fx.install(TCP_VIP_ID, &[(B6_TCP, 1)]).unwrap();
+        let syn = tcp_seg(
+            client(49001),
+            VIP_TCP,
+            &Seg {
+                flags: "S",
+                seq: ISN,
+                ..Seg::default()
+            },
+        );
+        let (_, out) = fx.run(fx.client_if, &syn).unwrap();
+        let s = packets::inspect6(&out);
+        let synack = packets::tcp6_seg(
+            (BACKEND6, VIP_TCP_PORT),
+            (SNAT6, s.src_port),
+            0,
+            &Seg {
+                flags: "SA",
+                seq: BACKEND_ISN,
+                ack: ISN + 1,
+                ..Seg::default()
+            },
+        );
+        let (act, reply) = fx.run(fx.backend_if, &synack).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        let router = Ipv4Addr::new(10, 10, 0, 254);
+        let err = icmp_error(router, VIP, 3, 4, [0, 0, 5, 0x78], &reply, 28);
+        let before = fx.reasons();
+        assert_eq!(fx.run(fx.client_if, &err).unwrap(), (XDP_PASS, err.clone()));
+        assert_only(fx, &before, Reason::PassIcmp, 1);
+    });
+}

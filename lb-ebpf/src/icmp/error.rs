@@ -108,7 +108,8 @@ fn to_client(p: &Packet, class: AddrClass, q: Inner) -> Option<Plan> {
     // SAFETY: valid map value pointer.
     let e: &FlowEntry = unsafe { &*e };
     let ours = q.src == p.dst && e.backend == q.dst && e.backend_port == dport;
-    if !e.is_live() || !ours || e.proto != q.proto {
+    // An IPv6 client's flow: the error would have to become ICMPv6 (not done; the kernel's).
+    if !e.is_live() || !ours || e.proto != q.proto || e.flags & FlowEntry::CLIENT_V6 != 0 {
         return None;
     }
     Some(Plan {
@@ -137,6 +138,10 @@ fn to_backend(ctx: &XdpContext, p: &Packet, q: Inner) -> Option<Result<Plan, Ver
     }
     // SAFETY: a live FLOW_TABLE value pointer.
     let e = unsafe { &*f.entry };
+    // An IPv6 backend's flow: the error would have to become ICMPv6 (not done; the kernel's).
+    if e.flags & FlowEntry::BACKEND_V6 != 0 {
+        return None;
+    }
     let snat_addr = e.client[2];
     let hop = match egress::backend_hop(ctx, e.backend_id, snat_addr, e.backend, q.proto, now_ns())
     {

@@ -24,7 +24,7 @@ use crate::{
     conntrack::{self, Flow, now_ns},
     egress::{self, NoHop, Route},
     icmp::too_big,
-    maps::{self, ADDRS6, BACKENDS, DEFERRED_SEND, FLOW_TABLE, SNAT_ADDRS, VIP_INFO},
+    maps::{self, BACKENDS, DEFERRED_SEND, FLOW_TABLE, SNAT_ADDRS, VIP_INFO},
     mss,
     parse::{
         Packet,
@@ -49,6 +49,9 @@ pub struct Deferred {
     pub accepted: u32,
     /// 1: the main program walked this SYN's options (`recorded_syn_options`).
     pub syn_options: u32,
+    /// Non-zero: not a send but an IPv6 node's reply to the SNAT address of this class
+    /// (`flags | snat_index << 16`); the other fields are not set then.
+    pub reply_to: u32,
 }
 
 /// Records `flow` (and whether the SYN's options were walked) for `finish`.
@@ -64,6 +67,7 @@ pub fn defer(flow: &Flow, opts: Option<&Options>) -> Verdict {
         (*d).new = flow.new as u32;
         (*d).accepted = flow.accepted as u32;
         (*d).syn_options = opts.is_some() as u32;
+        (*d).reply_to = 0;
     }
     Verdict {
         action: DEFERRED,
@@ -71,9 +75,15 @@ pub fn defer(flow: &Flow, opts: Option<&Options>) -> Verdict {
     }
 }
 
-/// An IPv6 backend's reply: `finish` handles it whole (it needs nothing of this run).
+/// An IPv6 backend's reply to the SNAT address of `class`: `finish` handles it whole.
 #[inline(always)]
-pub fn defer_reply() -> Verdict {
+pub fn defer_reply(class: AddrClass) -> Verdict {
+    let Some(d) = DEFERRED_SEND.get_ptr_mut(0) else {
+        return Verdict::of(Reason::DropInternal);
+    };
+    // SAFETY: this CPU's slot; read back by `finish` in the same program run. The SNAT bit
+    // keeps the word non-zero.
+    unsafe { (*d).reply_to = class.flags as u32 | (class.snat_index as u32) << 16 };
     Verdict {
         action: DEFERRED,
         reason: Reason::Reversed,
@@ -92,15 +102,17 @@ pub fn hand_over(ctx: &XdpContext) -> Verdict {
 /// backend's reply to a SNAT address.
 #[inline(always)]
 pub fn finish(ctx: &XdpContext) -> Verdict {
-    if let L2::Ipv6 { l3, vlan } = eth::parse(ctx)
-        && let Some(dst) = ipv6::destination(ctx, l3)
-        && let Some(class) = ADDRS6.get_ptr(&dst)
-    {
-        // SAFETY: valid map value pointer.
-        let class: AddrClass = unsafe { *class };
-        if class.flags & AddrClass::VIP == 0 {
-            return Verdict::from_word(reply_to(ctx, l3, vlan, class));
-        }
+    // What the main program recorded says which: no second address lookup here.
+    let reply_to = DEFERRED_SEND.get(0).map_or(0, |d| d.reply_to);
+    if reply_to != 0 {
+        let class = AddrClass {
+            flags: reply_to as u16,
+            snat_index: (reply_to >> 16) as u16,
+        };
+        return match eth::parse(ctx) {
+            L2::Ipv6 { l3, vlan } => Verdict::from_word(reply_to_node(ctx, l3, vlan, class)),
+            _ => Verdict::of(Reason::DropInternal),
+        };
     }
     Verdict::from_word(send_deferred(ctx))
 }
@@ -109,7 +121,7 @@ pub fn finish(ctx: &XdpContext) -> Verdict {
 // spills overflowed the 512 bytes).
 // They return `Verdict::to_word`.
 #[inline(never)]
-fn reply_to(ctx: &XdpContext, l3: usize, vlan: u16, class: AddrClass) -> u64 {
+fn reply_to_node(ctx: &XdpContext, l3: usize, vlan: u16, class: AddrClass) -> u64 {
     let ipv6::Parsed6::Ok(mut p, a) = ipv6::parse(ctx, l3, vlan) else {
         return Verdict::of(Reason::DropInternal).to_word();
     };

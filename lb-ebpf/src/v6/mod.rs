@@ -60,7 +60,7 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
     };
     if !vip_addr {
         // Replies of IPv6 backends: handled in the sender program too (`backend::finish`).
-        return backend::defer_reply();
+        return backend::defer_reply(class);
     }
     let mut flow =
         match flows::find_or_create(ctx, &p, &a, class.flags & AddrClass::any_port_bit(p.proto)) {

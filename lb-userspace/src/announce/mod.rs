@@ -1,4 +1,4 @@
-//! Anycast announcement. wklb keeps one blackhole /32 route per announced VIP address in a
+//! Anycast announcement. wklb keeps one blackhole host route (/32, /128) per announced VIP address in a
 //! kernel routing table of its own (`announce.table`), present exactly while this edge should
 //! receive new connections for that address. The host's BGP daemon (BIRD's kernel protocol
 //! with `learn`, FRR's `ip import-table`, GoBGP through zebra) imports that table and
@@ -99,12 +99,9 @@ impl Announcer {
                 .plans
                 .iter()
                 .filter(|p| p.announce)
-                .filter_map(|p| match p.address {
-                    IpAddr::V4(address) => Some(VipRoute {
-                        table: a.table,
-                        address,
-                    }),
-                    IpAddr::V6(_) => None,
+                .map(|p| VipRoute {
+                    table: a.table,
+                    address: p.address,
                 })
                 .collect(),
             None => BTreeSet::new(),
@@ -202,13 +199,10 @@ impl Announcer {
                 .plans
                 .iter()
                 .map(|p| {
-                    let announced = match p.address {
-                        IpAddr::V4(address) => self.installed.contains(&VipRoute {
-                            table: a.table,
-                            address,
-                        }),
-                        IpAddr::V6(_) => false,
-                    };
+                    let announced = self.installed.contains(&VipRoute {
+                        table: a.table,
+                        address: p.address,
+                    });
                     AddressReport {
                         address: p.address.to_string(),
                         announced,

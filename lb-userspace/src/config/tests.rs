@@ -167,7 +167,7 @@ fn a_backend_needs_a_snat_address_of_its_family() {
 }
 
 #[test]
-fn an_ipv6_vip_takes_ipv4_backends_and_refuses_what_it_lacks_by_key() {
+fn an_ipv6_vip_takes_ipv4_backends_is_announced_and_refuses_what_it_lacks_by_key() {
     let v6 = GOOD.replace("198.51.100.1", "2001:db8:1::1");
     let c = ok(&v6);
     assert!(c.vips[0].address.is_ipv6());
@@ -187,10 +187,11 @@ fn an_ipv6_vip_takes_ipv4_backends_and_refuses_what_it_lacks_by_key() {
         assert_eq!(e.path, path, "{e}");
         assert!(e.message.contains("IPv6 VIP"), "{e}");
     }
+    // Announced like an IPv4 one (a /128 route), by name or by default.
     let announced = format!("{v6}\n[announce]\nvips = [\"im-tcp\"]\n");
-    let e = one_error(&announced);
-    assert_eq!(e.path, "announce.vips[0]");
-    assert!(e.message.contains("IPv6"), "{e}");
+    assert_eq!(ok(&announced).announce.unwrap().vips, ["im-tcp"]);
+    let all = format!("{v6}\n[announce]\n");
+    assert_eq!(ok(&all).announce.unwrap().vips, ["im-tcp"]);
 }
 
 #[test]

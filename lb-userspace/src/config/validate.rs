@@ -504,12 +504,8 @@ fn announce(c: &mut Collector, a: &RawAnnounce, vips: &[Vip]) -> Announce {
         );
     }
     let names = match &a.vips {
-        // Every IPv4 VIP: routes for IPv6 VIP addresses are not written yet.
-        None => vips
-            .iter()
-            .filter(|v| v.address.is_ipv4())
-            .map(|v| v.name.clone())
-            .collect(),
+        // Every VIP, of both families.
+        None => vips.iter().map(|v| v.name.clone()).collect(),
         Some(list) => {
             if list.get_ref().is_empty() {
                 c.err(
@@ -524,15 +520,6 @@ fn announce(c: &mut Collector, a: &RawAnnounce, vips: &[Vip]) -> Announce {
                 let vip = vips.iter().find(|v| &v.name == n.get_ref());
                 if vip.is_none() {
                     c.err(&p, n, format!("no VIP is named {:?}", n.get_ref()));
-                } else if vip.is_some_and(|v| v.address.is_ipv6()) {
-                    c.err(
-                        &p,
-                        n,
-                        format!(
-                            "{:?} is an IPv6 VIP; announcing IPv6 addresses is not supported yet",
-                            n.get_ref()
-                        ),
-                    );
                 } else if out.contains(n.get_ref()) {
                     c.err(&p, n, format!("{:?} is listed twice", n.get_ref()));
                 } else {

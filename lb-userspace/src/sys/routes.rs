@@ -1,9 +1,13 @@
 //! VIP routes in the kernel routing table a BGP daemon imports: listed, installed and removed
-//! over rtnetlink. Each is a blackhole /32 marked with wklb's route protocol number, so it is
-//! told apart from every other route and forwards nothing itself (the table is not consulted
-//! for forwarding; XDP takes the VIP's packets before routing).
+//! over rtnetlink. Each is a blackhole host route (/32, or /128 for an IPv6 VIP) marked with
+//! wklb's route protocol number, so it is told apart from every other route and forwards
+//! nothing itself (the table is not consulted for forwarding; XDP takes the VIP's packets
+//! before routing).
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, Result};
 use futures_util::TryStreamExt as _;
@@ -23,12 +27,13 @@ pub const RTPROT_WKLB: u8 = 248;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct VipRoute {
     pub table: u32,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
 }
 
 impl std::fmt::Display for VipRoute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/32 in table {}", self.address, self.table)
+        let len = if self.address.is_ipv4() { 32 } else { 128 };
+        write!(f, "{}/{len} in table {}", self.address, self.table)
     }
 }
 
@@ -47,28 +52,34 @@ impl Routes {
         Ok(Routes { handle })
     }
 
-    /// The routes carrying wklb's protocol number in `table` (None: in every table).
+    /// The routes carrying wklb's protocol number in `table` (None: in every table), both
+    /// families.
     pub async fn list(&self, table: Option<u32>) -> Result<BTreeSet<VipRoute>> {
-        let mut query = RouteMessageBuilder::<Ipv4Addr>::new()
+        let v4 = RouteMessageBuilder::<Ipv4Addr>::new()
             .protocol(RouteProtocol::from(RTPROT_WKLB))
-            .kind(RouteType::BlackHole);
-        query = match table {
-            Some(t) => query.table_id(t),
-            None => query.table_id(0),
-        };
-        let mut dump = self.handle.route().get(query.build()).execute();
+            .kind(RouteType::BlackHole)
+            .table_id(table.unwrap_or(0))
+            .build();
+        let v6 = RouteMessageBuilder::<Ipv6Addr>::new()
+            .protocol(RouteProtocol::from(RTPROT_WKLB))
+            .kind(RouteType::BlackHole)
+            .table_id(table.unwrap_or(0))
+            .build();
         let mut out = BTreeSet::new();
-        loop {
-            match dump.try_next().await {
-                Ok(Some(m)) => {
-                    if let Some(r) = ours(&m).filter(|r| table.is_none_or(|t| r.table == t)) {
-                        out.insert(r);
+        for query in [v4, v6] {
+            let mut dump = self.handle.route().get(query).execute();
+            loop {
+                match dump.try_next().await {
+                    Ok(Some(m)) => {
+                        if let Some(r) = ours(&m).filter(|r| table.is_none_or(|t| r.table == t)) {
+                            out.insert(r);
+                        }
                     }
+                    Ok(None) => break,
+                    // A table that holds no route does not exist yet.
+                    Err(e) if errno(&e) == Some(libc::ENOENT) => break,
+                    Err(e) => return Err(e).context("listing routes"),
                 }
-                Ok(None) => break,
-                // A table that holds no route does not exist yet.
-                Err(e) if errno(&e) == Some(libc::ENOENT) => break,
-                Err(e) => return Err(e).context("listing routes"),
             }
         }
         Ok(out)
@@ -103,20 +114,30 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
 }
 
 fn message(r: VipRoute) -> RouteMessage {
-    RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(r.address, 32)
-        .table_id(r.table)
-        .protocol(RouteProtocol::from(RTPROT_WKLB))
-        .kind(RouteType::BlackHole)
-        .build()
+    match r.address {
+        IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(a, 32)
+            .table_id(r.table)
+            .protocol(RouteProtocol::from(RTPROT_WKLB))
+            .kind(RouteType::BlackHole)
+            .build(),
+        IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(a, 128)
+            .table_id(r.table)
+            .protocol(RouteProtocol::from(RTPROT_WKLB))
+            .kind(RouteType::BlackHole)
+            .build(),
+    }
 }
 
 fn ours(m: &RouteMessage) -> Option<VipRoute> {
     let h = &m.header;
-    if h.address_family != AddressFamily::Inet
-        || u8::from(h.protocol) != RTPROT_WKLB
-        || h.destination_prefix_length != 32
-    {
+    let host = match h.address_family {
+        AddressFamily::Inet => 32,
+        AddressFamily::Inet6 => 128,
+        _ => return None,
+    };
+    if u8::from(h.protocol) != RTPROT_WKLB || h.destination_prefix_length != host {
         return None;
     }
     let mut table = h.table as u32;
@@ -124,7 +145,8 @@ fn ours(m: &RouteMessage) -> Option<VipRoute> {
     for a in &m.attributes {
         match a {
             RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(RouteAddress::Inet(d)) => address = Some(*d),
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => address = Some(IpAddr::V4(*d)),
+            RouteAttribute::Destination(RouteAddress::Inet6(d)) => address = Some(IpAddr::V6(*d)),
             _ => {}
         }
     }
