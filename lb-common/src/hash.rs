@@ -1,7 +1,7 @@
 //! The flow hash: one definition used by the XDP program to pick a Maglev slot and by
 //! `wklb lookup` to predict it without sending a packet.
 
-use crate::maps::{ADDR_FILTER_SIZE, FLOW_HINT_SLOTS, Flow4Key, Flow6Key};
+use crate::maps::{ADDR_FILTER_SIZE, ADDR_FILTER6_SIZE, FLOW_HINT_SLOTS, Flow4Key, Flow6Key};
 
 const SEED: u32 = 0x5741_4b4c; // "WAKL"
 
@@ -137,6 +137,14 @@ pub const fn flow_hint_index_v6(key: &Flow6Key) -> u32 {
 pub const fn filter_index(addr: u32) -> u32 {
     // Fibonacci hashing of the host-order address: the top bits of the product.
     u32::from_be(addr).wrapping_mul(0x9e37_79b1) >> (32 - ADDR_FILTER_SIZE.trailing_zeros())
+}
+
+/// Bucket of an IPv6 address (native words) in the direct-mapped `ADDR_FILTER6`: the words
+/// folded, then Fibonacci hashing.
+#[inline(always)]
+pub const fn filter_index_v6(addr: &[u32; 4]) -> u32 {
+    let w = addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3].rotate_left(24);
+    w.wrapping_mul(0x9e37_79b1) >> (32 - ADDR_FILTER6_SIZE.trailing_zeros())
 }
 
 /// Second, independent mix of a flow hash (for the SNAT address and port choice), so that the

@@ -38,6 +38,8 @@ pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 pub const MAX_VIP_ENTRIES: u32 = 1024;
 /// Buckets of the direct-mapped address filter (a power of two).
 pub const ADDR_FILTER_SIZE: u32 = 4096;
+/// Buckets of the direct-mapped IPv6 address filter (a power of two).
+pub const ADDR_FILTER6_SIZE: u32 = 4096;
 /// Interfaces the program may redirect to or check the MTU of.
 pub const MAX_INTERFACES: u32 = 64;
 /// Each VIP has two Maglev tables in MAGLEV (at `2 * vip_id` and `2 * vip_id + 1`);
@@ -52,6 +54,7 @@ pub const SLOTS_PER_SNAT_ADDR: u32 = 1 << 16;
 /// Map names, as the XDP program declares them and the loader pins them.
 pub mod names {
     pub const ADDR_FILTER: &str = "ADDR_FILTER";
+    pub const ADDR_FILTER6: &str = "ADDR_FILTER6";
     pub const ADDRS4: &str = "ADDRS4";
     pub const VIPS4: &str = "VIPS4";
     pub const VIP_INFO: &str = "VIP_INFO";
@@ -95,7 +98,7 @@ pub mod names {
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
-    pub const ALL: [&str; 36] = [
+    pub const ALL: [&str; 37] = [
         ADDR_FILTER,
         ADDRS4,
         VIPS4,
@@ -132,6 +135,7 @@ pub mod names {
         SNAT_PICKS,
         TAILS,
         DEFERRED_SEND,
+        ADDR_FILTER6,
     ];
 }
 
@@ -250,6 +254,43 @@ impl FilterBucket {
                 snat_index: u16::from_ne_bytes([b[6], b[7]]),
             },
         }
+    }
+}
+
+/// One `ADDR_FILTER6` bucket: an IPv6 address (native words), its class (`COLLISION`: ask
+/// `ADDRS6`) and a check word over both; all zero = empty. Written through the map-update call,
+/// which copies it in pieces: a reader racing a change can see half of the old bucket and half
+/// of the new, which the check word (almost always) refuses, and the reader then asks `ADDRS6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FilterBucket6 {
+    pub addr: [u32; 4],
+    pub class: AddrClass,
+    pub check: u32,
+}
+
+impl FilterBucket6 {
+    pub const fn new(addr: [u32; 4], class: AddrClass) -> Self {
+        FilterBucket6 {
+            addr,
+            class,
+            check: Self::check_of(&addr, class),
+        }
+    }
+
+    #[inline(always)]
+    pub const fn check_of(a: &[u32; 4], c: AddrClass) -> u32 {
+        a[0] ^ a[1].rotate_left(7)
+            ^ a[2].rotate_left(13)
+            ^ a[3].rotate_left(19)
+            ^ (c.flags as u32 | (c.snat_index as u32) << 16)
+            ^ 0x5741_4b36
+    }
+
+    /// Whole: written by one writer and read in one piece (or empty).
+    #[inline(always)]
+    pub const fn is_whole(&self) -> bool {
+        self.check == Self::check_of(&self.addr, self.class)
     }
 }
 
@@ -979,6 +1020,7 @@ mod pod_impls {
     unsafe impl aya::Pod for Addr {}
     unsafe impl aya::Pod for AddrClass {}
     unsafe impl aya::Pod for FilterBucket {}
+    unsafe impl aya::Pod for FilterBucket6 {}
     unsafe impl aya::Pod for Vip4Key {}
     unsafe impl aya::Pod for VipMeta {}
     unsafe impl aya::Pod for VipInfo {}
@@ -1085,6 +1127,34 @@ mod tests {
         }
         assert_eq!(l.admit(tat, much_later), None);
         assert_eq!(VipLimits::new(0, 5).interval_ns, 0);
+    }
+
+    #[test]
+    fn ipv6_filter_buckets_refuse_halves_of_two_buckets() {
+        let class = |flags| AddrClass {
+            flags,
+            snat_index: 0,
+        };
+        let a = FilterBucket6::new(
+            words_of_v6([0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            class(AddrClass::VIP),
+        );
+        let b = FilterBucket6::new(
+            words_of_v6([0xfd, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64]),
+            class(AddrClass::SNAT),
+        );
+        assert!(a.is_whole() && b.is_whole());
+        // Every mix of the two buckets' 8-byte pieces but the whole ones is refused.
+        let (pa, pb) = (bytemuck::bytes_of(&a), bytemuck::bytes_of(&b));
+        for mask in 1..7u32 {
+            let mut mixed = [0u8; 24];
+            for i in 0..3 {
+                let from = if mask & (1 << i) != 0 { pb } else { pa };
+                mixed[i * 8..i * 8 + 8].copy_from_slice(&from[i * 8..i * 8 + 8]);
+            }
+            let m: FilterBucket6 = bytemuck::pod_read_unaligned(&mixed);
+            assert!(!m.is_whole(), "mask {mask}: {m:?}");
+        }
     }
 
     #[test]

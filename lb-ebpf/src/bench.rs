@@ -105,6 +105,25 @@ pub fn bench_floor(ctx: XdpContext) -> u32 {
     }
 }
 
+/// The floor plus one head move there and back: what the translated cases pay for the undo
+/// in `bench_wklb` (half of it per move) on top of the data path's own move.
+#[xdp]
+pub fn bench_floor_head_moves(ctx: XdpContext) -> u32 {
+    if restore(&ctx).is_none() {
+        return xdp_action::XDP_DROP;
+    }
+    let g = GROWTH_V4_TO_V6 as i32;
+    // SAFETY: plain helper calls on our context.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -g) != 0 || bpf_xdp_adjust_head(ctx.ctx, g) != 0 } {
+        return xdp_action::XDP_DROP;
+    }
+    match ptr_at::<u32>(&ctx, 30) {
+        // SAFETY: bounds checked by ptr_at.
+        Some(d) if unsafe { load32(d.cast()) } != 0 => xdp_action::XDP_TX,
+        _ => xdp_action::XDP_DROP,
+    }
+}
+
 /// Restore + XDP_TX without reading the packet: the previous floor, kept so runs compare.
 #[xdp]
 pub fn bench_floor_blind(ctx: XdpContext) -> u32 {

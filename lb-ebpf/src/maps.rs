@@ -10,12 +10,12 @@ use aya_ebpf::{
     maps::ProgramArray,
 };
 use lb_common::{
-    ADDR_FILTER_SIZE, AddrClass, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, Backend, BackendHop,
-    BackendStats, DEFAULT_MAX_FLOWS, DataplaneConfig, FLOW_HINT_SLOTS, Flow4Key, Flow6Key,
-    FlowEntry, FlowRef, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_FULL_SOURCES, MAX_INTERFACES,
-    MAX_SNAT_ADDRS, MAX_SOURCE_ENTRIES, MAX_VIP_ENTRIES, MAX_VIPS, PinStats, PinTarget, Reason,
-    SLOTS_PER_SNAT_ADDR, SOURCE_RATE_ENTRIES, SnatAddr, SourceKey4, SourceRateKey, TABLES_PER_VIP,
-    Vip4Key, Vip6Key, VipInfo, VipLimits, VipMeta, VipStats,
+    ADDR_FILTER_SIZE, ADDR_FILTER6_SIZE, AddrClass, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, Backend,
+    BackendHop, BackendStats, DEFAULT_MAX_FLOWS, DataplaneConfig, FLOW_HINT_SLOTS, FilterBucket6,
+    Flow4Key, Flow6Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_FULL_SOURCES,
+    MAX_INTERFACES, MAX_SNAT_ADDRS, MAX_SOURCE_ENTRIES, MAX_VIP_ENTRIES, MAX_VIPS, PinStats,
+    PinTarget, Reason, SLOTS_PER_SNAT_ADDR, SOURCE_RATE_ENTRIES, SnatAddr, SourceKey4,
+    SourceRateKey, TABLES_PER_VIP, Vip4Key, Vip6Key, VipInfo, VipLimits, VipMeta, VipStats,
     connlog::{CONN_OPENS_BYTES, FlowBytes, OpenEvent},
     cookie::CookieKey,
     rtt::{RTT_KINDS, RttRow},
@@ -29,6 +29,12 @@ pub static ADDR_FILTER: Array<u64, { ADDR_FILTER_SIZE as usize }, BPF_F_MMAPABLE
 /// IPv4 address → class, for buckets where our addresses collide.
 #[btf_map]
 pub static ADDRS4: HashMap<u32, AddrClass, { MAX_VIP_ENTRIES as usize }> = HashMap::new();
+
+/// `hash::filter_index_v6(address)` → that address and its class (`FilterBucket6`): one array
+/// read classifies an IPv6 destination; `ADDRS6` is asked only for buckets several of our
+/// addresses share (or a bucket read mid-update).
+#[btf_map]
+pub static ADDR_FILTER6: Array<FilterBucket6, { ADDR_FILTER6_SIZE as usize }> = Array::new();
 
 /// IPv6 address (native words) → class: VIP addresses, and IPv6 SNAT addresses (with their
 /// SNAT index).

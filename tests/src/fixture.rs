@@ -427,6 +427,7 @@ impl Fixture {
             .entry(words_of_v6(VIP6))
             .or_default()
             .flags |= AddrClass::VIP;
+        self.image.filter6 = plan::filter6(&self.image.addrs6);
         self.sync().expect("IPv6 VIP");
     }
 
@@ -456,6 +457,7 @@ impl Fixture {
                 snat_index: snat_index as u16,
             },
         );
+        self.image.filter6 = plan::filter6(&self.image.addrs6);
         for (id, port, vip) in [
             (B6_TCP, VIP_TCP_PORT, TCP_VIP_ID),
             (B6_UDP, VIP_UDP_PORT, UDP_VIP_ID),

@@ -2114,3 +2114,54 @@ fn icmp_errors_about_flows_with_an_ipv6_side_go_to_the_kernel() {
         assert_only(fx, &before, Reason::PassIcmp, 1);
     });
 }
+
+#[test]
+fn the_ipv6_address_filter_is_consulted_and_falls_back_on_collisions_and_torn_buckets() {
+    use lb_common::{FilterBucket6, hash::filter_index_v6, words_of_v6};
+    use lb_userspace::dataplane::{Maps, Write};
+    with_fixture("ipv6_filter", 1024, |fx| {
+        fx.add_ipv6_vip();
+        let mut ping = Vec::new();
+        etherparse::PacketBuilder::ethernet2(CLIENT_MAC, [2, 0, 0, 0, 0xe, 1])
+            .ipv6(CLIENT6, VIP6, 61)
+            .icmpv6_echo_request(1, 1)
+            .write(&mut ping, b"x")
+            .unwrap();
+        let i = filter_index_v6(&words_of_v6(VIP6));
+        let vip = AddrClass {
+            flags: AddrClass::VIP,
+            snat_index: 0,
+        };
+        let other = words_of_v6(CLIENT6);
+        let mut colliding = vip;
+        colliding.flags |= AddrClass::COLLISION;
+        let torn = FilterBucket6 {
+            check: 0,
+            ..FilterBucket6::new(words_of_v6(VIP6), vip)
+        };
+        for (bucket, answered, what) in [
+            (
+                FilterBucket6::new(words_of_v6(VIP6), vip),
+                true,
+                "its own bucket",
+            ),
+            (torn, true, "a torn bucket: ADDRS6 decides"),
+            (
+                FilterBucket6::new(other, colliding),
+                true,
+                "a shared bucket: ADDRS6 decides",
+            ),
+            (
+                FilterBucket6::new(other, vip),
+                false,
+                "another address's bucket",
+            ),
+        ] {
+            fx.maps.write(&Write::Filter6(i, bucket)).unwrap();
+            let act = fx.run(fx.client_if, &ping).unwrap().0;
+            assert_eq!(act == XDP_TX, answered, "{what}: {:?}", fx.reasons());
+        }
+        fx.sync().unwrap();
+        assert_eq!(fx.run(fx.client_if, &ping).unwrap().0, XDP_TX, "restored");
+    });
+}

@@ -20,7 +20,7 @@ use lb_common::{
 use crate::{
     conntrack::{self, now_ns},
     egress::{self, NoHop},
-    maps::{ADDRS6, SNAT_ADDRS},
+    maps::SNAT_ADDRS,
     parse::{
         self,
         ipv6::{self, Parsed6},
@@ -35,11 +35,9 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
     let Some(dst) = ipv6::destination(ctx, l3) else {
         return Verdict::of(Reason::PassUnparsable);
     };
-    let Some(class) = ADDRS6.get_ptr(&dst) else {
+    let Some(class) = crate::classify::lookup6(&dst) else {
         return Verdict::of(Reason::PassNotIpv4);
     };
-    // SAFETY: valid map value pointer.
-    let class: AddrClass = unsafe { *class };
     let vip_addr = class.flags & AddrClass::VIP != 0;
     let (mut p, a) = match ipv6::parse(ctx, l3, vlan) {
         Parsed6::Ok(p, a) => (p, a),

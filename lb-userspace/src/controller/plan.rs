@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use lb_common::{
     ADDR_FILTER_SIZE, Addr, AddrClass, Backend, DataplaneConfig, FAMILY_IPV4, FilterBucket,
-    PinTarget, SnatAddr, SourceKey4, Vip4Key, VipInfo, VipLimits, VipMeta, hash::filter_index,
-    maglev::Member, mss, source_list,
+    FilterBucket6, PinTarget, SnatAddr, SourceKey4, Vip4Key, VipInfo, VipLimits, VipMeta,
+    hash::filter_index, maglev::Member, mss, source_list,
 };
 use serde::Serialize;
 
@@ -218,6 +218,7 @@ pub fn image(s: &State) -> super::super::dataplane::Image {
             c.snat_index = *i as u16;
         }
     }
+    img.filter6 = filter6(&img.addrs6);
     img.filter = filter(&img.addrs);
     for i in &s.interfaces {
         img.tx_ports.insert(i.ifindex);
@@ -395,6 +396,25 @@ pub fn filter(addrs: &BTreeMap<u32, AddrClass>) -> BTreeMap<u32, u64> {
         }
     }
     buckets.into_iter().map(|(i, b)| (i, b.to_u64())).collect()
+}
+
+/// The same for IPv6 addresses (`ADDR_FILTER6`).
+pub fn filter6(addrs: &BTreeMap<[u32; 4], AddrClass>) -> BTreeMap<u32, FilterBucket6> {
+    let mut buckets: BTreeMap<u32, FilterBucket6> = BTreeMap::new();
+    for (a, c) in addrs {
+        let i = lb_common::hash::filter_index_v6(a);
+        match buckets.get_mut(&i) {
+            None => {
+                buckets.insert(i, FilterBucket6::new(*a, *c));
+            }
+            Some(b) => {
+                let mut class = b.class;
+                class.flags |= AddrClass::COLLISION;
+                *b = FilterBucket6::new(b.addr, class);
+            }
+        }
+    }
+    buckets
 }
 
 #[cfg(test)]
@@ -621,5 +641,24 @@ mod tests {
         // Everything is down (a cluster-wide health failure): fail open, inside the boundary.
         let v = grouped(&[(100, Down); 5], 3);
         assert_eq!(ids_of(&v), [3, 4]);
+    }
+
+    #[test]
+    fn ipv6_addresses_sharing_a_filter_bucket_are_marked_for_the_hash_lookup() {
+        let class = AddrClass {
+            flags: AddrClass::VIP,
+            snat_index: 0,
+        };
+        // Two addresses in one bucket, found by trying.
+        let a = [1u32, 2, 3, 4];
+        let b = (5u32..)
+            .map(|x| [1, 2, 3, x])
+            .find(|b| lb_common::hash::filter_index_v6(b) == lb_common::hash::filter_index_v6(&a))
+            .unwrap();
+        let f = filter6(&BTreeMap::from([(a, class), (b, class)]));
+        assert_eq!(f.len(), 1);
+        let bucket = f.values().next().unwrap();
+        assert!(bucket.is_whole());
+        assert_ne!(bucket.class.flags & AddrClass::COLLISION, 0);
     }
 }

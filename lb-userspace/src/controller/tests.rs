@@ -718,6 +718,8 @@ fn ipv6_backends_take_ipv6_snat_addresses_and_a_restart_adopts_them() {
         (lb_common::AddrClass::SNAT, 1)
     );
     assert_eq!(img.addrs.len(), 2, "the IPv4 VIP and SNAT address only");
+    let bucket = img.filter6[&lb_common::hash::filter_index_v6(&v6)];
+    assert!(bucket.is_whole() && bucket.addr == v6 && bucket.class == class);
     let b6 = id_of(&c, "fd00:2::11");
     assert_eq!(img.backends[&b6].family, lb_common::FAMILY_IPV6);
     // A restarted daemon reads both families back from the maps.

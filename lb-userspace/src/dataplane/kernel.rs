@@ -16,10 +16,10 @@ use aya::{
     programs::Xdp,
 };
 use lb_common::{
-    ADDR_FILTER_SIZE, AddrClass, Backend, BackendHop, BackendStats, DataplaneConfig, Flow4Key,
-    Flow6Key, FlowEntry, FlowRef, MAX_SNAT_ADDRS, PinStats, PinTarget, Reason, SLOTS_PER_SNAT_ADDR,
-    SnatAddr, SourceKey4, SourceRateKey, Vip4Key, Vip6Key, VipInfo, VipLimits, VipMeta, VipStats,
-    cookie::CookieKey, names,
+    ADDR_FILTER_SIZE, AddrClass, Backend, BackendHop, BackendStats, DataplaneConfig, FilterBucket6,
+    Flow4Key, Flow6Key, FlowEntry, FlowRef, MAX_SNAT_ADDRS, PinStats, PinTarget, Reason,
+    SLOTS_PER_SNAT_ADDR, SnatAddr, SourceKey4, SourceRateKey, Vip4Key, Vip6Key, VipInfo, VipLimits,
+    VipMeta, VipStats, cookie::CookieKey, names,
 };
 
 use super::{Counters, Flows, Image, Maps, Write, tables::MaglevTables};
@@ -383,6 +383,7 @@ pub struct KernelMaps {
     addrs: HashMap<MapData, u32, AddrClass>,
     vips: HashMap<MapData, Vip4Key, VipMeta>,
     addrs6: HashMap<MapData, [u32; 4], AddrClass>,
+    filter6: Array<MapData, FilterBucket6>,
     vips6: HashMap<MapData, Vip6Key, VipMeta>,
     vip_info: Array<MapData, VipInfo>,
     tables: MaglevTables,
@@ -414,6 +415,7 @@ impl KernelMaps {
             addrs: typed!(ebpf, names::ADDRS4),
             vips: typed!(ebpf, names::VIPS4),
             addrs6: typed!(ebpf, names::ADDRS6),
+            filter6: typed!(ebpf, names::ADDR_FILTER6),
             vips6: typed!(ebpf, names::VIPS6),
             vip_info: typed!(ebpf, names::VIP_INFO),
             backends: typed!(ebpf, names::BACKENDS),
@@ -454,6 +456,7 @@ impl Maps for KernelMaps {
             Write::Addr6(a, Some(c)) => self.addrs6.insert(a, c, 0)?,
             Write::Addr6(a, None) => ignore_missing(self.addrs6.remove(a))?,
             Write::Filter(b, v) => self.filter.store64(*b as usize, *v),
+            Write::Filter6(i, b) => self.filter6.set(*i, b, 0)?,
             // SNAT_PICK too: the program of an earlier build reads it until it is replaced.
             Write::SnatPick(i, v) => {
                 self.snat_picks.set(*i, v.unwrap_or(0), 0)?;
@@ -514,6 +517,12 @@ impl Maps for KernelMaps {
         }
         img.vips = self.vips.iter().collect::<Result<_, _>>()?;
         img.addrs6 = self.addrs6.iter().collect::<Result<_, _>>()?;
+        for (i, b) in self.filter6.iter().enumerate() {
+            let b = b?;
+            if b != FilterBucket6::default() {
+                img.filter6.insert(i as u32, b);
+            }
+        }
         img.vips6 = self.vips6.iter().collect::<Result<_, _>>()?;
         for (id, b) in self.backends.iter().enumerate() {
             let b = b?;

@@ -19,9 +19,9 @@ use std::{
 
 use anyhow::Result;
 use lb_common::{
-    AddrClass, Backend, BackendStats, DataplaneConfig, Flow4Key, Flow6Key, FlowEntry, FlowRef,
-    PinStats, PinTarget, SnatAddr, SourceKey4, SourceRateKey, Vip4Key, Vip6Key, VipInfo, VipLimits,
-    VipMeta, VipStats,
+    AddrClass, Backend, BackendStats, DataplaneConfig, FilterBucket6, Flow4Key, Flow6Key,
+    FlowEntry, FlowRef, PinStats, PinTarget, SnatAddr, SourceKey4, SourceRateKey, Vip4Key, Vip6Key,
+    VipInfo, VipLimits, VipMeta, VipStats,
 };
 
 /// One change to a configuration map. `None` / zero values remove or clear.
@@ -37,6 +37,8 @@ pub enum Write {
     Vip6(Vip6Key, Option<VipMeta>),
     Addr6([u32; 4], Option<AddrClass>),
     Filter(u32, u64),
+    /// An `ADDR_FILTER6` bucket (all zero: empty).
+    Filter6(u32, FilterBucket6),
     /// `None` clears an entry beyond the pick count.
     SnatPick(u32, Option<u32>),
     /// The same for IPv6 SNAT addresses (`SNAT_PICKS` from `MAX_SNAT_ADDRS`).
@@ -63,6 +65,7 @@ impl Write {
             Write::Vip(_, m) | Write::Vip6(_, m) => m.is_none(),
             Write::Addr(_, c) | Write::Addr6(_, c) => c.is_none(),
             Write::Filter(_, v) => *v == 0,
+            Write::Filter6(_, b) => *b == FilterBucket6::default(),
             Write::TxPort(_, on) => !on,
             Write::IfaceMtu(_, m) => m.is_none(),
             Write::Source(_, v) => v.is_none(),
@@ -81,7 +84,7 @@ impl Write {
             Write::VipInfo(..) | Write::Source(..) | Write::VipLimits(..) | Write::Pin(..) => 3,
             Write::Vip(..) | Write::Vip6(..) => 4,
             Write::Addr(..) | Write::Addr6(..) => 5,
-            Write::Filter(..) => 6,
+            Write::Filter(..) | Write::Filter6(..) => 6,
             Write::SnatPick(..) | Write::SnatPick6(..) => 7,
             Write::TxPort(..) => 8,
             Write::IfaceMtu(..) => 9,
@@ -92,7 +95,7 @@ impl Write {
     /// Position in the second phase: users are taken away before what they use.
     fn shrink_rank(&self) -> u8 {
         match self {
-            Write::Filter(..) => 0,
+            Write::Filter(..) | Write::Filter6(..) => 0,
             Write::Addr(..) | Write::Addr6(..) => 1,
             Write::Vip(..) | Write::Vip6(..) => 2,
             Write::VipInfo(..) | Write::Source(..) | Write::VipLimits(..) | Write::Pin(..) => 3,
@@ -113,6 +116,7 @@ pub struct Image {
     pub snat_pick6: BTreeMap<u32, u32>,
     pub addrs: BTreeMap<u32, AddrClass>,
     pub filter: BTreeMap<u32, u64>,
+    pub filter6: BTreeMap<u32, FilterBucket6>,
     pub vips: BTreeMap<Vip4Key, VipMeta>,
     pub addrs6: BTreeMap<[u32; 4], AddrClass>,
     pub vips6: BTreeMap<Vip6Key, VipMeta>,
@@ -165,6 +169,9 @@ impl Image {
         diff_map(&self.addrs6, &new.addrs6, &mut w, Write::Addr6);
         diff_map(&self.filter, &new.filter, &mut w, |k, v| {
             Write::Filter(k, v.unwrap_or(0))
+        });
+        diff_map(&self.filter6, &new.filter6, &mut w, |k, v| {
+            Write::Filter6(k, v.unwrap_or_default())
         });
         diff_map(&self.snat_pick, &new.snat_pick, &mut w, Write::SnatPick);
         diff_map(&self.snat_pick6, &new.snat_pick6, &mut w, Write::SnatPick6);
@@ -221,6 +228,11 @@ impl Image {
             Write::Vip6(k, m) => put(&mut self.vips6, k, m),
             Write::Addr6(k, c) => put(&mut self.addrs6, k, c),
             Write::Filter(k, v) => put(&mut self.filter, k, (v != 0).then_some(v)),
+            Write::Filter6(k, b) => put(
+                &mut self.filter6,
+                k,
+                (b != FilterBucket6::default()).then_some(b),
+            ),
             Write::SnatPick(k, v) => put(&mut self.snat_pick, k, v),
             Write::SnatPick6(k, v) => put(&mut self.snat_pick6, k, v),
             Write::TxPort(k, on) => {
@@ -256,6 +268,9 @@ impl Image {
             Write::Vip6(k, _) => Write::Vip6(*k, self.vips6.get(k).copied()),
             Write::Addr6(k, _) => Write::Addr6(*k, self.addrs6.get(k).copied()),
             Write::Filter(k, _) => Write::Filter(*k, self.filter.get(k).copied().unwrap_or(0)),
+            Write::Filter6(k, _) => {
+                Write::Filter6(*k, self.filter6.get(k).copied().unwrap_or_default())
+            }
             Write::SnatPick(k, _) => Write::SnatPick(*k, self.snat_pick.get(k).copied()),
             Write::SnatPick6(k, _) => Write::SnatPick6(*k, self.snat_pick6.get(k).copied()),
             Write::TxPort(k, _) => Write::TxPort(*k, self.tx_ports.contains(k)),

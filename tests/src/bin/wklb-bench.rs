@@ -35,6 +35,9 @@ const REVERSE_TS: &str = "reverse, timestamps";
 const COOKIE_FORWARD: &str = "established forward, cookie flow (timestamps)";
 const COOKIE_REVERSE: &str = "reverse, cookie flow (timestamps)";
 const COOKIE_SYN: &str = "cookie SYN-ACK (SYN in cookie mode)";
+/// The floor plus a head move there and back (what the translated IPv6 rows pay extra: the
+/// bench undoes the data path's move after each run).
+const HEAD_MOVES: &str = "floor + head moved and back (bench undo of translated rows: half)";
 const V6_FORWARD: &str = "IPv6 established forward (to an IPv4 node)";
 const V6_REVERSE: &str = "IPv6 reverse (IPv4 node to an IPv6 client)";
 const V6_NODE_FORWARD: &str = "IPv6 established forward (to an IPv6 node)";
@@ -389,6 +392,15 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
             vip_flags: 0,
         },
         Case {
+            name: HEAD_MOVES,
+            program: "bench_floor_head_moves",
+            frame: tcp64(client, vip, "A"),
+            vary_source: false,
+            expect: None,
+            new_flows: false,
+            vip_flags: 0,
+        },
+        Case {
             name: "established forward",
             program: "bench_wklb",
             frame: tcp64(client, vip, "A"),
@@ -500,8 +512,9 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
     let mut cases: Vec<Case> = cases
         .into_iter()
         .filter(|c| {
-            only.as_ref()
-                .is_none_or(|o| c.name.contains(o.as_str()) || c.name == FLOOR)
+            only.as_ref().is_none_or(|o| {
+                c.name.contains(o.as_str()) || c.name == FLOOR || c.name == HEAD_MOVES
+            })
         })
         .collect();
     setup_flows(&mut fx, &mut cases)?;
