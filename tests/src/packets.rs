@@ -492,6 +492,9 @@ pub fn quoted_tuple(q: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16, bool) {
 /// packet whose checksums can be checked.
 pub fn checksums_valid(frame: &[u8]) -> Option<bool> {
     let s = SlicedPacket::from_ethernet(frame).ok()?;
+    if let Some(etherparse::NetSlice::Ipv6(ip)) = &s.net {
+        return checksums_valid6(&ip.header().to_header(), ip.payload().payload, &s.transport);
+    }
     let Some(etherparse::NetSlice::Ipv4(ip)) = &s.net else {
         return None;
     };
@@ -611,6 +614,40 @@ pub fn linux_syn_options(mss: u16, ts_val: u32, ts_ecr: u32, wscale: u8) -> Vec<
     o
 }
 
+/// IPv6: the TCP/UDP checksum (mandatory) or the ICMPv6 one (pseudo-header included); None for
+/// anything else (extension headers, cut short).
+fn checksums_valid6(
+    h: &etherparse::Ipv6Header,
+    payload: &[u8],
+    transport: &Option<TransportSlice>,
+) -> Option<bool> {
+    match transport {
+        Some(TransportSlice::Tcp(t)) => {
+            let th = t.to_header();
+            Some(th.calc_checksum_ipv6(h, t.payload()).ok()? == th.checksum)
+        }
+        Some(TransportSlice::Udp(u)) => {
+            let uh = u.to_header();
+            Some(uh.calc_checksum_ipv6(h, u.payload()).ok()? == uh.checksum)
+        }
+        _ if h.next_header == IpNumber::IPV6_ICMP && payload.len() >= 8 => {
+            Some(icmp6_checksum_ok(h, payload))
+        }
+        _ => None,
+    }
+}
+
+/// An ICMPv6 message's checksum over its pseudo-header and itself.
+fn icmp6_checksum_ok(h: &etherparse::Ipv6Header, icmp: &[u8]) -> bool {
+    let mut pseudo = Vec::with_capacity(40 + icmp.len());
+    pseudo.extend_from_slice(&h.source);
+    pseudo.extend_from_slice(&h.destination);
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(icmp);
+    internet_checksum(&pseudo) == 0
+}
+
 /// An ICMPv6 message the edge sent: addresses, type, code, the 4 bytes after the checksum (the
 /// MTU of a Packet Too Big), the quoted packet, and whether its checksum (pseudo-header
 /// included) verifies.
@@ -634,12 +671,6 @@ pub fn inspect_icmp6(frame: &[u8]) -> SeenIcmp6 {
     let h = ip.header().to_header();
     assert_eq!(h.next_header, IpNumber::IPV6_ICMP, "not ICMPv6");
     let icmp = ip.payload().payload;
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&h.source);
-    pseudo.extend_from_slice(&h.destination);
-    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, 58]);
-    pseudo.extend_from_slice(icmp);
     SeenIcmp6 {
         src: h.source,
         dst: h.destination,
@@ -648,6 +679,6 @@ pub fn inspect_icmp6(frame: &[u8]) -> SeenIcmp6 {
         code: icmp[1],
         rest: icmp[4..8].try_into().unwrap(),
         quote: icmp[8..].to_vec(),
-        checksum_ok: internet_checksum(&pseudo) == 0,
+        checksum_ok: icmp6_checksum_ok(&h, icmp),
     }
 }

@@ -6,7 +6,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use lb_common::{
     Backend, Flow6Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE, NO_BACKEND, Reason, Vip6Key, VipMeta,
-    conntrack::{is_initial_syn, syn_restarts_flow},
+    conntrack::is_initial_syn,
     hash::{flow_hash_v6_words, flow_hint_index_v6},
     ports_of, ports_word, slot,
 };
@@ -14,7 +14,7 @@ use lb_common::{
 use crate::{
     conntrack::{
         Flow,
-        forward::{fill, follow, no_state, pick},
+        forward::{fill, follow, no_state, pick, stale_for_syn},
     },
     maps::{BACKENDS, FLOW_HINTS4, FLOW_TABLE, FLOWS6, SNAT_ADDRS, VIP_INFO, VIPS6, config},
     parse::{Packet, ipv6::Addrs6},
@@ -54,25 +54,25 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, a: &Addrs6, any_port: u16) -
         stats::vip_syn(vip.vip_id, VipSyn::Syn);
     }
     let hash = flow_hash_v6_words(&a.src, &a.dst, sport, dport, p.proto);
-    match create(ctx, p, a, &key, &vip, hash, cfg) {
-        Ok(Some(f)) => return Found6::Flow(f),
-        Ok(None) => {}
-        Err(r) => return Found6::Refused(r, vip.vip_id),
+    // As for IPv4: a tuple that has a flow keeps it for a retransmitted SYN; a SYN on a closing
+    // or reset flow (or one whose backend is gone) ends it and gets a new one at once.
+    for _ in 0..2 {
+        match create(ctx, p, a, &key, &vip, hash, cfg) {
+            Ok(Some(f)) => return Found6::Flow(f),
+            Ok(None) => {}
+            Err(r) => return Found6::Refused(r, vip.vip_id),
+        }
+        match lookup(&key) {
+            Some(f) if !(syn && stale_for_syn(f.entry)) => return Found6::Flow(f),
+            Some(f) => snat::release(f.entry, f.token),
+            // The entry points at a slot being expired: replace it.
+            None => {}
+        }
+        let _ = FLOWS6.remove(&key);
     }
-    // The tuple has a flow: a retransmitted SYN follows it; a SYN on a closing or reset one
-    // ends it, and the client's retransmission creates the new flow.
     match lookup(&key) {
-        // SAFETY: a live FLOW_TABLE value pointer.
-        Some(f) if !(syn && syn_restarts_flow(unsafe { (*f.entry).state })) => Found6::Flow(f),
-        Some(f) => {
-            snat::release(f.entry, f.token);
-            let _ = FLOWS6.remove(&key);
-            Found6::Refused(Reason::DropInternal, vip.vip_id)
-        }
-        None => {
-            let _ = FLOWS6.remove(&key);
-            Found6::Refused(Reason::DropInternal, vip.vip_id)
-        }
+        Some(f) => Found6::Flow(f),
+        None => Found6::Refused(Reason::DropInternal, vip.vip_id),
     }
 }
 

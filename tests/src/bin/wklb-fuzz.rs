@@ -1,13 +1,14 @@
 //! Packet fuzzer for the XDP data path (`cargo xtask fuzz`): valid frames of every kind the edge
 //! handles (client and backend TCP/UDP, ICMP echo and errors quoting real translated packets,
-//! fragments, VLAN tags, IP options, host traffic) and mutations of them (bit flips, random
+//! fragments, VLAN tags, IP options, host traffic; IPv6 clients of the IPv4 nodes and of an
+//! IPv6 node, its replies, ICMPv6, extension headers) and mutations of them (bit flips, random
 //! bytes, truncation, extension, extreme header fields, with and without fixed checksums) go
 //! through the real object with BPF_PROG_TEST_RUN, in a private network namespace.
 //!
 //! Checked after every frame: the action is XDP_DROP, XDP_PASS, XDP_TX or XDP_REDIRECT (never
 //! XDP_ABORTED); a frame whose checksums verified leaves with checksums that verify (unless
 //! dropped). Checked after every batch: the reason counters grew by exactly the batch's frame
-//! count; FLOWS4 and the flow slots agree (every reference points at a slot it owns, with its
+//! count; FLOWS4, FLOWS6 and the flow slots agree (every reference points at a slot it owns, with its
 //! tuple; every claimed slot is referenced exactly once). Every few batches an expiry pass far
 //! in the future empties the table, which must then be empty on both sides.
 //!
@@ -28,8 +29,9 @@ use wklb_tests::{
     fixture::*,
     netns::in_private_netns,
     packets::{
-        Seen, Seg, TcpView, checksums_valid, echo, fix_ip_checksum, icmp_error, inspect,
-        linux_syn_options, tcp_seg, try_tcp_view, ts_option, udp, with_ip_options, with_vlan,
+        CLIENT_MAC, EDGE_MAC, Seen, Seg, TcpView, checksums_valid, echo, fix_ip_checksum,
+        icmp_error, inspect, linux_syn_options, tcp_seg, tcp6_seg, try_tcp_view, ts_option, udp,
+        udp6, with_ip_options, with_vlan,
     },
     root::have_root,
 };
@@ -62,12 +64,21 @@ const MAX_FLOWS: u32 = 4096;
 struct Memory {
     /// Frames the edge sent toward a backend (source: the SNAT address).
     to_backend: Vec<Vec<u8>>,
+    /// Frames the edge sent toward the IPv6 node (source: the IPv6 SNAT address).
+    to_backend6: Vec<Vec<u8>>,
     /// Frames the edge sent toward a client (source: the VIP).
     to_client: Vec<Vec<u8>>,
 }
 
 impl Memory {
     fn remember(&mut self, out: &[u8]) {
+        if let Some((SNAT6, _)) = source6(out) {
+            if self.to_backend6.len() >= 256 {
+                self.to_backend6.swap_remove(0);
+            }
+            self.to_backend6.push(out.to_vec());
+            return;
+        }
         let Some((src, _)) = source(out) else { return };
         let list = if src == SNAT {
             &mut self.to_backend
@@ -96,6 +107,25 @@ fn source(f: &[u8]) -> Option<(Ipv4Addr, u16)> {
     };
     Some((ip.header().source_addr(), port))
 }
+
+/// Source address and port of an untagged IPv6 TCP/UDP frame.
+fn source6(f: &[u8]) -> Option<([u8; 16], u16)> {
+    let s = etherparse::SlicedPacket::from_ethernet(f).ok()?;
+    let Some(etherparse::NetSlice::Ipv6(ip)) = &s.net else {
+        return None;
+    };
+    let port = match &s.transport {
+        Some(etherparse::TransportSlice::Tcp(t)) => t.source_port(),
+        Some(etherparse::TransportSlice::Udp(u)) => u.source_port(),
+        _ => return None,
+    };
+    Some((ip.header().source_addr().octets(), port))
+}
+
+/// The IPv6 VIP's TCP port served by the IPv6 node, and the IPv4 VIP's (both ids too).
+const V6_NODE_PORT: u16 = 5400;
+const V6_NODE_VIP6_ID: u32 = 9;
+const V6_NODE_VIP4_ID: u32 = 10;
 
 struct Gen {
     rng: SmallRng,
@@ -161,6 +191,75 @@ impl Gen {
                 ttl,
             },
         )
+    }
+
+    /// A TCP segment over IPv6 (random flags, sequence numbers, length, hop limit).
+    fn tcp6(&mut self, src: ([u8; 16], u16), dst: ([u8; 16], u16)) -> Vec<u8> {
+        let (flags, seq, ack, payload, ttl) = self.seg();
+        let syn = [2u8, 4, 0x05, 0xa0];
+        let options: &[u8] = if flags.contains('S') && self.rng.random_bool(0.5) {
+            &syn
+        } else {
+            &[]
+        };
+        tcp6_seg(
+            src,
+            dst,
+            *[0u8, 0xb8].choose(&mut self.rng).unwrap(),
+            &Seg {
+                flags: &flags,
+                seq,
+                ack,
+                win: self.rng.random(),
+                options,
+                payload: &payload,
+                ttl,
+            },
+        )
+    }
+
+    /// IPv6: clients of the IPv4 nodes and of the IPv6 node, the IPv6 node's replies, ICMPv6,
+    /// and extension headers.
+    fn valid6(&mut self) -> (u32, Vec<u8>) {
+        let client = (CLIENT6, self.client_port());
+        match self.rng.random_range(0..9) {
+            0 | 1 => (0, self.tcp6(client, (VIP6, VIP_TCP_PORT))),
+            2 | 3 => (0, self.tcp6(client, (VIP6, V6_NODE_PORT))),
+            4 => {
+                let port = self.client_port();
+                (0, self.tcp((CLIENT, port), (VIP, V6_NODE_PORT)))
+            }
+            5 => (0, udp6(client, (VIP6, VIP_UDP_PORT), b"request")),
+            6 => {
+                let port = match self.mem.to_backend6.choose(&mut self.rng) {
+                    Some(f) if self.rng.random_bool(0.9) => source6(f).map_or(0, |s| s.1),
+                    _ => self.rng.random(),
+                };
+                (1, self.tcp6((BACKEND6, V6_NODE_PORT), (SNAT6, port)))
+            }
+            7 => {
+                let mut f = Vec::new();
+                let dst = *[VIP6, SNAT6].choose(&mut self.rng).unwrap();
+                etherparse::PacketBuilder::ethernet2(CLIENT_MAC, EDGE_MAC)
+                    .ipv6(CLIENT6, dst, 64)
+                    .icmpv6(etherparse::Icmpv6Type::Unknown {
+                        type_u8: *[128u8, 129, 2, 1, 135, 136, 3]
+                            .choose(&mut self.rng)
+                            .unwrap(),
+                        code_u8: 0,
+                        bytes5to8: self.rng.random(),
+                    })
+                    .write(&mut f, b"ping")
+                    .expect("icmpv6");
+                (0, f)
+            }
+            _ => {
+                // An extension header (or a fragment) after the fixed header.
+                let mut f = self.tcp6(client, (VIP6, VIP_TCP_PORT));
+                f[20] = *[0u8, 43, 60, 44, 59].choose(&mut self.rng).unwrap();
+                (0, f)
+            }
+        }
     }
 
     /// A reply from a backend to a SNAT port the edge used (or a random one).
@@ -380,7 +479,11 @@ impl Gen {
     }
 
     fn frame(&mut self) -> (u32, Vec<u8>) {
-        let (side, f) = self.valid();
+        let (side, f) = if self.rng.random_bool(0.25) {
+            self.valid6()
+        } else {
+            self.valid()
+        };
         let f = self.wrap(f);
         let f = if self.rng.random_bool(0.4) {
             self.mutate(f)
@@ -445,7 +548,7 @@ fn shuffle(fx: &mut Fixture, rng: &mut SmallRng) -> Result<()> {
     fx.set_backend(2, addr, VIP_TCP_PORT, active)
 }
 
-/// FLOWS4 and the flow slots agree.
+/// FLOWS4, FLOWS6 and the flow slots agree.
 fn check_tables(fx: &Fixture) -> Result<(usize, usize)> {
     let refs = fx.flows.refs()?;
     let mut owners: HashMap<u32, usize> = HashMap::new();
@@ -468,6 +571,23 @@ fn check_tables(fx: &Fixture) -> Result<(usize, usize)> {
         }
         *owners.entry(r.slot).or_default() += 1;
     }
+    let refs6 = fx.flows.refs6()?;
+    for (key, r) in &refs6 {
+        let e = fx.flows.entry(r.slot);
+        let (cport, vport) = key.ports_host();
+        if e.owner != r.token
+            || e.flags & lb_common::FlowEntry::CLIENT_V6 == 0
+            || e.client != key.src
+            || (e.client_port, e.vip_port) != (cport, vport)
+        {
+            bail!(
+                "FLOWS6 {key:?} → slot {} token {}, slot holds {e:?}",
+                r.slot,
+                r.token
+            );
+        }
+        *owners.entry(r.slot).or_default() += 1;
+    }
     let mut claimed = 0;
     let mut bad = None;
     fx.flows.scan(&mut |s, e| {
@@ -480,9 +600,42 @@ fn check_tables(fx: &Fixture) -> Result<(usize, usize)> {
         }
     });
     if let Some((s, owner, n)) = bad {
-        bail!("slot {s} (owner {owner}) is referenced {n} times by FLOWS4, not once");
+        bail!("slot {s} (owner {owner}) is referenced {n} times by FLOWS4 and FLOWS6, not once");
     }
-    Ok((refs.len(), claimed))
+    Ok((refs.len() + refs6.len(), claimed))
+}
+
+/// The IPv6 VIP (TCP, UDP) on the IPv4 nodes; the IPv6 node behind both VIP addresses' port
+/// `V6_NODE_PORT`.
+fn ipv6(fx: &mut Fixture) {
+    fx.add_ipv6_vip();
+    fx.add_ipv6_node(SNAT6_INDEX);
+    fx.add_ipv6_vip_on(
+        V6_NODE_VIP6_ID,
+        V6_NODE_PORT,
+        lb_common::PROTO_TCP,
+        &[(B6_TCP, 1)],
+    );
+    let key = lb_common::Vip4Key::new(word(VIP), V6_NODE_PORT, lb_common::PROTO_TCP);
+    fx.image.vips.insert(
+        key,
+        VipMeta {
+            vip_id: V6_NODE_VIP4_ID,
+            flags: 0,
+        },
+    );
+    fx.image.vip_info.insert(
+        V6_NODE_VIP4_ID,
+        lb_common::VipInfo {
+            addr: lb_common::Addr::v4(VIP.octets()),
+            port: V6_NODE_PORT,
+            proto: lb_common::PROTO_TCP,
+            family: lb_common::FAMILY_IPV4,
+            flags: 0,
+        },
+    );
+    fx.install(V6_NODE_VIP4_ID, &[(B6_TCP, 1)])
+        .expect("IPv4 VIP of the IPv6 node");
 }
 
 fn hex(f: &[u8]) -> String {
@@ -491,6 +644,7 @@ fn hex(f: &[u8]) -> String {
 
 fn fuzz(cli: Cli, seed: u64) -> Result<()> {
     let mut fx = Fixture::new(MAX_FLOWS)?;
+    ipv6(&mut fx);
     let mut g = Gen {
         rng: SmallRng::seed_from_u64(seed),
         mem: Memory::default(),
