@@ -1516,7 +1516,8 @@ fn verifier_instruction_count() {
         // at data-dependent offsets did: 920,000). Two address families' pipelines: IPv4 alone
         // was 273,516, with the IPv6 one 449,116, with IPv6 data nodes (their sending in a
         // program of its own), ICMPv6 echo and IPv6 hints 462,408; with IPv6 port reuse handled
-        // like IPv4's (a second creation attempt) 507,171.
+        // like IPv4's (a second creation attempt) 507,171; handing path-MTU errors about IPv6
+        // nodes' flows to the sender 538,358.
         assert!(
             n > 0 && n < 550_000,
             "{n} instructions processed by the verifier"
@@ -2057,11 +2058,26 @@ fn echo_requests_to_an_ipv6_vip_are_answered_and_neighbour_discovery_passes() {
 }
 
 #[test]
-fn icmp_errors_about_flows_with_an_ipv6_side_go_to_the_kernel() {
+fn path_mtu_errors_about_flows_with_an_ipv6_side_reach_the_backend_in_its_family() {
     with_fixture("ipv6_icmp_errors", 1024, |fx| {
-        // An IPv6 client of an IPv4 node: a router on the node's side cannot be answered in
-        // IPv4 to the client's address.
         fx.add_ipv6_vip();
+        fx.add_ipv6_node(SNAT6_INDEX);
+        // The IPv6 VIP's TCP port on the IPv6 node, the IPv4 VIP's too; the UDP ports stay on
+        // the IPv4 nodes.
+        fx.install(V6_VIP_ID, &[(B6_TCP, 1)]).unwrap();
+        fx.install(TCP_VIP_ID, &[(B6_TCP, 1)]).unwrap();
+        let router6 = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe];
+        let ptb = |about: &[u8], mtu| {
+            let mut f = Vec::new();
+            etherparse::PacketBuilder::ethernet2(CLIENT_MAC, [2, 0, 0, 0, 0xe, 1])
+                .ipv6(router6, VIP6, 64)
+                .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu })
+                .write(&mut f, &about[14..])
+                .unwrap();
+            f
+        };
+        let big = vec![0x6b; 1200];
+        // 1. An IPv6 client of the IPv6 node: the node's reply was too big further on.
         let syn = packets::tcp6_seg(
             (CLIENT6, 49000),
             (VIP6, VIP_TCP_PORT),
@@ -2072,20 +2088,67 @@ fn icmp_errors_about_flows_with_an_ipv6_side_go_to_the_kernel() {
                 ..Seg::default()
             },
         );
-        let (act, sent) = fx.run(fx.client_if, &syn).unwrap();
-        assert_eq!(act, XDP_REDIRECT);
-        let err = icmp_error(BACKEND_SIDE_ROUTER, SNAT, 3, 4, [0, 0, 5, 0x78], &sent, 28);
-        let before = fx.reasons();
-        assert_eq!(
-            fx.run(fx.backend_if, &err).unwrap(),
-            (XDP_PASS, err.clone())
+        let (_, out) = fx.run(fx.client_if, &syn).unwrap();
+        let sp = packets::inspect6(&out).src_port;
+        let data = packets::tcp6_seg(
+            (BACKEND6, VIP_TCP_PORT),
+            (SNAT6, sp),
+            0,
+            &Seg {
+                flags: "A",
+                seq: BACKEND_ISN + 1,
+                ack: ISN + 1,
+                payload: &big,
+                ..Seg::default()
+            },
         );
-        assert_only(fx, &before, Reason::PassIcmp, 1);
-        // An IPv4 client of an IPv6 node: a router on the client's side, about the node's reply.
-        fx.add_ipv6_node(SNAT6_INDEX);
-        fx.install(TCP_VIP_ID, &[(B6_TCP, 1)]).unwrap();
+        let (act, reply) = fx.run(fx.backend_if, &data).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        let before = fx.reasons();
+        let (act, out) = fx.run(fx.client_if, &ptb(&reply, 1280)).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        assert_only(fx, &before, Reason::IcmpErrorToBackend, 1);
+        let e = packets::inspect_icmp6(&out);
+        assert!(e.checksum_ok, "{e:?}");
+        assert_eq!((e.src, e.dst, e.icmp_type), (SNAT6, BACKEND6, 2));
+        assert_eq!(u32::from_be_bytes(e.rest), 1280);
+        // The node's own packet is quoted: BACKEND6:5100 → SNAT6:port, its sequence number.
+        let q = &e.quote;
+        assert_eq!((&q[8..24], &q[24..40]), (&BACKEND6[..], &SNAT6[..]));
+        assert_eq!(u16::from_be_bytes([q[40], q[41]]), VIP_TCP_PORT);
+        assert_eq!(u16::from_be_bytes([q[42], q[43]]), sp);
+        assert_eq!(
+            u32::from_be_bytes([q[44], q[45], q[46], q[47]]),
+            BACKEND_ISN + 1
+        );
+
+        // 2. An IPv6 client of an IPv4 node (UDP): fragmentation-needed 20 bytes smaller.
+        let (_, out) = fx
+            .run(
+                fx.client_if,
+                &packets::udp6((CLIENT6, 49001), (VIP6, VIP_UDP_PORT), b"hello"),
+            )
+            .unwrap();
+        let s = inspect(&out);
+        let answer = udp((s.dst, VIP_UDP_PORT), (SNAT, s.src_port), &big);
+        let (act, reply) = fx.run(fx.backend_if, &answer).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        let (act, out) = fx.run(fx.client_if, &ptb(&reply, 1280)).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        let e = inspect_icmp(&out);
+        assert!(e.checksums_ok, "{e:?}");
+        assert_eq!((e.src, e.dst, e.icmp_type, e.code), (SNAT, s.dst, 3, 4));
+        assert_eq!(u16::from_be_bytes([e.rest[2], e.rest[3]]), 1260);
+        let (qs, qsp, qd, qdp, ok) = quoted_tuple(&e.quote);
+        assert_eq!(
+            (qs, qsp, qd, qdp, ok),
+            (s.dst, VIP_UDP_PORT, SNAT, s.src_port, true)
+        );
+
+        // 3. An IPv4 client of the IPv6 node: a router on the client's side, about the node's
+        // reply, becomes a Packet Too Big 20 bytes larger.
         let syn = tcp_seg(
-            client(49001),
+            client(49002),
             VIP_TCP,
             &Seg {
                 flags: "S",
@@ -2094,25 +2157,53 @@ fn icmp_errors_about_flows_with_an_ipv6_side_go_to_the_kernel() {
             },
         );
         let (_, out) = fx.run(fx.client_if, &syn).unwrap();
-        let s = packets::inspect6(&out);
-        let synack = packets::tcp6_seg(
+        let sp = packets::inspect6(&out).src_port;
+        let data = packets::tcp6_seg(
             (BACKEND6, VIP_TCP_PORT),
-            (SNAT6, s.src_port),
+            (SNAT6, sp),
             0,
             &Seg {
-                flags: "SA",
-                seq: BACKEND_ISN,
+                flags: "A",
+                seq: BACKEND_ISN + 1,
                 ack: ISN + 1,
+                payload: &big,
                 ..Seg::default()
             },
         );
-        let (act, reply) = fx.run(fx.backend_if, &synack).unwrap();
+        let (act, reply) = fx.run(fx.backend_if, &data).unwrap();
         assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
         let router = Ipv4Addr::new(10, 10, 0, 254);
-        let err = icmp_error(router, VIP, 3, 4, [0, 0, 5, 0x78], &reply, 28);
+        let err = icmp_error(router, VIP, 3, 4, [0, 0, 0x04, 0xd8], &reply, 28);
+        let (act, out) = fx.run(fx.client_if, &err).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        let e = packets::inspect_icmp6(&out);
+        assert!(e.checksum_ok, "{e:?}");
+        assert_eq!((e.src, e.dst, e.icmp_type), (SNAT6, BACKEND6, 2));
+        assert_eq!(u32::from_be_bytes(e.rest), 1240 + 20);
+
+        // Not about one of our flows, or not a path-MTU error: the kernel's.
+        let stray = packets::tcp6_seg((VIP6, VIP_TCP_PORT), (CLIENT6, 1), 0, &Seg::default());
         let before = fx.reasons();
-        assert_eq!(fx.run(fx.client_if, &err).unwrap(), (XDP_PASS, err.clone()));
+        assert_eq!(
+            fx.run(fx.client_if, &ptb(&stray, 1280)).unwrap().0,
+            XDP_PASS
+        );
         assert_only(fx, &before, Reason::PassIcmp, 1);
+        let unreachable = icmp_error(router, VIP, 3, 1, [0; 4], &reply, 28);
+        assert_eq!(fx.run(fx.client_if, &unreachable).unwrap().0, XDP_PASS);
+        // An IPv6 client's flow on an IPv4 node, an error from the node's side: not
+        // translated to ICMPv6 (the kernel's).
+        let (_, sent) = fx
+            .run(
+                fx.client_if,
+                &packets::udp6((CLIENT6, 49003), (VIP6, VIP_UDP_PORT), b"x"),
+            )
+            .unwrap();
+        let err = icmp_error(BACKEND_SIDE_ROUTER, SNAT, 3, 4, [0, 0, 5, 0x78], &sent, 28);
+        assert_eq!(
+            fx.run(fx.backend_if, &err).unwrap(),
+            (XDP_PASS, err.clone())
+        );
     });
 }
 

@@ -138,8 +138,17 @@ fn to_backend(ctx: &XdpContext, p: &Packet, q: Inner) -> Option<Result<Plan, Ver
     }
     // SAFETY: a live FLOW_TABLE value pointer.
     let e = unsafe { &*f.entry };
-    // An IPv6 backend's flow: the error would have to become ICMPv6 (not done; the kernel's).
+    // An IPv6 node's flow: its fragmentation-needed becomes a Packet Too Big in the sender
+    // program (`v6::path_mtu`); other errors are the kernel's.
     if e.flags & FlowEntry::BACKEND_V6 != 0 {
+        let t = ptr_at::<[u8; 2]>(ctx, p.l4())?;
+        // SAFETY: bounds checked by ptr_at.
+        let (t, c) = unsafe { ((*t)[0], (*t)[1]) };
+        if t == lb_common::icmp::DEST_UNREACH && c == lb_common::icmp::FRAG_NEEDED {
+            return Some(Err(crate::v6::backend::defer_icmp(
+                crate::v6::path_mtu::FROM_V4,
+            )));
+        }
         return None;
     }
     let snat_addr = e.client[2];

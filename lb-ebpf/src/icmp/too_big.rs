@@ -52,6 +52,27 @@ pub fn send6(ctx: &XdpContext, p: &Packet, mtu: u32, src: &[u32; 4], dst: &[u32;
     verdict(done)
 }
 
+/// The frame becomes fragmentation-needed (`mtu`) from `src` to `dst`, quoting what it holds
+/// at `l3` (which must be at least `QUOTE_LEN` bytes); sending it is the caller's.
+#[inline(always)]
+pub fn frame4(ctx: &XdpContext, l3: usize, mtu: u16, src: u32, dst: u32) -> Option<()> {
+    if l3 == 14 {
+        build::<14>(ctx, mtu, src, dst)
+    } else {
+        build::<18>(ctx, mtu, src, dst)
+    }
+}
+
+/// The same as a Packet Too Big (quoting `icmp6::QUOTE_LEN` bytes).
+#[inline(always)]
+pub fn frame6(ctx: &XdpContext, l3: usize, mtu: u32, src: &[u32; 4], dst: &[u32; 4]) -> Option<()> {
+    if l3 == 14 {
+        build6::<14>(ctx, mtu, src, dst)
+    } else {
+        build6::<18>(ctx, mtu, src, dst)
+    }
+}
+
 #[inline(always)]
 fn verdict(done: Option<()>) -> Verdict {
     match done {

@@ -52,6 +52,8 @@ pub struct Deferred {
     /// Non-zero: not a send but an IPv6 node's reply to the SNAT address of this class
     /// (`flags | snat_index << 16`); the other fields are not set then.
     pub reply_to: u32,
+    /// Non-zero: a path-MTU error to turn toward a backend (`path_mtu::FROM_*`).
+    pub icmp: u32,
 }
 
 /// Records `flow` (and whether the SYN's options were walked) for `finish`.
@@ -68,6 +70,7 @@ pub fn defer(flow: &Flow, opts: Option<&Options>) -> Verdict {
         (*d).accepted = flow.accepted as u32;
         (*d).syn_options = opts.is_some() as u32;
         (*d).reply_to = 0;
+        (*d).icmp = 0;
     }
     Verdict {
         action: DEFERRED,
@@ -83,10 +86,27 @@ pub fn defer_reply(class: AddrClass) -> Verdict {
     };
     // SAFETY: this CPU's slot; read back by `finish` in the same program run. The SNAT bit
     // keeps the word non-zero.
-    unsafe { (*d).reply_to = class.flags as u32 | (class.snat_index as u32) << 16 };
+    unsafe {
+        (*d).reply_to = class.flags as u32 | (class.snat_index as u32) << 16;
+        (*d).icmp = 0;
+    }
     Verdict {
         action: DEFERRED,
         reason: Reason::Reversed,
+    }
+}
+
+/// A path-MTU error for `path_mtu` (`kind`: `path_mtu::FROM_V4` or `FROM_V6`).
+#[inline(always)]
+pub fn defer_icmp(kind: u32) -> Verdict {
+    let Some(d) = DEFERRED_SEND.get_ptr_mut(0) else {
+        return Verdict::of(Reason::DropInternal);
+    };
+    // SAFETY: this CPU's slot; read back by `finish` in the same program run.
+    unsafe { (*d).icmp = kind };
+    Verdict {
+        action: DEFERRED,
+        reason: Reason::IcmpErrorToBackend,
     }
 }
 
@@ -103,7 +123,12 @@ pub fn hand_over(ctx: &XdpContext) -> Verdict {
 #[inline(always)]
 pub fn finish(ctx: &XdpContext) -> Verdict {
     // What the main program recorded says which: no second address lookup here.
-    let reply_to = DEFERRED_SEND.get(0).map_or(0, |d| d.reply_to);
+    let (icmp, reply_to) = DEFERRED_SEND
+        .get(0)
+        .map_or((0, 0), |d| (d.icmp, d.reply_to));
+    if icmp != 0 {
+        return Verdict::from_word(super::path_mtu::translate(ctx, icmp));
+    }
     if reply_to != 0 {
         let class = AddrClass {
             flags: reply_to as u16,

@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod flows;
+pub mod path_mtu;
 pub mod xlat;
 
 use aya_ebpf::programs::XdpContext;
@@ -41,7 +42,16 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
     let vip_addr = class.flags & AddrClass::VIP != 0;
     let (mut p, a) = match ipv6::parse(ctx, l3, vlan) {
         Parsed6::Ok(p, a) => (p, a),
-        Parsed6::Icmp if vip_addr => return crate::icmp::echo::reply6(ctx, l3),
+        Parsed6::Icmp if vip_addr => {
+            // A Packet Too Big about a reply: the sender program turns it toward the backend.
+            return match crate::parse::ptr_at::<u8>(ctx, l3 + ipv6::HDR_LEN) {
+                // SAFETY: bounds checked by ptr_at.
+                Some(t) if unsafe { *t } == lb_common::icmp::v6::PACKET_TOO_BIG => {
+                    backend::defer_icmp(path_mtu::FROM_V6)
+                }
+                _ => crate::icmp::echo::reply6(ctx, l3),
+            };
+        }
         Parsed6::Icmp => return Verdict::of(Reason::PassIcmp),
         Parsed6::Fragment if vip_addr => return Verdict::of(Reason::DropFragment),
         // Extension headers and other protocols to a VIP: not a client of ours.

@@ -66,17 +66,24 @@ struct Memory {
     to_backend: Vec<Vec<u8>>,
     /// Frames the edge sent toward the IPv6 node (source: the IPv6 SNAT address).
     to_backend6: Vec<Vec<u8>>,
+    /// Frames the edge sent toward IPv6 clients (source: the IPv6 VIP).
+    to_client6: Vec<Vec<u8>>,
     /// Frames the edge sent toward a client (source: the VIP).
     to_client: Vec<Vec<u8>>,
 }
 
 impl Memory {
     fn remember(&mut self, out: &[u8]) {
-        if let Some((SNAT6, _)) = source6(out) {
-            if self.to_backend6.len() >= 256 {
-                self.to_backend6.swap_remove(0);
+        if let Some((src, _)) = source6(out) {
+            let list = match src {
+                SNAT6 => &mut self.to_backend6,
+                VIP6 => &mut self.to_client6,
+                _ => return,
+            };
+            if list.len() >= 256 {
+                list.swap_remove(0);
             }
-            self.to_backend6.push(out.to_vec());
+            list.push(out.to_vec());
             return;
         }
         let Some((src, _)) = source(out) else { return };
@@ -222,7 +229,28 @@ impl Gen {
     /// and extension headers.
     fn valid6(&mut self) -> (u32, Vec<u8>) {
         let client = (CLIENT6, self.client_port());
-        match self.rng.random_range(0..9) {
+        match self.rng.random_range(0..10) {
+            9 => {
+                // A router on the client side: Packet Too Big about a reply the edge sent.
+                let Some(about) = self.mem.to_client6.choose(&mut self.rng).cloned() else {
+                    return (0, self.tcp6(client, (VIP6, VIP_TCP_PORT)));
+                };
+                let mtu = *[1280u32, 1400, 0, 68, 65535].choose(&mut self.rng).unwrap();
+                let quote = about
+                    .len()
+                    .min(14 + *[48usize, 96, 1232].choose(&mut self.rng).unwrap());
+                let mut f = Vec::new();
+                etherparse::PacketBuilder::ethernet2(CLIENT_MAC, EDGE_MAC)
+                    .ipv6(
+                        [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe],
+                        VIP6,
+                        64,
+                    )
+                    .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu })
+                    .write(&mut f, &about[14..quote])
+                    .expect("packet too big");
+                (0, f)
+            }
             0 | 1 => (0, self.tcp6(client, (VIP6, VIP_TCP_PORT))),
             2 | 3 => (0, self.tcp6(client, (VIP6, V6_NODE_PORT))),
             4 => {
