@@ -50,6 +50,15 @@ pub fn workspace_root() -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (relative to the workspace),
+/// else `target/` of the workspace.
+pub fn target_dir() -> std::path::PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => workspace_root().join(d),
+        _ => workspace_root().join("target"),
+    }
+}
+
 /// Runs a long interactive child to completion. Ctrl-C reaches the child too (same process
 /// group); xtask itself keeps waiting so the child can finish its cleanup before the prompt
 /// returns.

@@ -94,7 +94,7 @@ fn run(task: Task) -> Result<()> {
             }
             cmd::cargo(&a)?;
             if setup::is_root() {
-                let debug = cmd::workspace_root().join("target/debug");
+                let debug = cmd::target_dir().join("debug");
                 cmd::step("fuzzing the data path (200,000 frames)");
                 cmd::run(
                     &debug.join("wklb-fuzz").to_string_lossy(),
@@ -114,7 +114,7 @@ fn run(task: Task) -> Result<()> {
             cmd::step("building wklb and the demo (release)");
             build_release_bins()?;
             cmd::step("running the demo (Ctrl-C at any time removes everything it created)");
-            let demo = cmd::workspace_root().join("target/release/wklb-demo");
+            let demo = cmd::target_dir().join("release/wklb-demo");
             match edges {
                 None => cmd::run_foreground(&demo, &[]),
                 Some(n) => cmd::run_foreground(&demo, &["--edges", &n.to_string()]),
@@ -129,7 +129,7 @@ fn run(task: Task) -> Result<()> {
             cmd::step("building wklb and the benchmark (release)");
             build_release_bins()?;
             cmd::step("running the benchmarks (data path, control plane, end to end)");
-            let bin = cmd::workspace_root().join("target/release/wklb-bench");
+            let bin = cmd::target_dir().join("release/wklb-bench");
             let bin = bin
                 .to_str()
                 .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
@@ -150,7 +150,7 @@ fn run(task: Task) -> Result<()> {
                 "wklb-fuzz",
             ])?;
             cmd::step(&format!("fuzzing the data path ({frames} frames)"));
-            let bin = cmd::workspace_root().join("target/release/wklb-fuzz");
+            let bin = cmd::target_dir().join("release/wklb-fuzz");
             let frames = frames.to_string();
             let mut args = vec!["--frames", frames.as_str()];
             let seed = seed.map(|s| s.to_string());
