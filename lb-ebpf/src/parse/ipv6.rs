@@ -1,6 +1,7 @@
-//! IPv6: the fixed header, then TCP or UDP directly after it. Extension headers are not walked:
-//! a TCP/UDP service's clients do not send them, and every walk step would be a verifier path.
-//! What follows the fixed header decides (`Parsed6`); the caller drops and counts for a VIP.
+//! IPv6: the fixed header, up to two extension headers (hop-by-hop, destination options, a
+//! routing header with no segments left), then TCP or UDP. What follows decides (`Parsed6`):
+//! fragments, other headers and routing headers with segments left are not served; the caller
+//! drops and counts them for a VIP.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{PROTO_TCP, PROTO_UDP, conntrack::Segment};
@@ -10,6 +11,13 @@ use super::{Packet, load32, opaque, ptr_at, tcp};
 pub const HDR_LEN: usize = 40;
 const NH_FRAGMENT: u8 = 44;
 const NH_ICMPV6: u8 = 58;
+const NH_HOP_BY_HOP: u8 = 0;
+const NH_ROUTING: u8 = 43;
+const NH_DEST_OPTS: u8 = 60;
+/// Extension headers walked before TCP/UDP, and the longest one (bytes): a hop-by-hop or
+/// destination-options header with a few options, a routing header with nothing left to do.
+const MAX_EXT: usize = 2;
+const MAX_EXT_LEN: usize = 64;
 const UDP_LEN: usize = 8;
 
 /// An IPv6 packet's addresses and first header word (version, traffic class, flow label), as
@@ -66,16 +74,23 @@ pub fn parse(ctx: &XdpContext, l3: usize, vlan: u16) -> Parsed6 {
     if opaque(ctx.data() + end) > ctx.data_end() {
         return Parsed6::Malformed;
     }
+    let (nh, ext) = match walk(ctx, l3 + HDR_LEN, nh) {
+        // The length hidden from the verifier's value tracking (one bounded range): each
+        // exact length would otherwise take the rest of the program through a path of its own.
+        Some((nh, ext)) => (nh, opaque(ext) & 0xff),
+        None => return Parsed6::Other,
+    };
     match nh {
         PROTO_TCP | PROTO_UDP => {}
-        NH_ICMPV6 => return Parsed6::Icmp,
+        // ICMPv6 the data path answers (echo, Packet Too Big) comes without extension headers.
+        NH_ICMPV6 if ext == 0 => return Parsed6::Icmp,
         NH_FRAGMENT => return Parsed6::Fragment,
         _ => return Parsed6::Other,
     }
     let mut p = Packet {
         l3_off: l3 as u32,
         vlan,
-        l4_off: (l3 + HDR_LEN) as u32,
+        l4_off: (l3 + HDR_LEN + ext) as u32,
         proto: nh,
         ttl: hop,
         df: true,
@@ -103,4 +118,35 @@ pub fn parse(ctx: &XdpContext, l3: usize, vlan: u16) -> Parsed6 {
         return Parsed6::Malformed;
     }
     Parsed6::Ok(p, Addrs6 { src, dst, word0 })
+}
+
+/// Walks hop-by-hop, destination-options and spent routing headers (segments left 0, so the
+/// destination is final) from `at`: the next header after them and their length. None for
+/// anything this edge does not serve: a routing header with segments left (the packet is not
+/// at its destination), more than `MAX_EXT` headers, or one longer than `MAX_EXT_LEN`.
+/// Fragment and other headers end the walk (the caller decides).
+#[inline(always)]
+fn walk(ctx: &XdpContext, at: usize, first: u8) -> Option<(u8, usize)> {
+    let (mut nh, mut len) = (first, 0usize);
+    for _ in 0..MAX_EXT {
+        if nh != NH_HOP_BY_HOP && nh != NH_DEST_OPTS && nh != NH_ROUTING {
+            return Some((nh, len));
+        }
+        let h = ptr_at::<[u8; 4]>(ctx, at + len)?;
+        // SAFETY: bounds checked by ptr_at.
+        let [next, units, _, segments_left] = unsafe { *h };
+        if nh == NH_ROUTING && segments_left != 0 {
+            return None;
+        }
+        let n = (units as usize + 1) * 8;
+        if n > MAX_EXT_LEN {
+            return None;
+        }
+        nh = next;
+        len += n;
+    }
+    if nh == NH_HOP_BY_HOP || nh == NH_DEST_OPTS || nh == NH_ROUTING {
+        return None;
+    }
+    Some((nh, len))
 }

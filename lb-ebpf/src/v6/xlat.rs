@@ -41,10 +41,12 @@ pub fn to_v4(
         unsafe { *old },
         p.proto,
     );
-    let payload = p.ip_len.checked_sub(40)?;
+    // Extension headers walked by the parser go with the IPv6 header.
+    let ext = (p.l4() - p.l3() - 40) & 255;
+    let payload = p.ip_len.checked_sub((40 + ext) as u16)?;
     let l2 = l2_words(ctx)?;
     // SAFETY: plain helper call on our context.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, GROWTH_V4_TO_V6 as i32) } != 0 {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, (GROWTH_V4_TO_V6 + ext) as i32) } != 0 {
         return None;
     }
     write_l2(ctx, &l2, p.vlan != 0, ETH_P_IPV4)?;
@@ -150,7 +152,7 @@ pub fn rewrite_v6(
     );
     let l3 = p.l3();
     let ip = ptr_at::<[u32; 10]>(ctx, l3)? as *mut u8;
-    let l4 = ptr_at::<[u8; 8]>(ctx, l3 + 40)? as *mut u8;
+    let l4 = ptr_at::<[u8; 8]>(ctx, p.l4())? as *mut u8;
     // SAFETY: bounds checked by ptr_at; `src` and `dst` are map values or stack copies.
     unsafe {
         *ip.add(7) = p.ttl - 1;
@@ -164,7 +166,7 @@ pub fn rewrite_v6(
         store32(ip.add(36), dst[3]);
         store32(l4, ports);
     }
-    store_csum(ctx, l3 + 40 + csum_at, c)
+    store_csum(ctx, p.l4() + csum_at, c)
 }
 
 #[inline(always)]
