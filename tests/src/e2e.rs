@@ -160,6 +160,16 @@ pub fn count(r: &Value, key: &str, b: &str) -> u64 {
     r[key][b].as_u64().unwrap_or(0)
 }
 
+/// After b2 died: some of its clients' connections ended, and none of b1's or b3's.
+pub fn assert_only_b2_broke(r: &Value, what: &str) {
+    assert!(count(r, "broken_per_backend", "b2") > 0, "{what}: {r:#}");
+    assert_eq!(
+        count(r, "broken_per_backend", "b1") + count(r, "broken_per_backend", "b3"),
+        0,
+        "{what}: healthy backends' connections broke: {r:#}"
+    );
+}
+
 pub fn udp_client(t: &Topology, requests: usize) -> std::process::Child {
     t.client(&[
         "udp",
