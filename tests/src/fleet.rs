@@ -92,6 +92,7 @@ impl Fleet {
     }
 
     pub fn with_router(edges: usize, backends: usize, router: Router) -> Result<Self> {
+        crate::programs::require_lab()?;
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let id = format!(
             "wf{}x{}",
@@ -319,7 +320,7 @@ impl Fleet {
             "-s".as_ref(),
             ctl.as_os_str(),
         ];
-        let p = Proc::spawn_quiet(ns, "bird", args, format!("bird-{name}"), "bird2")?;
+        let p = Proc::spawn_quiet(ns, "bird", args, format!("bird-{name}"))?;
         let t = Instant::now();
         while !ctl.exists() {
             if t.elapsed() > Duration::from_secs(10) {

@@ -7,5 +7,6 @@ pub mod lab;
 pub mod netns;
 pub mod packets;
 pub mod peers;
+pub mod programs;
 pub mod root;
 pub mod topology;

@@ -114,15 +114,9 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// `program args` started in namespace `ns` with no standard streams, named `name`;
-    /// `package` is what installs the program, for the error when it cannot start.
-    pub fn spawn_quiet<I, A>(
-        ns: &str,
-        program: &str,
-        args: I,
-        name: String,
-        package: &str,
-    ) -> Result<Proc>
+    /// `program args` started in namespace `ns` with no standard streams, named `name`; the
+    /// error names the package that installs the program (from `tests/programs.txt`).
+    pub fn spawn_quiet<I, A>(ns: &str, program: &str, args: I, name: String) -> Result<Proc>
     where
         I: IntoIterator<Item = A>,
         A: AsRef<std::ffi::OsStr>,
@@ -132,9 +126,10 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {program} (apt-get install {package})"))?;
+        let child = cmd.spawn().with_context(|| {
+            let package = crate::programs::package_of(program).unwrap_or_default();
+            format!("starting {program} (Debian package {package}; `sudo cargo xtask setup`)")
+        })?;
         Ok(Proc { name, child })
     }
 
@@ -225,6 +220,7 @@ impl Topology {
     }
 
     pub fn with_shape(n: usize, shape: Shape) -> Result<Self> {
+        crate::programs::require_lab()?;
         let id = format!(
             "wk{}x{}",
             std::process::id() % 100_000,
@@ -518,7 +514,6 @@ impl Topology {
             "iperf3",
             ["-s", "-p", &IPERF_PORT.to_string()],
             format!("iperf3-b{}", i + 1),
-            "iperf3",
         )?;
         wait_port(&self.backend_ns[i], backend_addr(i), IPERF_PORT)?;
         Ok(p)
@@ -883,7 +878,6 @@ pub(crate) fn spawn_health(dir: &Path, ns: &str, i: usize) -> Result<Proc> {
             &prefix.to_string_lossy(),
         ],
         format!("nginx-b{}", i + 1),
-        "nginx",
     )?;
     wait_port(ns, backend_addr(i), HEALTH_PORT)?;
     Ok(p)

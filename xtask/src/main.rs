@@ -4,13 +4,15 @@ mod setup;
 
 use anyhow::Result;
 use clap::Parser;
+use setup::Lab;
 
 #[derive(Parser)]
 #[command(about = "wklb build, test and benchmark tasks")]
 enum Task {
-    /// Install what a fresh machine lacks: Debian packages, nightly rust-src, bpf-linker.
+    /// Install what a fresh machine lacks for every task: nightly rust-src, bpf-linker, the
+    /// Debian packages of every program in tests/programs.txt; mount bpffs at /sys/fs/bpf.
     Setup,
-    /// Build the XDP object and the `wklb` binary (release).
+    /// Build the XDP object and the `wklb` binary (release). Needs only the toolchain.
     Build,
     /// Run setup if needed, then every test (privileged ones need root; CI runs as root).
     Test {
@@ -71,14 +73,14 @@ fn build_release_bins() -> Result<()> {
 
 fn run(task: Task) -> Result<()> {
     match task {
-        Task::Setup => setup::ensure(),
+        Task::Setup => setup::lab(&[Lab::Test, Lab::Demo, Lab::Bench]),
         Task::Build => {
-            setup::ensure()?;
+            setup::toolchain()?;
             cmd::step("building the XDP object and wklb (release)");
             cmd::cargo(&["build", "--release", "-p", "lb-userspace"])
         }
         Task::Test { args } => {
-            setup::ensure()?;
+            setup::lab(&[Lab::Test])?;
             if !setup::is_root() {
                 println!(
                     "xtask: not root: privileged tests (XDP load, network namespaces) will be skipped; run `sudo cargo xtask test` to include them"
@@ -110,7 +112,7 @@ fn run(task: Task) -> Result<()> {
                     "the demo creates network namespaces and loads XDP: run `sudo cargo xtask demo`"
                 );
             }
-            setup::ensure()?;
+            setup::lab(&[Lab::Demo])?;
             cmd::step("building wklb and the demo (release)");
             build_release_bins()?;
             cmd::step("running the demo (Ctrl-C at any time removes everything it created)");
@@ -124,8 +126,7 @@ fn run(task: Task) -> Result<()> {
             if !setup::is_root() {
                 anyhow::bail!("the benchmark loads XDP programs: run `sudo cargo xtask bench`");
             }
-            setup::ensure()?;
-            setup::packages(setup::BENCH_PACKAGES)?;
+            setup::lab(&[Lab::Bench])?;
             cmd::step("building wklb and the benchmark (release)");
             build_release_bins()?;
             cmd::step("running the benchmarks (data path, control plane, end to end)");
@@ -139,7 +140,7 @@ fn run(task: Task) -> Result<()> {
             if !setup::is_root() {
                 anyhow::bail!("the fuzzer loads XDP programs: run `sudo cargo xtask fuzz`");
             }
-            setup::ensure()?;
+            setup::lab(&[])?;
             cmd::step("building the fuzzer (release)");
             cmd::cargo(&[
                 "build",

@@ -1,43 +1,133 @@
-//! Idempotent machine setup: every check is cheap, and only what is missing gets installed.
+//! Idempotent machine setup: every check is cheap, and only what is missing gets installed or
+//! mounted.
+//!
+//! - `toolchain()`: what building needs (nightly rust-src, bpf-linker). `cargo xtask build`
+//!   runs only this.
+//! - `lab(task)`: what a task's tests, demo or benchmark run: the Debian packages of the
+//!   programs listed for that task in `tests/programs.txt`, and a bpffs at /sys/fs/bpf.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::cmd::{output, run, step};
 
-/// Debian packages the tests, demo and benchmarks use (nginx serves backends' /health).
-const PACKAGES: &[&str] = &[
-    "iproute2",
-    "ethtool",
-    "iputils-ping",
-    "nginx",
-    "nftables",
-    "bird2",
-];
-
-/// Extra Debian packages for `cargo xtask bench`: the balancers wklb is compared with, the load
-/// generators, and a font for the chart.
-pub const BENCH_PACKAGES: &[&str] = &[
-    "libnginx-mod-stream",
-    "haproxy",
-    "wrk",
-    "iperf3",
-    "fonts-dejavu-core",
-];
+/// The one list of external programs (and the packages that install them): see the file.
+const PROGRAMS: &str = include_str!("../../tests/programs.txt");
 
 /// The bpf-linker release that matches our aya versions (see docs/toolchain notes in README).
 const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// `statfs` magic of a bpf filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// What a task needs beyond the toolchain: its name in the tasks column of `tests/programs.txt`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Lab {
+    Test,
+    Demo,
+    Bench,
+}
+
+impl Lab {
+    fn column(self) -> &'static str {
+        match self {
+            Lab::Test => "test",
+            Lab::Demo => "demo",
+            Lab::Bench => "bench",
+        }
+    }
+}
+
+/// (program or "-", package, tasks) rows of `tests/programs.txt`.
+fn rows() -> impl Iterator<Item = (&'static str, &'static str, Vec<&'static str>)> {
+    PROGRAMS
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            let program = f.next().unwrap_or("-");
+            let package = f.next().unwrap_or("");
+            (program, package, f.collect())
+        })
+}
+
+/// The Debian packages `tasks` need, in file order, each once.
+pub fn packages_for(tasks: &[Lab]) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for (_, package, used_by) in rows() {
+        if tasks.iter().any(|t| used_by.contains(&t.column())) && !out.contains(&package) {
+            out.push(package);
+        }
+    }
+    out
+}
 
 pub fn is_root() -> bool {
     output("id", &["-u"]).is_some_and(|s| s.trim() == "0")
 }
 
-pub fn ensure() -> Result<()> {
-    packages(PACKAGES)?;
+/// Building: the nightly toolchain with rust-src, and bpf-linker. Nothing else.
+pub fn toolchain() -> Result<()> {
     nightly_rust_src()?;
-    bpf_linker()?;
+    bpf_linker()
+}
+
+/// Everything `tasks` need: the toolchain, their packages, and (as root) a bpffs.
+pub fn lab(tasks: &[Lab]) -> Result<()> {
+    toolchain()?;
+    packages(&packages_for(tasks))?;
+    if is_root() {
+        bpffs()?;
+    }
+    check_programs(tasks)
+}
+
+/// Mounts a bpf filesystem at /sys/fs/bpf when none is there, as systemd does at boot: pinned
+/// maps and programs (hitless restarts, the tests' temporary pins) live there.
+fn bpffs() -> Result<()> {
+    let dir = Path::new("/sys/fs/bpf");
+    if fs_magic(dir) == Some(BPF_FS_MAGIC) {
+        return Ok(());
+    }
+    step("mounting a bpf filesystem at /sys/fs/bpf (none was mounted)");
+    std::fs::create_dir_all(dir).context("creating /sys/fs/bpf")?;
+    run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"])?;
+    if fs_magic(dir) != Some(BPF_FS_MAGIC) {
+        bail!("/sys/fs/bpf is still not a bpf filesystem after mounting one");
+    }
     Ok(())
+}
+
+fn fs_magic(path: &Path) -> Option<i64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: a NUL-terminated path and a zeroed statfs the call fills in.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_type as i64)
+}
+
+/// Every program the tasks start is on PATH; fails naming the first missing one and its package.
+fn check_programs(tasks: &[Lab]) -> Result<()> {
+    for (program, package, used_by) in rows() {
+        if program == "-" || !tasks.iter().any(|t| used_by.contains(&t.column())) {
+            continue;
+        }
+        if !on_path(program) {
+            bail!(
+                "{program} is missing (Debian package {package}): run `sudo cargo xtask setup` or `sudo apt-get install {package}`"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn on_path(program: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    // Debian keeps some of these (nft, bird) in sbin, which a user's PATH may lack.
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .any(|d| d.join(program).is_file())
 }
 
 pub fn packages(wanted: &[&str]) -> Result<()> {
@@ -66,10 +156,22 @@ pub fn packages(wanted: &[&str]) -> Result<()> {
     run("apt-get", &["update", "-q"])?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
-    std::process::Command::new("apt-get")
+    // Packages with a service (nginx, haproxy, prometheus) must not start one: the tests start
+    // their own instances in namespaces, and a host-wide one would hold their ports.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n").context("writing policy-rc.d")?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let status = std::process::Command::new("apt-get")
         .args(&args)
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
+        .status();
+    if own_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    status
         .context("could not start apt-get")?
         .success()
         .then_some(())
@@ -155,4 +257,33 @@ fn bpf_linker() -> Result<()> {
         bail!("installing bpf-linker failed; see the cargo output above");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_names_a_package_and_known_tasks() {
+        for (program, package, used_by) in rows() {
+            assert!(!package.is_empty(), "{program}: no package");
+            assert!(!used_by.is_empty(), "{program}: no task");
+            for t in used_by {
+                assert!(
+                    ["test", "demo", "bench"].contains(&t),
+                    "{program}: unknown task {t}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tasks_get_their_own_packages() {
+        let test = packages_for(&[Lab::Test]);
+        assert!(test.contains(&"iperf3") && test.contains(&"iproute2"));
+        assert!(!test.contains(&"wrk"), "wrk is the benchmark's only");
+        let bench = packages_for(&[Lab::Bench]);
+        assert!(bench.contains(&"wrk") && bench.contains(&"fonts-dejavu-core"));
+        assert!(packages_for(&[]).is_empty());
+    }
 }
