@@ -14,6 +14,7 @@ const PACKAGE: &str = "lb-ebpf";
 const BINARY: &str = "wklb-xdp";
 
 fn main() {
+    commit();
     if let Err(e) = build() {
         eprintln!("{e}");
         eprintln!(
@@ -77,6 +78,42 @@ fn build() -> Result<(), String> {
     }
     let built = target_dir.join(target).join("release").join(BINARY);
     copy(&built, &out.join(BINARY))
+}
+
+/// `WKLB_COMMIT` for the binary's version line: the environment's (a build from a tarball),
+/// else git's short hash of HEAD, else "unknown". Rebuilt when HEAD moves.
+fn commit() {
+    println!("cargo:rerun-if-env-changed=WKLB_COMMIT");
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(env::var("CARGO_MANIFEST_DIR").ok()?)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let commit = env::var("WKLB_COMMIT")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=WKLB_COMMIT={commit}");
+    // HEAD, the branch it names, and packed refs: what moves when a commit is made.
+    let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watch.push(r);
+    }
+    for w in watch {
+        // A path that does not exist would make cargo rerun this script on every build.
+        if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", &w])
+            && Path::new(&p).exists()
+        {
+            println!("cargo:rerun-if-changed={p}");
+        }
+    }
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), String> {

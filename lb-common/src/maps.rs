@@ -667,6 +667,22 @@ pub const fn words_of_v6(o: [u8; 16]) -> [u32; 4] {
     ]
 }
 
+/// The inverse of `words_of_v6`: the 16 bytes of an IPv6 address from its four native words.
+#[inline(always)]
+pub const fn v6_of_words(w: [u32; 4]) -> [u8; 16] {
+    let mut o = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = w[i].to_ne_bytes();
+        o[i * 4] = b[0];
+        o[i * 4 + 1] = b[1];
+        o[i * 4 + 2] = b[2];
+        o[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    o
+}
+
 /// The 4 port bytes of a TCP/UDP header (source, destination) as a native word.
 #[inline(always)]
 pub const fn ports_word(sport: u16, dport: u16) -> u32 {

@@ -6,8 +6,8 @@ use clap::Parser;
 use lb_userspace::cli::{self, Cli};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    lb_userspace::logging::init(cli.log_level);
     let json = cli.json;
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

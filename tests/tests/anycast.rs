@@ -91,7 +91,7 @@ fn a01_new_connections_spread_over_the_edges_and_every_edge_picks_the_same_backe
     for p in 0..64u16 {
         let client = format!("10.1.0.2:{}", 20_000 + p * 613);
         let picks: Vec<Value> = (0..EDGES)
-            .map(|k| f.json(k, &["lookup", &client, "im-tcp"]).unwrap()["backend"].clone())
+            .map(|k| f.json(k, &["lookup", "im-tcp", &client]).unwrap()["backend"].clone())
             .collect();
         assert!(picks[0].is_string(), "{picks:?}");
         assert!(

@@ -296,7 +296,7 @@ fn p01_a_pinned_prefix_never_leaves_its_groups() {
         (200, 0),
         "{other}"
     );
-    let l = t.json(&["lookup", "10.1.1.2:40000", "im-tcp"]).unwrap();
+    let l = t.json(&["lookup", "im-tcp", "10.1.1.2:40000"]).unwrap();
     assert_eq!(
         (l["pin"].as_str(), l["group"].as_str()),
         (Some("residency"), Some("via-relay")),
@@ -304,7 +304,7 @@ fn p01_a_pinned_prefix_never_leaves_its_groups() {
     );
     let rtt = &pin_row(&t)["client_rtt"];
     assert!(rtt["samples"].as_u64().unwrap() >= 200, "{rtt}");
-    let l = t.json(&["lookup", "10.1.0.2:40000", "im-tcp"]).unwrap();
+    let l = t.json(&["lookup", "im-tcp", "10.1.0.2:40000"]).unwrap();
     assert_eq!(
         (l["pin"].as_str(), l["group"].as_str()),
         (None, Some("direct")),

@@ -285,10 +285,11 @@ fn f04_a_source_at_its_connection_limit_waits_until_some_close() {
     );
     start(&mut t, &cfg_text, 1);
     // 30 at once: the limit is enforced from the next expiry pass (gc_interval, 1 s here), so
-    // this burst gets through; the next connection does not.
+    // this burst gets through (all of it, unless a pass falls inside the burst on a slow
+    // machine: then at least the 20 the limit allows); the next connection does not.
     // They hold for longer than the late client tries (its connect gives up after 5 s).
     let holders = tcp_client(&t, 30, 0, 12);
-    wait_connected(&t, 30);
+    wait_connected(&t, 20);
     std::thread::sleep(Duration::from_millis(2500));
     let late = Topology::client_report(tcp_client(&t, 3, 1000, 1)).unwrap();
     assert_eq!(late["connected"], 0, "{late:#}");
@@ -300,10 +301,9 @@ fn f04_a_source_at_its_connection_limit_waits_until_some_close() {
     assert_eq!(vip(&s, "im-tcp")["source_max_conns"], 20);
     // Once the holders close, the source is under its limit at the next pass.
     let r = Topology::client_report(holders).unwrap();
-    assert_eq!(
-        (r["connected"].as_u64(), r["broken"].as_u64()),
-        (Some(30), Some(0))
-    );
+    let held = r["connected"].as_u64().unwrap();
+    assert!((20..=30).contains(&held), "{r:#}");
+    assert_eq!(r["broken"].as_u64(), Some(0), "{r:#}");
     std::thread::sleep(Duration::from_millis(2500));
     let again = Topology::client_report(tcp_client(&t, 3, 1000, 1)).unwrap();
     assert_eq!(again["connected"], 3, "{again:#}");

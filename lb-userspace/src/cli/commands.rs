@@ -121,7 +121,13 @@ pub fn run(cli: Cli) -> Result<()> {
         json,
     };
     match cli.cmd {
-        Cmd::Daemon { config } => daemon::run(&config, cli.socket),
+        Cmd::Daemon { config } => daemon::run(
+            &config,
+            crate::config::Overrides {
+                control_socket: cli.socket,
+                log_level: cli.log_level,
+            },
+        ),
         Cmd::CheckConfig { file, offline } => check_config(&file, offline, json),
         Cmd::Vip { cmd: VipCmd::List } => {
             let v: Vec<VipReport> = c.request(&Request::VipList)?;
@@ -148,7 +154,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 backend: ep(backend)?,
                 client: ep(client)?,
                 snat: ep(snat)?,
-                limit,
+                limit: (limit > 0).then_some(limit),
             })?;
             if json {
                 out_json(&r, true)
@@ -156,10 +162,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 out(render::conns(&r))
             }
         }
-        Cmd::Lookup { client, vip } => {
-            let client: SocketAddr = client
-                .parse()
-                .map_err(|_| anyhow!("{client:?} is not CLIENT_IP:PORT"))?;
+        Cmd::Lookup { vip, client } => {
+            let (vip, client) = lookup_args(vip, client)?;
             let r: LookupReport = c.request(&Request::Lookup { client, vip })?;
             if json {
                 out_json(&r, true)
@@ -405,6 +409,20 @@ fn stats(c: &Client, watch: Option<u64>, count: Option<u64>) -> Result<()> {
     }
 }
 
+/// `lookup VIP CLIENT`; the order of earlier releases (`CLIENT VIP`) still works, with a note.
+fn lookup_args(vip: String, client: String) -> Result<(String, SocketAddr)> {
+    if let Ok(c) = client.parse() {
+        return Ok((vip, c));
+    }
+    if let Ok(c) = vip.parse::<SocketAddr>() {
+        eprintln!(
+            "wklb: note: `lookup CLIENT VIP` is the old order; the VIP comes first now: `wklb lookup {client} {c}`"
+        );
+        return Ok((client, c));
+    }
+    bail!("{client:?} is not CLIENT_IP:PORT (usage: wklb lookup VIP CLIENT_IP:PORT)")
+}
+
 /// Through the daemon when one answers; without one, directly, unless a daemon holds the pin
 /// path (then its socket is simply another one than we were given).
 fn unload(c: &Client, pin_path: &Path) -> Result<()> {
@@ -420,8 +438,10 @@ fn unload(c: &Client, pin_path: &Path) -> Result<()> {
     }
     bpffs::require_root("unloading the data plane")?;
     let dir = bpffs::resolve_pin_dir(pin_path)?.path;
-    // Withdraw first, so the BGP daemon stops sending traffic before XDP goes away.
-    let mut removed: Vec<String> = crate::sys::routes::withdraw_all_blocking()?
+    // Withdraw first, so the BGP daemon stops sending traffic before XDP goes away; only the
+    // routes of this pin path's VIPs (another instance's stay).
+    let vips = links::pinned_vip_addresses(&dir)?;
+    let mut removed: Vec<String> = crate::sys::routes::withdraw_blocking(&vips)?
         .iter()
         .map(|r| format!("withdrew the route {r}"))
         .collect();

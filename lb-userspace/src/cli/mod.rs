@@ -13,10 +13,17 @@ use clap::{Parser, Subcommand};
 
 use crate::config::schema::defaults;
 
+/// Rows `wklb conns` shows unless `--limit` says otherwise (a busy edge has millions).
+pub const CONNS_LIMIT: usize = 100;
+
 /// wklb: an XDP L4 load balancer for WuKongIM edge ("access layer") hosts.
 #[derive(Parser)]
-#[command(name = "wklb", version, about, propagate_version = true)]
+#[command(name = "wklb", version = crate::logging::VERSION_LINE, about, propagate_version = true)]
 pub struct Cli {
+    /// Log level (error, warn, info, debug, trace). Default: RUST_LOG when set, else the
+    /// config's daemon.log_level, else info.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<crate::logging::LogLevel>,
     /// Control socket of the daemon [default: /run/wklb/wklb.sock]. With `daemon`, overrides
     /// daemon.control_socket.
     #[arg(long, global = true, env = "WKLB_SOCKET", value_name = "PATH")]
@@ -92,17 +99,18 @@ pub enum Cmd {
         /// Only those using this SNAT address (and port): what the data node saw.
         #[arg(long, value_name = "ADDR[:PORT]")]
         snat: Option<String>,
-        /// At most N rows (the total is still reported).
-        #[arg(long, value_name = "N")]
-        limit: Option<usize>,
+        /// At most N rows (the total and how many were left out are still reported);
+        /// 0 = every row.
+        #[arg(long, value_name = "N", default_value_t = CONNS_LIMIT)]
+        limit: usize,
     },
     /// Which backend a new flow from CLIENT_IP:PORT to the VIP gets (the kernel's hash and
     /// table), and the existing flow of that tuple if there is one.
     Lookup {
-        /// CLIENT_IP:PORT
-        client: String,
         /// VIP name
         vip: String,
+        /// CLIENT_IP:PORT
+        client: String,
     },
     /// This edge's anycast announcement: status, drain (withdraw every VIP route, keep serving
     /// existing connections), undrain. Needs an [announce] section.

@@ -226,7 +226,11 @@ pub fn conns(r: &ConnsReport) -> String {
     }
     let shown = r.conns.len() as u64;
     let tail = if shown < r.total {
-        format!("{shown} of {} connection(s) shown (--limit)", r.total)
+        format!(
+            "{shown} of {} connection(s) shown, {} left out (--limit N for more, --limit 0 for all)",
+            r.total,
+            r.total - shown
+        )
     } else {
         format!("{} connection(s)", r.total)
     };

@@ -127,6 +127,8 @@ pub struct Daemon {
     pub gc_interval: Duration,
     /// Print the data path's rare events (internal errors, first "table full") in the log.
     pub log_data_path_events: bool,
+    /// The log level unless `--log-level` or `RUST_LOG` says otherwise (reloadable).
+    pub log_level: crate::logging::LogLevel,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -384,6 +386,28 @@ pub struct BackendConfig {
     /// 0 = keep the client's destination port (any-port VIPs).
     pub port: u16,
     pub weight: u32,
+}
+
+/// What the command line sets over the file. Applied to the file's config at start and again
+/// to every reloaded one, so a value given on the command line is never taken for a change of
+/// a restart-only key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--socket` / `WKLB_SOCKET` with `wklb daemon`: `daemon.control_socket`.
+    pub control_socket: Option<PathBuf>,
+    /// `--log-level`: `daemon.log_level`.
+    pub log_level: Option<crate::logging::LogLevel>,
+}
+
+impl Overrides {
+    pub fn apply(&self, cfg: &mut Config) {
+        if let Some(s) = &self.control_socket {
+            cfg.daemon.control_socket = s.clone();
+        }
+        if let Some(l) = self.log_level {
+            cfg.daemon.log_level = l;
+        }
+    }
 }
 
 impl Config {

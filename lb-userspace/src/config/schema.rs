@@ -25,6 +25,7 @@ pub mod defaults {
     pub const MSS_CLAMP: &str = "auto";
     pub const ECHO_REPLY: bool = true;
     pub const LOG_EVENTS: bool = true;
+    pub const LOG_LEVEL: &str = "info";
     pub const PROTOCOL: &str = "tcp";
     pub const HC_KIND: &str = "tcp";
     pub const HC_PATH: &str = "/health";
@@ -120,6 +121,8 @@ pub struct RawDaemon {
     pub gc_interval: Spanned<String>,
     #[serde(default = "d_log_events")]
     pub log_data_path_events: bool,
+    #[serde(default = "d_log_level")]
+    pub log_level: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -304,6 +307,9 @@ fn d_gc_interval() -> Spanned<String> {
 }
 fn d_log_events() -> bool {
     d::LOG_EVENTS
+}
+fn d_log_level() -> Spanned<String> {
+    s(d::LOG_LEVEL)
 }
 fn d_max_flows() -> Spanned<i64> {
     sp(d::MAX_FLOWS)

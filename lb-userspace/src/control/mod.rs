@@ -21,7 +21,7 @@ use tokio::{
 use crate::{
     config::{self, Checks},
     controller::reports::{self, ConnFilter},
-    daemon::Ctx,
+    ctx::Ctx,
     report::EdgeReport,
     sys::clock::monotonic_ns,
 };
@@ -276,6 +276,7 @@ async fn edge_drain(ctx: &Ctx, drain: bool) -> Result<EdgeChange> {
 /// Re-reads the config file and applies only the difference. An invalid file, or one that
 /// changes a restart-only setting, changes nothing.
 pub async fn reload(ctx: &Ctx) -> Result<Changes> {
+    let _reloading = crate::systemd::reloading();
     let path = ctx.config_path.clone();
     let loaded =
         blocking(move || config::load(&path, Checks::Host).map_err(|e| anyhow::anyhow!("{e}")))
@@ -283,7 +284,12 @@ pub async fn reload(ctx: &Ctx) -> Result<Changes> {
     for w in &loaded.warnings {
         warn!("config: {w}");
     }
-    let changes = ctx.handle.reload(loaded.config).await?;
+    let mut cfg = loaded.config;
+    // The command line's values are not changes of the file.
+    ctx.overrides.apply(&mut cfg);
+    let level = cfg.daemon.log_level;
+    let changes = ctx.handle.reload(cfg).await?;
+    crate::logging::apply_config(ctx.overrides.log_level, level);
     for line in &changes {
         info!("reload: {line}");
     }

@@ -26,11 +26,7 @@ fn ip(word: u32) -> IpAddr {
 
 /// An IPv6 address from its four native words.
 pub fn ip6(words: &[u32; 4]) -> IpAddr {
-    let mut o = [0u8; 16];
-    for (i, w) in words.iter().enumerate() {
-        o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-    }
-    IpAddr::V6(std::net::Ipv6Addr::from(o))
+    IpAddr::V6(std::net::Ipv6Addr::from(lb_common::v6_of_words(*words)))
 }
 
 /// A map address of `family` (IPv4 in the first word).

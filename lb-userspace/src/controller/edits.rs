@@ -86,8 +86,8 @@ impl<M: Maps> Controller<M> {
         let vi = next.vip_index(vip)?;
         if address.is_ipv6() && next.vips[vi].syn_cookies != crate::config::CookieMode::Off {
             bail!(
-                "vip {vip} has SYN cookies on ({:?}); IPv6 backends need syn_cookies = \"off\" in its config",
-                next.vips[vi].syn_cookies
+                "vip {vip} has syn_cookies = {:?}; IPv6 backends need syn_cookies = \"off\" in its config",
+                next.vips[vi].syn_cookies.name()
             );
         }
         let port = port.unwrap_or(next.vips[vi].port);

@@ -22,6 +22,7 @@ use crate::{
     config::{Config, SourceList},
     dataplane::{Maps, links::Attachment},
     health::probe::{ProbeResult, ProbeTarget},
+    systemd::Watchdog,
 };
 
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
@@ -126,8 +127,11 @@ impl Handle {
     }
 }
 
-/// Starts the controller thread.
-pub fn spawn<M: Maps + 'static>(c: Controller<M>) -> Result<(Handle, JoinHandle<()>)> {
+/// Starts the controller thread; it pings `watchdog` on every turn of its loop.
+pub fn spawn<M: Maps + 'static>(
+    c: Controller<M>,
+    watchdog: Watchdog,
+) -> Result<(Handle, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel();
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::of(c.state(), 0, &[])));
     let (changes_tx, changes) = watch::channel(0u64);
@@ -142,7 +146,7 @@ pub fn spawn<M: Maps + 'static>(c: Controller<M>) -> Result<(Handle, JoinHandle<
         .name("wklb-controller".into())
         .spawn(move || {
             let _guard = StopGuard(stopped);
-            run(c, rx, snapshot, changes_tx);
+            run(c, rx, snapshot, changes_tx, watchdog);
         })
         .context("starting the controller thread")?;
     Ok((h, join))
@@ -167,11 +171,13 @@ fn run<M: Maps>(
     rx: mpsc::Receiver<Command>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     changes: watch::Sender<u64>,
+    mut watchdog: Watchdog,
 ) {
     let mut attachments: Vec<Attachment> = Vec::new();
     let mut dirty = false;
     let mut published = Instant::now();
     loop {
+        watchdog.tick();
         let cmd = match rx.recv_timeout(PUBLISH_EVERY) {
             Ok(Command::Stop) => return,
             Ok(cmd) => Some(cmd),

@@ -26,97 +26,43 @@ use tokio::{
 
 use crate::{
     announce::Announcer,
-    config::{self, Checks, Config},
+    config::{self, Checks, Config, Overrides},
     controller::{
-        Controller, reports,
+        Controller,
         state::Interface,
         thread::{self, Command, Handle},
     },
+    ctx::Ctx,
     dataplane::{
-        Counters, Flows,
+        Flows as _,
         kernel::{self, LoadOptions, Loaded},
         links,
     },
+    logging::{self, VERSION_LINE},
     metrics,
-    report::StatsReport,
     sys::{bpffs, netdev},
 };
 
-/// What the daemon's tasks share.
-pub struct Ctx {
-    pub handle: Handle,
-    pub counters: Arc<dyn Counters>,
-    pub flows: Arc<dyn Flows>,
-    pub config_path: PathBuf,
-    /// Stop the daemon; with `unload_requested`, detach and remove the pinned objects too.
-    pub shutdown: Notify,
-    pub unload_requested: AtomicBool,
-    /// The VIP routes this edge announces (one holder at a time: the loop or a CLI command).
-    pub announcer: tokio::sync::Mutex<Announcer>,
-    /// What the connection log wrote.
-    pub conn_log: Arc<crate::connlog::Written>,
-}
-
-impl Ctx {
-    /// The stats report, built off the async workers (it scans the flow table).
-    pub async fn stats(&self) -> Result<StatsReport> {
-        let (snap, counters, flows) = (
-            self.handle.snapshot(),
-            self.counters.clone(),
-            self.flows.clone(),
-        );
-        let snap2 = snap.clone();
-        let mut r = tokio::task::spawn_blocking(move || {
-            reports::stats(&snap2, counters.as_ref(), flows.as_ref())
-        })
-        .await??;
-        r.edge = self.edge_report(&snap, &r).await;
-        if let Some(l) = &snap.config.conn_log {
-            use std::sync::atomic::Ordering::Relaxed;
-            r.conn_log = Some(crate::report::ConnLogReport {
-                path: l
-                    .path
-                    .as_ref()
-                    .map_or("-".to_string(), |p| p.display().to_string()),
-                opens: self.conn_log.opens.load(Relaxed),
-                closes: self.conn_log.closes.load(Relaxed),
-                write_errors: self.conn_log.errors.load(Relaxed),
-                lost: self.counters.conn_log_lost()?,
-            });
-        }
-        Ok(r)
-    }
-
-    /// The announcer's state with the open flows of the announced VIPs.
-    async fn edge_report(
-        &self,
-        snap: &crate::controller::Snapshot,
-        r: &StatsReport,
-    ) -> Option<crate::report::EdgeReport> {
-        let announced = &snap.config.announce.as_ref()?.vips;
-        let open = r
-            .vips
-            .iter()
-            .filter(|v| announced.contains(&v.name))
-            .map(|v| v.active_flows)
-            .sum();
-        self.announcer.lock().await.report(snap, open)
-    }
-}
-
-/// `socket`: the `--socket` given on the command line, which overrides the config's.
-pub fn run(config_path: &Path, socket: Option<PathBuf>) -> Result<()> {
+/// `overrides`: what the command line sets over the file (`--socket`, `--log-level`); kept on
+/// every reload.
+pub fn run(config_path: &Path, overrides: Overrides) -> Result<()> {
+    info!(
+        "wklb {VERSION_LINE} starting: config {}, pid {}",
+        config_path.display(),
+        std::process::id()
+    );
     let loaded = config::load(config_path, Checks::Host).map_err(|e| anyhow!("{e}"))?;
     for w in &loaded.warnings {
         warn!("config: {w}");
     }
     let mut cfg = loaded.config;
-    if let Some(s) = socket {
+    overrides.apply(&mut cfg);
+    logging::apply_config(overrides.log_level, cfg.daemon.log_level);
+    if let Some(s) = &overrides.control_socket {
         info!(
             "control socket {} (from --socket, not daemon.control_socket)",
             s.display()
         );
-        cfg.daemon.control_socket = s;
     }
     bpffs::require_root("wklb daemon")?;
     let _pin_lock = locks::lock(
@@ -131,7 +77,7 @@ pub fn run(config_path: &Path, socket: Option<PathBuf>) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(run_async(config_path.to_path_buf(), cfg))
+    rt.block_on(run_async(config_path.to_path_buf(), cfg, overrides))
 }
 
 /// Refuses interfaces on which some other XDP program runs (another wklb daemon with its own
@@ -195,7 +141,7 @@ impl Drop for CreatedPins {
     }
 }
 
-async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
+async fn run_async(config_path: PathBuf, cfg: Config, overrides: Overrides) -> Result<()> {
     check_interfaces_free(&cfg)?;
     // Sockets first: a clash stops the daemon before anything is attached.
     let control = crate::control::bind(&cfg.daemon.control_socket)?;
@@ -208,13 +154,17 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
     warm_neighbors(&ctl).await;
     let attachments = attach(&mut program, &pins.dir.path, &cfg)?;
     created.0 = None;
-    let (handle, controller_thread) = thread::spawn(ctl)?;
+    let heartbeat = crate::systemd::Heartbeat::default();
+    heartbeat.beat();
+    let (handle, controller_thread) =
+        thread::spawn(ctl, crate::systemd::Watchdog::from_env(heartbeat.clone()))?;
     handle.send(Command::Attached(attachments))?;
     let ctx = Arc::new(Ctx {
         handle: handle.clone(),
         counters,
         flows: flows.clone(),
         config_path,
+        overrides,
         shutdown: Notify::new(),
         unload_requested: AtomicBool::new(false),
         announcer: tokio::sync::Mutex::new(Announcer::new(&cfg)),
@@ -246,6 +196,7 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
         tokio::spawn(tasks::neighbor_loop(handle.clone())),
         tokio::spawn(tasks::cookie_watch(handle.clone(), ctx.counters.clone())),
         tokio::spawn(tasks::announce_loop(ctx.clone())),
+        tokio::spawn(crate::systemd::ready_and_status(ctx.clone(), heartbeat)),
         tokio::spawn(async move {
             if let Some(tx) = log
                 && let Err(e) = crate::connlog::read_opens(conn_opens, h2, tx).await
@@ -260,6 +211,7 @@ async fn run_async(config_path: PathBuf, cfg: Config) -> Result<()> {
         cfg.daemon.metrics_listen
     );
     let failed = signals(&ctx, &handle, pins.dir.persistent, &cfg).await?;
+    crate::systemd::stopping();
     for t in tasks {
         t.abort();
     }

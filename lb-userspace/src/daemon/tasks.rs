@@ -19,7 +19,7 @@ use crate::{
         syn_pressure::{Change, Watch},
         thread::{Command, Handle},
     },
-    daemon::Ctx,
+    ctx::Ctx,
     dataplane::Counters,
     health::probe::{self, ProbeTarget},
     metrics::{BackendLabels, ProbeMetrics},

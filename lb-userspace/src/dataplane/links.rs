@@ -161,6 +161,37 @@ pub fn pinned_interfaces(dir: &Path) -> Vec<String> {
     v
 }
 
+/// The VIP addresses in the VIP maps pinned under `dir` (empty when nothing is pinned there):
+/// what `wklb unload` without a daemon withdraws routes for.
+pub fn pinned_vip_addresses(dir: &Path) -> Result<std::collections::BTreeSet<std::net::IpAddr>> {
+    use aya::maps::{HashMap, Map, MapData};
+    use lb_common::{Vip4Key, Vip6Key, VipMeta};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    let open = |name: &str| -> Result<Option<Map>> {
+        let p = dir.join(name);
+        if !p.exists() {
+            return Ok(None);
+        }
+        let data = MapData::from_pin(&p).with_context(|| format!("opening {}", p.display()))?;
+        Ok(Some(Map::HashMap(data)))
+    };
+    let mut out = std::collections::BTreeSet::new();
+    if let Some(m) = open(names::VIPS4)? {
+        let m: HashMap<MapData, Vip4Key, VipMeta> = HashMap::try_from(m)?;
+        for k in m.keys() {
+            out.insert(IpAddr::V4(Ipv4Addr::from(k?.addr.to_ne_bytes())));
+        }
+    }
+    if let Some(m) = open(names::VIPS6)? {
+        let m: HashMap<MapData, Vip6Key, VipMeta> = HashMap::try_from(m)?;
+        for k in m.keys() {
+            out.insert(IpAddr::V6(Ipv6Addr::from(lb_common::v6_of_words(k?.addr))));
+        }
+    }
+    Ok(out)
+}
+
 /// Detaches every pinned link and removes every pinned map under `dir` (already resolved),
 /// then `dir` itself. Returns what was removed.
 pub fn unload_pinned(dir: &Path) -> Result<Vec<String>> {

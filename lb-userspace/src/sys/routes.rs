@@ -156,17 +156,27 @@ fn ours(m: &RouteMessage) -> Option<VipRoute> {
     })
 }
 
-/// Removes every wklb route in this network namespace (`wklb unload` without a daemon).
-pub fn withdraw_all_blocking() -> Result<Vec<VipRoute>> {
+/// Removes the wklb routes (any table) of `addresses` in this network namespace: `wklb unload`
+/// without a daemon, with the VIP addresses of the pin path it unloads. Routes of another wklb
+/// instance (another pin path, other VIPs) stay.
+pub fn withdraw_blocking(addresses: &BTreeSet<IpAddr>) -> Result<Vec<VipRoute>> {
+    if addresses.is_empty() {
+        return Ok(Vec::new());
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         let routes = Routes::connect()?;
-        let all = routes.list(None).await?;
-        for r in &all {
+        let ours: Vec<VipRoute> = routes
+            .list(None)
+            .await?
+            .into_iter()
+            .filter(|r| addresses.contains(&r.address))
+            .collect();
+        for r in &ours {
             routes.remove(*r).await?;
         }
-        Ok(all.into_iter().collect())
+        Ok(ours)
     })
 }
