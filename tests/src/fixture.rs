@@ -332,7 +332,7 @@ impl Fixture {
 
     /// FLOWS4 entries.
     pub fn refs(&self) -> usize {
-        self.flows.refs().expect("refs").len()
+        self.flows.refs4().all().expect("refs").len()
     }
 
     /// The `struct xdp_md` context of a test run: a frame of `len` bytes arriving on `ingress_if`

@@ -521,7 +521,7 @@ fn fill_flows(t: &Topology, cfg_text: &str, n: u32) -> u64 {
             ..TestRunOptions::new()
         })
         .expect("test run");
-        l.flows.refs().map(|r| r.len() as u64).unwrap_or(0)
+        l.flows.refs4().all().map(|r| r.len() as u64).unwrap_or(0)
     })
     .unwrap()
 }

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Result;
 use lb_common::{
-    Flow4Key, Flow6Key, FlowEntry, MAX_BACKENDS, MAX_FULL_SOURCES, MAX_SNAT_ADDRS, SourceRateKey,
+    Flow6Key, FlowEntry, FlowRef, MAX_BACKENDS, MAX_FULL_SOURCES, MAX_SNAT_ADDRS, SourceRateKey,
     conntrack::{State, Timeouts, is_expired},
     slot::{self, DYING, FREE},
 };
@@ -24,7 +24,10 @@ use super::{
     edits::InUse,
     thread::{Command, Handle},
 };
-use crate::{dataplane::Flows, sys::clock::monotonic_ns};
+use crate::{
+    dataplane::{Flows, RefTable},
+    sys::clock::monotonic_ns,
+};
 
 /// A slot claimed without a FLOWS4 entry for longer than this is an orphan (a creation takes
 /// microseconds).
@@ -68,8 +71,8 @@ pub fn sweep_with(
         },
         ..Default::default()
     };
-    let refs = flows.refs()?;
-    let refs6 = flows.refs6()?;
+    let refs = flows.refs4().all()?;
+    let refs6 = flows.refs6().all()?;
     // The token each slot's FLOWS4 or FLOWS6 entry expects (0: none; tokens are odd). Plain
     // vectors, not maps: a pass visits a million flows.
     let mut by_slot = vec![0u32; flows.slots() as usize];
@@ -145,18 +148,8 @@ pub fn sweep_with(
     }
     out.in_use.backends = members(&backends);
     out.in_use.snat = members(&snat);
-    for (k, r) in refs {
-        let owner = flows.entry(r.slot).owner;
-        if owner != r.token && owner != DYING && drop_ref(flows, &k, r)? {
-            out.stale_refs += 1;
-        }
-    }
-    for (k, r) in refs6 {
-        let owner = flows.entry(r.slot).owner;
-        if owner != r.token && owner != DYING && drop_ref6(flows, &k, r)? {
-            out.stale_refs += 1;
-        }
-    }
+    out.stale_refs += drop_stale(flows, flows.refs4(), refs)?;
+    out.stale_refs += drop_stale(flows, flows.refs6(), refs6)?;
     out.in_use.expired = out.expired;
     out.took = t0.elapsed();
     Ok(out)
@@ -200,43 +193,51 @@ fn remove(
     } else {
         Default::default()
     };
-    let ours = |r: &lb_common::FlowRef| r.slot == s && r.token == seen.owner;
-    if seen.flags & FlowEntry::CLIENT_V6 == 0 {
-        let key = seen.key_v4();
-        if let Some(r) = flows.take_ref(&key)?
+    let ours = |r: &FlowRef| r.slot == s && r.token == seen.owner;
+    // The tuple may belong to a newer flow now (a SYN on a reused port): that one stays.
+    fn take_ours<K>(
+        refs: &dyn RefTable<K>,
+        key: &K,
+        ours: impl Fn(&FlowRef) -> bool,
+    ) -> Result<()> {
+        if let Some(r) = refs.take(key)?
             && !ours(&r)
         {
-            // The tuple belongs to a newer flow now (a SYN on a reused port): put it back.
-            flows.restore_ref(&key, &r)?;
+            refs.restore(key, &r)?;
         }
-    } else if let Some(key) = key6
-        && let Some(r) = flows.take_ref6(key)?
-        && !ours(&r)
-    {
-        flows.restore_ref6(key, &r)?;
+        Ok(())
+    }
+    if seen.flags & FlowEntry::CLIENT_V6 == 0 {
+        take_ours(flows.refs4(), &seen.key_v4(), ours)?;
+    } else if let Some(key) = key6 {
+        take_ours(flows.refs6(), key, ours)?;
     }
     flows.swap_owner(s, DYING, FREE);
     Ok(Some(bytes))
 }
 
-/// Removes a FLOWS4 entry still equal to `r`; true when it was.
-fn drop_ref(flows: &dyn Flows, k: &Flow4Key, r: lb_common::FlowRef) -> Result<bool> {
-    match flows.take_ref(k)? {
-        Some(now) if now == r => Ok(true),
-        Some(now) => {
-            flows.restore_ref(k, &now)?;
-            Ok(false)
+/// Removes the references whose slot no longer holds their claim; returns how many.
+fn drop_stale<K>(
+    flows: &dyn Flows,
+    refs: &dyn RefTable<K>,
+    seen: Vec<(K, FlowRef)>,
+) -> Result<u64> {
+    let mut n = 0;
+    for (k, r) in seen {
+        let owner = flows.entry(r.slot).owner;
+        if owner != r.token && owner != DYING && drop_ref(refs, &k, r)? {
+            n += 1;
         }
-        None => Ok(false),
     }
+    Ok(n)
 }
 
-/// `drop_ref` for FLOWS6.
-fn drop_ref6(flows: &dyn Flows, k: &Flow6Key, r: lb_common::FlowRef) -> Result<bool> {
-    match flows.take_ref6(k)? {
+/// Removes a FLOWS4 or FLOWS6 entry still equal to `r`; true when it was.
+fn drop_ref<K>(refs: &dyn RefTable<K>, k: &K, r: FlowRef) -> Result<bool> {
+    match refs.take(k)? {
         Some(now) if now == r => Ok(true),
         Some(now) => {
-            flows.restore_ref6(k, &now)?;
+            refs.restore(k, &now)?;
             Ok(false)
         }
         None => Ok(false),

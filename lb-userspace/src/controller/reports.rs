@@ -417,14 +417,18 @@ pub fn lookup(
     let (h, existing_ref, client_v4) = match (client, v.address) {
         (SocketAddr::V4(c), IpAddr::V4(va)) => {
             let key = Flow4Key::new(c.ip().octets(), va.octets(), c.port(), v.port, proto);
-            (flow_hash_v4_key(&key), flows.get_ref(&key)?, Some(*c.ip()))
+            (
+                flow_hash_v4_key(&key),
+                flows.refs4().get(&key)?,
+                Some(*c.ip()),
+            )
         }
         (SocketAddr::V6(c), IpAddr::V6(va)) => {
             let key =
                 lb_common::Flow6Key::new(c.ip().octets(), va.octets(), c.port(), v.port, proto);
             (
                 lb_common::hash::flow_hash_v6_key(&key),
-                flows.get_ref6(&key)?,
+                flows.refs6().get(&key)?,
                 None,
             )
         }

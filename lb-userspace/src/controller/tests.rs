@@ -500,7 +500,7 @@ fn expiry_removes_idle_flows_by_state_and_frees_their_slots() {
     assert_eq!(f.entry(2).owner, slot::FREE);
     assert_eq!(f.entry(3).owner, slot::FREE);
     assert!(f.entry(1).is_live());
-    assert_eq!(f.refs.lock().unwrap().len(), 2);
+    assert_eq!(f.refs.0.lock().unwrap().len(), 2);
     assert_eq!(s.in_use.backends, [3u32, 6].into_iter().collect());
 }
 
@@ -550,17 +550,18 @@ fn expiry_frees_orphan_slots_and_stale_references() {
     let now = 10_000 * S;
     // A slot claimed with no reference (two CPUs restarting one tuple), long enough ago.
     let r = f.insert(5, flow(40005, Ct::Established, now - 10 * S, 1));
-    f.refs.lock().unwrap().clear();
+    f.refs.0.lock().unwrap().clear();
     // A reference to a slot someone else owns now.
     let stale = flow(40006, Ct::Established, now, 1);
     f.refs
+        .0
         .lock()
         .unwrap()
         .insert(stale.key_v4(), lb_common::FlowRef { slot: 6, token: 77 });
     let s = expiry::sweep(&f, &Timeouts::default(), now).unwrap();
     assert_eq!((s.orphans, s.stale_refs), (1, 1));
     assert_eq!(f.entry(r.slot).owner, slot::FREE);
-    assert!(f.refs.lock().unwrap().is_empty());
+    assert!(f.refs.0.lock().unwrap().is_empty());
 }
 
 #[test]
@@ -574,7 +575,7 @@ fn expiry_frees_a_busy_orphan_by_age() {
     let mut young = flow(40009, Ct::SynSent, now, 1);
     young.created_s = (now / S) as u32;
     let (a, b) = (f.insert(1, old), f.insert(2, young));
-    f.refs.lock().unwrap().clear();
+    f.refs.0.lock().unwrap().clear();
     let s = expiry::sweep(&f, &Timeouts::default(), now).unwrap();
     assert_eq!(s.orphans, 1);
     assert_eq!(f.entry(a.slot).owner, slot::FREE);
@@ -598,16 +599,16 @@ fn expiry_keeps_referenced_ipv6_flows_and_removes_their_references_when_they_exp
     // Busy and old: only its FLOWS6 reference keeps it from being an orphan.
     let (live, idle) = (v6(40010, now), v6(40011, now - 16 * 60 * S));
     let (a, b) = (f.insert(1, live), f.insert(2, idle));
-    f.refs.lock().unwrap().clear();
+    f.refs.0.lock().unwrap().clear();
     for (e, r) in [(live, a), (idle, b)] {
         let key = lb_common::Flow6Key::new(client, vip, e.client_port, 5100, 6);
-        f.refs6.lock().unwrap().insert(key, r);
+        f.refs6.0.lock().unwrap().insert(key, r);
     }
     let s = expiry::sweep(&f, &Timeouts::default(), now).unwrap();
     assert_eq!((s.orphans, s.expired, s.live), (0, 1, 1), "{s:?}");
     assert_eq!(f.entry(a.slot).owner, a.token);
     assert_eq!(f.entry(b.slot).owner, slot::FREE);
-    let left: Vec<_> = f.refs6.lock().unwrap().values().copied().collect();
+    let left: Vec<_> = f.refs6.0.lock().unwrap().values().copied().collect();
     assert_eq!(
         left,
         vec![a],
@@ -625,7 +626,7 @@ fn expiry_leaves_a_tuple_that_a_newer_flow_took() {
     let newer = f.insert(2, flow(40007, Ct::SynSent, now, 2));
     let s = expiry::sweep(&f, &Timeouts::default(), now).unwrap();
     assert_eq!(s.orphans, 1, "the old slot had lost its reference");
-    assert_eq!(f.get_ref(&old.key_v4()).unwrap(), Some(newer));
+    assert_eq!(f.refs4().get(&old.key_v4()).unwrap(), Some(newer));
     assert!(f.entry(2).is_live());
 }
 

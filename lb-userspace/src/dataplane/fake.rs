@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Result, bail};
 use lb_common::{BackendStats, Flow4Key, FlowEntry, FlowRef, Reason, VipStats, slot};
 
-use super::{Counters, Flows, Image, Maps, Write};
+use super::{Counters, Flows, Image, Maps, RefTable, Write};
 
 /// Configuration maps as an `Image`, with every write recorded.
 #[derive(Clone, Default)]
@@ -118,11 +118,42 @@ impl Counters for FakeCounters {
     }
 }
 
+/// A reference table in memory (for either key type).
+pub struct FakeRefs<K>(pub Mutex<HashMap<K, FlowRef>>);
+
+impl<K> Default for FakeRefs<K> {
+    fn default() -> Self {
+        FakeRefs(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: Copy + Eq + std::hash::Hash + Send> RefTable<K> for FakeRefs<K> {
+    fn all(&self) -> Result<Vec<(K, FlowRef)>> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect())
+    }
+    fn get(&self, key: &K) -> Result<Option<FlowRef>> {
+        Ok(self.0.lock().unwrap().get(key).copied())
+    }
+    fn take(&self, key: &K) -> Result<Option<FlowRef>> {
+        Ok(self.0.lock().unwrap().remove(key))
+    }
+    fn restore(&self, key: &K, r: &FlowRef) -> Result<()> {
+        self.0.lock().unwrap().entry(*key).or_insert(*r);
+        Ok(())
+    }
+}
+
 /// A connection table in memory.
 pub struct FakeFlows {
     pub table: Mutex<Vec<FlowEntry>>,
-    pub refs: Mutex<HashMap<Flow4Key, FlowRef>>,
-    pub refs6: Mutex<HashMap<lb_common::Flow6Key, FlowRef>>,
+    pub refs: FakeRefs<Flow4Key>,
+    pub refs6: FakeRefs<lb_common::Flow6Key>,
     pub full: Mutex<std::collections::BTreeSet<lb_common::SourceRateKey>>,
     max_flows: u32,
 }
@@ -131,8 +162,8 @@ impl FakeFlows {
     pub fn new(slots: u32, max_flows: u32) -> Self {
         FakeFlows {
             table: Mutex::new(vec![FlowEntry::default(); slots as usize]),
-            refs: Mutex::new(HashMap::new()),
-            refs6: Mutex::new(HashMap::new()),
+            refs: FakeRefs::default(),
+            refs6: FakeRefs::default(),
             full: Mutex::new(Default::default()),
             max_flows,
         }
@@ -143,7 +174,7 @@ impl FakeFlows {
         let token = slot::token(slot.wrapping_mul(2_654_435_761));
         e.owner = token;
         let r = FlowRef { slot, token };
-        self.refs.lock().unwrap().insert(e.key_v4(), r);
+        self.refs.0.lock().unwrap().insert(e.key_v4(), r);
         self.table.lock().unwrap()[slot as usize] = e;
         r
     }
@@ -175,43 +206,11 @@ impl Flows for FakeFlows {
         t[s as usize].owner = to;
         true
     }
-    fn refs(&self) -> Result<Vec<(Flow4Key, FlowRef)>> {
-        Ok(self
-            .refs
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (*k, *v))
-            .collect())
+    fn refs4(&self) -> &dyn RefTable<Flow4Key> {
+        &self.refs
     }
-    fn get_ref(&self, key: &Flow4Key) -> Result<Option<FlowRef>> {
-        Ok(self.refs.lock().unwrap().get(key).copied())
-    }
-    fn take_ref(&self, key: &Flow4Key) -> Result<Option<FlowRef>> {
-        Ok(self.refs.lock().unwrap().remove(key))
-    }
-    fn restore_ref(&self, key: &Flow4Key, r: &FlowRef) -> Result<()> {
-        self.refs.lock().unwrap().entry(*key).or_insert(*r);
-        Ok(())
-    }
-    fn refs6(&self) -> Result<Vec<(lb_common::Flow6Key, FlowRef)>> {
-        Ok(self
-            .refs6
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (*k, *v))
-            .collect())
-    }
-    fn get_ref6(&self, key: &lb_common::Flow6Key) -> Result<Option<FlowRef>> {
-        Ok(self.refs6.lock().unwrap().get(key).copied())
-    }
-    fn take_ref6(&self, key: &lb_common::Flow6Key) -> Result<Option<FlowRef>> {
-        Ok(self.refs6.lock().unwrap().remove(key))
-    }
-    fn restore_ref6(&self, key: &lb_common::Flow6Key, r: &FlowRef) -> Result<()> {
-        self.refs6.lock().unwrap().entry(*key).or_insert(*r);
-        Ok(())
+    fn refs6(&self) -> &dyn RefTable<lb_common::Flow6Key> {
+        &self.refs6
     }
     fn set_full_sources(
         &self,

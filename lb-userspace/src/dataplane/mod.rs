@@ -307,7 +307,19 @@ pub trait Counters: Send + Sync {
     fn rtt(&self, backend_id: u32, kind: u32) -> lb_common::rtt::RttRow;
 }
 
-/// The connection table: `FLOWS4` (client tuple → slot) and `FLOW_TABLE` (slot → flow).
+/// A reference table of the connection table (`FLOWS4`, `FLOWS6`): client tuple → the claim of
+/// the slot that holds the flow. One definition for both key types.
+pub trait RefTable<K>: Send + Sync {
+    /// Every entry.
+    fn all(&self) -> Result<Vec<(K, FlowRef)>>;
+    fn get(&self, key: &K) -> Result<Option<FlowRef>>;
+    /// Removes an entry, returning what it held.
+    fn take(&self, key: &K) -> Result<Option<FlowRef>>;
+    /// Puts an entry back unless the key has one (undoing a `take` that took a newer flow).
+    fn restore(&self, key: &K, r: &FlowRef) -> Result<()>;
+}
+
+/// The connection table: `FLOWS4`/`FLOWS6` (client tuple → slot) and `FLOW_TABLE` (slot → flow).
 pub trait Flows: Send + Sync {
     /// Capacity of FLOWS4.
     fn max_flows(&self) -> u32;
@@ -319,19 +331,10 @@ pub trait Flows: Send + Sync {
     fn scan(&self, f: &mut dyn FnMut(u32, &FlowEntry));
     /// Atomically replaces a slot's owner word `from` → `to`; false when it held something else.
     fn swap_owner(&self, slot: u32, from: u32, to: u32) -> bool;
-    /// Every FLOWS4 entry.
-    fn refs(&self) -> Result<Vec<(Flow4Key, FlowRef)>>;
-    fn get_ref(&self, key: &Flow4Key) -> Result<Option<FlowRef>>;
-    /// Removes a FLOWS4 entry, returning what it held.
-    fn take_ref(&self, key: &Flow4Key) -> Result<Option<FlowRef>>;
-    /// Puts an entry back unless the key has one (undoing a `take_ref` that took a newer flow).
-    fn restore_ref(&self, key: &Flow4Key, r: &FlowRef) -> Result<()>;
-    /// Every FLOWS6 entry (IPv6 clients).
-    fn refs6(&self) -> Result<Vec<(Flow6Key, FlowRef)>>;
-    /// `get_ref`, `take_ref` and `restore_ref` for FLOWS6.
-    fn get_ref6(&self, key: &Flow6Key) -> Result<Option<FlowRef>>;
-    fn take_ref6(&self, key: &Flow6Key) -> Result<Option<FlowRef>>;
-    fn restore_ref6(&self, key: &Flow6Key, r: &FlowRef) -> Result<()>;
+    /// FLOWS4: IPv4 clients' tuples → slot claims.
+    fn refs4(&self) -> &dyn RefTable<Flow4Key>;
+    /// FLOWS6: IPv6 clients' tuples → slot claims.
+    fn refs6(&self) -> &dyn RefTable<Flow6Key>;
     /// A flow's packets and payload bytes each way (zero while the connection log is off).
     fn bytes(&self, slot: u32) -> lb_common::connlog::FlowBytes;
     /// Makes SOURCE_FULL hold exactly `full`: the sources at their VIP's concurrent limit.

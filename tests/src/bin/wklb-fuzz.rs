@@ -578,7 +578,7 @@ fn shuffle(fx: &mut Fixture, rng: &mut SmallRng) -> Result<()> {
 
 /// FLOWS4, FLOWS6 and the flow slots agree.
 fn check_tables(fx: &Fixture) -> Result<(usize, usize)> {
-    let refs = fx.flows.refs()?;
+    let refs = fx.flows.refs4().all()?;
     let mut owners: HashMap<u32, usize> = HashMap::new();
     for (key, r) in &refs {
         let e = fx.flows.entry(r.slot);
@@ -599,7 +599,7 @@ fn check_tables(fx: &Fixture) -> Result<(usize, usize)> {
         }
         *owners.entry(r.slot).or_default() += 1;
     }
-    let refs6 = fx.flows.refs6()?;
+    let refs6 = fx.flows.refs6().all()?;
     for (key, r) in &refs6 {
         let e = fx.flows.entry(r.slot);
         let (cport, vport) = key.ports_host();
