@@ -88,9 +88,12 @@ fn names(
     snat_index: u32,
 ) -> (String, String, String) {
     let v = snap.vips.iter().find(|v| v.id == vip_id);
-    let vip = v.map_or_else(|| format!("(vip id {vip_id})"), |v| v.name.clone());
+    let vip = v.map_or_else(|| format!("(vip id {vip_id})"), |v| v.spec.name.clone());
     let group = v.map_or_else(String::new, |v| {
-        v.groups.group_of(backend.ip(), backend.port()).to_string()
+        v.spec
+            .groups
+            .group_of(backend.ip(), backend.port())
+            .to_string()
     });
     let snat = snap
         .snat

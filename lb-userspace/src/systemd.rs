@@ -98,12 +98,12 @@ impl Watchdog {
 pub fn unprobed(s: &Snapshot) -> Vec<String> {
     s.vips
         .iter()
-        .filter(|v| v.health.kind != crate::config::ProbeKind::None)
+        .filter(|v| v.spec.health.kind != crate::config::ProbeKind::None)
         .flat_map(|v| {
             v.backends
                 .iter()
-                .filter(|b| b.probe_rtt_ms.is_none())
-                .map(move |b| format!("{}/{}", v.name, b.socket()))
+                .filter(|b| b.probe_rtt_ms().is_none())
+                .map(move |b| format!("{}/{}", v.spec.name, b.socket()))
         })
         .collect()
 }
@@ -115,19 +115,19 @@ pub fn summary(s: &Snapshot) -> String {
         .vips
         .iter()
         .flat_map(|v| &v.backends)
-        .filter(|b| b.status == crate::health::Status::Up)
+        .filter(|b| b.status() == crate::health::Status::Up)
         .count();
     let fail_open: Vec<&str> = s
         .vips
         .iter()
         .filter(|v| v.mode == crate::controller::plan::TableMode::FailOpen)
-        .map(|v| v.name.as_str())
+        .map(|v| v.spec.name.as_str())
         .collect();
     let cookies: Vec<&str> = s
         .vips
         .iter()
         .filter(|v| v.cookies_engaged)
-        .map(|v| v.name.as_str())
+        .map(|v| v.spec.name.as_str())
         .collect();
     let mut line = format!(
         "{} VIP(s), {up}/{backends} backends up, XDP on {}",

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::{
     config::{Announce, WhenAllDown},
-    controller::{plan::TableMode, snapshot::VipView},
+    controller::{plan::TableMode, state::VipState},
 };
 
 /// The decision for one VIP address.
@@ -23,26 +23,26 @@ pub struct AddressPlan {
 }
 
 /// Why a VIP cannot take new flows here (None: it can).
-pub fn not_serving(v: &VipView, when_all_down: WhenAllDown) -> Option<String> {
+pub fn not_serving(v: &VipState, when_all_down: WhenAllDown) -> Option<String> {
     match v.mode {
         TableMode::Normal | TableMode::Starting => None,
         TableMode::FailOpen if when_all_down == WhenAllDown::Keep => None,
         TableMode::FailOpen => Some(format!(
             "VIP {}: every backend is down (announce.when_all_backends_down = \"withdraw\")",
-            v.name
+            v.spec.name
         )),
         TableMode::Empty => Some(format!(
             "VIP {}: no backend may take new flows (all drained or weight 0)",
-            v.name
+            v.spec.name
         )),
     }
 }
 
 /// One decision per announced address, in address order.
-pub fn plan(cfg: &Announce, vips: &[VipView], drained: bool) -> Vec<AddressPlan> {
-    let mut by_address: BTreeMap<IpAddr, Vec<&VipView>> = BTreeMap::new();
-    for v in vips.iter().filter(|v| cfg.vips.contains(&v.name)) {
-        by_address.entry(v.address).or_default().push(v);
+pub fn plan(cfg: &Announce, vips: &[VipState], drained: bool) -> Vec<AddressPlan> {
+    let mut by_address: BTreeMap<IpAddr, Vec<&VipState>> = BTreeMap::new();
+    for v in vips.iter().filter(|v| cfg.vips.contains(&v.spec.name)) {
+        by_address.entry(v.spec.address).or_default().push(v);
     }
     by_address
         .into_iter()
@@ -56,7 +56,7 @@ pub fn plan(cfg: &Announce, vips: &[VipView], drained: bool) -> Vec<AddressPlan>
                 address,
                 announce: blocker.is_none(),
                 why: blocker.unwrap_or_else(|| "serving".into()),
-                vips: vs.iter().map(|v| v.name.clone()).collect(),
+                vips: vs.iter().map(|v| v.spec.name.clone()).collect(),
             }
         })
         .collect()
@@ -64,30 +64,18 @@ pub fn plan(cfg: &Announce, vips: &[VipView], drained: bool) -> Vec<AddressPlan>
 
 #[cfg(test)]
 mod tests {
-    use std::{path::PathBuf, sync::Arc};
+    use std::path::PathBuf;
 
     use super::*;
-    use crate::config::{CookieMode, HealthCheck, Protocol, SourcePolicy};
+    use crate::config::Protocol;
 
-    fn vip(name: &str, addr: [u8; 4], mode: TableMode) -> VipView {
-        VipView {
-            name: name.into(),
-            address: IpAddr::from(addr),
-            port: 5100,
-            protocol: Protocol::Tcp,
-            id: 0,
+    fn vip(name: &str, addr: [u8; 4], mode: TableMode) -> VipState {
+        VipState {
             mode,
-            health: HealthCheck::default(),
-            table: Arc::new(Vec::new()),
-            backends: Vec::new(),
-            syn_cookies: CookieMode::Off,
-            cookies_engaged: false,
-            cookies_on: false,
-            cookies_changed: None,
-            sources: SourcePolicy::default(),
-            groups: Default::default(),
-            levels: Vec::new(),
-            pins: Vec::new(),
+            ..VipState::new(
+                crate::config::Vip::new(name, IpAddr::from(addr), 5100, Protocol::Tcp),
+                0,
+            )
         }
     }
 

@@ -213,6 +213,28 @@ pub struct Vip {
     pub pins: Vec<Pin>,
 }
 
+impl Vip {
+    /// A VIP with every option at its default and no backends.
+    pub fn new(name: impl Into<String>, address: IpAddr, port: u16, protocol: Protocol) -> Self {
+        Vip {
+            name: name.into(),
+            address,
+            port,
+            protocol,
+            health: HealthCheck::default(),
+            syn_cookies: if protocol == Protocol::Tcp {
+                CookieMode::Auto
+            } else {
+                CookieMode::Off
+            },
+            sources: SourcePolicy::default(),
+            backends: Vec::new(),
+            groups: Groups::default(),
+            pins: Vec::new(),
+        }
+    }
+}
+
 /// Clients in `sources` are only ever sent to backends of `groups` (data residency).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pin {

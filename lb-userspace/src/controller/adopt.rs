@@ -14,7 +14,7 @@ use super::{
     state::{BackendState, SnatState, State, VipState},
 };
 use crate::{
-    config::{Config, HealthCheck, Protocol},
+    config::{Config, Protocol, Vip},
     dataplane::Image,
     health::{Health, Status},
     sys::clock::monotonic_ns,
@@ -86,16 +86,26 @@ fn vip(img: &Image, address: IpAddr, port: u16, proto: u8, meta: &VipMeta) -> Op
         .collect();
     let fail_open = meta.flags & VipMeta::FAIL_OPEN != 0;
     let mut v = VipState {
-        name: format!("(adopted {})", meta.vip_id),
-        address,
-        port,
-        protocol,
-        health: HealthCheck::default(),
+        // Until the config names it and says which health check, groups, pins, lists and
+        // rates it has (applied right after adoption).
+        spec: Vip {
+            // Until the config says which mode; an engaged cookie mode stays engaged across a
+            // restart (the pressure watch releases it when the flood is over).
+            syn_cookies: if meta.flags & VipMeta::COOKIES_ALLOWED != 0 {
+                crate::config::CookieMode::Auto
+            } else {
+                crate::config::CookieMode::Off
+            },
+            ..Vip::new(
+                format!("(adopted {})", meta.vip_id),
+                address,
+                port,
+                protocol,
+            )
+        },
         id: meta.vip_id,
         backends: Vec::new(),
         adopted: true,
-        // Until the config says which groups and pins there are.
-        groups: Default::default(),
         pins: Vec::new(),
         table: table.unwrap_or_else(VipState::empty_table),
         members: Vec::new(),
@@ -104,17 +114,8 @@ fn vip(img: &Image, address: IpAddr, port: u16, proto: u8, meta: &VipMeta) -> Op
         } else {
             TableMode::Normal
         },
-        // Until the config says which mode; an engaged cookie mode stays engaged across a
-        // restart (the pressure watch releases it when the flood is over).
-        syn_cookies: if meta.flags & VipMeta::COOKIES_ALLOWED != 0 {
-            crate::config::CookieMode::Auto
-        } else {
-            crate::config::CookieMode::Off
-        },
         cookies_engaged: meta.flags & VipMeta::COOKIES_ON != 0,
         cookies_changed: None,
-        // The config's lists and rate are applied right after adoption.
-        sources: Default::default(),
     };
     for (id, b) in img.backends.iter().filter(|(_, b)| b.vip_id == meta.vip_id) {
         if b.flags & Backend::ACTIVE == 0 {

@@ -35,7 +35,7 @@ impl<M: Maps> Controller<M> {
             for b in &v.backends {
                 next.retire(v.id, b, now);
             }
-            summary.push(format!("vip {}: removed", v.name));
+            summary.push(format!("vip {}: removed", v.spec.name));
         }
         for vc in &new.vips {
             match next
@@ -98,25 +98,7 @@ fn snat(next: &mut State, new: &Config, capacity: u32, summary: &mut Vec<String>
 
 fn add_vip(next: &mut State, vc: &Vip) -> Result<()> {
     let id = next.alloc_vip_id()?;
-    let mut v = VipState {
-        name: vc.name.clone(),
-        address: vc.address,
-        port: vc.port,
-        protocol: vc.protocol,
-        health: vc.health.clone(),
-        id,
-        backends: Vec::new(),
-        adopted: false,
-        table: VipState::empty_table(),
-        members: Vec::new(),
-        mode: Default::default(),
-        syn_cookies: vc.syn_cookies,
-        cookies_engaged: false,
-        cookies_changed: None,
-        sources: vc.sources.clone(),
-        groups: vc.groups.clone(),
-        pins: Vec::new(),
-    };
+    let mut v = VipState::new(vc.clone(), id);
     for b in &vc.backends {
         let bid = alloc_with(next, &v)?;
         v.backends
@@ -192,22 +174,20 @@ fn update_vip(
             vc.name,
             v.backends.len()
         ));
-    } else if v.name != vc.name {
-        summary.push(format!("vip {}: renamed to {}", v.name, vc.name));
+    } else if v.spec.name != vc.name {
+        summary.push(format!("vip {}: renamed to {}", v.spec.name, vc.name));
     }
-    v.name = vc.name.clone();
-    if v.syn_cookies != vc.syn_cookies {
+    if v.spec.syn_cookies != vc.syn_cookies {
         if !adopted {
             summary.push(format!(
                 "vip {}: syn_cookies {} -> {}",
                 vc.name,
-                v.syn_cookies.name(),
+                v.spec.syn_cookies.name(),
                 vc.syn_cookies.name()
             ));
         }
-        v.syn_cookies = vc.syn_cookies;
     }
-    if v.sources != vc.sources {
+    if v.spec.sources != vc.sources {
         if !adopted {
             summary.push(format!(
                 "vip {}: sources: {} deny, {} allow, rate {}/s (burst {}), at most {} connections each",
@@ -219,9 +199,8 @@ fn update_vip(
                 vc.sources.max_conns
             ));
         }
-        v.sources = vc.sources.clone();
     }
-    if v.groups != vc.groups {
+    if v.spec.groups != vc.groups {
         if !adopted {
             summary.push(format!(
                 "vip {}: groups {}, overprovisioning {:.2}",
@@ -235,20 +214,23 @@ fn update_vip(
                 vc.groups.overprovisioning_pct as f64 / 100.0
             ));
         }
-        v.groups = vc.groups.clone();
     }
     set_pins(next, i, vc, adopted, summary)?;
     let v = &mut next.vips[i];
-    if v.health != vc.health {
+    if v.spec.health != vc.health {
         if !adopted {
             summary.push(format!("vip {}: health check changed", vc.name));
         }
-        v.health = vc.health.clone();
         for b in &mut v.backends {
             // New thresholds; a down backend stays down until it proves itself again.
             b.health = b.health.rethreshold(vc.health.rise, vc.health.fall);
         }
     }
+    // Every setting of the file's VIP, CLI edits reverted (the backends are diffed below).
+    v.spec = Vip {
+        backends: Vec::new(),
+        ..vc.clone()
+    };
     let current: Vec<(IpAddr, u16, u32)> = v
         .backends
         .iter()

@@ -50,14 +50,14 @@ fn backend_index(s: &State, vi: usize, address: IpAddr, port: Option<u16>) -> Re
             let known: Vec<String> = v.backends.iter().map(|b| b.key()).collect();
             bail!(
                 "vip {} has no backend {address}{} (known: {})",
-                v.name,
+                v.spec.name,
                 port.map(|p| format!(":{p}")).unwrap_or_default(),
                 known.join(", ")
             )
         }
         _ => bail!(
             "vip {} has several backends at {address}: give the port too",
-            v.name
+            v.spec.name
         ),
     }
 }
@@ -84,13 +84,13 @@ impl<M: Maps> Controller<M> {
             );
         }
         let vi = next.vip_index(vip)?;
-        if address.is_ipv6() && next.vips[vi].syn_cookies != crate::config::CookieMode::Off {
+        if address.is_ipv6() && next.vips[vi].spec.syn_cookies != crate::config::CookieMode::Off {
             bail!(
                 "vip {vip} has syn_cookies = {:?}; IPv6 backends need syn_cookies = \"off\" in its config",
-                next.vips[vi].syn_cookies.name()
+                next.vips[vi].spec.syn_cookies.name()
             );
         }
-        let port = port.unwrap_or(next.vips[vi].port);
+        let port = port.unwrap_or(next.vips[vi].spec.port);
         if next.vips[vi]
             .backends
             .iter()
@@ -98,7 +98,7 @@ impl<M: Maps> Controller<M> {
         {
             bail!("vip {vip} already has backend {address}:{port}");
         }
-        let groups = &mut next.vips[vi].groups;
+        let groups = &mut next.vips[vi].spec.groups;
         let group = group.unwrap_or(crate::config::DEFAULT_GROUP);
         if groups.get(group).is_none() {
             let known: Vec<&str> = groups.groups.iter().map(|g| g.name.as_str()).collect();
@@ -111,7 +111,7 @@ impl<M: Maps> Controller<M> {
             groups.of_backend.insert((address, port), group.to_string());
         }
         let id = next.alloc_backend_id()?;
-        let hc = next.vips[vi].health.clone();
+        let hc = next.vips[vi].spec.health.clone();
         let b = next.new_backend(address, port, weight, id, &hc);
         let pending = b.health.status == Status::Pending;
         next.vips[vi].backends.push(b);
@@ -141,7 +141,11 @@ impl<M: Maps> Controller<M> {
             );
         }
         let b = next.vips[vi].backends.remove(bi);
-        next.vips[vi].groups.of_backend.remove(&(b.address, b.port));
+        next.vips[vi]
+            .spec
+            .groups
+            .of_backend
+            .remove(&(b.address, b.port));
         let vip_id = next.vips[vi].id;
         next.retire(vip_id, &b, monotonic_ns());
         self.commit(next)?;
@@ -258,7 +262,7 @@ impl<M: Maps> Controller<M> {
     ) -> Result<String> {
         let vi = self.state.vip_index(vip)?;
         let mut next = self.state.clone();
-        let p = &mut next.vips[vi].sources;
+        let p = &mut next.vips[vi].spec.sources;
         let other = match list {
             SourceList::Deny => SourceList::Allow,
             SourceList::Allow => SourceList::Deny,
@@ -273,7 +277,7 @@ impl<M: Maps> Controller<M> {
             let total: usize = next
                 .vips
                 .iter()
-                .map(|v| v.sources.deny.len() + v.sources.allow.len())
+                .map(|v| v.spec.sources.deny.len() + v.spec.sources.allow.len())
                 .sum();
             if total >= lb_common::MAX_SOURCE_ENTRIES as usize {
                 bail!(
@@ -281,7 +285,7 @@ impl<M: Maps> Controller<M> {
                     lb_common::MAX_SOURCE_ENTRIES
                 );
             }
-            if !next.vips[vi].sources.list_mut(list).insert(net) {
+            if !next.vips[vi].spec.sources.list_mut(list).insert(net) {
                 bail!("vip {vip}: {net} is already on the {} list", list.name());
             }
         } else if !p.list_mut(list).remove(&net) {

@@ -267,8 +267,8 @@ pub fn spawn(
                 let limits: BTreeMap<u32, u32> = snap
                     .vips
                     .iter()
-                    .filter(|v| v.sources.max_conns > 0)
-                    .map(|v| (v.id, v.sources.max_conns))
+                    .filter(|v| v.spec.sources.max_conns > 0)
+                    .map(|v| (v.id, v.spec.sources.max_conns))
                     .collect();
                 let now = monotonic_ns();
                 match sweep_with(

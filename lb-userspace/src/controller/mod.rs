@@ -4,7 +4,7 @@
 //! /metrics.
 //!
 //! Every change follows one path (`commit`): a copy of the state is changed, its tables rebuilt
-//! where their members changed, the image the maps must hold is planned (`plan`), and the
+//! where their members changed, the image the maps must hold is planned (`image`, from the tables `plan` chose), and the
 //! difference is written in a safe order (`txn`). If a write fails, the writes before it are
 //! undone and the state stays what it was: nothing is half-applied.
 
@@ -12,6 +12,7 @@ mod adopt;
 mod apply;
 pub mod edits;
 pub mod expiry;
+pub mod image;
 pub mod plan;
 pub mod priority;
 pub mod reports;
@@ -82,7 +83,7 @@ impl<M: Maps> Controller<M> {
             v.refresh_table();
             v.refresh_pins();
         }
-        let want = plan::image(&next);
+        let want = image::image(&next);
         let writes = self.image.diff(&want);
         txn::apply(&mut self.maps, &self.image, &writes)?;
         self.state = next;

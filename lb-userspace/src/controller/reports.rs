@@ -16,7 +16,7 @@ use lb_common::{
 use super::{
     Snapshot,
     plan::TableMode,
-    snapshot::{BackendView, VipView},
+    state::{BackendState, VipState},
 };
 use crate::{
     config::SourceList,
@@ -155,32 +155,34 @@ pub fn stats(snap: &Snapshot, counters: &dyn Counters, flows: &dyn Flows) -> Res
 
 /// Each group's health and share of new flows: its level's load, split among the level's
 /// groups by the weight of their healthy backends (as the table splits it).
-fn group_reports(v: &VipView, backends: &[BackendReport]) -> Vec<GroupReport> {
-    let mut groups: Vec<&crate::config::Group> = v.groups.groups.iter().collect();
+fn group_reports(v: &VipState, backends: &[BackendReport]) -> Vec<GroupReport> {
+    let mut groups: Vec<&crate::config::Group> = v.spec.groups.groups.iter().collect();
     groups.sort_by_key(|g| (g.priority, g.name.clone()));
     let up_weight = |name: &str| -> u64 {
         v.backends
             .iter()
-            .filter(|b| b.weight > 0 && b.status == Status::Up)
-            .filter(|b| v.groups.group_of(b.address, b.port) == name)
+            .filter(|b| b.weight > 0 && b.status() == Status::Up)
+            .filter(|b| v.spec.groups.group_of(b.address, b.port) == name)
             .map(|b| b.weight as u64)
             .sum()
     };
+    let levels = v.levels();
     groups
         .into_iter()
         .map(|g| {
-            let mine: Vec<&BackendView> = v
+            let mine: Vec<&BackendState> = v
                 .backends
                 .iter()
-                .filter(|b| v.groups.group_of(b.address, b.port) == g.name)
+                .filter(|b| v.spec.groups.group_of(b.address, b.port) == g.name)
                 .collect();
             let eligible = mine.iter().filter(|b| b.weight > 0).count() as u32;
             let healthy = mine
                 .iter()
-                .filter(|b| b.weight > 0 && b.status == Status::Up)
+                .filter(|b| b.weight > 0 && b.status() == Status::Up)
                 .count() as u32;
-            let level = v.levels.iter().find(|l| l.priority == g.priority);
+            let level = levels.iter().find(|l| l.priority == g.priority);
             let level_up: u64 = v
+                .spec
                 .groups
                 .groups
                 .iter()
@@ -221,13 +223,13 @@ fn group_reports(v: &VipView, backends: &[BackendReport]) -> Vec<GroupReport> {
         .collect()
 }
 
-fn vip_report(v: &VipView, counters: &dyn Counters, fc: &FlowCounts) -> Result<VipReport> {
+fn vip_report(v: &VipState, counters: &dyn Counters, fc: &FlowCounts) -> Result<VipReport> {
     let s = counters.vip(v.id)?;
     Ok(VipReport {
-        name: v.name.clone(),
-        address: v.address.to_string(),
-        port: v.port,
-        protocol: v.protocol.name().into(),
+        name: v.spec.name.clone(),
+        address: v.spec.address.to_string(),
+        port: v.spec.port,
+        protocol: v.spec.protocol.name().into(),
         table_mode: mode_name(v.mode).into(),
         fail_open: v.mode == TableMode::FailOpen,
         packets: s.packets,
@@ -237,9 +239,9 @@ fn vip_report(v: &VipView, counters: &dyn Counters, fc: &FlowCounts) -> Result<V
         active_flows: fc.per_vip.get(&v.id).copied().unwrap_or(0),
         half_open_flows: fc.half_open_per_vip.get(&v.id).copied().unwrap_or(0),
         backends_total: v.backends.len(),
-        backends_in_table: v.backends.iter().filter(|b| b.in_table).count(),
-        syn_cookies: v.syn_cookies.name().into(),
-        syn_cookies_active: v.cookies_on,
+        backends_in_table: v.backends.iter().filter(|b| v.has_in_table(b.id)).count(),
+        syn_cookies: v.spec.syn_cookies.name().into(),
+        syn_cookies_active: v.cookies_on(),
         syn_cookies_since: v.cookies_changed.and_then(|t| {
             t.duration_since(std::time::UNIX_EPOCH)
                 .ok()
@@ -250,14 +252,14 @@ fn vip_report(v: &VipView, counters: &dyn Counters, fc: &FlowCounts) -> Result<V
         cookies_sent: s.cookies_sent,
         cookies_valid: s.cookies_valid,
         cookies_invalid: s.cookies_invalid,
-        deny_entries: v.sources.deny.len(),
-        allow_entries: v.sources.allow.len(),
-        source_rate: v.sources.rate,
-        source_burst: v.sources.burst,
+        deny_entries: v.spec.sources.deny.len(),
+        allow_entries: v.spec.sources.allow.len(),
+        source_rate: v.spec.sources.rate,
+        source_burst: v.spec.sources.burst,
         denied: s.denied,
         allowed: s.allowed,
         rate_limited: s.rate_limited,
-        source_max_conns: v.sources.max_conns,
+        source_max_conns: v.spec.sources.max_conns,
         conn_limited: s.conn_limited,
         groups: Vec::new(),
         pins: Vec::new(),
@@ -267,23 +269,23 @@ fn vip_report(v: &VipView, counters: &dyn Counters, fc: &FlowCounts) -> Result<V
 }
 
 fn backend_report(
-    v: &VipView,
-    b: &BackendView,
+    v: &VipState,
+    b: &BackendState,
     counters: &dyn Counters,
     fc: &FlowCounts,
 ) -> Result<BackendReport> {
     let s = counters.backend(b.id)?;
     let (open, closing) = fc.per_backend.get(&b.id).copied().unwrap_or_default();
     Ok(BackendReport {
-        vip: v.name.clone(),
+        vip: v.spec.name.clone(),
         address: b.address.to_string(),
         port: b.port,
-        group: v.groups.group_of(b.address, b.port).to_string(),
+        group: v.spec.groups.group_of(b.address, b.port).to_string(),
         weight: b.weight,
         configured_weight: b.configured_weight,
-        health: status_name(b.status).into(),
-        healthy: b.status == Status::Up,
-        in_table: b.in_table,
+        health: status_name(b.status()).into(),
+        healthy: b.status() == Status::Up,
+        in_table: v.has_in_table(b.id),
         packets_in: s.packets_in,
         bytes_in: s.bytes_in,
         packets_out: s.packets_out,
@@ -291,7 +293,7 @@ fn backend_report(
         new_flows: s.new_flows,
         active_flows: open,
         closing_flows: closing,
-        probe_rtt_ms: b.probe_rtt_ms,
+        probe_rtt_ms: b.probe_rtt_ms(),
         backend_rtt: RttReport::of(counters.rtt(b.id, lb_common::rtt::RTT_BACKEND)),
         client_rtt: RttReport::of(counters.rtt(b.id, lb_common::rtt::RTT_CLIENT)),
         last_probe_error: b.last_error.clone(),
@@ -317,7 +319,7 @@ fn matches(want: &Option<(IpAddr, Option<u16>)>, a: IpAddr, p: u16) -> bool {
 fn conn_row(snap: &Snapshot, s: u32, e: &FlowEntry, now_ns: u64) -> ConnReport {
     let vip = snap
         .vip_by_id(e.vip_id as u32)
-        .map(|v| v.name.clone())
+        .map(|v| v.spec.name.clone())
         .unwrap_or_else(|| "(removed)".into());
     let snat_addr = snap
         .snat
@@ -380,7 +382,7 @@ pub fn conns(
         total += 1;
         let key = (
             snap.vip_by_id(e.vip_id as u32)
-                .map(|v| v.name.clone())
+                .map(|v| v.spec.name.clone())
                 .unwrap_or_default(),
             SocketAddr::new(snap.backend_ip(e), e.backend_port).to_string(),
             SocketAddr::new(client_ip(e), e.client_port).to_string(),
@@ -412,11 +414,11 @@ pub fn lookup(
     vip: &str,
 ) -> Result<LookupReport> {
     let v = snap.vip(vip)?;
-    let proto = v.protocol.number();
+    let proto = v.spec.protocol.number();
     // The tuple as the data path keys and hashes it, and the recorded flow of that tuple.
-    let (h, existing_ref, client_v4) = match (client, v.address) {
+    let (h, existing_ref, client_v4) = match (client, v.spec.address) {
         (SocketAddr::V4(c), IpAddr::V4(va)) => {
-            let key = Flow4Key::new(c.ip().octets(), va.octets(), c.port(), v.port, proto);
+            let key = Flow4Key::new(c.ip().octets(), va.octets(), c.port(), v.spec.port, proto);
             (
                 flow_hash_v4_key(&key),
                 flows.refs4().get(&key)?,
@@ -424,8 +426,13 @@ pub fn lookup(
             )
         }
         (SocketAddr::V6(c), IpAddr::V6(va)) => {
-            let key =
-                lb_common::Flow6Key::new(c.ip().octets(), va.octets(), c.port(), v.port, proto);
+            let key = lb_common::Flow6Key::new(
+                c.ip().octets(),
+                va.octets(),
+                c.port(),
+                v.spec.port,
+                proto,
+            );
             (
                 lb_common::hash::flow_hash_v6_key(&key),
                 flows.refs6().get(&key)?,
@@ -434,8 +441,8 @@ pub fn lookup(
         }
         _ => bail!(
             "client {client} and VIP {} ({}) are of different address families",
-            v.name,
-            v.address
+            v.spec.name,
+            v.spec.address
         ),
     };
     let table_slot = h % MAGLEV_TABLE_SIZE;
@@ -468,9 +475,9 @@ pub fn lookup(
         .backends
         .iter()
         .find(|b| b.id == id)
-        .map(|b| v.groups.group_of(b.address, b.port).to_string());
+        .map(|b| v.spec.groups.group_of(b.address, b.port).to_string());
     Ok(LookupReport {
-        vip: v.name.clone(),
+        vip: v.spec.name.clone(),
         client: client.to_string(),
         flow_hash: h,
         slot: table_slot,
@@ -486,10 +493,10 @@ pub fn lookup(
 pub fn source_list(snap: &Snapshot, list: SourceList, vip: Option<&str>) -> Vec<SourceEntry> {
     snap.vips
         .iter()
-        .filter(|v| vip.is_none_or(|n| v.name == n))
+        .filter(|v| vip.is_none_or(|n| v.spec.name == n))
         .flat_map(|v| {
-            v.sources.list(list).iter().map(|net| SourceEntry {
-                vip: v.name.clone(),
+            v.spec.sources.list(list).iter().map(|net| SourceEntry {
+                vip: v.spec.name.clone(),
                 list: list.name().into(),
                 prefix: net.to_string(),
             })

@@ -14,7 +14,7 @@ use lb_common::{MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SNAT_ADDRS, MAX_VIPS, NO_BA
 
 use super::plan::{self, TableMode};
 use crate::{
-    config::{Config, CookieMode, Groups, HealthCheck, Pin, Protocol, SourcePolicy},
+    config::{Config, CookieMode, HealthCheck, Pin, Protocol, Vip},
     health::{Health, Status},
 };
 
@@ -32,6 +32,15 @@ pub struct BackendState {
 }
 
 impl BackendState {
+    pub fn status(&self) -> crate::health::Status {
+        self.health.status
+    }
+
+    /// The last probe's round trip in milliseconds (None: never probed).
+    pub fn probe_rtt_ms(&self) -> Option<f64> {
+        self.last_rtt.map(|d| d.as_secs_f64() * 1000.0)
+    }
+
     pub fn socket(&self) -> SocketAddr {
         SocketAddr::new(self.address, self.port)
     }
@@ -42,13 +51,14 @@ impl BackendState {
     }
 }
 
+/// A VIP as the controller runs it: its configuration (`spec`) and what the controller and the
+/// probes add (ids, live backends with their health, tables, cookie state, pins' tables). The
+/// snapshot that reports, /metrics and `lookup` read holds these too.
 #[derive(Clone, Debug)]
 pub struct VipState {
-    pub name: String,
-    pub address: IpAddr,
-    pub port: u16,
-    pub protocol: Protocol,
-    pub health: HealthCheck,
+    /// The VIP's configuration: the file's, with CLI edits to its source lists and groups until
+    /// the next reload. `spec.backends` is left empty: the live backends are `backends`.
+    pub spec: Vip,
     pub id: u32,
     pub backends: Vec<BackendState>,
     /// Rebuilt from pinned maps and not yet matched with the config.
@@ -57,17 +67,10 @@ pub struct VipState {
     pub table: Arc<Vec<u32>>,
     pub members: Vec<maglev::Member>,
     pub mode: TableMode,
-    /// SYN-cookie mode from the config.
-    pub syn_cookies: CookieMode,
     /// `auto` mode is engaged now (set by the SYN-pressure watch).
     pub cookies_engaged: bool,
     /// When `cookies_engaged` last changed.
     pub cookies_changed: Option<std::time::SystemTime>,
-    /// Deny and allow lists (the config's, plus CLI edits until the next reload) and the
-    /// per-source rate.
-    pub sources: SourcePolicy,
-    /// Backend groups and priorities (the config's, plus CLI additions until the next reload).
-    pub groups: Groups,
     /// Source prefixes pinned to groups, each with a table of its own.
     pub pins: Vec<PinState>,
 }
@@ -83,9 +86,29 @@ pub struct PinState {
 }
 
 impl VipState {
+    /// A VIP with id `id`, no live backend and an empty table yet. `spec.backends` is dropped
+    /// (the live backends are added as `BackendState`s).
+    pub fn new(spec: Vip, id: u32) -> Self {
+        VipState {
+            spec: Vip {
+                backends: Vec::new(),
+                ..spec
+            },
+            id,
+            backends: Vec::new(),
+            adopted: false,
+            table: VipState::empty_table(),
+            members: Vec::new(),
+            mode: Default::default(),
+            cookies_engaged: false,
+            cookies_changed: None,
+            pins: Vec::new(),
+        }
+    }
+
     /// The data path answers this VIP's SYNs with cookies now.
     pub const fn cookies_on(&self) -> bool {
-        match self.syn_cookies {
+        match self.spec.syn_cookies {
             CookieMode::Off => false,
             CookieMode::Always => true,
             CookieMode::Auto => self.cookies_engaged,
@@ -93,7 +116,7 @@ impl VipState {
     }
 
     pub fn tuple(&self) -> (IpAddr, u16, Protocol) {
-        (self.address, self.port, self.protocol)
+        (self.spec.address, self.spec.port, self.spec.protocol)
     }
 
     /// Rebuilds the Maglev table if its members changed (health, weight, set).
@@ -123,6 +146,26 @@ impl VipState {
     /// Backend ids in the live table.
     pub fn in_table(&self) -> BTreeSet<u32> {
         self.members.iter().map(|m| m.id).collect()
+    }
+
+    /// Whether backend `id` is in the live table.
+    pub fn has_in_table(&self, id: u32) -> bool {
+        self.members.iter().any(|m| m.id == id)
+    }
+
+    /// Priority levels with their health and load, as the table was built.
+    pub fn levels(&self) -> Vec<plan::Level> {
+        plan::level_loads(self)
+    }
+
+    /// The pin whose prefix is the longest match for `client` (the data path's LPM answer).
+    pub fn pin_of(&self, client: std::net::Ipv4Addr) -> Option<&PinState> {
+        self.pins
+            .iter()
+            .flat_map(|p| p.cfg.sources.iter().map(move |n| (n, p)))
+            .filter(|(n, _)| n.contains(&client))
+            .max_by_key(|(n, _)| n.prefix_len())
+            .map(|(_, p)| p)
     }
 
     pub fn empty_table() -> Arc<Vec<u32>> {
@@ -181,9 +224,9 @@ impl State {
     pub fn vip_index(&self, name: &str) -> Result<usize> {
         self.vips
             .iter()
-            .position(|v| v.name == name)
+            .position(|v| v.spec.name == name)
             .ok_or_else(|| {
-                let known: Vec<&str> = self.vips.iter().map(|v| v.name.as_str()).collect();
+                let known: Vec<&str> = self.vips.iter().map(|v| v.spec.name.as_str()).collect();
                 anyhow!("no VIP named {name:?} (known: {})", known.join(", "))
             })
     }
@@ -227,7 +270,7 @@ impl State {
     /// flows then picks a live backend), until no flow references it.
     pub fn retire(&mut self, vip_id: u32, b: &BackendState, now: u64) {
         let entry = lb_common::Backend::new(
-            lb_common::Addr::v4_word(super::plan::word(b.address)),
+            lb_common::Addr::v4_word(super::image::word(b.address)),
             b.port,
             lb_common::FAMILY_IPV4,
             0,

@@ -53,18 +53,18 @@ pub async fn cookie_watch(h: Handle, counters: Arc<dyn Counters>) {
         watches.retain(|name, _| {
             snap.vips
                 .iter()
-                .any(|v| &v.name == name && v.syn_cookies == CookieMode::Auto)
+                .any(|v| &v.spec.name == name && v.spec.syn_cookies == CookieMode::Auto)
         });
         for v in snap
             .vips
             .iter()
-            .filter(|v| v.syn_cookies == CookieMode::Auto)
+            .filter(|v| v.spec.syn_cookies == CookieMode::Auto)
         {
             let Ok(stats) = counters.vip(v.id) else {
                 continue;
             };
             let w = watches
-                .entry(v.name.clone())
+                .entry(v.spec.name.clone())
                 .or_insert_with(|| Watch::new(v.cookies_engaged));
             let completed = stats.handshakes + stats.cookies_valid;
             let change = w.observe(
@@ -79,7 +79,9 @@ pub async fn cookie_watch(h: Handle, counters: Arc<dyn Counters>) {
                 Some(Change::Release(why)) => (false, why),
                 None => continue,
             };
-            if h.send(Command::Cookies(v.name.clone(), on, why)).is_err() {
+            if h.send(Command::Cookies(v.spec.name.clone(), on, why))
+                .is_err()
+            {
                 return;
             }
         }
