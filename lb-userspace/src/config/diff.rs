@@ -49,6 +49,7 @@ fn reloadable_values(c: &Config) -> Vec<(&'static str, String)> {
     };
     vec![
         ("daemon.gc_interval", dur(c.daemon.gc_interval)),
+        ("daemon.log_level", c.daemon.log_level.name().to_string()),
         (
             "daemon.log_data_path_events",
             c.daemon.log_data_path_events.to_string(),
@@ -129,6 +130,47 @@ fn snat_address_changes(old: &Config, new: &Config) -> Option<String> {
             all.join(" ")
         )
     })
+}
+
+/// What a reload changes in one VIP's settings (its backends and pins are diffed apart), a
+/// line each, named by the VIP's new name.
+pub fn vip_changes(old: &super::Vip, new: &super::Vip) -> Vec<String> {
+    let mut out = Vec::new();
+    let name = &new.name;
+    if old.syn_cookies != new.syn_cookies {
+        out.push(format!(
+            "vip {name}: syn_cookies {} -> {}",
+            old.syn_cookies.name(),
+            new.syn_cookies.name()
+        ));
+    }
+    if old.sources != new.sources {
+        let s = &new.sources;
+        out.push(format!(
+            "vip {name}: sources: {} deny, {} allow, rate {}/s (burst {}), at most {} connections each",
+            s.deny.len(),
+            s.allow.len(),
+            s.rate,
+            s.burst,
+            s.max_conns
+        ));
+    }
+    if old.groups != new.groups {
+        out.push(format!(
+            "vip {name}: groups {}, overprovisioning {:.2}",
+            new.groups
+                .groups
+                .iter()
+                .map(|g| format!("{} (priority {})", g.name, g.priority))
+                .collect::<Vec<_>>()
+                .join(", "),
+            new.groups.overprovisioning_pct as f64 / 100.0
+        ));
+    }
+    if old.health != new.health {
+        out.push(format!("vip {name}: health check changed"));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -177,50 +177,12 @@ fn update_vip(
     } else if v.spec.name != vc.name {
         summary.push(format!("vip {}: renamed to {}", v.spec.name, vc.name));
     }
-    if v.spec.syn_cookies != vc.syn_cookies {
-        if !adopted {
-            summary.push(format!(
-                "vip {}: syn_cookies {} -> {}",
-                vc.name,
-                v.spec.syn_cookies.name(),
-                vc.syn_cookies.name()
-            ));
-        }
-    }
-    if v.spec.sources != vc.sources {
-        if !adopted {
-            summary.push(format!(
-                "vip {}: sources: {} deny, {} allow, rate {}/s (burst {}), at most {} connections each",
-                vc.name,
-                vc.sources.deny.len(),
-                vc.sources.allow.len(),
-                vc.sources.rate,
-                vc.sources.burst,
-                vc.sources.max_conns
-            ));
-        }
-    }
-    if v.spec.groups != vc.groups {
-        if !adopted {
-            summary.push(format!(
-                "vip {}: groups {}, overprovisioning {:.2}",
-                vc.name,
-                vc.groups
-                    .groups
-                    .iter()
-                    .map(|g| format!("{} (priority {})", g.name, g.priority))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                vc.groups.overprovisioning_pct as f64 / 100.0
-            ));
-        }
+    if !adopted {
+        summary.extend(crate::config::diff::vip_changes(&v.spec, vc));
     }
     set_pins(next, i, vc, adopted, summary)?;
     let v = &mut next.vips[i];
     if v.spec.health != vc.health {
-        if !adopted {
-            summary.push(format!("vip {}: health check changed", vc.name));
-        }
         for b in &mut v.backends {
             // New thresholds; a down backend stays down until it proves itself again.
             b.health = b.health.rethreshold(vc.health.rise, vc.health.fall);
