@@ -19,7 +19,7 @@ use lb_common::{
     maglev::{Member, build_table},
 };
 use lb_userspace::{
-    controller::plan,
+    controller::image,
     dataplane::{
         Counters, Flows, Image, Maps,
         kernel::{self, KernelCounters, KernelFlows, KernelMaps, LoadOptions, Program},
@@ -223,7 +223,7 @@ impl Fixture {
             c.flags |= lb_common::AddrClass::SNAT;
             c.snat_index = *i as u16;
         }
-        img.filter = plan::filter(&addrs);
+        img.filter = image::filter(&addrs);
         img.addrs = addrs;
     }
 
@@ -427,7 +427,7 @@ impl Fixture {
             .entry(words_of_v6(VIP6))
             .or_default()
             .flags |= AddrClass::VIP;
-        self.image.filter6 = plan::filter6(&self.image.addrs6);
+        self.image.filter6 = image::filter6(&self.image.addrs6);
         self.sync().expect("IPv6 VIP");
     }
 
@@ -457,7 +457,7 @@ impl Fixture {
                 snat_index: snat_index as u16,
             },
         );
-        self.image.filter6 = plan::filter6(&self.image.addrs6);
+        self.image.filter6 = image::filter6(&self.image.addrs6);
         for (id, port, vip) in [
             (B6_TCP, VIP_TCP_PORT, TCP_VIP_ID),
             (B6_UDP, VIP_UDP_PORT, UDP_VIP_ID),
