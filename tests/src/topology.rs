@@ -679,13 +679,39 @@ impl Topology {
         self.spawn_daemon(cmd, config)
     }
 
-    fn spawn_daemon(&mut self, mut cmd: Command, config: &Path) -> Result<()> {
+    fn spawn_daemon(&mut self, cmd: Command, config: &Path) -> Result<()> {
+        let socket = self.socket.clone();
+        self.spawn_daemon_with(cmd, config, &[("RUST_LOG", "info")], &socket)
+    }
+
+    /// Starts `wklb daemon` in the edge namespace with global options `args` (before the
+    /// subcommand) and environment `env` (RUST_LOG is not set unless given), and waits until
+    /// `socket` answers.
+    pub fn start_daemon_with(
+        &mut self,
+        config: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        socket: &Path,
+    ) -> Result<()> {
+        let mut cmd = command_in(&self.edge_ns, workspace_bin("wklb"))?;
+        cmd.env_remove("RUST_LOG").args(args);
+        self.spawn_daemon_with(cmd, config, env, socket)
+    }
+
+    fn spawn_daemon_with(
+        &mut self,
+        mut cmd: Command,
+        config: &Path,
+        env: &[(&str, &str)],
+        socket: &Path,
+    ) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("daemon.log"))?;
         cmd.args(["daemon", "--config", &config.to_string_lossy()])
-            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -696,7 +722,7 @@ impl Topology {
         });
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(20) {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
                 return Ok(());
             }
             if let Some(d) = self.daemon.as_mut()

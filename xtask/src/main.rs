@@ -1,5 +1,6 @@
 //! `cargo xtask <setup|build|test|demo|bench|fuzz>`: the project's build and test entry points.
 mod cmd;
+mod package;
 mod setup;
 
 use anyhow::Result;
@@ -33,6 +34,17 @@ enum Task {
         /// Fewer repetitions (100,000 instead of 1,000,000 per round) and shorter end-to-end runs.
         #[arg(long)]
         quick: bool,
+    },
+    /// A Debian package (.deb) of wklb: the binary, the systemd unit, the man page, shell
+    /// completions, the example configs, the Grafana dashboard and the Prometheus alerts.
+    /// Writes target/package/wklb_VERSION_ARCH.deb and lists its files.
+    Package {
+        /// Package the debug build `cargo xtask test` made instead of building a release.
+        #[arg(long)]
+        debug: bool,
+        /// Directory for the package [default: target/package].
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
     },
     /// Random and mutated frames through the real XDP object (root), invariants checked after
     /// every frame and batch. `cargo xtask test` runs 200,000.
@@ -71,16 +83,29 @@ fn build_release_bins() -> Result<()> {
     ])
 }
 
-fn run(task: Task) -> Result<()> {
+/// What a task needs besides the toolchain (packages of its programs, bpffs): building and
+/// packaging need nothing else, so an edge host that only builds gets no lab packages.
+fn labs(task: &Task) -> &'static [Lab] {
     match task {
-        Task::Setup => setup::lab(&[Lab::Test, Lab::Demo, Lab::Bench]),
+        Task::Setup => &[Lab::Test, Lab::Demo, Lab::Bench],
+        Task::Build | Task::Package { .. } | Task::Fuzz { .. } => &[],
+        Task::Test { .. } => &[Lab::Test],
+        Task::Demo { .. } => &[Lab::Demo],
+        Task::Bench { .. } => &[Lab::Bench],
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    let labs = labs(&task);
+    match task {
+        Task::Setup => setup::lab(labs),
         Task::Build => {
             setup::toolchain()?;
             cmd::step("building the XDP object and wklb (release)");
             cmd::cargo(&["build", "--release", "-p", "lb-userspace"])
         }
         Task::Test { args } => {
-            setup::lab(&[Lab::Test])?;
+            setup::lab(labs)?;
             if !setup::is_root() {
                 println!(
                     "xtask: not root: privileged tests (XDP load, network namespaces) will be skipped; run `sudo cargo xtask test` to include them"
@@ -112,7 +137,7 @@ fn run(task: Task) -> Result<()> {
                     "the demo creates network namespaces and loads XDP: run `sudo cargo xtask demo`"
                 );
             }
-            setup::lab(&[Lab::Demo])?;
+            setup::lab(labs)?;
             cmd::step("building wklb and the demo (release)");
             build_release_bins()?;
             cmd::step("running the demo (Ctrl-C at any time removes everything it created)");
@@ -126,7 +151,7 @@ fn run(task: Task) -> Result<()> {
             if !setup::is_root() {
                 anyhow::bail!("the benchmark loads XDP programs: run `sudo cargo xtask bench`");
             }
-            setup::lab(&[Lab::Bench])?;
+            setup::lab(labs)?;
             cmd::step("building wklb and the benchmark (release)");
             build_release_bins()?;
             cmd::step("running the benchmarks (data path, control plane, end to end)");
@@ -136,11 +161,27 @@ fn run(task: Task) -> Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
             cmd::run(bin, if quick { &["--quick"] } else { &[] })
         }
+        Task::Package { debug, out } => {
+            let wklb = if debug {
+                cmd::target_dir().join("debug/wklb")
+            } else {
+                setup::toolchain()?;
+                cmd::step("building wklb (release)");
+                cmd::cargo(&["build", "--release", "-p", "lb-userspace"])?;
+                cmd::target_dir().join("release/wklb")
+            };
+            let out = out.unwrap_or_else(|| cmd::target_dir().join("package"));
+            cmd::step("packaging");
+            let deb = package::build(&wklb, &out)?;
+            cmd::run("dpkg-deb", &["--contents", &deb.to_string_lossy()])?;
+            println!("==> {}", deb.display());
+            Ok(())
+        }
         Task::Fuzz { frames, seed } => {
             if !setup::is_root() {
                 anyhow::bail!("the fuzzer loads XDP programs: run `sudo cargo xtask fuzz`");
             }
-            setup::lab(&[])?;
+            setup::lab(labs)?;
             cmd::step("building the fuzzer (release)");
             cmd::cargo(&[
                 "build",
@@ -160,5 +201,26 @@ fn run(task: Task) -> Result<()> {
             }
             cmd::run(&bin.to_string_lossy(), &args)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn building_and_packaging_install_no_lab_package() {
+        for task in [
+            Task::Build,
+            Task::Package {
+                debug: false,
+                out: None,
+            },
+        ] {
+            assert!(labs(&task).is_empty());
+            assert!(setup::packages_for(labs(&task)).is_empty());
+        }
+        let test = setup::packages_for(labs(&Task::Test { args: vec![] }));
+        assert!(test.contains(&"iperf3") && test.contains(&"nginx"));
     }
 }

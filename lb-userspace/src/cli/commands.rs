@@ -174,6 +174,18 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Edge { cmd } => edge(&c, cmd),
         Cmd::Reload => c.change(&Request::Reload),
         Cmd::Unload { pin_path } => unload(&c, &pin_path),
+        Cmd::Completions { shell } => {
+            let mut cmd = <super::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "wklb", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man => {
+            let cmd = <super::Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+            std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+            Ok(())
+        }
         Cmd::Verify => {
             let mut l = kernel::load(&kernel::LoadOptions::default())?;
             let n = l.program.verified_instructions(kernel::PROGRAM)?;

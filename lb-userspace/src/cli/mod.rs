@@ -128,6 +128,14 @@ pub enum Cmd {
     },
     /// Load the XDP program, print the verifier's instruction count, unload.
     Verify,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell), generated from
+    /// these definitions. bash: `wklb completions bash > /etc/bash_completion.d/wklb`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), generated from these definitions: `wklb man | man -l -`.
+    Man,
 }
 
 #[derive(Subcommand)]

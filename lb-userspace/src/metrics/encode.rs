@@ -211,6 +211,22 @@ fn encode_rtt(enc: &mut DescriptorEncoder, s: &StatsReport) -> Result<(), std::f
     )?;
     histogram_family(
         enc,
+        "wklb_group_backend_rtt_seconds",
+        "Edge to backend round trip of new TCP flows through a backend group's backends",
+        s.vips.iter().flat_map(|v| {
+            v.groups.iter().map(move |g| {
+                (
+                    GroupLabels {
+                        vip: v.name.clone(),
+                        group: g.name.clone(),
+                    },
+                    &g.backend_rtt,
+                )
+            })
+        }),
+    )?;
+    histogram_family(
+        enc,
         "wklb_pin_client_rtt_seconds",
         "Client to edge round trip of a pin's clients' new TCP flows",
         s.vips.iter().flat_map(|v| {
@@ -447,6 +463,23 @@ fn encode_vips(enc: &mut DescriptorEncoder, s: &StatsReport) -> Result<(), std::
     };
     gauge_family(
         enc,
+        "wklb_vip_info",
+        "1 per VIP, labelled with its address, port, protocol and configured SYN-cookie mode",
+        s.vips.iter().map(|v| {
+            (
+                vec![
+                    ("vip".to_string(), v.name.clone()),
+                    ("address".to_string(), v.address.clone()),
+                    ("port".to_string(), v.port.to_string()),
+                    ("protocol".to_string(), v.protocol.clone()),
+                    ("syn_cookies".to_string(), v.syn_cookies.clone()),
+                ],
+                1,
+            )
+        }),
+    )?;
+    gauge_family(
+        enc,
         "wklb_vip_fail_open",
         "1 when every backend of the VIP fails its health check and all are kept (fail-open)",
         s.vips.iter().map(|v| (labels(v), v.fail_open as i64)),
@@ -499,6 +532,18 @@ fn encode_data_plane(enc: &mut DescriptorEncoder, s: &StatsReport) -> Result<(),
         "wklb_snat_flows",
         "Flows using each SNAT address (at most one per port)",
         snat,
+    )?;
+    let ports = s.snat.iter().map(|x| {
+        (
+            vec![("address".to_string(), x.address.clone())],
+            x.ports as i64,
+        )
+    });
+    gauge_family(
+        enc,
+        "wklb_snat_ports",
+        "Ports each SNAT address offers (snat.port_min..port_max): its flows at most",
+        ports,
     )?;
     let attached = s.interfaces.iter().map(|a| {
         let labels = vec![

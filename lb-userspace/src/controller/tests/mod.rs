@@ -573,4 +573,19 @@ fn ipv6_backends_take_ipv6_snat_addresses_and_a_restart_adopts_them() {
     assert_eq!(id_of(&again, "fd00:2::11"), b6);
 }
 
+#[test]
+fn a_refused_ipv6_backend_names_the_cookie_mode_as_the_config_spells_it() {
+    let src = "[daemon]\ninterfaces = [\"eth0\"]\n[snat]\naddresses = [\"10.2.0.100\", \"fd00:2::100\"]\n\
+               [[vip]]\nname = \"im\"\naddress = \"10.100.0.1\"\nport = 5100\n\
+               [[vip.backend]]\naddress = \"10.2.0.11\"\n";
+    let cfg = parse(src, Checks::Offline).expect("test config").config;
+    let (mut c, _) = Controller::new(FakeMaps::default(), cfg, eth0(), 4).expect("start");
+    let e = c
+        .add_backend("im", "fd00:2::11".parse().unwrap(), None, 100, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("syn_cookies = \"auto\""), "{e}");
+    assert!(!e.contains("Auto"), "{e}");
+}
+
 mod expiry_pass;
