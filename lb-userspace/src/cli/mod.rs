@@ -145,7 +145,8 @@ pub enum EdgeCmd {
     /// Withdraw every VIP route (remembered across restarts) and keep serving existing
     /// connections; prints how many are open.
     Drain {
-        /// Then report the open connections every second until none is left.
+        /// Then check the open connections every second, report the count whenever it changes,
+        /// and return once none is left.
         #[arg(long)]
         wait: bool,
         /// Give up waiting after SECS seconds (exit status 1 if connections remain).

@@ -6,6 +6,8 @@
 //! file changes nothing.
 
 pub mod diff;
+#[cfg(test)]
+mod docs;
 pub mod schema;
 mod validate;
 

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 /// Every default value, in one place.
@@ -57,7 +57,7 @@ fn s(v: &str) -> Spanned<String> {
     sp(v.to_string())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 pub struct RawConfig {
     pub daemon: RawDaemon,
     #[serde(default)]
@@ -75,7 +75,7 @@ pub struct RawConfig {
 }
 
 /// Which VIP addresses this edge announces (through a kernel routing table a BGP daemon reads).
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 pub struct RawAnnounce {
     #[serde(default = "d_announce_table")]
     pub table: Spanned<i64>,
@@ -89,7 +89,7 @@ pub struct RawAnnounce {
 }
 
 /// When `auto` cookie mode engages and releases.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 pub struct RawSynCookies {
     #[serde(default = "d_engage_syn_rate")]
     pub engage_syn_rate: Spanned<i64>,
@@ -106,7 +106,7 @@ impl Default for RawSynCookies {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 pub struct RawDaemon {
     pub interfaces: Spanned<Vec<String>>,
     #[serde(default = "d_xdp_mode")]
@@ -125,7 +125,7 @@ pub struct RawDaemon {
     pub log_level: Spanned<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 pub struct RawConntrack {
     #[serde(default = "d_max_flows")]
     pub max_flows: Spanned<i64>,
@@ -157,7 +157,7 @@ impl Default for RawConntrack {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 pub struct RawSnat {
     pub addresses: Spanned<Vec<Spanned<String>>>,
     #[serde(default = "d_port_min")]
@@ -166,7 +166,7 @@ pub struct RawSnat {
     pub port_max: Spanned<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 pub struct RawDataPath {
     /// "auto", "off", or an MSS value.
     #[serde(default = "d_mss")]
@@ -184,7 +184,7 @@ impl Default for RawDataPath {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 pub struct RawVip {
     pub name: Spanned<String>,
     pub address: Spanned<String>,
@@ -221,7 +221,7 @@ pub struct RawVip {
     pub pin: Vec<RawPin>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 pub struct RawPin {
     pub name: Option<Spanned<String>>,
     pub sources: Spanned<Vec<Spanned<String>>>,
@@ -231,7 +231,7 @@ pub struct RawPin {
 }
 
 /// The connection log.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 pub struct RawConnLog {
     #[serde(default)]
     pub enabled: bool,
@@ -243,7 +243,7 @@ pub struct RawConnLog {
     pub keep: Spanned<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 pub struct RawGroup {
     pub name: Spanned<String>,
     #[serde(default = "d_priority")]
@@ -251,13 +251,13 @@ pub struct RawGroup {
 }
 
 /// How new flows spill from one priority to the next.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 pub struct RawFailover {
     #[serde(default = "d_overprovisioning")]
     pub overprovisioning: Spanned<f64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 pub struct RawHealthCheck {
     #[serde(default = "d_hc_kind")]
     pub kind: Spanned<String>,
@@ -278,7 +278,7 @@ pub struct RawHealthCheck {
     pub fall: Spanned<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 pub struct RawBackend {
     pub address: Spanned<String>,
     pub port: Option<Spanned<i64>>,
