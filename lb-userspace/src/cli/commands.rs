@@ -131,11 +131,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::CheckConfig { file, offline } => check_config(&file, offline, json),
         Cmd::Vip { cmd: VipCmd::List } => {
             let v: Vec<VipReport> = c.request(&Request::VipList)?;
-            if json {
-                out_json(&v, true)
-            } else {
-                out(render::vips(&v))
-            }
+            show(json, &v, |v| render::vips(v))
         }
         Cmd::Backend { cmd } => backend(&c, cmd),
         Cmd::Deny { cmd } => source_list(&c, SourceList::Deny, cmd),
@@ -156,20 +152,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 snat: ep(snat)?,
                 limit: (limit > 0).then_some(limit),
             })?;
-            if json {
-                out_json(&r, true)
-            } else {
-                out(render::conns(&r))
-            }
+            show(json, &r, render::conns)
         }
         Cmd::Lookup { vip, client } => {
             let (vip, client) = lookup_args(vip, client)?;
             let r: LookupReport = c.request(&Request::Lookup { client, vip })?;
-            if json {
-                out_json(&r, true)
-            } else {
-                out(render::lookup(&r))
-            }
+            show(json, &r, render::lookup)
         }
         Cmd::Edge { cmd } => edge(&c, cmd),
         Cmd::Reload => c.change(&Request::Reload),
@@ -179,31 +167,40 @@ pub fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(shell, &mut cmd, "wklb", &mut std::io::stdout());
             Ok(())
         }
-        Cmd::Man => {
-            let cmd = <super::Cli as clap::CommandFactory>::command();
-            let mut out = Vec::new();
-            clap_mangen::Man::new(cmd).render(&mut out)?;
-            std::io::Write::write_all(&mut std::io::stdout(), &out)?;
-            Ok(())
-        }
-        Cmd::Verify => {
-            let mut l = kernel::load(&kernel::LoadOptions::default())?;
-            let n = l.program.verified_instructions(kernel::PROGRAM)?;
-            let v6 = l.program.verified_instructions(kernel::V6_SEND_PROGRAM)?;
-            if json {
-                out_json(
-                    serde_json::json!({
-                        "verified_instructions": n,
-                        "v6_sender_verified_instructions": v6,
-                    }),
-                    true,
-                )
-            } else {
-                out(format!(
-                    "verified instructions: {n} (IPv6-backend sender: {v6})"
-                ))
-            }
-        }
+        Cmd::Man => manual(),
+        Cmd::Verify => verify(json),
+    }
+}
+
+/// The manual page, rendered from the clap definitions.
+fn manual() -> Result<()> {
+    let cmd = <super::Cli as clap::CommandFactory>::command();
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd).render(&mut out)?;
+    std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+    Ok(())
+}
+
+/// Loads the data plane without pins and prints the verifier's instruction counts.
+fn verify(json: bool) -> Result<()> {
+    let mut l = kernel::load(&kernel::LoadOptions::default())?;
+    let n = l.program.verified_instructions(kernel::PROGRAM)?;
+    let v6 = l.program.verified_instructions(kernel::V6_SEND_PROGRAM)?;
+    let v = serde_json::json!({
+        "verified_instructions": n,
+        "v6_sender_verified_instructions": v6,
+    });
+    show(json, &v, |_| {
+        format!("verified instructions: {n} (IPv6-backend sender: {v6})")
+    })
+}
+
+/// Prints `v` as the `--json` document, or as `text` renders it.
+fn show<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce(&T) -> String) -> Result<()> {
+    if json {
+        out_json(v, true)
+    } else {
+        out(text(v))
     }
 }
 

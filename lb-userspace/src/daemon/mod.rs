@@ -171,19 +171,7 @@ async fn run_async(config_path: PathBuf, cfg: Config, overrides: Overrides) -> R
         conn_log: Arc::new(Default::default()),
     });
     let stop_expiry = Arc::new(AtomicBool::new(false));
-    let log = match &cfg.conn_log {
-        Some(l) => {
-            let tx = crate::connlog::spawn_writer(l, ctx.conn_log.clone())?;
-            info!(
-                "connection log: {}",
-                l.path
-                    .as_ref()
-                    .map_or("standard output".to_string(), |p| p.display().to_string())
-            );
-            Some(tx)
-        }
-        None => None,
-    };
+    let log = conn_log_writer(&cfg, &ctx)?;
     let expiry =
         crate::controller::expiry::spawn(flows, handle.clone(), stop_expiry.clone(), log.clone());
     let probes = metrics::ProbeMetrics::new();
@@ -219,13 +207,7 @@ async fn run_async(config_path: PathBuf, cfg: Config, overrides: Overrides) -> R
     let _ = std::fs::remove_file(&cfg.daemon.control_socket);
     let unload = ctx.unload_requested.load(Ordering::SeqCst);
     if unload {
-        // Withdraw first: the BGP daemon stops sending traffic before XDP goes away.
-        match ctx.announcer.lock().await.withdraw_all().await {
-            Ok(removed) => removed
-                .iter()
-                .for_each(|r| info!("unload: withdrew the route {r}")),
-            Err(e) => error!("unload: withdrawing the VIP routes failed: {e:#}"),
-        }
+        withdraw_all(&ctx).await;
     }
     // Drop our handles (program, maps) first so only the pins hold the objects.
     let _ = handle.send(Command::Stop);
@@ -234,6 +216,34 @@ async fn run_async(config_path: PathBuf, cfg: Config, overrides: Overrides) -> R
     let _ = controller_thread.join();
     drop(program);
     finish(unload, failed, &pins)
+}
+
+/// The connection log's writer thread, when the log is on.
+fn conn_log_writer(
+    cfg: &Config,
+    ctx: &Ctx,
+) -> Result<Option<std::sync::mpsc::Sender<crate::connlog::Record>>> {
+    let Some(l) = &cfg.conn_log else {
+        return Ok(None);
+    };
+    let tx = crate::connlog::spawn_writer(l, ctx.conn_log.clone())?;
+    info!(
+        "connection log: {}",
+        l.path
+            .as_ref()
+            .map_or("standard output".to_string(), |p| p.display().to_string())
+    );
+    Ok(Some(tx))
+}
+
+/// `wklb unload`: the routes go first, so the BGP daemon stops sending traffic before XDP goes.
+async fn withdraw_all(ctx: &Ctx) {
+    match ctx.announcer.lock().await.withdraw_all().await {
+        Ok(removed) => removed
+            .iter()
+            .for_each(|r| info!("unload: withdrew the route {r}")),
+        Err(e) => error!("unload: withdrawing the VIP routes failed: {e:#}"),
+    }
 }
 
 type DataPlane = (
