@@ -128,6 +128,15 @@ reasons! {
     DropSourceRateLimited = "drop_source_rate_limited", Drop;
     /// New connection from a source at the VIP's concurrent-connection limit.
     DropSourceConnLimit = "drop_source_conn_limit", Drop;
+    /// A backend answered a cookie flow's SYN with an ACK of an older connection (a challenge
+    /// ACK): the edge, as the client would, answered it with a RST at that acknowledgment.
+    SynCookieBackendReset = "syn_cookie_backend_reset", Sent;
+    /// A packet to a VIP from one of our own addresses (a VIP or SNAT address): no flow can
+    /// have it as its client.
+    DropOwnSource = "drop_own_source", Drop;
+    /// A new flow of a VIP holding more than its share of the flow table or of its SNAT
+    /// family's ports, while that table or pool is over 90% full.
+    DropVipOverShare = "drop_vip_over_share", Drop;
 }
 
 impl Reason {

@@ -682,3 +682,32 @@ pub fn inspect_icmp6(frame: &[u8]) -> SeenIcmp6 {
         checksum_ok: icmp6_checksum_ok(&h, icmp),
     }
 }
+
+/// `frame` (untagged IPv6) with extension headers inserted after the fixed header: each
+/// (type, length in 8-byte units beyond the first, fourth byte), chained to what followed.
+pub fn with_ext(frame: &[u8], headers: &[(u8, u8, u8)]) -> Vec<u8> {
+    let mut out = frame[..54].to_vec();
+    let mut next = frame[20];
+    let mut ext = Vec::new();
+    for (i, (kind, units, fourth)) in headers.iter().enumerate() {
+        let follows = headers.get(i + 1).map_or(next, |h| h.0);
+        let mut h = vec![0u8; (*units as usize + 1) * 8];
+        h[0] = follows;
+        h[1] = *units;
+        if *kind == 43 {
+            h[3] = *fourth;
+        } else {
+            // PadN over the rest of the header.
+            h[2] = 1;
+            h[3] = (h.len() - 4) as u8;
+        }
+        ext.extend(h);
+    }
+    next = headers[0].0;
+    out[20] = next;
+    let plen = u16::from_be_bytes([out[18], out[19]]) + ext.len() as u16;
+    out[18..20].copy_from_slice(&plen.to_be_bytes());
+    out.extend(ext);
+    out.extend_from_slice(&frame[54..]);
+    out
+}

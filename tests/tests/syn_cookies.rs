@@ -5,122 +5,14 @@
 use lb_common::{
     FlowEntry, PROTO_TCP, Reason, VipMeta,
     conntrack::{NO_WSCALE, State},
-    cookie::{self, Tuple},
-    ports_word,
+    cookie,
 };
 use lb_userspace::sys::clock::monotonic_ns;
 use wklb_tests::{
+    exchange::{XDP_DROP, XDP_REDIRECT, XDP_TX, cookie::*},
     fixture::*,
-    packets::{CLIENT_MAC, Seg, TcpView, linux_syn_options, tcp_seg, tcp_view, ts_option},
+    packets::{CLIENT_MAC, Seg, linux_syn_options, tcp_seg, tcp_view, ts_option},
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-const ISN: u32 = 7_000;
-const BACKEND_ISN: u32 = 0xffff_fff0; // wraps during the tests
-const CLIENT_TS: u32 = 0x0102_0304;
-const BACKEND_TS: u32 = 900_000;
-const COOKIES: u32 = VipMeta::COOKIES_ALLOWED | VipMeta::COOKIES_ON;
-
-fn tuple(port: u16, isn: u32) -> Tuple {
-    Tuple {
-        client: word(CLIENT),
-        vip: word(VIP),
-        ports: ports_word(port, VIP_TCP_PORT),
-        isn,
-    }
-}
-
-fn syn_with(port: u16, options: &[u8]) -> Vec<u8> {
-    tcp_seg(
-        client(port),
-        VIP_TCP,
-        &Seg {
-            flags: "S",
-            seq: ISN,
-            ack: 0,
-            win: 64240,
-            options,
-            ..Seg::default()
-        },
-    )
-}
-
-fn flow(fx: &Fixture, port: u16) -> Option<FlowEntry> {
-    fx.flows()
-        .into_iter()
-        .find(|(_, e)| e.client_port == port)
-        .map(|(_, e)| e)
-}
-
-/// SYN with Linux's options; returns the edge's SYN-ACK.
-fn cookie_synack(fx: &mut Fixture, port: u16) -> TcpView {
-    let opts = linux_syn_options(1460, CLIENT_TS, 0, 7);
-    let (act, out) = fx.run(fx.client_if, &syn_with(port, &opts)).unwrap();
-    assert_eq!(act, XDP_TX, "the SYN-ACK goes back where the SYN came from");
-    tcp_view(&out)
-}
-
-/// The client's ACK of the cookie SYN-ACK `sa`, with timestamps.
-fn cookie_ack(port: u16, sa: &TcpView, flags: &'static str, payload: &'static [u8]) -> Vec<u8> {
-    let (edge_ts, _) = sa.ts.expect("timestamps");
-    let opts: &'static [u8] = ts_option(CLIENT_TS + 1, edge_ts).leak();
-    tcp_seg(
-        client(port),
-        VIP_TCP,
-        &Seg {
-            flags,
-            seq: ISN + 1,
-            ack: sa.seq.wrapping_add(1),
-            win: 502,
-            options: opts,
-            payload,
-            ..Seg::default()
-        },
-    )
-}
-
-/// SYN, SYN-ACK, ACK: returns (the SYN-ACK, the backend's SYN as sent, its backend index).
-fn to_backend_syn(fx: &mut Fixture, port: u16) -> (TcpView, TcpView, usize) {
-    let sa = cookie_synack(fx, port);
-    let (act, out) = fx
-        .run(fx.client_if, &cookie_ack(port, &sa, "A", b""))
-        .unwrap();
-    assert_eq!(act, XDP_REDIRECT, "the SYN goes out toward the backend");
-    let s = wklb_tests::packets::inspect(&out);
-    let b = BACKENDS
-        .iter()
-        .position(|b| *b == s.dst)
-        .expect("a backend");
-    assert_eq!(s.src, SNAT);
-    assert!(s.checksums_ok, "{s:?}");
-    (sa, tcp_view(&out), b)
-}
-
-fn snat_port(fx: &Fixture, port: u16) -> u16 {
-    let (slot, _) = fx
-        .flows()
-        .into_iter()
-        .find(|(_, e)| e.client_port == port)
-        .expect("flow");
-    lb_common::slot::port_of(slot)
-}
-
-fn backend_synack(b: usize, sp: u16, options: &'static [u8]) -> Vec<u8> {
-    tcp_seg(
-        (BACKENDS[b], VIP_TCP_PORT),
-        (SNAT, sp),
-        &Seg {
-            flags: "SA",
-            seq: BACKEND_ISN,
-            ack: ISN + 1,
-            win: 65160,
-            options,
-            ..Seg::default()
-        },
-    )
-}
 
 #[test]
 fn the_cookie_synack_carries_the_cookie_and_the_clients_options() {

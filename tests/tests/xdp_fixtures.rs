@@ -9,6 +9,7 @@ use lb_common::{
 };
 use lb_userspace::dataplane::kernel;
 use wklb_tests::{
+    exchange::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, plain::*},
     fixture::*,
     netns::ip,
     packets::{
@@ -17,107 +18,9 @@ use wklb_tests::{
     },
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
 const VIP_UDP: (Ipv4Addr, u16) = (VIP, VIP_UDP_PORT);
-const ISN: u32 = 1000;
 /// A router between the edge and the backends, the source of ICMP errors about them.
 const BACKEND_SIDE_ROUTER: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 254);
-const BACKEND_ISN: u32 = 5000;
-
-fn syn(port: u16) -> Vec<u8> {
-    tcp_seg(
-        client(port),
-        VIP_TCP,
-        &Seg {
-            flags: "S",
-            seq: ISN,
-            ack: 0,
-            ..Seg::default()
-        },
-    )
-}
-
-/// Sends a SYN and returns (backend index, SNAT port) the program chose.
-fn open(fx: &mut Fixture, port: u16) -> (usize, u16) {
-    let (act, out) = fx.run(fx.client_if, &syn(port)).unwrap();
-    assert_eq!(act, XDP_REDIRECT, "SYN from port {port} not redirected");
-    let s = inspect(&out);
-    let idx = BACKENDS
-        .iter()
-        .position(|b| *b == s.dst)
-        .expect("sent to a backend");
-    (idx, s.src_port)
-}
-
-/// A full handshake; returns (backend index, SNAT port).
-fn establish(fx: &mut Fixture, port: u16) -> (usize, u16) {
-    let (b, sp) = open(fx, port);
-    backend_answers(fx, b, sp);
-    client_acks(fx, port);
-    (b, sp)
-}
-
-/// Backend `b`'s SYN-ACK to SNAT port `sp`, forwarded to the client.
-fn backend_answers(fx: &mut Fixture, b: usize, sp: u16) {
-    let synack = tcp_seg(
-        (BACKENDS[b], VIP_TCP_PORT),
-        (SNAT, sp),
-        &Seg {
-            flags: "SA",
-            seq: BACKEND_ISN,
-            ack: ISN + 1,
-            ..Seg::default()
-        },
-    );
-    assert_eq!(fx.run(fx.backend_if, &synack).unwrap().0, XDP_REDIRECT);
-}
-
-/// The client's ACK from `port` after the backend's SYN-ACK.
-fn ack_from(port: u16) -> Vec<u8> {
-    tcp_seg(
-        client(port),
-        VIP_TCP,
-        &Seg {
-            flags: "A",
-            seq: ISN + 1,
-            ack: BACKEND_ISN + 1,
-            ..Seg::default()
-        },
-    )
-}
-
-/// The client's ACK from `port` (its first one ends the handshake), forwarded.
-fn client_acks(fx: &mut Fixture, port: u16) {
-    assert_eq!(
-        fx.run(fx.client_if, &ack_from(port)).unwrap().0,
-        XDP_REDIRECT
-    );
-}
-
-/// The client's next segment as the edge sends it to backend `b` from SNAT port `sp`.
-fn sent_to_backend(b: usize, sp: u16, flags: &str, payload: &[u8]) -> Vec<u8> {
-    let seg = Seg {
-        flags,
-        seq: ISN + 1,
-        ack: BACKEND_ISN + 1,
-        payload,
-        ..Seg::default()
-    };
-    tcp_seg((SNAT, sp), (BACKENDS[b], VIP_TCP_PORT), &seg)
-}
-
-fn state_of(fx: &Fixture, port: u16) -> u8 {
-    fx.flows()
-        .iter()
-        .find(|(_, e)| e.client_port == port)
-        .unwrap_or_else(|| panic!("no flow from port {port}"))
-        .1
-        .state
-}
 
 #[test]
 fn syn_goes_to_the_maglev_backend_from_the_snat_address() {
@@ -2294,35 +2197,6 @@ fn an_ipv6_client_reusing_its_port_after_a_reset_gets_a_new_flow_at_once() {
     });
 }
 
-/// `frame` (untagged IPv6) with extension headers inserted after the fixed header: each
-/// (type, length in 8-byte units beyond the first, fourth byte), chained to what followed.
-fn with_ext(frame: &[u8], headers: &[(u8, u8, u8)]) -> Vec<u8> {
-    let mut out = frame[..54].to_vec();
-    let mut next = frame[20];
-    let mut ext = Vec::new();
-    for (i, (kind, units, fourth)) in headers.iter().enumerate() {
-        let follows = headers.get(i + 1).map_or(next, |h| h.0);
-        let mut h = vec![0u8; (*units as usize + 1) * 8];
-        h[0] = follows;
-        h[1] = *units;
-        if *kind == 43 {
-            h[3] = *fourth;
-        } else {
-            // PadN over the rest of the header.
-            h[2] = 1;
-            h[3] = (h.len() - 4) as u8;
-        }
-        ext.extend(h);
-    }
-    next = headers[0].0;
-    out[20] = next;
-    let plen = u16::from_be_bytes([out[18], out[19]]) + ext.len() as u16;
-    out[18..20].copy_from_slice(&plen.to_be_bytes());
-    out.extend(ext);
-    out.extend_from_slice(&frame[54..]);
-    out
-}
-
 #[test]
 fn ipv6_extension_headers_are_walked_or_refused_by_a_defined_policy() {
     with_fixture("ipv6_ext", 1024, |fx| {
@@ -2346,7 +2220,7 @@ fn ipv6_extension_headers_are_walked_or_refused_by_a_defined_policy() {
             (49201, vec![(60, 1, 0)]),
             (49202, vec![(0, 0, 0), (43, 0, 0)]),
         ] {
-            let syn = with_ext(&seg(port, "S", b""), &headers);
+            let syn = packets::with_ext(&seg(port, "S", b""), &headers);
             let (act, out) = fx.run(fx.client_if, &syn).unwrap();
             assert_eq!(act, XDP_REDIRECT, "{headers:?}: {:?}", fx.reasons());
             let s = inspect(&out);
@@ -2358,7 +2232,7 @@ fn ipv6_extension_headers_are_walked_or_refused_by_a_defined_policy() {
                 "headers dropped"
             );
             // Data of the same flow, with its headers too.
-            let data = with_ext(&seg(port, "A", b"hello"), &headers);
+            let data = packets::with_ext(&seg(port, "A", b"hello"), &headers);
             let (act, out) = fx.run(fx.client_if, &data).unwrap();
             assert_eq!(act, XDP_REDIRECT, "{headers:?}: {:?}", fx.reasons());
             let s = inspect(&out);
@@ -2378,7 +2252,7 @@ fn ipv6_extension_headers_are_walked_or_refused_by_a_defined_policy() {
             (vec![(60, 8, 0)], Reason::DropMalformed),
             (vec![(0, 0, 0), (44, 0, 0)], Reason::DropFragment),
         ] {
-            let f = with_ext(&seg(49210, "S", b""), &headers);
+            let f = packets::with_ext(&seg(49210, "S", b""), &headers);
             let before = fx.reasons();
             assert_eq!(fx.run(fx.client_if, &f).unwrap().0, XDP_DROP, "{headers:?}");
             assert_only(fx, &before, reason, 1);

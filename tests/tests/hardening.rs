@@ -1,0 +1,574 @@
+//! Data-path hardening: each finding of a full read of the data path against the packets an
+//! internet edge gets, pinned by a fixture through the real XDP object (BPF_PROG_TEST_RUN;
+//! root, CI runs them). Numbered as the findings: h03 the IPv6 L4 offset, h04 refreshes by
+//! unchecked segments, h05/h06 the cookie handshake's backend side, h07 UDP flows on a dead
+//! backend, h08 RSTs at SND.NXT, h09 port allocation near full, h10 cookie option edge cases,
+//! h11 slot reuse, h12 a VIP as its own source; h01, h02 and h13 at the end.
+
+use std::time::Duration;
+
+use lb_common::{FlowEntry, Reason, conntrack::State, hash::flow_hash_v4, slot};
+use lb_userspace::dataplane::Flows as _;
+use wklb_tests::{
+    exchange::{XDP_DROP, XDP_REDIRECT, XDP_TX, cookie, plain},
+    fixture::*,
+    packets::{self, Seg, inspect, tcp_seg, tcp_view, ts_option, udp},
+};
+
+fn flow_of(fx: &Fixture, port: u16) -> (u32, FlowEntry) {
+    plain::flow_of(fx, port)
+}
+
+// ------------------------------------------------------------------ h03: IPv6 L4 offset
+
+#[test]
+fn h03_ipv6_l4_offsets_past_127_bytes_are_read_where_they_are() {
+    with_fixture("h03_ipv6_offsets", 1024, |fx| {
+        fx.add_ipv6_vip();
+        let seg = |port, flags, payload: &'static [u8]| {
+            packets::tcp6_seg(
+                (CLIENT6, port),
+                (VIP6, VIP_TCP_PORT),
+                0,
+                &Seg {
+                    flags,
+                    seq: plain::ISN,
+                    payload,
+                    ..Seg::default()
+                },
+            )
+        };
+        // The policy's largest walked headers: 64 + 16 and 64 + 64 bytes (L4 at 134 and 182).
+        for (port, headers) in [
+            (49300u16, vec![(0u8, 7u8, 0u8), (60, 1, 0)]),
+            (49301, vec![(0, 7, 0), (60, 7, 0)]),
+        ] {
+            let syn = packets::with_ext(&seg(port, "S", b""), &headers);
+            let before = fx.reasons();
+            let (act, out) = fx.run(fx.client_if, &syn).unwrap();
+            assert_eq!(act, XDP_REDIRECT, "{headers:?}: {:?}", fx.reasons());
+            assert_only(fx, &before, Reason::Forwarded, 1);
+            let s = inspect(&out);
+            assert!(s.checksums_ok, "{headers:?}: {s:?}");
+            assert_eq!((s.dst_port, s.seq), (VIP_TCP_PORT, plain::ISN));
+            let data = packets::with_ext(&seg(port, "A", b"hello"), &headers);
+            let (act, out) = fx.run(fx.client_if, &data).unwrap();
+            assert_eq!(act, XDP_REDIRECT);
+            let s = inspect(&out);
+            assert!(s.checksums_ok && s.payload == b"hello", "{s:?}");
+        }
+        // UDP behind the same headers.
+        let udp6 = packets::with_ext(
+            &packets::udp6((CLIENT6, 49302), (VIP6, VIP_UDP_PORT), b"ping"),
+            &[(0, 7, 0), (60, 7, 0)],
+        );
+        let (act, out) = fx.run(fx.client_if, &udp6).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        let s = inspect(&out);
+        assert!(s.checksums_ok && s.payload == b"ping", "{s:?}");
+        // Past the policy: a 72-byte header, a third header.
+        for headers in [
+            vec![(0u8, 8u8, 0u8)],
+            vec![(0, 7, 0), (60, 7, 0), (60, 0, 0)],
+        ] {
+            let f = packets::with_ext(&seg(49303, "S", b""), &headers);
+            let before = fx.reasons();
+            assert_eq!(fx.run(fx.client_if, &f).unwrap().0, XDP_DROP, "{headers:?}");
+            assert_only(fx, &before, Reason::DropMalformed, 1);
+        }
+    });
+}
+
+// ------------------------------------------------------------------ h04: unchecked refreshes
+
+#[test]
+fn h04_a_segment_failing_the_sequence_check_neither_refreshes_the_flow_nor_moves_its_hop() {
+    with_fixture("h04_no_refresh", 1024, |fx| {
+        plain::establish(fx, 41000);
+        let (_, before) = flow_of(fx, 41000);
+        // Past the refresh interval, so an accepted segment would write the timestamp.
+        std::thread::sleep(Duration::from_millis(1100));
+        // A blind RST (wrong sequence) from another MAC, arriving on the backend-side interface.
+        let mut rst = tcp_seg(
+            client(41000),
+            VIP_TCP,
+            &Seg {
+                flags: "R",
+                seq: plain::ISN + 70_000,
+                ..Seg::default()
+            },
+        );
+        rst[6..12].copy_from_slice(&[0x02, 0xee, 0xee, 0xee, 0xee, 0xee]);
+        let (act, _) = fx.run(fx.backend_if, &rst).unwrap();
+        assert!(
+            act == XDP_TX || act == XDP_REDIRECT,
+            "sent on: the backend decides"
+        );
+        // A blind data segment and FIN likewise.
+        for flags in ["A", "FA"] {
+            let mut f = tcp_seg(
+                client(41000),
+                VIP_TCP,
+                &Seg {
+                    flags,
+                    seq: plain::ISN + 3_000_000,
+                    ack: plain::BACKEND_ISN + 1,
+                    payload: b"x",
+                    ..Seg::default()
+                },
+            );
+            f[6..12].copy_from_slice(&[0x02, 0xee, 0xee, 0xee, 0xee, 0xee]);
+            fx.run(fx.backend_if, &f).unwrap();
+        }
+        let (_, after) = flow_of(fx, 41000);
+        assert_eq!(after.state, State::Established as u8);
+        assert_eq!(after.last_seen_ns, before.last_seen_ns, "refreshed");
+        assert_eq!(after.to_client, before.to_client, "reply hop moved");
+        // The client's own next segment refreshes it, from where it really is.
+        let (act, _) = fx.run(fx.client_if, &plain::ack_from(41000)).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let (_, now) = flow_of(fx, 41000);
+        assert!(now.last_seen_ns > before.last_seen_ns);
+        assert_eq!(now.to_client, before.to_client);
+    });
+}
+
+#[test]
+fn h04_the_same_for_an_ipv6_client() {
+    with_fixture("h04_no_refresh6", 1024, |fx| {
+        fx.add_ipv6_vip();
+        let seg = |flags: &'static str, seq: u32, ack: u32| {
+            packets::tcp6_seg(
+                (CLIENT6, 41001),
+                (VIP6, VIP_TCP_PORT),
+                0,
+                &Seg {
+                    flags,
+                    seq,
+                    ack,
+                    ..Seg::default()
+                },
+            )
+        };
+        assert_eq!(
+            fx.run(fx.client_if, &seg("S", plain::ISN, 0)).unwrap().0,
+            XDP_REDIRECT
+        );
+        let (slot, e) = fx.flows()[0];
+        let sp = lb_common::slot::port_of(slot);
+        let b = BACKENDS.iter().position(|a| word(*a) == e.backend).unwrap();
+        plain::backend_answers(fx, b, sp);
+        let ack = seg("A", plain::ISN + 1, plain::BACKEND_ISN + 1);
+        assert_eq!(fx.run(fx.client_if, &ack).unwrap().0, XDP_REDIRECT);
+        let (_, before) = fx.flows()[0];
+        std::thread::sleep(Duration::from_millis(1100));
+        let mut rst = seg("R", plain::ISN + 70_000, 0);
+        rst[6..12].copy_from_slice(&[0x02, 0xee, 0xee, 0xee, 0xee, 0xee]);
+        fx.run(fx.backend_if, &rst).unwrap();
+        let (_, after) = fx.flows()[0];
+        assert_eq!(after.state, State::Established as u8);
+        assert_eq!(after.last_seen_ns, before.last_seen_ns, "refreshed");
+        assert_eq!(after.to_client, before.to_client, "reply hop moved");
+    });
+}
+
+// ------------------------------------------------------------------ h05, h06: cookie handshake
+
+#[test]
+fn h05_a_backend_rst_during_the_cookie_handshake_must_acknowledge_the_syn() {
+    with_fixture("h05_cookie_rst", 1024, |fx| {
+        fx.set_tcp_vip_flags(cookie::COOKIES).unwrap();
+        let (sa, _, b) = cookie::to_backend_syn(fx, 40100);
+        let sp = cookie::snat_port(fx, 40100);
+        let held = cookie::flow(fx, 40100).unwrap();
+        // A RST from the backend's address and port that does not acknowledge the SYN.
+        let forged = tcp_seg(
+            (BACKENDS[b], VIP_TCP_PORT),
+            (SNAT, sp),
+            &Seg {
+                flags: "RA",
+                seq: 12_345,
+                ack: cookie::ISN + 999,
+                ..Seg::default()
+            },
+        );
+        let before = fx.reasons();
+        assert_eq!(fx.run(fx.backend_if, &forged).unwrap().0, XDP_DROP);
+        assert_only(fx, &before, Reason::DropSynCookiePending, 1);
+        let e = cookie::flow(fx, 40100).unwrap();
+        assert_eq!(
+            (e.state, e.seq_delta, e.ts_delta, e.syn_opts),
+            (held.state, held.seq_delta, held.ts_delta, held.syn_opts),
+            "the handshake's state is untouched"
+        );
+        // The real SYN-ACK then settles with the right offsets: the client sees the cookie's
+        // numbering.
+        let synack = cookie::backend_synack(
+            b,
+            sp,
+            ts_option(cookie::BACKEND_TS, cookie::CLIENT_TS + 1).leak(),
+        );
+        assert_eq!(fx.run(fx.backend_if, &synack).unwrap().0, XDP_TX);
+        let data = tcp_seg(
+            (BACKENDS[b], VIP_TCP_PORT),
+            (SNAT, sp),
+            &Seg {
+                flags: "PA",
+                seq: cookie::BACKEND_ISN.wrapping_add(1),
+                ack: cookie::ISN + 1,
+                payload: b"hi",
+                options: ts_option(cookie::BACKEND_TS + 1, cookie::CLIENT_TS + 1).leak(),
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.backend_if, &data).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        assert_eq!(tcp_view(&out).seq, sa.seq.wrapping_add(1));
+    });
+}
+
+#[test]
+fn h06_a_challenge_ack_from_a_stale_backend_connection_is_answered_with_a_rst() {
+    with_fixture("h06_cookie_challenge_ack", 1024, |fx| {
+        fx.set_tcp_vip_flags(cookie::COOKIES).unwrap();
+        let (_, _, b) = cookie::to_backend_syn(fx, 40101);
+        let sp = cookie::snat_port(fx, 40101);
+        // The backend still holds an old connection on this port: it answers the SYN with an
+        // ACK of its own numbering (RFC 793's challenge), not a SYN-ACK.
+        let challenge = tcp_seg(
+            (BACKENDS[b], VIP_TCP_PORT),
+            (SNAT, sp),
+            &Seg {
+                flags: "A",
+                seq: 777_000,
+                ack: 888_000,
+                ..Seg::default()
+            },
+        );
+        let before = fx.reasons();
+        let (act, out) = fx.run(fx.backend_if, &challenge).unwrap();
+        assert_eq!(act, XDP_TX, "the edge answers as the client would");
+        assert_only(fx, &before, Reason::SynCookieBackendReset, 1);
+        let s = inspect(&out);
+        assert!(s.checksums_ok, "{s:?}");
+        assert_eq!((s.src, s.dst, s.src_port), (SNAT, BACKENDS[b], sp));
+        let v = tcp_view(&out);
+        assert!(v.rst && !v.ack_flag && !v.syn);
+        assert_eq!(v.seq, 888_000, "at the sequence number the ACK asked for");
+        // The flow still waits for the backend's SYN-ACK; the client's next segment repeats
+        // the SYN.
+        assert_eq!(cookie::flow(fx, 40101).unwrap().state, State::SynSent as u8);
+    });
+}
+
+// ------------------------------------------------------------------ h07: UDP on a dead backend
+
+#[test]
+fn h07_a_udp_flow_leaves_a_removed_or_inactive_backend() {
+    with_fixture("h07_udp_dead_backend", 1024, |fx| {
+        let dgram = || udp(client(42000), (VIP, VIP_UDP_PORT), b"ping");
+        let (act, out) = fx.run(fx.client_if, &dgram()).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let first = inspect(&out).dst;
+        let i = BACKENDS.iter().position(|b| *b == first).unwrap();
+        let id = UDP_BACKEND_BASE + i as u32;
+        // The backend leaves: inactive, out of the table.
+        fx.set_backend(id, first, VIP_UDP_PORT, false).unwrap();
+        let others: Vec<(u32, u32)> = (0..3u32)
+            .filter(|j| *j != i as u32)
+            .map(|j| (UDP_BACKEND_BASE + j, 1))
+            .collect();
+        fx.install(UDP_VIP_ID, &others).unwrap();
+        let (act, out) = fx.run(fx.client_if, &dgram()).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let now = inspect(&out).dst;
+        assert_ne!(now, first, "still sent to the removed backend");
+        assert!(inspect(&out).checksums_ok);
+    });
+}
+
+// ------------------------------------------------------------------ h08: RST at SND.NXT
+
+#[test]
+fn h08_a_rst_at_the_senders_next_sequence_number_after_unacknowledged_data_ends_the_flow() {
+    with_fixture("h08_rst_snd_nxt", 1024, |fx| {
+        plain::establish(fx, 43000);
+        // 100 bytes the backend has not acknowledged yet.
+        let data = tcp_seg(
+            client(43000),
+            VIP_TCP,
+            &Seg {
+                flags: "PA",
+                seq: plain::ISN + 1,
+                ack: plain::BACKEND_ISN + 1,
+                payload: &[7u8; 100],
+                ..Seg::default()
+            },
+        );
+        assert_eq!(fx.run(fx.client_if, &data).unwrap().0, XDP_REDIRECT);
+        let rst = tcp_seg(
+            client(43000),
+            VIP_TCP,
+            &Seg {
+                flags: "R",
+                seq: plain::ISN + 101,
+                ..Seg::default()
+            },
+        );
+        let before = fx.reasons();
+        assert_eq!(fx.run(fx.client_if, &rst).unwrap().0, XDP_REDIRECT);
+        assert_only(fx, &before, Reason::Forwarded, 1);
+        assert_eq!(plain::state_of(fx, 43000), State::Closed as u8);
+    });
+}
+
+#[test]
+fn h08_a_cookie_flow_knows_the_clients_acknowledgment_from_its_cookie_ack() {
+    with_fixture("h08_cookie_fin", 1024, |fx| {
+        fx.set_tcp_vip_flags(cookie::COOKIES).unwrap();
+        let (sa, _, b) = cookie::to_backend_syn(fx, 40102);
+        let sp = cookie::snat_port(fx, 40102);
+        let synack = cookie::backend_synack(
+            b,
+            sp,
+            ts_option(cookie::BACKEND_TS, cookie::CLIENT_TS + 1).leak(),
+        );
+        assert_eq!(fx.run(fx.backend_if, &synack).unwrap().0, XDP_TX);
+        let e = cookie::flow(fx, 40102).unwrap();
+        assert_eq!(
+            e.ack[0],
+            sa.seq.wrapping_add(1),
+            "the cookie ACK's acknowledgment"
+        );
+        assert_ne!(e.flags & FlowEntry::ACK_SEEN_FWD, 0);
+        // The backend closes before the client sends anything else: its FIN is acceptable.
+        let fin = tcp_seg(
+            (BACKENDS[b], VIP_TCP_PORT),
+            (SNAT, sp),
+            &Seg {
+                flags: "FA",
+                seq: cookie::BACKEND_ISN.wrapping_add(1),
+                ack: cookie::ISN + 1,
+                options: ts_option(cookie::BACKEND_TS + 1, cookie::CLIENT_TS + 1).leak(),
+                ..Seg::default()
+            },
+        );
+        let before = fx.reasons();
+        assert_eq!(fx.run(fx.backend_if, &fin).unwrap().0, XDP_REDIRECT);
+        assert_only(fx, &before, Reason::Reversed, 1);
+        assert_eq!(cookie::flow(fx, 40102).unwrap().state, State::Closing as u8);
+    });
+}
+
+// ------------------------------------------------------------------ h09: allocation near full
+
+#[test]
+fn h09_a_new_flow_gets_the_last_free_port_of_a_nearly_full_address() {
+    with_fixture("h09_last_port", 4096, |fx| {
+        // 100 ports; 99 taken by flows, one left.
+        let mut c = fx.config();
+        c.snat_port_min = 20_000;
+        c.snat_port_max = 20_099;
+        fx.set_config(c).unwrap();
+        let mut opened = 0;
+        let mut port = 30_000u16;
+        while opened < 99 {
+            let (act, _) = fx.run(fx.client_if, &plain::syn(port)).unwrap();
+            port += 1;
+            if act == XDP_REDIRECT {
+                opened += 1;
+            }
+            assert!(
+                port < 40_000,
+                "only {opened} flows opened: {:?}",
+                fx.reasons()
+            );
+        }
+        assert_eq!(fx.flows().len(), 99);
+        let before = fx.reasons();
+        assert_eq!(
+            fx.run(fx.client_if, &plain::syn(45_000)).unwrap().0,
+            XDP_REDIRECT,
+            "the last free port was not found: {:?}",
+            fx.reasons()
+        );
+        assert_only(fx, &before, Reason::Forwarded, 1);
+        // Now full: refused, counted.
+        let before = fx.reasons();
+        assert_eq!(
+            fx.run(fx.client_if, &plain::syn(45_001)).unwrap().0,
+            XDP_DROP
+        );
+        assert_only(fx, &before, Reason::DropSnatExhausted, 1);
+    });
+}
+
+// ------------------------------------------------------------------ h10: cookie options
+
+/// Timestamps, then a SACK option claiming `claimed` blocks with only `present` in the header.
+fn ts_sack(val: u32, ecr: u32, claimed: u8, present: &[(u32, u32)]) -> Vec<u8> {
+    let mut o = ts_option(val, ecr);
+    o.extend_from_slice(&[1, 1, 5, 2 + 8 * claimed]);
+    for (l, r) in present {
+        o.extend_from_slice(&l.to_be_bytes());
+        o.extend_from_slice(&r.to_be_bytes());
+    }
+    o
+}
+
+#[test]
+fn h10_cookie_flows_scale_windows_for_a_backend_without_scaling_and_bound_sack_blocks() {
+    with_fixture("h10_cookie_options", 1024, |fx| {
+        fx.set_tcp_vip_flags(cookie::COOKIES).unwrap();
+        let (sa, _, b) = cookie::to_backend_syn(fx, 40103);
+        let sp = cookie::snat_port(fx, 40103);
+        // The backend offers no window scaling (the client offered 7): the client's windows
+        // must reach it unscaled.
+        let synack = cookie::backend_synack(
+            b,
+            sp,
+            ts_option(cookie::BACKEND_TS, cookie::CLIENT_TS + 1).leak(),
+        );
+        assert_eq!(fx.run(fx.backend_if, &synack).unwrap().0, XDP_TX);
+        let (edge_ts, _) = sa.ts.unwrap();
+        let data = tcp_seg(
+            client(40103),
+            VIP_TCP,
+            &Seg {
+                flags: "PA",
+                seq: cookie::ISN + 1,
+                ack: sa.seq.wrapping_add(1),
+                win: 200,
+                options: ts_option(cookie::CLIENT_TS + 2, edge_ts).leak(),
+                payload: b"hello",
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.client_if, &data).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        assert!(inspect(&out).checksums_ok);
+        assert_eq!(
+            tcp_view(&out).win,
+            25_600,
+            "200 << 7 in the backend's unscaled view"
+        );
+        // A SACK option claiming three blocks with one present: only that one is translated,
+        // and the checksum stays right.
+        let l = sa.seq.wrapping_add(100);
+        let sack = tcp_seg(
+            client(40103),
+            VIP_TCP,
+            &Seg {
+                flags: "A",
+                seq: cookie::ISN + 6,
+                ack: sa.seq.wrapping_add(1),
+                win: 200,
+                options: ts_sack(cookie::CLIENT_TS + 3, edge_ts, 3, &[(l, l + 10)]).leak(),
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.client_if, &sack).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let s = inspect(&out);
+        assert!(
+            s.checksums_ok,
+            "a SACK block beyond the header changed the checksum: {s:?}"
+        );
+    });
+}
+
+#[test]
+fn h10_a_backend_window_scale_above_14_is_treated_as_14() {
+    with_fixture("h10_wscale_clamp", 1024, |fx| {
+        fx.set_tcp_vip_flags(cookie::COOKIES).unwrap();
+        let (_, _, b) = cookie::to_backend_syn(fx, 40104);
+        let sp = cookie::snat_port(fx, 40104);
+        let mut opts = ts_option(cookie::BACKEND_TS, cookie::CLIENT_TS + 1);
+        opts.extend_from_slice(&[1, 3, 3, 15]);
+        let synack = cookie::backend_synack(b, sp, opts.leak());
+        assert_eq!(fx.run(fx.backend_if, &synack).unwrap().0, XDP_TX);
+        let data = tcp_seg(
+            (BACKENDS[b], VIP_TCP_PORT),
+            (SNAT, sp),
+            &Seg {
+                flags: "A",
+                seq: cookie::BACKEND_ISN.wrapping_add(1),
+                ack: cookie::ISN + 1,
+                win: 1,
+                options: ts_option(cookie::BACKEND_TS + 1, cookie::CLIENT_TS + 1).leak(),
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.backend_if, &data).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        // 1 << 14 bytes, told to the client in its scale of 7.
+        assert_eq!(tcp_view(&out).win, 1 << (14 - 7));
+    });
+}
+
+// ------------------------------------------------------------------ h11: slot reuse
+
+#[test]
+fn h11_a_slot_given_up_by_the_data_path_is_not_reusable_at_once_and_tokens_are_not_the_hash() {
+    with_fixture("h11_slot_reuse", 1024, |fx| {
+        plain::establish(fx, 44000);
+        let (old_slot, e) = flow_of(fx, 44000);
+        let h = flow_hash_v4(
+            CLIENT.octets(),
+            VIP.octets(),
+            44000,
+            VIP_TCP_PORT,
+            lb_common::PROTO_TCP,
+        );
+        assert_ne!(e.owner, h | 1, "the claim token is the public flow hash");
+        // The client resets and reuses its port: a new flow; the old slot waits for the
+        // daemon (DYING), so a packet still on its way cannot write into another flow.
+        let rst = tcp_seg(
+            client(44000),
+            VIP_TCP,
+            &Seg {
+                flags: "R",
+                seq: plain::ISN + 1,
+                ..Seg::default()
+            },
+        );
+        fx.run(fx.client_if, &rst).unwrap();
+        assert_eq!(
+            fx.run(fx.client_if, &plain::syn(44000)).unwrap().0,
+            XDP_REDIRECT
+        );
+        let owner = fx.flows.entry(old_slot).owner;
+        assert_eq!(owner, slot::DYING, "the old slot was freed at once");
+    });
+}
+
+// ------------------------------------------------------------------ h12: the VIP as its source
+
+#[test]
+fn h12_a_packet_from_one_of_our_own_addresses_creates_nothing() {
+    with_fixture("h12_own_source", 1024, |fx| {
+        for (src, proto) in [(VIP, "tcp"), (SNAT, "tcp"), (VIP, "udp")] {
+            let f = if proto == "tcp" {
+                tcp_seg(
+                    (src, VIP_TCP_PORT),
+                    VIP_TCP,
+                    &Seg {
+                        flags: "S",
+                        seq: 1,
+                        ..Seg::default()
+                    },
+                )
+            } else {
+                udp((src, VIP_UDP_PORT), (VIP, VIP_UDP_PORT), b"x")
+            };
+            let before = fx.reasons();
+            assert_eq!(
+                fx.run(fx.client_if, &f).unwrap().0,
+                XDP_DROP,
+                "{src} {proto}"
+            );
+            assert_only(fx, &before, Reason::DropOwnSource, 1);
+        }
+        assert!(fx.flows().is_empty());
+    });
+}
