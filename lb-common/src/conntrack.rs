@@ -88,15 +88,23 @@ pub struct Segment {
     pub win: u16,
     /// The window scale option's shift on a SYN, else `NO_WSCALE`.
     pub wscale: u8,
+    /// Payload bytes (what the segment adds to the sequence space besides SYN and FIN).
+    pub len: u32,
 }
 
 /// Whether a segment's sequence number let it change the flow's state.
+#[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Tracked normally.
+    /// Tracked normally: it may change the state and refresh the flow.
     Accepted,
     /// A RST or FIN the receiver would not accept: forward it, keep the state.
     Unaccepted,
+    /// Another segment whose sequence number is nowhere near the receiver's window: forwarded
+    /// (the endpoint decides), but it changes nothing here, not even the flow's idle time or
+    /// the way back to the client, so a blind spoofer can neither keep a dead flow alive nor
+    /// move acknowledgments a later RST would be judged by.
+    Stray,
 }
 
 /// Whether a TCP segment may start a flow: a SYN without ACK, RST or FIN.
@@ -119,6 +127,10 @@ const fn in_window(seq: u32, start: u32, len: u32) -> bool {
     seq.wrapping_sub(start) < len
 }
 
+/// The least window a segment's plausibility is judged by (a receiver that advertised less,
+/// or zero, still gets keepalives and probes just below and above its RCV.NXT).
+const MIN_PLAUSIBLE_WINDOW: u32 = 65_536;
+
 impl FlowEntry {
     /// Initial tracking state of a TCP flow created by the client's SYN `seg`.
     #[inline(always)]
@@ -129,6 +141,26 @@ impl FlowEntry {
         self.ack = [0, seg.seq.wrapping_add(1)];
         self.win = [0, 0];
         self.wscale = [clamp_wscale(seg.wscale), NO_WSCALE];
+        self.end = [seg.seq.wrapping_add(1).wrapping_add(seg.len), 0];
+    }
+
+    /// Whether `seg`, travelling in `dir`, could belong to the connection: its sequence number
+    /// within a window of the receiver's last acknowledgment (either side of it: segments
+    /// behind it are retransmissions and keepalives). Before the receiver has acknowledged
+    /// anything (the backend's SYN-ACK), there is nothing to judge by.
+    #[inline(always)]
+    const fn plausible(&self, dir: Direction, seg: &Segment) -> bool {
+        let r = 1 - dir as usize;
+        // The backend's RCV.NXT is known from the client's SYN; the client's from its ACKs.
+        if r == 0 && self.flags & FlowEntry::ACK_SEEN_FWD == 0 {
+            return true;
+        }
+        let w = if self.win[r] > MIN_PLAUSIBLE_WINDOW {
+            self.win[r]
+        } else {
+            MIN_PLAUSIBLE_WINDOW
+        };
+        in_window(seg.seq, self.ack[r].wrapping_sub(w), w.saturating_mul(2))
     }
 
     /// The window `dir`'s side advertised in `seg`, in bytes.
@@ -155,6 +187,13 @@ impl FlowEntry {
             }
             self.state = State::Closed as u8;
             return Verdict::Accepted;
+        }
+        if !self.plausible(dir, seg) {
+            return if seg.flags & FIN != 0 {
+                Verdict::Unaccepted
+            } else {
+                Verdict::Stray
+            };
         }
         if dir == Direction::Reverse && self.state == State::SynSent as u8 {
             if seg.flags & ACK != 0 && seg.ack != self.ack[1] {
@@ -195,18 +234,30 @@ impl FlowEntry {
             self.win[d] = self.window_bytes(d, seg);
             self.flags |= FlowEntry::ack_seen_bit(d);
         }
+        // SND.NXT of the sender as far as seen: a RST there is the sender's own.
+        let end = seg
+            .seq
+            .wrapping_add(seg.len)
+            .wrapping_add((seg.flags & (SYN | FIN) != 0) as u32);
+        if self.end[d] == 0 || end.wrapping_sub(self.end[d]) as i32 > 0 {
+            self.end[d] = end;
+        }
         Verdict::Accepted
     }
 
-    /// RFC 5961 §3.2: a RST counts only with the receiver's exact RCV.NXT. A backend refusing
-    /// the client's SYN (no acknowledgment from the client yet) must acknowledge that SYN.
+    /// RFC 5961 §3.2: a RST counts only at the receiver's exact RCV.NXT. The edge sees two
+    /// candidates for it: the receiver's last acknowledgment, and the sender's SND.NXT (the end
+    /// of what it sent, which the receiver has when nothing is lost): a RST sent after data
+    /// the receiver has not acknowledged yet carries the latter. A backend refusing the
+    /// client's SYN (no acknowledgment from the client yet) must acknowledge that SYN.
     #[inline(always)]
     const fn rst_acceptable(&self, dir: Direction, seg: &Segment) -> bool {
-        let r = 1 - dir as usize;
+        let (d, r) = (dir as usize, 1 - dir as usize);
         let receiver_acked = self.flags & FlowEntry::ack_seen_bit(r) != 0;
+        let at_snd_nxt = self.end[d] != 0 && seg.seq == self.end[d];
         match dir {
-            Direction::Forward => seg.seq == self.ack[1],
-            Direction::Reverse if receiver_acked => seg.seq == self.ack[0],
+            Direction::Forward => seg.seq == self.ack[1] || at_snd_nxt,
+            Direction::Reverse if receiver_acked => seg.seq == self.ack[0] || at_snd_nxt,
             Direction::Reverse => seg.flags & tcp_flags::ACK != 0 && seg.ack == self.ack[1],
         }
     }
@@ -295,6 +346,14 @@ mod tests {
             ack,
             win,
             wscale: NO_WSCALE,
+            len: 0,
+        }
+    }
+
+    fn data(flags: u8, seq: u32, ack: u32, win: u16, len: u32) -> Segment {
+        Segment {
+            len,
+            ..seg(flags, seq, ack, win)
         }
     }
 
@@ -364,7 +423,13 @@ mod tests {
         // The client sends 100 bytes, the backend acknowledges them.
         f.track_tcp(
             Forward,
-            &seg(ACK | PSH, CLIENT_ISN + 1, BACKEND_ISN.wrapping_add(1), 502),
+            &data(
+                ACK | PSH,
+                CLIENT_ISN + 1,
+                BACKEND_ISN.wrapping_add(1),
+                502,
+                100,
+            ),
         );
         f.track_tcp(
             Reverse,
@@ -379,6 +444,66 @@ mod tests {
             f.track_tcp(Forward, &seg(RST, CLIENT_ISN + 101, 0, 0)),
             Verdict::Accepted
         );
+    }
+
+    #[test]
+    fn a_rst_at_the_senders_next_sequence_number_is_accepted_before_its_data_is_acked() {
+        let mut f = established();
+        // 100 bytes the backend has not acknowledged.
+        let sent = data(
+            ACK | PSH,
+            CLIENT_ISN + 1,
+            BACKEND_ISN.wrapping_add(1),
+            502,
+            100,
+        );
+        assert_eq!(f.track_tcp(Forward, &sent), Verdict::Accepted);
+        assert_eq!(f.end[0], CLIENT_ISN + 101);
+        assert_eq!(
+            f.track_tcp(Forward, &seg(RST, CLIENT_ISN + 102, 0, 0)),
+            Verdict::Unaccepted
+        );
+        assert_eq!(
+            f.track_tcp(Forward, &seg(RST, CLIENT_ISN + 101, 0, 0)),
+            Verdict::Accepted
+        );
+        // The backend's side the same: 50 bytes the client has not acknowledged.
+        let mut f = established();
+        let b1 = BACKEND_ISN.wrapping_add(1);
+        f.track_tcp(Reverse, &data(ACK, b1, CLIENT_ISN + 1, 500, 50));
+        let rst = seg(RST, b1.wrapping_add(50), 0, 0);
+        assert_eq!(f.track_tcp(Reverse, &rst), Verdict::Accepted);
+    }
+
+    #[test]
+    fn segments_far_from_the_receivers_window_change_nothing() {
+        let mut f = established();
+        let before = f;
+        // A blind ACK trying to move the client's acknowledgment, and a blind data segment.
+        for s in [
+            seg(ACK, CLIENT_ISN + 3_000_000, 0x1234_5678, 100),
+            data(
+                ACK | PSH,
+                0x8000_0000,
+                BACKEND_ISN.wrapping_add(1),
+                100,
+                1000,
+            ),
+        ] {
+            assert_eq!(f.track_tcp(Forward, &s), Verdict::Stray);
+        }
+        assert_eq!(f, before, "a stray segment changed the flow");
+        // A blind FIN there is an unaccepted FIN, as before.
+        let fin = seg(FIN | ACK, CLIENT_ISN + 3_000_000, 0, 0);
+        assert_eq!(f.track_tcp(Forward, &fin), Verdict::Unaccepted);
+        // Retransmissions and keepalives just behind the receiver's acknowledgment are fine.
+        let keepalive = seg(ACK, CLIENT_ISN, BACKEND_ISN.wrapping_add(1), 502);
+        assert_eq!(f.track_tcp(Forward, &keepalive), Verdict::Accepted);
+        // Before the client has acknowledged anything, the backend's SYN-ACK is not judged.
+        let mut g = FlowEntry::default();
+        g.start_tcp(&seg(SYN, CLIENT_ISN, 0, 64240));
+        let synack = seg(SYN | ACK, 0x9999_0000, CLIENT_ISN + 1, 100);
+        assert_eq!(g.track_tcp(Reverse, &synack), Verdict::Accepted);
     }
 
     #[test]

@@ -294,6 +294,34 @@ impl FilterBucket6 {
     }
 }
 
+// ---------------------------------------------------------------------------- programs
+
+/// Slots of the `TAILS` program array (room for programs later builds add).
+pub const TAIL_SLOTS: u32 = 16;
+
+/// `TAILS` indices of the programs entered by tail call, shared by the program and the loader.
+pub mod tails {
+    /// IPv6 backends' sends (`wklb_v6_send`).
+    pub const V6_SEND: u32 = 0;
+    /// Client → VIP beyond the established path (`wklb_flow`).
+    pub const FLOW: u32 = 1;
+    /// Backend → SNAT address beyond the established path (`wklb_reply`).
+    pub const REPLY: u32 = 2;
+    /// ICMP (`wklb_icmp`).
+    pub const ICMP: u32 = 3;
+    /// IPv6 (`wklb_v6`).
+    pub const V6: u32 = 4;
+}
+
+/// Every program entered by tail call: (name in the object, `TAILS` index).
+pub const TAIL_PROGRAMS: &[(&str, u32)] = &[
+    ("wklb_v6_send", tails::V6_SEND),
+    ("wklb_flow", tails::FLOW),
+    ("wklb_reply", tails::REPLY),
+    ("wklb_icmp", tails::ICMP),
+    ("wklb_v6", tails::V6),
+];
+
 // ---------------------------------------------------------------------------- VIPs
 
 /// `VIPS4` key: (address, port, protocol). Port 0 = every port; port in host byte order.
@@ -785,6 +813,10 @@ pub struct FlowEntry {
     pub ack: [u32; 2],
     /// Per direction: the last window that side advertised, in bytes (scaled).
     pub win: [u32; 2],
+    /// Per direction: the end of what that side has sent (its SND.NXT as far as seen: sequence
+    /// number + payload + SYN/FIN of its furthest plausible segment); 0 until known. A RST
+    /// there is accepted like one at the receiver's acknowledgment.
+    pub end: [u32; 2],
     /// Sequence translation for flows whose handshake the edge answered itself (SYN cookies,
     /// `TRANSLATE`): backend sequence number − client-side sequence number; added to the
     /// client's acknowledgments (and SACK blocks) toward the backend, subtracted from the
@@ -1077,7 +1109,7 @@ mod tests {
         assert_eq!(size_of::<BackendHop>(), 32);
         assert_eq!(size_of::<Flow4Key>(), 16);
         assert_eq!(size_of::<FlowRef>(), 8);
-        assert_eq!(size_of::<FlowEntry>(), 96);
+        assert_eq!(size_of::<FlowEntry>(), 104);
         assert_eq!(size_of::<DataplaneConfig>(), 24);
     }
 

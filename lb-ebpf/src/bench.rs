@@ -61,20 +61,24 @@ fn restore(ctx: &XdpContext) -> Option<&'static BenchFrame> {
     Some(t)
 }
 
-/// Restore + the full wklb data path. A run that translated between IPv4 and IPv6 moved the
-/// head by the header difference: moved back here, so the next restore writes the template
-/// where the frame starts (one more helper call per run for those cases only).
+/// Restore + the full wklb data path (the entry program, and the program it tail-calls, which
+/// then ends the run). A run that translated between IPv4 and IPv6 moved the head by the header
+/// difference: the next run moves it back first (the frame's EtherType against the template's
+/// tells), so the restore writes the template where the frame starts (one more helper call per
+/// run for those cases only).
 #[xdp]
 #[inline(always)]
 pub fn bench_wklb(ctx: XdpContext) -> u32 {
-    if restore(&ctx).is_none() {
+    if undo_head_move(&ctx).is_none() || restore(&ctx).is_none() {
         return xdp_action::XDP_DROP;
     }
-    let action = crate::pipeline(&ctx);
-    // The template looked up again: nothing kept across the pipeline (its stack is full).
-    let (Some(now), Some(t)) = (ptr_at::<[u8; 2]>(&ctx, 12), BENCH_FRAME.get(0)) else {
-        return action;
-    };
+    crate::run_entry(&ctx)
+}
+
+#[inline(always)]
+fn undo_head_move(ctx: &XdpContext) -> Option<()> {
+    let now = ptr_at::<[u8; 2]>(ctx, 12)?;
+    let t = BENCH_FRAME.get(0)?;
     let tb = t.data.as_ptr() as *const u8;
     // SAFETY: bounds checked by ptr_at; the template holds at least 14 bytes.
     let (now, was) = unsafe { ((*now)[0], *tb.add(12)) };
@@ -82,13 +86,10 @@ pub fn bench_wklb(ctx: XdpContext) -> u32 {
     let moved = match (was, now) {
         (0x86, 0x08) => -(GROWTH_V4_TO_V6 as i32),
         (0x08, 0x86) => GROWTH_V4_TO_V6 as i32,
-        _ => 0,
+        _ => return Some(()),
     };
     // SAFETY: plain helper call on our context.
-    if moved != 0 && unsafe { bpf_xdp_adjust_head(ctx.ctx, moved) } != 0 {
-        return xdp_action::XDP_DROP;
-    }
-    action
+    (unsafe { bpf_xdp_adjust_head(ctx.ctx, moved) } == 0).then_some(())
 }
 
 /// Restore + read the destination address + XDP_TX: the floor the data path is measured

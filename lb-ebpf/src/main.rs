@@ -1,7 +1,9 @@
-//! wklb XDP data path: a short pipeline of named stages.
+//! wklb XDP data path: a short pipeline of named stages, in a few programs.
 //!
-//! parse L2/L3 → classify the destination → parse L4 → ICMP, or client → backend (`to_backend`),
-//! or backend → client (`to_client`) → count the verdict's reason. Pure logic lives in lb-common.
+//! parse L2/L3 → classify the destination → parse L4 (`front`) → client → backend
+//! (`to_backend`) or backend → client (`to_client`) for established plain flows in the entry
+//! program; new flows, cookie flows, ICMP and IPv6 in programs entered by tail call → count the
+//! verdict's reason. Pure logic lives in lb-common.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics, asm_experimental_arch))]
@@ -18,6 +20,7 @@ mod conntrack;
 mod cookie;
 mod egress;
 mod events;
+mod front;
 mod icmp;
 mod maps;
 mod mss;
@@ -38,31 +41,55 @@ mod vlan;
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{AddrClass, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason};
 
-use parse::{
-    eth::{self, L2},
-    ipv4::{self, Parsed},
-    load32,
-};
+use front::Stop;
+use maps::tails;
 use verdict::Verdict;
 
+// The programs. `wklb`, attached to the interfaces, keeps the established paths of plain flows;
+// everything else is a program of its own entered by tail call through `TAILS`, each verified
+// on its own budget with a stack of its own (see docs/architecture.md).
+
+/// Entry: plain flows' established segments both ways; the rest to the program that owns it.
 // Inlined into the entry point the macro generates: one call and return fewer per packet.
 #[xdp]
 #[inline(always)]
 pub fn wklb(ctx: XdpContext) -> u32 {
-    pipeline(&ctx)
+    run_entry(&ctx)
 }
 
-/// The whole data path for one packet; counts the verdict's reason.
+/// The entry program's run (also what the benchmark entry runs).
 #[inline(always)]
-fn pipeline(ctx: &XdpContext) -> u32 {
-    let mut v = process(ctx);
-    if v.action == v6::backend::DEFERRED {
-        v = v6::backend::hand_over(ctx);
-    }
-    count(ctx, v)
+fn run_entry(ctx: &XdpContext) -> u32 {
+    finish(ctx, entry(ctx))
 }
 
-/// Sends to IPv6 backends, entered by tail call from `wklb` (see `v6::backend`).
+/// Client → VIP beyond the established path: SYNs (new flows, retransmissions, reused ports),
+/// UDP's first datagram, SYN-cookie answers and ACKs, cookie flows' client segments.
+#[xdp]
+pub fn wklb_flow(ctx: XdpContext) -> u32 {
+    finish(&ctx, flow(&ctx))
+}
+
+/// Backend → SNAT address beyond the established path: SYN-ACKs (MSS clamping, the
+/// handshake's round trip) and every reply of a cookie flow (its handshake, translation).
+#[xdp]
+pub fn wklb_reply(ctx: XdpContext) -> u32 {
+    finish(&ctx, reply(&ctx))
+}
+
+/// ICMP to our addresses: echo, errors about translated packets.
+#[xdp]
+pub fn wklb_icmp(ctx: XdpContext) -> u32 {
+    finish(&ctx, icmp_program(&ctx))
+}
+
+/// IPv6 to our addresses.
+#[xdp]
+pub fn wklb_v6(ctx: XdpContext) -> u32 {
+    finish(&ctx, ipv6_program(&ctx))
+}
+
+/// Sends to IPv6 backends, entered by tail call from the programs that find such flows.
 #[xdp]
 #[inline(always)]
 pub fn wklb_v6_send(ctx: XdpContext) -> u32 {
@@ -70,6 +97,17 @@ pub fn wklb_v6_send(ctx: XdpContext) -> u32 {
 }
 
 /// Counts the verdict's reason (and logs it when it is an event); the action for the kernel.
+/// A send to an IPv6 backend is handed to `wklb_v6_send` first.
+#[inline(always)]
+fn finish(ctx: &XdpContext, v: Verdict) -> u32 {
+    let v = if v.action == v6::backend::DEFERRED {
+        v6::backend::hand_over(ctx)
+    } else {
+        v
+    };
+    count(ctx, v)
+}
+
 #[inline(always)]
 fn count(ctx: &XdpContext, v: Verdict) -> u32 {
     stats::count(v.reason);
@@ -78,52 +116,92 @@ fn count(ctx: &XdpContext, v: Verdict) -> u32 {
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext) -> Verdict {
-    let (l3, vlan) = match eth::parse(ctx) {
-        L2::Ipv4 { l3, vlan } => (l3, vlan),
-        L2::Ipv6 { l3, vlan } => return v6::handle(ctx, l3, vlan),
-        L2::NotIpv4 => return Verdict::of(Reason::PassNotIpv4),
-        L2::Truncated => return Verdict::of(Reason::PassUnparsable),
-    };
-    let Some(ip) = ipv4::header(ctx, l3) else {
-        return Verdict::of(Reason::PassUnparsable);
-    };
-    // SAFETY: the fixed header is in bounds (ipv4::header).
-    let dst = unsafe { load32((&raw const (*ip).dst_addr).cast()) };
-    // One array read settles host traffic: only VIP and SNAT addresses go further.
-    let Some(class) = classify::lookup(dst) else {
-        return Verdict::of(Reason::PassNotOurs);
-    };
-    let vip_addr = class.flags & AddrClass::VIP != 0;
-    let mut p = match ipv4::parse(ctx, l3, vlan, ip) {
-        Parsed::Ok(p) => p,
-        Parsed::Malformed if vip_addr => return Verdict::of(Reason::DropMalformed),
-        Parsed::Malformed => return Verdict::of(Reason::PassUnparsable),
-        Parsed::Fragment {
-            first,
-            proto,
-            ports,
-        } => return vip::fragment(dst, class, first, proto, ports),
+fn entry(ctx: &XdpContext) -> Verdict {
+    let (mut p, class) = match front::ipv4(ctx) {
+        Ok(x) => x,
+        Err(Stop::Ipv6 { .. }) => return tails::call(ctx, tails::V6),
+        Err(Stop::Done(v)) => return v,
     };
     match p.proto {
-        PROTO_ICMP => icmp::handle(ctx, &p, class),
+        PROTO_ICMP => tails::call(ctx, tails::ICMP),
         PROTO_TCP | PROTO_UDP => {
-            // One walk of a SYN's options serves both directions (window scale, MSS).
-            // Tested here, not in the out-of-line walk: other segments skip a call and return.
-            let opts = if p.seg.flags & lb_common::conntrack::tcp_flags::SYN != 0 {
-                parse::tcp::syn_options(ctx, &mut p)
+            if class.flags & AddrClass::VIP != 0 {
+                match to_backend::established(ctx, &mut p) {
+                    Some(v) => v,
+                    None => tails::call(ctx, tails::FLOW),
+                }
+            } else if class.flags & AddrClass::SNAT != 0 {
+                match to_client::established(ctx, &mut p, class) {
+                    Some(v) => v,
+                    None => tails::call(ctx, tails::REPLY),
+                }
             } else {
-                None
-            };
-            if vip_addr && let Some(v) = to_backend::handle(ctx, &mut p, class, opts) {
-                return v;
+                Verdict::of(Reason::PassNotOurs)
             }
-            if class.flags & AddrClass::SNAT != 0 {
-                return to_client::handle(ctx, &mut p, class, opts);
-            }
-            Verdict::of(Reason::PassNotOurs)
         }
         _ => Verdict::of(Reason::PassNotOurs),
+    }
+}
+
+#[inline(always)]
+fn flow(ctx: &XdpContext) -> Verdict {
+    let (mut p, class) = match front::ipv4(ctx) {
+        Ok(x) => x,
+        Err(Stop::Done(v)) => return v,
+        Err(Stop::Ipv6 { .. }) => return Verdict::of(Reason::DropInternal),
+    };
+    if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
+        return Verdict::of(Reason::DropInternal);
+    }
+    // One walk of a SYN's options serves both directions (window scale, MSS).
+    let opts = if p.seg.flags & lb_common::conntrack::tcp_flags::SYN != 0 {
+        parse::tcp::syn_options(ctx, &mut p)
+    } else {
+        None
+    };
+    if class.flags & AddrClass::VIP != 0
+        && let Some(v) = to_backend::handle(ctx, &mut p, class, opts)
+    {
+        return v;
+    }
+    if class.flags & AddrClass::SNAT != 0 {
+        return to_client::handle(ctx, &mut p, class, opts);
+    }
+    Verdict::of(Reason::PassNotOurs)
+}
+
+#[inline(always)]
+fn reply(ctx: &XdpContext) -> Verdict {
+    let (mut p, class) = match front::ipv4(ctx) {
+        Ok(x) => x,
+        Err(Stop::Done(v)) => return v,
+        Err(Stop::Ipv6 { .. }) => return Verdict::of(Reason::DropInternal),
+    };
+    if p.proto != PROTO_TCP && p.proto != PROTO_UDP || class.flags & AddrClass::SNAT == 0 {
+        return Verdict::of(Reason::DropInternal);
+    }
+    let opts = if p.seg.flags & lb_common::conntrack::tcp_flags::SYN != 0 {
+        parse::tcp::syn_options(ctx, &mut p)
+    } else {
+        None
+    };
+    to_client::handle(ctx, &mut p, class, opts)
+}
+
+#[inline(always)]
+fn icmp_program(ctx: &XdpContext) -> Verdict {
+    match front::ipv4(ctx) {
+        Ok((p, class)) if p.proto == PROTO_ICMP => icmp::handle(ctx, &p, class),
+        Ok(_) | Err(Stop::Ipv6 { .. }) => Verdict::of(Reason::DropInternal),
+        Err(Stop::Done(v)) => v,
+    }
+}
+
+#[inline(always)]
+fn ipv6_program(ctx: &XdpContext) -> Verdict {
+    match parse::eth::parse(ctx) {
+        parse::eth::L2::Ipv6 { l3, vlan } => v6::handle(ctx, l3, vlan),
+        _ => Verdict::of(Reason::DropInternal),
     }
 }
 

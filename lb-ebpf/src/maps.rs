@@ -201,11 +201,28 @@ pub fn config() -> Option<&'static DataplaneConfig> {
     CONFIG.get(0)
 }
 
-/// Index `V6_SEND` → the `wklb_v6_send` program, entered by tail call (its own stack and its
-/// own verifier budget). Pinned: a program array loses its entries when no pin or descriptor
-/// holds it, which would happen while the daemon restarts.
+/// The programs entered by tail call (`tails::*` indices; `lb_common::TAIL_PROGRAMS` names
+/// them for the loader), each verified on its own and with its own stack. Pinned: a program
+/// array loses its entries when no pin or descriptor holds it, which would happen while the
+/// daemon restarts.
 #[map]
-pub static TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static TAILS: ProgramArray = ProgramArray::with_max_entries(lb_common::TAIL_SLOTS, 0);
 
-/// `TAILS` index of `wklb_v6_send`.
-pub const V6_SEND: u32 = 0;
+/// Entering the tail-called programs.
+pub mod tails {
+    use aya_ebpf::programs::XdpContext;
+    use lb_common::Reason;
+
+    pub use lb_common::tails::*;
+
+    use crate::verdict::Verdict;
+
+    /// Continues in program `index`; returns only when the program is missing (counted as
+    /// an internal error: the loader installs every one before attaching).
+    #[inline(always)]
+    pub fn call(ctx: &XdpContext, index: u32) -> Verdict {
+        // SAFETY: a tail call into a program of the same type; on success it does not return.
+        unsafe { super::TAILS.tail_call(ctx, index) };
+        Verdict::of(Reason::DropInternal)
+    }
+}

@@ -4,7 +4,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    AddrClass, FlowEntry, Reason,
+    AddrClass, Flow4Key, FlowEntry, Reason,
     conntrack::{Direction, State, is_bad_syn, tcp_flags},
     ports_word, slot,
     tcp_opts::Options,
@@ -24,6 +24,48 @@ use crate::{
     stats,
     verdict::Verdict,
 };
+
+/// The established path of a plain flow (in the entry program): not a SYN, a flow found (its
+/// hint, or FLOWS4), not a cookie flow. None: the flow program's (`handle`).
+#[inline(always)]
+pub fn established(ctx: &XdpContext, p: &mut Packet) -> Option<Verdict> {
+    if p.is_tcp() && p.seg.flags & tcp_flags::SYN != 0 {
+        return None;
+    }
+    let key = Flow4Key::from_wire(p.src, p.dst, p.ports, p.proto);
+    let mut flow = forward::lookup_hinted(&key)?;
+    // SAFETY: a live FLOW_TABLE value pointer; racing writers store whole scalars only.
+    let e = unsafe { &mut *flow.entry };
+    if e.flags & FlowEntry::TRANSLATE != 0 {
+        return None;
+    }
+    if p.ttl <= 1 {
+        return Some(Verdict::of(Reason::DropTtlExpired));
+    }
+    let now = now_ns();
+    track_client(ctx, p, &mut flow, e, now);
+    if e.flags & FlowEntry::BACKEND_V6 != 0 {
+        crate::connlog::count(e, flow.slot, 0, p);
+        return Some(crate::v6::backend::defer(&flow, None));
+    }
+    Some(send(ctx, p, &flow, e, None, now))
+}
+
+/// Tracks a client segment of an existing flow; its first ACK after the backend's SYN-ACK
+/// counts the handshake and its round trip.
+#[inline(always)]
+fn track_client(ctx: &XdpContext, p: &Packet, flow: &mut Flow, e: &mut FlowEntry, now: u64) {
+    let (acked_before, synack_at) = (e.flags & FlowEntry::ACK_SEEN_FWD, e.last_seen_ns);
+    flow.accepted = conntrack::track_and_touch(ctx, e, p, now, Direction::Forward);
+    // The client's first ACK after the backend's SYN-ACK: a real client, not a flood.
+    if acked_before == 0
+        && e.flags & FlowEntry::ACK_SEEN_FWD != 0
+        && e.state == State::Established as u8
+    {
+        stats::vip_syn(e.vip_id as u32, stats::VipSyn::Handshake);
+        crate::rtt::client_acked(e, synack_at);
+    }
+}
 
 /// None when the packet is for no VIP after all (the caller goes on).
 #[inline(always)]
@@ -62,17 +104,7 @@ pub fn handle(
         return Some(cookie_flow(ctx, p, &mut flow, e, opts, now));
     }
     if !flow.new {
-        let (acked_before, synack_at) = (e.flags & FlowEntry::ACK_SEEN_FWD, e.last_seen_ns);
-        flow.accepted = conntrack::track(e, p, Direction::Forward);
-        conntrack::touch(ctx, e, now, Direction::Forward);
-        // The client's first ACK after the backend's SYN-ACK: a real client, not a flood.
-        if acked_before == 0
-            && e.flags & FlowEntry::ACK_SEEN_FWD != 0
-            && e.state == State::Established as u8
-        {
-            stats::vip_syn(e.vip_id as u32, stats::VipSyn::Handshake);
-            crate::rtt::client_acked(e, synack_at);
-        }
+        track_client(ctx, p, &mut flow, e, now);
     }
     if e.flags & FlowEntry::BACKEND_V6 != 0 {
         crate::connlog::count(e, flow.slot, 0, p);
@@ -99,8 +131,7 @@ fn cookie_flow(
         };
     }
     if !flow.new {
-        flow.accepted = conntrack::track(e, p, Direction::Forward);
-        conntrack::touch(ctx, e, now, Direction::Forward);
+        flow.accepted = conntrack::track_and_touch(ctx, e, p, now, Direction::Forward);
     }
     // A RST before the backend answered needs no translation (it acknowledges nothing).
     if !pending && cookie::translate::forward(ctx, p, e).is_none() {

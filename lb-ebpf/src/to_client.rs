@@ -5,14 +5,14 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     AddrClass, FlowEntry, Reason,
-    conntrack::{Direction, State},
+    conntrack::{Direction, State, tcp_flags},
     ports_word,
     tcp_opts::Options,
     xlat::GROWTH_V4_TO_V6,
 };
 
 use crate::{
-    conntrack::{self, now_ns, reverse},
+    conntrack::{self, Flow, now_ns, reverse},
     cookie, egress, icmp, maps, mss,
     nat::{self, Rewrite},
     parse::Packet,
@@ -20,6 +20,29 @@ use crate::{
     verdict::Verdict,
 };
 
+/// The established path of a plain flow's reply (in the entry program): not a SYN, not a
+/// cookie flow. None: the reply program's (`handle`).
+#[inline(always)]
+pub fn established(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Option<Verdict> {
+    if p.is_tcp() && p.seg.flags & tcp_flags::SYN != 0 {
+        return None;
+    }
+    let flow = match reverse::find(p, class) {
+        Ok(f) => f,
+        Err(r) => return Some(Verdict::of(r)),
+    };
+    // SAFETY: a live FLOW_TABLE value pointer; racing writers store whole scalars only.
+    let e = unsafe { &mut *flow.entry };
+    if e.flags & FlowEntry::TRANSLATE != 0 {
+        return None;
+    }
+    if p.ttl <= 1 {
+        return Some(Verdict::of(Reason::DropTtlExpired));
+    }
+    Some(send(ctx, p, &flow, e, None))
+}
+
+/// Every reply (the reply program): SYN-ACKs, cookie flows.
 #[inline(always)]
 pub fn handle(
     ctx: &XdpContext,
@@ -44,9 +67,20 @@ pub fn handle(
             return Verdict::of(Reason::DropInternal);
         }
     }
+    send(ctx, p, &flow, e, opts)
+}
+
+/// Tracks the reply and sends it to the client, translated back.
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    p: &mut Packet,
+    flow: &Flow,
+    e: &mut FlowEntry,
+    opts: Option<&Options>,
+) -> Verdict {
     let (handshake, syn_at) = (e.state == State::SynSent as u8, e.last_seen_ns);
-    let accepted = conntrack::track(e, p, Direction::Reverse);
-    conntrack::touch(ctx, e, now_ns(), Direction::Reverse);
+    let accepted = conntrack::track_and_touch(ctx, e, p, now_ns(), Direction::Reverse);
     if handshake && e.state == State::Established as u8 {
         rtt::backend_answered(e, syn_at);
     }

@@ -145,7 +145,7 @@ fn from_cookie(
 /// The flow of an established-path packet: its hint when the slot it names still holds this
 /// tuple's flow (no call at all), else FLOWS4, whose answer becomes the hint.
 #[inline(always)]
-fn lookup_hinted(key: &Flow4Key) -> Option<Flow> {
+pub(crate) fn lookup_hinted(key: &Flow4Key) -> Option<Flow> {
     let hint = FLOW_HINTS4.get_ptr_mut(flow_hint_index(key));
     if let Some(h) = hint
         // SAFETY: valid map value pointer; hints are written whole (one 8-byte store).
@@ -391,6 +391,7 @@ pub(crate) fn fill(
         e.state = State::Udp as u8;
         e.ack = [0, 0];
         e.win = [0, 0];
+        e.end = [0, 0];
         e.wscale = [NO_WSCALE, NO_WSCALE];
     }
     let _ = learn_client_hop(ctx, &mut e.to_client);
@@ -406,8 +407,17 @@ fn start_cookie(e: &mut FlowEntry, p: &Packet, c: &CookieStart) {
         ack: 0,
         win: 0,
         wscale: c.wscale,
+        len: 0,
     });
-    e.flags = FlowEntry::TRANSLATE;
+    // The ACK that proved the cookie acknowledged the edge's SYN-ACK: the client's RCV.NXT is
+    // the cookie + 1 (in its view, where the backend's bytes start), and what it has sent
+    // ends after this segment.
+    e.flags = FlowEntry::TRANSLATE | FlowEntry::ACK_SEEN_FWD;
+    e.ack[0] = c.cookie.wrapping_add(1);
+    e.end = [
+        c.isn.wrapping_add(1).wrapping_add(p.seg.len),
+        c.cookie.wrapping_add(1),
+    ];
     e.seq_delta = c.cookie;
     e.ts_delta = c.edge_ts;
     e.syn_opts = c.syn_opts;

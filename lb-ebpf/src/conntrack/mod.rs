@@ -7,7 +7,7 @@ pub mod reverse;
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     FlowEntry,
-    conntrack::{Direction, TOUCH_INTERVAL_NS, Verdict as Track},
+    conntrack::{Direction, Segment, TOUCH_INTERVAL_NS, Verdict as Track},
 };
 
 pub use crate::clock::now_ns;
@@ -24,16 +24,68 @@ pub struct Flow {
     pub accepted: bool,
 }
 
-/// TCP tracking for one packet (UDP flows have nothing to track).
+/// TCP tracking for one packet (UDP flows have nothing to track): `Accepted`, `Unaccepted`
+/// (a RST or FIN the receiver would refuse) or `Stray` (far from the receiver's window).
 #[inline(always)]
-pub fn track(e: &mut FlowEntry, p: &Packet, dir: Direction) -> bool {
-    !p.is_tcp() || e.track_tcp(dir, &p.seg) == Track::Accepted
+pub fn track(e: &mut FlowEntry, p: &Packet, dir: Direction) -> Track {
+    if p.is_tcp() {
+        match dir {
+            Direction::Forward => track_forward(e, p),
+            Direction::Reverse => track_reverse(e, p),
+        }
+    } else {
+        Track::Accepted
+    }
+}
+
+/// The tracker out of line, once per direction: its many branches (and the payload length it
+/// derives) are verified once per call site instead of multiplying the paths through
+/// everything after it.
+#[inline(never)]
+fn track_forward(e: &mut FlowEntry, p: &Packet) -> Track {
+    e.track_tcp(Direction::Forward, &segment(p))
+}
+
+#[inline(never)]
+fn track_reverse(e: &mut FlowEntry, p: &Packet) -> Track {
+    e.track_tcp(Direction::Reverse, &segment(p))
+}
+
+/// The packet's segment with its payload length: what is left of the IP packet after the
+/// headers (the parser checked that the TCP header ends within it).
+#[inline(always)]
+fn segment(p: &Packet) -> Segment {
+    Segment {
+        len: (p.l3_end() as u32).wrapping_sub((p.l4() + p.tcp_len()) as u32),
+        ..p.seg
+    }
+}
+
+/// Tracks one packet of an existing flow and, only when it passed the checks, refreshes the
+/// flow (and, from the client's side, the way back to it). Returns whether a RST or FIN in it
+/// was acceptable (what the verdict reports).
+#[inline(always)]
+pub fn track_and_touch(
+    ctx: &XdpContext,
+    e: &mut FlowEntry,
+    p: &Packet,
+    now: u64,
+    dir: Direction,
+) -> bool {
+    // The outcome hidden from the verifier's value tracking: each of the tracker's many exits
+    // would otherwise take the rest of the program through a path of its own.
+    let t = crate::parse::opaque(track(e, p, dir) as usize);
+    if t == Track::Accepted as usize {
+        touch(ctx, e, now, dir);
+    }
+    t != Track::Unaccepted as usize
 }
 
 /// Refreshes `last_seen_ns` at most once per TOUCH_INTERVAL_NS. A client packet that refreshes
-/// it also re-learns the way back to the client (a router's MAC may change).
+/// it also re-learns the way back to the client (a router's MAC may change). Only for packets
+/// that passed the tracker's checks (`track_and_touch`).
 #[inline(always)]
-pub fn touch(ctx: &XdpContext, e: &mut FlowEntry, now: u64, dir: Direction) {
+fn touch(ctx: &XdpContext, e: &mut FlowEntry, now: u64, dir: Direction) {
     if now.wrapping_sub(e.last_seen_ns) <= TOUCH_INTERVAL_NS {
         return;
     }

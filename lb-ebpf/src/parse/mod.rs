@@ -106,10 +106,12 @@ impl Packet {
     pub fn l3(&self) -> usize {
         (self.l3_off & 0x1f) as usize
     }
-    /// At most 18 + 60.
+    /// At most 18 + 60 for IPv4; 18 + 40 + 2 × 64 = 186 for IPv6 behind the extension
+    /// headers the parser walks (a mask below that would wrap such an offset into the frame's
+    /// start).
     #[inline(always)]
     pub fn l4(&self) -> usize {
-        (self.l4_off & 0x7f) as usize
+        (self.l4_off & 0xff) as usize
     }
     /// Where the IP packet ends (what follows is padding).
     #[inline(always)]

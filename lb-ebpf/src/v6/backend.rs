@@ -113,9 +113,7 @@ pub fn defer_icmp(kind: u32) -> Verdict {
 /// Hands the deferred send to `wklb_v6_send`; returns only when the tail call failed.
 #[inline(always)]
 pub fn hand_over(ctx: &XdpContext) -> Verdict {
-    // SAFETY: a tail call into a program of the same type; on success it does not return.
-    unsafe { maps::TAILS.tail_call(ctx, maps::V6_SEND) };
-    Verdict::of(Reason::DropInternal)
+    maps::tails::call(ctx, maps::tails::V6_SEND)
 }
 
 /// Sends the packet of the flow `defer` recorded (IPv4 or IPv6 client), or translates an IPv6
@@ -362,8 +360,7 @@ fn reply(
         return Verdict::of(Reason::DropTtlExpired);
     }
     let (handshake, syn_at) = (e.state == State::SynSent as u8, e.last_seen_ns);
-    let accepted = conntrack::track(e, p, Direction::Reverse);
-    conntrack::touch(ctx, e, now_ns(), Direction::Reverse);
+    let accepted = conntrack::track_and_touch(ctx, e, p, now_ns(), Direction::Reverse);
     if handshake && e.state == State::Established as u8 {
         crate::rtt::backend_answered(e, syn_at);
     }

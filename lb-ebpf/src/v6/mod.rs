@@ -94,8 +94,7 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
     // 38,000 more instructions (measured): kept apart on purpose.
     if !flow.new {
         let (acked_before, synack_at) = (e.flags & FlowEntry::ACK_SEEN_FWD, e.last_seen_ns);
-        flow.accepted = conntrack::track(e, &p, Direction::Forward);
-        conntrack::touch(ctx, e, now, Direction::Forward);
+        flow.accepted = conntrack::track_and_touch(ctx, e, &p, now, Direction::Forward);
         if acked_before == 0
             && e.flags & FlowEntry::ACK_SEEN_FWD != 0
             && e.state == State::Established as u8

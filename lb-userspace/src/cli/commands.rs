@@ -181,17 +181,22 @@ fn manual() -> Result<()> {
     Ok(())
 }
 
-/// Loads the data plane without pins and prints the verifier's instruction counts.
+/// Loads the data plane without pins and prints the verifier's instruction count of every
+/// program.
 fn verify(json: bool) -> Result<()> {
     let mut l = kernel::load(&kernel::LoadOptions::default())?;
-    let n = l.program.verified_instructions(kernel::PROGRAM)?;
-    let v6 = l.program.verified_instructions(kernel::V6_SEND_PROGRAM)?;
-    let v = serde_json::json!({
-        "verified_instructions": n,
-        "v6_sender_verified_instructions": v6,
-    });
+    let mut counts = serde_json::Map::new();
+    for name in kernel::program_names() {
+        counts.insert(
+            name.to_string(),
+            l.program.verified_instructions(name)?.into(),
+        );
+    }
+    let v = serde_json::json!({ "verified_instructions": counts });
     show(json, &v, |_| {
-        format!("verified instructions: {n} (IPv6-backend sender: {v6})")
+        let mut lines = vec!["verified instructions per program:".to_string()];
+        lines.extend(counts.iter().map(|(n, c)| format!("  {n:<14} {c}")));
+        lines.join("\n")
     })
 }
 

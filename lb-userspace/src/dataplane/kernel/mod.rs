@@ -43,10 +43,10 @@ pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 
 /// The program's name inside the object.
 pub const PROGRAM: &str = "wklb";
-/// The IPv6-backend sender, entered by tail call from `wklb` through `TAILS`.
-pub const V6_SEND_PROGRAM: &str = "wklb_v6_send";
-/// Its index in `TAILS` (lb-ebpf's `maps::V6_SEND`).
-const V6_SEND_INDEX: u32 = 0;
+/// Every program of the data path: the entry and those it enters by tail call.
+pub fn program_names() -> impl Iterator<Item = &'static str> {
+    std::iter::once(PROGRAM).chain(lb_common::TAIL_PROGRAMS.iter().map(|(n, _)| *n))
+}
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -115,7 +115,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .ok_or_else(|| anyhow!("program {PROGRAM} missing from the object"))?
         .try_into()?;
     load_program(prog).context("the kernel verifier rejected the XDP program")?;
-    install_v6_sender(&mut ebpf)?;
+    install_tails(&mut ebpf)?;
     let cookie_key = ensure_cookie_key(&mut ebpf)?;
     let maps = KernelMaps::take(&mut ebpf)?;
     let counters = Arc::new(KernelCounters::take(&mut ebpf)?);
@@ -143,22 +143,24 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     Ok(loaded)
 }
 
-/// Loads the IPv6-backend sender and puts it in `TAILS` (replacing the previous generation's
-/// in an adopted array: one entry write, atomic for packets).
-fn install_v6_sender(ebpf: &mut Ebpf) -> Result<()> {
-    let prog: &mut Xdp = ebpf
-        .program_mut(V6_SEND_PROGRAM)
-        .ok_or_else(|| anyhow!("program {V6_SEND_PROGRAM} missing from the object"))?
-        .try_into()?;
-    load_program(prog).context("the kernel verifier rejected the IPv6-backend sender")?;
-    let fd = prog.fd()?.try_clone()?;
-    let map = ebpf
-        .map_mut(names::TAILS)
-        .ok_or_else(|| anyhow!("map {} missing from the object", names::TAILS))?;
-    let mut tails = aya::maps::ProgramArray::try_from(map)?;
-    tails
-        .set(V6_SEND_INDEX, &fd, 0)
-        .context("installing the IPv6-backend sender")?;
+/// Loads every program entered by tail call and puts it in `TAILS` (replacing the previous
+/// generation's in an adopted array: one entry write each, atomic for packets).
+fn install_tails(ebpf: &mut Ebpf) -> Result<()> {
+    for (name, index) in lb_common::TAIL_PROGRAMS {
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+            .try_into()?;
+        load_program(prog).with_context(|| format!("the kernel verifier rejected {name}"))?;
+        let fd = prog.fd()?.try_clone()?;
+        let map = ebpf
+            .map_mut(names::TAILS)
+            .ok_or_else(|| anyhow!("map {} missing from the object", names::TAILS))?;
+        let mut tails = aya::maps::ProgramArray::try_from(map)?;
+        tails
+            .set(*index, &fd, 0)
+            .with_context(|| format!("installing {name} in {}", names::TAILS))?;
+    }
     Ok(())
 }
 

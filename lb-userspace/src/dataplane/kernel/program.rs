@@ -82,7 +82,7 @@ impl Program {
     }
 
     /// The verifier's instruction count for the loaded program `name` (`PROGRAM`,
-    /// `V6_SEND_PROGRAM`).
+    /// one of `program_names()`).
     pub fn verified_instructions(&mut self, name: &str) -> Result<u32> {
         let prog: &mut Xdp = self
             .ebpf
