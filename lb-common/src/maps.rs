@@ -311,6 +311,8 @@ pub mod tails {
     pub const ICMP: u32 = 3;
     /// IPv6 (`wklb_v6`).
     pub const V6: u32 = 4;
+    /// SYN cookies, client → VIP (`wklb_cookie`).
+    pub const COOKIE: u32 = 5;
 }
 
 /// Every program entered by tail call: (name in the object, `TAILS` index).
@@ -320,6 +322,7 @@ pub const TAIL_PROGRAMS: &[(&str, u32)] = &[
     ("wklb_reply", tails::REPLY),
     ("wklb_icmp", tails::ICMP),
     ("wklb_v6", tails::V6),
+    ("wklb_cookie", tails::COOKIE),
 ];
 
 // ---------------------------------------------------------------------------- VIPs

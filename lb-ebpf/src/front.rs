@@ -21,7 +21,7 @@ use crate::{
 /// Why the front did not yield an IPv4 packet to one of our addresses.
 pub enum Stop {
     /// IPv6: the IPv6 program's.
-    Ipv6 { l3: usize, vlan: u16 },
+    Ipv6,
     /// Settled here (not ours, unparsable, a fragment).
     Done(Verdict),
 }
@@ -31,7 +31,7 @@ pub enum Stop {
 pub fn ipv4(ctx: &XdpContext) -> Result<(Packet, AddrClass), Stop> {
     let (l3, vlan) = match eth::parse(ctx) {
         L2::Ipv4 { l3, vlan } => (l3, vlan),
-        L2::Ipv6 { l3, vlan } => return Err(Stop::Ipv6 { l3, vlan }),
+        L2::Ipv6 { .. } => return Err(Stop::Ipv6),
         L2::NotIpv4 => return Err(Stop::Done(Verdict::of(Reason::PassNotIpv4))),
         L2::Truncated => return Err(Stop::Done(Verdict::of(Reason::PassUnparsable))),
     };

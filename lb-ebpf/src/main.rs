@@ -70,6 +70,13 @@ pub fn wklb_flow(ctx: XdpContext) -> u32 {
     finish(&ctx, flow(&ctx))
 }
 
+/// SYN cookies, client → VIP: answering SYNs in cookie mode, the ACKs that prove a cookie, and
+/// cookie flows' segments (the SYN to the backend, then translation).
+#[xdp]
+pub fn wklb_cookie(ctx: XdpContext) -> u32 {
+    finish(&ctx, cookie_program(&ctx))
+}
+
 /// Backend → SNAT address beyond the established path: SYN-ACKs (MSS clamping, the
 /// handshake's round trip) and every reply of a cookie flow (its handshake, translation).
 #[xdp]
@@ -119,7 +126,7 @@ fn count(ctx: &XdpContext, v: Verdict) -> u32 {
 fn entry(ctx: &XdpContext) -> Verdict {
     let (mut p, class) = match front::ipv4(ctx) {
         Ok(x) => x,
-        Err(Stop::Ipv6 { .. }) => return tails::call(ctx, tails::V6),
+        Err(Stop::Ipv6) => return tails::call(ctx, tails::V6),
         Err(Stop::Done(v)) => return v,
     };
     match p.proto {
@@ -148,7 +155,7 @@ fn flow(ctx: &XdpContext) -> Verdict {
     let (mut p, class) = match front::ipv4(ctx) {
         Ok(x) => x,
         Err(Stop::Done(v)) => return v,
-        Err(Stop::Ipv6 { .. }) => return Verdict::of(Reason::DropInternal),
+        Err(Stop::Ipv6) => return Verdict::of(Reason::DropInternal),
     };
     if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
         return Verdict::of(Reason::DropInternal);
@@ -171,11 +178,29 @@ fn flow(ctx: &XdpContext) -> Verdict {
 }
 
 #[inline(always)]
+fn cookie_program(ctx: &XdpContext) -> Verdict {
+    let (mut p, class) = match front::ipv4(ctx) {
+        Ok(x) => x,
+        Err(Stop::Done(v)) => return v,
+        Err(Stop::Ipv6) => return Verdict::of(Reason::DropInternal),
+    };
+    if class.flags & AddrClass::VIP == 0 {
+        return Verdict::of(Reason::DropInternal);
+    }
+    let opts = if p.seg.flags & lb_common::conntrack::tcp_flags::SYN != 0 {
+        parse::tcp::syn_options(ctx, &mut p)
+    } else {
+        None
+    };
+    cookie::client::handle(ctx, &mut p, class, opts)
+}
+
+#[inline(always)]
 fn reply(ctx: &XdpContext) -> Verdict {
     let (mut p, class) = match front::ipv4(ctx) {
         Ok(x) => x,
         Err(Stop::Done(v)) => return v,
-        Err(Stop::Ipv6 { .. }) => return Verdict::of(Reason::DropInternal),
+        Err(Stop::Ipv6) => return Verdict::of(Reason::DropInternal),
     };
     if p.proto != PROTO_TCP && p.proto != PROTO_UDP || class.flags & AddrClass::SNAT == 0 {
         return Verdict::of(Reason::DropInternal);
@@ -192,7 +217,7 @@ fn reply(ctx: &XdpContext) -> Verdict {
 fn icmp_program(ctx: &XdpContext) -> Verdict {
     match front::ipv4(ctx) {
         Ok((p, class)) if p.proto == PROTO_ICMP => icmp::handle(ctx, &p, class),
-        Ok(_) | Err(Stop::Ipv6 { .. }) => Verdict::of(Reason::DropInternal),
+        Ok(_) | Err(Stop::Ipv6) => Verdict::of(Reason::DropInternal),
         Err(Stop::Done(v)) => v,
     }
 }

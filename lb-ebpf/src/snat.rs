@@ -28,7 +28,7 @@ pub fn claim(
     hash: u32,
     cfg: &DataplaneConfig,
     family: u8,
-) -> Result<(u32, *mut FlowEntry), Reason> {
+) -> Result<(u32, *mut FlowEntry, u32), Reason> {
     let v6 = slot::family_bit(family);
     let count = cfg
         .snat_count
@@ -37,7 +37,7 @@ pub fn claim(
     if count == 0 {
         return Err(Reason::DropNoSnatAddress);
     }
-    let token = slot::token(hash);
+    let token = new_token();
     for attempt in 0..slot::PORT_RETRIES {
         let pick = slot::pick_index(hash, attempt, count);
         let Some(index) = SNAT_PICKS.get(base + pick) else {
@@ -50,14 +50,31 @@ pub fn claim(
         };
         // SAFETY: valid map value pointer; a plain read first spares the atomic on busy slots.
         if unsafe { (*e).owner } == slot::FREE && swap_owner(e, slot::FREE, token) {
-            return Ok((s, e));
+            return Ok((s, e, token));
         }
     }
     Err(Reason::DropSnatExhausted)
 }
 
-/// Gives a slot back, unless someone else holds it by now.
+/// A claim token: random (a per-boot seeded generator), odd. Not the flow hash, which anyone
+/// can compute: a stale reference must not be able to name a later flow of its slot.
+#[inline(always)]
+fn new_token() -> u32 {
+    // SAFETY: a helper without arguments.
+    slot::token(unsafe { aya_ebpf::helpers::generated::bpf_get_prandom_u32() })
+}
+
+/// Gives back a slot that was never published (no FLOWS4/FLOWS6 entry names it yet), unless
+/// someone else holds it by now.
 #[inline(always)]
 pub fn release(e: *mut FlowEntry, token: u32) {
     swap_owner(e, token, slot::FREE);
+}
+
+/// Ends a published flow in the data path (a new connection on its tuple): the slot goes
+/// DYING, not FREE, so a packet of the old flow still inside the program on another CPU
+/// cannot write into a next flow of the slot; the daemon frees it after an RCU grace period.
+#[inline(always)]
+pub fn retire(e: *mut FlowEntry, token: u32) {
+    swap_owner(e, token, slot::DYING);
 }

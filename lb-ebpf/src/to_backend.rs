@@ -16,9 +16,10 @@ use crate::{
         forward::{self, Found},
         now_ns,
     },
-    cookie,
     egress::{self, NoHop},
-    icmp, maps, mss,
+    icmp,
+    maps::{self, tails},
+    mss,
     nat::{self, Rewrite},
     parse::Packet,
     stats,
@@ -36,7 +37,12 @@ pub fn established(ctx: &XdpContext, p: &mut Packet) -> Option<Verdict> {
     let mut flow = forward::lookup_hinted(&key)?;
     // SAFETY: a live FLOW_TABLE value pointer; racing writers store whole scalars only.
     let e = unsafe { &mut *flow.entry };
+    // Cookie flows are the cookie program's, UDP flows whose backend left (they start again)
+    // the flow program's.
     if e.flags & FlowEntry::TRANSLATE != 0 {
+        return Some(tails::call(ctx, tails::COOKIE));
+    }
+    if !p.is_tcp() && forward::stale_for_syn(flow.entry) {
         return None;
     }
     if p.ttl <= 1 {
@@ -54,7 +60,13 @@ pub fn established(ctx: &XdpContext, p: &mut Packet) -> Option<Verdict> {
 /// Tracks a client segment of an existing flow; its first ACK after the backend's SYN-ACK
 /// counts the handshake and its round trip.
 #[inline(always)]
-fn track_client(ctx: &XdpContext, p: &Packet, flow: &mut Flow, e: &mut FlowEntry, now: u64) {
+pub(crate) fn track_client(
+    ctx: &XdpContext,
+    p: &Packet,
+    flow: &mut Flow,
+    e: &mut FlowEntry,
+    now: u64,
+) {
     let (acked_before, synack_at) = (e.flags & FlowEntry::ACK_SEEN_FWD, e.last_seen_ns);
     flow.accepted = conntrack::track_and_touch(ctx, e, p, now, Direction::Forward);
     // The client's first ACK after the backend's SYN-ACK: a real client, not a flood.
@@ -78,12 +90,7 @@ pub fn handle(
     let mut flow = match forward::find_or_create(ctx, p, class) {
         Found::Flow(f) => f,
         Found::NotVip => return None,
-        Found::CookieSyn(vip_id) => {
-            return Some(match maps::config() {
-                Some(cfg) => cookie::syn::answer(ctx, p, vip_id, opts, cfg),
-                None => Verdict::of(Reason::DropInternal),
-            });
-        }
+        Found::Cookie => return Some(tails::call(ctx, tails::COOKIE)),
         Found::Refused(reason, vip_id) => {
             if reason == Reason::DropNoBackend {
                 stats::vip_no_backend(vip_id);
@@ -101,7 +108,7 @@ pub fn handle(
     let e = unsafe { &mut *flow.entry };
     let now = now_ns();
     if e.flags & FlowEntry::TRANSLATE != 0 {
-        return Some(cookie_flow(ctx, p, &mut flow, e, opts, now));
+        return Some(tails::call(ctx, tails::COOKIE));
     }
     if !flow.new {
         track_client(ctx, p, &mut flow, e, now);
@@ -113,35 +120,8 @@ pub fn handle(
     Some(send(ctx, p, &flow, e, opts, now))
 }
 
-/// A flow the edge answered itself: the SYN to the backend until it answers, then translated.
 #[inline(always)]
-fn cookie_flow(
-    ctx: &XdpContext,
-    p: &Packet,
-    flow: &mut Flow,
-    e: &mut FlowEntry,
-    opts: Option<&Options>,
-    now: u64,
-) -> Verdict {
-    let pending = e.state == State::SynSent as u8;
-    if pending && p.seg.flags & tcp_flags::RST == 0 {
-        return match maps::config() {
-            Some(cfg) => cookie::backend_syn::send(ctx, p, flow, e, cfg, now),
-            None => Verdict::of(Reason::DropInternal),
-        };
-    }
-    if !flow.new {
-        flow.accepted = conntrack::track_and_touch(ctx, e, p, now, Direction::Forward);
-    }
-    // A RST before the backend answered needs no translation (it acknowledges nothing).
-    if !pending && cookie::translate::forward(ctx, p, e).is_none() {
-        return Verdict::of(Reason::DropInternal);
-    }
-    send(ctx, p, flow, e, opts, now)
-}
-
-#[inline(always)]
-fn send(
+pub(crate) fn send(
     ctx: &XdpContext,
     p: &Packet,
     flow: &Flow,

@@ -34,15 +34,22 @@ pub enum Found {
     NotVip,
     /// Ours, but refused (counted under the reason) for this VIP id.
     Refused(Reason, u32),
-    /// A SYN to this VIP id in cookie mode: the edge answers it.
-    CookieSyn(u32),
+    /// The cookie program's (`cookie::client`): a SYN to this VIP in cookie mode (admitted and
+    /// counted here), or a client ACK without a flow that may carry a cookie.
+    Cookie,
 }
 
 #[inline(always)]
 pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
     let key = Flow4Key::from_wire(p.src, p.dst, p.ports, p.proto);
     let syn = p.is_tcp() && is_initial_syn(p.seg.flags);
-    if !syn && let Some(f) = lookup_hinted(&key) {
+    // A segment that may start a flow: a SYN, or any UDP datagram (a UDP flow whose backend
+    // left starts again on a live one: UDP has no SYN to say so).
+    let starts = syn || !p.is_tcp();
+    if !syn
+        && let Some(f) = lookup_hinted(&key)
+        && (p.is_tcp() || !stale_for_syn(f.entry))
+    {
         return Found::Flow(f);
     }
     let (sport, dport) = ports_of(p.ports);
@@ -54,12 +61,17 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
     };
     if p.is_tcp() && !syn {
         if vip.flags & VipMeta::COOKIES_ALLOWED != 0 && cookie_ack::is_candidate(p.seg.flags) {
-            return from_cookie(ctx, p, &key, &vip, cfg);
+            return Found::Cookie;
         }
         return Found::Refused(no_state(p.seg.flags, cfg), vip.vip_id);
     }
     if p.ttl <= 1 {
         return Found::Refused(Reason::DropTtlExpired, vip.vip_id);
+    }
+    // One of our own addresses as the source: no flow can have it as its client (its replies
+    // would carry the tuple the client's packets do).
+    if crate::classify::lookup(p.src).is_some() {
+        return Found::Refused(Reason::DropOwnSource, vip.vip_id);
     }
     let cookies = syn && vip.flags & VipMeta::COOKIES_ON != 0;
     // A new flow (UDP, or TCP's SYN): the VIP's source lists and limits.
@@ -74,7 +86,7 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
         // A retransmitted SYN of a flow created before cookie mode keeps its flow.
         return match lookup(&key) {
             Some(f) if !stale_for_syn(f.entry) => Found::Flow(f),
-            _ => Found::CookieSyn(vip.vip_id),
+            _ => Found::Cookie,
         };
     }
     let hash = flow_hash_v4_words(p.src, p.dst, sport, dport, p.proto);
@@ -86,9 +98,10 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
         }
         match lookup(&key) {
             // A retransmitted SYN, or a packet that lost a race to create the same flow.
-            Some(f) if !(syn && stale_for_syn(f.entry)) => return Found::Flow(f),
-            // A new connection on a reused source port: the old flow ends here.
-            Some(f) => snat::release(f.entry, f.token),
+            Some(f) if !(starts && stale_for_syn(f.entry)) => return Found::Flow(f),
+            // A new connection on a reused source port (or a UDP flow whose backend left): the
+            // old flow ends here.
+            Some(f) => snat::retire(f.entry, f.token),
             // The entry points at a slot being expired: replace it.
             None => {}
         }
@@ -100,9 +113,10 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
     }
 }
 
-/// A client ACK without a flow to a cookie-capable VIP: a valid cookie creates the flow.
+/// A client ACK without a flow to a cookie-capable VIP: a valid cookie creates the flow (the
+/// cookie program's).
 #[inline(always)]
-fn from_cookie(
+pub fn from_cookie(
     ctx: &XdpContext,
     p: &Packet,
     key: &Flow4Key,
@@ -191,11 +205,11 @@ fn hinted(key: &Flow4Key, r: FlowRef) -> Option<Flow> {
     })
 }
 
-/// The flow of `key`, if its slot still belongs to it.
+/// The flow of `key`, if its slot still holds that claim and this tuple.
 #[inline(always)]
 pub fn lookup(key: &Flow4Key) -> Option<Flow> {
     // SAFETY: valid map value pointer.
-    follow(unsafe { *FLOWS4.get_ptr(key)? })
+    hinted(key, unsafe { *FLOWS4.get_ptr(key)? })
 }
 
 /// The flow a FLOWS4 or FLOWS6 entry names, if its slot still belongs to it.
@@ -297,11 +311,10 @@ fn create(
     if cookie.is_some() && backend.family == FAMILY_IPV6 {
         return Created::Refused(Reason::DropNoBackend);
     }
-    let (s, e) = match snat::claim(hash, cfg, backend.family) {
+    let (s, e, token) = match snat::claim(hash, cfg, backend.family) {
         Ok(c) => c,
         Err(r) => return Created::Refused(r),
     };
-    let token = slot::token(hash);
     let Some(snat_addr) = SNAT_ADDRS.get(slot::snat_index_of(s)) else {
         snat::release(e, token);
         return Created::Refused(Reason::DropInternal);

@@ -7,7 +7,7 @@ pub mod reverse;
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     FlowEntry,
-    conntrack::{Direction, Segment, TOUCH_INTERVAL_NS, Verdict as Track},
+    conntrack::{Direction, TOUCH_INTERVAL_NS, Verdict as Track},
 };
 
 pub use crate::clock::now_ns;
@@ -38,27 +38,16 @@ pub fn track(e: &mut FlowEntry, p: &Packet, dir: Direction) -> Track {
     }
 }
 
-/// The tracker out of line, once per direction: its many branches (and the payload length it
-/// derives) are verified once per call site instead of multiplying the paths through
-/// everything after it.
+/// The tracker out of line, once per direction: its many branches are verified once per call
+/// site instead of multiplying the paths through everything after it.
 #[inline(never)]
 fn track_forward(e: &mut FlowEntry, p: &Packet) -> Track {
-    e.track_tcp(Direction::Forward, &segment(p))
+    e.track_tcp(Direction::Forward, &p.seg)
 }
 
 #[inline(never)]
 fn track_reverse(e: &mut FlowEntry, p: &Packet) -> Track {
-    e.track_tcp(Direction::Reverse, &segment(p))
-}
-
-/// The packet's segment with its payload length: what is left of the IP packet after the
-/// headers (the parser checked that the TCP header ends within it).
-#[inline(always)]
-fn segment(p: &Packet) -> Segment {
-    Segment {
-        len: (p.l3_end() as u32).wrapping_sub((p.l4() + p.tcp_len()) as u32),
-        ..p.seg
-    }
+    e.track_tcp(Direction::Reverse, &p.seg)
 }
 
 /// Tracks one packet of an existing flow and, only when it passed the checks, refreshes the

@@ -6,7 +6,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     FlowEntry, Reason,
-    conntrack::{NO_WSCALE, State, tcp_flags},
+    conntrack::{MAX_WSCALE, NO_WSCALE, State, tcp_flags},
     cookie::syn_opts,
     tcp_opts::{ABSENT, Options},
 };
@@ -46,13 +46,44 @@ pub fn reverse(
         return None;
     }
     if flags & RST != 0 {
+        // A refusal must acknowledge the SYN (RFC 793): anything else is not the backend's
+        // answer to it, and must not touch the handshake's state.
+        if flags & ACK == 0 || p.seg.ack != e.ack[1] {
+            return Some(Verdict::of(Reason::DropSynCookiePending));
+        }
         // The backend refuses the connection: the client gets the RST at its own RCV.NXT.
         e.seq_delta = p.seg.seq.wrapping_sub(e.seq_delta.wrapping_add(1));
         e.ts_delta = 0;
         e.syn_opts = NO_WSCALE;
         return None;
     }
+    if flags & (SYN | ACK) == ACK && p.seg.ack != e.ack[1] {
+        // An ACK that does not acknowledge our SYN: the backend still holds an older
+        // connection on this port (or its TIME_WAIT) and challenges the SYN. A client answers
+        // with a RST at the acknowledgment it was given, which clears that connection, and
+        // sends its SYN again: the edge, the client here, does the same (the SYN goes again
+        // with the client's next segment).
+        return Some(reset_stale(ctx, p));
+    }
     Some(Verdict::of(Reason::DropSynCookiePending))
+}
+
+/// A RST back to the backend at the acknowledgment number of its challenge ACK.
+#[inline(always)]
+fn reset_stale(ctx: &XdpContext, p: &Packet) -> Verdict {
+    let s = Segment {
+        src: p.dst,
+        dst: p.src,
+        ports: segment::swap_ports(p.ports),
+        seq: p.seg.ack,
+        ack: 0,
+        flags: tcp_flags::RST,
+        win: 0,
+    };
+    if segment::write::<0>(ctx, p.l3(), &s, &[]).is_none() || segment::swap_macs(ctx).is_none() {
+        return Verdict::of(Reason::DropInternal);
+    }
+    Verdict::tx(Reason::SynCookieBackendReset)
 }
 
 /// The backend's SYN-ACK fixes the offsets between its numbering and the client's view.
@@ -66,7 +97,12 @@ fn settle(e: &mut FlowEntry, p: &Packet, opts: Option<&Options>, ts: Option<&Opt
     };
     // From here on syn_opts holds the backend's window scale, which its windows are rescaled
     // from toward the client (who was told `cookie::EDGE_WSCALE`).
-    let backend_ws = opts.map_or(NO_WSCALE, |o| o.wscale);
+    // RFC 7323: a shift above 14 is taken as 14.
+    let backend_ws = match opts.map_or(NO_WSCALE, |o| o.wscale) {
+        NO_WSCALE => NO_WSCALE,
+        ws if ws > MAX_WSCALE => MAX_WSCALE,
+        ws => ws,
+    };
     e.syn_opts = if e.wscale[0] == NO_WSCALE {
         NO_WSCALE
     } else {

@@ -38,6 +38,21 @@ pub fn forward(ctx: &XdpContext, p: &Packet, e: &FlowEntry) -> Option<()> {
     if p.seg.flags & tcp_flags::ACK != 0 {
         d = add32(ctx, p, ACK, e.seq_delta, d)?;
     }
+    // The client scales its windows (it offered a shift, the edge's SYN-ACK too), the backend
+    // did not accept scaling (`syn_opts` holds its shift once settled): the backend reads
+    // windows unscaled, so they go in bytes (at most 65,535).
+    if e.wscale[0] != NO_WSCALE && e.syn_opts == NO_WSCALE {
+        let win = rescale_window(p.seg.win, e.wscale[0], NO_WSCALE);
+        if win != p.seg.win {
+            let w = ptr_at::<u16>(ctx, p.l4() + WIN)?;
+            let new = win.to_be();
+            // SAFETY: bounds checked by ptr_at.
+            unsafe {
+                d = d.replace16(*w, new);
+                *w = new;
+            }
+        }
+    }
     if p.tcp_len() == TS_ONLY {
         // The common case, a segment with timestamps alone: changed in place.
         if let Some(d2) = ts_in_place(ctx, p, TS_ECHO, e.ts_delta, d) {

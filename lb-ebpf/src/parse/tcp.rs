@@ -31,6 +31,9 @@ pub fn parse(ctx: &XdpContext, p: &mut Packet) -> bool {
         p.seg.win = u16::from_be(load16(h.add(14)));
     }
     p.seg.wscale = NO_WSCALE;
+    // Payload bytes: what is left of the IP packet after the headers (the callers check that
+    // the TCP header ends within it).
+    p.seg.len = (p.l3_end() as u32).wrapping_sub((p.l4() + p.tcp_len()) as u32);
     p.tcp_len() >= TCP_FIXED
 }
 
@@ -125,7 +128,10 @@ impl Copied {
             return (true, 0);
         }
         let blocks = (b[15] as usize).wrapping_sub(2) / 8;
-        // With timestamps, 40 option bytes hold at most 3 blocks.
+        // Only blocks the segment holds (its length byte may claim more), and with
+        // timestamps, 40 option bytes hold at most 3.
+        let present = (self.len - SACK_FIRST) / 8;
+        let blocks = if blocks < present { blocks } else { present };
         (true, if blocks > 3 { 3 } else { blocks })
     }
 

@@ -14,7 +14,7 @@ use lb_common::{
 use crate::{
     conntrack::{
         Flow,
-        forward::{fill, follow, no_state, pick, stale_for_syn},
+        forward::{fill, no_state, pick, stale_for_syn},
     },
     maps::{BACKENDS, FLOW_HINTS4, FLOW_TABLE, FLOWS6, SNAT_ADDRS, VIP_INFO, VIPS6, config},
     parse::{Packet, ipv6::Addrs6},
@@ -34,7 +34,12 @@ pub enum Found6 {
 pub fn find_or_create(ctx: &XdpContext, p: &Packet, a: &Addrs6, any_port: u16) -> Found6 {
     let key = Flow6Key::from_wire(a.src, a.dst, p.ports, p.proto);
     let syn = p.is_tcp() && is_initial_syn(p.seg.flags);
-    if !syn && let Some(f) = lookup_hinted(&key) {
+    // As for IPv4: any UDP datagram may start a flow again when its backend left.
+    let starts = syn || !p.is_tcp();
+    if !syn
+        && let Some(f) = lookup_hinted(&key)
+        && (p.is_tcp() || !stale_for_syn(f.entry))
+    {
         return Found6::Flow(f);
     }
     let (sport, dport) = ports_of(p.ports);
@@ -50,6 +55,12 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, a: &Addrs6, any_port: u16) -
     if p.ttl <= 1 {
         return Found6::Refused(Reason::DropTtlExpired, vip.vip_id);
     }
+    // One of our own addresses as the source, as for IPv4.
+
+    // One of our own addresses as the source, as for IPv4.
+    if own_address(a.src[0], a.src[1], a.src[2], a.src[3]) {
+        return Found6::Refused(Reason::DropOwnSource, vip.vip_id);
+    }
     if syn {
         stats::vip_syn(vip.vip_id, VipSyn::Syn);
     }
@@ -63,8 +74,8 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, a: &Addrs6, any_port: u16) -
             Err(r) => return Found6::Refused(r, vip.vip_id),
         }
         match lookup(&key) {
-            Some(f) if !(syn && stale_for_syn(f.entry)) => return Found6::Flow(f),
-            Some(f) => snat::release(f.entry, f.token),
+            Some(f) if !(starts && stale_for_syn(f.entry)) => return Found6::Flow(f),
+            Some(f) => snat::retire(f.entry, f.token),
             // The entry points at a slot being expired: replace it.
             None => {}
         }
@@ -74,6 +85,15 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, a: &Addrs6, any_port: u16) -
         Some(f) => Found6::Flow(f),
         None => Found6::Refused(Reason::DropInternal, vip.vip_id),
     }
+}
+
+/// Whether the IPv6 address of these four words is one of ours. Out of line, taking the words
+/// in registers, with ADDRS6 straight away (new flows only): inlined, or given the address by
+/// reference, it pushed the program past its 512-byte stack, and the address filter's second
+/// inlined use made LLVM's BPF backend crash.
+#[inline(never)]
+fn own_address(w0: u32, w1: u32, w2: u32, w3: u32) -> bool {
+    crate::maps::ADDRS6.get_ptr(&[w0, w1, w2, w3]).is_some()
 }
 
 /// The VIP of (address, port, protocol), then the protocol's any-port VIP when the address has
@@ -147,7 +167,7 @@ fn hinted(key: &Flow6Key, r: FlowRef) -> Option<Flow> {
 #[inline(always)]
 pub fn lookup(key: &Flow6Key) -> Option<Flow> {
     // SAFETY: valid map value pointer.
-    follow(unsafe { *FLOWS6.get_ptr(key)? })
+    hinted(key, unsafe { *FLOWS6.get_ptr(key)? })
 }
 
 /// A new flow; Ok(None) when the tuple already has one.
@@ -169,8 +189,7 @@ fn create(
         Some(b) if b.flags & Backend::ACTIVE != 0 => b,
         _ => return Err(Reason::DropNoBackend),
     };
-    let (s, e) = snat::claim(hash, cfg, backend.family)?;
-    let token = slot::token(hash);
+    let (s, e, token) = snat::claim(hash, cfg, backend.family)?;
     let Some(snat_addr) = SNAT_ADDRS.get(slot::snat_index_of(s)) else {
         snat::release(e, token);
         return Err(Reason::DropInternal);
