@@ -51,22 +51,50 @@ pub struct Sweep {
 }
 
 pub fn sweep(flows: &dyn Flows, timeouts: &Timeouts, now: u64) -> Result<Sweep> {
-    sweep_with(flows, timeouts, &BTreeMap::new(), false, now)
+    sweep_with(
+        flows,
+        &Pass {
+            timeouts,
+            limits: &BTreeMap::new(),
+            log: false,
+            now,
+            grace: &crate::sys::rcu::synchronize,
+        },
+    )
 }
 
-/// A pass that also counts the open flows of each source of the VIPs in `limits` (VIP id →
-/// concurrent connections per source) and reports those at their limit.
-pub fn sweep_with(
-    flows: &dyn Flows,
-    timeouts: &Timeouts,
-    limits: &BTreeMap<u32, u32>,
-    log: bool,
-    now: u64,
-) -> Result<Sweep> {
+/// What one pass is asked to do.
+pub struct Pass<'a> {
+    pub timeouts: &'a Timeouts,
+    /// VIP id → concurrent connections per source: count those VIPs' sources and report the
+    /// ones at their limit.
+    pub limits: &'a BTreeMap<u32, u32>,
+    /// Collect the removed flows' counters for the connection log.
+    pub log: bool,
+    pub now: u64,
+    /// Waits out an RCU grace period: between the slots going DYING and FREE, so no packet
+    /// that found a flow before it died is still in the program when its slot is taken again.
+    pub grace: &'a dyn Fn(),
+}
+
+/// What the scan of the flow table found.
+#[derive(Default)]
+struct Found {
+    expire: Vec<(u32, FlowEntry)>,
+    /// Slots with a claim no reference points at: (slot, claim).
+    orphans: Vec<(u32, u32)>,
+    /// Slots already DYING (ended by the data path, or a pass that stopped midway).
+    dying: Vec<u32>,
+    per_source: HashMap<SourceRateKey, u32>,
+}
+
+/// One expiry pass: expired flows and orphan slots are marked DYING and their references
+/// removed, then, after one RCU grace period for all of them, freed.
+pub fn sweep_with(flows: &dyn Flows, pass: &Pass) -> Result<Sweep> {
     let t0 = Instant::now();
     let mut out = Sweep {
         in_use: InUse {
-            started_ns: now,
+            started_ns: pass.now,
             ..Default::default()
         },
         ..Default::default()
@@ -89,55 +117,27 @@ pub fn sweep_with(
     let key6: HashMap<u32, Flow6Key> = refs6.iter().map(|(k, r)| (r.slot, *k)).collect();
     let mut backends = vec![false; MAX_BACKENDS as usize];
     let mut snat = vec![false; MAX_SNAT_ADDRS as usize];
-    let mut expire: Vec<(u32, FlowEntry)> = Vec::new();
-    let mut per_source: HashMap<SourceRateKey, u32> = HashMap::new();
-    let mut orphans: Vec<(u32, u32)> = Vec::new();
-    flows.scan(&mut |s, e| {
-        if e.owner == DYING {
-            // A pass that stopped midway: finish it.
-            orphans.push((s, DYING));
-            return;
-        }
-        let referenced = by_slot.get(s as usize) == Some(&e.owner);
-        let idle = now.saturating_sub(e.last_seen_ns);
-        // By age too, not only idleness: a FLOW_HINTS4 hint written just before its flow lost
-        // the tuple to a racing restart could keep an orphan busy.
-        let age = (now / 1_000_000_000).saturating_sub(e.created_s as u64) * 1_000_000_000;
-        if !referenced && (idle > ORPHAN_GRACE_NS || age > ORPHAN_GRACE_NS) {
-            orphans.push((s, e.owner));
-        } else if is_expired(e, now, timeouts) {
-            expire.push((s, *e));
-        } else {
-            out.live += 1;
-            mark(&mut backends, e.backend_id as u32);
-            mark(&mut snat, slot::snat_index_of(s));
-            let vip = e.vip_id as u32;
-            if limits.contains_key(&vip)
-                && e.flags & FlowEntry::CLIENT_V6 == 0
-                && State::from_u8(e.state).is_some_and(State::is_open)
-            {
-                *per_source
-                    .entry(SourceRateKey::v4(vip, e.client[0]))
-                    .or_default() += 1;
-            }
-        }
-    });
-    out.full = per_source
+    let found = scan(flows, &by_slot, pass, &mut out, &mut backends, &mut snat);
+    out.full = found
+        .per_source
         .into_iter()
-        .filter(|(k, n)| limits.get(&k.vip_id).is_some_and(|max| n >= max))
+        .filter(|(k, n)| pass.limits.get(&k.vip_id).is_some_and(|max| n >= max))
         .map(|(k, _)| k)
         .take(MAX_FULL_SOURCES as usize)
         .collect();
-    for (s, owner) in orphans {
-        if flows.swap_owner(s, owner, FREE) {
+    let mut to_free = found.dying;
+    for (s, owner) in found.orphans {
+        if flows.swap_owner(s, owner, DYING) {
             out.orphans += 1;
+            to_free.push(s);
         }
     }
-    for (s, e) in expire {
-        if let Some(bytes) = remove(flows, s, &e, key6.get(&s), log)? {
+    for (s, e) in found.expire {
+        if let Some(bytes) = remove(flows, s, &e, key6.get(&s), pass.log)? {
             out.expired += 1;
+            to_free.push(s);
             // The connection log covers IPv4 clients (IPv6 flows write no open record).
-            if log && e.flags & FlowEntry::CLIENT_V6 == 0 {
+            if pass.log && e.flags & FlowEntry::CLIENT_V6 == 0 {
                 out.closed.push((s, e, bytes));
             }
         } else {
@@ -150,9 +150,59 @@ pub fn sweep_with(
     out.in_use.snat = members(&snat);
     out.stale_refs += drop_stale(flows, flows.refs4(), refs)?;
     out.stale_refs += drop_stale(flows, flows.refs6(), refs6)?;
+    if !to_free.is_empty() {
+        (pass.grace)();
+        for s in to_free {
+            flows.swap_owner(s, DYING, FREE);
+        }
+    }
     out.in_use.expired = out.expired;
     out.took = t0.elapsed();
     Ok(out)
+}
+
+/// Sorts every claimed slot: live (counted, and its backend, SNAT address and source marked),
+/// expired, orphaned, or already dying.
+fn scan(
+    flows: &dyn Flows,
+    by_slot: &[u32],
+    pass: &Pass,
+    out: &mut Sweep,
+    backends: &mut [bool],
+    snat: &mut [bool],
+) -> Found {
+    let mut f = Found::default();
+    let now = pass.now;
+    flows.scan(&mut |s, e| {
+        if e.owner == DYING {
+            f.dying.push(s);
+            return;
+        }
+        let referenced = by_slot.get(s as usize) == Some(&e.owner);
+        let idle = now.saturating_sub(e.last_seen_ns);
+        // By age too, not only idleness: a FLOW_HINTS4 hint written just before its flow lost
+        // the tuple to a racing restart could keep an orphan busy.
+        let age = (now / 1_000_000_000).saturating_sub(e.created_s as u64) * 1_000_000_000;
+        if !referenced && (idle > ORPHAN_GRACE_NS || age > ORPHAN_GRACE_NS) {
+            f.orphans.push((s, e.owner));
+        } else if is_expired(e, now, pass.timeouts) {
+            f.expire.push((s, *e));
+        } else {
+            out.live += 1;
+            mark(backends, e.backend_id as u32);
+            mark(snat, slot::snat_index_of(s));
+            let vip = e.vip_id as u32;
+            if pass.limits.contains_key(&vip)
+                && e.flags & FlowEntry::CLIENT_V6 == 0
+                && State::from_u8(e.state).is_some_and(State::is_open)
+            {
+                *f.per_source
+                    .entry(SourceRateKey::v4(vip, e.client[0]))
+                    .or_default() += 1;
+            }
+        }
+    });
+    f
 }
 
 fn mark(set: &mut [bool], i: u32) {
@@ -170,8 +220,8 @@ fn members(set: &[bool]) -> std::collections::BTreeSet<u32> {
 }
 
 /// Expires one flow: mark its slot DYING (the data path stops following it), check it did not
-/// come back to life meanwhile, remove its FLOWS4 entry, free the slot.
-/// Some(its counters, when `log`) when it was removed.
+/// come back to life meanwhile, remove its FLOWS4 entry; the slot stays DYING (the caller
+/// frees it after a grace period). Some(its counters, when `log`) when it was removed.
 fn remove(
     flows: &dyn Flows,
     s: u32,
@@ -212,7 +262,6 @@ fn remove(
     } else if let Some(key) = key6 {
         take_ours(flows.refs6(), key, ours)?;
     }
-    flows.swap_owner(s, DYING, FREE);
     Ok(Some(bytes))
 }
 
@@ -271,13 +320,14 @@ pub fn spawn(
                     .map(|v| (v.id, v.spec.sources.max_conns))
                     .collect();
                 let now = monotonic_ns();
-                match sweep_with(
-                    flows.as_ref(),
-                    &cfg.conntrack.timeouts,
-                    &limits,
-                    log.is_some(),
+                let pass = Pass {
+                    timeouts: &cfg.conntrack.timeouts,
+                    limits: &limits,
+                    log: log.is_some(),
                     now,
-                ) {
+                    grace: &crate::sys::rcu::synchronize,
+                };
+                match sweep_with(flows.as_ref(), &pass) {
                     Ok(s) => {
                         if let Some(tx) = &log {
                             for (slot, e, b) in &s.closed {

@@ -58,9 +58,14 @@ fn expiry_lists_the_sources_at_their_connection_limit() {
     f.insert(5, other);
     let at = |max: u32| {
         let limits = [(0u32, max)].into_iter().collect();
-        expiry::sweep_with(&f, &Timeouts::default(), &limits, false, now)
-            .unwrap()
-            .full
+        let pass = expiry::Pass {
+            timeouts: &Timeouts::default(),
+            limits: &limits,
+            log: false,
+            now,
+            grace: &|| {},
+        };
+        expiry::sweep_with(&f, &pass).unwrap().full
     };
     let full = at(3);
     assert_eq!(full.len(), 1, "{full:?}");
@@ -163,4 +168,45 @@ fn expiry_leaves_a_tuple_that_a_newer_flow_took() {
     assert_eq!(s.orphans, 1, "the old slot had lost its reference");
     assert_eq!(f.refs4().get(&old.key_v4()).unwrap(), Some(newer));
     assert!(f.entry(2).is_live());
+}
+
+#[test]
+fn expired_and_dying_slots_are_freed_only_after_one_grace_period_for_all() {
+    let f = std::sync::Arc::new(FakeFlows::new(8, 64));
+    let now = 10_000 * S;
+    f.insert(1, flow(40021, Ct::Closed, now - 20 * S, 1));
+    f.insert(2, flow(40022, Ct::Established, now - 16 * 60 * S, 1));
+    // Ended by the data path (a new connection on its tuple): DYING, no reference.
+    let r = f.insert(3, flow(40023, Ct::Closed, now, 1));
+    f.refs
+        .0
+        .lock()
+        .unwrap()
+        .remove(&flow(40023, Ct::Closed, now, 1).key_v4());
+    f.table.lock().unwrap()[3].owner = slot::DYING;
+    let seen = std::sync::Mutex::new(Vec::new());
+    let grace = || {
+        // When the grace period starts, every slot to free is DYING: none is FREE yet.
+        seen.lock()
+            .unwrap()
+            .extend([1u32, 2, 3].map(|s| f.entry(s).owner));
+    };
+    let pass = expiry::Pass {
+        timeouts: &Timeouts::default(),
+        limits: &Default::default(),
+        log: false,
+        now,
+        grace: &grace,
+    };
+    let s = expiry::sweep_with(f.as_ref(), &pass).unwrap();
+    assert_eq!(s.expired, 2);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![slot::DYING; 3],
+        "one grace period, all DYING"
+    );
+    for slot in [1, 2, 3] {
+        assert_eq!(f.entry(slot).owner, slot::FREE);
+    }
+    let _ = r;
 }
