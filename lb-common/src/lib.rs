@@ -14,6 +14,7 @@ pub mod csum;
 pub mod hash;
 pub mod icmp;
 pub mod maps;
+pub mod portmap;
 pub mod reason;
 pub mod rtt;
 pub mod slot;

@@ -95,10 +95,13 @@ pub mod names {
     /// The program array holding the IPv6-backend sender, and the per-CPU record handed to it.
     pub const TAILS: &str = "TAILS";
     pub const DEFERRED_SEND: &str = "DEFERRED_SEND";
+    /// Taken SNAT ports (a bit each) and full words of those (`portmap`).
+    pub const PORT_BITS: &str = "PORT_BITS";
+    pub const PORT_FULL: &str = "PORT_FULL";
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
-    pub const ALL: [&str; 37] = [
+    pub const ALL: [&str; 39] = [
         ADDR_FILTER,
         ADDRS4,
         VIPS4,
@@ -136,6 +139,8 @@ pub mod names {
         TAILS,
         DEFERRED_SEND,
         ADDR_FILTER6,
+        PORT_BITS,
+        PORT_FULL,
     ];
 }
 

@@ -126,7 +126,7 @@ fn count(ctx: &XdpContext, v: Verdict) -> u32 {
 fn entry(ctx: &XdpContext) -> Verdict {
     let (mut p, class) = match front::ipv4(ctx) {
         Ok(x) => x,
-        Err(Stop::Ipv6) => return tails::call(ctx, tails::V6),
+        Err(Stop::Ipv6) => return ipv6_entry(ctx),
         Err(Stop::Done(v)) => return v,
     };
     match p.proto {
@@ -148,6 +148,25 @@ fn entry(ctx: &XdpContext) -> Verdict {
         }
         _ => Verdict::of(Reason::PassNotOurs),
     }
+}
+
+/// IPv6 goes to the IPv6 program, unless it comes from one of our own addresses to one of them:
+/// no flow can have such a client (as for IPv4, where the flow program checks new flows). Here,
+/// not in the IPv6 program, whose frame has no room left for it.
+#[inline(always)]
+fn ipv6_entry(ctx: &XdpContext) -> Verdict {
+    if let parse::eth::L2::Ipv6 { l3, .. } = parse::eth::parse(ctx)
+        && let (Some(src), Some(dst)) = (
+            parse::ptr_at::<[u32; 4]>(ctx, l3 + 8),
+            parse::ipv6::destination(ctx, l3),
+        )
+        && classify::lookup6(&dst).is_some()
+        // SAFETY: bounds checked by ptr_at.
+        && maps::ADDRS6.get_ptr(unsafe { &*src }).is_some()
+    {
+        return Verdict::of(Reason::DropOwnSource);
+    }
+    tails::call(ctx, tails::V6)
 }
 
 #[inline(always)]

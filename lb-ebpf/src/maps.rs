@@ -18,6 +18,7 @@ use lb_common::{
     SourceRateKey, TABLES_PER_VIP, Vip4Key, Vip6Key, VipInfo, VipLimits, VipMeta, VipStats,
     connlog::{CONN_OPENS_BYTES, FlowBytes, OpenEvent},
     cookie::CookieKey,
+    portmap::{FULL_WORDS, WORDS_PER_ADDR},
     rtt::{RTT_KINDS, RttRow},
 };
 
@@ -96,6 +97,16 @@ pub static FLOW_HINTS4: Array<u64, { FLOW_HINT_SLOTS as usize }> = Array::new();
 #[btf_map]
 pub static FLOW_TABLE: Array<FlowEntry, { SLOTS_PER_SNAT_ADDR as usize }, BPF_F_MMAPABLE> =
     Array::new();
+
+/// SNAT index × `portmap::WORDS_PER_ADDR` + word → the ports of that word taken (a bit each).
+/// Resized by the loader with FLOW_TABLE; memory-mapped by the daemon, whose expiry pass
+/// rewrites it from the table (see lb_common::portmap).
+#[btf_map]
+pub static PORT_BITS: Array<u64, { WORDS_PER_ADDR as usize }, BPF_F_MMAPABLE> = Array::new();
+
+/// SNAT index × `portmap::FULL_WORDS` + word → the PORT_BITS words of that word that are full.
+#[btf_map]
+pub static PORT_FULL: Array<u64, { FULL_WORDS as usize }, BPF_F_MMAPABLE> = Array::new();
 
 /// SNAT index → address.
 #[btf_map]

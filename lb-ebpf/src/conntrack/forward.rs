@@ -316,7 +316,7 @@ fn create(
         Err(r) => return Created::Refused(r),
     };
     let Some(snat_addr) = SNAT_ADDRS.get(slot::snat_index_of(s)) else {
-        snat::release(e, token);
+        snat::release(s, e, token);
         return Created::Refused(Reason::DropInternal);
     };
     // SAFETY: we own the slot (claimed above).
@@ -340,7 +340,7 @@ fn create(
             })
         }
         Err(err) => {
-            snat::release(e, token);
+            snat::release(s, e, token);
             if err == -EEXIST {
                 Created::Clash
             } else {

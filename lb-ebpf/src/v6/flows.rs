@@ -57,10 +57,8 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, a: &Addrs6, any_port: u16) -
     }
     // One of our own addresses as the source, as for IPv4.
 
-    // One of our own addresses as the source, as for IPv4.
-    if own_address(a.src[0], a.src[1], a.src[2], a.src[3]) {
-        return Found6::Refused(Reason::DropOwnSource, vip.vip_id);
-    }
+    // One of our own addresses as the source: refused by the entry program already (see
+    // `ipv6_entry`), where there is room on the stack for the check.
     if syn {
         stats::vip_syn(vip.vip_id, VipSyn::Syn);
     }
@@ -85,15 +83,6 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, a: &Addrs6, any_port: u16) -
         Some(f) => Found6::Flow(f),
         None => Found6::Refused(Reason::DropInternal, vip.vip_id),
     }
-}
-
-/// Whether the IPv6 address of these four words is one of ours. Out of line, taking the words
-/// in registers, with ADDRS6 straight away (new flows only): inlined, or given the address by
-/// reference, it pushed the program past its 512-byte stack, and the address filter's second
-/// inlined use made LLVM's BPF backend crash.
-#[inline(never)]
-fn own_address(w0: u32, w1: u32, w2: u32, w3: u32) -> bool {
-    crate::maps::ADDRS6.get_ptr(&[w0, w1, w2, w3]).is_some()
 }
 
 /// The VIP of (address, port, protocol), then the protocol's any-port VIP when the address has
@@ -191,7 +180,7 @@ fn create(
     };
     let (s, e, token) = snat::claim(hash, cfg, backend.family)?;
     let Some(snat_addr) = SNAT_ADDRS.get(slot::snat_index_of(s)) else {
-        snat::release(e, token);
+        snat::release(s, e, token);
         return Err(Reason::DropInternal);
     };
     // SAFETY: we own the slot (claimed above).
@@ -209,7 +198,7 @@ fn create(
             accepted: true,
         })),
         Err(err) => {
-            snat::release(e, token);
+            snat::release(s, e, token);
             if err == -EEXIST {
                 Ok(None)
             } else {

@@ -194,6 +194,14 @@ fn load_object(opts: &LoadOptions, pin: Option<&PinDir>) -> Result<(Ebpf, bool)>
         .map_max_entries(names::FLOWS4, opts.max_flows)
         .map_max_entries(names::FLOWS6, opts.max_flows)
         .map_max_entries(names::FLOW_TABLE, table_slots)
+        .map_max_entries(
+            names::PORT_BITS,
+            opts.snat_slots * lb_common::portmap::WORDS_PER_ADDR,
+        )
+        .map_max_entries(
+            names::PORT_FULL,
+            opts.snat_slots * lb_common::portmap::FULL_WORDS,
+        )
         .map_max_entries(names::FLOW_BYTES, byte_slots);
     let mut adopted = false;
     let pin_paths: Vec<(&str, PathBuf)> = match pin {
