@@ -54,7 +54,7 @@ const fn range_bits(w: u32, lo: u32, hi: u32) -> u64 {
     if last < lo || first > hi {
         return 0;
     }
-    let from = if lo > first { lo - first } else { 0 };
+    let from = lo.saturating_sub(first);
     let to = if hi < last { hi - first } else { 63 };
     let upper = if to == 63 {
         u64::MAX
