@@ -120,9 +120,37 @@ pub const fn walk_steps(count: u32) -> u32 {
     count * FULL_WORDS * STEPS_PER_FULL_WORD
 }
 
+/// `PORT_FULL` word `f` of an address whose `PORT_BITS` words are `taken` (`WORDS_PER_ADDR` of
+/// them): a bit for each of words `64 f .. 64 f + 63` whose ports in `[min, max]` are all taken.
+pub fn full_word(taken: &[u64], f: u32, min: u16, max: u16) -> u64 {
+    let mut full = 0;
+    for b in 0..64 {
+        let w = f * 64 + b;
+        let mask = word_mask(w, min, max);
+        if mask != 0 && taken.get(w as usize).is_some_and(|t| t & mask == mask) {
+            full |= 1 << b;
+        }
+    }
+    full
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_word_is_full_when_its_ports_inside_the_range_are_taken() {
+        let mut taken = [0u64; WORDS_PER_ADDR as usize];
+        // Range 1000..=65535: word 15 holds ports 960..1023, of which 1000.. count.
+        taken[15] = word_mask(15, 1000, 65535);
+        taken[16] = u64::MAX;
+        taken[17] = u64::MAX >> 1;
+        assert_eq!(full_word(&taken, 0, 1000, 65535), 0b11 << 15);
+        // Words wholly outside the range are never full: a walk must not stop there.
+        assert_eq!(full_word(&taken, 0, 1100, 1150), 1 << 17);
+        taken[0] = u64::MAX;
+        assert_eq!(full_word(&taken, 0, 1000, 65535) & 1, 0);
+    }
     use crate::slot::{PORT_RETRIES, port_candidate};
 
     #[test]

@@ -386,13 +386,10 @@ fn h09_a_new_flow_gets_the_last_free_port_of_a_nearly_full_address() {
         }
         assert_eq!(fx.flows().len(), 99);
         let before = fx.reasons();
-        assert_eq!(
-            fx.run(fx.client_if, &plain::syn(45_000)).unwrap().0,
-            XDP_REDIRECT,
-            "the last free port was not found: {:?}",
-            fx.reasons()
-        );
+        let (b, sp) = plain::open(fx, 45_000);
         assert_only(fx, &before, Reason::Forwarded, 1);
+        plain::backend_answers(fx, b, sp);
+        plain::client_acks(fx, 45_000);
         // Now full: refused, counted.
         let before = fx.reasons();
         assert_eq!(
@@ -400,6 +397,48 @@ fn h09_a_new_flow_gets_the_last_free_port_of_a_nearly_full_address() {
             XDP_DROP
         );
         assert_only(fx, &before, Reason::DropSnatExhausted, 1);
+        // The last flow's client resets it; the expiry pass ends it (closed flows' timeout),
+        // frees its slot and rewrites the port bitmaps: then that port is found again.
+        let (last_slot, _) = flow_of(fx, 45_000);
+        let rst = tcp_seg(
+            client(45_000),
+            VIP_TCP,
+            &Seg {
+                flags: "R",
+                seq: plain::ISN + 1,
+                ..Seg::default()
+            },
+        );
+        fx.run(fx.client_if, &rst).unwrap();
+        assert_eq!(flow_of(fx, 45_000).1.state, State::Closed as u8);
+        assert_eq!(
+            fx.run(fx.client_if, &plain::syn(45_002)).unwrap().0,
+            XDP_DROP
+        );
+        let timeouts = lb_common::conntrack::Timeouts {
+            closed_ns: 0,
+            ..Default::default()
+        };
+        let pass = lb_userspace::controller::expiry::Pass {
+            timeouts: &timeouts,
+            limits: &Default::default(),
+            log: false,
+            now: lb_userspace::sys::clock::monotonic_ns() + 1_000_000,
+            grace: &|| {},
+            ports: (20_000, 20_099),
+        };
+        let swept = lb_userspace::controller::expiry::sweep_with(fx.flows.as_ref(), &pass).unwrap();
+        assert_eq!((swept.expired, swept.live), (1, 99));
+        assert_eq!(fx.flows.entry(last_slot).owner, slot::FREE);
+        let before = fx.reasons();
+        assert_eq!(
+            fx.run(fx.client_if, &plain::syn(45_003)).unwrap().0,
+            XDP_REDIRECT,
+            "the freed port was not found again: {:?}",
+            fx.reasons()
+        );
+        assert_only(fx, &before, Reason::Forwarded, 1);
+        assert_eq!(flow_of(fx, 45_003).0, last_slot);
     });
 }
 

@@ -59,6 +59,7 @@ pub fn sweep(flows: &dyn Flows, timeouts: &Timeouts, now: u64) -> Result<Sweep> 
             log: false,
             now,
             grace: &crate::sys::rcu::synchronize,
+            ports: (0, u16::MAX),
         },
     )
 }
@@ -75,6 +76,9 @@ pub struct Pass<'a> {
     /// Waits out an RCU grace period: between the slots going DYING and FREE, so no packet
     /// that found a flow before it died is still in the program when its slot is taken again.
     pub grace: &'a dyn Fn(),
+    /// The SNAT port range (`snat.port_min`, `snat.port_max`): which port-bitmap words can be
+    /// full.
+    pub ports: (u16, u16),
 }
 
 /// What the scan of the flow table found.
@@ -85,6 +89,8 @@ struct Found {
     orphans: Vec<(u32, u32)>,
     /// Slots already DYING (ended by the data path, or a pass that stopped midway).
     dying: Vec<u32>,
+    /// A bit per slot, set for every slot that is not free (the port bitmaps' truth).
+    taken: Vec<u64>,
     per_source: HashMap<SourceRateKey, u32>,
 }
 
@@ -118,6 +124,7 @@ pub fn sweep_with(flows: &dyn Flows, pass: &Pass) -> Result<Sweep> {
     let mut backends = vec![false; MAX_BACKENDS as usize];
     let mut snat = vec![false; MAX_SNAT_ADDRS as usize];
     let found = scan(flows, &by_slot, pass, &mut out, &mut backends, &mut snat);
+    let mut found_taken = found.taken;
     out.full = found
         .per_source
         .into_iter()
@@ -153,9 +160,12 @@ pub fn sweep_with(flows: &dyn Flows, pass: &Pass) -> Result<Sweep> {
     if !to_free.is_empty() {
         (pass.grace)();
         for s in to_free {
-            flows.swap_owner(s, DYING, FREE);
+            if flows.swap_owner(s, DYING, FREE) {
+                clear_bit(&mut found_taken, s);
+            }
         }
     }
+    flows.store_port_maps(&found_taken, pass.ports.0, pass.ports.1);
     out.in_use.expired = out.expired;
     out.took = t0.elapsed();
     Ok(out)
@@ -171,9 +181,15 @@ fn scan(
     backends: &mut [bool],
     snat: &mut [bool],
 ) -> Found {
-    let mut f = Found::default();
+    let mut f = Found {
+        taken: vec![0; flows.slots().div_ceil(64) as usize],
+        ..Default::default()
+    };
     let now = pass.now;
     flows.scan(&mut |s, e| {
+        if let Some(w) = f.taken.get_mut(s as usize / 64) {
+            *w |= 1 << (s % 64);
+        }
         if e.owner == DYING {
             f.dying.push(s);
             return;
@@ -203,6 +219,12 @@ fn scan(
         }
     });
     f
+}
+
+fn clear_bit(bits: &mut [u64], i: u32) {
+    if let Some(w) = bits.get_mut(i as usize / 64) {
+        *w &= !(1 << (i % 64));
+    }
 }
 
 fn mark(set: &mut [bool], i: u32) {
@@ -326,6 +348,7 @@ pub fn spawn(
                     log: log.is_some(),
                     now,
                     grace: &crate::sys::rcu::synchronize,
+                    ports: (cfg.snat.port_min, cfg.snat.port_max),
                 };
                 match sweep_with(flows.as_ref(), &pass) {
                     Ok(s) => {

@@ -155,6 +155,8 @@ pub struct FakeFlows {
     pub refs: FakeRefs<Flow4Key>,
     pub refs6: FakeRefs<lb_common::Flow6Key>,
     pub full: Mutex<std::collections::BTreeSet<lb_common::SourceRateKey>>,
+    /// What `store_port_maps` wrote: PORT_BITS, PORT_FULL.
+    pub port_maps: Mutex<(Vec<u64>, Vec<u64>)>,
     max_flows: u32,
 }
 
@@ -165,6 +167,7 @@ impl FakeFlows {
             refs: FakeRefs::default(),
             refs6: FakeRefs::default(),
             full: Mutex::new(Default::default()),
+            port_maps: Mutex::new(Default::default()),
             max_flows,
         }
     }
@@ -221,5 +224,8 @@ impl Flows for FakeFlows {
     }
     fn bytes(&self, _slot: u32) -> lb_common::connlog::FlowBytes {
         Default::default()
+    }
+    fn store_port_maps(&self, taken: &[u64], min: u16, max: u16) {
+        *self.port_maps.lock().unwrap() = (taken.to_vec(), super::port_full_words(taken, min, max));
     }
 }

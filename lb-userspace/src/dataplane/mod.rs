@@ -339,6 +339,18 @@ pub trait Flows: Send + Sync {
     fn bytes(&self, slot: u32) -> lb_common::connlog::FlowBytes;
     /// Makes SOURCE_FULL hold exactly `full`: the sources at their VIP's concurrent limit.
     fn set_full_sources(&self, full: &BTreeSet<SourceRateKey>) -> Result<()>;
+    /// Rewrites the port bitmaps (`PORT_BITS`, and `PORT_FULL` for the ports `min..=max`) from
+    /// `taken`: a bit per slot, set for every slot that is not free (see lb_common::portmap).
+    fn store_port_maps(&self, taken: &[u64], min: u16, max: u16);
+}
+
+/// `PORT_FULL` for the `PORT_BITS` words `taken` (every SNAT address's, one after the other).
+pub fn port_full_words(taken: &[u64], min: u16, max: u16) -> Vec<u64> {
+    use lb_common::portmap::{FULL_WORDS, WORDS_PER_ADDR, full_word};
+    taken
+        .chunks(WORDS_PER_ADDR as usize)
+        .flat_map(|addr| (0..FULL_WORDS).map(move |f| full_word(addr, f, min, max)))
+        .collect()
 }
 
 #[cfg(test)]

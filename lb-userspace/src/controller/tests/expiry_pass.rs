@@ -64,6 +64,7 @@ fn expiry_lists_the_sources_at_their_connection_limit() {
             log: false,
             now,
             grace: &|| {},
+            ports: (0, u16::MAX),
         };
         expiry::sweep_with(&f, &pass).unwrap().full
     };
@@ -197,6 +198,7 @@ fn expired_and_dying_slots_are_freed_only_after_one_grace_period_for_all() {
         log: false,
         now,
         grace: &grace,
+        ports: (0, u16::MAX),
     };
     let s = expiry::sweep_with(f.as_ref(), &pass).unwrap();
     assert_eq!(s.expired, 2);
@@ -209,4 +211,34 @@ fn expired_and_dying_slots_are_freed_only_after_one_grace_period_for_all() {
         assert_eq!(f.entry(slot).owner, slot::FREE);
     }
     let _ = r;
+}
+
+#[test]
+fn expiry_rewrites_the_port_bitmaps_from_the_table() {
+    let f = FakeFlows::new(lb_common::SLOTS_PER_SNAT_ADDR, 1024);
+    let now = 10_000 * S;
+    // Ports 1024..=1087 (bitmap word 16) all live; port 2000 idle long enough to expire.
+    for port in 1024..1088u16 {
+        f.insert(port as u32, flow(port, Ct::Established, now, 1));
+    }
+    f.insert(2000, flow(2000, Ct::Established, now - 16 * 60 * S, 1));
+    let pass = expiry::Pass {
+        timeouts: &Timeouts::default(),
+        limits: &Default::default(),
+        log: false,
+        now,
+        grace: &|| {},
+        ports: (1024, 65535),
+    };
+    let s = expiry::sweep_with(&f, &pass).unwrap();
+    assert_eq!((s.expired, s.live), (1, 64));
+    let (bits, full) = f.port_maps.lock().unwrap().clone();
+    assert_eq!(bits.len(), 1024);
+    assert_eq!(bits[16], u64::MAX, "the live ports are taken");
+    assert_eq!(bits[2000 / 64], 0, "the freed port is free again");
+    assert_eq!(bits.iter().map(|w| w.count_ones()).sum::<u32>(), 64);
+    assert_eq!(
+        full,
+        vec![1 << 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
 }

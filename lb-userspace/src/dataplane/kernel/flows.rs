@@ -67,6 +67,26 @@ pub struct KernelFlows {
     slots: u32,
     /// FLOW_BYTES (one entry while the connection log is off).
     bytes: Array<MapData, lb_common::connlog::FlowBytes>,
+    /// PORT_BITS and PORT_FULL, memory-mapped.
+    port_bits: Mmap,
+    port_full: Mmap,
+    _port_maps: [MapData; 2],
+}
+
+/// A map of u64 words, memory-mapped for writing.
+fn mapped_words(ebpf: &mut Ebpf, name: &str) -> Result<(Mmap, MapData)> {
+    let map = match take(ebpf, name)? {
+        Map::Array(d) => d,
+        _ => bail!("map {name} has an unexpected type"),
+    };
+    let m = Mmap::new(
+        map.fd().as_fd(),
+        map.info()?.max_entries() as usize,
+        8,
+        true,
+    )
+    .with_context(|| format!("mapping {name}"))?;
+    Ok((m, map))
 }
 
 /// Byte offset of `FlowEntry::owner`.
@@ -88,7 +108,12 @@ impl KernelFlows {
             true,
         )
         .context("mapping the flow table")?;
+        let (port_bits, bits_map) = mapped_words(ebpf, names::PORT_BITS)?;
+        let (port_full, full_map) = mapped_words(ebpf, names::PORT_FULL)?;
         Ok(KernelFlows {
+            port_bits,
+            port_full,
+            _port_maps: [bits_map, full_map],
             refs4: KernelRefs { map: refs4 },
             refs6: KernelRefs {
                 map: typed!(ebpf, names::FLOWS6),
@@ -158,6 +183,16 @@ impl Flows for KernelFlows {
 
     fn bytes(&self, slot: u32) -> lb_common::connlog::FlowBytes {
         self.bytes.get(&slot, 0).unwrap_or_default()
+    }
+
+    fn store_port_maps(&self, taken: &[u64], min: u16, max: u16) {
+        for (i, w) in taken.iter().take(self.port_bits.entries()).enumerate() {
+            self.port_bits.store64(i, *w);
+        }
+        let full = crate::dataplane::port_full_words(taken, min, max);
+        for (i, w) in full.iter().take(self.port_full.entries()).enumerate() {
+            self.port_full.store64(i, *w);
+        }
     }
 
     fn set_full_sources(&self, full: &BTreeSet<SourceRateKey>) -> Result<()> {
