@@ -54,7 +54,7 @@ pub fn established(ctx: &XdpContext, p: &mut Packet) -> Option<Verdict> {
         crate::connlog::count(e, flow.slot, 0, p);
         return Some(crate::v6::backend::defer(&flow, None));
     }
-    Some(send(ctx, p, &flow, e, None, now))
+    Some(send(ctx, p, &flow, e, None, now, false))
 }
 
 /// Tracks a client segment of an existing flow; its first ACK after the backend's SYN-ACK
@@ -117,9 +117,11 @@ pub fn handle(
         crate::connlog::count(e, flow.slot, 0, p);
         return Some(crate::v6::backend::defer(&flow, opts));
     }
-    Some(send(ctx, p, &flow, e, opts, now))
+    Some(send(ctx, p, &flow, e, opts, now, false))
 }
 
+/// Sends the client's segment to its backend (`cookie`: translated to the backend's numbering
+/// after the too-big check, whose error the client must recognise).
 #[inline(always)]
 pub(crate) fn send(
     ctx: &XdpContext,
@@ -128,6 +130,7 @@ pub(crate) fn send(
     e: &FlowEntry,
     opts: Option<&Options>,
     now: u64,
+    cookie: bool,
 ) -> Verdict {
     crate::connlog::count(e, flow.slot, 0, p);
 
@@ -141,6 +144,9 @@ pub(crate) fn send(
     if egress::too_big(p.ip_len, mtu) && p.df {
         // The client learns the path MTU from its VIP, about its own packet.
         return icmp::too_big::send(ctx, p, mtu, p.dst, p.src);
+    }
+    if cookie && crate::cookie::translate::forward(ctx, p, e).is_none() {
+        return Verdict::of(Reason::DropInternal);
     }
     if p.is_tcp()
         && p.seg.flags & tcp_flags::SYN != 0

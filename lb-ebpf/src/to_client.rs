@@ -39,7 +39,7 @@ pub fn established(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Option
     if p.ttl <= 1 {
         return Some(Verdict::of(Reason::DropTtlExpired));
     }
-    Some(send(ctx, p, &flow, e, None))
+    Some(send(ctx, p, &flow, e, None, false))
 }
 
 /// Every reply (the reply program): SYN-ACKs, cookie flows.
@@ -59,18 +59,18 @@ pub fn handle(
     }
     // SAFETY: a live FLOW_TABLE value pointer; racing writers store whole scalars only.
     let e = unsafe { &mut *flow.entry };
-    if e.flags & FlowEntry::TRANSLATE != 0 {
+    let translated = e.flags & FlowEntry::TRANSLATE != 0;
+    if translated {
         if let Some(v) = cookie::handshake::reverse(ctx, p, e, opts) {
             return v;
         }
-        if cookie::translate::reverse(ctx, p, e).is_none() {
-            return Verdict::of(Reason::DropInternal);
-        }
+        cookie::translate::client_view(p, e);
     }
-    send(ctx, p, &flow, e, opts)
+    send(ctx, p, &flow, e, opts, translated)
 }
 
-/// Tracks the reply and sends it to the client, translated back.
+/// Tracks the reply and sends it to the client, translated back (`cookie`: a cookie flow's
+/// numbering too, after the too-big check, whose error the backend must recognise).
 #[inline(always)]
 fn send(
     ctx: &XdpContext,
@@ -78,6 +78,7 @@ fn send(
     flow: &Flow,
     e: &mut FlowEntry,
     opts: Option<&Options>,
+    cookie: bool,
 ) -> Verdict {
     let (handshake, syn_at) = (e.state == State::SynSent as u8, e.last_seen_ns);
     let accepted = conntrack::track_and_touch(ctx, e, p, now_ns(), Direction::Reverse);
@@ -97,6 +98,9 @@ fn send(
     if egress::too_big(out_len, mtu) && p.df {
         // The backend learns the path MTU toward the SNAT address it talks to.
         return icmp::too_big::send(ctx, p, mtu.saturating_sub(growth as u32), p.dst, p.src);
+    }
+    if cookie && cookie::translate::reverse(ctx, p, e).is_none() {
+        return Verdict::of(Reason::DropInternal);
     }
     if let Some(opts) = opts {
         clamp_synack(ctx, p, opts, cfg, hop.ifindex, growth as u32);

@@ -486,6 +486,26 @@ pub fn quoted_tuple(q: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16, bool) {
     (src, sp, dst, dp, ip_ok)
 }
 
+/// A quoted IPv4 TCP packet's sequence and acknowledgment numbers (None: not quoted), and
+/// whether its TCP checksum verifies (None: not quoted whole).
+pub fn quoted_tcp(q: &[u8]) -> (Option<u32>, Option<u32>, Option<bool>) {
+    let ihl = ((q[0] & 0x0f) * 4) as usize;
+    let word = |at: usize| {
+        q.get(ihl + at..ihl + at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let total = u16::from_be_bytes([q[2], q[3]]) as usize;
+    let sum_ok = (q.len() >= total).then(|| {
+        let mut d = Vec::new();
+        d.extend_from_slice(&q[12..20]);
+        d.extend_from_slice(&[0, 6]);
+        d.extend_from_slice(&((total - ihl) as u16).to_be_bytes());
+        d.extend_from_slice(&q[ihl..total]);
+        internet_checksum(&d) == 0
+    });
+    (word(4), word(8), sum_ok)
+}
+
 /// Whether every checksum a frame carries verifies: the IPv4 header, the TCP/UDP checksum over
 /// the pseudo-header (a UDP checksum of 0 means "none" and passes), the ICMP checksum and, for
 /// ICMP errors, the quoted IP header. None when the frame is not a whole, unfragmented IPv4

@@ -20,6 +20,13 @@
 //!  edge e1 10.3.0.1 (+ SNAT 10.3.0.100) ── r1 10.3.0.2 │ 10.4.0.1 ══ MTU hop ══ 10.4.0.2 r2 │ 10.2.0.1 ── switch ── backends
 //! ```
 //!
+//! Client-routed: two routers between the client and the edge, the hop between them (or, with
+//! `at_edge`, the edge's own link to them) at a smaller MTU: the internet side of path MTU:
+//!
+//! ```text
+//!  client c0 10.1.0.2 ── 10.1.0.1 q1 │ 10.6.0.1 ══ hop ══ 10.6.0.2 q2 │ 10.7.0.2 ── e0 10.7.0.1 edge
+//! ```
+//!
 //! Names are unique per run; everything (processes we started, namespaces, pinned objects) is
 //! removed on drop, also when a test panics.
 
@@ -79,6 +86,12 @@ pub enum Shape {
     /// Two routers between the edge and the backends, the hop between them at this MTU.
     Routed {
         hop_mtu: u32,
+    },
+    /// Two routers between the client and the edge: the hop between them at `hop_mtu`, or
+    /// (`at_edge`) the link from the second router to the edge's client-side interface.
+    ClientRouted {
+        hop_mtu: u32,
+        at_edge: bool,
     },
 }
 
@@ -311,10 +324,14 @@ impl Topology {
             ethtool(&sw, &cs, &["gro", "on"])?;
             self.peer_pass(&sw, &es)?;
         } else {
-            ip(&[
-                "link", "add", &c0, "netns", &cli, "type", "veth", "peer", "name", &e0, "netns",
-                &edge,
-            ])?;
+            if let Shape::ClientRouted { hop_mtu, at_edge } = self.shape {
+                self.build_client_routers(hop_mtu, at_edge)?;
+            } else {
+                ip(&[
+                    "link", "add", &c0, "netns", &cli, "type", "veth", "peer", "name", &e0,
+                    "netns", &edge,
+                ])?;
+            }
             ip(&[
                 "link", "add", &e1, "netns", &edge, "type", "veth", "peer", "name", &s0, "netns",
                 &sw,
@@ -325,10 +342,12 @@ impl Topology {
         ipn(&cli, &["addr", "add", "10.1.0.2/24", "dev", &c0])?;
         ipn(&cli, &["link", "set", &c0, "up"])?;
         ipn(&cli, &["route", "add", "default", "via", "10.1.0.1"])?;
-        ipn(&edge, &["addr", "add", "10.1.0.1/24", "dev", &e0])?;
+        if !matches!(self.shape, Shape::ClientRouted { .. }) {
+            ipn(&edge, &["addr", "add", "10.1.0.1/24", "dev", &e0])?;
+        }
         ipn(&edge, &["link", "set", &e0, "up"])?;
         match self.shape {
-            Shape::TwoArmed => {
+            Shape::TwoArmed | Shape::ClientRouted { .. } => {
                 ipn(&edge, &["addr", "add", "10.2.0.1/24", "dev", &e1])?;
                 ipn(
                     &edge,
@@ -351,6 +370,10 @@ impl Topology {
         match self.shape {
             Shape::TwoArmed => {
                 self.peer_pass(&cli, &c0)?;
+                self.peer_pass(&sw, &s0)?;
+            }
+            Shape::ClientRouted { .. } => {
+                self.peer_pass(&format!("{}-q2", self.id), &self.ifname("q2b"))?;
                 self.peer_pass(&sw, &s0)?;
             }
             Shape::Routed { .. } => {
@@ -417,6 +440,64 @@ impl Topology {
         // The edge redirects into r1a: that side needs NAPI.
         ethtool(&r1, &r1a, &["gro", "on"])?;
         ipn(&sw, &["link", "set", s0, "master", "br0", "up"])?;
+        Ok(())
+    }
+
+    /// client c0 ── q1 ══ hop ══ q2 ── edge e0 (see the module header); the MTU goes on the
+    /// hop, or with `at_edge` on the q2 ── e0 link.
+    fn build_client_routers(&mut self, hop_mtu: u32, at_edge: bool) -> Result<()> {
+        let (q1, q2) = (format!("{}-q1", self.id), format!("{}-q2", self.id));
+        self.ns_add(&q1)?;
+        self.ns_add(&q2)?;
+        let (cli, edge) = (self.client_ns.clone(), self.edge_ns.clone());
+        let (c0, e0, q1a, q1b, q2a, q2b) = (
+            self.ifname("c0"),
+            self.ifname("e0"),
+            self.ifname("q1a"),
+            self.ifname("q1b"),
+            self.ifname("q2a"),
+            self.ifname("q2b"),
+        );
+        for (a, a_ns, b, b_ns) in [
+            (&c0, &cli, &q1a, &q1),
+            (&q1b, &q1, &q2a, &q2),
+            (&q2b, &q2, &e0, &edge),
+        ] {
+            ip(&[
+                "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
+            ])?;
+        }
+        let mtu = hop_mtu.to_string();
+        let small = if at_edge {
+            [(&q2, &q2b), (&edge, &e0)]
+        } else {
+            [(&q1, &q1b), (&q2, &q2a)]
+        };
+        for (ns, l) in small {
+            ipn(ns, &["link", "set", l, "mtu", &mtu])?;
+        }
+        ipn(&q1, &["addr", "add", "10.1.0.1/24", "dev", &q1a])?;
+        ipn(&q1, &["addr", "add", "10.6.0.1/30", "dev", &q1b])?;
+        ipn(&q2, &["addr", "add", "10.6.0.2/30", "dev", &q2a])?;
+        ipn(&q2, &["addr", "add", "10.7.0.2/24", "dev", &q2b])?;
+        ipn(&edge, &["addr", "add", "10.7.0.1/24", "dev", &e0])?;
+        for (ns, links) in [(&q1, [&q1a, &q1b]), (&q2, [&q2a, &q2b])] {
+            for l in links {
+                ipn(ns, &["link", "set", l, "up"])?;
+            }
+            crate::netns::in_named_netns(ns, crate::netns::enable_forwarding)??;
+        }
+        ipn(&edge, &["link", "set", &e0, "up"])?;
+        ipn(&q1, &["route", "add", "default", "via", "10.6.0.2"])?;
+        ipn(&q2, &["route", "add", "10.1.0.0/24", "via", "10.6.0.1"])?;
+        ipn(&q2, &["route", "add", "default", "via", "10.7.0.1"])?;
+        ipn(&edge, &["route", "add", "10.1.0.0/24", "via", "10.7.0.2"])?;
+        // The edge redirects replies into e0 and answers on it with XDP_TX: q2's side needs
+        // NAPI (and an XDP program, `peer_pass`).
+        ethtool(&q2, &q2b, &["gro", "on"])?;
+        // What q2 forwards to the edge may be a GRO-merged packet cut up again, with partial
+        // checksums the XDP rewrite would break: checksummed in software on the way out.
+        ethtool(&q2, &q2b, &["tx", "off"])?;
         Ok(())
     }
 
@@ -801,6 +882,15 @@ impl Topology {
     }
 
     /// Runs a command inside a namespace (through `ip netns exec`) and returns stdout.
+    /// Forgets the path MTUs the client and the backends learnt (`ip route flush cache` also
+    /// drops the PMTU exceptions), so the next connections discover them again.
+    pub fn forget_path_mtus(&self) -> Result<()> {
+        for ns in std::iter::once(&self.client_ns).chain(&self.backend_ns) {
+            run("ip", &["-n", ns, "route", "flush", "cache"])?;
+        }
+        Ok(())
+    }
+
     pub fn exec(&self, ns: &str, args: &[&str]) -> Result<String> {
         let mut a = vec!["netns", "exec", ns];
         a.extend_from_slice(args);

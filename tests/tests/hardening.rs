@@ -12,7 +12,9 @@ use lb_userspace::dataplane::Flows as _;
 use wklb_tests::{
     exchange::{XDP_DROP, XDP_REDIRECT, XDP_TX, cookie, plain},
     fixture::*,
-    packets::{self, Seg, inspect, tcp_seg, tcp_view, ts_option, udp},
+    packets::{
+        self, Seg, TcpView, icmp_error, inspect, inspect_icmp, tcp_seg, tcp_view, ts_option, udp,
+    },
 };
 
 fn flow_of(fx: &Fixture, port: u16) -> (u32, FlowEntry) {
@@ -609,5 +611,160 @@ fn h12_a_packet_from_one_of_our_own_addresses_creates_nothing() {
             assert_only(fx, &before, Reason::DropOwnSource, 1);
         }
         assert!(fx.flows().is_empty());
+    });
+}
+
+// ------------------------------------------------------------------ h02: cookie path MTU
+
+/// A settled cookie flow from `port`: (the edge's SYN-ACK, backend index, SNAT port).
+fn cookie_settled(fx: &mut Fixture, port: u16) -> (TcpView, usize, u16) {
+    fx.set_tcp_vip_flags(cookie::COOKIES).unwrap();
+    let (sa, _, b) = cookie::to_backend_syn(fx, port);
+    let sp = cookie::snat_port(fx, port);
+    let synack = cookie::backend_synack(
+        b,
+        sp,
+        ts_option(cookie::BACKEND_TS, cookie::CLIENT_TS + 1).leak(),
+    );
+    assert_eq!(fx.run(fx.backend_if, &synack).unwrap().0, XDP_TX);
+    (sa, b, sp)
+}
+
+#[test]
+fn h02_errors_about_a_cookie_flow_quote_the_numbering_of_the_side_they_go_to() {
+    with_fixture("h02_cookie_pmtu", 1024, |fx| {
+        let (sa, b, sp) = cookie_settled(fx, 40200);
+        // The edge's own fragmentation-needed: the client side carries 1300 bytes, the
+        // backend's reply is bigger. The backend must find its own sequence number quoted.
+        wklb_tests::netns::ip("link set wkc0 mtu 1300").unwrap();
+        let mut cfg = fx.config();
+        cfg.min_mtu = 1300;
+        let client_if = fx.client_if;
+        fx.image.iface_mtu.insert(client_if, 1300);
+        fx.set_config(cfg).unwrap();
+        let backend_seq = cookie::BACKEND_ISN.wrapping_add(1);
+        let big = packets::with_ip_fields(
+            &tcp_seg(
+                (BACKENDS[b], VIP_TCP_PORT),
+                (SNAT, sp),
+                &Seg {
+                    flags: "PA",
+                    seq: backend_seq,
+                    ack: cookie::ISN + 1,
+                    payload: &[9u8; 1360],
+                    ..Seg::default()
+                },
+            ),
+            0,
+            1,
+            true,
+        );
+        let before = fx.reasons();
+        let (act, out) = fx.run(fx.backend_if, &big).unwrap();
+        assert_eq!(act, XDP_TX);
+        assert_only(fx, &before, Reason::IcmpFragNeededSent, 1);
+        let e = inspect_icmp(&out);
+        assert_eq!((e.src, e.dst), (SNAT, BACKENDS[b]));
+        assert!(e.checksums_ok);
+        assert_eq!(
+            packets::quoted_tcp(&e.quote).0,
+            Some(backend_seq),
+            "the edge's own error quotes the backend's numbering"
+        );
+        // A router on the client side about what the edge sent the client (the client's
+        // numbering: the cookie's): translated to the backend in its numbering.
+        let client_seq = sa.seq.wrapping_add(1);
+        let to_client = tcp_seg(
+            VIP_TCP,
+            client(40200),
+            &Seg {
+                flags: "PA",
+                seq: client_seq,
+                ack: cookie::ISN + 1,
+                payload: &[3u8; 40],
+                ..Seg::default()
+            },
+        );
+        for quote in [28usize, 48, 100] {
+            let err = icmp_error(
+                std::net::Ipv4Addr::new(192, 0, 2, 1),
+                VIP,
+                3,
+                4,
+                [0, 0, 0x05, 0x14],
+                &to_client,
+                quote,
+            );
+            let before = fx.reasons();
+            let (act, out) = fx.run(fx.client_if, &err).unwrap();
+            assert_eq!(act, XDP_REDIRECT, "quote {quote}");
+            assert_only(fx, &before, Reason::IcmpErrorToBackend, 1);
+            let e = inspect_icmp(&out);
+            assert_eq!((e.src, e.dst), (SNAT, BACKENDS[b]));
+            assert!(e.checksums_ok, "quote {quote}: {e:?}");
+            let (seq, ack, sum) = packets::quoted_tcp(&e.quote);
+            assert_eq!(
+                seq,
+                Some(backend_seq),
+                "quote {quote}: the backend's numbering"
+            );
+            if quote >= 48 {
+                assert_eq!(
+                    ack,
+                    Some(cookie::ISN + 1),
+                    "the acknowledgment was the client's"
+                );
+            }
+            if quote == 100 {
+                assert_eq!(sum, Some(true), "the quoted TCP checksum follows");
+            }
+        }
+        // A router on the backend side about the client's segment as the edge sent it (its
+        // acknowledgment in the backend's numbering): translated to the client in its own.
+        let to_backend = tcp_seg(
+            (SNAT, sp),
+            (BACKENDS[b], VIP_TCP_PORT),
+            &Seg {
+                flags: "PA",
+                seq: cookie::ISN + 1,
+                ack: backend_seq,
+                payload: &[4u8; 40],
+                ..Seg::default()
+            },
+        );
+        for quote in [28usize, 48, 100] {
+            let err = icmp_error(
+                std::net::Ipv4Addr::new(10, 2, 0, 254),
+                SNAT,
+                3,
+                4,
+                [0, 0, 0x05, 0x14],
+                &to_backend,
+                quote,
+            );
+            let before = fx.reasons();
+            let (act, out) = fx.run(fx.backend_if, &err).unwrap();
+            assert_eq!(act, XDP_REDIRECT, "quote {quote}");
+            assert_only(fx, &before, Reason::IcmpErrorToClient, 1);
+            let e = inspect_icmp(&out);
+            assert_eq!((e.src, e.dst), (VIP, CLIENT));
+            assert!(e.checksums_ok, "quote {quote}: {e:?}");
+            let (seq, ack, sum) = packets::quoted_tcp(&e.quote);
+            assert_eq!(
+                seq,
+                Some(cookie::ISN + 1),
+                "the client's own sequence number"
+            );
+            if quote >= 48 {
+                assert_eq!(
+                    ack,
+                    Some(client_seq),
+                    "quote {quote}: the client's numbering"
+                );
+            }
+            if quote == 100 {
+                assert_eq!(sum, Some(true), "the quoted TCP checksum follows");
+            }
+        }
     });
 }

@@ -1,6 +1,8 @@
-//! An edge that faces the internet: blind RSTs from an off-path attacker, a path with a smaller
-//! MTU between the edge and the data nodes, and the one-armed edge of a cloud VM. Root; CI runs
-//! them; serialised with the other end-to-end tests.
+//! An edge that faces the internet: blind RSTs from an off-path attacker, path MTU with a
+//! smaller hop between the edge and the data nodes, between the clients and the edge, and on the
+//! edge's own client-side link (plain flows and SYN-cookie flows, whose sequence numbers the edge
+//! translates in every ICMP error too), and the one-armed edge of a cloud VM. Root; CI runs them;
+//! serialised with the other end-to-end tests.
 
 use std::{
     process::Stdio,
@@ -122,30 +124,96 @@ fn e02_path_mtu_with_a_fixed_mss_clamp() {
     assert!(r["pongs"].as_u64().unwrap() >= 200 * 7, "{r:#}");
 }
 
+/// Path MTU through ICMP alone (no MSS clamping): 200 connections echo 8 KB messages, first as
+/// plain flows, then with the TCP VIP in `syn_cookies = "always"` (after a reload), where the
+/// edge translates every sequence number. Both 200 of 200; returns the reasons' growth per run
+/// for the given counters.
+fn path_mtu_plain_then_cookies(t: &mut Topology, counters: &[&str]) -> [Vec<u64>; 2] {
+    let plain = t.config(&[(0, 100), (1, 100)], "[data_path]\nmss_clamp = \"off\"\n");
+    let cfg = t.write_config(&plain).unwrap();
+    t.start_daemon(&cfg).unwrap();
+    wait_stats(
+        t,
+        Duration::from_secs(10),
+        "every backend in the table",
+        |s| s["vips"][0]["backends_in_table"] == 2,
+    );
+    let mut out = [Vec::new(), Vec::new()];
+    for (i, mode) in ["plain", "cookies"].into_iter().enumerate() {
+        if mode == "cookies" {
+            t.write_config(&Topology::with_cookies(&plain, "always"))
+                .unwrap();
+            t.wklb(&["reload"]).unwrap();
+            // The plain run's path MTUs are cached: discovered again, through cookie flows.
+            t.forget_path_mtus().unwrap();
+        }
+        let before = t.stats().unwrap();
+        let r = echo_8k_through_small_hop(t);
+        let after = t.stats().unwrap();
+        out[i] = counters
+            .iter()
+            .map(|c| reason(&after, c) - reason(&before, c))
+            .collect();
+        println!(
+            "8 KB echo, {mode}: {counters:?} = {:?}; connected {}, broken {}, rtt p50 {} ms, p99 {} ms",
+            out[i], r["connected"], r["broken"], r["rtt_ms_p50"], r["rtt_ms_p99"]
+        );
+        assert_eq!(r["connected"], 200, "{mode}: {r:#}");
+        assert_eq!(r["broken"], 0, "{mode}: {r:#}");
+        assert!(r["pongs"].as_u64().unwrap() >= 200 * 7, "{mode}: {r:#}");
+        if mode == "cookies" {
+            let sent = reason(&after, "syn_cookie_sent") - reason(&before, "syn_cookie_sent");
+            assert!(sent >= 200, "the handshakes were the edge's: {after:#}");
+        }
+    }
+    out
+}
+
 #[test]
 fn e03_path_mtu_through_icmp_translation_alone() {
     let Some(mut t) = shaped_topology("e03_path_mtu_icmp", 2, Shape::Routed { hop_mtu: 1400 })
     else {
         return;
     };
-    start(
-        &mut t,
-        &[(0, 100), (1, 100)],
-        "[data_path]\nmss_clamp = \"off\"\n",
-    );
-    let before = t.stats().unwrap();
-    let r = echo_8k_through_small_hop(&t);
-    let after = t.stats().unwrap();
-    let translated =
-        reason(&after, "icmp_error_to_client") - reason(&before, "icmp_error_to_client");
-    println!("8 KB echo, no clamping: {translated} fragmentation-needed translated; {r}");
-    assert!(
-        translated >= 1,
-        "no router error reached the client: {after:#}"
-    );
-    assert_eq!(r["connected"], 200, "{r:#}");
-    assert_eq!(r["broken"], 0, "{r:#}");
-    assert!(r["pongs"].as_u64().unwrap() >= 200 * 7, "{r:#}");
+    // The small hop between the edge and the data nodes: its routers' errors about what the
+    // edge sent reach the clients.
+    let runs = path_mtu_plain_then_cookies(&mut t, &["icmp_error_to_client"]);
+    for (mode, r) in ["plain", "cookies"].iter().zip(&runs) {
+        assert!(r[0] >= 1, "{mode}: no router error reached the client");
+    }
+}
+
+#[test]
+fn e05_path_mtu_with_a_small_hop_on_the_client_side() {
+    let shape = Shape::ClientRouted {
+        hop_mtu: 1400,
+        at_edge: false,
+    };
+    let Some(mut t) = shaped_topology("e05_client_hop", 2, shape) else {
+        return;
+    };
+    // Routers on the clients' side answer the edge's replies: translated to the data node,
+    // which must recognise its own sequence numbers (a cookie flow's differ from the client's).
+    let runs = path_mtu_plain_then_cookies(&mut t, &["icmp_error_to_backend"]);
+    for (mode, r) in ["plain", "cookies"].iter().zip(&runs) {
+        assert!(r[0] >= 1, "{mode}: no router error reached a data node");
+    }
+}
+
+#[test]
+fn e06_path_mtu_with_the_edges_client_side_interface_at_1400() {
+    let shape = Shape::ClientRouted {
+        hop_mtu: 1400,
+        at_edge: true,
+    };
+    let Some(mut t) = shaped_topology("e06_edge_1400", 2, shape) else {
+        return;
+    };
+    // The edge itself answers the data nodes' large replies (fragmentation-needed).
+    let runs = path_mtu_plain_then_cookies(&mut t, &["icmp_frag_needed_sent"]);
+    for (mode, r) in ["plain", "cookies"].iter().zip(&runs) {
+        assert!(r[0] >= 1, "{mode}: the edge sent no fragmentation-needed");
+    }
 }
 
 #[test]

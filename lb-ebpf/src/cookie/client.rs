@@ -70,7 +70,7 @@ pub fn handle(
         if !flow.new {
             to_backend::track_client(ctx, p, &mut flow, e, now);
         }
-        return to_backend::send(ctx, p, &flow, e, None, now);
+        return to_backend::send(ctx, p, &flow, e, None, now, false);
     }
     cookie_flow(ctx, p, &mut flow, e, opts, now)
 }
@@ -96,8 +96,5 @@ fn cookie_flow(
         flow.accepted = conntrack::track_and_touch(ctx, e, p, now, Direction::Forward);
     }
     // A RST before the backend answered needs no translation (it acknowledges nothing).
-    if !pending && super::translate::forward(ctx, p, e).is_none() {
-        return Verdict::of(Reason::DropInternal);
-    }
-    to_backend::send(ctx, p, flow, e, opts, now)
+    to_backend::send(ctx, p, flow, e, opts, now, !pending)
 }

@@ -79,27 +79,39 @@ pub fn forward(ctx: &XdpContext, p: &Packet, e: &FlowEntry) -> Option<()> {
     fix_checksum(ctx, p, d)
 }
 
-/// Backend → client. Updates `p.seg` to what the client sees (the tracker works in its view).
+/// Backend → client, `p.seg` only: the segment as the client will see it (the tracker works in
+/// its view). The packet itself is `reverse`'s, once nothing can send it back to the backend
+/// (a fragmentation-needed quotes it in the backend's numbering).
 #[inline(always)]
-pub fn reverse(ctx: &XdpContext, p: &mut Packet, e: &FlowEntry) -> Option<()> {
-    let minus = 0u32.wrapping_sub(e.seq_delta);
-    let mut d = add32(ctx, p, SEQ, minus, CsumDelta::new())?;
-    p.seg.seq = p.seg.seq.wrapping_add(minus);
-    let told = if e.wscale[0] == NO_WSCALE {
+pub fn client_view(p: &mut Packet, e: &FlowEntry) {
+    p.seg.seq = p.seg.seq.wrapping_sub(e.seq_delta);
+    p.seg.win = rescale_window(p.seg.win, e.syn_opts, told_wscale(e));
+}
+
+/// The window scale the edge's SYN-ACK told the client.
+#[inline(always)]
+fn told_wscale(e: &FlowEntry) -> u8 {
+    if e.wscale[0] == NO_WSCALE {
         NO_WSCALE
     } else {
         EDGE_WSCALE
-    };
-    let win = rescale_window(p.seg.win, e.syn_opts, told);
-    if win != p.seg.win {
-        let w = ptr_at::<u16>(ctx, p.l4() + WIN)?;
-        let new = win.to_be();
-        // SAFETY: bounds checked by ptr_at.
-        unsafe {
+    }
+}
+
+/// Backend → client, the packet: sequence number, window (to `p.seg.win`, see `client_view`)
+/// and timestamp value in the client's numbering.
+#[inline(always)]
+pub fn reverse(ctx: &XdpContext, p: &Packet, e: &FlowEntry) -> Option<()> {
+    let minus = 0u32.wrapping_sub(e.seq_delta);
+    let mut d = add32(ctx, p, SEQ, minus, CsumDelta::new())?;
+    let w = ptr_at::<u16>(ctx, p.l4() + WIN)?;
+    let new = p.seg.win.to_be();
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        if *w != new {
             d = d.replace16(*w, new);
             *w = new;
         }
-        p.seg.win = win;
     }
     if e.ts_delta != 0 && p.tcp_len() == TS_ONLY {
         if let Some(d2) = ts_in_place(ctx, p, TS_VALUE, 0u32.wrapping_sub(e.ts_delta), d) {

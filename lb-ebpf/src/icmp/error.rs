@@ -4,6 +4,10 @@
 //! - to a VIP address, about a packet we sent to a client → to the backend, as if about its own
 //!   reply to the SNAT address (outer source: the SNAT address).
 //!
+//! A cookie flow's quoted sequence number (about a reply) or acknowledgment (about a client
+//! segment) is put back in the numbering of the side the error goes to: stacks ignore errors
+//! quoting a sequence number they never sent.
+//!
 //! Outer IP, ICMP, inner IP and (when quoted) inner L4 checksums are all updated incrementally.
 
 use aya_ebpf::programs::XdpContext;
@@ -43,6 +47,9 @@ struct Plan {
     hop: Hop,
     vlan: u16,
     reason: Reason,
+    /// Added to the quoted TCP sequence number and (when its ACK flag is set) acknowledgment.
+    seq_add: u32,
+    ack_add: u32,
 }
 
 /// None: not about one of our flows (the kernel's business).
@@ -124,6 +131,9 @@ fn to_client(p: &Packet, class: AddrClass, q: Inner) -> Option<Plan> {
         hop: egress::client_hop(&e.to_client),
         vlan: e.client_vlan,
         reason: Reason::IcmpErrorToClient,
+        seq_add: 0,
+        // The client's acknowledgment went out plus the delta (see cookie::translate).
+        ack_add: cookie_delta(e).wrapping_neg(),
     })
 }
 
@@ -170,7 +180,61 @@ fn to_backend(ctx: &XdpContext, p: &Packet, q: Inner) -> Option<Result<Plan, Ver
         hop,
         vlan: 0,
         reason: Reason::IcmpErrorToBackend,
+        // The backend's sequence number went out minus the delta.
+        seq_add: cookie_delta(e),
+        ack_add: 0,
     }))
+}
+
+/// A cookie flow's sequence delta; 0 for every other flow.
+#[inline(always)]
+fn cookie_delta(e: &FlowEntry) -> u32 {
+    if e.flags & FlowEntry::TRANSLATE != 0 && e.proto == PROTO_TCP {
+        e.seq_delta
+    } else {
+        0
+    }
+}
+
+/// Offsets in the quoted TCP header.
+const SEQ: usize = 4;
+const ACK: usize = 8;
+const FLAGS: usize = 13;
+
+/// Adds `v` to the big-endian word at `at` when the quote holds it; the checksum delta of that.
+#[inline(always)]
+fn add_quoted32(ctx: &XdpContext, p: &Packet, at: usize, v: u32, d: CsumDelta) -> CsumDelta {
+    if v == 0 || at + 4 > p.l3_end() {
+        return d;
+    }
+    let Some(f) = ptr_at::<[u8; 4]>(ctx, at) else {
+        return d;
+    };
+    let f = f as *mut u8;
+    // SAFETY: 4 bytes bounds-checked by ptr_at.
+    unsafe {
+        let (hi, lo) = (load16(f), load16(f.add(2)));
+        store32(f, u32::from_be(load32(f)).wrapping_add(v).to_be());
+        d.replace16(hi, load16(f)).replace16(lo, load16(f.add(2)))
+    }
+}
+
+/// The quoted TCP header's sequence and acknowledgment, renumbered per the plan; the checksum
+/// delta of the change.
+#[inline(always)]
+fn renumber(ctx: &XdpContext, p: &Packet, l4: usize, plan: &Plan) -> CsumDelta {
+    let d = add_quoted32(ctx, p, l4 + SEQ, plan.seq_add, CsumDelta::new());
+    if plan.ack_add == 0 || l4 + FLAGS + 1 > p.l3_end() {
+        return d;
+    }
+    let Some(flags) = ptr_at::<u8>(ctx, l4 + FLAGS) else {
+        return d;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    if unsafe { *flags } & lb_common::conntrack::tcp_flags::ACK == 0 {
+        return d;
+    }
+    add_quoted32(ctx, p, l4 + ACK, plan.ack_add, d)
 }
 
 /// Rewrites the quoted packet and the outer header; the ICMP checksum follows every quoted word
@@ -184,7 +248,11 @@ fn rewrite(ctx: &XdpContext, p: &Packet, plan: &Plan) -> Option<()> {
     let addr_delta = CsumDelta::new()
         .replace32(old.src, new.src)
         .replace32(old.dst, new.dst);
-    let port_delta = CsumDelta::new().replace32(old.ports, new.ports);
+    let mut port_delta = CsumDelta::new().replace32(old.ports, new.ports);
+    if old.proto == PROTO_TCP {
+        // Sequence numbers are in the TCP checksum as the ports are.
+        port_delta = port_delta.add(renumber(ctx, p, old.l4, plan));
+    }
     // SAFETY: both bounds checked by ptr_at.
     let mut icmp_delta = unsafe {
         let old_check = load16(ip.add(CHECK));
