@@ -17,6 +17,7 @@ pub mod maps;
 pub mod portmap;
 pub mod reason;
 pub mod rtt;
+pub mod shares;
 pub mod slot;
 pub mod tcp_opts;
 pub mod xlat;

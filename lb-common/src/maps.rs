@@ -98,10 +98,12 @@ pub mod names {
     /// Taken SNAT ports (a bit each) and full words of those (`portmap`).
     pub const PORT_BITS: &str = "PORT_BITS";
     pub const PORT_FULL: &str = "PORT_FULL";
+    /// Per VIP: flows per pool and the half-open SYN schedule (`VipLive`).
+    pub const VIP_LIVE: &str = "VIP_LIVE";
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
-    pub const ALL: [&str; 39] = [
+    pub const ALL: [&str; 40] = [
         ADDR_FILTER,
         ADDRS4,
         VIPS4,
@@ -141,6 +143,7 @@ pub mod names {
         ADDR_FILTER6,
         PORT_BITS,
         PORT_FULL,
+        VIP_LIVE,
     ];
 }
 
@@ -446,31 +449,50 @@ pub mod source_list {
     pub const ALLOW: u32 = 2;
 }
 
-/// `VIP_LIMITS` value, indexed by VIP id: the per-source new-connection rate as a generic cell
-/// rate algorithm (one timestamp per source, no division in the data path).
+/// `VIP_LIMITS` value, indexed by VIP id: what bounds the VIP's new flows. The per-source
+/// new-connection rate as a generic cell rate algorithm (one timestamp per source, no division
+/// in the data path), the VIP's shares of the pools new flows take from (`shares`), and its
+/// half-open SYN budget (automatic SYN cookies: `cookie::budget`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct VipLimits {
     /// ns between connections at the sustained rate (10^9 / rate); 0 = no limit.
     pub interval_ns: u64,
     /// How far ahead of now a source's schedule may run: (burst - 1) × interval.
     pub tolerance_ns: u64,
+    /// The VIP's share of each pool (`shares::RESOURCES`); `shares::UNLIMITED`: none enforced.
+    pub share: [u32; 4],
+    /// ns of budget a forwarded SYN spends (10^9 / `syn_cookies.engage_syn_rate`); 0: no
+    /// budget (cookies `off` or `always`).
+    pub syn_interval_ns: u64,
+    /// How far ahead of now the SYN schedule may run before cookie mode engages.
+    pub syn_tolerance_ns: u64,
+}
+
+impl Default for VipLimits {
+    fn default() -> Self {
+        VipLimits::new(0, 0)
+    }
 }
 
 impl VipLimits {
+    /// A per-source rate limit (`rate_per_s` 0: none), no share or SYN budget.
     pub const fn new(rate_per_s: u32, burst: u32) -> Self {
+        let mut l = VipLimits {
+            interval_ns: 0,
+            tolerance_ns: 0,
+            share: [crate::shares::UNLIMITED; 4],
+            syn_interval_ns: 0,
+            syn_tolerance_ns: 0,
+        };
         if rate_per_s == 0 {
-            return VipLimits {
-                interval_ns: 0,
-                tolerance_ns: 0,
-            };
+            return l;
         }
         let interval_ns = 1_000_000_000 / rate_per_s as u64;
         let burst = if burst == 0 { 1 } else { burst };
-        VipLimits {
-            interval_ns,
-            tolerance_ns: (burst as u64 - 1) * interval_ns,
-        }
+        l.interval_ns = interval_ns;
+        l.tolerance_ns = (burst as u64 - 1) * interval_ns;
+        l
     }
 
     /// GCRA: whether a connection at `now` conforms given the source's theoretical arrival time
@@ -937,6 +959,9 @@ pub struct DataplaneConfig {
     /// Number of valid IPv6 entries in SNAT_PICKS (IPv6 SNAT addresses, for IPv6 backends). Was
     /// padding: a data path older than this field never reads it.
     pub snat6_count: u32,
+    /// Per pool (`shares::RESOURCES`): the count at which VIPs over their share are refused
+    /// (`shares::full_at` of its capacity); `u32::MAX`: never.
+    pub share_full: [u32; 4],
 }
 
 impl DataplaneConfig {
@@ -966,8 +991,36 @@ impl Default for DataplaneConfig {
             mss_value: 0,
             min_mtu: 1500,
             snat6_count: 0,
+            share_full: [u32::MAX; 4],
         }
     }
+}
+
+/// `VIP_LIVE` value, indexed by VIP id (row `MAX_VIPS`: every VIP's together): what the data
+/// path writes about a VIP's new flows, shared by every CPU (atomics), memory-mapped by the
+/// daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct VipLive {
+    /// Flows per pool (`shares`): counted up by the data path as it creates them, corrected
+    /// by the daemon's expiry pass for the ones that ended.
+    pub used: [u64; 4],
+    /// The half-open SYN schedule (GCRA theoretical arrival time, CLOCK_MONOTONIC ns): a
+    /// forwarded SYN moves it on by `VipLimits::syn_interval_ns`, a handshake the client
+    /// completes (or a data node refuses) moves it back.
+    pub syn_tat_ns: u64,
+    /// When the data path engaged cookie mode (CLOCK_MONOTONIC ns; 0: not engaged). Only the
+    /// daemon clears it (release).
+    pub cookies_engaged_ns: u64,
+}
+
+impl VipLive {
+    /// Byte offset of `used[r]`.
+    pub const fn used_offset(r: usize) -> usize {
+        8 * r
+    }
+    pub const SYN_TAT_OFFSET: usize = 32;
+    pub const ENGAGED_OFFSET: usize = 40;
 }
 
 // ---------------------------------------------------------------------------- counters
@@ -1002,6 +1055,8 @@ pub struct VipStats {
     pub rate_limited: u64,
     /// New connections refused because their source was at its concurrent-connection limit.
     pub conn_limited: u64,
+    /// New connections refused because a pool was nearly full and this VIP above its share.
+    pub over_share: u64,
 }
 
 impl VipStats {
@@ -1020,6 +1075,7 @@ impl VipStats {
         self.allowed += o.allowed;
         self.rate_limited += o.rate_limited;
         self.conn_limited += o.conn_limited;
+        self.over_share += o.over_share;
     }
 }
 
@@ -1095,6 +1151,7 @@ mod pod_impls {
     unsafe impl aya::Pod for crate::cookie::CookieKey {}
     unsafe impl aya::Pod for SourceKey4 {}
     unsafe impl aya::Pod for VipLimits {}
+    unsafe impl aya::Pod for VipLive {}
     unsafe impl aya::Pod for SourceRateKey {}
     unsafe impl aya::Pod for PinTarget {}
     unsafe impl aya::Pod for PinStats {}
@@ -1118,7 +1175,17 @@ mod tests {
         assert_eq!(size_of::<Flow4Key>(), 16);
         assert_eq!(size_of::<FlowRef>(), 8);
         assert_eq!(size_of::<FlowEntry>(), 104);
-        assert_eq!(size_of::<DataplaneConfig>(), 24);
+        assert_eq!(size_of::<DataplaneConfig>(), 40);
+        assert_eq!(size_of::<VipLimits>(), 48);
+        assert_eq!(size_of::<VipLive>(), 48);
+        assert_eq!(
+            core::mem::offset_of!(VipLive, cookies_engaged_ns),
+            VipLive::ENGAGED_OFFSET
+        );
+        assert_eq!(
+            core::mem::offset_of!(VipLive, syn_tat_ns),
+            VipLive::SYN_TAT_OFFSET
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod nat;
 mod parse;
 mod pins;
 mod rtt;
+mod shares;
 mod snat;
 mod sources;
 mod stats;

@@ -15,7 +15,8 @@ use lb_common::{
     Flow4Key, Flow6Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_FULL_SOURCES,
     MAX_INTERFACES, MAX_SNAT_ADDRS, MAX_SOURCE_ENTRIES, MAX_VIP_ENTRIES, MAX_VIPS, PinStats,
     PinTarget, Reason, SLOTS_PER_SNAT_ADDR, SOURCE_RATE_ENTRIES, SnatAddr, SourceKey4,
-    SourceRateKey, TABLES_PER_VIP, Vip4Key, Vip6Key, VipInfo, VipLimits, VipMeta, VipStats,
+    SourceRateKey, TABLES_PER_VIP, Vip4Key, Vip6Key, VipInfo, VipLimits, VipLive, VipMeta,
+    VipStats,
     connlog::{CONN_OPENS_BYTES, FlowBytes, OpenEvent},
     cookie::CookieKey,
     portmap::{FULL_WORDS, WORDS_PER_ADDR},
@@ -140,9 +141,15 @@ pub static PINS4: LpmTrie<SourceKey4, PinTarget, { MAX_SOURCE_ENTRIES as usize }
 #[btf_map]
 pub static PIN_STATS: PerCpuArray<PinStats, { MAX_VIPS as usize }> = PerCpuArray::new();
 
-/// VIP id → per-source new-connection rate.
+/// VIP id → per-source new-connection rate, shares of the pools, half-open SYN budget.
 #[btf_map]
 pub static VIP_LIMITS: Array<VipLimits, { MAX_VIPS as usize }> = Array::new();
+
+/// VIP id (row MAX_VIPS: all of them) → flows per pool and the SYN schedule (`VipLive`):
+/// written by every CPU with atomics, corrected and released by the daemon through a memory
+/// mapping.
+#[btf_map]
+pub static VIP_LIVE: Array<VipLive, { MAX_VIPS as usize + 1 }, BPF_F_MMAPABLE> = Array::new();
 
 /// (VIP id, source) → theoretical arrival time of its next connection (GCRA). LRU: sources
 /// not seen for a while make room.

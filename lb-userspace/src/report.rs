@@ -104,6 +104,12 @@ pub struct VipReport {
     pub source_max_conns: u32,
     /// New connections refused because their source was at that limit.
     pub conn_limited: u64,
+    /// The VIP's guaranteed flows (`vip.max_flows`; None: an even share).
+    #[serde(default)]
+    pub max_flows: Option<u32>,
+    /// New flows refused because a pool was 90% full and the VIP held its share of it.
+    #[serde(default)]
+    pub over_share: u64,
 }
 
 /// One deny or allow entry.

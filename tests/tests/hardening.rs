@@ -768,3 +768,95 @@ fn h02_errors_about_a_cookie_flow_quote_the_numbering_of_the_side_they_go_to() {
         }
     });
 }
+
+// ------------------------------------------------------------------ h01: shares
+
+/// 100 SNAT ports; refusals over the share start at 90; each VIP's share of them is `share`.
+fn small_pool_with_shares(fx: &mut Fixture, share: &[(u32, u32)]) {
+    use lb_common::shares::{SNAT4, full_at};
+    let mut c = fx.config();
+    c.snat_port_min = 20_000;
+    c.snat_port_max = 20_099;
+    c.share_full[SNAT4] = full_at(100);
+    fx.image.config = c;
+    for (vip, n) in share {
+        let mut l = lb_common::VipLimits::default();
+        l.share[SNAT4] = *n;
+        fx.image.vip_limits.insert(*vip, l);
+    }
+    fx.sync().unwrap();
+}
+
+#[test]
+fn h01_a_flood_on_one_vip_leaves_the_others_their_share_of_snat_ports() {
+    with_fixture("h01_shares", 4096, |fx| {
+        fx.add_ipv6_vip();
+        small_pool_with_shares(fx, &[(TCP_VIP_ID, 50), (V6_VIP_ID, 50)]);
+        fx.set_tcp_vip_flags(cookie::COOKIES).unwrap();
+        // A spoofed SYN flood at the IPv6 VIP (no cookies there): each SYN holds a port.
+        let mut flood = 0;
+        let mut refused = 0;
+        for port in 30_000..30_200u16 {
+            let syn = packets::tcp6_seg(
+                (CLIENT6, port),
+                (VIP6, VIP_TCP_PORT),
+                0,
+                &Seg {
+                    flags: "S",
+                    seq: 1,
+                    ..Seg::default()
+                },
+            );
+            match fx.run(fx.client_if, &syn).unwrap().0 {
+                XDP_REDIRECT => flood += 1,
+                _ => refused += 1,
+            }
+        }
+        assert_eq!(
+            (flood, refused),
+            (90, 110),
+            "the flood stops at 90% of the pool: {:?}",
+            fx.reasons()
+        );
+        assert_eq!(
+            fx.reasons()[Reason::DropVipOverShare as usize],
+            110,
+            "{:?}",
+            fx.reasons()
+        );
+        assert_eq!(fx.vip_stats(V6_VIP_ID).over_share, 110);
+        // The IPv4 cookie VIP, within its share, still gets the rest of the pool: valid
+        // cookie ACKs create flows.
+        for port in 40_000..40_010u16 {
+            cookie::to_backend_syn(fx, port);
+        }
+        assert_eq!(fx.vip_stats(TCP_VIP_ID).over_share, 0);
+        // Now the pool is empty: the next one fails for want of a port, not of a share.
+        let sa = cookie::cookie_synack(fx, 40_010);
+        let before = fx.reasons();
+        let ack = cookie::cookie_ack(40_010, &sa, "A", b"");
+        assert_eq!(fx.run(fx.client_if, &ack).unwrap().0, XDP_DROP);
+        assert_only(fx, &before, Reason::DropSnatExhausted, 1);
+    });
+}
+
+#[test]
+fn h01_a_vip_over_its_share_may_use_free_room_below_the_threshold() {
+    with_fixture("h01_free_room", 4096, |fx| {
+        // One VIP with a share of 10: it still fills the pool to 90%, then stops.
+        small_pool_with_shares(fx, &[(UDP_VIP_ID, 10), (TCP_VIP_ID, 90)]);
+        let mut created = 0;
+        for port in 30_000..30_100u16 {
+            let d = udp(client(port), (VIP, VIP_UDP_PORT), b"x");
+            if fx.run(fx.client_if, &d).unwrap().0 == XDP_REDIRECT {
+                created += 1;
+            }
+        }
+        assert_eq!(created, 90, "{:?}", fx.reasons());
+        assert_eq!(fx.vip_stats(UDP_VIP_ID).over_share, 10);
+        // The TCP VIP (share 90, using none) takes the last ten ports.
+        for port in 40_000..40_010u16 {
+            plain::open(fx, port);
+        }
+    });
+}

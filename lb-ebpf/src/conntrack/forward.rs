@@ -311,6 +311,10 @@ fn create(
     if cookie.is_some() && backend.family == FAMILY_IPV6 {
         return Created::Refused(Reason::DropNoBackend);
     }
+    let backend_v6 = backend.family == FAMILY_IPV6;
+    if let Err(r) = crate::shares::admit(vip.vip_id, false, backend_v6) {
+        return Created::Refused(r);
+    }
     let (s, e, token) = match snat::claim(hash, cfg, backend.family) {
         Ok(c) => c,
         Err(r) => return Created::Refused(r),
@@ -328,6 +332,7 @@ fn create(
     let r = FlowRef { slot: s, token };
     match FLOWS4.insert(key, &r, BPF_NOEXIST as u64) {
         Ok(()) => {
+            crate::shares::count(vip.vip_id, false, backend_v6);
             if crate::connlog::on(cfg) {
                 crate::connlog::opened(entry, s, token, entry.last_seen_ns);
             }

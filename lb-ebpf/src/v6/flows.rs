@@ -178,6 +178,8 @@ fn create(
         Some(b) if b.flags & Backend::ACTIVE != 0 => b,
         _ => return Err(Reason::DropNoBackend),
     };
+    let backend_v6 = backend.family == lb_common::FAMILY_IPV6;
+    crate::shares::admit(vip.vip_id, true, backend_v6)?;
     let (s, e, token) = snat::claim(hash, cfg, backend.family)?;
     let Some(snat_addr) = SNAT_ADDRS.get(slot::snat_index_of(s)) else {
         snat::release(s, e, token);
@@ -190,13 +192,16 @@ fn create(
     // `fill` set BACKEND_V6 by the backend's family.
     entry.flags |= FlowEntry::CLIENT_V6;
     match FLOWS6.insert(key, &FlowRef { slot: s, token }, BPF_NOEXIST as u64) {
-        Ok(()) => Ok(Some(Flow {
-            entry: e,
-            slot: s,
-            token,
-            new: true,
-            accepted: true,
-        })),
+        Ok(()) => {
+            crate::shares::count(vip.vip_id, true, backend_v6);
+            Ok(Some(Flow {
+                entry: e,
+                slot: s,
+                token,
+                new: true,
+                accepted: true,
+            }))
+        }
         Err(err) => {
             snat::release(s, e, token);
             if err == -EEXIST {

@@ -167,6 +167,14 @@ pub fn vip_changes(old: &super::Vip, new: &super::Vip) -> Vec<String> {
             new.groups.overprovisioning_pct as f64 / 100.0
         ));
     }
+    if old.max_flows != new.max_flows {
+        let share = |m: Option<u32>| m.map_or("an even share".to_string(), |n| n.to_string());
+        out.push(format!(
+            "vip {name}: max_flows {} -> {}",
+            share(old.max_flows),
+            share(new.max_flows)
+        ));
+    }
     if old.health != new.health {
         out.push(format!("vip {name}: health check changed"));
     }

@@ -213,6 +213,9 @@ pub struct Vip {
     pub groups: Groups,
     /// Source prefixes pinned to some of the groups.
     pub pins: Vec<Pin>,
+    /// The VIP's guaranteed share of the connection table and of the SNAT ports (`max_flows`);
+    /// None: an even split of what the set ones leave (see lb_common::shares).
+    pub max_flows: Option<u32>,
 }
 
 impl Vip {
@@ -233,6 +236,7 @@ impl Vip {
             backends: Vec::new(),
             groups: Groups::default(),
             pins: Vec::new(),
+            max_flows: None,
         }
     }
 }

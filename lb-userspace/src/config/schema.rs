@@ -210,6 +210,9 @@ pub struct RawVip {
     /// Concurrent connections per source; 0 = no limit.
     #[serde(default = "d_source_burst")]
     pub source_max_conns: Spanned<i64>,
+    /// The VIP's guaranteed share of the connection table and SNAT ports; 0 = an even share.
+    #[serde(default = "d_vip_max_flows")]
+    pub max_flows: Spanned<i64>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
     /// Backend groups with priorities (`[[vip.group]]`).
@@ -384,6 +387,9 @@ fn d_source_rate() -> Spanned<i64> {
     sp(0)
 }
 fn d_source_burst() -> Spanned<i64> {
+    sp(0)
+}
+fn d_vip_max_flows() -> Spanned<i64> {
     sp(0)
 }
 fn d_announce_table() -> Spanned<i64> {

@@ -14,8 +14,10 @@ use std::{
 
 use anyhow::Result;
 use lb_common::{
-    Flow6Key, FlowEntry, FlowRef, MAX_BACKENDS, MAX_FULL_SOURCES, MAX_SNAT_ADDRS, SourceRateKey,
+    Flow6Key, FlowEntry, FlowRef, MAX_BACKENDS, MAX_FULL_SOURCES, MAX_SNAT_ADDRS, MAX_VIPS,
+    SourceRateKey,
     conntrack::{State, Timeouts, is_expired},
+    shares::{RESOURCES, resources_of},
     slot::{self, DYING, FREE},
 };
 use log::{debug, warn};
@@ -91,6 +93,8 @@ struct Found {
     dying: Vec<u32>,
     /// A bit per slot, set for every slot that is not free (the port bitmaps' truth).
     taken: Vec<u64>,
+    /// Live flows per VIP and pool (`VipLive::used`'s truth).
+    used: Vec<[u64; RESOURCES]>,
     per_source: HashMap<SourceRateKey, u32>,
 }
 
@@ -105,6 +109,8 @@ pub fn sweep_with(flows: &dyn Flows, pass: &Pass) -> Result<Sweep> {
         },
         ..Default::default()
     };
+    // Read before the scan: what the data path counts from here on is added to the scan's.
+    let used_before = flows.live();
     let refs = flows.refs4().all()?;
     let refs6 = flows.refs6().all()?;
     // The token each slot's FLOWS4 or FLOWS6 entry expects (0: none; tokens are odd). Plain
@@ -125,6 +131,7 @@ pub fn sweep_with(flows: &dyn Flows, pass: &Pass) -> Result<Sweep> {
     let mut snat = vec![false; MAX_SNAT_ADDRS as usize];
     let found = scan(flows, &by_slot, pass, &mut out, &mut backends, &mut snat);
     let mut found_taken = found.taken;
+    let mut used = found.used;
     out.full = found
         .per_source
         .into_iter()
@@ -151,6 +158,7 @@ pub fn sweep_with(flows: &dyn Flows, pass: &Pass) -> Result<Sweep> {
             out.live += 1;
             mark(&mut backends, e.backend_id as u32);
             mark(&mut snat, slot::snat_index_of(s));
+            count_used(&mut used, &e);
         }
     }
     out.in_use.backends = members(&backends);
@@ -166,6 +174,7 @@ pub fn sweep_with(flows: &dyn Flows, pass: &Pass) -> Result<Sweep> {
         }
     }
     flows.store_port_maps(&found_taken, pass.ports.0, pass.ports.1);
+    correct_used(flows, &used_before, &used);
     out.in_use.expired = out.expired;
     out.took = t0.elapsed();
     Ok(out)
@@ -183,6 +192,7 @@ fn scan(
 ) -> Found {
     let mut f = Found {
         taken: vec![0; flows.slots().div_ceil(64) as usize],
+        used: vec![[0; RESOURCES]; MAX_VIPS as usize + 1],
         ..Default::default()
     };
     let now = pass.now;
@@ -207,6 +217,7 @@ fn scan(
             out.live += 1;
             mark(backends, e.backend_id as u32);
             mark(snat, slot::snat_index_of(s));
+            count_used(&mut f.used, e);
             let vip = e.vip_id as u32;
             if pass.limits.contains_key(&vip)
                 && e.flags & FlowEntry::CLIENT_V6 == 0
@@ -219,6 +230,34 @@ fn scan(
         }
     });
     f
+}
+
+/// Counts a live flow in its VIP's row and the all-VIPs row, in the pools it takes from.
+fn count_used(used: &mut [[u64; RESOURCES]], e: &FlowEntry) {
+    let (c, s) = resources_of(
+        e.flags & FlowEntry::CLIENT_V6 != 0,
+        e.flags & FlowEntry::BACKEND_V6 != 0,
+    );
+    for row in [e.vip_id as usize, MAX_VIPS as usize] {
+        if let Some(u) = used.get_mut(row) {
+            u[c] += 1;
+            u[s] += 1;
+        }
+    }
+}
+
+/// Brings VIP_LIVE's counts to what the pass found, keeping what the data path added since
+/// `before` was read (flows created during the pass may count twice until the next one: the
+/// shares err on the side of refusing a little early, never late).
+fn correct_used(flows: &dyn Flows, before: &[lb_common::VipLive], found: &[[u64; RESOURCES]]) {
+    for (row, (b, f)) in before.iter().zip(found).enumerate() {
+        for (r, (now, was)) in f.iter().zip(b.used).enumerate() {
+            let delta = *now as i64 - was as i64;
+            if delta != 0 {
+                flows.add_used(row as u32, r, delta);
+            }
+        }
+    }
 }
 
 fn clear_bit(bits: &mut [u64], i: u32) {

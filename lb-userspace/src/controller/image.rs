@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 use lb_common::{
     ADDR_FILTER_SIZE, Addr, AddrClass, Backend, DataplaneConfig, FAMILY_IPV4, FilterBucket,
     FilterBucket6, PinTarget, SnatAddr, SourceKey4, Vip4Key, VipInfo, VipLimits, VipMeta,
-    hash::filter_index, mss, source_list,
+    hash::filter_index, mss, shares::RESOURCES, source_list,
 };
 
 use super::{
@@ -66,8 +66,9 @@ pub fn image(s: &State) -> super::super::dataplane::Image {
     for (id, (b, _)) in &s.retired_backends {
         img.backends.insert(*id, *b);
     }
+    let shares = shares(s);
     for v in &s.vips {
-        vip(&mut img, v);
+        vip(&mut img, v, shares.get(&v.id).copied());
     }
     img.addrs = addresses(s);
     for (i, (n, _)) in &s.snat {
@@ -86,7 +87,58 @@ pub fn image(s: &State) -> super::super::dataplane::Image {
     img
 }
 
-fn vip(img: &mut super::super::dataplane::Image, v: &VipState) {
+/// What each pool new flows take from holds (lb_common::shares): the connection tables
+/// (`conntrack.max_flows` each) and the ports of the active SNAT addresses of each family.
+fn capacities(s: &State) -> [u64; RESOURCES] {
+    let snat = |v6: bool| {
+        let n = s
+            .snat
+            .values()
+            .filter(|(a, _)| a.active && a.address.is_ipv6() == v6)
+            .count() as u32;
+        lb_common::slot::capacity(n, s.cfg.snat.port_min, s.cfg.snat.port_max)
+    };
+    let flows = s.cfg.conntrack.max_flows as u64;
+    [flows, flows, snat(false), snat(true)]
+}
+
+/// Each VIP's share of each pool, by VIP id: of the connection table of its address's family,
+/// and of the SNAT ports of each family its backends have.
+pub fn shares(s: &State) -> BTreeMap<u32, [u32; RESOURCES]> {
+    use lb_common::shares::{Demand, FLOWS4, FLOWS6, SNAT4, SNAT6, split};
+    let caps = capacities(s);
+    let mut out: BTreeMap<u32, [u32; RESOURCES]> =
+        s.vips.iter().map(|v| (v.id, [0; RESOURCES])).collect();
+    for r in [FLOWS4, FLOWS6, SNAT4, SNAT6] {
+        let uses = |v: &VipState| match r {
+            FLOWS4 => v.spec.address.is_ipv4(),
+            FLOWS6 => v.spec.address.is_ipv6(),
+            _ => v
+                .backends
+                .iter()
+                .any(|b| b.address.is_ipv6() == (r == SNAT6)),
+        };
+        let demands: Vec<Demand> = s
+            .vips
+            .iter()
+            .map(|v| match (uses(v), v.spec.max_flows) {
+                (false, _) => Demand::None,
+                (true, Some(n)) => Demand::Fixed(n),
+                (true, None) => Demand::Even,
+            })
+            .collect();
+        let mut split_out = vec![0; demands.len()];
+        split(caps[r], &demands, &mut split_out);
+        for (v, share) in s.vips.iter().zip(split_out) {
+            if let Some(row) = out.get_mut(&v.id) {
+                row[r] = share;
+            }
+        }
+    }
+    out
+}
+
+fn vip(img: &mut super::super::dataplane::Image, v: &VipState, share: Option<[u32; RESOURCES]>) {
     for b in &v.backends {
         img.backends.insert(
             b.id,
@@ -148,13 +200,14 @@ fn vip(img: &mut super::super::dataplane::Image, v: &VipState) {
     if !v.pins.is_empty() {
         flags |= VipMeta::PINNED;
     }
+    let mut limits = VipLimits::new(v.spec.sources.rate, v.spec.sources.burst);
     if v.spec.sources.rate > 0 {
-        img.vip_limits.insert(
-            v.id,
-            VipLimits::new(v.spec.sources.rate, v.spec.sources.burst),
-        );
         flags |= VipMeta::RATE_LIMIT;
     }
+    if let Some(share) = share {
+        limits.share = share;
+    }
+    img.vip_limits.insert(v.id, limits);
     let meta = VipMeta {
         vip_id: v.id,
         flags,
@@ -219,6 +272,14 @@ fn config(s: &State) -> DataplaneConfig {
         mss_mode,
         mss_value,
         min_mtu: s.interfaces.iter().map(|i| i.mtu).min().unwrap_or(1500),
+        // An empty pool has nothing to share (its flows fail for want of an address).
+        share_full: capacities(s).map(|c| {
+            if c == 0 {
+                u32::MAX
+            } else {
+                lb_common::shares::full_at(c)
+            }
+        }),
     }
 }
 

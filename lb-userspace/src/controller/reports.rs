@@ -261,6 +261,8 @@ fn vip_report(v: &VipState, counters: &dyn Counters, fc: &FlowCounts) -> Result<
         rate_limited: s.rate_limited,
         source_max_conns: v.spec.sources.max_conns,
         conn_limited: s.conn_limited,
+        max_flows: v.spec.max_flows,
+        over_share: s.over_share,
         groups: Vec::new(),
         pins: Vec::new(),
         backend_rtt: RttReport::default(),

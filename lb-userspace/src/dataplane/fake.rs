@@ -157,6 +157,8 @@ pub struct FakeFlows {
     pub full: Mutex<std::collections::BTreeSet<lb_common::SourceRateKey>>,
     /// What `store_port_maps` wrote: PORT_BITS, PORT_FULL.
     pub port_maps: Mutex<(Vec<u64>, Vec<u64>)>,
+    /// VIP_LIVE.
+    pub live: Mutex<Vec<lb_common::VipLive>>,
     max_flows: u32,
 }
 
@@ -168,6 +170,7 @@ impl FakeFlows {
             refs6: FakeRefs::default(),
             full: Mutex::new(Default::default()),
             port_maps: Mutex::new(Default::default()),
+            live: Mutex::new(vec![Default::default(); lb_common::MAX_VIPS as usize + 1]),
             max_flows,
         }
     }
@@ -224,6 +227,14 @@ impl Flows for FakeFlows {
     }
     fn bytes(&self, _slot: u32) -> lb_common::connlog::FlowBytes {
         Default::default()
+    }
+    fn live(&self) -> Vec<lb_common::VipLive> {
+        self.live.lock().unwrap().clone()
+    }
+    fn add_used(&self, row: u32, r: usize, delta: i64) {
+        let mut l = self.live.lock().unwrap();
+        let u = &mut l[row as usize].used[r];
+        *u = u.wrapping_add_signed(delta);
     }
     fn store_port_maps(&self, taken: &[u64], min: u16, max: u16) {
         *self.port_maps.lock().unwrap() = (taken.to_vec(), super::port_full_words(taken, min, max));

@@ -342,6 +342,10 @@ pub trait Flows: Send + Sync {
     /// Rewrites the port bitmaps (`PORT_BITS`, and `PORT_FULL` for the ports `min..=max`) from
     /// `taken`: a bit per slot, set for every slot that is not free (see lb_common::portmap).
     fn store_port_maps(&self, taken: &[u64], min: u16, max: u16);
+    /// VIP_LIVE: every VIP's row, then the row of all of them (index `MAX_VIPS`).
+    fn live(&self) -> Vec<lb_common::VipLive>;
+    /// Adds `delta` to row `row`'s count of pool `r` (atomically: the data path adds too).
+    fn add_used(&self, row: u32, r: usize, delta: i64);
 }
 
 /// `PORT_FULL` for the `PORT_BITS` words `taken` (every SNAT address's, one after the other).

@@ -108,7 +108,7 @@ const BACKEND_GAUGES: [Field<BackendReport, i64>; 5] = [
     ),
 ];
 /// Per-VIP counters (label `vip`).
-const VIP_COUNTERS: [Field<VipReport, u64>; 11] = [
+const VIP_COUNTERS: [Field<VipReport, u64>; 12] = [
     ("wklb_vip_packets", "Packets client -> VIP", |v| v.packets),
     ("wklb_vip_new_flows", "Flows created for the VIP", |v| {
         v.new_flows
@@ -155,6 +155,11 @@ const VIP_COUNTERS: [Field<VipReport, u64>; 11] = [
         "wklb_vip_source_conn_limited",
         "New connections refused because their source was at its concurrent-connection limit",
         |v| v.conn_limited,
+    ),
+    (
+        "wklb_vip_over_share",
+        "New flows refused because a connection table or SNAT pool was 90% full and the VIP held its share of it",
+        |v| v.over_share,
     ),
 ];
 

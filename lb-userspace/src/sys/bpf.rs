@@ -239,6 +239,13 @@ impl Mmap {
         unsafe { AtomicU64::from_ptr(self.at(index) as *mut u64) }
     }
 
+    /// The 64-bit word at byte `offset` of element `index`, for atomic access.
+    pub fn word64_at(&self, index: usize, offset: usize) -> &AtomicU64 {
+        assert!(offset + 8 <= self.value_size && offset.is_multiple_of(8));
+        // SAFETY: in bounds and 8-byte aligned (elements are 8-byte aligned).
+        unsafe { AtomicU64::from_ptr(self.at(index).add(offset) as *mut u64) }
+    }
+
     /// Stores `v` as element `index` in one 8-byte write.
     pub fn store64(&self, index: usize, v: u64) {
         self.word64(index).store(v, Ordering::Release);

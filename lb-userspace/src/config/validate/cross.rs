@@ -42,6 +42,7 @@ pub(super) fn checks(c: &mut Collector, raw: &RawConfig, cfg: &Config) {
         }
     }
     snat_families(c, raw, cfg);
+    guaranteed_flows(c, raw, cfg);
     let capacity = cfg.snat.capacity();
     if !cfg.snat.addresses.is_empty() && capacity < cfg.conntrack.max_flows as u64 {
         c.warn(
@@ -79,6 +80,25 @@ fn snat_families(c: &mut Collector, raw: &RawConfig, cfg: &Config) {
                     b.address, v.name
                 ),
             );
+        }
+    }
+}
+
+/// The flows guaranteed to VIPs (`vip.max_flows`) must fit the connection table together.
+fn guaranteed_flows(c: &mut Collector, raw: &RawConfig, cfg: &Config) {
+    let mut sum = 0u64;
+    for (i, v) in cfg.vips.iter().enumerate() {
+        sum += v.max_flows.unwrap_or(0) as u64;
+        if sum > cfg.conntrack.max_flows as u64 {
+            c.err(
+                format!("vip[{i}].max_flows"),
+                &raw.vip[i].max_flows,
+                format!(
+                    "the VIPs' max_flows add up to {sum} by here, more than conntrack.max_flows {}: each VIP's max_flows is a share of that table",
+                    cfg.conntrack.max_flows
+                ),
+            );
+            return;
         }
     }
 }

@@ -145,6 +145,13 @@ pub(super) fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
         let pins = groups::pins(c, &p, v, &groups);
         let mut syn_cookies = cookie_mode(c, &p, v, protocol);
         let sources = source_policy(c, &p, v);
+        let max_flows = c.ranged(
+            &format!("{p}.max_flows"),
+            &v.max_flows,
+            0,
+            u32::MAX as i64,
+            "flows guaranteed to this VIP (0 = an even share)",
+        ) as u32;
         if address.is_ipv6() {
             ipv6_vip_limits(c, &p, v, &mut syn_cookies);
         } else if backends.iter().any(|b| b.address.is_ipv6()) {
@@ -161,6 +168,7 @@ pub(super) fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
             backends,
             groups,
             pins,
+            max_flows: (max_flows > 0).then_some(max_flows),
         });
     }
     vips

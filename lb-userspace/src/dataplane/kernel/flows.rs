@@ -70,11 +70,18 @@ pub struct KernelFlows {
     /// PORT_BITS and PORT_FULL, memory-mapped.
     port_bits: Mmap,
     port_full: Mmap,
-    _port_maps: [MapData; 2],
+    /// VIP_LIVE, memory-mapped.
+    live: Mmap,
+    _mapped: [MapData; 3],
 }
 
 /// A map of u64 words, memory-mapped for writing.
 fn mapped_words(ebpf: &mut Ebpf, name: &str) -> Result<(Mmap, MapData)> {
+    mapped(ebpf, name, 8)
+}
+
+/// An array of `value_size`-byte values, memory-mapped for writing.
+fn mapped(ebpf: &mut Ebpf, name: &str, value_size: usize) -> Result<(Mmap, MapData)> {
     let map = match take(ebpf, name)? {
         Map::Array(d) => d,
         _ => bail!("map {name} has an unexpected type"),
@@ -82,7 +89,7 @@ fn mapped_words(ebpf: &mut Ebpf, name: &str) -> Result<(Mmap, MapData)> {
     let m = Mmap::new(
         map.fd().as_fd(),
         map.info()?.max_entries() as usize,
-        8,
+        value_size,
         true,
     )
     .with_context(|| format!("mapping {name}"))?;
@@ -110,10 +117,16 @@ impl KernelFlows {
         .context("mapping the flow table")?;
         let (port_bits, bits_map) = mapped_words(ebpf, names::PORT_BITS)?;
         let (port_full, full_map) = mapped_words(ebpf, names::PORT_FULL)?;
+        let (live, live_map) = mapped(
+            ebpf,
+            names::VIP_LIVE,
+            std::mem::size_of::<lb_common::VipLive>(),
+        )?;
         Ok(KernelFlows {
             port_bits,
             port_full,
-            _port_maps: [bits_map, full_map],
+            live,
+            _mapped: [bits_map, full_map, live_map],
             refs4: KernelRefs { map: refs4 },
             refs6: KernelRefs {
                 map: typed!(ebpf, names::FLOWS6),
@@ -183,6 +196,16 @@ impl Flows for KernelFlows {
 
     fn bytes(&self, slot: u32) -> lb_common::connlog::FlowBytes {
         self.bytes.get(&slot, 0).unwrap_or_default()
+    }
+
+    fn live(&self) -> Vec<lb_common::VipLive> {
+        self.live.read_all()
+    }
+
+    fn add_used(&self, row: u32, r: usize, delta: i64) {
+        self.live
+            .word64_at(row as usize, lb_common::VipLive::used_offset(r))
+            .fetch_add(delta as u64, Ordering::Relaxed);
     }
 
     fn store_port_maps(&self, taken: &[u64], min: u16, max: u16) {

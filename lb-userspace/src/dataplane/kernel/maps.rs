@@ -202,7 +202,8 @@ impl Maps for KernelMaps {
         }
         for (id, l) in self.vip_limits.iter().enumerate() {
             let l = l?;
-            if l != VipLimits::default() {
+            // Never written (zeroes) and written back to the default both mean no entry.
+            if l != VipLimits::default() && l != bytemuck::Zeroable::zeroed() {
                 img.vip_limits.insert(id as u32, l);
             }
         }

@@ -1,0 +1,62 @@
+//! A VIP's shares of the connection tables and SNAT ports (lb_common::shares): checked before a
+//! new flow claims anything, counted once it exists. The counts are shared by every CPU
+//! (atomic adds on VIP_LIVE); the daemon corrects them for the flows that ended.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use lb_common::{
+    MAX_VIPS, Reason,
+    shares::{over_share, resources_of},
+};
+
+use crate::{
+    maps::{VIP_LIMITS, VIP_LIVE, VIP_STATS, config},
+    parse::opaque,
+};
+
+/// Whether VIP `vip_id` may start a flow from a client of that family to a backend of that
+/// family: refused (counted for the VIP) when a pool it takes from is nearly full and the VIP
+/// holds its share of it already.
+#[inline(never)]
+pub fn admit(vip_id: u32, client_v6: bool, backend_v6: bool) -> Result<(), Reason> {
+    let (Some(cfg), Some(l), Some(v), Some(all)) = (
+        config(),
+        VIP_LIMITS.get(vip_id),
+        VIP_LIVE.get(vip_id),
+        VIP_LIVE.get(MAX_VIPS),
+    ) else {
+        return Ok(());
+    };
+    let (c, s) = resources_of(client_v6, backend_v6);
+    for r in [c, s] {
+        // Bounded where the verifier sees it (LLVM knows the range and would drop the mask).
+        let r = opaque(r) & 3;
+        if over_share(all.used[r], cfg.share_full[r], v.used[r], l.share[r]) {
+            if let Some(st) = VIP_STATS.get_ptr_mut(vip_id) {
+                // SAFETY: per-CPU slot.
+                unsafe { (*st).over_share += 1 };
+            }
+            return Err(Reason::DropVipOverShare);
+        }
+    }
+    Ok(())
+}
+
+/// Counts a flow VIP `vip_id` just created in the pools it takes from.
+#[inline(never)]
+pub fn count(vip_id: u32, client_v6: bool, backend_v6: bool) {
+    let (Some(v), Some(all)) = (VIP_LIVE.get_ptr_mut(vip_id), VIP_LIVE.get_ptr_mut(MAX_VIPS))
+    else {
+        return;
+    };
+    let (c, s) = resources_of(client_v6, backend_v6);
+    // SAFETY: valid map value pointers; the counters are 8-byte aligned and only ever changed
+    // by atomic adds (here and in the daemon).
+    unsafe {
+        for r in [c, s] {
+            let r = opaque(r) & 3;
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).used[r], 1);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*all).used[r], 1);
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Each VIP's share of the pools new flows take from (lb_common::shares), as the image carries
+//! it to the data path, and the expiry pass's correction of the counts.
+
+use lb_common::{
+    FlowEntry,
+    shares::{FLOWS4, FLOWS6, SNAT4, SNAT6, UNLIMITED, full_at},
+};
+
+use super::*;
+
+const SRC: &str = "[daemon]\ninterfaces = [\"eth0\"]\n\
+    [conntrack]\nmax_flows = 100000\n\
+    [snat]\naddresses = [\"10.2.0.100\", \"10.2.0.101\", \"fd00:2::100\"]\nport_min = 10000\nport_max = 59999\n\
+    [[vip]]\nname = \"big\"\naddress = \"10.100.0.1\"\nport = 5100\nmax_flows = 40000\n\
+    [[vip.backend]]\naddress = \"10.2.0.11\"\n\
+    [[vip]]\nname = \"small\"\naddress = \"10.100.0.2\"\nport = 5100\n\
+    [[vip.backend]]\naddress = \"10.2.0.12\"\n\
+    [[vip]]\nname = \"six\"\naddress = \"2001:db8:100::1\"\nport = 5100\n\
+    [[vip.backend]]\naddress = \"10.2.0.13\"\n\
+    [[vip.backend]]\naddress = \"fd00:2::13\"\n";
+
+#[test]
+fn shares_follow_max_flows_and_split_the_rest_per_pool_and_family() {
+    let cfg = parse(SRC, Checks::Offline).expect("config").config;
+    let maps = FakeMaps::default();
+    let (c, _) = Controller::new(maps.clone(), cfg, eth0(), 4).expect("start");
+    let img = maps.image();
+    let id = |name: &str| {
+        c.state()
+            .vips
+            .iter()
+            .find(|v| v.spec.name == name)
+            .unwrap()
+            .id
+    };
+    let share = |name: &str| img.vip_limits[&id(name)].share;
+    let snat4 = 2 * 50_000u64;
+    let snat6 = 50_000u64;
+    // IPv4 table: "big" has its 40,000, "small" the other 60,000; "six" has IPv6 clients.
+    assert_eq!(share("big")[FLOWS4], 40_000);
+    assert_eq!(share("small")[FLOWS4], 60_000);
+    assert_eq!(share("six")[FLOWS4], UNLIMITED);
+    assert_eq!(share("six")[FLOWS6], 100_000);
+    // IPv4 SNAT ports: every VIP has an IPv4 backend; the even ones split what "big" leaves.
+    assert_eq!(share("big")[SNAT4], 40_000);
+    assert_eq!(share("small")[SNAT4], 30_000);
+    assert_eq!(share("six")[SNAT4], 30_000);
+    // IPv6 SNAT ports: only "six" has an IPv6 backend.
+    assert_eq!(share("six")[SNAT6], snat6 as u32);
+    assert_eq!(share("big")[SNAT6], UNLIMITED);
+    assert_eq!(
+        img.config.share_full,
+        [
+            full_at(100_000),
+            full_at(100_000),
+            full_at(snat4),
+            full_at(snat6)
+        ]
+    );
+}
+
+#[test]
+fn guaranteed_flows_beyond_the_table_are_refused_by_key() {
+    let src = SRC.replace("max_flows = 40000", "max_flows = 100001");
+    let errors = parse(&src, Checks::Offline).unwrap_err();
+    let text = format!("{errors:?}");
+    assert!(text.contains("vip[0].max_flows"), "{text}");
+    assert!(text.contains("conntrack.max_flows 100000"), "{text}");
+}
+
+#[test]
+fn expiry_counts_each_vips_flows_per_pool_keeping_what_the_data_path_added() {
+    let f = FakeFlows::new(64, 64);
+    let now = 10_000 * 1_000_000_000u64;
+    let flow = |port: u16, vip: u16, flags: u8, last_seen_ns: u64| FlowEntry {
+        client_port: port,
+        vip_id: vip,
+        flags,
+        proto: lb_common::PROTO_TCP,
+        state: Ct::Established as u8,
+        last_seen_ns,
+        ..Default::default()
+    };
+    f.insert(1, flow(40001, 3, 0, now));
+    f.insert(
+        2,
+        flow(40002, 3, FlowEntry::CLIENT_V6 | FlowEntry::BACKEND_V6, now),
+    );
+    // Idle past the established timeout: expires in this pass.
+    f.insert(3, flow(40003, 3, 0, now - 16 * 60 * 1_000_000_000));
+    // What the data path had counted: the three flows, and two that ended on their own.
+    for r in [FLOWS4, SNAT4] {
+        f.add_used(3, r, 4);
+        f.add_used(lb_common::MAX_VIPS, r, 4);
+    }
+    for r in [FLOWS6, SNAT6] {
+        f.add_used(3, r, 1);
+        f.add_used(lb_common::MAX_VIPS, r, 1);
+    }
+    let s = expiry::sweep(&f, &Timeouts::default(), now).unwrap();
+    assert_eq!((s.expired, s.live), (1, 2));
+    let live = f.live();
+    assert_eq!(live[3].used, [1, 1, 1, 1]);
+    assert_eq!(live[lb_common::MAX_VIPS as usize].used, [1, 1, 1, 1]);
+}
