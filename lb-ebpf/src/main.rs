@@ -191,8 +191,10 @@ fn flow(ctx: &XdpContext) -> Verdict {
     {
         return v;
     }
+    // An address that is a VIP and a SNAT address (validation refuses that; a VIP's port
+    // that no VIP serves on a SNAT address): the reply program's, not inlined here.
     if class.flags & AddrClass::SNAT != 0 {
-        return to_client::handle(ctx, &mut p, class, opts);
+        return tails::call(ctx, tails::REPLY);
     }
     Verdict::of(Reason::PassNotOurs)
 }
