@@ -19,6 +19,7 @@ pub mod reason;
 pub mod rtt;
 pub mod shares;
 pub mod slot;
+pub mod syn_budget;
 pub mod tcp_opts;
 pub mod xlat;
 

@@ -874,6 +874,9 @@ impl FlowEntry {
     /// the id), `backend` holds its first word, and the SNAT address is IPv6
     /// (`SNAT_ADDRS[slot]`).
     pub const BACKEND_V6: u8 = 32;
+    /// Created by a SYN that spent its VIP's half-open budget (`syn_budget`), not given back
+    /// yet.
+    pub const SYN_BUDGET: u8 = 64;
 
     pub const fn ack_seen_bit(dir: usize) -> u8 {
         if dir == 0 {

@@ -76,6 +76,9 @@ pub(crate) fn track_client(
     {
         stats::vip_syn(e.vip_id as u32, stats::VipSyn::Handshake);
         crate::rtt::client_acked(e, synack_at);
+        if e.flags & FlowEntry::SYN_BUDGET != 0 {
+            crate::cookie::budget::refund(e);
+        }
     }
 }
 

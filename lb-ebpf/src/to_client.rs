@@ -85,6 +85,10 @@ fn send(
     if handshake && e.state == State::Established as u8 {
         rtt::backend_answered(e, syn_at);
     }
+    // The data node refused the connection: its SYN is answered, the budget comes back.
+    if handshake && e.flags & FlowEntry::SYN_BUDGET != 0 && e.state == State::Closed as u8 {
+        crate::cookie::budget::refund(e);
+    }
     let Some(cfg) = maps::config() else {
         return Verdict::of(Reason::DropInternal);
     };

@@ -860,3 +860,95 @@ fn h01_a_vip_over_its_share_may_use_free_room_below_the_threshold() {
         }
     });
 }
+
+// ------------------------------------------------------------------ h13: data-path engagement
+
+/// The TCP VIP in `auto` mode with a half-open budget for `engage_syn_rate` SYNs a second.
+fn auto_cookies(fx: &mut Fixture, engage_syn_rate: u32) {
+    let mut l = lb_common::VipLimits::default();
+    (l.syn_interval_ns, l.syn_tolerance_ns) = lb_common::syn_budget::params(engage_syn_rate);
+    fx.image.vip_limits.insert(TCP_VIP_ID, l);
+    fx.set_tcp_vip_flags(lb_common::VipMeta::COOKIES_ALLOWED)
+        .unwrap();
+}
+
+fn engaged(fx: &Fixture) -> bool {
+    fx.flows.live()[TCP_VIP_ID as usize].cookies_engaged_ns != 0
+}
+
+#[test]
+fn h13_the_data_path_engages_cookie_mode_when_the_half_open_budget_runs_out() {
+    with_fixture("h13_budget", 4096, |fx| {
+        // 80 SYNs/s: a burst of 10 (an eighth of a second); the fixture's SYNs arrive within
+        // microseconds of each other, a flood.
+        auto_cookies(fx, 80);
+        let (mut forwarded, mut cookies) = (0, 0);
+        for port in 30_000..30_100u16 {
+            match fx.run(fx.client_if, &plain::syn(port)).unwrap().0 {
+                XDP_REDIRECT => forwarded += 1,
+                XDP_TX => cookies += 1,
+                a => panic!("action {a}"),
+            }
+        }
+        assert!(
+            (10..=20).contains(&forwarded),
+            "{forwarded} flood SYNs reached the data nodes"
+        );
+        assert_eq!(forwarded + cookies, 100);
+        assert!(engaged(fx), "the data path's mark");
+        assert_eq!(fx.vip_stats(TCP_VIP_ID).cookies_sent, cookies);
+        // A SYN-ACK from the data node without the client's ACK gives nothing back (a spoofed
+        // source never completes): only the daemon's release ends it.
+        fx.flows
+            .release_cookies(TCP_VIP_ID, lb_userspace::sys::clock::monotonic_ns());
+        assert!(!engaged(fx));
+        assert_eq!(
+            fx.run(fx.client_if, &plain::syn(30_100)).unwrap().0,
+            XDP_REDIRECT,
+            "released: SYNs are forwarded again"
+        );
+    });
+}
+
+#[test]
+fn h13_storms_that_complete_or_are_refused_give_their_budget_back() {
+    with_fixture("h13_storms", 4096, |fx| {
+        auto_cookies(fx, 80);
+        // 100 reconnects completing their handshakes, ten times the burst: never engages.
+        for port in 31_000..31_100u16 {
+            plain::establish(fx, port);
+        }
+        assert!(!engaged(fx));
+        // 100 more that the data node refuses (a RST acknowledging the SYN).
+        for port in 32_000..32_100u16 {
+            let (b, sp) = plain::open(fx, port);
+            let rst = tcp_seg(
+                (BACKENDS[b], VIP_TCP_PORT),
+                (SNAT, sp),
+                &Seg {
+                    flags: "RA",
+                    seq: 0,
+                    ack: plain::ISN + 1,
+                    ..Seg::default()
+                },
+            );
+            assert_eq!(fx.run(fx.backend_if, &rst).unwrap().0, XDP_REDIRECT);
+        }
+        assert!(!engaged(fx), "refusals gave their budget back");
+        // Data-node SYN-ACKs the client never acknowledges: the budget stays spent.
+        let mut forwarded = 0;
+        for port in 33_000..33_100u16 {
+            let (act, out) = fx.run(fx.client_if, &plain::syn(port)).unwrap();
+            if act != XDP_REDIRECT {
+                break;
+            }
+            forwarded += 1;
+            let s = inspect(&out);
+            let b = BACKENDS.iter().position(|a| *a == s.dst).unwrap();
+            plain::backend_answers(fx, b, s.src_port);
+        }
+        // A burst of 10, plus what the clock refills meanwhile on a slow machine.
+        assert!((10..=20).contains(&forwarded), "{forwarded}");
+        assert!(engaged(fx));
+    });
+}

@@ -94,8 +94,14 @@ fn f01_a_spoofed_syn_flood_engages_cookies_and_new_users_still_connect() {
     let v1 = vip(&during, "im-tcp");
     let d = |k: &str| v1[k].as_u64().unwrap() - v0[k].as_u64().unwrap();
     let to_backends = backend_new_flows(&during) - backend_new_flows(&engaged);
+    // Over the whole flood, the SYNs the data nodes saw that were not the late users' (their
+    // flows come from valid cookies): the flood's, before the data path engaged cookie mode.
+    let flood_to_nodes = (backend_new_flows(&during) - backend_new_flows(&before)).saturating_sub(
+        vip(&during, "im-tcp")["cookies_valid"].as_u64().unwrap()
+            - vip(&before, "im-tcp")["cookies_valid"].as_u64().unwrap(),
+    );
     println!(
-        "flood: {} SYNs in {} s; after engaging: {} cookies sent, {} valid, {} invalid, {} new flows to the backends; late clients {}/{LATE} connected (connect p99 {} ms); long-lived {} broken, {} lost pongs",
+        "flood: {} SYNs in {} s, {flood_to_nodes} of them reached the data nodes; after engaging: {} cookies sent, {} valid, {} invalid, {} new flows to the backends; late clients {}/{LATE} connected (connect p99 {} ms); long-lived {} broken, {} lost pongs",
         sent["sent"],
         sent["secs"],
         d("cookies_sent"),
@@ -111,6 +117,12 @@ fn f01_a_spoofed_syn_flood_engages_cookies_and_new_users_still_connect() {
     assert!(
         flood_rate >= 25_000.0,
         "the flood must reach 25,000 SYNs/s: {sent}"
+    );
+    // The data path engages at once: a burst of engage_syn_rate / 8 (250), and what the rate
+    // refills while the flood outruns it (under 20 more at 30,000 SYNs/s).
+    assert!(
+        flood_to_nodes <= 300,
+        "{flood_to_nodes} flood SYNs reached the data nodes"
     );
     assert_eq!(long["connected"], LONG_LIVED, "{long:#}");
     assert_eq!(long["broken"], 0, "long-lived connections broke: {long:#}");
@@ -339,6 +351,46 @@ fn f05_a_reconnect_storm_of_real_clients_does_not_engage_cookies() {
     println!(
         "storm: {} SYNs, {} handshakes, connect p99 {} ms",
         v["syns"], v["handshakes"], r["connect_ms_p99"]
+    );
+    assert_eq!(v["syn_cookies_active"], false, "{v:#}");
+    assert!(!t.daemon_log().contains("SYN cookies ENGAGED"));
+}
+
+#[test]
+fn f06_reconnects_refused_by_a_dead_data_node_do_not_engage_cookies() {
+    let Some(mut t) = topology("f06_refused", 2) else {
+        return;
+    };
+    let config = t.config(&[(0, 100), (1, 100)], "");
+    start(&mut t, &config, 2);
+    // The data node's IM service dies while its health endpoint still answers (until the
+    // next checks): the node refuses connections with a RST.
+    t.stop_backend(1);
+    let storm = t
+        .client(&[
+            "tcp",
+            "--target",
+            &format!("{VIP}:{TCP_PORT}"),
+            "--conns",
+            "3000",
+            "--parallel",
+            "200",
+            "--ping-interval-ms",
+            "0",
+            "--duration-s",
+            "1",
+        ])
+        .unwrap();
+    let r = Topology::client_report(storm).unwrap();
+    let s = t.stats().unwrap();
+    let v = vip(&s, "im-tcp");
+    println!(
+        "refused storm: {} of 3000 connected, {} refused; {} SYNs, {} handshakes",
+        r["connected"], r["connect_failures"], v["syns"], v["handshakes"]
+    );
+    assert!(
+        r["connect_failures"].as_u64().unwrap() >= 500,
+        "the dead node refused connections: {r:#}"
     );
     assert_eq!(v["syn_cookies_active"], false, "{v:#}");
     assert!(!t.daemon_log().contains("SYN cookies ENGAGED"));

@@ -73,7 +73,11 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
     if crate::classify::lookup(p.src).is_some() {
         return Found::Refused(Reason::DropOwnSource, vip.vip_id);
     }
-    let cookies = syn && vip.flags & VipMeta::COOKIES_ON != 0;
+    // Cookie mode: `always`, engaged by the daemon, or (`auto`) by the VIP's half-open budget.
+    let auto = syn && vip.flags & VipMeta::COOKIES_ALLOWED != 0;
+    let cookies = syn
+        && (vip.flags & VipMeta::COOKIES_ON != 0
+            || auto && crate::cookie::budget::cookies_now(vip.vip_id, now_ns()));
     // A new flow (UDP, or TCP's SYN): the VIP's source lists and limits.
     if let Err(r) = sources::admit(&vip, p.src, !cookies) {
         return Found::Refused(r, vip.vip_id);
@@ -92,7 +96,12 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
     let hash = flow_hash_v4_words(p.src, p.dst, sport, dport, p.proto);
     for _ in 0..2 {
         match create(ctx, p, &key, &vip, hash, cfg, None) {
-            Created::Flow(f) => return Found::Flow(f),
+            Created::Flow(f) => {
+                if auto {
+                    crate::cookie::budget::spend(vip.vip_id, f.entry, now_ns());
+                }
+                return Found::Flow(f);
+            }
             Created::Refused(r) => return Found::Refused(r, vip.vip_id),
             Created::Clash => {}
         }

@@ -4,6 +4,7 @@
 
 pub mod ack;
 pub mod backend_syn;
+pub mod budget;
 pub mod client;
 pub mod handshake;
 pub mod segment;

@@ -68,7 +68,12 @@ pub fn image(s: &State) -> super::super::dataplane::Image {
     }
     let shares = shares(s);
     for v in &s.vips {
-        vip(&mut img, v, shares.get(&v.id).copied());
+        vip(
+            &mut img,
+            v,
+            shares.get(&v.id).copied(),
+            s.cfg.syn_cookies.engage_syn_rate.min(u32::MAX as u64) as u32,
+        );
     }
     img.addrs = addresses(s);
     for (i, (n, _)) in &s.snat {
@@ -138,7 +143,12 @@ pub fn shares(s: &State) -> BTreeMap<u32, [u32; RESOURCES]> {
     out
 }
 
-fn vip(img: &mut super::super::dataplane::Image, v: &VipState, share: Option<[u32; RESOURCES]>) {
+fn vip(
+    img: &mut super::super::dataplane::Image,
+    v: &VipState,
+    share: Option<[u32; RESOURCES]>,
+    engage_syn_rate: u32,
+) {
     for b in &v.backends {
         img.backends.insert(
             b.id,
@@ -206,6 +216,10 @@ fn vip(img: &mut super::super::dataplane::Image, v: &VipState, share: Option<[u3
     }
     if let Some(share) = share {
         limits.share = share;
+    }
+    if flags & VipMeta::COOKIES_ALLOWED != 0 && v.spec.syn_cookies == CookieMode::Auto {
+        (limits.syn_interval_ns, limits.syn_tolerance_ns) =
+            lb_common::syn_budget::params(engage_syn_rate);
     }
     img.vip_limits.insert(v.id, limits);
     let meta = VipMeta {

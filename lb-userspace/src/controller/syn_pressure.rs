@@ -1,10 +1,12 @@
-//! When `auto` SYN-cookie mode engages and releases for one VIP, sampled a few times a second by
-//! the daemon's cookie watch. The pressure is the rate of SYNs that do not complete a handshake
-//! (the VIP's SYNs minus the handshakes its clients completed and the cookies they returned): a
-//! spoofed flood never completes one, while a reconnect storm of real clients completes nearly
-//! all of them and so does not engage cookie mode (which would cost client-first protocols one
-//! retransmission per connection). A new flow refused for lack of SNAT ports or table space
-//! engages it too. Pure logic: the clock and the counters come in as arguments.
+//! When `auto` SYN-cookie mode is reported engaged and when it is released, for one VIP,
+//! sampled a few times a second by the daemon's cookie watch. The data path engages it the
+//! moment the VIP's half-open budget runs out (lb_common::syn_budget: more than
+//! `engage_syn_rate` SYNs a second that neither complete a handshake nor are refused by a
+//! data node); the daemon reports that, and releases it once the VIP has been calm for
+//! `release_after`: the rate of SYNs that do not complete a handshake (the VIP's SYNs minus the
+//! handshakes its clients completed and the cookies they returned) below half the engage rate.
+//! A new flow refused for lack of SNAT ports or table space engages it too (the daemon's
+//! only own reason). Pure logic: the clock and the counters come in as arguments.
 
 use std::collections::VecDeque;
 
@@ -20,6 +22,20 @@ const MIN_SPAN_NS: u64 = 300_000_000;
 pub enum Change {
     Engage(String),
     Release(String),
+}
+
+/// What one sample of a VIP says.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sample {
+    /// CLOCK_MONOTONIC ns.
+    pub now: u64,
+    /// Cumulative SYNs the VIP admitted, and handshakes completed (with valid cookies).
+    pub syns: u64,
+    pub completed: u64,
+    /// A new flow was refused for lack of SNAT ports or table space since the last sample.
+    pub refused: bool,
+    /// The data path's mark: it engaged cookie mode for the VIP.
+    pub data_path_engaged: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -48,25 +64,18 @@ impl Watch {
         (span >= MIN_SPAN_NS).then(|| unanswered * 1_000_000_000 / span)
     }
 
-    /// Feeds the VIP's cumulative SYNs and completed handshakes at `now`; `refused` says a new
-    /// flow was refused for lack of SNAT ports or table space since the previous sample.
-    pub fn observe(
-        &mut self,
-        now: u64,
-        syns: u64,
-        completed: u64,
-        refused: bool,
-        th: &SynCookies,
-    ) -> Option<Change> {
+    /// Feeds one sample; the change it brings, if any.
+    pub fn observe(&mut self, x: Sample, th: &SynCookies) -> Option<Change> {
+        let now = x.now;
         if self
             .samples
             .back()
-            .is_some_and(|&(_, s, c)| syns < s || completed < c)
+            .is_some_and(|&(_, s, c)| x.syns < s || x.completed < c)
         {
             // A counter went back (the VIP's id was reused): start over.
             self.samples.clear();
         }
-        self.samples.push_back((now, syns, completed));
+        self.samples.push_back((now, x.syns, x.completed));
         while self
             .samples
             .front()
@@ -78,21 +87,24 @@ impl Watch {
         let syns_now = self.samples.len() >= 2
             && self.samples.back().map(|s| s.1) != self.samples.front().map(|s| s.1);
         if !self.engaged {
-            let why = match rate {
-                Some(r) if r >= th.engage_syn_rate => Some(format!(
-                    "{r} SYNs/s without a completed handshake (engage_syn_rate {})",
+            let why = if x.data_path_engaged {
+                let seen = rate.map_or(String::new(), |r| {
+                    format!(" ({r} SYNs/s without a completed handshake)")
+                });
+                format!(
+                    "the data path's half-open budget ran out: over {} SYNs/s neither completed nor refused{seen}",
                     th.engage_syn_rate
-                )),
-                _ if refused && syns_now => {
-                    Some("new connections refused for lack of SNAT ports or table space".into())
-                }
-                _ => None,
-            }?;
+                )
+            } else if x.refused && syns_now {
+                "new connections refused for lack of SNAT ports or table space".into()
+            } else {
+                return None;
+            };
             self.engaged = true;
             self.calm_since = None;
             return Some(Change::Engage(why));
         }
-        let calm = !refused && rate.is_some_and(|r| r < th.engage_syn_rate / 2);
+        let calm = !x.refused && rate.is_some_and(|r| r < th.engage_syn_rate / 2);
         if !calm {
             self.calm_since = None;
             return None;
@@ -125,56 +137,61 @@ mod tests {
         }
     }
 
-    /// Feeds `rate` SYNs/s that never complete for `ms`, sampling every 200 ms; returns the
-    /// changes seen.
-    fn run(w: &mut Watch, t: &mut u64, total: &mut u64, rate: u64, ms: u64) -> Vec<Change> {
+    fn sample(now: u64, syns: u64, completed: u64, engaged: bool) -> Sample {
+        Sample {
+            now,
+            syns,
+            completed,
+            refused: false,
+            data_path_engaged: engaged,
+        }
+    }
+
+    /// Feeds `rate` SYNs/s that never complete for `ms`, sampling every 200 ms, with the data
+    /// path's mark `engaged`; returns the changes seen.
+    fn run(
+        w: &mut Watch,
+        t: &mut u64,
+        total: &mut u64,
+        rate: u64,
+        ms: u64,
+        engaged: bool,
+    ) -> Vec<Change> {
         let mut out = Vec::new();
         for _ in 0..ms / 200 {
             *t += 200 * MS;
             *total += rate / 5;
-            out.extend(w.observe(*t, *total, 0, false, &th()));
+            out.extend(w.observe(sample(*t, *total, 0, engaged), &th()));
         }
         out
     }
 
     #[test]
-    fn a_storm_of_real_clients_does_not_engage() {
-        let mut w = Watch::new(false);
-        let (mut t, mut syns, mut done) = (0u64, 0u64, 0u64);
-        for _ in 0..50 {
-            t += 200 * MS;
-            syns += 4000; // 20,000 SYNs/s ...
-            done += 3950; // ... nearly all of which complete
-            assert_eq!(w.observe(t, syns, done, false, &th()), None);
-        }
-        assert!(!w.engaged);
-        // The same rate with nothing completing is a flood.
-        let mut c = Vec::new();
-        for _ in 0..5 {
-            t += 200 * MS;
-            syns += 4000;
-            c.extend(w.observe(t, syns, done, false, &th()));
-        }
-        assert!(matches!(c.as_slice(), [Change::Engage(_)]), "{c:?}");
+    fn the_data_path_engages_and_the_watch_only_reports_it() {
+        let (mut w, mut t, mut n) = (Watch::new(false), 0, 0);
+        // However high the rate, the watch does not engage on its own.
+        assert!(run(&mut w, &mut t, &mut n, 28_000, 2000, false).is_empty());
+        let c = run(&mut w, &mut t, &mut n, 28_000, 200, true);
+        assert!(
+            matches!(c.as_slice(), [Change::Engage(why)] if why.contains("half-open budget")),
+            "{c:?}"
+        );
+        assert!(w.engaged);
     }
 
     #[test]
-    fn a_flood_engages_within_a_second_and_release_waits_for_calm() {
+    fn release_waits_for_calm() {
         let (mut w, mut t, mut n) = (Watch::new(false), 0, 0);
-        assert!(
-            run(&mut w, &mut t, &mut n, 500, 5000).is_empty(),
-            "below the rate"
-        );
-        let c = run(&mut w, &mut t, &mut n, 28_000, 1000);
-        assert!(matches!(c.as_slice(), [Change::Engage(_)]), "{c:?}");
+        run(&mut w, &mut t, &mut n, 28_000, 1000, true);
         assert!(w.engaged);
         // Still flooding: stays engaged however long.
-        assert!(run(&mut w, &mut t, &mut n, 28_000, 60_000).is_empty());
+        assert!(run(&mut w, &mut t, &mut n, 28_000, 60_000, true).is_empty());
         // Between half the rate and the rate: not calm, stays.
-        assert!(run(&mut w, &mut t, &mut n, 700, 30_000).is_empty());
-        // Calm: releases only after release_after (10 s), not before.
-        assert!(run(&mut w, &mut t, &mut n, 100, 9_000).is_empty());
-        let c = run(&mut w, &mut t, &mut n, 100, 3_000);
+        assert!(run(&mut w, &mut t, &mut n, 700, 30_000, true).is_empty());
+        // Calm: releases only after release_after (10 s), not before. (Releasing clears the
+        // data path's mark; while engaged the watch does not look at it.)
+        assert!(run(&mut w, &mut t, &mut n, 100, 9_000, true).is_empty());
+        let c = run(&mut w, &mut t, &mut n, 100, 3_000, false);
         assert!(matches!(c.as_slice(), [Change::Release(_)]), "{c:?}");
         assert!(!w.engaged);
     }
@@ -182,18 +199,22 @@ mod tests {
     #[test]
     fn refusals_engage_only_while_syns_arrive() {
         let mut w = Watch::new(false);
+        let refused = |now, syns| Sample {
+            refused: true,
+            ..sample(now, syns, 0, false)
+        };
         assert_eq!(
-            w.observe(0, 10, 0, true, &th()),
+            w.observe(refused(0, 10), &th()),
             None,
             "one sample: nothing arrives yet"
         );
         assert_eq!(
-            w.observe(200 * MS, 10, 0, true, &th()),
+            w.observe(refused(200 * MS, 10), &th()),
             None,
             "no SYNs: not a flood"
         );
         assert!(matches!(
-            w.observe(400 * MS, 12, 0, true, &th()),
+            w.observe(refused(400 * MS, 12), &th()),
             Some(Change::Engage(_))
         ));
     }
@@ -201,8 +222,8 @@ mod tests {
     #[test]
     fn a_counter_that_goes_back_starts_over() {
         let mut w = Watch::new(false);
-        w.observe(0, 1_000_000, 0, false, &th());
-        assert_eq!(w.observe(500 * MS, 5, 0, false, &th()), None);
+        w.observe(sample(0, 1_000_000, 0, false), &th());
+        assert_eq!(w.observe(sample(500 * MS, 5, 0, false), &th()), None);
         assert_eq!(w.rate(), None);
     }
 }

@@ -182,7 +182,11 @@ async fn run_async(config_path: PathBuf, cfg: Config, overrides: Overrides) -> R
         tokio::spawn(crate::control::serve(control.publish()?, ctx.clone())),
         tokio::spawn(tasks::health_scheduler(handle.clone(), probes)),
         tokio::spawn(tasks::neighbor_loop(handle.clone())),
-        tokio::spawn(tasks::cookie_watch(handle.clone(), ctx.counters.clone())),
+        tokio::spawn(tasks::cookie_watch(
+            handle.clone(),
+            ctx.counters.clone(),
+            ctx.flows.clone(),
+        )),
         tokio::spawn(tasks::announce_loop(ctx.clone())),
         tokio::spawn(crate::systemd::ready_and_status(ctx.clone(), heartbeat)),
         tokio::spawn(async move {

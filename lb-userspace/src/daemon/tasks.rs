@@ -16,11 +16,11 @@ use tokio::task::JoinHandle;
 use crate::{
     config::{CookieMode, HealthCheck},
     controller::{
-        syn_pressure::{Change, Watch},
+        syn_pressure::{Change, Sample, Watch},
         thread::{Command, Handle},
     },
     ctx::Ctx,
-    dataplane::Counters,
+    dataplane::{Counters, Flows},
     health::probe::{self, ProbeTarget},
     metrics::{BackendLabels, ProbeMetrics},
     sys::{clock::monotonic_ns, neighbors},
@@ -30,9 +30,9 @@ use crate::{
 /// of a flood: the rate needs a few samples).
 const COOKIE_WATCH_EVERY: Duration = Duration::from_millis(200);
 
-/// Engages and releases `auto` SYN-cookie mode per VIP from its SYN rate and the data path's
-/// refusals of new flows (no SNAT port, table full).
-pub async fn cookie_watch(h: Handle, counters: Arc<dyn Counters>) {
+/// Reports `auto` SYN-cookie mode per VIP when the data path engages it (or engages it on the
+/// data path's refusals of new flows: no SNAT port, table full), and releases it when calm.
+pub async fn cookie_watch(h: Handle, counters: Arc<dyn Counters>, flows: Arc<dyn Flows>) {
     let mut watches: BTreeMap<String, Watch> = BTreeMap::new();
     let mut refusals_before: Option<u64> = None;
     let mut tick = tokio::time::interval(COOKIE_WATCH_EVERY);
@@ -50,6 +50,7 @@ pub async fn cookie_watch(h: Handle, counters: Arc<dyn Counters>) {
         let refused = refusals_before.is_some_and(|b| refusals > b);
         refusals_before = Some(refusals);
         let now = monotonic_ns();
+        let live = flows.live();
         watches.retain(|name, _| {
             snap.vips
                 .iter()
@@ -66,17 +67,23 @@ pub async fn cookie_watch(h: Handle, counters: Arc<dyn Counters>) {
             let w = watches
                 .entry(v.spec.name.clone())
                 .or_insert_with(|| Watch::new(v.cookies_engaged));
-            let completed = stats.handshakes + stats.cookies_valid;
-            let change = w.observe(
+            let sample = Sample {
                 now,
-                stats.syns,
-                completed,
+                syns: stats.syns,
+                completed: stats.handshakes + stats.cookies_valid,
                 refused,
-                &snap.config.syn_cookies,
-            );
-            let (on, why) = match change {
+                data_path_engaged: live
+                    .get(v.id as usize)
+                    .is_some_and(|l| l.cookies_engaged_ns != 0),
+            };
+            let (on, why) = match w.observe(sample, &snap.config.syn_cookies) {
                 Some(Change::Engage(why)) => (true, why),
-                Some(Change::Release(why)) => (false, why),
+                Some(Change::Release(why)) => {
+                    // The data path's mark first: with the VIP's flag still on, no SYN slips
+                    // through between the two.
+                    flows.release_cookies(v.id, now);
+                    (false, why)
+                }
                 None => continue,
             };
             if h.send(Command::Cookies(v.spec.name.clone(), on, why))

@@ -236,6 +236,11 @@ impl Flows for FakeFlows {
         let u = &mut l[row as usize].used[r];
         *u = u.wrapping_add_signed(delta);
     }
+    fn release_cookies(&self, vip_id: u32, now: u64) {
+        let mut l = self.live.lock().unwrap();
+        l[vip_id as usize].cookies_engaged_ns = 0;
+        l[vip_id as usize].syn_tat_ns = now;
+    }
     fn store_port_maps(&self, taken: &[u64], min: u16, max: u16) {
         *self.port_maps.lock().unwrap() = (taken.to_vec(), super::port_full_words(taken, min, max));
     }

@@ -346,6 +346,9 @@ pub trait Flows: Send + Sync {
     fn live(&self) -> Vec<lb_common::VipLive>;
     /// Adds `delta` to row `row`'s count of pool `r` (atomically: the data path adds too).
     fn add_used(&self, row: u32, r: usize, delta: i64);
+    /// Releases the data path's cookie mode for VIP `vip_id`: clears its mark and starts its
+    /// half-open budget afresh at `now` (CLOCK_MONOTONIC ns).
+    fn release_cookies(&self, vip_id: u32, now: u64);
 }
 
 /// `PORT_FULL` for the `PORT_BITS` words `taken` (every SNAT address's, one after the other).

@@ -208,6 +208,17 @@ impl Flows for KernelFlows {
             .fetch_add(delta as u64, Ordering::Relaxed);
     }
 
+    fn release_cookies(&self, vip_id: u32, now: u64) {
+        let i = vip_id as usize;
+        // The budget first: a SYN right after the mark is gone finds room.
+        self.live
+            .word64_at(i, lb_common::VipLive::SYN_TAT_OFFSET)
+            .store(now, Ordering::Relaxed);
+        self.live
+            .word64_at(i, lb_common::VipLive::ENGAGED_OFFSET)
+            .store(0, Ordering::Release);
+    }
+
     fn store_port_maps(&self, taken: &[u64], min: u16, max: u16) {
         for (i, w) in taken.iter().take(self.port_bits.entries()).enumerate() {
             self.port_bits.store64(i, *w);
