@@ -611,6 +611,26 @@ fn h12_a_packet_from_one_of_our_own_addresses_creates_nothing() {
             assert_only(fx, &before, Reason::DropOwnSource, 1);
         }
         assert!(fx.flows().is_empty());
+        // The same for an IPv6 VIP: its own address as the source, TCP and UDP.
+        fx.add_ipv6_vip();
+        for f in [
+            packets::tcp6_seg(
+                (VIP6, VIP_TCP_PORT),
+                (VIP6, VIP_TCP_PORT),
+                0,
+                &Seg {
+                    flags: "S",
+                    seq: 1,
+                    ..Seg::default()
+                },
+            ),
+            packets::udp6((VIP6, VIP_UDP_PORT), (VIP6, VIP_UDP_PORT), b"x"),
+        ] {
+            let before = fx.reasons();
+            assert_eq!(fx.run(fx.client_if, &f).unwrap().0, XDP_DROP);
+            assert_only(fx, &before, Reason::DropOwnSource, 1);
+        }
+        assert!(fx.flows().is_empty());
     });
 }
 

@@ -3,14 +3,19 @@
 //! fragments, VLAN tags, IP options, host traffic; IPv6 clients of the IPv4 nodes and of an
 //! IPv6 node, its replies, ICMPv6, extension headers) and mutations of them (bit flips, random
 //! bytes, truncation, extension, extreme header fields, with and without fixed checksums) go
-//! through the real object with BPF_PROG_TEST_RUN, in a private network namespace.
+//! through the real object with BPF_PROG_TEST_RUN, in a private network namespace. Also the
+//! hostile cases of the hardening read: extension headers at and past the walked limit, RSTs
+//! and challenge ACKs from data nodes during the cookie handshake, our own addresses as the
+//! source, UDP flows whose backend went away, and the per-VIP shares and SYN budget switched
+//! on and off.
 //!
 //! Checked after every frame: the action is XDP_DROP, XDP_PASS, XDP_TX or XDP_REDIRECT (never
 //! XDP_ABORTED); a frame whose checksums verified leaves with checksums that verify (unless
 //! dropped). Checked after every batch: the reason counters grew by exactly the batch's frame
 //! count; FLOWS4, FLOWS6 and the flow slots agree (every reference points at a slot it owns, with its
 //! tuple; every claimed slot is referenced exactly once). Every few batches an expiry pass far
-//! in the future empties the table, which must then be empty on both sides.
+//! in the future empties the table, which must then be empty on both sides, with every VIP's
+//! flow counts back at 0.
 //!
 //! wklb-fuzz [--frames N] [--seed S] [--batch B]
 
@@ -281,12 +286,62 @@ impl Gen {
                     .expect("icmpv6");
                 (0, f)
             }
+            8 if self.rng.random_bool(0.5) => {
+                // Extension headers at the walked limit (two of 64 bytes) and past it (72
+                // bytes, a third header).
+                let headers = *[
+                    &[(0u8, 7u8, 0u8), (60, 7, 0)][..],
+                    &[(0, 7, 0), (60, 1, 0)],
+                    &[(0, 8, 0)],
+                    &[(0, 7, 0), (60, 7, 0), (60, 0, 0)],
+                    &[(43, 0, 0)],
+                ]
+                .choose(&mut self.rng)
+                .unwrap();
+                let f = if self.rng.random_bool(0.5) {
+                    self.tcp6(client, (VIP6, VIP_TCP_PORT))
+                } else {
+                    udp6(client, (VIP6, VIP_UDP_PORT), b"request")
+                };
+                (0, wklb_tests::packets::with_ext(&f, headers))
+            }
             _ => {
                 // An extension header (or a fragment) after the fixed header.
                 let mut f = self.tcp6(client, (VIP6, VIP_TCP_PORT));
                 f[20] = *[0u8, 43, 60, 44, 59].choose(&mut self.rng).unwrap();
                 (0, f)
             }
+        }
+    }
+
+    /// A data node's answer to a SYN the edge sent it (a cookie flow's handshake, or a plain
+    /// one): a RST acknowledging the SYN or not, or a challenge ACK of an old connection.
+    fn refuse_syn(&mut self) -> (u32, Vec<u8>) {
+        let Some((s, v)) = self.pick_sent(false, "S") else {
+            return self.backend_reply(true);
+        };
+        let (flags, ack) = match self.rng.random_range(0..3) {
+            0 => ("RA", v.seq.wrapping_add(1)),
+            1 => ("RA", self.rng.random()),
+            _ => ("A", self.rng.random()),
+        };
+        let seg = Seg {
+            flags,
+            seq: self.rng.random(),
+            ack,
+            ..Seg::default()
+        };
+        (1, tcp_seg((s.dst, s.dst_port), (s.src, s.src_port), &seg))
+    }
+
+    /// One of our own addresses as the source of a packet to a VIP.
+    fn own_source(&mut self) -> (u32, Vec<u8>) {
+        let port = self.client_port();
+        match self.rng.random_range(0..4) {
+            0 => (0, self.tcp((VIP, VIP_TCP_PORT), (VIP, VIP_TCP_PORT))),
+            1 => (0, self.tcp((SNAT, port), (VIP, VIP_TCP_PORT))),
+            2 => (0, udp((VIP, VIP_UDP_PORT), (VIP, VIP_UDP_PORT), b"loop")),
+            _ => (0, self.tcp6((VIP6, VIP_TCP_PORT), (VIP6, VIP_TCP_PORT))),
         }
     }
 
@@ -308,8 +363,10 @@ impl Gen {
     /// A valid frame of some kind, and which side it arrives on (0 client, 1 backend).
     fn valid(&mut self) -> (u32, Vec<u8>) {
         let client = (CLIENT, self.client_port());
-        match self.rng.random_range(0..14) {
+        match self.rng.random_range(0..17) {
             0..=2 => (0, self.tcp(client, (VIP, VIP_TCP_PORT))),
+            14 => self.refuse_syn(),
+            15 => self.own_source(),
             3 | 4 => self.backend_reply(true),
             5 => (0, udp(client, (VIP, VIP_UDP_PORT), b"request")),
             6 => self.backend_reply(false),
@@ -553,9 +610,22 @@ fn shuffle(fx: &mut Fixture, rng: &mut SmallRng) -> Result<()> {
     fx.image
         .sources
         .insert((allow, 32), lb_common::source_list::ALLOW);
-    fx.image
-        .vip_limits
-        .insert(TCP_VIP_ID, lb_common::VipLimits::new(500, 20));
+    let mut limits = lb_common::VipLimits::new(500, 20);
+    // The half-open budget (auto cookies) on or off, small enough to engage and release.
+    if rng.random_bool(0.5) {
+        (limits.syn_interval_ns, limits.syn_tolerance_ns) = lb_common::syn_budget::params(400);
+    }
+    fx.flows.release_cookies(TCP_VIP_ID, monotonic_ns());
+    // Shares: each VIP's share of the pools small or none, the pools "full" early or never.
+    let share = *[lb_common::shares::UNLIMITED, 0, 20, 200]
+        .choose(rng)
+        .unwrap();
+    limits.share = [share; 4];
+    fx.image.vip_limits.insert(TCP_VIP_ID, limits);
+    let mut udp_limits = lb_common::VipLimits::default();
+    udp_limits.share = [*[lb_common::shares::UNLIMITED, 0, 20].choose(rng).unwrap(); 4];
+    fx.image.vip_limits.insert(UDP_VIP_ID, udp_limits);
+    c.share_full = [*[u32::MAX, 0, 50, 500].choose(rng).unwrap(); 4];
     let policy = *[
         0,
         VipMeta::SOURCE_LISTS,
@@ -573,7 +643,14 @@ fn shuffle(fx: &mut Fixture, rng: &mut SmallRng) -> Result<()> {
         2 => (UNROUTABLE_BACKEND, true),
         _ => (BACKENDS[2], false),
     };
-    fx.set_backend(2, addr, VIP_TCP_PORT, active)
+    fx.set_backend(2, addr, VIP_TCP_PORT, active)?;
+    // The third UDP backend live or inactive: a UDP flow on it moves on by itself.
+    fx.set_backend(
+        UDP_BACKEND_BASE + 2,
+        BACKENDS[2],
+        VIP_UDP_PORT,
+        rng.random_bool(0.5),
+    )
 }
 
 /// FLOWS4, FLOWS6 and the flow slots agree.
@@ -623,12 +700,21 @@ fn check_tables(fx: &Fixture) -> Result<(usize, usize)> {
             return;
         }
         claimed += 1;
-        if owners.get(&s) != Some(&1) && bad.is_none() {
+        // A slot the data path gave up (a SYN restarting its tuple) waits for the expiry
+        // pass's grace period, referenced by nothing.
+        let want = if e.owner == slot::DYING {
+            None
+        } else {
+            Some(&1)
+        };
+        if owners.get(&s) != want && bad.is_none() {
             bad = Some((s, e.owner, owners.get(&s).copied().unwrap_or(0)));
         }
     });
     if let Some((s, owner, n)) = bad {
-        bail!("slot {s} (owner {owner}) is referenced {n} times by FLOWS4 and FLOWS6, not once");
+        bail!(
+            "slot {s} (owner {owner}) is referenced {n} times by FLOWS4 and FLOWS6 (a claimed slot once, a dying one never)"
+        );
     }
     Ok((refs.len() + refs6.len(), claimed))
 }
@@ -728,6 +814,18 @@ fn fuzz(cli: Cli, seed: u64) -> Result<()> {
             let (refs, claimed) = check_tables(&fx)?;
             if refs + claimed != 0 || s.live != 0 {
                 bail!("after expiring everything: {refs} references, {claimed} claimed slots");
+            }
+            if let Some((vip, l)) = fx
+                .flows
+                .live()
+                .iter()
+                .enumerate()
+                .find(|(_, l)| l.used != [0; 4])
+            {
+                bail!(
+                    "after expiring everything: VIP row {vip} still counts {:?} flows",
+                    l.used
+                );
             }
             shuffle(&mut fx, &mut g.rng)?;
         }
