@@ -622,8 +622,10 @@ fn shuffle(fx: &mut Fixture, rng: &mut SmallRng) -> Result<()> {
         .unwrap();
     limits.share = [share; 4];
     fx.image.vip_limits.insert(TCP_VIP_ID, limits);
-    let mut udp_limits = lb_common::VipLimits::default();
-    udp_limits.share = [*[lb_common::shares::UNLIMITED, 0, 20].choose(rng).unwrap(); 4];
+    let udp_limits = lb_common::VipLimits {
+        share: [*[lb_common::shares::UNLIMITED, 0, 20].choose(rng).unwrap(); 4],
+        ..Default::default()
+    };
     fx.image.vip_limits.insert(UDP_VIP_ID, udp_limits);
     c.share_full = [*[u32::MAX, 0, 50, 500].choose(rng).unwrap(); 4];
     let policy = *[
