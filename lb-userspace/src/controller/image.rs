@@ -183,6 +183,18 @@ fn vip(
             flags: 0,
         },
     );
+    let flags = vip_policy(img, v);
+    img.vip_limits
+        .insert(v.id, limits(v, flags, share, engage_syn_rate));
+    let meta = VipMeta {
+        vip_id: v.id,
+        flags,
+    };
+    vip_entry(img, v, meta);
+}
+
+/// The VIP's flags (fail-open, cookies, source policy, pins), writing its source lists.
+fn vip_policy(img: &mut super::super::dataplane::Image, v: &VipState) -> u32 {
     let mut flags = if v.mode == TableMode::FailOpen {
         VipMeta::FAIL_OPEN
     } else {
@@ -210,10 +222,21 @@ fn vip(
     if !v.pins.is_empty() {
         flags |= VipMeta::PINNED;
     }
-    let mut limits = VipLimits::new(v.spec.sources.rate, v.spec.sources.burst);
     if v.spec.sources.rate > 0 {
         flags |= VipMeta::RATE_LIMIT;
     }
+    flags
+}
+
+/// The VIP's `VIP_LIMITS`: its per-source rate, its shares, its half-open SYN budget (`auto`
+/// cookies only).
+fn limits(
+    v: &VipState,
+    flags: u32,
+    share: Option<[u32; RESOURCES]>,
+    engage_syn_rate: u32,
+) -> VipLimits {
+    let mut limits = VipLimits::new(v.spec.sources.rate, v.spec.sources.burst);
     if let Some(share) = share {
         limits.share = share;
     }
@@ -221,11 +244,11 @@ fn vip(
         (limits.syn_interval_ns, limits.syn_tolerance_ns) =
             lb_common::syn_budget::params(engage_syn_rate);
     }
-    img.vip_limits.insert(v.id, limits);
-    let meta = VipMeta {
-        vip_id: v.id,
-        flags,
-    };
+    limits
+}
+
+/// Writes the VIP's VIPS4/VIPS6 entry (and an IPv6 VIP's address class).
+fn vip_entry(img: &mut super::super::dataplane::Image, v: &VipState, meta: VipMeta) {
     match v.spec.address {
         IpAddr::V4(_) => {
             img.vips.insert(
