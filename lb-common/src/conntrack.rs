@@ -188,7 +188,24 @@ impl FlowEntry {
             self.state = State::Closed as u8;
             return Verdict::Accepted;
         }
-        if !self.plausible(dir, seg) {
+        if dir == Direction::Forward
+            && seg.flags & (SYN | ACK) == SYN
+            && self.state == State::SynSent as u8
+            && self.flags & FlowEntry::ACK_SEEN_REV == 0
+        {
+            // A retransmitted (or re-numbered: a client reusing its port) SYN before any
+            // answer: judged before plausibility, which a new ISN never passes. The backend
+            // answers the last SYN; it neither refreshes the flow nor moves its hop (anyone
+            // knowing the tuple could send it).
+            self.ack[1] = seg.seq.wrapping_add(1);
+            self.end[0] = self.ack[1];
+            self.wscale[0] = clamp_wscale(seg.wscale);
+            return Verdict::Stray;
+        }
+        // RFC 5961 §5.2: a segment whose acknowledgment is not for data the other side sent
+        // (or is older than a window) moves nothing: with the sequence check, a blind
+        // attacker must guess both numbers.
+        if !self.plausible(dir, seg) || !self.ack_credible(dir, seg) {
             return if seg.flags & FIN != 0 {
                 Verdict::Unaccepted
             } else {
@@ -205,15 +222,6 @@ impl FlowEntry {
                 self.state = State::Established as u8;
                 self.wscale[1] = clamp_wscale(seg.wscale);
             }
-        }
-        if dir == Direction::Forward
-            && seg.flags & (SYN | ACK) == SYN
-            && self.state == State::SynSent as u8
-            && self.flags & FlowEntry::ACK_SEEN_REV == 0
-        {
-            // A retransmitted (or re-numbered) SYN before any answer.
-            self.ack[1] = seg.seq.wrapping_add(1);
-            self.wscale[0] = clamp_wscale(seg.wscale);
         }
         if seg.flags & FIN != 0 {
             // In the receiver's window; before it has announced one (a FIN during the
@@ -234,15 +242,47 @@ impl FlowEntry {
             self.win[d] = self.window_bytes(d, seg);
             self.flags |= FlowEntry::ack_seen_bit(d);
         }
-        // SND.NXT of the sender as far as seen: a RST there is the sender's own.
+        // SND.NXT of the sender as far as seen: a RST there is the sender's own. Only a
+        // segment that continues what was seen moves it (no gap: a blind segment landing
+        // somewhere in the window cannot set where a RST is accepted).
         let end = seg
             .seq
             .wrapping_add(seg.len)
             .wrapping_add((seg.flags & (SYN | FIN) != 0) as u32);
-        if self.end[d] == 0 || end.wrapping_sub(self.end[d]) as i32 > 0 {
+        let contiguous = self.end[d] == 0 || seg.seq.wrapping_sub(self.end[d]) as i32 <= 0;
+        if contiguous && (self.end[d] == 0 || end.wrapping_sub(self.end[d]) as i32 > 0) {
             self.end[d] = end;
         }
         Verdict::Accepted
+    }
+
+    /// RFC 5961 §5.2 from the edge: a segment's acknowledgment lies between one window before
+    /// what its sender acknowledged last (before its first: before the other side's SND.NXT)
+    /// and what the other side has sent. True without an ACK, or before the other side sent.
+    #[inline(always)]
+    const fn ack_credible(&self, dir: Direction, seg: &Segment) -> bool {
+        let (d, r) = (dir as usize, 1 - dir as usize);
+        if seg.flags & tcp_flags::ACK == 0 || self.end[r] == 0 {
+            return true;
+        }
+        let w = if self.win[d] > MIN_PLAUSIBLE_WINDOW {
+            self.win[d]
+        } else {
+            MIN_PLAUSIBLE_WINDOW
+        };
+        let floor = if self.flags & FlowEntry::ack_seen_bit(d) != 0 {
+            self.ack[d].wrapping_sub(w)
+        } else {
+            self.end[r].wrapping_sub(w)
+        };
+        seg.ack.wrapping_sub(floor) <= self.end[r].wrapping_sub(floor)
+    }
+
+    /// Whether `seg`, the client's first ACK, completes the handshake: it acknowledges exactly
+    /// the backend's SYN-ACK (a spoofed source never saw it).
+    #[inline(always)]
+    pub const fn completes_handshake(&self, seg: &Segment) -> bool {
+        seg.flags & tcp_flags::ACK != 0 && self.end[1] != 0 && seg.ack == self.end[1]
     }
 
     /// RFC 5961 §3.2: a RST counts only at the receiver's exact RCV.NXT. The edge sees two
@@ -591,6 +631,7 @@ mod tests {
     fn acknowledgments_only_move_forward() {
         let mut f = established();
         let a = BACKEND_ISN.wrapping_add(1);
+        f.track_tcp(Reverse, &data(ACK, a, CLIENT_ISN + 1, 500, 500));
         f.track_tcp(Forward, &seg(ACK, CLIENT_ISN + 1, a.wrapping_add(500), 502));
         f.track_tcp(Forward, &seg(ACK, CLIENT_ISN + 1, a.wrapping_add(100), 502));
         assert_eq!(
@@ -598,6 +639,40 @@ mod tests {
             a.wrapping_add(500),
             "a reordered ACK rolled it back"
         );
+    }
+
+    #[test]
+    fn a_blind_segment_moves_no_acknowledgment_and_no_end() {
+        let mut f = established();
+        let a = BACKEND_ISN.wrapping_add(1);
+        let (ack0, end0) = (f.ack[0], f.end[0]);
+        // In the sequence window, but acknowledging data the backend never sent.
+        let blind = seg(ACK, CLIENT_ISN + 30_000, a.wrapping_add(70_000), 502);
+        assert_eq!(f.track_tcp(Forward, &blind), Verdict::Stray);
+        assert_eq!((f.ack[0], f.end[0]), (ack0, end0));
+        // A plausible acknowledgment, but past a gap: the end does not jump there.
+        let gap = data(ACK, CLIENT_ISN + 30_000, a, 502, 10);
+        assert_eq!(f.track_tcp(Forward, &gap), Verdict::Accepted);
+        assert_eq!(
+            f.end[0], end0,
+            "a RST at the gap's end must not become acceptable"
+        );
+        let rst = seg(RST, CLIENT_ISN + 30_010, 0, 0);
+        assert_eq!(f.track_tcp(Forward, &rst), Verdict::Unaccepted);
+        assert_eq!(f.state, State::Established as u8);
+    }
+
+    #[test]
+    fn a_renumbered_syn_before_any_answer_is_the_one_the_backend_answers() {
+        let mut f = FlowEntry::default();
+        f.start_tcp(&seg(SYN, CLIENT_ISN, 0, 64240));
+        let again = seg(SYN, 777_777, 0, 64240);
+        assert_eq!(f.track_tcp(Forward, &again), Verdict::Stray);
+        let synack = seg(SYN | ACK, BACKEND_ISN, 777_778, 65160);
+        assert_eq!(f.track_tcp(Reverse, &synack), Verdict::Accepted);
+        assert_eq!(f.state, State::Established as u8);
+        assert!(f.completes_handshake(&seg(ACK, 777_778, BACKEND_ISN.wrapping_add(1), 502)));
+        assert!(!f.completes_handshake(&seg(ACK, 777_778, 12345, 502)));
     }
 
     #[test]

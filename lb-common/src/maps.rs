@@ -1005,8 +1005,8 @@ impl Default for DataplaneConfig {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct VipLive {
-    /// Flows per pool (`shares`): counted up by the data path as it creates them, corrected
-    /// by the daemon's expiry pass for the ones that ended.
+    /// Flows per pool (`shares`): counted up by the data path as it creates them, down by the
+    /// daemon's expiry pass as it frees them.
     pub used: [u64; 4],
     /// The half-open SYN schedule (GCRA theoretical arrival time, CLOCK_MONOTONIC ns): a
     /// forwarded SYN moves it on by `VipLimits::syn_interval_ns`, a handshake the client

@@ -7,7 +7,7 @@
 //! VIPs within theirs still do.
 //!
 //! The data path counts every flow it creates (VIP_LIVE, atomically); the daemon's expiry pass,
-//! which sees every flow, corrects the counts each pass for the flows that ended.
+//! which frees every slot, takes each flow it frees off the counts.
 
 /// A pool new flows take from.
 pub type Resource = usize;

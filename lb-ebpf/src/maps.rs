@@ -146,7 +146,7 @@ pub static PIN_STATS: PerCpuArray<PinStats, { MAX_VIPS as usize }> = PerCpuArray
 pub static VIP_LIMITS: Array<VipLimits, { MAX_VIPS as usize }> = Array::new();
 
 /// VIP id (row MAX_VIPS: all of them) → flows per pool and the SYN schedule (`VipLive`):
-/// written by every CPU with atomics, corrected and released by the daemon through a memory
+/// written by every CPU with atomics, counted down and released by the daemon through a memory
 /// mapping.
 #[btf_map]
 pub static VIP_LIVE: Array<VipLive, { MAX_VIPS as usize + 1 }, BPF_F_MMAPABLE> = Array::new();

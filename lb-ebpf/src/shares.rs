@@ -1,6 +1,6 @@
 //! A VIP's shares of the connection tables and SNAT ports (lb_common::shares): checked before a
 //! new flow claims anything, counted once it exists. The counts are shared by every CPU
-//! (atomic adds on VIP_LIVE); the daemon corrects them for the flows that ended.
+//! (atomic adds on VIP_LIVE); the daemon takes off the flows it frees.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 

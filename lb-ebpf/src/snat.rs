@@ -8,8 +8,8 @@ use aya_ebpf::{btf_maps::PerCpuArray, cty::c_void, helpers::generated::bpf_loop,
 use lb_common::{
     DataplaneConfig, FlowEntry, MAX_SNAT_ADDRS, Reason,
     portmap::{
-        FAST_PROBES, FULL_WORDS, WORDS_PER_ADDR, full_mask, next_bit, walk_start, walk_step,
-        walk_steps, word_mask,
+        FAST_PROBES, FULL_WORDS, STEPS_PER_FULL_WORD, WORDS_PER_ADDR, full_mask, next_bit,
+        walk_start, walk_step, walk_steps, word_mask,
     },
     slot,
 };
@@ -96,6 +96,7 @@ fn walk_bitmaps(hash: u32, count: u32, base: u32, token: u32) -> u32 {
             min: cfg.snat_port_min as u32,
             max: cfg.snat_port_max as u32,
             found: NOT_FOUND,
+            next: 0,
         };
         bpf_loop(
             walk_steps(count),
@@ -127,6 +128,8 @@ pub struct Walk {
     max: u32,
     /// The slot claimed, or NOT_FOUND.
     found: u32,
+    /// Steps before this one are skipped: the rest of a word found full.
+    next: u32,
 }
 
 /// One step of the walk (`bpf_loop` callback): in one `PORT_FULL` word of one address, the
@@ -138,6 +141,9 @@ extern "C" fn walk(i: u32, _ctx: *mut c_void) -> i64 {
     };
     // SAFETY: this CPU's scratch value, written by `claim` before the loop.
     let w = unsafe { &mut *w };
+    if i < w.next {
+        return 0;
+    }
     let (a, f) = walk_step(i, w.a0, w.f0, w.count);
     let Some(index) = SNAT_PICKS.get(w.base + a) else {
         return 1;
@@ -150,6 +156,8 @@ extern "C" fn walk(i: u32, _ctx: *mut c_void) -> i64 {
     // SAFETY: valid map value pointer.
     let words = !unsafe { core::ptr::read_volatile(full) } & full_mask(f, min, max);
     let Some(wb) = next_bit(words, w.b0) else {
+        // Nothing free in this word of words: its other attempts would read the same.
+        w.next = (i / STEPS_PER_FULL_WORD + 1) * STEPS_PER_FULL_WORD;
         return 0;
     };
     let word = f * 64 + wb;

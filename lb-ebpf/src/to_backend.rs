@@ -68,9 +68,13 @@ pub(crate) fn track_client(
     now: u64,
 ) {
     let (acked_before, synack_at) = (e.flags & FlowEntry::ACK_SEEN_FWD, e.last_seen_ns);
+    let completes = e.completes_handshake(&p.seg);
     flow.accepted = conntrack::track_and_touch(ctx, e, p, now, Direction::Forward);
-    // The client's first ACK after the backend's SYN-ACK: a real client, not a flood.
+    // The client's first ACK, acknowledging the backend's SYN-ACK exactly: a real client, not
+    // a flood (a spoofed source never saw the SYN-ACK; a forged ACK would give its SYN's
+    // budget back).
     if acked_before == 0
+        && completes
         && e.flags & FlowEntry::ACK_SEEN_FWD != 0
         && e.state == State::Established as u8
     {

@@ -972,3 +972,119 @@ fn h13_storms_that_complete_or_are_refused_give_their_budget_back() {
         assert!(engaged(fx));
     });
 }
+
+// ------------------------------------------------------------------ review findings
+
+#[test]
+fn h13_a_forged_first_ack_gives_no_budget_back() {
+    with_fixture("h13_forged_ack", 4096, |fx| {
+        auto_cookies(fx, 80);
+        // A spoofed SYN, the data node's SYN-ACK (to the spoofed source), and a blind ACK
+        // that does not acknowledge it: no completed handshake, the budget stays spent.
+        let mut forwarded = 0;
+        for port in 34_000..34_100u16 {
+            let (act, out) = fx.run(fx.client_if, &plain::syn(port)).unwrap();
+            if act != XDP_REDIRECT {
+                break;
+            }
+            forwarded += 1;
+            let s = inspect(&out);
+            let b = BACKENDS.iter().position(|a| *a == s.dst).unwrap();
+            plain::backend_answers(fx, b, s.src_port);
+            let forged = tcp_seg(
+                client(port),
+                VIP_TCP,
+                &Seg {
+                    flags: "A",
+                    seq: plain::ISN + 1,
+                    ack: 0x1234_5678,
+                    ..Seg::default()
+                },
+            );
+            fx.run(fx.client_if, &forged).unwrap();
+        }
+        assert!((10..=20).contains(&forwarded), "{forwarded}");
+        assert!(engaged(fx));
+        assert_eq!(fx.vip_stats(TCP_VIP_ID).handshakes, 0);
+    });
+}
+
+#[test]
+fn h08_a_blind_segment_in_the_window_does_not_make_a_rst_acceptable() {
+    with_fixture("h08_blind_end", 1024, |fx| {
+        plain::establish(fx, 44_500);
+        // In the sequence window, with a believable acknowledgment, but past a gap: a blind
+        // guess that landed. Its end must not become where a RST is accepted.
+        let guess = plain::ISN + 1 + 30_000;
+        let blind = tcp_seg(
+            client(44_500),
+            VIP_TCP,
+            &Seg {
+                flags: "PA",
+                seq: guess,
+                ack: plain::BACKEND_ISN + 1,
+                payload: &[0u8; 10],
+                ..Seg::default()
+            },
+        );
+        fx.run(fx.client_if, &blind).unwrap();
+        let rst = tcp_seg(
+            client(44_500),
+            VIP_TCP,
+            &Seg {
+                flags: "R",
+                seq: guess + 10,
+                ..Seg::default()
+            },
+        );
+        let before = fx.reasons();
+        fx.run(fx.client_if, &rst).unwrap();
+        assert_only(fx, &before, Reason::ForwardedOutOfWindow, 1);
+        assert_eq!(plain::state_of(fx, 44_500), State::Established as u8);
+        // An acknowledgment of data the data node never sent moves nothing either.
+        let ack_before = flow_of(fx, 44_500).1.ack[0];
+        let lie = tcp_seg(
+            client(44_500),
+            VIP_TCP,
+            &Seg {
+                flags: "A",
+                seq: plain::ISN + 1,
+                ack: plain::BACKEND_ISN + 1 + 500_000,
+                ..Seg::default()
+            },
+        );
+        fx.run(fx.client_if, &lie).unwrap();
+        assert_eq!(flow_of(fx, 44_500).1.ack[0], ack_before);
+    });
+}
+
+#[test]
+fn h04_a_renumbered_syn_before_the_answer_is_the_one_that_counts() {
+    with_fixture("h04_renumbered_syn", 1024, |fx| {
+        let (b, sp) = plain::open(fx, 44_600);
+        // The client gives up and reuses its port with a new ISN before the data node answers.
+        let isn2 = plain::ISN + 3_000_000;
+        let syn2 = tcp_seg(
+            client(44_600),
+            VIP_TCP,
+            &Seg {
+                flags: "S",
+                seq: isn2,
+                ..Seg::default()
+            },
+        );
+        assert_eq!(fx.run(fx.client_if, &syn2).unwrap().0, XDP_REDIRECT);
+        let synack = tcp_seg(
+            (BACKENDS[b], VIP_TCP_PORT),
+            (SNAT, sp),
+            &Seg {
+                flags: "SA",
+                seq: plain::BACKEND_ISN,
+                ack: isn2 + 1,
+                ..Seg::default()
+            },
+        );
+        assert_eq!(fx.run(fx.backend_if, &synack).unwrap().0, XDP_REDIRECT);
+        assert_eq!(plain::state_of(fx, 44_600), State::Established as u8);
+    });
+}

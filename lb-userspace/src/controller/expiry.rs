@@ -88,13 +88,11 @@ pub struct Pass<'a> {
 struct Found {
     expire: Vec<(u32, FlowEntry)>,
     /// Slots with a claim no reference points at: (slot, claim).
-    orphans: Vec<(u32, u32)>,
+    orphans: Vec<(u32, FlowEntry)>,
     /// Slots already DYING (ended by the data path, or a pass that stopped midway).
-    dying: Vec<u32>,
+    dying: Vec<(u32, FlowEntry)>,
     /// A bit per slot, set for every slot that is not free (the port bitmaps' truth).
     taken: Vec<u64>,
-    /// Live flows per VIP and pool (`VipLive::used`'s truth).
-    used: Vec<[u64; RESOURCES]>,
     per_source: HashMap<SourceRateKey, u32>,
 }
 
@@ -109,8 +107,6 @@ pub fn sweep_with(flows: &dyn Flows, pass: &Pass) -> Result<Sweep> {
         },
         ..Default::default()
     };
-    // Read before the scan: what the data path counts from here on is added to the scan's.
-    let used_before = flows.live();
     let refs = flows.refs4().all()?;
     let refs6 = flows.refs6().all()?;
     // The token each slot's FLOWS4 or FLOWS6 entry expects (0: none; tokens are odd). Plain
@@ -131,7 +127,6 @@ pub fn sweep_with(flows: &dyn Flows, pass: &Pass) -> Result<Sweep> {
     let mut snat = vec![false; MAX_SNAT_ADDRS as usize];
     let found = scan(flows, &by_slot, pass, &mut out, &mut backends, &mut snat);
     let mut found_taken = found.taken;
-    let mut used = found.used;
     out.full = found
         .per_source
         .into_iter()
@@ -140,16 +135,16 @@ pub fn sweep_with(flows: &dyn Flows, pass: &Pass) -> Result<Sweep> {
         .take(MAX_FULL_SOURCES as usize)
         .collect();
     let mut to_free = found.dying;
-    for (s, owner) in found.orphans {
-        if flows.swap_owner(s, owner, DYING) {
+    for (s, e) in found.orphans {
+        if flows.swap_owner(s, e.owner, DYING) {
             out.orphans += 1;
-            to_free.push(s);
+            to_free.push((s, e));
         }
     }
     for (s, e) in found.expire {
         if let Some(bytes) = remove(flows, s, &e, key6.get(&s), pass.log)? {
             out.expired += 1;
-            to_free.push(s);
+            to_free.push((s, e));
             // The connection log covers IPv4 clients (IPv6 flows write no open record).
             if pass.log && e.flags & FlowEntry::CLIENT_V6 == 0 {
                 out.closed.push((s, e, bytes));
@@ -158,23 +153,25 @@ pub fn sweep_with(flows: &dyn Flows, pass: &Pass) -> Result<Sweep> {
             out.live += 1;
             mark(&mut backends, e.backend_id as u32);
             mark(&mut snat, slot::snat_index_of(s));
-            count_used(&mut used, &e);
         }
     }
     out.in_use.backends = members(&backends);
     out.in_use.snat = members(&snat);
     out.stale_refs += drop_stale(flows, flows.refs4(), refs)?;
     out.stale_refs += drop_stale(flows, flows.refs6(), refs6)?;
+    // The flows freed, per VIP and pool: the data path counted each once when it created it.
+    let mut freed = vec![[0u64; RESOURCES]; MAX_VIPS as usize + 1];
     if !to_free.is_empty() {
         (pass.grace)();
-        for s in to_free {
+        for (s, e) in to_free {
             if flows.swap_owner(s, DYING, FREE) {
                 clear_bit(&mut found_taken, s);
+                count_used(&mut freed, &e);
             }
         }
     }
     flows.store_port_maps(&found_taken, pass.ports.0, pass.ports.1);
-    correct_used(flows, &used_before, &used);
+    uncount(flows, &freed);
     out.in_use.expired = out.expired;
     out.took = t0.elapsed();
     Ok(out)
@@ -192,7 +189,6 @@ fn scan(
 ) -> Found {
     let mut f = Found {
         taken: vec![0; flows.slots().div_ceil(64) as usize],
-        used: vec![[0; RESOURCES]; MAX_VIPS as usize + 1],
         ..Default::default()
     };
     let now = pass.now;
@@ -201,7 +197,7 @@ fn scan(
             *w |= 1 << (s % 64);
         }
         if e.owner == DYING {
-            f.dying.push(s);
+            f.dying.push((s, *e));
             return;
         }
         let referenced = by_slot.get(s as usize) == Some(&e.owner);
@@ -210,14 +206,13 @@ fn scan(
         // the tuple to a racing restart could keep an orphan busy.
         let age = (now / 1_000_000_000).saturating_sub(e.created_s as u64) * 1_000_000_000;
         if !referenced && (idle > ORPHAN_GRACE_NS || age > ORPHAN_GRACE_NS) {
-            f.orphans.push((s, e.owner));
+            f.orphans.push((s, *e));
         } else if is_expired(e, now, pass.timeouts) {
             f.expire.push((s, *e));
         } else {
             out.live += 1;
             mark(backends, e.backend_id as u32);
             mark(snat, slot::snat_index_of(s));
-            count_used(&mut f.used, e);
             let vip = e.vip_id as u32;
             if pass.limits.contains_key(&vip)
                 && e.flags & FlowEntry::CLIENT_V6 == 0
@@ -232,7 +227,7 @@ fn scan(
     f
 }
 
-/// Counts a live flow in its VIP's row and the all-VIPs row, in the pools it takes from.
+/// Counts a flow in its VIP's row and the all-VIPs row, in the pools it takes from.
 fn count_used(used: &mut [[u64; RESOURCES]], e: &FlowEntry) {
     let (c, s) = resources_of(
         e.flags & FlowEntry::CLIENT_V6 != 0,
@@ -246,15 +241,13 @@ fn count_used(used: &mut [[u64; RESOURCES]], e: &FlowEntry) {
     }
 }
 
-/// Brings VIP_LIVE's counts to what the pass found, keeping what the data path added since
-/// `before` was read (flows created during the pass may count twice until the next one: the
-/// shares err on the side of refusing a little early, never late).
-fn correct_used(flows: &dyn Flows, before: &[lb_common::VipLive], found: &[[u64; RESOURCES]]) {
-    for (row, (b, f)) in before.iter().zip(found).enumerate() {
-        for (r, (now, was)) in f.iter().zip(b.used).enumerate() {
-            let delta = *now as i64 - was as i64;
-            if delta != 0 {
-                flows.add_used(row as u32, r, delta);
+/// Takes the freed flows off VIP_LIVE's counts (where the data path counted each once when it
+/// created it; never below 0: flows from before the counts existed were never counted).
+fn uncount(flows: &dyn Flows, freed: &[[u64; RESOURCES]]) {
+    for (row, f) in freed.iter().enumerate() {
+        for (r, n) in f.iter().enumerate() {
+            if *n != 0 {
+                flows.sub_used(row as u32, r, *n);
             }
         }
     }

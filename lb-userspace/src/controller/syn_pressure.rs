@@ -5,8 +5,8 @@
 //! data node); the daemon reports that, and releases it once the VIP has been calm for
 //! `release_after`: the rate of SYNs that do not complete a handshake (the VIP's SYNs minus the
 //! handshakes its clients completed and the cookies they returned) below half the engage rate.
-//! A new flow refused for lack of SNAT ports or table space engages it too (the daemon's
-//! only own reason). Pure logic: the clock and the counters come in as arguments.
+//! A new flow refused for lack of SNAT ports or table space, or over the VIP's share, engages
+//! it too (the daemon's only own reason). Pure logic: the clock and the counters come in as arguments.
 
 use std::collections::VecDeque;
 

@@ -33,7 +33,8 @@ const COOKIE_WATCH_EVERY: Duration = Duration::from_millis(200);
 /// Reports `auto` SYN-cookie mode per VIP when the data path engages it (or engages it on the
 /// data path's refusals of new flows: no SNAT port, table full), and releases it when calm.
 pub async fn cookie_watch(h: Handle, counters: Arc<dyn Counters>, flows: Arc<dyn Flows>) {
-    let mut watches: BTreeMap<String, Watch> = BTreeMap::new();
+    // Per VIP: its watch, and its count of new flows refused over its share at the last tick.
+    let mut watches: BTreeMap<String, (Watch, u64)> = BTreeMap::new();
     let mut refusals_before: Option<u64> = None;
     let mut tick = tokio::time::interval(COOKIE_WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -56,6 +57,16 @@ pub async fn cookie_watch(h: Handle, counters: Arc<dyn Counters>, flows: Arc<dyn
                 .iter()
                 .any(|v| &v.spec.name == name && v.spec.syn_cookies == CookieMode::Auto)
         });
+        for v in &snap.vips {
+            // A mark left from when the VIP was `auto` (or by the previous VIP of its id).
+            if v.spec.syn_cookies != CookieMode::Auto
+                && live
+                    .get(v.id as usize)
+                    .is_some_and(|l| l.cookies_engaged_ns != 0)
+            {
+                flows.release_cookies(v.id, now);
+            }
+        }
         for v in snap
             .vips
             .iter()
@@ -64,14 +75,17 @@ pub async fn cookie_watch(h: Handle, counters: Arc<dyn Counters>, flows: Arc<dyn
             let Ok(stats) = counters.vip(v.id) else {
                 continue;
             };
-            let w = watches
+            let (w, over_share) = watches
                 .entry(v.spec.name.clone())
-                .or_insert_with(|| Watch::new(v.cookies_engaged));
+                .or_insert_with(|| (Watch::new(v.cookies_engaged), stats.over_share));
+            // This VIP's new flows refused over its share count as refusals too.
+            let refused_here = stats.over_share > *over_share;
+            *over_share = stats.over_share;
             let sample = Sample {
                 now,
                 syns: stats.syns,
                 completed: stats.handshakes + stats.cookies_valid,
-                refused,
+                refused: refused || refused_here,
                 data_path_engaged: live
                     .get(v.id as usize)
                     .is_some_and(|l| l.cookies_engaged_ns != 0),

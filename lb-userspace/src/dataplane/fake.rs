@@ -231,10 +231,10 @@ impl Flows for FakeFlows {
     fn live(&self) -> Vec<lb_common::VipLive> {
         self.live.lock().unwrap().clone()
     }
-    fn add_used(&self, row: u32, r: usize, delta: i64) {
+    fn sub_used(&self, row: u32, r: usize, n: u64) {
         let mut l = self.live.lock().unwrap();
         let u = &mut l[row as usize].used[r];
-        *u = u.wrapping_add_signed(delta);
+        *u = u.saturating_sub(n);
     }
     fn release_cookies(&self, vip_id: u32, now: u64) {
         let mut l = self.live.lock().unwrap();

@@ -344,8 +344,9 @@ pub trait Flows: Send + Sync {
     fn store_port_maps(&self, taken: &[u64], min: u16, max: u16);
     /// VIP_LIVE: every VIP's row, then the row of all of them (index `MAX_VIPS`).
     fn live(&self) -> Vec<lb_common::VipLive>;
-    /// Adds `delta` to row `row`'s count of pool `r` (atomically: the data path adds too).
-    fn add_used(&self, row: u32, r: usize, delta: i64);
+    /// Takes `n` off row `row`'s count of pool `r`, not below 0 (atomically: the data path
+    /// adds to it meanwhile).
+    fn sub_used(&self, row: u32, r: usize, n: u64);
     /// Releases the data path's cookie mode for VIP `vip_id`: clears its mark and starts its
     /// half-open budget afresh at `now` (CLOCK_MONOTONIC ns).
     fn release_cookies(&self, vip_id: u32, now: u64);

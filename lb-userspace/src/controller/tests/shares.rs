@@ -1,5 +1,5 @@
 //! Each VIP's share of the pools new flows take from (lb_common::shares), as the image carries
-//! it to the data path, and the expiry pass's correction of the counts.
+//! it to the data path, and the expiry pass taking the flows it frees off the counts.
 
 use lb_common::{
     FlowEntry,
@@ -69,7 +69,7 @@ fn guaranteed_flows_beyond_the_table_are_refused_by_key() {
 }
 
 #[test]
-fn expiry_counts_each_vips_flows_per_pool_keeping_what_the_data_path_added() {
+fn expiry_takes_the_flows_it_frees_off_their_vips_counts() {
     let f = FakeFlows::new(64, 64);
     let now = 10_000 * 1_000_000_000u64;
     let flow = |port: u16, vip: u16, flags: u8, last_seen_ns: u64| FlowEntry {
@@ -81,25 +81,25 @@ fn expiry_counts_each_vips_flows_per_pool_keeping_what_the_data_path_added() {
         last_seen_ns,
         ..Default::default()
     };
+    let v6 = FlowEntry::CLIENT_V6 | FlowEntry::BACKEND_V6;
     f.insert(1, flow(40001, 3, 0, now));
-    f.insert(
-        2,
-        flow(40002, 3, FlowEntry::CLIENT_V6 | FlowEntry::BACKEND_V6, now),
-    );
-    // Idle past the established timeout: expires in this pass.
-    f.insert(3, flow(40003, 3, 0, now - 16 * 60 * 1_000_000_000));
-    // What the data path had counted: the three flows, and two that ended on their own.
-    for r in [FLOWS4, SNAT4] {
-        f.add_used(3, r, 4);
-        f.add_used(lb_common::MAX_VIPS, r, 4);
-    }
-    for r in [FLOWS6, SNAT6] {
-        f.add_used(3, r, 1);
-        f.add_used(lb_common::MAX_VIPS, r, 1);
+    f.insert(2, flow(40002, 3, v6, now));
+    // Idle past the established timeout: expire in this pass.
+    let idle = now - 16 * 60 * 1_000_000_000;
+    f.insert(3, flow(40003, 3, 0, idle));
+    f.insert(4, flow(40004, 3, v6, idle));
+    // What the data path counted as it created them.
+    for row in [3, lb_common::MAX_VIPS as usize] {
+        f.live.lock().unwrap()[row].used = [2, 2, 2, 2];
     }
     let s = expiry::sweep(&f, &Timeouts::default(), now).unwrap();
-    assert_eq!((s.expired, s.live), (1, 2));
+    assert_eq!((s.expired, s.live), (2, 2));
     let live = f.live();
     assert_eq!(live[3].used, [1, 1, 1, 1]);
     assert_eq!(live[lb_common::MAX_VIPS as usize].used, [1, 1, 1, 1]);
+    // Counts never go below 0 (flows from before the counts existed).
+    f.insert(5, flow(40005, 3, 0, idle));
+    f.insert(6, flow(40006, 3, 0, idle));
+    expiry::sweep(&f, &Timeouts::default(), now).unwrap();
+    assert_eq!(f.live()[3].used, [0, 1, 0, 1]);
 }

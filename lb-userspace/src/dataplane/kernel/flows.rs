@@ -202,10 +202,13 @@ impl Flows for KernelFlows {
         self.live.read_all()
     }
 
-    fn add_used(&self, row: u32, r: usize, delta: i64) {
-        self.live
+    fn sub_used(&self, row: u32, r: usize, n: u64) {
+        let _ = self
+            .live
             .word64_at(row as usize, lb_common::VipLive::used_offset(r))
-            .fetch_add(delta as u64, Ordering::Relaxed);
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            });
     }
 
     fn release_cookies(&self, vip_id: u32, now: u64) {
