@@ -21,6 +21,7 @@ mod cookie;
 mod egress;
 mod events;
 mod front;
+mod handoff;
 mod icmp;
 mod maps;
 mod mss;
@@ -162,8 +163,9 @@ fn ipv6_entry(ctx: &XdpContext) -> Verdict {
             parse::ipv6::destination(ctx, l3),
         )
         && classify::lookup6(&dst).is_some()
+        // The filter, not the ADDRS6 hash: one array read for every IPv6 packet.
         // SAFETY: bounds checked by ptr_at.
-        && maps::ADDRS6.get_ptr(unsafe { &*src }).is_some()
+        && classify::lookup6(unsafe { &*src }).is_some()
     {
         return Verdict::of(Reason::DropOwnSource);
     }
@@ -209,12 +211,16 @@ fn cookie_program(ctx: &XdpContext) -> Verdict {
     if class.flags & AddrClass::VIP == 0 {
         return Verdict::of(Reason::DropInternal);
     }
-    let opts = if p.seg.flags & lb_common::conntrack::tcp_flags::SYN != 0 {
-        parse::tcp::syn_options(ctx, &mut p)
-    } else {
+    let key = lb_common::Flow4Key::from_wire(p.src, p.dst, p.ports, p.proto);
+    let told = handoff::take(&key);
+    let opts = if p.seg.flags & lb_common::conntrack::tcp_flags::SYN == 0 {
         None
+    } else if told.has(handoff::OPTIONS) {
+        parse::tcp::recorded_syn_options(&mut p)
+    } else {
+        parse::tcp::syn_options(ctx, &mut p)
     };
-    cookie::client::handle(ctx, &mut p, class, opts)
+    cookie::client::handle(ctx, &mut p, class, opts, &key, told)
 }
 
 #[inline(always)]

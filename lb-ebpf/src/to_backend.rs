@@ -34,7 +34,11 @@ pub fn established(ctx: &XdpContext, p: &mut Packet) -> Option<Verdict> {
         return None;
     }
     let key = Flow4Key::from_wire(p.src, p.dst, p.ports, p.proto);
-    let mut flow = forward::lookup_hinted(&key)?;
+    let Some(mut flow) = forward::lookup_hinted(&key) else {
+        // The flow program need not look again.
+        crate::handoff::give(&key, crate::handoff::NO_FLOW, Default::default());
+        return None;
+    };
     // SAFETY: a live FLOW_TABLE value pointer; racing writers store whole scalars only.
     let e = unsafe { &mut *flow.entry };
     // Cookie flows are the cookie program's, UDP flows whose backend left (they start again)

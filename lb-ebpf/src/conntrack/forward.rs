@@ -18,6 +18,7 @@ use super::{Flow, now_ns};
 use crate::{
     cookie::ack::{self as cookie_ack, CookieStart},
     egress::learn_client_hop,
+    handoff,
     maps::{BACKENDS, FLOW_HINTS4, FLOW_TABLE, FLOWS4, MAGLEV, SNAT_ADDRS, TABLE_SEL, config},
     parse::Packet,
     pins, snat, sources,
@@ -46,7 +47,10 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
     // A segment that may start a flow: a SYN, or any UDP datagram (a UDP flow whose backend
     // left starts again on a live one: UDP has no SYN to say so).
     let starts = syn || !p.is_tcp();
+    // The entry program looked already when it says so.
+    let no_flow = handoff::take(&key).has(handoff::NO_FLOW);
     if !syn
+        && !no_flow
         && let Some(f) = lookup_hinted(&key)
         && (p.is_tcp() || !stale_for_syn(f.entry))
     {
@@ -61,6 +65,8 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
     };
     if p.is_tcp() && !syn {
         if vip.flags & VipMeta::COOKIES_ALLOWED != 0 && cookie_ack::is_candidate(p.seg.flags) {
+            let what = handoff::VIP | if no_flow { handoff::NO_FLOW } else { 0 };
+            handoff::give(&key, what, vip);
             return Found::Cookie;
         }
         return Found::Refused(no_state(p.seg.flags, cfg), vip.vip_id);
@@ -90,7 +96,11 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
         // A retransmitted SYN of a flow created before cookie mode keeps its flow.
         return match lookup(&key) {
             Some(f) if !stale_for_syn(f.entry) => Found::Flow(f),
-            _ => Found::Cookie,
+            _ => {
+                // The flow program walked the SYN's options (`main::flow`).
+                handoff::give(&key, handoff::VIP | handoff::OPTIONS, vip);
+                Found::Cookie
+            }
         };
     }
     let hash = flow_hash_v4_words(p.src, p.dst, sport, dport, p.proto);

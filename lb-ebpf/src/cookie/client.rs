@@ -17,6 +17,7 @@ use crate::{
         forward::{self, Found},
         now_ns,
     },
+    handoff::{self, Told},
     maps,
     parse::Packet,
     stats, to_backend,
@@ -30,33 +31,24 @@ pub fn handle(
     p: &mut Packet,
     class: AddrClass,
     opts: Option<&Options>,
+    key: &Flow4Key,
+    told: Told,
 ) -> Verdict {
     if !p.is_tcp() {
         return Verdict::of(Reason::DropInternal);
     }
-    let Some(cfg) = maps::config() else {
-        return Verdict::of(Reason::DropInternal);
+    let syn = is_initial_syn(p.seg.flags);
+    // A cookie flow's segment (the common case) needs no VIP lookup.
+    let found = if syn || told.has(handoff::NO_FLOW) {
+        None
+    } else {
+        forward::lookup_hinted(key)
     };
-    let (_, dport) = ports_of(p.ports);
-    let Some(vip) = vip::lookup(p.dst, dport, p.proto, class) else {
-        return Verdict::of(Reason::PassNotOurs);
-    };
-    if is_initial_syn(p.seg.flags) {
-        // The flow program decided: cookie mode, no flow to follow.
-        return super::syn::answer(ctx, p, vip.vip_id, opts, cfg);
-    }
-    let key = Flow4Key::from_wire(p.src, p.dst, p.ports, p.proto);
-    let mut flow = match forward::lookup_hinted(&key) {
+    let mut flow = match found {
         Some(f) => f,
-        None => match forward::from_cookie(ctx, p, &key, &vip, cfg) {
-            Found::Flow(f) => f,
-            Found::Refused(reason, vip_id) => {
-                if reason == Reason::DropNoBackend {
-                    stats::vip_no_backend(vip_id);
-                }
-                return Verdict::of(reason);
-            }
-            Found::NotVip | Found::Cookie => return Verdict::of(Reason::DropInternal),
+        None => match from_vip(ctx, p, key, class, opts, syn, told) {
+            Ok(f) => f,
+            Err(v) => return v,
         },
     };
     if p.ttl <= 1 {
@@ -73,6 +65,46 @@ pub fn handle(
         return to_backend::send(ctx, p, &flow, e, None, now, false);
     }
     cookie_flow(ctx, p, &mut flow, e, opts, now)
+}
+
+/// No flow yet: a SYN to answer with a cookie, or an ACK whose cookie may create the flow.
+/// Err: the verdict for the packet.
+#[inline(always)]
+fn from_vip(
+    ctx: &XdpContext,
+    p: &mut Packet,
+    key: &Flow4Key,
+    class: AddrClass,
+    opts: Option<&Options>,
+    syn: bool,
+    told: Told,
+) -> Result<Flow, Verdict> {
+    let Some(cfg) = maps::config() else {
+        return Err(Verdict::of(Reason::DropInternal));
+    };
+    let (_, dport) = ports_of(p.ports);
+    let vip = if told.has(handoff::VIP) {
+        told.vip
+    } else {
+        match vip::lookup(p.dst, dport, p.proto, class) {
+            Some(v) => v,
+            None => return Err(Verdict::of(Reason::PassNotOurs)),
+        }
+    };
+    if syn {
+        // The flow program decided: cookie mode, no flow to follow.
+        return Err(super::syn::answer(ctx, p, vip.vip_id, opts, cfg));
+    }
+    Ok(match forward::from_cookie(ctx, p, key, &vip, cfg) {
+        Found::Flow(f) => f,
+        Found::Refused(reason, vip_id) => {
+            if reason == Reason::DropNoBackend {
+                stats::vip_no_backend(vip_id);
+            }
+            return Err(Verdict::of(reason));
+        }
+        Found::NotVip | Found::Cookie => return Err(Verdict::of(Reason::DropInternal)),
+    })
 }
 
 /// A flow the edge answered itself: the SYN to the backend until it answers, then translated.

@@ -81,6 +81,8 @@ struct DataPath {
     sweep_flows: u64,
     /// BPF_F_TEST_XDP_LIVE_FRAMES: frames really transmitted on a veth.
     live: Vec<LiveRow>,
+    /// Why the live-frames rows are missing, when this kernel refused them.
+    live_unavailable: Option<String>,
 }
 
 /// One live-frames path: median Mpps over the rounds, and the medians of its per-round ratios
@@ -579,7 +581,18 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
     let (sweep_ms, sweep_flows) = sweep(&mut fx)?;
     fx.flows.clear()?;
     handshake(&mut fx)?;
-    let live = live_frames(&mut fx, client, vip, repeat, rounds)?;
+    // Some kernels refuse live-frame test runs (EPERM seen on a 6.18 VM build): the rows are
+    // then reported missing, with why, rather than the whole benchmark lost.
+    let (live, live_unavailable) = match live_frames(&mut fx, client, vip, repeat, rounds) {
+        Ok(rows) => (rows, None),
+        Err(e) => {
+            println!(
+                "
+  live frames unavailable on this kernel: {e:#}"
+            );
+            (Vec::new(), Some(format!("{e:#}")))
+        }
+    };
     let (table_swap_ms, table_swap_back_to_back_ms) = table_swap(&mut fx)?;
     drop(fx);
     let (bytes_per_flow_at_1m, table_mib_at_1m) = memory_at_1m()?;
@@ -603,6 +616,7 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
         sweep_ms,
         sweep_flows,
         live,
+        live_unavailable,
     })
 }
 
@@ -1083,6 +1097,9 @@ fn markdown(r: &Report) -> String {
         d.sweep_flows,
         d.sweep_ms
     );
+    if let Some(why) = &d.live_unavailable {
+        s += &format!("Live frames: not measured, this kernel refused the test runs ({why}).\n\n");
+    }
     if !d.live.is_empty() {
         s += &format!(
             "Live frames (BPF_F_TEST_XDP_LIVE_FRAMES, transmitted on a veth; median of {} interleaved rounds, ratios = median of per-round ratios):\n\n| path | Mpps | vs XDP_TX floor | vs redirect floor |\n|---|---:|---:|---:|\n",
