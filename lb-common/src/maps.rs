@@ -965,6 +965,9 @@ pub struct DataplaneConfig {
     /// Per pool (`shares::RESOURCES`): the count at which VIPs over their share are refused
     /// (`shares::full_at` of its capacity); `u32::MAX`: never.
     pub share_full: [u32; 4],
+    /// Per pool: its capacity; a new flow finding it full is refused before any claim (no walk
+    /// of a full pool's port bitmaps). `u32::MAX`: not checked.
+    pub pool_size: [u32; 4],
 }
 
 impl DataplaneConfig {
@@ -995,6 +998,7 @@ impl Default for DataplaneConfig {
             min_mtu: 1500,
             snat6_count: 0,
             share_full: [u32::MAX; 4],
+            pool_size: [u32::MAX; 4],
         }
     }
 }
@@ -1178,7 +1182,7 @@ mod tests {
         assert_eq!(size_of::<Flow4Key>(), 16);
         assert_eq!(size_of::<FlowRef>(), 8);
         assert_eq!(size_of::<FlowEntry>(), 104);
-        assert_eq!(size_of::<DataplaneConfig>(), 40);
+        assert_eq!(size_of::<DataplaneConfig>(), 56);
         assert_eq!(size_of::<VipLimits>(), 48);
         assert_eq!(size_of::<VipLive>(), 48);
         assert_eq!(

@@ -38,13 +38,23 @@ pub const fn resources_of(client_v6: bool, backend_v6: bool) -> (Resource, Resou
     )
 }
 
-/// The count at which a pool of `capacity` refuses VIPs over their share.
+/// The count at which a pool of `capacity` refuses VIPs over their share: `FULL_PERCENT` of it,
+/// rounded up (a pool of one port is full with one flow, not with none).
 pub const fn full_at(capacity: u64) -> u32 {
-    let n = capacity * FULL_PERCENT / 100;
+    let n = (capacity * FULL_PERCENT).div_ceil(100);
     if n > u32::MAX as u64 {
         u32::MAX
     } else {
         n as u32
+    }
+}
+
+/// The reason a new flow finding pool `r` full is refused with.
+pub const fn exhausted(r: Resource) -> crate::Reason {
+    if r == FLOWS4 || r == FLOWS6 {
+        crate::Reason::DropConntrackFull
+    } else {
+        crate::Reason::DropSnatExhausted
     }
 }
 
@@ -120,6 +130,8 @@ mod tests {
     fn only_a_full_pool_refuses_and_only_those_over_their_share() {
         let full = full_at(1000);
         assert_eq!(full, 900);
+        assert_eq!(full_at(1), 1, "a pool of one is full with one");
+        assert_eq!(full_at(15), 14);
         assert!(
             !over_share(899, full, 899, 500),
             "room left: anyone may take it"

@@ -152,23 +152,10 @@ fn entry(ctx: &XdpContext) -> Verdict {
     }
 }
 
-/// IPv6 goes to the IPv6 program, unless it comes from one of our own addresses to one of them:
-/// no flow can have such a client (as for IPv4, where the flow program checks new flows). Here,
-/// not in the IPv6 program, whose frame has no room left for it.
+/// IPv6 goes to the IPv6 program (which checks new flows' sources, as the flow program does
+/// for IPv4).
 #[inline(always)]
 fn ipv6_entry(ctx: &XdpContext) -> Verdict {
-    if let parse::eth::L2::Ipv6 { l3, .. } = parse::eth::parse(ctx)
-        && let (Some(src), Some(dst)) = (
-            parse::ptr_at::<[u32; 4]>(ctx, l3 + 8),
-            parse::ipv6::destination(ctx, l3),
-        )
-        && classify::lookup6(&dst).is_some()
-        // The filter, not the ADDRS6 hash: one array read for every IPv6 packet.
-        // SAFETY: bounds checked by ptr_at.
-        && classify::lookup6(unsafe { &*src }).is_some()
-    {
-        return Verdict::of(Reason::DropOwnSource);
-    }
     tails::call(ctx, tails::V6)
 }
 

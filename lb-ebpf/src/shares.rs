@@ -6,7 +6,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use lb_common::{
     MAX_VIPS, Reason,
-    shares::{over_share, resources_of},
+    shares::{exhausted, over_share, resources_of},
 };
 
 use crate::{
@@ -15,8 +15,9 @@ use crate::{
 };
 
 /// Whether VIP `vip_id` may start a flow from a client of that family to a backend of that
-/// family: refused (counted for the VIP) when a pool it takes from is nearly full and the VIP
-/// holds its share of it already.
+/// family: refused when a pool it takes from is full (as the claim would be, without walking
+/// a full pool's bitmaps), or nearly full with the VIP holding its share of it already
+/// (counted for the VIP).
 #[inline(never)]
 pub fn admit(vip_id: u32, client_v6: bool, backend_v6: bool) -> Result<(), Reason> {
     let (Some(cfg), Some(l), Some(v), Some(all)) = (
@@ -31,6 +32,9 @@ pub fn admit(vip_id: u32, client_v6: bool, backend_v6: bool) -> Result<(), Reaso
     for r in [c, s] {
         // Bounded where the verifier sees it (LLVM knows the range and would drop the mask).
         let r = opaque(r) & 3;
+        if all.used[r] >= cfg.pool_size[r] as u64 {
+            return Err(exhausted(r));
+        }
         if over_share(all.used[r], cfg.share_full[r], v.used[r], l.share[r]) {
             if let Some(st) = VIP_STATS.get_ptr_mut(vip_id) {
                 // SAFETY: per-CPU slot.

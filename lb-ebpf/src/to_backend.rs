@@ -41,10 +41,15 @@ pub fn established(ctx: &XdpContext, p: &mut Packet) -> Option<Verdict> {
     };
     // SAFETY: a live FLOW_TABLE value pointer; racing writers store whole scalars only.
     let e = unsafe { &mut *flow.entry };
-    // Cookie flows are the cookie program's, UDP flows whose backend left (they start again)
-    // the flow program's.
+    // A cookie flow's established segments are translated here; its handshake is the cookie
+    // program's. UDP flows whose backend left (they start again) are the flow program's.
     if e.flags & FlowEntry::TRANSLATE != 0 {
-        return Some(tails::call(ctx, tails::COOKIE));
+        if e.state == State::SynSent as u8 || p.ttl <= 1 {
+            return Some(tails::call(ctx, tails::COOKIE));
+        }
+        let now = now_ns();
+        flow.accepted = conntrack::track_and_touch::<true>(ctx, e, p, now, Direction::Forward);
+        return Some(send(ctx, p, &flow, e, None, now, true));
     }
     if !p.is_tcp() && forward::stale_for_syn(flow.entry) {
         return None;
@@ -53,7 +58,7 @@ pub fn established(ctx: &XdpContext, p: &mut Packet) -> Option<Verdict> {
         return Some(Verdict::of(Reason::DropTtlExpired));
     }
     let now = now_ns();
-    track_client(ctx, p, &mut flow, e, now);
+    track_client::<true>(ctx, p, &mut flow, e, now);
     if e.flags & FlowEntry::BACKEND_V6 != 0 {
         crate::connlog::count(e, flow.slot, 0, p);
         return Some(crate::v6::backend::defer(&flow, None));
@@ -64,7 +69,7 @@ pub fn established(ctx: &XdpContext, p: &mut Packet) -> Option<Verdict> {
 /// Tracks a client segment of an existing flow; its first ACK after the backend's SYN-ACK
 /// counts the handshake and its round trip.
 #[inline(always)]
-pub(crate) fn track_client(
+pub(crate) fn track_client<const INLINE: bool>(
     ctx: &XdpContext,
     p: &Packet,
     flow: &mut Flow,
@@ -73,7 +78,7 @@ pub(crate) fn track_client(
 ) {
     let (acked_before, synack_at) = (e.flags & FlowEntry::ACK_SEEN_FWD, e.last_seen_ns);
     let completes = e.completes_handshake(&p.seg);
-    flow.accepted = conntrack::track_and_touch(ctx, e, p, now, Direction::Forward);
+    flow.accepted = conntrack::track_and_touch::<INLINE>(ctx, e, p, now, Direction::Forward);
     // The client's first ACK, acknowledging the backend's SYN-ACK exactly: a real client, not
     // a flood (a spoofed source never saw the SYN-ACK; a forged ACK would give its SYN's
     // budget back).
@@ -122,7 +127,7 @@ pub fn handle(
         return Some(tails::call(ctx, tails::COOKIE));
     }
     if !flow.new {
-        track_client(ctx, p, &mut flow, e, now);
+        track_client::<false>(ctx, p, &mut flow, e, now);
     }
     if e.flags & FlowEntry::BACKEND_V6 != 0 {
         crate::connlog::count(e, flow.slot, 0, p);

@@ -33,13 +33,19 @@ pub fn established(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Option
     };
     // SAFETY: a live FLOW_TABLE value pointer; racing writers store whole scalars only.
     let e = unsafe { &mut *flow.entry };
-    if e.flags & FlowEntry::TRANSLATE != 0 {
-        return None;
-    }
     if p.ttl <= 1 {
         return Some(Verdict::of(Reason::DropTtlExpired));
     }
-    Some(send(ctx, p, &flow, e, None, false))
+    let translated = e.flags & FlowEntry::TRANSLATE != 0;
+    // A cookie flow's established replies are translated here; its handshake (the backend's
+    // SYN-ACK, a refusal or challenge before it) is the reply program's.
+    if translated {
+        if e.state == State::SynSent as u8 {
+            return None;
+        }
+        cookie::translate::client_view(p, e);
+    }
+    Some(send::<true>(ctx, p, &flow, e, None, translated))
 }
 
 /// Every reply (the reply program): SYN-ACKs, cookie flows.
@@ -66,13 +72,13 @@ pub fn handle(
         }
         cookie::translate::client_view(p, e);
     }
-    send(ctx, p, &flow, e, opts, translated)
+    send::<false>(ctx, p, &flow, e, opts, translated)
 }
 
 /// Tracks the reply and sends it to the client, translated back (`cookie`: a cookie flow's
 /// numbering too, after the too-big check, whose error the backend must recognise).
 #[inline(always)]
-fn send(
+fn send<const INLINE: bool>(
     ctx: &XdpContext,
     p: &mut Packet,
     flow: &Flow,
@@ -81,7 +87,7 @@ fn send(
     cookie: bool,
 ) -> Verdict {
     let (handshake, syn_at) = (e.state == State::SynSent as u8, e.last_seen_ns);
-    let accepted = conntrack::track_and_touch(ctx, e, p, now_ns(), Direction::Reverse);
+    let accepted = conntrack::track_and_touch::<INLINE>(ctx, e, p, now_ns(), Direction::Reverse);
     if handshake && e.state == State::Established as u8 {
         rtt::backend_answered(e, syn_at);
     }

@@ -798,6 +798,8 @@ fn small_pool_with_shares(fx: &mut Fixture, share: &[(u32, u32)]) {
     c.snat_port_min = 20_000;
     c.snat_port_max = 20_099;
     c.share_full[SNAT4] = full_at(100);
+    // The pool's size: a new flow finding it full is refused without walking it.
+    c.pool_size[SNAT4] = 100;
     fx.image.config = c;
     for (vip, n) in share {
         let mut l = lb_common::VipLimits::default();

@@ -52,18 +52,28 @@ fn track_reverse(e: &mut FlowEntry, p: &Packet) -> Track {
 
 /// Tracks one packet of an existing flow and, only when it passed the checks, refreshes the
 /// flow (and, from the client's side, the way back to it). Returns whether a RST or FIN in it
-/// was acceptable (what the verdict reports).
+/// was acceptable (what the verdict reports). `INLINE`: the tracker inline, for the entry
+/// program's established paths, where the call costs more than its verification; elsewhere
+/// out of line.
 #[inline(always)]
-pub fn track_and_touch(
+pub fn track_and_touch<const INLINE: bool>(
     ctx: &XdpContext,
     e: &mut FlowEntry,
     p: &Packet,
     now: u64,
     dir: Direction,
 ) -> bool {
-    // The outcome hidden from the verifier's value tracking: each of the tracker's many exits
-    // would otherwise take the rest of the program through a path of its own.
-    let t = crate::parse::opaque(track(e, p, dir) as usize);
+    let t = if INLINE {
+        if p.is_tcp() {
+            e.track_tcp(dir, &p.seg) as usize
+        } else {
+            Track::Accepted as usize
+        }
+    } else {
+        // The outcome hidden from the verifier's value tracking: each of the tracker's many
+        // exits would otherwise take the rest of the program through a path of its own.
+        crate::parse::opaque(track(e, p, dir) as usize)
+    };
     if t == Track::Accepted as usize {
         touch(ctx, e, now, dir);
     }

@@ -60,7 +60,7 @@ pub fn handle(
     if e.flags & FlowEntry::TRANSLATE == 0 {
         // A plain flow created meanwhile on another CPU: sent as the flow program would.
         if !flow.new {
-            to_backend::track_client(ctx, p, &mut flow, e, now);
+            to_backend::track_client::<false>(ctx, p, &mut flow, e, now);
         }
         return to_backend::send(ctx, p, &flow, e, None, now, false);
     }
@@ -125,7 +125,7 @@ fn cookie_flow(
         };
     }
     if !flow.new {
-        flow.accepted = conntrack::track_and_touch(ctx, e, p, now, Direction::Forward);
+        flow.accepted = conntrack::track_and_touch::<false>(ctx, e, p, now, Direction::Forward);
     }
     // A RST before the backend answered needs no translation (it acknowledges nothing).
     to_backend::send(ctx, p, flow, e, opts, now, !pending)

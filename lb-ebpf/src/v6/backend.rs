@@ -360,7 +360,7 @@ fn reply(
         return Verdict::of(Reason::DropTtlExpired);
     }
     let (handshake, syn_at) = (e.state == State::SynSent as u8, e.last_seen_ns);
-    let accepted = conntrack::track_and_touch(ctx, e, p, now_ns(), Direction::Reverse);
+    let accepted = conntrack::track_and_touch::<false>(ctx, e, p, now_ns(), Direction::Reverse);
     if handshake && e.state == State::Established as u8 {
         crate::rtt::backend_answered(e, syn_at);
     }

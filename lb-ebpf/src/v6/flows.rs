@@ -55,10 +55,7 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, a: &Addrs6, any_port: u16) -
     if p.ttl <= 1 {
         return Found6::Refused(Reason::DropTtlExpired, vip.vip_id);
     }
-    // One of our own addresses as the source, as for IPv4.
-
-    // One of our own addresses as the source: refused by the entry program already (see
-    // `ipv6_entry`), where there is room on the stack for the check.
+    // One of our own addresses as the source: refused before (`v6::handle`).
     if syn {
         stats::vip_syn(vip.vip_id, VipSyn::Syn);
     }

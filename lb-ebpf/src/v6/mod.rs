@@ -61,6 +61,17 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
         // To a SNAT address only: what the edge does not translate is the kernel's.
         _ => return Verdict::of(Reason::PassUnparsable),
     };
+    // A packet that may start a flow (a SYN, any UDP datagram) from one of our own addresses:
+    // no flow can have such a client, as for IPv4. The source read in the packet (no copy on
+    // a stack with no room left), one filter read.
+    if vip_addr
+        && (!p.is_tcp() || p.seg.flags & tcp_flags::SYN != 0)
+        && let Some(src) = crate::parse::ptr_at::<[u32; 4]>(ctx, l3 + 8)
+        // SAFETY: bounds checked by ptr_at.
+        && crate::classify::lookup6(unsafe { &*src }).is_some()
+    {
+        return Verdict::of(Reason::DropOwnSource);
+    }
     let opts = if p.seg.flags & tcp_flags::SYN != 0 {
         parse::tcp::syn_options(ctx, &mut p)
     } else {
@@ -95,7 +106,7 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
     if !flow.new {
         let (acked_before, synack_at) = (e.flags & FlowEntry::ACK_SEEN_FWD, e.last_seen_ns);
         let completes = e.completes_handshake(&p.seg);
-        flow.accepted = conntrack::track_and_touch(ctx, e, &p, now, Direction::Forward);
+        flow.accepted = conntrack::track_and_touch::<false>(ctx, e, &p, now, Direction::Forward);
         if acked_before == 0
             && completes
             && e.flags & FlowEntry::ACK_SEEN_FWD != 0

@@ -93,13 +93,14 @@ pub fn image(s: &State) -> super::super::dataplane::Image {
 }
 
 /// What each pool new flows take from holds (lb_common::shares): the connection tables
-/// (`conntrack.max_flows` each) and the ports of the active SNAT addresses of each family.
+/// (`conntrack.max_flows` each) and the ports of the SNAT addresses of each family (draining
+/// ones too: their flows count until they end).
 fn capacities(s: &State) -> [u64; RESOURCES] {
     let snat = |v6: bool| {
         let n = s
             .snat
             .values()
-            .filter(|(a, _)| a.active && a.address.is_ipv6() == v6)
+            .filter(|(a, _)| a.address.is_ipv6() == v6)
             .count() as u32;
         lb_common::slot::capacity(n, s.cfg.snat.port_min, s.cfg.snat.port_max)
     };
@@ -315,6 +316,13 @@ fn config(s: &State) -> DataplaneConfig {
                 u32::MAX
             } else {
                 lb_common::shares::full_at(c)
+            }
+        }),
+        pool_size: capacities(s).map(|c| {
+            if c == 0 {
+                u32::MAX
+            } else {
+                c.min(u32::MAX as u64 - 1) as u32
             }
         }),
     }

@@ -57,6 +57,10 @@ fn shares_follow_max_flows_and_split_the_rest_per_pool_and_family() {
             full_at(snat6)
         ]
     );
+    assert_eq!(
+        img.config.pool_size,
+        [100_000, 100_000, snat4 as u32, snat6 as u32]
+    );
 }
 
 #[test]
