@@ -72,8 +72,9 @@ pub fn wklb_flow(ctx: XdpContext) -> u32 {
     finish(&ctx, flow(&ctx))
 }
 
-/// SYN cookies, client → VIP: answering SYNs in cookie mode, the ACKs that prove a cookie, and
-/// cookie flows' segments (the SYN to the backend, then translation).
+/// SYN cookies, client → VIP: the ACKs that prove a cookie, and cookie flows' segments until
+/// the backend answered (the SYN to it; the entry translates them afterwards). Cookie SYN-ACKs
+/// are the flow program's.
 #[xdp]
 pub fn wklb_cookie(ctx: XdpContext) -> u32 {
     finish(&ctx, cookie_program(&ctx))
@@ -135,7 +136,7 @@ fn entry(ctx: &XdpContext) -> Verdict {
         PROTO_ICMP => tails::call(ctx, tails::ICMP),
         PROTO_TCP | PROTO_UDP => {
             if class.flags & AddrClass::VIP != 0 {
-                match to_backend::established(ctx, &mut p) {
+                match to_backend::established(ctx, &mut p, class) {
                     Some(v) => v,
                     None => tails::call(ctx, tails::FLOW),
                 }
@@ -152,10 +153,23 @@ fn entry(ctx: &XdpContext) -> Verdict {
     }
 }
 
-/// IPv6 goes to the IPv6 program (which checks new flows' sources, as the flow program does
-/// for IPv4).
+/// IPv6 to one of our addresses: a VIP's to the IPv6 program (which checks new flows'
+/// sources, as the flow program does for IPv4), an IPv6 data node's reply to a SNAT address
+/// straight to the sender program that translates it.
 #[inline(always)]
 fn ipv6_entry(ctx: &XdpContext) -> Verdict {
+    let parse::eth::L2::Ipv6 { l3, .. } = parse::eth::parse(ctx) else {
+        return Verdict::of(Reason::DropInternal);
+    };
+    let Some(dst) = parse::ipv6::destination(ctx, l3) else {
+        return Verdict::of(Reason::PassUnparsable);
+    };
+    let Some(class) = classify::lookup6(&dst) else {
+        return Verdict::of(Reason::PassNotIpv4);
+    };
+    if class.flags & AddrClass::VIP == 0 {
+        return v6::backend::defer_reply(class);
+    }
     tails::call(ctx, tails::V6)
 }
 
@@ -200,6 +214,8 @@ fn cookie_program(ctx: &XdpContext) -> Verdict {
     }
     let key = lb_common::Flow4Key::from_wire(p.src, p.dst, p.ports, p.proto);
     let told = handoff::take(&key);
+    // SYNs are answered in the flow program; one reaching here (a handoff from an older flow
+    // program during an upgrade) walks its options again.
     let opts = if p.seg.flags & lb_common::conntrack::tcp_flags::SYN == 0 {
         None
     } else if told.has(handoff::OPTIONS) {

@@ -29,13 +29,17 @@ use crate::{
 /// The established path of a plain flow (in the entry program): not a SYN, a flow found (its
 /// hint, or FLOWS4), not a cookie flow. None: the flow program's (`handle`).
 #[inline(always)]
-pub fn established(ctx: &XdpContext, p: &mut Packet) -> Option<Verdict> {
+pub fn established(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Option<Verdict> {
     if p.is_tcp() && p.seg.flags & tcp_flags::SYN != 0 {
         return None;
     }
     let key = Flow4Key::from_wire(p.src, p.dst, p.ports, p.proto);
     let Some(mut flow) = forward::lookup_hinted(&key) else {
-        // The flow program need not look again.
+        if p.is_tcp() {
+            // No flow and no SYN: refused here, or a cookie ACK for the cookie program.
+            return forward::without_flow(ctx, p, &key, class);
+        }
+        // UDP: a new flow (the flow program's, which need not look again).
         crate::handoff::give(&key, crate::handoff::NO_FLOW, Default::default());
         return None;
     };
@@ -107,6 +111,14 @@ pub fn handle(
         Found::Flow(f) => f,
         Found::NotVip => return None,
         Found::Cookie => return Some(tails::call(ctx, tails::COOKIE)),
+        // Answered here: a tail call and a second parse per SYN of a flood cost more than the
+        // verifier's work on the answer.
+        Found::CookieSyn(vip_id) => {
+            return Some(match maps::config() {
+                Some(cfg) => crate::cookie::syn::answer(ctx, p, vip_id, opts, cfg),
+                None => Verdict::of(Reason::DropInternal),
+            });
+        }
         Found::Refused(reason, vip_id) => {
             if reason == Reason::DropNoBackend {
                 stats::vip_no_backend(vip_id);

@@ -35,9 +35,11 @@ pub enum Found {
     NotVip,
     /// Ours, but refused (counted under the reason) for this VIP id.
     Refused(Reason, u32),
-    /// The cookie program's (`cookie::client`): a SYN to this VIP in cookie mode (admitted and
-    /// counted here), or a client ACK without a flow that may carry a cookie.
+    /// The cookie program's (`cookie::client`): a client ACK without a flow that may carry a
+    /// cookie.
     Cookie,
+    /// A SYN to this VIP in cookie mode (admitted and counted here): answered with a cookie.
+    CookieSyn(u32),
 }
 
 #[inline(always)]
@@ -96,11 +98,7 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
         // A retransmitted SYN of a flow created before cookie mode keeps its flow.
         return match lookup(&key) {
             Some(f) if !stale_for_syn(f.entry) => Found::Flow(f),
-            _ => {
-                // The flow program walked the SYN's options (`main::flow`).
-                handoff::give(&key, handoff::VIP | handoff::OPTIONS, vip);
-                Found::Cookie
-            }
+            _ => Found::CookieSyn(vip.vip_id),
         };
     }
     let hash = flow_hash_v4_words(p.src, p.dst, sport, dport, p.proto);
@@ -130,6 +128,26 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
         Some(f) => Found::Flow(f),
         None => Found::Refused(Reason::DropInternal, vip.vip_id),
     }
+}
+
+/// A TCP segment without SYN and without a flow, in the entry program (an ACK flood's path):
+/// refused without state, or, for a VIP that may have cookies out, handed to the cookie
+/// program as a cookie candidate. None: not a VIP's port (the flow program decides).
+#[inline(always)]
+pub fn without_flow(
+    ctx: &XdpContext,
+    p: &Packet,
+    key: &Flow4Key,
+    class: AddrClass,
+) -> Option<crate::verdict::Verdict> {
+    let (_, dport) = ports_of(p.ports);
+    let vip = vip::lookup(p.dst, dport, p.proto, class)?;
+    let cfg = config()?;
+    if vip.flags & VipMeta::COOKIES_ALLOWED != 0 && cookie_ack::is_candidate(p.seg.flags) {
+        handoff::give(key, handoff::NO_FLOW | handoff::VIP, vip);
+        return Some(crate::maps::tails::call(ctx, crate::maps::tails::COOKIE));
+    }
+    Some(crate::verdict::Verdict::of(no_state(p.seg.flags, cfg)))
 }
 
 /// A client ACK without a flow to a cookie-capable VIP: a valid cookie creates the flow (the

@@ -103,7 +103,9 @@ fn from_vip(
             }
             return Err(Verdict::of(reason));
         }
-        Found::NotVip | Found::Cookie => return Err(Verdict::of(Reason::DropInternal)),
+        Found::NotVip | Found::Cookie | Found::CookieSyn(_) => {
+            return Err(Verdict::of(Reason::DropInternal));
+        }
     })
 }
 

@@ -145,8 +145,12 @@ pub fn finish(ctx: &XdpContext) -> Verdict {
 // They return `Verdict::to_word`.
 #[inline(never)]
 fn reply_to_node(ctx: &XdpContext, l3: usize, vlan: u16, class: AddrClass) -> u64 {
-    let ipv6::Parsed6::Ok(mut p, a) = ipv6::parse(ctx, l3, vlan) else {
-        return Verdict::of(Reason::DropInternal).to_word();
+    // To a SNAT address only: what the edge does not translate (ICMPv6, neighbour discovery
+    // included; fragments; other protocols) is the kernel's.
+    let (mut p, a) = match ipv6::parse(ctx, l3, vlan) {
+        ipv6::Parsed6::Ok(p, a) => (p, a),
+        ipv6::Parsed6::Icmp => return Verdict::of(Reason::PassIcmp).to_word(),
+        _ => return Verdict::of(Reason::PassUnparsable).to_word(),
     };
     let opts = syn_options(ctx, &mut p);
     reply(ctx, &p, &a, class, opts).to_word()
@@ -360,7 +364,7 @@ fn reply(
         return Verdict::of(Reason::DropTtlExpired);
     }
     let (handshake, syn_at) = (e.state == State::SynSent as u8, e.last_seen_ns);
-    let accepted = conntrack::track_and_touch::<false>(ctx, e, p, now_ns(), Direction::Reverse);
+    let accepted = conntrack::track_and_touch::<true>(ctx, e, p, now_ns(), Direction::Reverse);
     if handshake && e.state == State::Established as u8 {
         crate::rtt::backend_answered(e, syn_at);
     }

@@ -106,7 +106,7 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
     if !flow.new {
         let (acked_before, synack_at) = (e.flags & FlowEntry::ACK_SEEN_FWD, e.last_seen_ns);
         let completes = e.completes_handshake(&p.seg);
-        flow.accepted = conntrack::track_and_touch::<false>(ctx, e, &p, now, Direction::Forward);
+        flow.accepted = conntrack::track_and_touch::<true>(ctx, e, &p, now, Direction::Forward);
         if acked_before == 0
             && completes
             && e.flags & FlowEntry::ACK_SEEN_FWD != 0
