@@ -1,8 +1,8 @@
 //! What a program tells the one it tail-calls about the packet: the lookups it made, so the
 //! next one does not make them again (a second FLOWS4 miss, a second VIP lookup, a second walk
 //! of a SYN's options are tens of nanoseconds each). Per CPU, and naming the packet's tuple:
-//! the callee trusts it only for that tuple (a record left by a tail call that failed is
-//! overwritten by the next packet's caller before it is read).
+//! the callee trusts it only for that tuple, and takes it once; a tail call that fails clears
+//! it (`maps::tails::call`), so no record outlives the packet it was given for.
 
 use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
 use lb_common::{Flow4Key, VipMeta};
@@ -57,6 +57,15 @@ pub fn give(key: &Flow4Key, what: u32, vip: VipMeta) {
             (*h).what = what;
             (*h).vip = vip;
         }
+    }
+}
+
+/// Forgets any record (after a tail call that did not happen).
+#[inline(always)]
+pub fn clear() {
+    if let Some(h) = HANDOFF.get_ptr_mut(0) {
+        // SAFETY: this CPU's value.
+        unsafe { (*h).what = 0 };
     }
 }
 

@@ -241,6 +241,9 @@ pub mod tails {
     pub fn call(ctx: &XdpContext, index: u32) -> Verdict {
         // SAFETY: a tail call into a program of the same type; on success it does not return.
         unsafe { super::TAILS.tail_call(ctx, index) };
+        // What this program handed on was for the program that is missing: not for the next
+        // packet of the tuple, which may reach a callee without a handoff.
+        crate::handoff::clear();
         Verdict::of(Reason::DropInternal)
     }
 }

@@ -659,7 +659,7 @@ fn h02_errors_about_a_cookie_flow_quote_the_numbering_of_the_side_they_go_to() {
         wklb_tests::netns::ip("link set wkc0 mtu 1300").unwrap();
         let mut cfg = fx.config();
         cfg.min_mtu = 1300;
-        let client_if = fx.client_if;
+        let (client_if, backend_if) = (fx.client_if, fx.backend_if);
         fx.image.iface_mtu.insert(client_if, 1300);
         fx.set_config(cfg).unwrap();
         let backend_seq = cookie::BACKEND_ISN.wrapping_add(1);
@@ -705,40 +705,17 @@ fn h02_errors_about_a_cookie_flow_quote_the_numbering_of_the_side_they_go_to() {
                 ..Seg::default()
             },
         );
-        for quote in [28usize, 48, 100] {
-            let err = icmp_error(
-                std::net::Ipv4Addr::new(192, 0, 2, 1),
-                VIP,
-                3,
-                4,
-                [0, 0, 0x05, 0x14],
-                &to_client,
-                quote,
-            );
-            let before = fx.reasons();
-            let (act, out) = fx.run(fx.client_if, &err).unwrap();
-            assert_eq!(act, XDP_REDIRECT, "quote {quote}");
-            assert_only(fx, &before, Reason::IcmpErrorToBackend, 1);
-            let e = inspect_icmp(&out);
-            assert_eq!((e.src, e.dst), (SNAT, BACKENDS[b]));
-            assert!(e.checksums_ok, "quote {quote}: {e:?}");
-            let (seq, ack, sum) = packets::quoted_tcp(&e.quote);
-            assert_eq!(
-                seq,
-                Some(backend_seq),
-                "quote {quote}: the backend's numbering"
-            );
-            if quote >= 48 {
-                assert_eq!(
-                    ack,
-                    Some(cookie::ISN + 1),
-                    "the acknowledgment was the client's"
-                );
-            }
-            if quote == 100 {
-                assert_eq!(sum, Some(true), "the quoted TCP checksum follows");
-            }
-        }
+        quotes_translated(
+            fx,
+            Routed {
+                router: std::net::Ipv4Addr::new(192, 0, 2, 1),
+                to: VIP,
+                arrives_on: client_if,
+                about: &to_client,
+            },
+            (Reason::IcmpErrorToBackend, SNAT, BACKENDS[b]),
+            (backend_seq, cookie::ISN + 1),
+        );
         // A router on the backend side about the client's segment as the edge sent it (its
         // acknowledgment in the backend's numbering): translated to the client in its own.
         let to_backend = tcp_seg(
@@ -752,41 +729,63 @@ fn h02_errors_about_a_cookie_flow_quote_the_numbering_of_the_side_they_go_to() {
                 ..Seg::default()
             },
         );
-        for quote in [28usize, 48, 100] {
-            let err = icmp_error(
-                std::net::Ipv4Addr::new(10, 2, 0, 254),
-                SNAT,
-                3,
-                4,
-                [0, 0, 0x05, 0x14],
-                &to_backend,
-                quote,
-            );
-            let before = fx.reasons();
-            let (act, out) = fx.run(fx.backend_if, &err).unwrap();
-            assert_eq!(act, XDP_REDIRECT, "quote {quote}");
-            assert_only(fx, &before, Reason::IcmpErrorToClient, 1);
-            let e = inspect_icmp(&out);
-            assert_eq!((e.src, e.dst), (VIP, CLIENT));
-            assert!(e.checksums_ok, "quote {quote}: {e:?}");
-            let (seq, ack, sum) = packets::quoted_tcp(&e.quote);
-            assert_eq!(
-                seq,
-                Some(cookie::ISN + 1),
-                "the client's own sequence number"
-            );
-            if quote >= 48 {
-                assert_eq!(
-                    ack,
-                    Some(client_seq),
-                    "quote {quote}: the client's numbering"
-                );
-            }
-            if quote == 100 {
-                assert_eq!(sum, Some(true), "the quoted TCP checksum follows");
-            }
-        }
+        quotes_translated(
+            fx,
+            Routed {
+                router: std::net::Ipv4Addr::new(10, 2, 0, 254),
+                to: SNAT,
+                arrives_on: backend_if,
+                about: &to_backend,
+            },
+            (Reason::IcmpErrorToClient, VIP, CLIENT),
+            (cookie::ISN + 1, client_seq),
+        );
     });
+}
+
+/// A router's fragmentation-needed about `about`, sent to `to`, arriving on `arrives_on`.
+struct Routed<'a> {
+    router: std::net::Ipv4Addr,
+    to: std::net::Ipv4Addr,
+    arrives_on: u32,
+    about: &'a [u8],
+}
+
+/// The error, quoting 28, 48 and 100 bytes, is translated under `reason` from `src` to `dst`
+/// and quotes `(seq, ack)` in the numbering of the side it reaches (the acknowledgment from 48
+/// bytes on; the quoted TCP checksum kept right at 100).
+fn quotes_translated(
+    fx: &mut Fixture,
+    e: Routed,
+    (reason, src, dst): (Reason, std::net::Ipv4Addr, std::net::Ipv4Addr),
+    (seq, ack): (u32, u32),
+) {
+    for quote in [28usize, 48, 100] {
+        let err = icmp_error(e.router, e.to, 3, 4, [0, 0, 0x05, 0x14], e.about, quote);
+        let before = fx.reasons();
+        let (act, out) = fx.run(e.arrives_on, &err).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "quote {quote}");
+        assert_only(fx, &before, reason, 1);
+        let got = inspect_icmp(&out);
+        assert_eq!((got.src, got.dst), (src, dst));
+        assert!(got.checksums_ok, "quote {quote}: {got:?}");
+        let (q_seq, q_ack, sum) = packets::quoted_tcp(&got.quote);
+        assert_eq!(
+            q_seq,
+            Some(seq),
+            "quote {quote}: the sequence number in its side's numbering"
+        );
+        if quote >= 48 {
+            assert_eq!(
+                q_ack,
+                Some(ack),
+                "quote {quote}: the acknowledgment in its side's numbering"
+            );
+        }
+        if quote == 100 {
+            assert_eq!(sum, Some(true), "the quoted TCP checksum follows");
+        }
+    }
 }
 
 // ------------------------------------------------------------------ h01: shares
@@ -880,6 +879,31 @@ fn h01_a_vip_over_its_share_may_use_free_room_below_the_threshold() {
         for port in 40_000..40_010u16 {
             plain::open(fx, port);
         }
+    });
+}
+
+#[test]
+fn h01_a_full_pool_still_forwards_a_retransmitted_syn_of_a_flow_it_holds() {
+    with_fixture("h01_full_retx", 4096, |fx| {
+        small_pool_with_shares(fx, &[(UDP_VIP_ID, 10), (TCP_VIP_ID, 90)]);
+        // The TCP VIP takes its share, 90 ports: the pool is 90% full and the VIP at its share.
+        let first = plain::open(fx, 41_000);
+        for port in 41_001..41_090u16 {
+            plain::open(fx, port);
+        }
+        let before = fx.reasons();
+        assert_eq!(
+            fx.run(fx.client_if, &plain::syn(41_090)).unwrap().0,
+            XDP_DROP,
+            "a new flow over the share in a 90% full pool"
+        );
+        assert_eq!(
+            fx.reasons()[Reason::DropVipOverShare as usize],
+            before[Reason::DropVipOverShare as usize] + 1
+        );
+        // The first client's SYN-ACK was lost: its retransmitted SYN reaches the same backend
+        // through the same port (refused before: the pool check came before the lookup).
+        assert_eq!(plain::open(fx, 41_000), first);
     });
 }
 

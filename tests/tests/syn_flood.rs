@@ -321,15 +321,10 @@ fn f04_a_source_at_its_connection_limit_waits_until_some_close() {
     assert_eq!(again["connected"], 3, "{again:#}");
 }
 
-#[test]
-fn f05_a_reconnect_storm_of_real_clients_does_not_engage_cookies() {
-    let Some(mut t) = topology("f05_storm", 2) else {
-        return;
-    };
-    let config = t.config(&[(0, 100), (1, 100)], "");
-    start(&mut t, &config, 2);
-    // 3,000 clients at once (200 in parallel): thousands of SYNs a second, each completing.
-    let storm = t
+/// 3,000 clients at once, 200 in parallel (thousands of SYNs a second), each closing at once
+/// (held `duration_s`): the client's report.
+fn storm(t: &Topology, duration_s: u32) -> Value {
+    let c = t
         .client(&[
             "tcp",
             "--target",
@@ -341,10 +336,21 @@ fn f05_a_reconnect_storm_of_real_clients_does_not_engage_cookies() {
             "--ping-interval-ms",
             "0",
             "--duration-s",
-            "2",
+            &duration_s.to_string(),
         ])
         .unwrap();
-    let r = Topology::client_report(storm).unwrap();
+    Topology::client_report(c).unwrap()
+}
+
+#[test]
+fn f05_a_reconnect_storm_of_real_clients_does_not_engage_cookies() {
+    let Some(mut t) = topology("f05_storm", 2) else {
+        return;
+    };
+    let config = t.config(&[(0, 100), (1, 100)], "");
+    start(&mut t, &config, 2);
+    // 3,000 clients at once (200 in parallel): thousands of SYNs a second, each completing.
+    let r = storm(&t, 2);
     assert_eq!(r["connected"], 3000, "{r:#}");
     let s = t.stats().unwrap();
     let v = vip(&s, "im-tcp");
@@ -366,22 +372,7 @@ fn f06_reconnects_refused_by_a_dead_data_node_do_not_engage_cookies() {
     // The data node's IM service dies while its health endpoint still answers (until the
     // next checks): the node refuses connections with a RST.
     t.stop_backend(1);
-    let storm = t
-        .client(&[
-            "tcp",
-            "--target",
-            &format!("{VIP}:{TCP_PORT}"),
-            "--conns",
-            "3000",
-            "--parallel",
-            "200",
-            "--ping-interval-ms",
-            "0",
-            "--duration-s",
-            "1",
-        ])
-        .unwrap();
-    let r = Topology::client_report(storm).unwrap();
+    let r = storm(&t, 1);
     let s = t.stats().unwrap();
     let v = vip(&s, "im-tcp");
     println!(

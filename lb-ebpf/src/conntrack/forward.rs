@@ -110,7 +110,13 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
                 }
                 return Found::Flow(f);
             }
-            Created::Refused(r) => return Found::Refused(r, vip.vip_id),
+            Created::Refused(r) => {
+                // A full pool refuses new flows, not a retransmitted SYN of one it holds.
+                return match lookup(&key) {
+                    Some(f) if !(starts && stale_for_syn(f.entry)) => Found::Flow(f),
+                    _ => Found::Refused(r, vip.vip_id),
+                };
+            }
             Created::Clash => {}
         }
         match lookup(&key) {

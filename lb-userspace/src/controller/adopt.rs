@@ -69,7 +69,17 @@ pub fn state(img: &Image, cfg: &Config) -> State {
     for (i, a) in &img.snat {
         let address = ip_of(&a.addr, a.family);
         let active = picked.contains(i);
-        s.snat.insert(*i, (SnatState { address, active }, now));
+        s.snat.insert(
+            *i,
+            (
+                SnatState {
+                    address,
+                    active,
+                    held: None,
+                },
+                now,
+            ),
+        );
     }
     s
 }

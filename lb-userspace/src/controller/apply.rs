@@ -88,6 +88,7 @@ fn snat(next: &mut State, new: &Config, capacity: u32, summary: &mut Vec<String>
                 SnatState {
                     address: *a,
                     active: true,
+                    held: None,
                 },
                 now,
             ),

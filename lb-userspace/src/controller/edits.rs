@@ -2,7 +2,10 @@
 //! CLI, health transitions
 //! from probes, and the resources expiry found free.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use anyhow::{Result, bail};
 use log::{info, warn};
@@ -25,6 +28,8 @@ pub struct InUse {
     pub started_ns: u64,
     pub backends: BTreeSet<u32>,
     pub snat: BTreeSet<u32>,
+    /// SNAT index → its slots not free once the pass ended (the ports its flows hold).
+    pub held: BTreeMap<u32, u64>,
     pub expired: u64,
 }
 
@@ -246,7 +251,19 @@ impl<M: Maps> Controller<M> {
                 out.push(format!("snat {}: no flows left, released", s.address));
             }
         }
-        if next.retired_backends.len() != self.state.retired_backends.len() || !out.is_empty() {
+        // A draining address's ports count toward its pool only while its flows hold them.
+        let mut held_changed = false;
+        for (i, (s, since)) in next.snat.iter_mut() {
+            if !s.active && *since <= u.started_ns {
+                let held = Some(u.held.get(i).copied().unwrap_or(0));
+                held_changed |= s.held != held;
+                s.held = held;
+            }
+        }
+        if held_changed
+            || next.retired_backends.len() != self.state.retired_backends.len()
+            || !out.is_empty()
+        {
             self.commit(next)?;
         }
         Ok(out)

@@ -170,6 +170,7 @@ pub fn sweep_with(flows: &dyn Flows, pass: &Pass) -> Result<Sweep> {
             }
         }
     }
+    out.in_use.held = held_per_snat(&found_taken);
     flows.store_port_maps(&found_taken, pass.ports.0, pass.ports.1);
     uncount(flows, &freed);
     out.in_use.expired = out.expired;
@@ -251,6 +252,22 @@ fn uncount(flows: &dyn Flows, freed: &[[u64; RESOURCES]]) {
             }
         }
     }
+}
+
+/// SNAT index → slots not free, from a bit per slot (addresses with none left out).
+fn held_per_snat(taken: &[u64]) -> BTreeMap<u32, u64> {
+    let words = (lb_common::maps::SLOTS_PER_SNAT_ADDR / 64) as usize;
+    taken
+        .chunks(words)
+        .enumerate()
+        .map(|(i, w)| {
+            (
+                i as u32,
+                w.iter().map(|x| x.count_ones() as u64).sum::<u64>(),
+            )
+        })
+        .filter(|(_, n)| *n != 0)
+        .collect()
 }
 
 fn clear_bit(bits: &mut [u64], i: u32) {

@@ -93,16 +93,20 @@ pub fn image(s: &State) -> super::super::dataplane::Image {
 }
 
 /// What each pool new flows take from holds (lb_common::shares): the connection tables
-/// (`conntrack.max_flows` each) and the ports of the SNAT addresses of each family (draining
-/// ones too: their flows count until they end).
+/// (`conntrack.max_flows` each) and the ports of the SNAT addresses of each family: every
+/// port of an active address, and of a draining one the ports its flows still hold (they are
+/// in the pool's count until they end, and new flows never get the rest).
 fn capacities(s: &State) -> [u64; RESOURCES] {
+    let ports = lb_common::slot::capacity(1, s.cfg.snat.port_min, s.cfg.snat.port_max);
     let snat = |v6: bool| {
-        let n = s
-            .snat
+        s.snat
             .values()
             .filter(|(a, _)| a.address.is_ipv6() == v6)
-            .count() as u32;
-        lb_common::slot::capacity(n, s.cfg.snat.port_min, s.cfg.snat.port_max)
+            .map(|(a, _)| match (a.active, a.held) {
+                (false, Some(held)) => held.min(ports),
+                _ => ports,
+            })
+            .sum::<u64>()
     };
     let flows = s.cfg.conntrack.max_flows as u64;
     [flows, flows, snat(false), snat(true)]
@@ -318,13 +322,21 @@ fn config(s: &State) -> DataplaneConfig {
                 lb_common::shares::full_at(c)
             }
         }),
-        pool_size: capacities(s).map(|c| {
-            if c == 0 {
-                u32::MAX
-            } else {
-                c.min(u32::MAX as u64 - 1) as u32
-            }
-        }),
+        // The SNAT pools only: a flow the data path ended holds its port until expiry frees
+        // it, but not its FLOWS4/FLOWS6 entry, so the connection tables' counts run ahead of
+        // them between passes (their inserts decide).
+        pool_size: {
+            let mut size = capacities(s).map(|c| {
+                if c == 0 {
+                    u32::MAX
+                } else {
+                    c.min(u32::MAX as u64 - 1) as u32
+                }
+            });
+            size[lb_common::shares::FLOWS4] = u32::MAX;
+            size[lb_common::shares::FLOWS6] = u32::MAX;
+            size
+        },
     }
 }
 

@@ -179,6 +179,9 @@ pub struct SnatState {
     pub address: IpAddr,
     /// New flows may take it; false while a removed address's flows drain.
     pub active: bool,
+    /// While draining: the ports its flows still hold, as the last expiry pass counted them
+    /// (None until a pass has: its whole range is assumed held).
+    pub held: Option<u64>,
 }
 
 /// An interface the program runs on.
