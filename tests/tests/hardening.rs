@@ -907,6 +907,36 @@ fn h01_a_full_pool_still_forwards_a_retransmitted_syn_of_a_flow_it_holds() {
     });
 }
 
+#[test]
+fn h01_the_same_for_an_ipv6_vip() {
+    with_fixture("h01_full_retx6", 4096, |fx| {
+        fx.add_ipv6_vip();
+        small_pool_with_shares(fx, &[(TCP_VIP_ID, 10), (V6_VIP_ID, 90)]);
+        let syn = |port: u16| {
+            packets::tcp6_seg(
+                (CLIENT6, port),
+                (VIP6, VIP_TCP_PORT),
+                0,
+                &Seg {
+                    flags: "S",
+                    seq: 7,
+                    ..Seg::default()
+                },
+            )
+        };
+        let mut sent = Vec::new();
+        for port in 41_000..41_091u16 {
+            let (act, out) = fx.run(fx.client_if, &syn(port)).unwrap();
+            sent.push((act, out));
+        }
+        assert!(sent[..90].iter().all(|(a, _)| *a == XDP_REDIRECT));
+        assert_eq!(sent[90].0, XDP_DROP, "over the share in a 90% full pool");
+        let (act, out) = fx.run(fx.client_if, &syn(41_000)).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", fx.reasons());
+        assert_eq!(out, sent[0].1, "the same backend through the same port");
+    });
+}
+
 // ------------------------------------------------------------------ h13: data-path engagement
 
 /// The TCP VIP in `auto` mode with a half-open budget for `engage_syn_rate` SYNs a second.

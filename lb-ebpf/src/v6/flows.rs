@@ -176,7 +176,15 @@ fn create(
         _ => return Err(Reason::DropNoBackend),
     };
     let backend_v6 = backend.family == lb_common::FAMILY_IPV6;
-    crate::shares::admit(vip.vip_id, true, backend_v6)?;
+    if let Err(r) = crate::shares::admit(vip.vip_id, true, backend_v6) {
+        // A full pool refuses new flows, not a retransmitted SYN of one it holds: the tuple
+        // taken, the caller looks it up as after a clash.
+        return if FLOWS6.get_ptr(key).is_some() {
+            Ok(None)
+        } else {
+            Err(r)
+        };
+    }
     let (s, e, token) = snat::claim(hash, cfg, backend.family)?;
     let Some(snat_addr) = SNAT_ADDRS.get(slot::snat_index_of(s)) else {
         snat::release(s, e, token);
