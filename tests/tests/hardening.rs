@@ -611,7 +611,7 @@ fn h12_a_packet_from_one_of_our_own_addresses_creates_nothing() {
             assert_only(fx, &before, Reason::DropOwnSource, 1);
         }
         assert!(fx.flows().is_empty());
-        // The same for an IPv6 VIP: its own address as the source, TCP and UDP.
+        // The same for an IPv6 VIP: its own address as the source, TCP, UDP and ICMPv6.
         fx.add_ipv6_vip();
         for f in [
             packets::tcp6_seg(
@@ -625,6 +625,16 @@ fn h12_a_packet_from_one_of_our_own_addresses_creates_nothing() {
                 },
             ),
             packets::udp6((VIP6, VIP_UDP_PORT), (VIP6, VIP_UDP_PORT), b"x"),
+            // An echo request would be answered to ourselves.
+            {
+                let mut ping = Vec::new();
+                etherparse::PacketBuilder::ethernet2(packets::CLIENT_MAC, packets::EDGE_MAC)
+                    .ipv6(VIP6, VIP6, 61)
+                    .icmpv6_echo_request(0x77, 3)
+                    .write(&mut ping, b"me?")
+                    .unwrap();
+                ping
+            },
         ] {
             let before = fx.reasons();
             assert_eq!(fx.run(fx.client_if, &f).unwrap().0, XDP_DROP);

@@ -31,6 +31,15 @@ use crate::{
 };
 use flows::Found6;
 
+/// Whether the IPv6 source is one of our addresses: read in the packet (no copy on a stack
+/// with no room left), one filter read.
+#[inline(always)]
+fn from_our_address(ctx: &XdpContext, l3: usize) -> bool {
+    // SAFETY: bounds checked by ptr_at.
+    crate::parse::ptr_at::<[u32; 4]>(ctx, l3 + 8)
+        .is_some_and(|src| crate::classify::lookup6(unsafe { &*src }).is_some())
+}
+
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
     let Some(dst) = ipv6::destination(ctx, l3) else {
@@ -42,6 +51,10 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
     let vip_addr = class.flags & AddrClass::VIP != 0;
     let (mut p, a) = match ipv6::parse(ctx, l3, vlan) {
         Parsed6::Ok(p, a) => (p, a),
+        // Nothing of ours sends ICMPv6 to a VIP: an echo would be answered to ourselves.
+        Parsed6::Icmp if vip_addr && from_our_address(ctx, l3) => {
+            return Verdict::of(Reason::DropOwnSource);
+        }
         Parsed6::Icmp if vip_addr => {
             // A Packet Too Big about a reply: the sender program turns it toward the backend.
             return match crate::parse::ptr_at::<u8>(ctx, l3 + ipv6::HDR_LEN) {
@@ -62,14 +75,8 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
         _ => return Verdict::of(Reason::PassUnparsable),
     };
     // A packet that may start a flow (a SYN, any UDP datagram) from one of our own addresses:
-    // no flow can have such a client, as for IPv4. The source read in the packet (no copy on
-    // a stack with no room left), one filter read.
-    if vip_addr
-        && (!p.is_tcp() || p.seg.flags & tcp_flags::SYN != 0)
-        && let Some(src) = crate::parse::ptr_at::<[u32; 4]>(ctx, l3 + 8)
-        // SAFETY: bounds checked by ptr_at.
-        && crate::classify::lookup6(unsafe { &*src }).is_some()
-    {
+    // no flow can have such a client, as for IPv4.
+    if vip_addr && (!p.is_tcp() || p.seg.flags & tcp_flags::SYN != 0) && from_our_address(ctx, l3) {
         return Verdict::of(Reason::DropOwnSource);
     }
     let opts = if p.seg.flags & tcp_flags::SYN != 0 {
