@@ -201,9 +201,9 @@ fn set_taken(bits: *mut u64, full: *mut u64, b: u32, wb: u32, mask: u64) {
     }
 }
 
-/// The bitmaps' record of a claim on `port` of SNAT index `index` (out of line: it keeps the
-/// claiming program's frame small).
-#[inline(never)]
+/// The bitmaps' record of a claim on `port` of SNAT index `index`. Inline: every new flow pays
+/// it, and a call's return costs more than the two atomics (return-thunk mitigations).
+#[inline(always)]
 fn mark(index: u32, port: u32, cfg: &DataplaneConfig) {
     let word = port / 64;
     if let (Some(bits), Some(full)) = (
