@@ -1,9 +1,10 @@
 //! wklb XDP data path: a short pipeline of named stages, in a few programs.
 //!
 //! parse L2/L3 → classify the destination → parse L4 (`front`) → client → backend
-//! (`to_backend`) or backend → client (`to_client`) for established plain flows in the entry
-//! program; new flows, cookie flows, ICMP and IPv6 in programs entered by tail call → count the
-//! verdict's reason. Pure logic lives in lb-common.
+//! (`to_backend`, `v6::established`) or backend → client (`to_client`) for established plain
+//! flows of both client families in the entry program; new flows, cookie flows, ICMP and the
+//! rest of IPv6 in programs entered by tail call → count the verdict's reason. Pure logic lives
+//! in lb-common.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics, asm_experimental_arch))]
@@ -47,7 +48,8 @@ use front::Stop;
 use maps::tails;
 use verdict::Verdict;
 
-// The programs. `wklb`, attached to the interfaces, keeps the established paths of plain flows;
+// The programs. `wklb`, attached to the interfaces, keeps the established paths of plain flows
+// (IPv4 and IPv6 clients);
 // everything else is a program of its own entered by tail call through `TAILS`, each verified
 // on its own budget with a stack of its own (see docs/architecture.md).
 
@@ -93,7 +95,7 @@ pub fn wklb_icmp(ctx: XdpContext) -> u32 {
     finish(&ctx, icmp_program(&ctx))
 }
 
-/// IPv6 to our addresses.
+/// IPv6 to a VIP beyond the established path: new flows, UDP, ICMPv6.
 #[xdp]
 pub fn wklb_v6(ctx: XdpContext) -> u32 {
     finish(&ctx, ipv6_program(&ctx))
@@ -153,12 +155,13 @@ fn entry(ctx: &XdpContext) -> Verdict {
     }
 }
 
-/// IPv6 to one of our addresses: a VIP's to the IPv6 program (which checks new flows'
-/// sources, as the flow program does for IPv4), an IPv6 data node's reply to a SNAT address
-/// straight to the sender program that translates it.
+/// IPv6 to one of our addresses: a VIP's established TCP segments here, the rest of a VIP's
+/// to the IPv6 program (which checks new flows' sources, as the flow program does for IPv4);
+/// an IPv6 data node's reply to a SNAT address straight to the sender program that translates
+/// it.
 #[inline(always)]
 fn ipv6_entry(ctx: &XdpContext) -> Verdict {
-    let parse::eth::L2::Ipv6 { l3, .. } = parse::eth::parse(ctx) else {
+    let parse::eth::L2::Ipv6 { l3, vlan } = parse::eth::parse(ctx) else {
         return Verdict::of(Reason::DropInternal);
     };
     let Some(dst) = parse::ipv6::destination(ctx, l3) else {
@@ -170,7 +173,10 @@ fn ipv6_entry(ctx: &XdpContext) -> Verdict {
     if class.flags & AddrClass::VIP == 0 {
         return v6::backend::defer_reply(class);
     }
-    tails::call(ctx, tails::V6)
+    match v6::established(ctx, l3, vlan) {
+        Some(v) => v,
+        None => tails::call(ctx, tails::V6),
+    }
 }
 
 #[inline(always)]

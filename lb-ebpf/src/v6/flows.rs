@@ -104,7 +104,7 @@ fn vip(dst: &[u32; 4], dport: u16, proto: u8, any_port: u16) -> Option<VipMeta> 
 /// taking the two families' checks as closures cost the verifier 50,000 more instructions
 /// (measured).
 #[inline(always)]
-fn lookup_hinted(key: &Flow6Key) -> Option<Flow> {
+pub fn lookup_hinted(key: &Flow6Key) -> Option<Flow> {
     let hint = FLOW_HINTS4.get_ptr_mut(flow_hint_index_v6(key));
     if let Some(h) = hint
         // SAFETY: valid map value pointer; hints are written whole (one 8-byte store).

@@ -1,9 +1,11 @@
 //! IPv6 packets to our addresses. IPv6 clients of IPv6 VIPs: classify the destination
 //! (`ADDRS6`), parse, find or create the flow (`flows`), then translate to an IPv4 backend
 //! through an IPv4 SNAT address (`xlat`; its replies are translated in `to_client`) or rewrite
-//! toward an IPv6 backend (`backend`). Replies of IPv6 backends to IPv6 SNAT addresses go back
-//! through `backend::reply`. Echo requests to a VIP are answered (`icmp::echo`); other ICMPv6
-//! (neighbour discovery included) and everything not ours go to the kernel.
+//! toward an IPv6 backend (`backend`). Established TCP segments take the same `forward` in the
+//! entry program (`established`); the rest in the IPv6 program (`handle`). Replies of IPv6
+//! backends to IPv6 SNAT addresses go back through `backend::reply`. Echo requests to a VIP are
+//! answered (`icmp::echo`); other ICMPv6 (neighbour discovery included) and everything not ours
+//! go to the kernel.
 
 pub mod backend;
 pub mod flows;
@@ -13,18 +15,18 @@ pub mod xlat;
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     AddrClass, FlowEntry, Reason,
-    conntrack::{Direction, State, is_bad_syn, tcp_flags},
+    conntrack::{is_bad_syn, tcp_flags},
     ports_word, slot,
     xlat::GROWTH_V4_TO_V6,
 };
 
 use crate::{
-    conntrack::{self, now_ns},
+    conntrack::{Flow, now_ns},
     egress::{self, NoHop},
     maps::SNAT_ADDRS,
     parse::{
-        self,
-        ipv6::{self, Parsed6},
+        self, Packet,
+        ipv6::{self, Addrs6, Parsed6},
     },
     stats,
     verdict::Verdict,
@@ -88,7 +90,7 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
         // Replies of IPv6 backends: handled in the sender program too (`backend::finish`).
         return backend::defer_reply(class);
     }
-    let mut flow =
+    let flow =
         match flows::find_or_create(ctx, &p, &a, class.flags & AddrClass::any_port_bit(p.proto)) {
             Found6::Flow(f) => f,
             Found6::NotVip => return Verdict::of(Reason::PassNotOurs),
@@ -102,26 +104,42 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
     if p.is_tcp() && is_bad_syn(p.seg.flags) {
         return Verdict::of(Reason::DropBadTcpFlags);
     }
+    forward(ctx, &p, &a, flow, opts)
+}
+
+/// The established path of an IPv6 client's TCP flow, in the entry program: not a SYN, a flow
+/// found (its hint, or FLOWS6). None: the IPv6 program's (`handle`), which parses again.
+#[inline(always)]
+pub fn established(ctx: &XdpContext, l3: usize, vlan: u16) -> Option<Verdict> {
+    let Parsed6::Ok(p, a) = ipv6::parse(ctx, l3, vlan) else {
+        return None;
+    };
+    if !p.is_tcp() || p.seg.flags & tcp_flags::SYN != 0 {
+        return None;
+    }
+    let key = lb_common::Flow6Key::from_wire(a.src, a.dst, p.ports, p.proto);
+    let flow = flows::lookup_hinted(&key)?;
+    Some(forward(ctx, &p, &a, flow, None))
+}
+
+/// An IPv6 client's packet of `flow` (found or just created) toward its backend: tracking,
+/// then the translation to an IPv4 backend here or the send to an IPv6 one deferred.
+#[inline(always)]
+fn forward(
+    ctx: &XdpContext,
+    p: &Packet,
+    a: &Addrs6,
+    mut flow: Flow,
+    opts: Option<&lb_common::tcp_opts::Options>,
+) -> Verdict {
     if p.ttl <= 1 {
         return Verdict::of(Reason::DropTtlExpired);
     }
     // SAFETY: a live FLOW_TABLE value pointer; racing writers store whole scalars only.
     let e = unsafe { &mut *flow.entry };
     let now = now_ns();
-    // As in to_backend::handle. Shared through one helper, the two copies cost the verifier
-    // 38,000 more instructions (measured): kept apart on purpose.
     if !flow.new {
-        let (acked_before, synack_at) = (e.flags & FlowEntry::ACK_SEEN_FWD, e.last_seen_ns);
-        let completes = e.completes_handshake(&p.seg);
-        flow.accepted = conntrack::track_and_touch::<true>(ctx, e, &p, now, Direction::Forward);
-        if acked_before == 0
-            && completes
-            && e.flags & FlowEntry::ACK_SEEN_FWD != 0
-            && e.state == State::Established as u8
-        {
-            stats::vip_syn(e.vip_id as u32, stats::VipSyn::Handshake);
-            crate::rtt::client_acked(e, synack_at);
-        }
+        crate::to_backend::track_client::<true>(ctx, p, &mut flow, e, now);
     }
     if e.flags & FlowEntry::BACKEND_V6 != 0 {
         return backend::defer(&flow, opts);
@@ -147,10 +165,10 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
         && let Some(limit) = crate::mss::limit(cfg, mtu)
         && let Some(opts) = opts
     {
-        crate::mss::clamp_to(ctx, &p, opts, limit);
+        crate::mss::clamp_to(ctx, p, opts, limit);
     }
     let ports = ports_word(slot::port_of(flow.slot), e.backend_port);
-    if xlat::to_v4(ctx, &p, &a, snat, e.backend, ports).is_none() {
+    if xlat::to_v4(ctx, p, a, snat, e.backend, ports).is_none() {
         return Verdict::of(Reason::DropInternal);
     }
     let len = p.ip_len as u64 - 20;
