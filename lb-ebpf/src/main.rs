@@ -155,7 +155,8 @@ fn entry(ctx: &XdpContext) -> Verdict {
     }
 }
 
-/// IPv6 to one of our addresses: a VIP's established TCP segments here, the rest of a VIP's
+/// IPv6 to one of our addresses: a VIP's established TCP segments here (and TCP segments
+/// without SYN or flow refused here), the rest of a VIP's
 /// to the IPv6 program (which checks new flows' sources, as the flow program does for IPv4);
 /// an IPv6 data node's reply to a SNAT address straight to the sender program that translates
 /// it.
@@ -173,7 +174,7 @@ fn ipv6_entry(ctx: &XdpContext) -> Verdict {
     if class.flags & AddrClass::VIP == 0 {
         return v6::backend::defer_reply(class);
     }
-    match v6::established(ctx, l3, vlan) {
+    match v6::established(ctx, l3, vlan, class) {
         Some(v) => v,
         None => tails::call(ctx, tails::V6),
     }

@@ -1554,7 +1554,7 @@ fn ipv6_clients_reach_ipv4_backends_and_get_ipv6_replies() {
 }
 
 #[test]
-fn ipv6_traffic_that_is_not_for_a_vip_passes_and_fragments_to_a_vip_are_dropped() {
+fn ipv6_traffic_not_for_a_vip_passes_fragments_and_segments_without_a_flow_to_a_vip_do_not() {
     with_fixture("ipv6_pass", 1024, |fx| {
         fx.add_ipv6_vip();
         let other = [0x20, 0x01, 0x0d, 0xb8, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
@@ -1568,6 +1568,41 @@ fn ipv6_traffic_that_is_not_for_a_vip_passes_and_fragments_to_a_vip_are_dropped(
         let before = fx.reasons();
         assert_eq!(fx.run(fx.client_if, &frag).unwrap().0, XDP_DROP);
         assert_only(fx, &before, Reason::DropFragment, 1);
+        // A segment without SYN and without a flow (refused in the entry program), to the VIP's
+        // port and to a port no VIP serves on the VIP's address.
+        let ack = |port: u16| {
+            let seg = Seg {
+                flags: "A",
+                ..Default::default()
+            };
+            packets::tcp6_seg((CLIENT6, 45004), (VIP6, port), 0, &seg)
+        };
+        let before = fx.reasons();
+        assert_eq!(
+            fx.run(fx.client_if, &ack(VIP_TCP_PORT)).unwrap().0,
+            XDP_DROP
+        );
+        assert_only(fx, &before, Reason::DropNonSynNoState, 1);
+        let before = fx.reasons();
+        let other_port = ack(VIP_TCP_PORT + 1);
+        assert_eq!(
+            fx.run(fx.client_if, &other_port).unwrap(),
+            (XDP_PASS, other_port)
+        );
+        assert_only(fx, &before, Reason::PassNotOurs, 1);
+        let mut cfg = fx.config();
+        cfg.flags |= DataplaneConfig::NON_SYN_PASS;
+        fx.set_config(cfg).unwrap();
+        let before = fx.reasons();
+        assert_eq!(
+            fx.run(fx.client_if, &ack(VIP_TCP_PORT)).unwrap().0,
+            XDP_PASS
+        );
+        assert_only(fx, &before, Reason::PassNonSynNoState, 1);
+        assert!(
+            fx.flows().is_empty(),
+            "no segment without SYN may create a flow"
+        );
     });
 }
 

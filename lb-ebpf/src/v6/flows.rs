@@ -20,6 +20,7 @@ use crate::{
     parse::{Packet, ipv6::Addrs6},
     snat,
     stats::{self, VipSyn},
+    verdict::Verdict,
 };
 
 const EEXIST: i32 = 17;
@@ -79,6 +80,21 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, a: &Addrs6, any_port: u16) -
     match lookup(&key) {
         Some(f) => Found6::Flow(f),
         None => Found6::Refused(Reason::DropInternal, vip.vip_id),
+    }
+}
+
+/// A TCP segment without SYN and without a flow, in the entry program: refused without state
+/// there (an ACK flood on an IPv6 VIP never reaches the IPv6 program), as `find_or_create`
+/// would; a port no VIP serves is the kernel's.
+#[inline(always)]
+pub fn without_flow(p: &Packet, a: &Addrs6, any_port: u16) -> Verdict {
+    let (_, dport) = ports_of(p.ports);
+    if vip(&a.dst, dport, p.proto, any_port).is_none() {
+        return Verdict::of(Reason::PassNotOurs);
+    }
+    match config() {
+        Some(cfg) => Verdict::of(no_state(p.seg.flags, cfg)),
+        None => Verdict::of(Reason::DropInternal),
     }
 }
 

@@ -107,10 +107,11 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
     forward(ctx, &p, &a, flow, opts)
 }
 
-/// The established path of an IPv6 client's TCP flow, in the entry program: not a SYN, a flow
-/// found (its hint, or FLOWS6). None: the IPv6 program's (`handle`), which parses again.
+/// The established path of an IPv6 client's TCP flow, in the entry program (`class`: the VIP
+/// address's): not a SYN, a flow found (its hint, or FLOWS6) and sent on; without a flow,
+/// refused statelessly. None: the IPv6 program's (`handle`), which parses again.
 #[inline(always)]
-pub fn established(ctx: &XdpContext, l3: usize, vlan: u16) -> Option<Verdict> {
+pub fn established(ctx: &XdpContext, l3: usize, vlan: u16, class: AddrClass) -> Option<Verdict> {
     let Parsed6::Ok(p, a) = ipv6::parse(ctx, l3, vlan) else {
         return None;
     };
@@ -118,7 +119,10 @@ pub fn established(ctx: &XdpContext, l3: usize, vlan: u16) -> Option<Verdict> {
         return None;
     }
     let key = lb_common::Flow6Key::from_wire(a.src, a.dst, p.ports, p.proto);
-    let flow = flows::lookup_hinted(&key)?;
+    let Some(flow) = flows::lookup_hinted(&key) else {
+        let any_port = class.flags & AddrClass::any_port_bit(p.proto);
+        return Some(flows::without_flow(&p, &a, any_port));
+    };
     Some(forward(ctx, &p, &a, flow, None))
 }
 
