@@ -155,11 +155,10 @@ fn entry(ctx: &XdpContext) -> Verdict {
     }
 }
 
-/// IPv6 to one of our addresses: a VIP's established TCP segments here (and TCP segments
-/// without SYN or flow refused here), the rest of a VIP's
-/// to the IPv6 program (which checks new flows' sources, as the flow program does for IPv4);
-/// an IPv6 data node's reply to a SNAT address straight to the sender program that translates
-/// it.
+/// IPv6 to one of our addresses. A VIP's TCP segments without SYN are settled here (sent on
+/// with their flow, or refused without one); the rest of a VIP's goes to the IPv6 program,
+/// which checks new flows' sources as the flow program does for IPv4. An IPv6 data node's
+/// reply to a SNAT address goes straight to the sender program that translates it.
 #[inline(always)]
 fn ipv6_entry(ctx: &XdpContext) -> Verdict {
     let parse::eth::L2::Ipv6 { l3, vlan } = parse::eth::parse(ctx) else {
