@@ -100,10 +100,12 @@ pub mod names {
     pub const PORT_FULL: &str = "PORT_FULL";
     /// Per VIP: flows per pool and the half-open SYN schedule (`VipLive`).
     pub const VIP_LIVE: &str = "VIP_LIVE";
+    /// Per VIP: when a SYN last created a flow without a cookie (`PLAIN_SYN_WINDOW_NS`).
+    pub const VIP_PLAIN_SYN: &str = "VIP_PLAIN_SYN";
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
-    pub const ALL: [&str; 40] = [
+    pub const ALL: [&str; 41] = [
         ADDR_FILTER,
         ADDRS4,
         VIPS4,
@@ -144,6 +146,7 @@ pub mod names {
         PORT_BITS,
         PORT_FULL,
         VIP_LIVE,
+        VIP_PLAIN_SYN,
     ];
 }
 
@@ -1002,6 +1005,15 @@ impl Default for DataplaneConfig {
         }
     }
 }
+
+/// How long after a SYN last created a flow without a cookie on a VIP its SYNs in cookie mode
+/// still look for their flow (a retransmitted SYN of such a flow keeps it): the span of a
+/// client's SYN retransmissions (Linux by default: 1 + 2 + ... + 64 = 127 s; other systems
+/// give up sooner), plus the second by which `VIP_PLAIN_SYN` may lag. Past it, a SYN flood's
+/// cookie answers make no flow-table lookup.
+pub const PLAIN_SYN_WINDOW_NS: u64 = 129_000_000_000;
+/// How often at most a VIP's `VIP_PLAIN_SYN` stamp is rewritten (a shared cache line).
+pub const PLAIN_SYN_STAMP_NS: u64 = 1_000_000_000;
 
 /// `VIP_LIVE` value, indexed by VIP id (row `MAX_VIPS`: every VIP's together): what the data
 /// path writes about a VIP's new flows, shared by every CPU (atomics), memory-mapped by the

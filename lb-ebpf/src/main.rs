@@ -139,8 +139,11 @@ fn entry(ctx: &XdpContext) -> Verdict {
         PROTO_TCP | PROTO_UDP => {
             if class.flags & AddrClass::VIP != 0 {
                 match to_backend::established(ctx, &mut p, class) {
-                    Some(v) => v,
-                    None => tails::call(ctx, tails::FLOW),
+                    Ok(v) => v,
+                    Err(what) => {
+                        handoff::give_parsed(&p, class, what);
+                        tails::call(ctx, tails::FLOW)
+                    }
                 }
             } else if class.flags & AddrClass::SNAT != 0 {
                 match to_client::established(ctx, &mut p, class) {
@@ -181,10 +184,10 @@ fn ipv6_entry(ctx: &XdpContext) -> Verdict {
 
 #[inline(always)]
 fn flow(ctx: &XdpContext) -> Verdict {
-    let (mut p, class) = match front::ipv4(ctx) {
-        Ok(x) => x,
-        Err(Stop::Done(v)) => return v,
-        Err(Stop::Ipv6) => return Verdict::of(Reason::DropInternal),
+    // The entry's parse, which it always hands over (a second parse of each SYN was most of
+    // what the split into programs cost new flows).
+    let Some((mut p, class, told)) = handoff::take_parsed(ctx) else {
+        return Verdict::of(Reason::DropInternal);
     };
     if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
         return Verdict::of(Reason::DropInternal);
@@ -196,7 +199,7 @@ fn flow(ctx: &XdpContext) -> Verdict {
         None
     };
     if class.flags & AddrClass::VIP != 0
-        && let Some(v) = to_backend::handle(ctx, &mut p, class, opts)
+        && let Some(v) = to_backend::handle(ctx, &mut p, class, opts, told)
     {
         return v;
     }

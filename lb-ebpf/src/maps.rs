@@ -151,6 +151,11 @@ pub static VIP_LIMITS: Array<VipLimits, { MAX_VIPS as usize }> = Array::new();
 #[btf_map]
 pub static VIP_LIVE: Array<VipLive, { MAX_VIPS as usize + 1 }, BPF_F_MMAPABLE> = Array::new();
 
+/// VIP id → when a SYN last created a flow on it without a cookie (CLOCK_MONOTONIC ns, at most
+/// a second old): cookie answers look for a flow only within `PLAIN_SYN_WINDOW_NS` of it.
+#[btf_map]
+pub static VIP_PLAIN_SYN: Array<u64, { MAX_VIPS as usize }> = Array::new();
+
 /// (VIP id, source) → theoretical arrival time of its next connection (GCRA). LRU: sources
 /// not seen for a while make room.
 #[btf_map]

@@ -27,21 +27,21 @@ use crate::{
 };
 
 /// The established path of a plain flow (in the entry program): not a SYN, a flow found (its
-/// hint, or FLOWS4), not a cookie flow. None: the flow program's (`handle`).
+/// hint, or FLOWS4), not a cookie flow. Err: the flow program's (`handle`), with what this
+/// path found for the handoff (`handoff::NO_FLOW`, or nothing).
 #[inline(always)]
-pub fn established(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Option<Verdict> {
+pub fn established(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Result<Verdict, u32> {
     if p.is_tcp() && p.seg.flags & tcp_flags::SYN != 0 {
-        return None;
+        return Err(0);
     }
     let key = Flow4Key::from_wire(p.src, p.dst, p.ports, p.proto);
     let Some(mut flow) = forward::lookup_hinted(&key) else {
         if p.is_tcp() {
             // No flow and no SYN: refused here, or a cookie ACK for the cookie program.
-            return forward::without_flow(ctx, p, &key, class);
+            return forward::without_flow(ctx, p, &key, class).ok_or(0);
         }
         // UDP: a new flow (the flow program's, which need not look again).
-        crate::handoff::give(&key, crate::handoff::NO_FLOW, Default::default());
-        return None;
+        return Err(crate::handoff::NO_FLOW);
     };
     // SAFETY: a live FLOW_TABLE value pointer; racing writers store whole scalars only.
     let e = unsafe { &mut *flow.entry };
@@ -49,25 +49,25 @@ pub fn established(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Option
     // program's. UDP flows whose backend left (they start again) are the flow program's.
     if e.flags & FlowEntry::TRANSLATE != 0 {
         if e.state == State::SynSent as u8 || p.ttl <= 1 {
-            return Some(tails::call(ctx, tails::COOKIE));
+            return Ok(tails::call(ctx, tails::COOKIE));
         }
         let now = now_ns();
         flow.accepted = conntrack::track_and_touch::<true>(ctx, e, p, now, Direction::Forward);
-        return Some(send(ctx, p, &flow, e, None, now, true));
+        return Ok(send(ctx, p, &flow, e, None, now, true));
     }
     if !p.is_tcp() && forward::stale_for_syn(flow.entry) {
-        return None;
+        return Err(0);
     }
     if p.ttl <= 1 {
-        return Some(Verdict::of(Reason::DropTtlExpired));
+        return Ok(Verdict::of(Reason::DropTtlExpired));
     }
     let now = now_ns();
     track_client::<true>(ctx, p, &mut flow, e, now);
     if e.flags & FlowEntry::BACKEND_V6 != 0 {
         crate::connlog::count(e, flow.slot, 0, p);
-        return Some(crate::v6::backend::defer(&flow, None));
+        return Ok(crate::v6::backend::defer(&flow, None));
     }
-    Some(send(ctx, p, &flow, e, None, now, false))
+    Ok(send(ctx, p, &flow, e, None, now, false))
 }
 
 /// Tracks a client segment of an existing flow; its first ACK after the backend's SYN-ACK
@@ -106,16 +106,17 @@ pub fn handle(
     p: &mut Packet,
     class: AddrClass,
     opts: Option<&Options>,
+    told: crate::handoff::Told,
 ) -> Option<Verdict> {
-    let mut flow = match forward::find_or_create(ctx, p, class) {
+    let mut flow = match forward::find_or_create(ctx, p, class, told) {
         Found::Flow(f) => f,
         Found::NotVip => return None,
         Found::Cookie => return Some(tails::call(ctx, tails::COOKIE)),
         // Answered here: a tail call and a second parse per SYN of a flood cost more than the
         // verifier's work on the answer.
-        Found::CookieSyn(vip_id) => {
+        Found::CookieSyn(vip_id, now) => {
             return Some(match maps::config() {
-                Some(cfg) => crate::cookie::syn::answer(ctx, p, vip_id, opts, cfg),
+                Some(cfg) => crate::cookie::syn::answer(ctx, p, vip_id, opts, cfg, now),
                 None => Verdict::of(Reason::DropInternal),
             });
         }

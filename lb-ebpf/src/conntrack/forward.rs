@@ -18,7 +18,7 @@ use super::{Flow, now_ns};
 use crate::{
     cookie::ack::{self as cookie_ack, CookieStart},
     egress::learn_client_hop,
-    handoff,
+    handoff::{self, Told},
     maps::{BACKENDS, FLOW_HINTS4, FLOW_TABLE, FLOWS4, MAGLEV, SNAT_ADDRS, TABLE_SEL, config},
     parse::Packet,
     pins, snat, sources,
@@ -39,18 +39,18 @@ pub enum Found {
     /// cookie.
     Cookie,
     /// A SYN to this VIP in cookie mode (admitted and counted here): answered with a cookie.
-    CookieSyn(u32),
+    CookieSyn(u32, u64),
 }
 
 #[inline(always)]
-pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
+pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass, told: Told) -> Found {
     let key = Flow4Key::from_wire(p.src, p.dst, p.ports, p.proto);
     let syn = p.is_tcp() && is_initial_syn(p.seg.flags);
     // A segment that may start a flow: a SYN, or any UDP datagram (a UDP flow whose backend
     // left starts again on a live one: UDP has no SYN to say so).
     let starts = syn || !p.is_tcp();
     // The entry program looked already when it says so.
-    let no_flow = handoff::take(&key).has(handoff::NO_FLOW);
+    let no_flow = told.has(handoff::NO_FLOW);
     if !syn
         && !no_flow
         && let Some(f) = lookup_hinted(&key)
@@ -95,18 +95,27 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass) -> Found {
         stats::vip_syn(vip.vip_id, VipSyn::Syn);
     }
     if cookies {
-        // A retransmitted SYN of a flow created before cookie mode keeps its flow.
-        return match lookup(&key) {
-            Some(f) if !stale_for_syn(f.entry) => Found::Flow(f),
-            _ => Found::CookieSyn(vip.vip_id),
-        };
+        // A retransmitted SYN of a flow created before cookie mode keeps its flow; long into
+        // a flood no such flow can be waiting, and the answer makes no lookup.
+        let now = now_ns();
+        if crate::cookie::syn::plain_flows_waiting(vip.vip_id, now)
+            && let Some(f) = lookup(&key)
+            && !stale_for_syn(f.entry)
+        {
+            return Found::Flow(f);
+        }
+        return Found::CookieSyn(vip.vip_id, now);
     }
     let hash = flow_hash_v4_words(p.src, p.dst, sport, dport, p.proto);
     for _ in 0..2 {
         match create(ctx, p, &key, &vip, hash, cfg, None) {
             Created::Flow(f) => {
-                if auto {
-                    crate::cookie::budget::spend(vip.vip_id, f.entry, now_ns());
+                if syn {
+                    let now = now_ns();
+                    crate::cookie::syn::note_plain_flow(vip.vip_id, now);
+                    if auto {
+                        crate::cookie::budget::spend(vip.vip_id, f.entry, now);
+                    }
                 }
                 return Found::Flow(f);
             }

@@ -93,7 +93,7 @@ fn from_vip(
     };
     if syn {
         // The flow program decided: cookie mode, no flow to follow.
-        return Err(super::syn::answer(ctx, p, vip.vip_id, opts, cfg));
+        return Err(super::syn::answer(ctx, p, vip.vip_id, opts, cfg, now_ns()));
     }
     Ok(match forward::from_cookie(ctx, p, key, &vip, cfg) {
         Found::Flow(f) => f,
@@ -103,7 +103,7 @@ fn from_vip(
             }
             return Err(Verdict::of(reason));
         }
-        Found::NotVip | Found::Cookie | Found::CookieSyn(_) => {
+        Found::NotVip | Found::Cookie | Found::CookieSyn(..) => {
             return Err(Verdict::of(Reason::DropInternal));
         }
     })

@@ -11,7 +11,36 @@ use lb_common::{
 };
 
 use super::segment::{self, Segment, word};
-use crate::{conntrack::now_ns, maps::COOKIE_KEY, parse::Packet, stats, verdict::Verdict};
+use crate::{
+    maps::{COOKIE_KEY, VIP_PLAIN_SYN},
+    parse::Packet,
+    stats,
+    verdict::Verdict,
+};
+
+/// Whether a SYN may still find a flow that a SYN created on this VIP without a cookie (its
+/// retransmission keeps that flow): one was created within `PLAIN_SYN_WINDOW_NS`.
+#[inline(always)]
+pub fn plain_flows_waiting(vip_id: u32, now: u64) -> bool {
+    match VIP_PLAIN_SYN.get(vip_id) {
+        Some(at) => now.wrapping_sub(*at) < lb_common::PLAIN_SYN_WINDOW_NS,
+        None => true,
+    }
+}
+
+/// A SYN created a flow on this VIP without a cookie: stamped, at most once a second (every
+/// CPU writes the same line).
+#[inline(always)]
+pub fn note_plain_flow(vip_id: u32, now: u64) {
+    if let Some(at) = VIP_PLAIN_SYN.get_ptr_mut(vip_id) {
+        // SAFETY: a valid map value pointer; an 8-byte store is whole.
+        unsafe {
+            if now.wrapping_sub(*at) >= lb_common::PLAIN_SYN_STAMP_NS {
+                *at = now;
+            }
+        }
+    }
+}
 
 #[inline(always)]
 pub fn answer(
@@ -20,11 +49,11 @@ pub fn answer(
     vip_id: u32,
     opts: Option<&Options>,
     cfg: &DataplaneConfig,
+    now: u64,
 ) -> Verdict {
     let Some(key) = COOKIE_KEY.get(0) else {
         return Verdict::of(Reason::DropInternal);
     };
-    let now = now_ns();
     let (client_mss, wscale, sack, ts) = match opts {
         Some(o) => (
             o.mss,

@@ -74,6 +74,7 @@ pub unsafe fn store16(p: *mut u8, v: u16) {
 
 /// The parts of an IPv4 packet the data path uses. Addresses and the ports word are native
 /// loads of network-order bytes; everything else is host order.
+#[derive(Clone, Copy)]
 pub struct Packet {
     /// Offset of the IP header (14, or 18 behind a VLAN tag); read through `l3()`.
     pub l3_off: u32,

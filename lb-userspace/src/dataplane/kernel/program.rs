@@ -94,7 +94,6 @@ impl Program {
             .ok_or_else(|| anyhow!("this kernel does not report verified instruction counts"))
     }
 
-    /// Sets the template frame of the benchmark entries.
     /// The `FLOW_HINTS4` entry for `key` (tests: the hint cache in front of FLOWS4).
     pub fn flow_hint(&self, key: &Flow4Key) -> Result<Option<FlowRef>> {
         let a: Array<&MapData, u64> = self
@@ -135,6 +134,19 @@ impl Program {
         memlock(data)
     }
 
+    /// Sets when a SYN last created a flow without a cookie on VIP `vip_id` (`VIP_PLAIN_SYN`;
+    /// tests: a VIP long into cookie mode).
+    pub fn set_plain_syn_stamp(&mut self, vip_id: u32, ns: u64) -> Result<()> {
+        let mut a: Array<&mut MapData, u64> = self
+            .ebpf
+            .map_mut(names::VIP_PLAIN_SYN)
+            .ok_or_else(|| anyhow!("map {} missing", names::VIP_PLAIN_SYN))?
+            .try_into()?;
+        a.set(vip_id, ns, 0)?;
+        Ok(())
+    }
+
+    /// Sets the template frame of the benchmark entries.
     pub fn set_bench_frame(&mut self, frame: &lb_common::BenchFrame) -> Result<()> {
         let m = self
             .ebpf
