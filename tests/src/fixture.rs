@@ -295,6 +295,28 @@ impl Fixture {
         self.image.tables[&vip_id][(h % MAGLEV_TABLE_SIZE) as usize]
     }
 
+    /// Another TCP VIP on the VIP address, at `port`, with `flags` (`VipMeta::*`), on the TCP
+    /// VIP's backends.
+    pub fn add_tcp_vip(&mut self, id: u32, port: u16, flags: u32) -> Result<()> {
+        self.image.vips.insert(
+            Vip4Key::new(word(VIP), port, PROTO_TCP),
+            VipMeta { vip_id: id, flags },
+        );
+        self.image.vip_info.insert(
+            id,
+            VipInfo {
+                addr: Addr::v4(VIP.octets()),
+                port,
+                proto: PROTO_TCP,
+                family: FAMILY_IPV4,
+                flags: 0,
+            },
+        );
+        self.put_table(id, &[(0, 1), (1, 1), (2, 1)]);
+        self.classify();
+        self.sync()
+    }
+
     /// Sets the flags of the TCP VIP (`VipMeta::COOKIES_*`).
     pub fn set_tcp_vip_flags(&mut self, flags: u32) -> Result<()> {
         let key = Vip4Key::new(word(VIP), VIP_TCP_PORT, PROTO_TCP);

@@ -409,6 +409,37 @@ fn flows_from_before_cookie_mode_keep_their_path() {
 }
 
 #[test]
+fn long_into_cookie_mode_a_syn_is_answered_without_a_flow_lookup() {
+    with_fixture("long_into_cookie_mode", 1024, |fx| {
+        let syn = syn_with(40008, &linux_syn_options(1460, CLIENT_TS, 0, 7));
+        assert_eq!(fx.run(fx.client_if, &syn).unwrap().0, XDP_REDIRECT);
+        fx.set_tcp_vip_flags(COOKIES).unwrap();
+        // The VIP's last flow without a cookie as if created before any client still
+        // retransmits its SYN: a SYN with that flow's tuple gets a cookie SYN-ACK.
+        let long_ago = monotonic_ns()
+            .checked_sub(lb_common::PLAIN_SYN_WINDOW_NS + 2_000_000_000)
+            .expect("the machine has been up longer than the window");
+        fx.program
+            .set_plain_syn_stamp(TCP_VIP_ID, long_ago)
+            .unwrap();
+        let before = fx.reasons();
+        let (act, _) = fx.run(fx.client_if, &syn).unwrap();
+        assert_eq!(act, XDP_TX);
+        assert_only(fx, &before, Reason::SynCookieSent, 1);
+        assert!(flow(fx, 40008).is_some(), "the flow waits for its expiry");
+        // A SYN creating a flow without a cookie stamps the VIP again: from then on, its
+        // retransmission finds its flow, as in `flows_from_before_cookie_mode_keep_their_path`.
+        fx.set_tcp_vip_flags(0).unwrap();
+        let syn = syn_with(40009, &linux_syn_options(1460, CLIENT_TS, 0, 7));
+        assert_eq!(fx.run(fx.client_if, &syn).unwrap().0, XDP_REDIRECT);
+        fx.set_tcp_vip_flags(COOKIES).unwrap();
+        let before = fx.reasons();
+        assert_eq!(fx.run(fx.client_if, &syn).unwrap().0, XDP_REDIRECT);
+        assert_only(fx, &before, Reason::Forwarded, 1);
+    });
+}
+
+#[test]
 fn completed_handshakes_are_counted_for_the_pressure_watch() {
     with_fixture("completed_handshakes_are_counted", 1024, |fx| {
         let syn = syn_with(40007, &[]);
