@@ -1008,9 +1008,9 @@ impl Default for DataplaneConfig {
 
 /// How long after a SYN last created a flow without a cookie on a VIP its SYNs in cookie mode
 /// still look for their flow (a retransmitted SYN of such a flow keeps it): the span of a
-/// client's SYN retransmissions (Linux by default: 1 + 2 + ... + 64 = 127 s; other systems
-/// give up sooner), plus the second by which `VIP_PLAIN_SYN` may lag. Past it, a SYN flood's
-/// cookie answers make no flow-table lookup.
+/// client's SYN retransmissions (Linux by default retransmits at 1, 3, 7, 15, 31 and 63 s and
+/// gives up at 127 s; Windows and macOS give up sooner), plus the second by which
+/// `VIP_PLAIN_SYN` may lag. Past it, a SYN flood's cookie answers make no flow-table lookup.
 pub const PLAIN_SYN_WINDOW_NS: u64 = 129_000_000_000;
 /// How often at most a VIP's `VIP_PLAIN_SYN` stamp is rewritten (a shared cache line).
 pub const PLAIN_SYN_STAMP_NS: u64 = 1_000_000_000;

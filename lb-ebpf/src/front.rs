@@ -1,7 +1,7 @@
 //! What every IPv4 program starts with: Ethernet (+ one tag), the IPv4 header, the
 //! classification of the destination (one array read settles host traffic), then the whole
-//! parse. The entry program and the tail-called ones (`programs`) each run it on the packet
-//! they are given: nothing is handed between programs but the packet itself.
+//! parse. The entry program runs it on every packet, the tail-called ones on the packet they
+//! are given, except the flow program, which takes the entry's parse (`handoff`).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{AddrClass, Reason};

@@ -76,6 +76,7 @@ pub fn give_parsed(p: &Packet, class: AddrClass, what: u32) {
         unsafe {
             (*h).key = Flow4Key::from_wire(p.src, p.dst, p.ports, p.proto);
             (*h).what = what | PACKET;
+            (*h).vip = VipMeta::default();
             (*h).packet = *p;
             (*h).class = class;
         }
@@ -83,8 +84,8 @@ pub fn give_parsed(p: &Packet, class: AddrClass, what: u32) {
 }
 
 /// The caller's parse of this packet, its class and what else it recorded, once. None when
-/// there is none, or when the packet at the recorded offsets does not carry the recorded
-/// protocol, addresses and ports (then the callee parses it itself).
+/// there is none, or when the packet at the recorded offsets is not the one recorded: its
+/// header length, total length, TTL, protocol, addresses and ports, and not a fragment.
 #[inline(always)]
 pub fn take_parsed(ctx: &XdpContext) -> Option<(Packet, AddrClass, Told)> {
     let h = HANDOFF.get_ptr_mut(0)?;
@@ -101,8 +102,13 @@ pub fn take_parsed(ctx: &XdpContext) -> Option<(Packet, AddrClass, Told)> {
         let ip = ptr_at::<[u8; 20]>(ctx, l3)?;
         let l4 = ptr_at::<u32>(ctx, p.l4())?;
         let ip = ip.cast::<u8>();
-        // TTL and protocol, then the addresses: the tuple the record names, where it said.
-        if load16(ip.add(8)) != u16::from_ne_bytes([p.ttl, p.proto])
+        // Version and header length (from where L4 starts), total length; not a fragment; TTL
+        // and protocol, then the addresses: the packet the record names, where it said.
+        let ihl = ((p.l4() - l3) / 4) as u8;
+        let [len_hi, len_lo] = p.ip_len.to_be_bytes();
+        if load32(ip) & 0xffff_00ff != u32::from_ne_bytes([0x40 | ihl, 0, len_hi, len_lo])
+            || load16(ip.add(6)) & 0x3fffu16.to_be() != 0
+            || load16(ip.add(8)) != u16::from_ne_bytes([p.ttl, p.proto])
             || load32(ip.add(12)) != p.src
             || load32(ip.add(16)) != p.dst
             || *l4 != p.ports

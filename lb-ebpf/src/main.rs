@@ -184,10 +184,10 @@ fn ipv6_entry(ctx: &XdpContext) -> Verdict {
 
 #[inline(always)]
 fn flow(ctx: &XdpContext) -> Verdict {
-    // The entry's parse, which it always hands over (a second parse of each SYN was most of
-    // what the split into programs cost new flows).
+    // The entry's parse (a second parse of each SYN was most of what the split into programs
+    // cost new flows).
     let Some((mut p, class, told)) = handoff::take_parsed(ctx) else {
-        return Verdict::of(Reason::DropInternal);
+        return parse_and_come_back(ctx);
     };
     if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
         return Verdict::of(Reason::DropInternal);
@@ -211,14 +211,38 @@ fn flow(ctx: &XdpContext) -> Verdict {
     Verdict::of(Reason::PassNotOurs)
 }
 
+/// A packet handed over without the entry's parse: from the entry program of another load
+/// (a restart or an upgrade installs the tail-called programs before it attaches its own entry).
+/// Parsed here and handed to this program again, which then takes the parse: going on from
+/// here instead would double the verifier's work on everything after the parse.
+#[inline(always)]
+fn parse_and_come_back(ctx: &XdpContext) -> Verdict {
+    match front::ipv4(ctx) {
+        Ok((p, class)) => {
+            handoff::give_parsed(&p, class, 0);
+            tails::call(ctx, tails::FLOW)
+        }
+        Err(Stop::Done(v)) => v,
+        Err(Stop::Ipv6) => Verdict::of(Reason::DropInternal),
+    }
+}
+
 #[inline(always)]
 fn cookie_program(ctx: &XdpContext) -> Verdict {
+    // A record the caller left is for this packet only, even when it goes no further.
     let (mut p, class) = match front::ipv4(ctx) {
         Ok(x) => x,
-        Err(Stop::Done(v)) => return v,
-        Err(Stop::Ipv6) => return Verdict::of(Reason::DropInternal),
+        Err(Stop::Done(v)) => {
+            handoff::clear();
+            return v;
+        }
+        Err(Stop::Ipv6) => {
+            handoff::clear();
+            return Verdict::of(Reason::DropInternal);
+        }
     };
     if class.flags & AddrClass::VIP == 0 {
+        handoff::clear();
         return Verdict::of(Reason::DropInternal);
     }
     let key = lb_common::Flow4Key::from_wire(p.src, p.dst, p.ports, p.proto);

@@ -369,9 +369,20 @@ impl Fixture {
     /// Runs one frame through the program as if it arrived on `ingress_if`.
     /// Returns the XDP action and the frame as the program left it.
     pub fn run(&mut self, ingress_if: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        self.run_program(lb_userspace::dataplane::kernel::PROGRAM, ingress_if, frame)
+    }
+
+    /// The same through one program of the object by name (a tail-called one entered
+    /// directly: what the entry program of another load hands it).
+    pub fn run_program(
+        &mut self,
+        name: &str,
+        ingress_if: u32,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>)> {
         let ctx = Self::xdp_ctx(frame.len(), ingress_if);
         let mut out = vec![0u8; frame.len() + 256];
-        let prog = self.program.xdp()?;
+        let prog = self.program.extra(name)?;
         let res = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),

@@ -60,6 +60,34 @@ fn syn_goes_to_the_maglev_backend_from_the_snat_address() {
 }
 
 #[test]
+fn a_new_flow_handed_to_the_flow_program_without_the_entrys_parse_is_parsed_there() {
+    with_fixture("flow_program_without_parse", 1024, |fx| {
+        // An entry program of another load (the moments of a restart or an upgrade between
+        // installing the tail-called programs and attaching the new entry) hands over the
+        // packet only: the flow program parses it, and the flow is made as from our entry.
+        for (frame, want) in [
+            (
+                syn(40101),
+                fx.predict(TCP_VIP_ID, client(40101), VIP_TCP, PROTO_TCP),
+            ),
+            (
+                udp(client(40102), VIP_UDP, b"hello"),
+                fx.predict(UDP_VIP_ID, client(40102), VIP_UDP, PROTO_UDP) - UDP_BACKEND_BASE,
+            ),
+        ] {
+            let before = fx.reasons();
+            let (act, out) = fx.run_program("wklb_flow", fx.client_if, &frame).unwrap();
+            assert_eq!(act, XDP_REDIRECT);
+            assert_only(fx, &before, Reason::Forwarded, 1);
+            let s = inspect(&out);
+            assert_eq!((s.src, s.dst), (SNAT, BACKENDS[want as usize]));
+            assert!(s.checksums_ok, "{s:?}");
+        }
+        assert_eq!(fx.refs(), 2);
+    });
+}
+
+#[test]
 fn handshake_data_and_replies_follow_the_flow() {
     with_fixture("handshake_data_and_replies_follow_the_flow", 1024, |fx| {
         let (b, snat_port) = open(fx, 40002);
@@ -2286,4 +2314,54 @@ fn ipv6_extension_headers_are_walked_or_refused_by_a_defined_policy() {
             assert_only(fx, &before, reason, 1);
         }
     });
+}
+
+#[test]
+fn adopting_the_pins_of_a_build_without_plain_syn_stamps_marks_every_vip_recent() {
+    use lb_common::{MAX_VIPS, names};
+    use lb_userspace::sys::clock::monotonic_ns;
+    /// Unpins whatever the test pinned, however it ends.
+    struct Unpin(std::path::PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            if let Ok(d) = std::fs::read_dir(&self.0) {
+                for e in d.flatten() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/wklb-test-plain-syn-{}",
+        std::process::id()
+    ));
+    let _unpin = Unpin(dir.clone());
+    let opts = kernel::LoadOptions {
+        max_flows: 1024,
+        snat_slots: 1,
+        pin_dir: Some(dir.clone()),
+        conn_log: false,
+    };
+    let mut l = kernel::load(&opts).unwrap();
+    assert_eq!(l.program.plain_syn_stamp(0).unwrap(), 0, "a new map");
+    l.program.set_plain_syn_stamp(3, 5).unwrap();
+    drop(l);
+    // Adopted with the map there: what the data path wrote stays.
+    let l = kernel::load(&opts).unwrap();
+    assert!(l.pins.as_ref().unwrap().adopted);
+    assert_eq!(l.program.plain_syn_stamp(3).unwrap(), 5);
+    drop(l);
+    // The pins as a build before the map left them: flows it made a moment ago may still see
+    // their SYNs retransmitted, so every VIP counts as having made one now.
+    std::fs::remove_file(dir.join(names::VIP_PLAIN_SYN)).unwrap();
+    let before = monotonic_ns();
+    let l = kernel::load(&opts).unwrap();
+    assert!(l.pins.as_ref().unwrap().adopted);
+    for id in [0, 3, MAX_VIPS - 1] {
+        assert!(
+            l.program.plain_syn_stamp(id).unwrap() >= before,
+            "VIP id {id}"
+        );
+    }
 }

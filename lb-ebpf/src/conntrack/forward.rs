@@ -82,10 +82,11 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass, told: Told
         return Found::Refused(Reason::DropOwnSource, vip.vip_id);
     }
     // Cookie mode: `always`, engaged by the daemon, or (`auto`) by the VIP's half-open budget.
+    let now = now_ns();
     let auto = syn && vip.flags & VipMeta::COOKIES_ALLOWED != 0;
     let cookies = syn
         && (vip.flags & VipMeta::COOKIES_ON != 0
-            || auto && crate::cookie::budget::cookies_now(vip.vip_id, now_ns()));
+            || auto && crate::cookie::budget::cookies_now(vip.vip_id, now));
     // A new flow (UDP, or TCP's SYN): the VIP's source lists and limits.
     if let Err(r) = sources::admit(&vip, p.src, !cookies) {
         return Found::Refused(r, vip.vip_id);
@@ -97,7 +98,6 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass, told: Told
     if cookies {
         // A retransmitted SYN of a flow created before cookie mode keeps its flow; long into
         // a flood no such flow can be waiting, and the answer makes no lookup.
-        let now = now_ns();
         if crate::cookie::syn::plain_flows_waiting(vip.vip_id, now)
             && let Some(f) = lookup(&key)
             && !stale_for_syn(f.entry)
@@ -111,7 +111,6 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass, told: Told
         match create(ctx, p, &key, &vip, hash, cfg, None) {
             Created::Flow(f) => {
                 if syn {
-                    let now = now_ns();
                     crate::cookie::syn::note_plain_flow(vip.vip_id, now);
                     if auto {
                         crate::cookie::budget::spend(vip.vip_id, f.entry, now);

@@ -23,7 +23,8 @@ use crate::{
 #[inline(always)]
 pub fn plain_flows_waiting(vip_id: u32, now: u64) -> bool {
     match VIP_PLAIN_SYN.get(vip_id) {
-        Some(at) => now.wrapping_sub(*at) < lb_common::PLAIN_SYN_WINDOW_NS,
+        // A stamp ahead of this CPU's clock (another CPU's, a tick newer) is recent.
+        Some(at) => now.saturating_sub(*at) < lb_common::PLAIN_SYN_WINDOW_NS,
         None => true,
     }
 }
@@ -35,7 +36,7 @@ pub fn note_plain_flow(vip_id: u32, now: u64) {
     if let Some(at) = VIP_PLAIN_SYN.get_ptr_mut(vip_id) {
         // SAFETY: a valid map value pointer; an 8-byte store is whole.
         unsafe {
-            if now.wrapping_sub(*at) >= lb_common::PLAIN_SYN_STAMP_NS {
+            if now.saturating_sub(*at) >= lb_common::PLAIN_SYN_STAMP_NS {
                 *at = now;
             }
         }

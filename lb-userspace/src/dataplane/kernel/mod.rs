@@ -106,7 +106,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         Some(d) => Some(sys::bpffs::resolve_pin_dir(d)?),
         None => None,
     };
+    let had_plain_syn = pin
+        .as_ref()
+        .is_some_and(|p| p.path.join(names::VIP_PLAIN_SYN).exists());
     let (mut ebpf, adopted) = load_object(opts, pin.as_ref())?;
+    if adopted && !had_plain_syn {
+        stamp_plain_syns(&mut ebpf)?;
+    }
     let logger = aya_log::EbpfLogger::init(&mut ebpf)
         .map_err(|e| log::debug!("data-path log events unavailable: {e}"))
         .ok();
@@ -160,6 +166,22 @@ fn install_tails(ebpf: &mut Ebpf) -> Result<()> {
         tails
             .set(*index, &fd, 0)
             .with_context(|| format!("installing {name} in {}", names::TAILS))?;
+    }
+    Ok(())
+}
+
+/// Adopting the maps of a build without `VIP_PLAIN_SYN`: its flows may have been created by
+/// SYNs a moment ago, so every VIP is stamped now (their retransmitted SYNs in cookie mode then
+/// look for them, for `PLAIN_SYN_WINDOW_NS`) instead of never.
+fn stamp_plain_syns(ebpf: &mut Ebpf) -> Result<()> {
+    let mut a: Array<&mut MapData, u64> = ebpf
+        .map_mut(names::VIP_PLAIN_SYN)
+        .ok_or_else(|| anyhow!("map {} missing", names::VIP_PLAIN_SYN))?
+        .try_into()?;
+    let now = crate::sys::clock::monotonic_ns();
+    for vip_id in 0..lb_common::MAX_VIPS {
+        a.set(vip_id, now, 0)
+            .with_context(|| format!("stamping {} for VIP id {vip_id}", names::VIP_PLAIN_SYN))?;
     }
     Ok(())
 }

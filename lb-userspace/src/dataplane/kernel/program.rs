@@ -134,6 +134,16 @@ impl Program {
         memlock(data)
     }
 
+    /// When a SYN last created a flow without a cookie on VIP `vip_id` (`VIP_PLAIN_SYN`).
+    pub fn plain_syn_stamp(&self, vip_id: u32) -> Result<u64> {
+        let a: Array<&MapData, u64> = self
+            .ebpf
+            .map(names::VIP_PLAIN_SYN)
+            .ok_or_else(|| anyhow!("map {} missing", names::VIP_PLAIN_SYN))?
+            .try_into()?;
+        Ok(a.get(&vip_id, 0)?)
+    }
+
     /// Sets when a SYN last created a flow without a cookie on VIP `vip_id` (`VIP_PLAIN_SYN`;
     /// tests: a VIP long into cookie mode).
     pub fn set_plain_syn_stamp(&mut self, vip_id: u32, ns: u64) -> Result<()> {
