@@ -174,10 +174,7 @@ fn install_tails(ebpf: &mut Ebpf) -> Result<()> {
 /// SYNs a moment ago, so every VIP is stamped now (their retransmitted SYNs in cookie mode then
 /// look for them, for `PLAIN_SYN_WINDOW_NS`) instead of never.
 fn stamp_plain_syns(ebpf: &mut Ebpf) -> Result<()> {
-    let mut a: Array<&mut MapData, u64> = ebpf
-        .map_mut(names::VIP_PLAIN_SYN)
-        .ok_or_else(|| anyhow!("map {} missing", names::VIP_PLAIN_SYN))?
-        .try_into()?;
+    let mut a = program::plain_syn_stamps(ebpf)?;
     let now = crate::sys::clock::monotonic_ns();
     for vip_id in 0..lb_common::MAX_VIPS {
         a.set(vip_id, now, 0)

@@ -147,12 +147,7 @@ impl Program {
     /// Sets when a SYN last created a flow without a cookie on VIP `vip_id` (`VIP_PLAIN_SYN`;
     /// tests: a VIP long into cookie mode).
     pub fn set_plain_syn_stamp(&mut self, vip_id: u32, ns: u64) -> Result<()> {
-        let mut a: Array<&mut MapData, u64> = self
-            .ebpf
-            .map_mut(names::VIP_PLAIN_SYN)
-            .ok_or_else(|| anyhow!("map {} missing", names::VIP_PLAIN_SYN))?
-            .try_into()?;
-        a.set(vip_id, ns, 0)?;
+        plain_syn_stamps(&mut self.ebpf)?.set(vip_id, ns, 0)?;
         Ok(())
     }
 
@@ -166,4 +161,12 @@ impl Program {
         a.set(0, frame, 0)?;
         Ok(())
     }
+}
+
+/// `VIP_PLAIN_SYN`, writable (the loader stamps it on adoption, tests set it).
+pub(super) fn plain_syn_stamps(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, u64>> {
+    Ok(ebpf
+        .map_mut(names::VIP_PLAIN_SYN)
+        .ok_or_else(|| anyhow!("map {} missing", names::VIP_PLAIN_SYN))?
+        .try_into()?)
 }
