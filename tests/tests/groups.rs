@@ -197,9 +197,13 @@ fn g02_data_path_round_trips_match_each_groups_distance() {
             r["samples"], r["p99_ms"]
         );
         assert!(r["samples"].as_u64().unwrap() >= 300, "{r}");
+        // A delay line only adds: the median cannot sit below the emulated distance (less the
+        // histogram's bucket error), while a busy 2-core machine's queueing adds a few ms on top.
+        // The bounds still keep the two groups far apart (direct at most 10 ms, relays at least 54).
+        let (low, high) = (rtt_ms * 0.9, rtt_ms + (rtt_ms * 0.5).max(5.0));
         assert!(
-            (p50 - rtt_ms).abs() <= rtt_ms * 0.2,
-            "{name}: p50 {p50} ms, emulated {rtt_ms} ms"
+            (low..=high).contains(&p50),
+            "{name}: p50 {p50} ms, emulated {rtt_ms} ms (allowed {low}..={high})"
         );
     }
     let c = &s["vips"][0]["client_rtt"];
