@@ -46,6 +46,12 @@ impl CsumDelta {
         self.replace32(u32::from_ne_bytes(old), u32::from_ne_bytes(new))
     }
 
+    /// The accumulated, unfolded sum (to combine with sums computed elsewhere).
+    #[inline(always)]
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+
     #[inline(always)]
     pub const fn add(self, other: CsumDelta) -> Self {
         CsumDelta(self.0 + other.0)

@@ -15,6 +15,7 @@ pub mod hash;
 pub mod icmp;
 pub mod maps;
 pub mod portmap;
+pub mod proxy;
 pub mod reason;
 pub mod rtt;
 pub mod shares;

@@ -102,10 +102,12 @@ pub mod names {
     pub const VIP_LIVE: &str = "VIP_LIVE";
     /// Per VIP: when a SYN last created a flow without a cookie (`PLAIN_SYN_WINDOW_NS`).
     pub const VIP_PLAIN_SYN: &str = "VIP_PLAIN_SYN";
+    /// Per VIP: PROXY protocol headers inserted, segments refused (`ProxyStats`).
+    pub const PROXY_STATS: &str = "PROXY_STATS";
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
-    pub const ALL: [&str; 41] = [
+    pub const ALL: [&str; 42] = [
         ADDR_FILTER,
         ADDRS4,
         VIPS4,
@@ -147,6 +149,7 @@ pub mod names {
         PORT_FULL,
         VIP_LIVE,
         VIP_PLAIN_SYN,
+        PROXY_STATS,
     ];
 }
 
@@ -324,6 +327,12 @@ pub mod tails {
     pub const V6: u32 = 4;
     /// SYN cookies, client → VIP (`wklb_cookie`).
     pub const COOKIE: u32 = 5;
+    /// PROXY protocol: a flow's first payload segment with the header inserted
+    /// (`wklb_proxy`).
+    pub const PROXY: u32 = 6;
+    /// PROXY protocol: the header inserted into the segment `wklb_proxy` sent
+    /// (`wklb_proxy_insert`).
+    pub const PROXY_INSERT: u32 = 7;
 }
 
 /// Every program entered by tail call: (name in the object, `TAILS` index).
@@ -334,6 +343,8 @@ pub const TAIL_PROGRAMS: &[(&str, u32)] = &[
     ("wklb_icmp", tails::ICMP),
     ("wklb_v6", tails::V6),
     ("wklb_cookie", tails::COOKIE),
+    ("wklb_proxy", tails::PROXY),
+    ("wklb_proxy_insert", tails::PROXY_INSERT),
 ];
 
 // ---------------------------------------------------------------------------- VIPs
@@ -388,6 +399,11 @@ impl VipMeta {
     pub const CONN_LIMIT: u32 = 32;
     /// Some sources are pinned to backend groups: PINS4 is consulted for new flows.
     pub const PINNED: u32 = 64;
+    /// PROXY protocol version 1 in front of each connection's first bytes toward the data
+    /// node (`proxy`).
+    pub const PROXY_V1: u32 = 128;
+    /// PROXY protocol version 2.
+    pub const PROXY_V2: u32 = 256;
 }
 
 // ---------------------------------------------------------------------------- sources
@@ -840,7 +856,12 @@ pub struct FlowEntry {
     /// Cookie flows, until the backend's SYN-ACK: `cookie::syn_opts` bits for the SYN the edge
     /// sends the backend (resent while the client's segments arrive before its answer).
     pub syn_opts: u8,
-    pub _pad: [u8; 2],
+    /// PROXY protocol: the header's length toward the data node (`lb_common::proxy`); 0 for
+    /// flows without one, and until `wklb_proxy` computed it (before the first segment that
+    /// needs it: flow creation has no verifier budget left for it).
+    pub proxy_len: u8,
+    /// PROXY protocol: `FlowEntry::PROXY_V2`, `PROXY_ACKED` bits.
+    pub proxy: u8,
     /// Per direction (`Direction as usize`): the last acknowledgment number that side sent,
     /// i.e. its RCV.NXT. The reverse slot starts at the client's ISN + 1.
     pub ack: [u32; 2],
@@ -880,6 +901,13 @@ impl FlowEntry {
     /// Created by a SYN that spent its VIP's half-open budget (`syn_budget`), not given back
     /// yet.
     pub const SYN_BUDGET: u8 = 64;
+
+    /// `proxy` bits: the VIP sends a version 1 or 2 header (`VipMeta::PROXY_V1/V2` >> 7).
+    pub const PROXY_V1: u8 = 1;
+    pub const PROXY_V2: u8 = 2;
+    /// `proxy` bit: the data node acknowledged past the header; from here on every client
+    /// sequence number goes H further, every acknowledgment of the node comes H back.
+    pub const PROXY_ACKED: u8 = 4;
 
     pub const fn ack_seen_bit(dir: usize) -> u8 {
         if dir == 0 {
@@ -1044,6 +1072,28 @@ impl VipLive {
 
 // ---------------------------------------------------------------------------- counters
 
+/// PROXY_STATS value (per CPU), indexed by vip id: the PROXY protocol's work.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ProxyStats {
+    /// Headers inserted in front of a client's first bytes (retransmissions of that segment
+    /// included).
+    pub headers: u64,
+    /// Client segments not sent: reaching over the first payload byte from below, or a SYN
+    /// with data.
+    pub refused: u64,
+    /// Acknowledgments and SACK edges of the node mapped back to the client's numbering.
+    pub acks_mapped: u64,
+}
+
+impl ProxyStats {
+    pub fn add(&mut self, o: &ProxyStats) {
+        self.headers += o.headers;
+        self.refused += o.refused;
+        self.acks_mapped += o.acks_mapped;
+    }
+}
+
 /// VIP_STATS value (per CPU), indexed by vip id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -1165,6 +1215,7 @@ mod pod_impls {
     unsafe impl aya::Pod for SnatAddr {}
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for VipStats {}
+    unsafe impl aya::Pod for ProxyStats {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for BenchFrame {}
     unsafe impl aya::Pod for crate::cookie::CookieKey {}
@@ -1194,6 +1245,9 @@ mod tests {
         assert_eq!(size_of::<Flow4Key>(), 16);
         assert_eq!(size_of::<FlowRef>(), 8);
         assert_eq!(size_of::<FlowEntry>(), 104);
+        // PROXY protocol took the two bytes of padding every older build wrote as zero.
+        assert_eq!(core::mem::offset_of!(FlowEntry, proxy_len), 54);
+        assert_eq!(core::mem::offset_of!(FlowEntry, proxy), 55);
         assert_eq!(size_of::<DataplaneConfig>(), 56);
         assert_eq!(size_of::<VipLimits>(), 48);
         assert_eq!(size_of::<VipLive>(), 48);

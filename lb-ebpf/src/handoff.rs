@@ -51,6 +51,10 @@ pub const OPTIONS: u32 = 4;
 /// `packet` and `class` are the caller's parse of the packet (the entry's, for the flow
 /// program: a SYN's second parse was most of what the split into programs cost it).
 pub const PACKET: u32 = 8;
+/// For `wklb_proxy`: the segment was tracked (`TRACKED`), and its RST or FIN (if any) was
+/// acceptable (`ACCEPTED`).
+pub const ACCEPTED: u32 = 16;
+pub const TRACKED: u32 = 32;
 
 #[btf_map]
 static HANDOFF: PerCpuArray<Handoff, 1> = PerCpuArray::new();

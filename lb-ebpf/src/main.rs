@@ -29,6 +29,7 @@ mod mss;
 mod nat;
 mod parse;
 mod pins;
+mod proxy;
 mod rtt;
 mod shares;
 mod snat;
@@ -99,6 +100,20 @@ pub fn wklb_icmp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn wklb_v6(ctx: XdpContext) -> u32 {
     finish(&ctx, ipv6_program(&ctx))
+}
+
+/// PROXY protocol: a flow's first payload segment (or a retransmission of it) with the header
+/// inserted, and a flow's first segment after its handshake (the header's length computed),
+/// handed over by the program that tracked it.
+#[xdp]
+pub fn wklb_proxy(ctx: XdpContext) -> u32 {
+    finish(&ctx, proxy_program(&ctx))
+}
+
+/// PROXY protocol: the header inserted into a segment `wklb_proxy` sent.
+#[xdp]
+pub fn wklb_proxy_insert(ctx: XdpContext) -> u32 {
+    finish(&ctx, proxy::insert_handed_over(&ctx))
 }
 
 /// Sends to IPv6 backends, entered by tail call from the programs that find such flows.
@@ -257,6 +272,40 @@ fn cookie_program(ctx: &XdpContext) -> Verdict {
         parse::tcp::syn_options(ctx, &mut p)
     };
     cookie::client::handle(ctx, &mut p, class, opts, &key, told)
+}
+
+/// A segment another program tracked; its flow looked up again (the step is decided again
+/// too: the node may have acknowledged the header meanwhile).
+#[inline(always)]
+fn proxy_program(ctx: &XdpContext) -> Verdict {
+    // Parsed again: a parse handed over leaves the verifier too little known about the packet
+    // for the sends after it.
+    let (mut p, _) = match front::ipv4(ctx) {
+        Ok(x) => x,
+        Err(Stop::Done(v)) => {
+            handoff::clear();
+            return v;
+        }
+        Err(Stop::Ipv6) => {
+            handoff::clear();
+            return Verdict::of(Reason::DropInternal);
+        }
+    };
+    let key = lb_common::Flow4Key::from_wire(p.src, p.dst, p.ports, p.proto);
+    let told = handoff::take(&key);
+    let found = conntrack::forward::lookup_hinted(&key);
+    let (Some(mut flow), true) = (found, told.has(handoff::TRACKED)) else {
+        return Verdict::of(Reason::DropInternal);
+    };
+    flow.accepted = told.has(handoff::ACCEPTED);
+    // SAFETY: a live FLOW_TABLE value pointer; racing writers store whole scalars only.
+    let e = unsafe { &mut *flow.entry };
+    if e.proxy_len == 0 {
+        e.proxy_len = lb_common::proxy::flow_len(e);
+    }
+    let cookie = e.flags & lb_common::FlowEntry::TRANSLATE != 0;
+    let now = conntrack::now_ns();
+    to_backend::send::<{ to_backend::mode::INSERT }>(ctx, &mut p, &flow, e, None, now, cookie)
 }
 
 #[inline(always)]

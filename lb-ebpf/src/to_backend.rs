@@ -6,7 +6,9 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     AddrClass, Flow4Key, FlowEntry, Reason,
     conntrack::{Direction, State, is_bad_syn, tcp_flags},
-    ports_word, slot,
+    ports_word,
+    proxy::step as proxy_step,
+    slot,
     tcp_opts::Options,
 };
 
@@ -22,7 +24,7 @@ use crate::{
     mss,
     nat::{self, Rewrite},
     parse::Packet,
-    stats,
+    proxy, stats,
     verdict::Verdict,
 };
 
@@ -53,7 +55,9 @@ pub fn established(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Result
         }
         let now = now_ns();
         flow.accepted = conntrack::track_and_touch::<true>(ctx, e, p, now, Direction::Forward);
-        return Ok(send(ctx, p, &flow, e, None, now, true));
+        return Ok(send::<{ mode::ESTABLISHED }>(
+            ctx, p, &flow, e, None, now, true,
+        ));
     }
     if !p.is_tcp() && forward::stale_for_syn(flow.entry) {
         return Err(0);
@@ -67,7 +71,9 @@ pub fn established(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Result
         crate::connlog::count(e, flow.slot, 0, p);
         return Ok(crate::v6::backend::defer(&flow, None));
     }
-    Ok(send(ctx, p, &flow, e, None, now, false))
+    Ok(send::<{ mode::ESTABLISHED }>(
+        ctx, p, &flow, e, None, now, false,
+    ))
 }
 
 /// Tracks a client segment of an existing flow; its first ACK after the backend's SYN-ACK
@@ -114,9 +120,9 @@ pub fn handle(
         Found::Cookie => return Some(tails::call(ctx, tails::COOKIE)),
         // Answered here: a tail call and a second parse per SYN of a flood cost more than the
         // verifier's work on the answer.
-        Found::CookieSyn(vip_id, now) => {
+        Found::CookieSyn(vip, now) => {
             return Some(match maps::config() {
-                Some(cfg) => crate::cookie::syn::answer(ctx, p, vip_id, opts, cfg, now),
+                Some(cfg) => crate::cookie::syn::answer(ctx, p, vip, opts, cfg, now),
                 None => Verdict::of(Reason::DropInternal),
             });
         }
@@ -146,21 +152,51 @@ pub fn handle(
         crate::connlog::count(e, flow.slot, 0, p);
         return Some(crate::v6::backend::defer(&flow, opts));
     }
-    Some(send(ctx, p, &flow, e, opts, now, false))
+    // A SYN with data (Fast Open) on a PROXY flow: its data would reach the node before the
+    // header. Refused: the client sends the data again once the handshake is done.
+    if e.proxy != 0 && p.seg.len != 0 {
+        return Some(crate::proxy::refuse(e));
+    }
+    Some(send::<{ mode::NEW }>(ctx, p, &flow, e, opts, now, false))
+}
+
+/// How `send` treats PROXY flows.
+pub mod mode {
+    /// SYNs and UDP (the flow program): nothing to insert or shift (`handle` refuses a SYN with
+    /// data on a PROXY flow).
+    pub const NEW: u8 = 0;
+    /// Established segments: shifted past the header, or handed to `wklb_proxy` when they carry
+    /// the first payload byte.
+    pub const ESTABLISHED: u8 = 1;
+    /// `wklb_proxy`: the header inserted.
+    pub const INSERT: u8 = 2;
 }
 
 /// Sends the client's segment to its backend (`cookie`: translated to the backend's numbering
-/// after the too-big check, whose error the client must recognise).
+/// after the too-big check, whose error the client must recognise). PROXY flows as `MODE` says.
 #[inline(always)]
-pub(crate) fn send(
+pub(crate) fn send<const MODE: u8>(
     ctx: &XdpContext,
-    p: &Packet,
+    p: &mut Packet,
     flow: &Flow,
     e: &FlowEntry,
     opts: Option<&Options>,
     now: u64,
     cookie: bool,
 ) -> Verdict {
+    let step = if MODE == mode::NEW {
+        proxy_step::KEEP
+    } else {
+        proxy::step(e, p)
+    };
+    if MODE != mode::NEW && step == proxy_step::REFUSE {
+        return proxy::refuse(e);
+    }
+    if MODE == mode::ESTABLISHED && (step == proxy_step::INSERT || proxy::needs_length(e, p)) {
+        return proxy::defer(ctx, p, flow.accepted);
+    }
+    let inserting = MODE == mode::INSERT && step == proxy_step::INSERT;
+    // The client's payload, before any header.
     crate::connlog::count(e, flow.slot, 0, p);
 
     let snat_addr = e.client[2];
@@ -170,11 +206,16 @@ pub(crate) fn send(
         Err(NoHop::Failed) => return Verdict::of(Reason::DropFibFailed),
     };
     let mtu = hop.map_or(0, |h| h.mtu);
-    if egress::too_big(p.ip_len, mtu) && p.df {
-        // The client learns the path MTU from its VIP, about its own packet.
-        return icmp::too_big::send(ctx, p, mtu, p.dst, p.src);
+    let growth = if inserting { e.proxy_len as u16 } else { 0 };
+    if egress::too_big(p.ip_len.saturating_add(growth), mtu) && p.df {
+        // The client learns the path MTU from its VIP, about its own packet (less the header
+        // its first segment carries).
+        return icmp::too_big::send(ctx, p, mtu.saturating_sub(growth as u32), p.dst, p.src);
     }
     if cookie && crate::cookie::translate::forward(ctx, p, e).is_none() {
+        return Verdict::of(Reason::DropInternal);
+    }
+    if MODE != mode::NEW && step == proxy_step::SHIFT && proxy::shift(ctx, p, e).is_none() {
         return Verdict::of(Reason::DropInternal);
     }
     if p.is_tcp()
@@ -203,7 +244,12 @@ pub(crate) fn send(
         Some(h) => egress::transmit_to_backend(ctx, &h, p.vlan, sent),
         None => Verdict::of(Reason::PassNoNeighbor),
     };
-    stats::vip(e.vip_id as u32, p.ip_len as u64, flow.new);
-    stats::backend_in(e.backend_id as u32, p.ip_len as u64, flow.new);
+    let ip_len = p.ip_len.saturating_add(growth) as u64;
+    stats::vip(e.vip_id as u32, ip_len, flow.new);
+    stats::backend_in(e.backend_id as u32, ip_len, flow.new);
+    if inserting {
+        // The header goes in last, on the frame as it leaves (NAT done, next hop set).
+        return proxy::hand_over(ctx, e, v);
+    }
     v
 }

@@ -37,6 +37,10 @@ pub fn established(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Option
         return Some(Verdict::of(Reason::DropTtlExpired));
     }
     let translated = e.flags & FlowEntry::TRANSLATE != 0;
+    // A PROXY flow's replies that may carry SACK blocks are the reply program's.
+    if e.proxy_len != 0 && !crate::proxy::has_only_timestamps(ctx, p) {
+        return None;
+    }
     // A cookie flow's established replies are translated here; its handshake (the backend's
     // SYN-ACK, a refusal or challenge before it) is the reply program's.
     if translated {
@@ -87,7 +91,18 @@ fn send<const INLINE: bool>(
     cookie: bool,
 ) -> Verdict {
     let (handshake, syn_at) = (e.state == State::SynSent as u8, e.last_seen_ns);
+    // A PROXY flow: tracked with the acknowledgment in the client's numbering.
+    let proxied = e.proxy_len != 0;
+    let wire_ack = p.seg.ack;
+    let isn1 = if proxied {
+        crate::proxy::client_view(p, e)
+    } else {
+        0
+    };
     let accepted = conntrack::track_and_touch::<INLINE>(ctx, e, p, now_ns(), Direction::Reverse);
+    if proxied {
+        crate::proxy::after_tracking(e, isn1);
+    }
     if handshake && e.state == State::Established as u8 {
         rtt::backend_answered(e, syn_at);
     }
@@ -112,8 +127,20 @@ fn send<const INLINE: bool>(
     if cookie && cookie::translate::reverse(ctx, p, e).is_none() {
         return Verdict::of(Reason::DropInternal);
     }
+    // The entry's segments have no SACK blocks (`established`).
+    if proxied && crate::proxy::reverse::<INLINE>(ctx, p, e, isn1, wire_ack).is_none() {
+        return Verdict::of(Reason::DropInternal);
+    }
     if let Some(opts) = opts {
-        clamp_synack(ctx, p, opts, cfg, hop.ifindex, growth as u32);
+        clamp_synack(
+            ctx,
+            p,
+            opts,
+            cfg,
+            hop.ifindex,
+            growth as u32,
+            lb_common::proxy::max_len(e.proxy),
+        );
     }
     let ports = ports_word(e.vip_port, e.client_port);
     if v6 {
@@ -156,11 +183,19 @@ pub(crate) fn clamp_synack(
     cfg: &lb_common::DataplaneConfig,
     ifindex: u32,
     growth: u32,
+    header: u16,
 ) {
     // Every size is "large" here: always read the interface's MTU. An IPv6 client's segments
-    // carry `growth` more header bytes than the backend's.
+    // carry `growth` more header bytes than the backend's. A PROXY flow's first segment
+    // carries its `header` too: the MSS is lowered by it even when clamping is off (a full
+    // first segment would not fit otherwise).
     let mtu = egress::iface_mtu(ifindex, u32::MAX, 0).saturating_sub(growth);
-    if let Some(limit) = mss::limit(cfg, mtu) {
+    let limit = match mss::limit(cfg, mtu) {
+        Some(l) => Some(l.saturating_sub(header)),
+        None if header != 0 => Some(opts.mss.saturating_sub(header)),
+        None => None,
+    };
+    if let Some(limit) = limit {
         mss::clamp_to(ctx, p, opts, limit);
     }
 }

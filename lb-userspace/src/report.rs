@@ -110,6 +110,19 @@ pub struct VipReport {
     /// New flows refused because a pool was 90% full and the VIP held its share of it.
     #[serde(default)]
     pub over_share: u64,
+    /// PROXY protocol toward the data nodes: "off", "v1" or "v2".
+    #[serde(default)]
+    pub proxy_protocol: String,
+    /// PROXY protocol headers inserted (a retransmitted first segment counts again).
+    #[serde(default)]
+    pub proxy_headers: u64,
+    /// Client segments not sent on PROXY flows: overlapping the first payload byte from
+    /// below, or a SYN with data (TCP Fast Open).
+    #[serde(default)]
+    pub proxy_refused: u64,
+    /// Acknowledgments of the data nodes mapped back past the header.
+    #[serde(default)]
+    pub proxy_acks_mapped: u64,
 }
 
 /// One deny or allow entry.

@@ -39,7 +39,7 @@ pub enum Found {
     /// cookie.
     Cookie,
     /// A SYN to this VIP in cookie mode (admitted and counted here): answered with a cookie.
-    CookieSyn(u32, u64),
+    CookieSyn(VipMeta, u64),
 }
 
 #[inline(always)]
@@ -104,7 +104,7 @@ pub fn find_or_create(ctx: &XdpContext, p: &Packet, class: AddrClass, told: Told
         {
             return Found::Flow(f);
         }
-        return Found::CookieSyn(vip.vip_id, now);
+        return Found::CookieSyn(vip, now);
     }
     let hash = flow_hash_v4_words(p.src, p.dst, sport, dport, p.proto);
     for _ in 0..2 {
@@ -377,6 +377,9 @@ fn create(
     // SAFETY: we own the slot (claimed above).
     let entry = unsafe { &mut *e };
     fill(ctx, entry, p, backend, id, vip, snat_addr.addr.v4_word_of());
+    // PROXY protocol toward IPv4 data nodes (the IPv6 sender has no insertion: validation
+    // keeps VIPs with IPv6 nodes from asking for it).
+    entry.proxy = crate::proxy::flow_bits(vip, backend.family);
     if let Some(c) = cookie {
         start_cookie(entry, p, c);
     }
@@ -451,7 +454,9 @@ pub(crate) fn fill(
     e.created_s = (now / 1_000_000_000) as u32;
     e.proto = p.proto;
     e.syn_opts = 0;
-    e._pad = [0; 2];
+    // PROXY protocol: set by the IPv4 client's creation (`create`).
+    e.proxy_len = 0;
+    e.proxy = 0;
     e.seq_delta = 0;
     e.ts_delta = 0;
     if p.is_tcp() {

@@ -62,7 +62,9 @@ pub fn handle(
         if !flow.new {
             to_backend::track_client::<false>(ctx, p, &mut flow, e, now);
         }
-        return to_backend::send(ctx, p, &flow, e, None, now, false);
+        return to_backend::send::<{ to_backend::mode::ESTABLISHED }>(
+            ctx, p, &flow, e, None, now, false,
+        );
     }
     cookie_flow(ctx, p, &mut flow, e, opts, now)
 }
@@ -93,7 +95,7 @@ fn from_vip(
     };
     if syn {
         // The flow program decided: cookie mode, no flow to follow.
-        return Err(super::syn::answer(ctx, p, vip.vip_id, opts, cfg, now_ns()));
+        return Err(super::syn::answer(ctx, p, vip, opts, cfg, now_ns()));
     }
     Ok(match forward::from_cookie(ctx, p, key, &vip, cfg) {
         Found::Flow(f) => f,
@@ -113,7 +115,7 @@ fn from_vip(
 #[inline(always)]
 fn cookie_flow(
     ctx: &XdpContext,
-    p: &Packet,
+    p: &mut Packet,
     flow: &mut Flow,
     e: &mut FlowEntry,
     opts: Option<&Options>,
@@ -130,5 +132,5 @@ fn cookie_flow(
         flow.accepted = conntrack::track_and_touch::<false>(ctx, e, p, now, Direction::Forward);
     }
     // A RST before the backend answered needs no translation (it acknowledges nothing).
-    to_backend::send(ctx, p, flow, e, opts, now, !pending)
+    to_backend::send::<{ to_backend::mode::ESTABLISHED }>(ctx, p, flow, e, opts, now, !pending)
 }

@@ -3,7 +3,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    DataplaneConfig, Reason,
+    DataplaneConfig, Reason, VipMeta,
     conntrack::{NO_WSCALE, tcp_flags},
     cookie::{self, EDGE_WSCALE, SYNACK_WINDOW, Tuple},
     mss,
@@ -47,7 +47,7 @@ pub fn note_plain_flow(vip_id: u32, now: u64) {
 pub fn answer(
     ctx: &XdpContext,
     p: &Packet,
-    vip_id: u32,
+    vip: VipMeta,
     opts: Option<&Options>,
     cfg: &DataplaneConfig,
     now: u64,
@@ -81,7 +81,9 @@ pub fn answer(
         flags: tcp_flags::SYN | tcp_flags::ACK,
         win: SYNACK_WINDOW,
     };
-    let [m0, m1] = advertised_mss(cfg).to_be_bytes();
+    // A PROXY VIP's first segment carries the header too (the longest its version can have).
+    let room = lb_common::proxy::max_len(lb_common::proxy::flow_bits(vip.flags, 0));
+    let [m0, m1] = advertised_mss(cfg).saturating_sub(room).to_be_bytes();
     let mss_opt = word([2, 4, m0, m1]);
     let written = match ts {
         // Window scale and SACK are offered back only when the client offered them, and only
@@ -106,7 +108,7 @@ pub fn answer(
     if written.is_none() || segment::swap_macs(ctx).is_none() {
         return Verdict::of(Reason::DropInternal);
     }
-    stats::vip_syn(vip_id, stats::VipSyn::CookieSent);
+    stats::vip_syn(vip.vip_id, stats::VipSyn::CookieSent);
     Verdict::tx(Reason::SynCookieSent)
 }
 

@@ -28,7 +28,7 @@ use crate::{
 
 /// Offsets inside the TCP header.
 const SEQ: usize = 4;
-const ACK: usize = 8;
+pub(crate) const ACK: usize = 8;
 const WIN: usize = 14;
 
 /// Client → backend.
@@ -169,7 +169,13 @@ fn option_add32(o: &mut Copied, at: usize, v: u32, d: CsumDelta) -> CsumDelta {
 
 /// Adds `v` to the big-endian 32-bit field `rel` bytes into the TCP header.
 #[inline(always)]
-fn add32(ctx: &XdpContext, p: &Packet, rel: usize, v: u32, d: CsumDelta) -> Option<CsumDelta> {
+pub(crate) fn add32(
+    ctx: &XdpContext,
+    p: &Packet,
+    rel: usize,
+    v: u32,
+    d: CsumDelta,
+) -> Option<CsumDelta> {
     let f = ptr_at::<[u8; 4]>(ctx, p.l4() + rel)? as *mut u8;
     // SAFETY: 4 bytes bounds-checked by ptr_at.
     unsafe {
@@ -182,7 +188,7 @@ fn add32(ctx: &XdpContext, p: &Packet, rel: usize, v: u32, d: CsumDelta) -> Opti
 }
 
 #[inline(always)]
-fn fix_checksum(ctx: &XdpContext, p: &Packet, d: CsumDelta) -> Option<()> {
+pub(crate) fn fix_checksum(ctx: &XdpContext, p: &Packet, d: CsumDelta) -> Option<()> {
     let c = ptr_at::<u16>(ctx, p.l4() + TCP_CSUM)?;
     // SAFETY: bounds checked by ptr_at.
     unsafe { store16(c as *mut u8, d.apply(*c)) };

@@ -391,7 +391,7 @@ fn reply(
     }
     if let Some(opts) = opts {
         let growth = if v6 { GROWTH_V4_TO_V6 as u32 } else { 0 };
-        crate::to_client::clamp_synack(ctx, p, opts, cfg, hop.ifindex, growth);
+        crate::to_client::clamp_synack(ctx, p, opts, cfg, hop.ifindex, growth, 0);
     }
     let ports = ports_word(e.vip_port, e.client_port);
     let done = if v6 {

@@ -26,6 +26,7 @@ pub fn vips(v: &[VipReport]) -> String {
         "new flows",
         "no-backend drops",
         "syn cookies",
+        "proxy (headers)",
         "syns",
         "cookies sent/valid/bad",
         "denied/rate/conns limited",
@@ -49,6 +50,10 @@ pub fn vips(v: &[VipReport]) -> String {
             x.new_flows.to_string(),
             x.no_backend_drops.to_string(),
             cookie_mode(x),
+            match x.proxy_protocol.as_str() {
+                "" | "off" => "off".into(),
+                v => format!("{v} ({})", x.proxy_headers),
+            },
             x.syns.to_string(),
             format!(
                 "{}/{}/{}",

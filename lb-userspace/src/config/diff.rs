@@ -144,6 +144,13 @@ pub fn vip_changes(old: &super::Vip, new: &super::Vip) -> Vec<String> {
             new.syn_cookies.name()
         ));
     }
+    if old.proxy_protocol != new.proxy_protocol {
+        out.push(format!(
+            "vip {name}: proxy_protocol {} -> {} (new connections only)",
+            old.proxy_protocol.name(),
+            new.proxy_protocol.name()
+        ));
+    }
     if old.sources != new.sources {
         let s = &new.sources;
         out.push(format!(

@@ -109,6 +109,27 @@ impl CookieMode {
     }
 }
 
+/// The PROXY protocol header a TCP VIP puts in front of each connection's first bytes toward
+/// its data node (the client's address under full NAT).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    #[default]
+    Off,
+    V1,
+    V2,
+}
+
+impl ProxyProtocol {
+    pub const fn name(self) -> &'static str {
+        match self {
+            ProxyProtocol::Off => "off",
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+        }
+    }
+}
+
 /// When `auto` cookie mode engages and releases.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SynCookies {
@@ -207,6 +228,8 @@ pub struct Vip {
     pub health: HealthCheck,
     /// SYN-cookie mode (UDP VIPs: always off).
     pub syn_cookies: CookieMode,
+    /// PROXY protocol toward the data nodes (UDP VIPs: always off).
+    pub proxy_protocol: ProxyProtocol,
     pub sources: SourcePolicy,
     pub backends: Vec<BackendConfig>,
     /// Backend groups with priorities, and which group each backend is in.
@@ -232,6 +255,7 @@ impl Vip {
             } else {
                 CookieMode::Off
             },
+            proxy_protocol: ProxyProtocol::Off,
             sources: SourcePolicy::default(),
             backends: Vec::new(),
             groups: Groups::default(),

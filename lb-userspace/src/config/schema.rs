@@ -36,6 +36,7 @@ pub mod defaults {
     pub const HC_FALL: i64 = 2;
     pub const WEIGHT: i64 = 100;
     pub const SYN_COOKIES: &str = "auto";
+    pub const PROXY_PROTOCOL: &str = "off";
     pub const COOKIE_ENGAGE_SYN_RATE: i64 = 2000;
     pub const COOKIE_RELEASE_AFTER: &str = "30s";
     pub const ANNOUNCE_TABLE: i64 = 200;
@@ -195,6 +196,10 @@ pub struct RawVip {
     /// "auto", "always" or "off" (TCP VIPs).
     #[serde(default = "d_syn_cookies")]
     pub syn_cookies: Spanned<String>,
+    /// "off", "v1" or "v2": a PROXY protocol header in front of each connection's first bytes
+    /// toward the data node (TCP VIPs).
+    #[serde(default = "d_proxy_protocol")]
+    pub proxy_protocol: Spanned<String>,
     /// Source prefixes (CIDR) refused new connections.
     #[serde(default)]
     pub deny: Vec<Spanned<String>>,
@@ -376,6 +381,9 @@ fn d_weight() -> Spanned<i64> {
 }
 fn d_syn_cookies() -> Spanned<String> {
     s(d::SYN_COOKIES)
+}
+fn d_proxy_protocol() -> Spanned<String> {
+    s(d::PROXY_PROTOCOL)
 }
 fn d_engage_syn_rate() -> Spanned<i64> {
     sp(d::COOKIE_ENGAGE_SYN_RATE)

@@ -106,6 +106,13 @@ fn vip(img: &Image, address: IpAddr, port: u16, proto: u8, meta: &VipMeta) -> Op
             } else {
                 crate::config::CookieMode::Off
             },
+            proxy_protocol: if meta.flags & VipMeta::PROXY_V2 != 0 {
+                crate::config::ProxyProtocol::V2
+            } else if meta.flags & VipMeta::PROXY_V1 != 0 {
+                crate::config::ProxyProtocol::V1
+            } else {
+                crate::config::ProxyProtocol::Off
+            },
             ..Vip::new(
                 format!("(adopted {})", meta.vip_id),
                 address,

@@ -14,7 +14,7 @@ use super::{
     plan::TableMode,
     state::{State, VipState},
 };
-use crate::config::{CookieMode, MssClamp, Protocol, SourceList};
+use crate::config::{CookieMode, MssClamp, Protocol, ProxyProtocol, SourceList};
 
 /// An IPv4 address as the data path's native word (0 for IPv6: callers keep to IPv4).
 pub fn word(a: IpAddr) -> u32 {
@@ -198,7 +198,8 @@ fn vip(
     vip_entry(img, v, meta);
 }
 
-/// The VIP's flags (fail-open, cookies, source policy, pins), writing its source lists.
+/// The VIP's flags (fail-open, cookies, source policy, pins, PROXY protocol), writing its
+/// source lists.
 fn vip_policy(img: &mut super::super::dataplane::Image, v: &VipState) -> u32 {
     let mut flags = if v.mode == TableMode::FailOpen {
         VipMeta::FAIL_OPEN
@@ -230,6 +231,11 @@ fn vip_policy(img: &mut super::super::dataplane::Image, v: &VipState) -> u32 {
     if v.spec.sources.rate > 0 {
         flags |= VipMeta::RATE_LIMIT;
     }
+    flags |= match v.spec.proxy_protocol {
+        ProxyProtocol::Off => 0,
+        ProxyProtocol::V1 => VipMeta::PROXY_V1,
+        ProxyProtocol::V2 => VipMeta::PROXY_V2,
+    };
     flags
 }
 

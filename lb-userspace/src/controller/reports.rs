@@ -225,6 +225,7 @@ fn group_reports(v: &VipState, backends: &[BackendReport]) -> Vec<GroupReport> {
 
 fn vip_report(v: &VipState, counters: &dyn Counters, fc: &FlowCounts) -> Result<VipReport> {
     let s = counters.vip(v.id)?;
+    let proxy = counters.proxy(v.id)?;
     Ok(VipReport {
         name: v.spec.name.clone(),
         address: v.spec.address.to_string(),
@@ -263,6 +264,10 @@ fn vip_report(v: &VipState, counters: &dyn Counters, fc: &FlowCounts) -> Result<
         conn_limited: s.conn_limited,
         max_flows: v.spec.max_flows,
         over_share: s.over_share,
+        proxy_protocol: v.spec.proxy_protocol.name().into(),
+        proxy_headers: proxy.headers,
+        proxy_refused: proxy.refused,
+        proxy_acks_mapped: proxy.acks_mapped,
         groups: Vec::new(),
         pins: Vec::new(),
         backend_rtt: RttReport::default(),

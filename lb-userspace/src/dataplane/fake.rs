@@ -70,6 +70,7 @@ impl Maps for FakeMaps {
 pub struct FakeCounters {
     pub reasons: Mutex<Vec<u64>>,
     pub vips: Mutex<HashMap<u32, VipStats>>,
+    pub proxy: Mutex<HashMap<u32, lb_common::ProxyStats>>,
     pub backends: Mutex<HashMap<u32, BackendStats>>,
     /// (backend id, kind) → histogram.
     pub rtt: Mutex<HashMap<(u32, u32), lb_common::rtt::RttRow>>,
@@ -84,6 +85,15 @@ impl Counters for FakeCounters {
     fn vip(&self, id: u32) -> Result<VipStats> {
         Ok(self
             .vips
+            .lock()
+            .unwrap()
+            .get(&id)
+            .copied()
+            .unwrap_or_default())
+    }
+    fn proxy(&self, id: u32) -> Result<lb_common::ProxyStats> {
+        Ok(self
+            .proxy
             .lock()
             .unwrap()
             .get(&id)

@@ -296,6 +296,8 @@ pub trait Counters: Send + Sync {
     /// Indexed by `Reason as usize`.
     fn reasons(&self) -> Result<Vec<u64>>;
     fn vip(&self, id: u32) -> Result<VipStats>;
+    /// A VIP's PROXY protocol counters.
+    fn proxy(&self, id: u32) -> Result<lb_common::ProxyStats>;
     fn backend(&self, id: u32) -> Result<BackendStats>;
     /// Connection-log records the data path lost to a full ring buffer.
     fn conn_log_lost(&self) -> Result<u64>;

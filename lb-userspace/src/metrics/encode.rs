@@ -108,7 +108,7 @@ const BACKEND_GAUGES: [Field<BackendReport, i64>; 5] = [
     ),
 ];
 /// Per-VIP counters (label `vip`).
-const VIP_COUNTERS: [Field<VipReport, u64>; 12] = [
+const VIP_COUNTERS: [Field<VipReport, u64>; 14] = [
     ("wklb_vip_packets", "Packets client -> VIP", |v| v.packets),
     ("wklb_vip_new_flows", "Flows created for the VIP", |v| {
         v.new_flows
@@ -160,6 +160,16 @@ const VIP_COUNTERS: [Field<VipReport, u64>; 12] = [
         "wklb_vip_over_share",
         "New flows refused because a connection table or SNAT pool was 90% full and the VIP held its share of it",
         |v| v.over_share,
+    ),
+    (
+        "wklb_vip_proxy_headers",
+        "PROXY protocol headers inserted toward the data nodes",
+        |v| v.proxy_headers,
+    ),
+    (
+        "wklb_vip_proxy_refused",
+        "Client segments of PROXY flows not sent (overlapping the first payload byte, or a SYN with data)",
+        |v| v.proxy_refused,
     ),
 ];
 
@@ -469,7 +479,7 @@ fn encode_vips(enc: &mut DescriptorEncoder, s: &StatsReport) -> Result<(), std::
     gauge_family(
         enc,
         "wklb_vip_info",
-        "1 per VIP, labelled with its address, port, protocol and configured SYN-cookie mode",
+        "1 per VIP, labelled with its address, port, protocol, configured SYN-cookie mode and PROXY protocol",
         s.vips.iter().map(|v| {
             (
                 vec![
@@ -478,6 +488,7 @@ fn encode_vips(enc: &mut DescriptorEncoder, s: &StatsReport) -> Result<(), std::
                     ("port".to_string(), v.port.to_string()),
                     ("protocol".to_string(), v.protocol.clone()),
                     ("syn_cookies".to_string(), v.syn_cookies.clone()),
+                    ("proxy_protocol".to_string(), v.proxy_protocol.clone()),
                 ],
                 1,
             )

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use super::{Collector, groups};
 use crate::config::{
     BackendConfig, ConfigError, CookieMode, HealthCheck, MAX_WEIGHT, ProbeKind, Protocol,
-    SourceList, SourcePolicy, Vip, parse_prefix,
+    ProxyProtocol, SourceList, SourcePolicy, Vip, parse_prefix,
     schema::{RawBackend, RawHealthCheck, RawVip},
 };
 
@@ -36,6 +36,53 @@ fn cookie_mode(c: &mut Collector, p: &str, v: &RawVip, protocol: Protocol) -> Co
         return CookieMode::Off;
     }
     mode
+}
+
+/// A VIP's PROXY protocol version. The data path inserts the header for IPv4 clients of IPv4
+/// data nodes, over TCP: on UDP, IPv6 VIPs and VIPs with IPv6 data nodes the key is refused.
+fn proxy_protocol(
+    c: &mut Collector,
+    p: &str,
+    v: &RawVip,
+    protocol: Protocol,
+    ipv6: Option<&str>,
+) -> ProxyProtocol {
+    let key = format!("{p}.proxy_protocol");
+    let version = match v.proxy_protocol.get_ref().as_str() {
+        "off" => ProxyProtocol::Off,
+        "v1" => ProxyProtocol::V1,
+        "v2" => ProxyProtocol::V2,
+        other => {
+            c.err(
+                key,
+                &v.proxy_protocol,
+                format!("{other:?} is not one of off, v1, v2"),
+            );
+            return ProxyProtocol::Off;
+        }
+    };
+    if version == ProxyProtocol::Off {
+        return version;
+    }
+    if protocol == Protocol::Udp {
+        c.err(
+            key,
+            &v.proxy_protocol,
+            "PROXY protocol applies to TCP VIPs only; remove the key or set \"off\"",
+        );
+        return ProxyProtocol::Off;
+    }
+    if let Some(what) = ipv6 {
+        c.err(
+            key,
+            &v.proxy_protocol,
+            format!(
+                "PROXY protocol needs IPv4 clients and IPv4 data nodes for now; remove the key or set \"off\" on {what}"
+            ),
+        );
+        return ProxyProtocol::Off;
+    }
+    version
 }
 
 /// Deny and allow lists and the per-source rate of one VIP.
@@ -152,11 +199,16 @@ pub(super) fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
             u32::MAX as i64,
             "flows guaranteed to this VIP (0 = an even share)",
         ) as u32;
-        if address.is_ipv6() {
+        let ipv6 = if address.is_ipv6() {
             ipv6_vip_limits(c, &p, v, &mut syn_cookies);
+            Some("an IPv6 VIP")
         } else if backends.iter().any(|b| b.address.is_ipv6()) {
             no_cookies(c, &p, v, &mut syn_cookies, "a VIP with IPv6 backends");
-        }
+            Some("a VIP with IPv6 backends")
+        } else {
+            None
+        };
+        let proxy_protocol = proxy_protocol(c, &p, v, protocol, ipv6);
         vips.push(Vip {
             name,
             address,
@@ -164,6 +216,7 @@ pub(super) fn vips(c: &mut Collector, raw: &[RawVip]) -> Vec<Vip> {
             protocol,
             health,
             syn_cookies,
+            proxy_protocol,
             sources,
             backends,
             groups,

@@ -8,7 +8,7 @@ use aya::{
     Ebpf,
     maps::{Map, MapData, PerCpuArray},
 };
-use lb_common::{BackendStats, PinStats, Reason, VipStats, names};
+use lb_common::{BackendStats, PinStats, ProxyStats, Reason, VipStats, names};
 
 use super::take;
 use crate::{dataplane::Counters, sys::bpf::Mmap};
@@ -17,6 +17,7 @@ use crate::{dataplane::Counters, sys::bpf::Mmap};
 pub struct KernelCounters {
     reasons: PerCpuArray<MapData, u64>,
     vips: PerCpuArray<MapData, VipStats>,
+    proxy: PerCpuArray<MapData, ProxyStats>,
     backends: PerCpuArray<MapData, BackendStats>,
     pins: PerCpuArray<MapData, PinStats>,
     conn_log_lost: PerCpuArray<MapData, u64>,
@@ -55,6 +56,7 @@ impl KernelCounters {
         Ok(KernelCounters {
             reasons: typed!(ebpf, names::REASONS),
             vips: typed!(ebpf, names::VIP_STATS),
+            proxy: typed!(ebpf, names::PROXY_STATS),
             backends: typed!(ebpf, names::BACKEND_STATS),
             pins: typed!(ebpf, names::PIN_STATS),
             conn_log_lost: typed!(ebpf, names::CONN_LOG_LOST),
@@ -80,6 +82,17 @@ impl Counters for KernelCounters {
             .get(&id, 0)?
             .iter()
             .fold(VipStats::default(), |mut t, s| {
+                t.add(s);
+                t
+            }))
+    }
+
+    fn proxy(&self, id: u32) -> Result<ProxyStats> {
+        Ok(self
+            .proxy
+            .get(&id, 0)?
+            .iter()
+            .fold(ProxyStats::default(), |mut t, s| {
                 t.add(s);
                 t
             }))

@@ -1,0 +1,282 @@
+//! PROXY protocol through the real XDP object (BPF_PROG_TEST_RUN; root, CI runs them): the
+//! header inserted in front of a flow's first payload byte (versions 1 and 2, odd and even
+//! lengths, plain and SYN-cookie flows), retransmissions of that segment, the client's later
+//! sequence numbers shifted, the node's acknowledgments and SACK edges mapped back, the MSS
+//! toward the client lowered, and the segments that are refused.
+
+use lb_common::{FlowEntry, Reason, VipMeta};
+use wklb_tests::{
+    exchange::{XDP_DROP, XDP_REDIRECT, plain::*},
+    fixture::*,
+    packets::{Seg, inspect, tcp_seg},
+};
+
+/// The v2 header wklb must send for client `port` of the TCP VIP.
+fn v2_header(port: u16) -> Vec<u8> {
+    let mut h = vec![
+        0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, 0x11, 0, 12,
+    ];
+    h.extend_from_slice(&CLIENT.octets());
+    h.extend_from_slice(&VIP.octets());
+    h.extend_from_slice(&port.to_be_bytes());
+    h.extend_from_slice(&VIP_TCP_PORT.to_be_bytes());
+    h
+}
+
+fn v1_header(port: u16) -> Vec<u8> {
+    format!("PROXY TCP4 {CLIENT} {VIP} {port} {VIP_TCP_PORT}\r\n").into_bytes()
+}
+
+/// The client's segment from `port`: `seq` relative to its first payload byte.
+fn client_seg(port: u16, rel: u32, flags: &str, payload: &[u8]) -> Vec<u8> {
+    tcp_seg(
+        client(port),
+        VIP_TCP,
+        &Seg {
+            flags,
+            seq: (ISN + 1).wrapping_add(rel),
+            ack: BACKEND_ISN + 1,
+            payload,
+            ..Seg::default()
+        },
+    )
+}
+
+/// The node's segment to SNAT port `sp`, acknowledging `ack` (its own numbering), with raw
+/// `options`.
+fn node_seg(b: usize, sp: u16, ack: u32, options: &[u8]) -> Vec<u8> {
+    tcp_seg(
+        (BACKENDS[b], VIP_TCP_PORT),
+        (SNAT, sp),
+        &Seg {
+            flags: "A",
+            seq: BACKEND_ISN + 1,
+            ack,
+            options,
+            ..Seg::default()
+        },
+    )
+}
+
+fn proxy_stats(fx: &Fixture) -> lb_common::ProxyStats {
+    use lb_userspace::dataplane::Counters as _;
+    fx.counters.proxy(TCP_VIP_ID).expect("proxy stats")
+}
+
+#[test]
+fn the_first_bytes_reach_the_node_behind_a_v2_header_and_later_ones_shifted() {
+    with_fixture("proxy_v2_insert_and_shift", 1024, |fx| {
+        fx.set_tcp_vip_flags(VipMeta::PROXY_V2).unwrap();
+        let port = 40001;
+        let (b, sp) = establish(fx, port);
+        let h = v2_header(port);
+        assert_eq!(
+            flow_of(fx, port).1.proxy_len,
+            28,
+            "known after the handshake"
+        );
+
+        let before = fx.reasons();
+        let (act, out) = fx
+            .run(fx.client_if, &client_seg(port, 0, "AP", b"hello"))
+            .unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        assert_only(fx, &before, Reason::Forwarded, 1);
+        let s = inspect(&out);
+        assert!(s.checksums_ok, "{s:?}");
+        assert_eq!((s.src, s.src_port, s.dst), (SNAT, sp, BACKENDS[b]));
+        assert_eq!(s.seq, ISN + 1, "the header takes the first byte's place");
+        let mut want = h.clone();
+        want.extend_from_slice(b"hello");
+        assert_eq!(s.payload, want);
+        assert_eq!(proxy_stats(fx).headers, 1);
+
+        // The same segment again (lost on the way): the same bytes again.
+        let (_, again) = fx
+            .run(fx.client_if, &client_seg(port, 0, "AP", b"hello"))
+            .unwrap();
+        assert_eq!(again, out);
+        assert_eq!(proxy_stats(fx).headers, 2);
+
+        // The next one is 28 bytes further on at the node.
+        let (_, next) = fx
+            .run(fx.client_if, &client_seg(port, 5, "AP", b"world"))
+            .unwrap();
+        let s = inspect(&next);
+        assert!(s.checksums_ok);
+        assert_eq!(
+            (s.seq, s.payload.as_slice()),
+            (ISN + 1 + 5 + 28, &b"world"[..])
+        );
+
+        // The node acknowledges header and both segments: the client sees its 10 bytes acked.
+        let before = fx.reasons();
+        let (act, back) = fx
+            .run(fx.backend_if, &node_seg(b, sp, ISN + 1 + 28 + 10, &[]))
+            .unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        assert_only(fx, &before, Reason::Reversed, 1);
+        let s = inspect(&back);
+        assert!(s.checksums_ok);
+        assert_eq!((s.dst, s.ack), (CLIENT, ISN + 1 + 10));
+        let e = flow_of(fx, port).1;
+        assert!(e.proxy & FlowEntry::PROXY_ACKED != 0);
+        assert_eq!(e.ack[1], ISN + 1 + 10, "tracked in the client's numbering");
+
+        // A retransmission of the first bytes now: shifted, no second header.
+        let (_, late) = fx
+            .run(fx.client_if, &client_seg(port, 0, "AP", b"hello"))
+            .unwrap();
+        let s = inspect(&late);
+        assert!(s.checksums_ok);
+        assert_eq!((s.seq, s.payload.as_slice()), (ISN + 1 + 28, &b"hello"[..]));
+        assert_eq!(proxy_stats(fx).headers, 2);
+    });
+}
+
+#[test]
+fn a_v1_header_of_either_length_parity_keeps_the_checksum_right() {
+    with_fixture("proxy_v1_both_parities", 1024, |fx| {
+        fx.set_tcp_vip_flags(VipMeta::PROXY_V1).unwrap();
+        // A four- and a five-digit port: header lengths one apart.
+        for (port, payload) in [(4001u16, &b"odd-or-even"[..]), (40001, &b"x"[..])] {
+            let (_, _) = establish(fx, port);
+            let h = v1_header(port);
+            assert_eq!(flow_of(fx, port).1.proxy_len as usize, h.len());
+            let (act, out) = fx
+                .run(fx.client_if, &client_seg(port, 0, "AP", payload))
+                .unwrap();
+            assert_eq!(act, XDP_REDIRECT);
+            let s = inspect(&out);
+            assert!(s.checksums_ok, "port {port}, header {} bytes", h.len());
+            let mut want = h.clone();
+            want.extend_from_slice(payload);
+            assert_eq!(s.payload, want, "{:?}", String::from_utf8_lossy(&s.payload));
+        }
+    });
+}
+
+#[test]
+fn a_client_that_sends_a_proxy_line_itself_gets_wklbs_in_front_of_it() {
+    with_fixture("proxy_client_line_after_ours", 1024, |fx| {
+        fx.set_tcp_vip_flags(VipMeta::PROXY_V1).unwrap();
+        let port = 40002;
+        establish(fx, port);
+        let forged = b"PROXY TCP4 6.6.6.6 7.7.7.7 1 2\r\nhi";
+        let (_, out) = fx
+            .run(fx.client_if, &client_seg(port, 0, "AP", forged))
+            .unwrap();
+        let s = inspect(&out);
+        let mut want = v1_header(port);
+        want.extend_from_slice(forged);
+        assert_eq!(s.payload, want);
+        // A segment reaching over the first byte from below (where only the SYN is) is refused.
+        let before = fx.reasons();
+        let below = tcp_seg(
+            client(port),
+            VIP_TCP,
+            &Seg {
+                flags: "AP",
+                seq: ISN,
+                ack: BACKEND_ISN + 1,
+                payload: b"XPROXY",
+                ..Seg::default()
+            },
+        );
+        assert_eq!(fx.run(fx.client_if, &below).unwrap().0, XDP_DROP);
+        assert_only(fx, &before, Reason::DropMalformed, 1);
+        assert_eq!(proxy_stats(fx).refused, 1);
+        // A keepalive at ISN and a pure ACK pass unchanged.
+        for (rel, flags) in [(u32::MAX, "A"), (0, "A")] {
+            let (act, out) = fx
+                .run(fx.client_if, &client_seg(port, rel, flags, b""))
+                .unwrap();
+            assert_eq!(act, XDP_REDIRECT);
+            assert_eq!(inspect(&out).seq, (ISN + 1).wrapping_add(rel));
+        }
+    });
+}
+
+#[test]
+fn the_mss_toward_the_client_leaves_room_for_the_header_and_sack_edges_come_back() {
+    with_fixture("proxy_mss_and_sack", 1024, |fx| {
+        fx.set_tcp_vip_flags(VipMeta::PROXY_V2).unwrap();
+        let port = 40003;
+        let (b, sp) = open(fx, port);
+        // The node offers 1460; the client is told 28 less (the edge's MTU allows 1460).
+        let synack = tcp_seg(
+            (BACKENDS[b], VIP_TCP_PORT),
+            (SNAT, sp),
+            &Seg {
+                flags: "SA",
+                seq: BACKEND_ISN,
+                ack: ISN + 1,
+                options: &[2, 4, 0x05, 0xb4],
+                ..Seg::default()
+            },
+        );
+        let (act, out) = fx.run(fx.backend_if, &synack).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let s = inspect(&out);
+        assert!(s.checksums_ok);
+        assert_eq!(s.mss, Some(1460 - 28));
+        client_acks(fx, port);
+        fx.run(fx.client_if, &client_seg(port, 0, "AP", &[7; 100]))
+            .unwrap();
+        // The node has the header and the first 100 bytes, and a block 200 bytes further on:
+        // NOP, NOP, SACK (one block), as Linux sends it without timestamps.
+        let base = ISN + 1 + 28;
+        let (l, r) = (base + 300, base + 400);
+        let mut sack = vec![1, 1, 5, 10];
+        sack.extend_from_slice(&l.to_be_bytes());
+        sack.extend_from_slice(&r.to_be_bytes());
+        let (act, out) = fx
+            .run(fx.backend_if, &node_seg(b, sp, base + 100, &sack))
+            .unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let s = inspect(&out);
+        assert!(s.checksums_ok);
+        assert_eq!(s.ack, ISN + 1 + 100);
+        let view = wklb_tests::packets::tcp_view(&out);
+        assert_eq!(view.sack, vec![(ISN + 1 + 300, ISN + 1 + 400)]);
+    });
+}
+
+#[test]
+fn a_syn_with_data_is_refused_on_a_proxy_vip() {
+    with_fixture("proxy_refuses_syn_data", 1024, |fx| {
+        fx.set_tcp_vip_flags(VipMeta::PROXY_V2).unwrap();
+        let before = fx.reasons();
+        let syn = tcp_seg(
+            client(40004),
+            VIP_TCP,
+            &Seg {
+                flags: "S",
+                seq: ISN,
+                ack: 0,
+                payload: b"early data",
+                ..Seg::default()
+            },
+        );
+        assert_eq!(fx.run(fx.client_if, &syn).unwrap().0, XDP_DROP);
+        assert_only(fx, &before, Reason::DropMalformed, 1);
+        assert_eq!(proxy_stats(fx).refused, 1);
+        // Without data it opens the flow.
+        open(fx, 40004);
+    });
+}
+
+#[test]
+fn a_vip_without_the_option_sends_its_bytes_unchanged() {
+    with_fixture("proxy_off_unchanged", 1024, |fx| {
+        let port = 40005;
+        establish(fx, port);
+        let (_, out) = fx
+            .run(fx.client_if, &client_seg(port, 0, "AP", b"hello"))
+            .unwrap();
+        let s = inspect(&out);
+        assert_eq!((s.seq, s.payload.as_slice()), (ISN + 1, &b"hello"[..]));
+        assert_eq!(flow_of(fx, port).1.proxy, 0);
+        assert_eq!(proxy_stats(fx).headers, 0);
+    });
+}
