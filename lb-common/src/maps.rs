@@ -1082,15 +1082,15 @@ pub struct ProxyStats {
     /// Client segments not sent: reaching over the first payload byte from below, or a SYN
     /// with data.
     pub refused: u64,
-    /// Acknowledgments and SACK edges of the node mapped back to the client's numbering.
-    pub acks_mapped: u64,
+    /// Segments of the node whose SACK edges were mapped back to the client's numbering.
+    pub sack_mapped: u64,
 }
 
 impl ProxyStats {
     pub fn add(&mut self, o: &ProxyStats) {
         self.headers += o.headers;
         self.refused += o.refused;
-        self.acks_mapped += o.acks_mapped;
+        self.sack_mapped += o.sack_mapped;
     }
 }
 

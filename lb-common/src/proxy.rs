@@ -230,7 +230,8 @@ pub mod step {
     /// Sequence number + H: after the first payload byte.
     pub const SHIFT: u8 = 1;
     /// Starts at the first payload byte (data or FIN) before the node acknowledged the header:
-    /// the header goes in front of its payload.
+    /// the header goes in front of its payload. Also every segment of a PROXY flow whose header
+    /// length is not known yet (`wklb_proxy` computes it, then decides again).
     pub const INSERT: u8 = 2;
     /// Overlaps the first payload byte from below, or a SYN with data: never sent.
     pub const REFUSE: u8 = 3;
@@ -240,7 +241,12 @@ pub mod step {
 #[inline(always)]
 pub const fn forward(e: &FlowEntry, seq: u32, flags: u8, len: u32) -> u8 {
     if e.proxy_len == 0 {
-        return step::KEEP;
+        // A PROXY flow whose header length is not known yet goes where it is computed.
+        return if e.proxy & (FlowEntry::PROXY_V1 | FlowEntry::PROXY_V2) != 0 {
+            step::INSERT
+        } else {
+            step::KEEP
+        };
     }
     let syn = flags & tcp_flags::SYN != 0;
     if syn && len != 0 {

@@ -3,7 +3,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{PROTO_TCP, csum::CsumDelta};
 
-use crate::parse::{Packet, load16, ptr_at, store16, store32};
+use crate::parse::{Packet, load16, load32, ptr_at, store16, store32};
 
 /// Offsets of the checksum field inside the L4 header.
 pub const TCP_CSUM: usize = 16;
@@ -14,12 +14,20 @@ pub const CHECK: usize = 10;
 pub const SRC: usize = 12;
 pub const DST: usize = 16;
 
-/// The new addresses and ports of a packet, as native words of network-order bytes.
+/// The new addresses and ports of a packet, as native words of network-order bytes; for TCP,
+/// what to add to the sequence and acknowledgment numbers (PROXY protocol flows; 0 for the
+/// rest: added without a branch, which would split the verifier's paths).
 pub struct Rewrite {
     pub src: u32,
     pub dst: u32,
     pub ports: u32,
+    pub seq_add: u32,
+    pub ack_add: u32,
 }
+
+/// TCP header offsets.
+const SEQ: usize = 4;
+const ACK: usize = 8;
 
 /// Rewrites addresses and ports, decrements the TTL and fixes the IP and L4 checksums.
 /// The caller has checked TTL > 1; parsing checked the L4 header is in bounds.
@@ -31,9 +39,18 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, to: &Rewrite) -> Option<()> {
     // SAFETY: bounds checked by ptr_at.
     unsafe { *ports = to.ports };
     if p.proto == PROTO_TCP {
-        let c = ptr_at::<u16>(ctx, p.l4() + TCP_CSUM)?;
-        // SAFETY: bounds checked by ptr_at.
-        unsafe { *c = l4_delta.apply(*c) };
+        let h = ptr_at::<[u8; 20]>(ctx, p.l4())? as *mut u8;
+        // SAFETY: the fixed TCP header, bounds checked by ptr_at.
+        unsafe {
+            let (seq, ack) = (load32(h.add(SEQ)), load32(h.add(ACK)));
+            let new_seq = u32::from_be(seq).wrapping_add(to.seq_add).to_be();
+            let new_ack = u32::from_be(ack).wrapping_add(to.ack_add).to_be();
+            store32(h.add(SEQ), new_seq);
+            store32(h.add(ACK), new_ack);
+            let d = l4_delta.replace32(seq, new_seq).replace32(ack, new_ack);
+            let c = h.add(TCP_CSUM);
+            store16(c, d.apply(load16(c)));
+        }
     } else {
         let c = ptr_at::<u16>(ctx, p.l4() + UDP_CSUM)?;
         // SAFETY: bounds checked by ptr_at.

@@ -67,12 +67,6 @@ pub fn flow_bits(vip: &VipMeta, family: u8) -> u8 {
     proxy::flow_bits(vip.flags, lb_common::slot::family_bit(family))
 }
 
-/// A PROXY flow whose header length is not known yet: `wklb_proxy` computes it.
-#[inline(always)]
-pub fn needs_length(e: &FlowEntry, p: &Packet) -> bool {
-    e.proxy != 0 && e.proxy_len == 0 && p.is_tcp()
-}
-
 /// The step for the client segment `p` of flow `e` (`proxy::step`).
 #[inline(always)]
 pub fn step(e: &FlowEntry, p: &Packet) -> u8 {
@@ -111,14 +105,6 @@ pub fn defer(ctx: &XdpContext, p: &Packet, accepted: bool) -> Verdict {
     tails::call(ctx, tails::PROXY)
 }
 
-/// The client's sequence number, H further (the node's numbering).
-#[inline(always)]
-pub fn shift(ctx: &XdpContext, p: &Packet, e: &FlowEntry) -> Option<()> {
-    let d = add32(ctx, p, SEQ, e.proxy_len as u32, CsumDelta::new())?;
-    fix_checksum(ctx, p, d)
-}
-
-const SEQ: usize = 4;
 
 /// The segment is sent as it is (NAT done, next hop set) with the header still to insert:
 /// `wklb_proxy_insert` inserts it and returns `v`, in a program of its own (the header's
@@ -360,9 +346,9 @@ fn len_in(len: usize, size: usize) -> u32 {
 #[inline(always)]
 pub fn client_view(p: &mut Packet, e: &FlowEntry) -> u32 {
     let isn1 = e.ack[1];
-    if p.seg.flags & tcp_flags::ACK != 0 {
-        p.seg.ack = proxy::to_client(e, isn1, p.seg.ack);
-    }
+    // Unchanged on other flows (H = 0); hidden from the verifier's value tracking, which would
+    // follow each of the map's cases through the tracker.
+    p.seg.ack = crate::parse::opaque(proxy::to_client(e, isn1, p.seg.ack) as usize) as u32;
     isn1
 }
 
@@ -374,61 +360,36 @@ pub fn after_tracking(e: &mut FlowEntry, isn1: u32) {
     }
 }
 
-/// Node → client, the packet: the acknowledgment as `client_view` mapped it and, except in the
-/// entry program (`ENTRY`, which sends only segments without SACK blocks: see
-/// `has_only_timestamps`), the SACK edges likewise.
+/// Node → client, the packet's SACK edges in the client's numbering (the acknowledgment goes
+/// back in the NAT rewrite). Not in the entry program, which sends PROXY flows' segments only
+/// when they have no room for SACK blocks (`has_only_timestamps`).
 #[inline(always)]
-pub fn reverse<const ENTRY: bool>(
-    ctx: &XdpContext,
-    p: &Packet,
-    e: &FlowEntry,
-    isn1: u32,
-    wire_ack: u32,
-) -> Option<()> {
-    let mut d = CsumDelta::new();
-    if p.seg.flags & tcp_flags::ACK != 0 && p.seg.ack != wire_ack {
-        d = add32(ctx, p, ACK, p.seg.ack.wrapping_sub(wire_ack), d)?;
-        count(e.vip_id, |s| s.acks_mapped += 1);
+pub fn sack_to_client(ctx: &XdpContext, p: &Packet, e: &FlowEntry, isn1: u32) -> Option<()> {
+    // SAFETY: a live FLOW_TABLE value; read again rather than kept in a register since the
+    // packet's start (a branch on a value live that long splits every path in between).
+    if unsafe { core::ptr::read_volatile(&e.proxy_len) } == 0 || p.tcp_len() <= 20 {
+        return Some(());
     }
-    if !ENTRY
-        && p.tcp_len() > 20
-        && let Some(mut o) = tcp::copied_options(ctx, p)
-    {
-        let (first, blocks) = sack_blocks(&o);
-        if blocks > 0 {
-            for i in 0..4 {
-                if i < blocks {
-                    let b = first + i * SACK_BLOCK;
-                    d = map_edge(&mut o, b, e, isn1, d);
-                    d = map_edge(&mut o, b + 4, e, isn1, d);
-                }
-            }
-            if !o.store(ctx, p) {
-                return None;
-            }
+    let Some(mut o) = tcp::copied_options(ctx, p) else {
+        return Some(());
+    };
+    let (first, blocks) = sack_blocks(&o);
+    if blocks == 0 {
+        return Some(());
+    }
+    let mut d = CsumDelta::new();
+    for i in 0..4 {
+        if i < blocks {
+            let b = first + i * SACK_BLOCK;
+            d = map_edge(&mut o, b, e, isn1, d);
+            d = map_edge(&mut o, b + 4, e, isn1, d);
         }
     }
+    count(e.vip_id, |s| s.sack_mapped += 1);
+    if !o.store(ctx, p) {
+        return None;
+    }
     fix_checksum(ctx, p, d)
-}
-
-/// A TCP header with NOP, NOP, timestamps.
-const NO_SACK_ROOM: usize = 32;
-
-/// Whether the entry program can map this segment: no options, or NOP, NOP, timestamps alone
-/// (no room for SACK blocks).
-#[inline(always)]
-pub fn has_only_timestamps(ctx: &XdpContext, p: &Packet) -> bool {
-    if p.tcp_len() == 20 {
-        return true;
-    }
-    if p.tcp_len() != NO_SACK_ROOM {
-        return false;
-    }
-    match crate::parse::ptr_at::<u32>(ctx, p.l4() + 20) {
-        // SAFETY: bounds checked by ptr_at.
-        Some(o) => (unsafe { *o }) == u32::from_ne_bytes([1, 1, 8, 10]),
-        None => false,
-    }
 }
 
 /// Where the SACK blocks start and how many there are, in the two layouts stacks send:

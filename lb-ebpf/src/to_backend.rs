@@ -165,10 +165,10 @@ pub mod mode {
     /// SYNs and UDP (the flow program): nothing to insert or shift (`handle` refuses a SYN with
     /// data on a PROXY flow).
     pub const NEW: u8 = 0;
-    /// Established segments: shifted past the header, or handed to `wklb_proxy` when they carry
-    /// the first payload byte.
+    /// Established segments: a PROXY flow's handed to `wklb_proxy`.
     pub const ESTABLISHED: u8 = 1;
-    /// `wklb_proxy`: the header inserted.
+    /// `wklb_proxy`: a PROXY flow's segments, shifted past the header or with the header
+    /// inserted.
     pub const INSERT: u8 = 2;
 }
 
@@ -184,18 +184,30 @@ pub(crate) fn send<const MODE: u8>(
     now: u64,
     cookie: bool,
 ) -> Verdict {
-    let step = if MODE == mode::NEW {
-        proxy_step::KEEP
-    } else {
-        proxy::step(e, p)
-    };
-    if MODE != mode::NEW && step == proxy_step::REFUSE {
-        return proxy::refuse(e);
-    }
-    if MODE == mode::ESTABLISHED && (step == proxy_step::INSERT || proxy::needs_length(e, p)) {
+    // A PROXY flow's client segments are `wklb_proxy`'s, tracked: the entry program keeps no
+    // verifier budget for their steps.
+    // SAFETY: a live FLOW_TABLE value (`proxy` is a byte: read whole).
+    if MODE == mode::ESTABLISHED && unsafe { core::ptr::read_volatile(&e.proxy) } != 0 {
         return proxy::defer(ctx, p, flow.accepted);
     }
+    // Hidden from the verifier's value tracking: each step would otherwise take the rest of the
+    // send through a path of its own.
+    let step = if MODE == mode::INSERT {
+        crate::parse::opaque(proxy::step(e, p) as usize) as u8
+    } else {
+        proxy_step::KEEP
+    };
+    if MODE == mode::INSERT && step == proxy_step::REFUSE {
+        return proxy::refuse(e);
+    }
     let inserting = MODE == mode::INSERT && step == proxy_step::INSERT;
+    // Past the header: shifted by its length in the rewrite.
+    let seq_add = if MODE == mode::INSERT && step == proxy_step::SHIFT {
+        e.proxy_len as u32
+    } else {
+        0
+    };
+    let seq_add = crate::parse::opaque(seq_add as usize) as u32;
     // The client's payload, before any header.
     crate::connlog::count(e, flow.slot, 0, p);
 
@@ -215,9 +227,6 @@ pub(crate) fn send<const MODE: u8>(
     if cookie && crate::cookie::translate::forward(ctx, p, e).is_none() {
         return Verdict::of(Reason::DropInternal);
     }
-    if MODE != mode::NEW && step == proxy_step::SHIFT && proxy::shift(ctx, p, e).is_none() {
-        return Verdict::of(Reason::DropInternal);
-    }
     if p.is_tcp()
         && p.seg.flags & tcp_flags::SYN != 0
         && let Some(cfg) = maps::config()
@@ -230,6 +239,8 @@ pub(crate) fn send<const MODE: u8>(
         src: snat_addr,
         dst: e.backend,
         ports: ports_word(slot::port_of(flow.slot), e.backend_port),
+        seq_add,
+        ack_add: 0,
     };
     if nat::rewrite(ctx, p, &to).is_none() {
         return Verdict::of(Reason::DropInternal);

@@ -37,8 +37,10 @@ pub fn established(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Option
         return Some(Verdict::of(Reason::DropTtlExpired));
     }
     let translated = e.flags & FlowEntry::TRANSLATE != 0;
-    // A PROXY flow's replies that may carry SACK blocks are the reply program's.
-    if e.proxy_len != 0 && !crate::proxy::has_only_timestamps(ctx, p) {
+    // A PROXY flow's replies are the reply program's (acknowledgments and SACK edges mapped):
+    // the entry program keeps no verifier budget for them.
+    // SAFETY: a live FLOW_TABLE value (a byte: read whole).
+    if unsafe { core::ptr::read_volatile(&e.proxy) } != 0 {
         return None;
     }
     // A cookie flow's established replies are translated here; its handshake (the backend's
@@ -91,16 +93,17 @@ fn send<const INLINE: bool>(
     cookie: bool,
 ) -> Verdict {
     let (handshake, syn_at) = (e.state == State::SynSent as u8, e.last_seen_ns);
-    // A PROXY flow: tracked with the acknowledgment in the client's numbering.
-    let proxied = e.proxy_len != 0;
+    // Tracked with the acknowledgment in the client's numbering (the same number but on a
+    // PROXY flow; the entry's `INLINE` sends have none). Without a branch on the flow's kind:
+    // it would double the verifier's paths through the tracker and everything after it.
     let wire_ack = p.seg.ack;
-    let isn1 = if proxied {
-        crate::proxy::client_view(p, e)
-    } else {
+    let isn1 = if INLINE {
         0
+    } else {
+        crate::proxy::client_view(p, e)
     };
     let accepted = conntrack::track_and_touch::<INLINE>(ctx, e, p, now_ns(), Direction::Reverse);
-    if proxied {
+    if !INLINE {
         crate::proxy::after_tracking(e, isn1);
     }
     if handshake && e.state == State::Established as u8 {
@@ -127,8 +130,9 @@ fn send<const INLINE: bool>(
     if cookie && cookie::translate::reverse(ctx, p, e).is_none() {
         return Verdict::of(Reason::DropInternal);
     }
-    // The entry's segments have no SACK blocks (`established`).
-    if proxied && crate::proxy::reverse::<INLINE>(ctx, p, e, isn1, wire_ack).is_none() {
+    // SACK edges (the entry's segments have none: `established`); the acknowledgment goes
+    // back in the rewrite.
+    if !INLINE && crate::proxy::sack_to_client(ctx, p, e, isn1).is_none() {
         return Verdict::of(Reason::DropInternal);
     }
     if let Some(opts) = opts {
@@ -155,6 +159,12 @@ fn send<const INLINE: bool>(
             src: e.vip_v4(),
             dst: e.client[0],
             ports,
+            seq_add: 0,
+            ack_add: if INLINE {
+                0
+            } else {
+                p.seg.ack.wrapping_sub(wire_ack)
+            },
         };
         if nat::rewrite(ctx, p, &to).is_none() {
             return Verdict::of(Reason::DropInternal);

@@ -120,9 +120,9 @@ pub struct VipReport {
     /// below, or a SYN with data (TCP Fast Open).
     #[serde(default)]
     pub proxy_refused: u64,
-    /// Acknowledgments of the data nodes mapped back past the header.
+    /// Segments of the data nodes whose SACK edges were mapped back past the header.
     #[serde(default)]
-    pub proxy_acks_mapped: u64,
+    pub proxy_sack_mapped: u64,
 }
 
 /// One deny or allow entry.

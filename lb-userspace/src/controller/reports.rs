@@ -267,7 +267,7 @@ fn vip_report(v: &VipState, counters: &dyn Counters, fc: &FlowCounts) -> Result<
         proxy_protocol: v.spec.proxy_protocol.name().into(),
         proxy_headers: proxy.headers,
         proxy_refused: proxy.refused,
-        proxy_acks_mapped: proxy.acks_mapped,
+        proxy_sack_mapped: proxy.sack_mapped,
         groups: Vec::new(),
         pins: Vec::new(),
         backend_rtt: RttReport::default(),

@@ -8,8 +8,13 @@
 //! `--greet-peer` greets with `NAME@PEER_ADDRESS`: behind full NAT the peer is the SNAT address
 //! of the edge the connection came through (a fleet of edges tells them apart by it).
 //!
+//! `--proxy-protocol` reads a connection the way WuKongIM v2 does (client first): its first
+//! read must hold a whole PROXY v1 or v2 header (first byte `P` or `\r`) followed by the
+//! client's first line; it greets `NAME@ADDR:PORT` with the address the header gave (or
+//! `NAME@NOPROXY`), then echoes as above.
+//!
 //! wk-backend --name NAME --listen ADDR:PORT [--udp ADDR:PORT] [--health ADDR:PORT]
-//!            [--mode normal|reset|slow] [--delay-ms MS] [--greet-peer]
+//!            [--mode normal|reset|slow] [--delay-ms MS] [--greet-peer] [--proxy-protocol]
 
 use std::{
     io::{Read as _, Write as _},
@@ -35,6 +40,87 @@ fn arg(name: &str) -> Option<String> {
 fn delay(mode: Mode) {
     if let Mode::Slow(d) = mode {
         thread::sleep(d);
+    }
+}
+
+/// The source a PROXY header at the start of `b` names and the header's length, parsed as
+/// WuKongIM v2 parses it (`internal/server/proxyproto.go`).
+fn parse_proxy(b: &[u8]) -> Option<(std::net::SocketAddr, usize)> {
+    const SIG: [u8; 12] = [13, 10, 13, 10, 0, 13, 10, 0x51, 0x55, 0x49, 0x54, 10];
+    match b.first()? {
+        b'P' => {
+            let end = b.iter().position(|&c| c == b'\n')?;
+            if end >= 107 || end == 0 || b[end - 1] != b'\r' {
+                return None;
+            }
+            let line = std::str::from_utf8(&b[..end - 1]).ok()?;
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() != 6 || f[0] != "PROXY" || !(f[1] == "TCP4" || f[1] == "TCP6") {
+                return None;
+            }
+            let ip: std::net::IpAddr = f[2].parse().ok()?;
+            Some(((ip, f[4].parse().ok()?).into(), end + 1))
+        }
+        b'\r' => {
+            if b.len() < 16 || b[..12] != SIG || b[12] >> 4 != 2 {
+                return None;
+            }
+            let len = u16::from_be_bytes([b[14], b[15]]) as usize;
+            let a = b.get(16..16 + len)?;
+            let src: std::net::SocketAddr = match (b[13] >> 4, len) {
+                (1, 12) => (
+                    std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]),
+                    u16::from_be_bytes([a[8], a[9]]),
+                )
+                    .into(),
+                (2, 36) => (
+                    std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&a[..16]).ok()?),
+                    u16::from_be_bytes([a[32], a[33]]),
+                )
+                    .into(),
+                _ => return None,
+            };
+            Some((src, 16 + len))
+        }
+        _ => None,
+    }
+}
+
+/// `--proxy-protocol`: the first read (header, then the client's first line) decides the
+/// greeting; what followed the line is echoed.
+fn serve_proxied(mut s: TcpStream, name: String) {
+    let _ = s.set_nodelay(true);
+    let mut buf = [0u8; 4096];
+    let n = match s.read(&mut buf) {
+        Ok(0) | Err(_) => return,
+        Ok(n) => n,
+    };
+    let (who, rest) = match parse_proxy(&buf[..n]) {
+        Some((src, len)) => (src.to_string(), len),
+        None => ("NOPROXY".to_string(), 0),
+    };
+    let after = buf[rest..n]
+        .iter()
+        .position(|&c| c == b'\n')
+        .map_or(n, |i| rest + i + 1);
+    let mut out = format!("{name}@{who}\n").into_bytes();
+    out.extend(buf[after..n].iter().map(|&b| if b == 0x70 { 0x80 } else { b }));
+    if s.write_all(&out).is_err() {
+        return;
+    }
+    loop {
+        let n = match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        for b in &mut buf[..n] {
+            if *b == 0x70 {
+                *b = 0x80;
+            }
+        }
+        if s.write_all(&buf[..n]).is_err() {
+            return;
+        }
     }
 }
 
@@ -132,9 +218,14 @@ fn main() {
         });
     }
     let greet_peer = std::env::args().any(|a| a == "--greet-peer");
+    let proxied = std::env::args().any(|a| a == "--proxy-protocol");
     let l = TcpListener::bind(&listen).unwrap_or_else(|e| panic!("bind {listen}: {e}"));
     for s in l.incoming().flatten() {
         let name = name.clone();
-        thread::spawn(move || serve_tcp(s, name, mode, greet_peer));
+        if proxied {
+            thread::spawn(move || serve_proxied(s, name));
+        } else {
+            thread::spawn(move || serve_tcp(s, name, mode, greet_peer));
+        }
     }
 }

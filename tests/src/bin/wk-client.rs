@@ -70,7 +70,17 @@ struct TcpArgs {
     /// Connect from this local address (one of the client namespace's).
     #[arg(long)]
     source: Option<std::net::IpAddr>,
+    /// Client first, as behind a PROXY protocol edge: send a line before reading the
+    /// greeting, and check that the greeting's `NAME@ADDR:PORT` names this connection's own
+    /// address (`peer_checked`, `peer_mismatches` in the report).
+    #[arg(long)]
+    proxied: bool,
 }
+
+/// `--proxied`, and what it found (set once, read by every connection).
+static PROXIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static PEER_CHECKED: AtomicU64 = AtomicU64::new(0);
+static PEER_MISMATCHES: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Serialize, Default)]
 struct TcpReport {
@@ -95,6 +105,10 @@ struct TcpReport {
     rtt_ms_p99: f64,
     bytes_sent: u64,
     bytes_received: u64,
+    /// With --proxied: greetings checked, and those that named another address than the
+    /// connection's own.
+    peer_checked: u64,
+    peer_mismatches: u64,
 }
 
 #[derive(Serialize, Default)]
@@ -154,13 +168,28 @@ async fn connect(
         .ok()?
         .ok()?;
     s.set_nodelay(true).ok()?;
+    let proxied = PROXIED.load(Relaxed);
+    let own = s.local_addr().ok()?;
     let mut r = BufReader::new(s);
+    if proxied {
+        r.get_mut().write_all(b"HELLO\n").await.ok()?;
+    }
     let mut name = String::new();
     tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut name))
         .await
         .ok()?
         .ok()?;
-    (!name.is_empty()).then(|| (name.trim().to_string(), r))
+    let mut name = name.trim().to_string();
+    if proxied {
+        let (n, peer) = name.split_once('@').unwrap_or((name.as_str(), ""));
+        PEER_CHECKED.fetch_add(1, Relaxed);
+        if peer.parse::<SocketAddr>().ok() != Some(own) {
+            PEER_MISMATCHES.fetch_add(1, Relaxed);
+            eprintln!("greeting {name:?} on a connection from {own}");
+        }
+        name = n.to_string();
+    }
+    (!name.is_empty()).then_some((name, r))
 }
 
 /// What every connection's ping loop shares.
@@ -238,7 +267,9 @@ async fn run_tcp(a: TcpArgs) -> TcpReport {
         message_bytes,
         reconnect,
         source,
+        proxied,
     } = a;
+    PROXIED.store(proxied, Relaxed);
     let (duration, pong_timeout) = (
         Duration::from_secs(duration_s),
         Duration::from_millis(pong_timeout_ms),
@@ -360,6 +391,8 @@ async fn run_tcp(a: TcpArgs) -> TcpReport {
     report.rtt_ms_p99 = pct(&mut all_rtts, 0.99);
     report.bytes_sent = pinger.sent.load(Relaxed);
     report.bytes_received = pinger.recv.load(Relaxed);
+    report.peer_checked = PEER_CHECKED.load(Relaxed);
+    report.peer_mismatches = PEER_MISMATCHES.load(Relaxed);
     report
 }
 
