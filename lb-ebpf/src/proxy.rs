@@ -105,7 +105,6 @@ pub fn defer(ctx: &XdpContext, p: &Packet, accepted: bool) -> Verdict {
     tails::call(ctx, tails::PROXY)
 }
 
-
 /// The segment is sent as it is (NAT done, next hop set) with the header still to insert:
 /// `wklb_proxy_insert` inserts it and returns `v`, in a program of its own (the header's
 /// building and the frame's growth do not fit the stack and the verifier budget left here).

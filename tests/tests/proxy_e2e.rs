@@ -74,10 +74,14 @@ fn p01_every_data_node_reads_the_clients_own_address_with_v2_then_v1_after_a_rel
     let before = headers(&t);
     run_checked(&t, 300, 3, &[]);
     assert!(headers(&t) >= before + 300);
-    let m = wklb_tests::netns::http_get_in(&t.edge_ns, "127.0.0.1:9330".parse().unwrap(), "/metrics")
-        .unwrap();
+    let m =
+        wklb_tests::netns::http_get_in(&t.edge_ns, "127.0.0.1:9330".parse().unwrap(), "/metrics")
+            .unwrap();
     assert!(m.contains("proxy_protocol=\"v1\""), "{m}");
-    assert!(m.contains("wklb_vip_proxy_headers_total{vip=\"im-tcp\"}"), "{m}");
+    assert!(
+        m.contains("wklb_vip_proxy_headers_total{vip=\"im-tcp\"}"),
+        "{m}"
+    );
 }
 
 #[test]

@@ -296,7 +296,11 @@ fn the_step_of_each_client_segment() {
         assert_eq!(forward(&flow(isn1, 0), isn1, ACK, 10), step::KEEP);
         let mut unknown = flow(isn1, 0);
         unknown.proxy = FlowEntry::PROXY_V1;
-        assert_eq!(forward(&unknown, isn1, ACK, 0), step::INSERT, "length first");
+        assert_eq!(
+            forward(&unknown, isn1, ACK, 0),
+            step::INSERT,
+            "length first"
+        );
         // The SYN, retransmitted or not; with data (Fast Open) it is refused.
         assert_eq!(forward(&e, isn, SYN, 0), step::KEEP);
         assert_eq!(forward(&e, isn, SYN, 5), step::REFUSE);

@@ -104,7 +104,11 @@ fn serve_proxied(mut s: TcpStream, name: String) {
         .position(|&c| c == b'\n')
         .map_or(n, |i| rest + i + 1);
     let mut out = format!("{name}@{who}\n").into_bytes();
-    out.extend(buf[after..n].iter().map(|&b| if b == 0x70 { 0x80 } else { b }));
+    out.extend(
+        buf[after..n]
+            .iter()
+            .map(|&b| if b == 0x70 { 0x80 } else { b }),
+    );
     if s.write_all(&out).is_err() {
         return;
     }
