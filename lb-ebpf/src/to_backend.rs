@@ -251,7 +251,9 @@ pub(crate) fn send<const MODE: u8>(
         Reason::ForwardedOutOfWindow
     };
     let v = match hop {
-        _ if egress::too_big(p.ip_len, mtu) => Verdict::of(Reason::PassTooBig),
+        _ if egress::too_big(p.ip_len.saturating_add(growth), mtu) => {
+            Verdict::of(Reason::PassTooBig)
+        }
         Some(h) => egress::transmit_to_backend(ctx, &h, p.vlan, sent),
         None => Verdict::of(Reason::PassNoNeighbor),
     };

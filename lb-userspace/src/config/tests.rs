@@ -550,3 +550,44 @@ fn pins_name_prefixes_and_groups() {
     let e = one_error(&pinned.replace("groups = [\"direct\"]", "groups = []"));
     assert_eq!(e.path, "vip[0].pin[1].groups");
 }
+
+#[test]
+fn proxy_protocol_is_for_ipv4_tcp_vips_and_refused_elsewhere_by_key() {
+    let port = "port = 5100\n";
+    let with = |src: &str, v: &str| src.replace(port, &format!("{port}proxy_protocol = \"{v}\"\n"));
+    assert_eq!(ok(GOOD).vips[0].proxy_protocol, ProxyProtocol::Off);
+    assert_eq!(
+        ok(&with(GOOD, "v1")).vips[0].proxy_protocol,
+        ProxyProtocol::V1
+    );
+    assert_eq!(
+        ok(&with(GOOD, "v2")).vips[0].proxy_protocol,
+        ProxyProtocol::V2
+    );
+    assert_eq!(
+        ok(&with(GOOD, "off")).vips[0].proxy_protocol,
+        ProxyProtocol::Off
+    );
+    let e = one_error(&with(GOOD, "v3"));
+    assert_eq!(
+        (e.path.as_str(), e.line),
+        ("vip[0].proxy_protocol", Some(12))
+    );
+    assert!(
+        e.message.contains("\"v3\" is not one of off, v1, v2"),
+        "{e}"
+    );
+    // UDP, an IPv6 VIP, IPv6 data nodes: by key, with what to do.
+    let udp = with(GOOD, "v2").replace(port, &format!("{port}protocol = \"udp\"\n"));
+    let e = one_error(&udp);
+    assert_eq!(e.path, "vip[0].proxy_protocol");
+    assert!(e.message.contains("TCP VIPs only"), "{e}");
+    let v6 = with(GOOD, "v2").replace("198.51.100.1", "2001:db8:1::1");
+    let e = one_error(&v6);
+    assert!(e.message.contains("an IPv6 VIP"), "{e}");
+    let v6_nodes = with(GOOD, "v1")
+        .replace("192.0.2.22", "2001:db8::22")
+        .replace("\"192.0.2.10\"", "\"192.0.2.10\", \"2001:db8::10\"");
+    let e = one_error(&v6_nodes);
+    assert!(e.message.contains("IPv6 backends"), "{e}");
+}
