@@ -189,7 +189,7 @@ fn g02_data_path_round_trips_match_each_groups_distance() {
     wait_direct(&t, 0, 0.0);
     assert_eq!(batch_to_direct_at(&t, 300, 10), 0);
     let s = t.stats().unwrap();
-    for (name, rtt_ms) in [("direct", 5.0), ("via-relay", 60.0)] {
+    for (name, rtt_ms) in [("direct", 5.0f64), ("via-relay", 60.0)] {
         let r = &group(&s, name)["backend_rtt"];
         let p50 = r["p50_ms"].as_f64().expect("samples");
         eprintln!(

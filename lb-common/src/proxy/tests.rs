@@ -281,10 +281,11 @@ fn a_segment_with_a_bad_checksum_keeps_a_bad_one() {
 }
 
 fn flow(isn1: u32, h: u8) -> FlowEntry {
-    let mut e = FlowEntry::default();
-    e.proxy_len = h;
-    e.ack = [0, isn1];
-    e
+    FlowEntry {
+        proxy_len: h,
+        ack: [0, isn1],
+        ..FlowEntry::default()
+    }
 }
 
 #[test]
