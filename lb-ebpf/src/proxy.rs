@@ -15,14 +15,13 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use lb_common::{
     FlowEntry, MAX_VIPS, ProxyStats, Reason, VipMeta,
-    conntrack::tcp_flags,
     csum::CsumDelta,
     proxy::{self, BUF},
     tcp_opts::SACK_BLOCK,
 };
 
 use crate::{
-    cookie::translate::{ACK, add32, fix_checksum},
+    cookie::translate::fix_checksum,
     maps::tails,
     nat::TCP_CSUM,
     parse::{

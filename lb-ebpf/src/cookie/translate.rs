@@ -28,7 +28,7 @@ use crate::{
 
 /// Offsets inside the TCP header.
 const SEQ: usize = 4;
-pub(crate) const ACK: usize = 8;
+const ACK: usize = 8;
 const WIN: usize = 14;
 
 /// Client → backend.
