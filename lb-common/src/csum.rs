@@ -89,19 +89,7 @@ mod tests {
     use super::*;
     use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 
-    /// Small deterministic PRNG (xorshift64*), enough for fixture variety.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn bytes4(&mut self) -> [u8; 4] {
-            (self.next() as u32).to_be_bytes()
-        }
-    }
+    use crate::test_rng::Rng;
 
     fn rd16(b: &[u8], off: usize) -> u16 {
         u16::from_ne_bytes([b[off], b[off + 1]])

@@ -24,6 +24,9 @@ pub mod syn_budget;
 pub mod tcp_opts;
 pub mod xlat;
 
+#[cfg(test)]
+pub(crate) mod test_rng;
+
 #[cfg(feature = "user")]
 pub mod maglev;
 

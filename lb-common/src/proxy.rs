@@ -12,7 +12,11 @@
 //! Every client byte b >= isn1 reaches the node at b + H; positions [isn1, isn1 + H) are only
 //! ever filled with the header, so a client cannot put bytes of its own in front of it.
 
-use crate::{FlowEntry, conntrack::tcp_flags, csum};
+use crate::{
+    FlowEntry,
+    conntrack::{State, tcp_flags},
+    csum,
+};
 
 /// Room for the longest header (v1 TCP6 is 104 bytes; v1 TCP4 at most 56, v2 28 or 52).
 pub const BUF: usize = 128;
@@ -249,8 +253,13 @@ pub const fn forward(e: &FlowEntry, seq: u32, flags: u8, len: u32) -> u8 {
         };
     }
     let syn = flags & tcp_flags::SYN != 0;
+    let fin = flags & tcp_flags::FIN != 0;
     if syn && len != 0 {
         // A SYN with data (TCP Fast Open): the client sends it again after the handshake.
+        return step::REFUSE;
+    }
+    if e.state == State::SynSent as u8 && (len != 0 || fin) {
+        // Bytes before the node answered: nothing a node could take yet.
         return step::REFUSE;
     }
     if e.proxy & FlowEntry::PROXY_ACKED != 0 {
@@ -262,7 +271,6 @@ pub const fn forward(e: &FlowEntry, seq: u32, flags: u8, len: u32) -> u8 {
     if o > 0 {
         return step::SHIFT;
     }
-    let fin = flags & tcp_flags::FIN != 0;
     if o == 0 {
         return if len != 0 || fin {
             step::INSERT

@@ -242,19 +242,28 @@ fn parse_and_come_back(ctx: &XdpContext) -> Verdict {
     }
 }
 
+/// The IPv4 parse of a packet a program handed on with a keyed record; Err: its verdict, the
+/// record forgotten (it is for this packet only, even when it goes no further).
 #[inline(always)]
-fn cookie_program(ctx: &XdpContext) -> Verdict {
-    // A record the caller left is for this packet only, even when it goes no further.
-    let (mut p, class) = match front::ipv4(ctx) {
-        Ok(x) => x,
+fn parse_handed_over(ctx: &XdpContext) -> Result<(parse::Packet, AddrClass), Verdict> {
+    match front::ipv4(ctx) {
+        Ok(x) => Ok(x),
         Err(Stop::Done(v)) => {
             handoff::clear();
-            return v;
+            Err(v)
         }
         Err(Stop::Ipv6) => {
             handoff::clear();
-            return Verdict::of(Reason::DropInternal);
+            Err(Verdict::of(Reason::DropInternal))
         }
+    }
+}
+
+#[inline(always)]
+fn cookie_program(ctx: &XdpContext) -> Verdict {
+    let (mut p, class) = match parse_handed_over(ctx) {
+        Ok(x) => x,
+        Err(v) => return v,
     };
     if class.flags & AddrClass::VIP == 0 {
         handoff::clear();
@@ -280,16 +289,9 @@ fn cookie_program(ctx: &XdpContext) -> Verdict {
 fn proxy_program(ctx: &XdpContext) -> Verdict {
     // Parsed again: a parse handed over leaves the verifier too little known about the packet
     // for the sends after it.
-    let (mut p, _) = match front::ipv4(ctx) {
+    let (mut p, _) = match parse_handed_over(ctx) {
         Ok(x) => x,
-        Err(Stop::Done(v)) => {
-            handoff::clear();
-            return v;
-        }
-        Err(Stop::Ipv6) => {
-            handoff::clear();
-            return Verdict::of(Reason::DropInternal);
-        }
+        Err(v) => return v,
     };
     let key = lb_common::Flow4Key::from_wire(p.src, p.dst, p.ports, p.proto);
     let told = handoff::take(&key);

@@ -170,6 +170,8 @@ pub fn insert_handed_over(ctx: &XdpContext) -> Verdict {
     }
     let offsets = l3 as u32 | (l4 as u32) << 8 | (thl as u32) << 16;
     let h = copy_and_patch(ctx, offsets, ip_len as u32);
+    // SAFETY: as above; nothing is left for a packet that was not handed over.
+    unsafe { (*s).len = 0 };
     if h == 0 || h != len || !grow(ctx, (l4 + thl) as u32, h) {
         return Verdict::of(Reason::DropInternal);
     }

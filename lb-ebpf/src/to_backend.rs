@@ -145,17 +145,22 @@ pub fn handle(
     if e.flags & FlowEntry::TRANSLATE != 0 {
         return Some(tails::call(ctx, tails::COOKIE));
     }
+    // A PROXY flow's first payload byte is read from `ack[1]`, which its SYN set: a SYN that
+    // would move it (a re-numbered one) is refused, as is one with data (TCP Fast Open: the
+    // data would reach the node before the header; the client sends it again after the
+    // handshake). Before tracking, which would move it.
+    if e.proxy != 0
+        && p.is_tcp()
+        && (p.seg.len != 0 || (!flow.new && p.seg.seq.wrapping_add(1) != e.ack[1]))
+    {
+        return Some(crate::proxy::refuse(e));
+    }
     if !flow.new {
         track_client::<false>(ctx, p, &mut flow, e, now);
     }
     if e.flags & FlowEntry::BACKEND_V6 != 0 {
         crate::connlog::count(e, flow.slot, 0, p);
         return Some(crate::v6::backend::defer(&flow, opts));
-    }
-    // A SYN with data (Fast Open) on a PROXY flow: its data would reach the node before the
-    // header. Refused: the client sends the data again once the handshake is done.
-    if e.proxy != 0 && p.seg.len != 0 {
-        return Some(crate::proxy::refuse(e));
     }
     Some(send::<{ mode::NEW }>(ctx, p, &flow, e, opts, now, false))
 }

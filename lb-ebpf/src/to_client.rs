@@ -201,7 +201,9 @@ pub(crate) fn clamp_synack(
     // first segment would not fit otherwise).
     let mtu = egress::iface_mtu(ifindex, u32::MAX, 0).saturating_sub(growth);
     let limit = match mss::limit(cfg, mtu) {
-        Some(l) => Some(l.saturating_sub(header)),
+        // The node's own MSS may be the smaller: the header comes off whichever holds.
+        Some(l) if header != 0 => Some(l.min(opts.mss).saturating_sub(header)),
+        Some(l) => Some(l),
         None if header != 0 => Some(opts.mss.saturating_sub(header)),
         None => None,
     };

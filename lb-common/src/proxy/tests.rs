@@ -3,19 +3,7 @@ use crate::FlowEntry;
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use std::net::Ipv4Addr;
 
-/// Small deterministic PRNG (xorshift64*).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use crate::test_rng::Rng;
 
 fn built(v2: bool, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
     let mut out = [0xaa; BUF];
@@ -284,6 +272,7 @@ fn flow(isn1: u32, h: u8) -> FlowEntry {
     FlowEntry {
         proxy_len: h,
         ack: [0, isn1],
+        state: crate::conntrack::State::Established as u8,
         ..FlowEntry::default()
     }
 }
@@ -322,6 +311,12 @@ fn the_step_of_each_client_segment() {
         // Reaching over it from below: refused.
         assert_eq!(forward(&e, isn, ACK, 2), step::REFUSE);
         assert_eq!(forward(&e, isn1.wrapping_sub(100), ACK, 500), step::REFUSE);
+        // Before the node answered, no bytes.
+        let mut pending = e;
+        pending.state = crate::conntrack::State::SynSent as u8;
+        assert_eq!(forward(&pending, isn1, ACK | PSH, 10), step::REFUSE);
+        assert_eq!(forward(&pending, isn1, ACK | FIN, 0), step::REFUSE);
+        assert_eq!(forward(&pending, isn1, ACK, 0), step::KEEP);
         // Once the node acknowledged the header, everything is shifted.
         let mut a = e;
         a.proxy |= FlowEntry::PROXY_ACKED;

@@ -339,6 +339,16 @@ impl<M: Maps> Controller<M> {
         Ok(())
     }
 
+    /// The daemon attached this build's entry program: PROXY protocol VIPs can be programmed.
+    pub fn entry_attached(&mut self) -> Result<()> {
+        if self.state.entry_attached {
+            return Ok(());
+        }
+        let mut next = self.state.clone();
+        next.entry_attached = true;
+        self.commit(next)
+    }
+
     pub fn expired_total(&self) -> u64 {
         self.expired_total
     }

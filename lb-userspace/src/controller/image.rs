@@ -73,6 +73,7 @@ pub fn image(s: &State) -> super::super::dataplane::Image {
             v,
             shares.get(&v.id).copied(),
             s.cfg.syn_cookies.engage_syn_rate.min(u32::MAX as u64) as u32,
+            s.entry_attached,
         );
     }
     img.addrs = addresses(s);
@@ -153,6 +154,7 @@ fn vip(
     v: &VipState,
     share: Option<[u32; RESOURCES]>,
     engage_syn_rate: u32,
+    entry_attached: bool,
 ) {
     for b in &v.backends {
         img.backends.insert(
@@ -188,7 +190,7 @@ fn vip(
             flags: 0,
         },
     );
-    let flags = vip_policy(img, v);
+    let flags = vip_policy(img, v, entry_attached);
     img.vip_limits
         .insert(v.id, limits(v, flags, share, engage_syn_rate));
     let meta = VipMeta {
@@ -200,7 +202,7 @@ fn vip(
 
 /// The VIP's flags (fail-open, cookies, source policy, pins, PROXY protocol), writing its
 /// source lists.
-fn vip_policy(img: &mut super::super::dataplane::Image, v: &VipState) -> u32 {
+fn vip_policy(img: &mut super::super::dataplane::Image, v: &VipState, entry_attached: bool) -> u32 {
     let mut flags = if v.mode == TableMode::FailOpen {
         VipMeta::FAIL_OPEN
     } else {
@@ -231,7 +233,11 @@ fn vip_policy(img: &mut super::super::dataplane::Image, v: &VipState) -> u32 {
     if v.spec.sources.rate > 0 {
         flags |= VipMeta::RATE_LIMIT;
     }
+    // Only once this build's entry program is attached: until then an older one may be, which
+    // would send a PROXY flow's bytes without the header (and the header later mid-stream).
+    // Connections opened before get none.
     flags |= match v.spec.proxy_protocol {
+        _ if !entry_attached => 0,
         ProxyProtocol::Off => 0,
         ProxyProtocol::V1 => VipMeta::PROXY_V1,
         ProxyProtocol::V2 => VipMeta::PROXY_V2,

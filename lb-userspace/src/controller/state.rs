@@ -205,6 +205,9 @@ pub struct State {
     pub interfaces: Vec<Interface>,
     /// The first config has been applied: backends added from now on start pending.
     pub started: bool,
+    /// This build's entry program is attached to every interface (PROXY protocol VIPs are
+    /// programmed only from then on).
+    pub entry_attached: bool,
 }
 
 /// Lowest id in `0..max` not in `used`.
@@ -221,6 +224,7 @@ impl State {
             snat: BTreeMap::new(),
             interfaces: Vec::new(),
             started: false,
+            entry_attached: false,
         }
     }
 

@@ -244,7 +244,12 @@ fn handle<M: Maps>(c: &mut Controller<M>, cmd: Command, attachments: &mut Vec<At
             Ok(lines) => lines.iter().for_each(|l| info!("{l}")),
             Err(e) => error!("releasing unused backend ids and SNAT addresses failed: {e:#}"),
         },
-        Command::Attached(a) => *attachments = a,
+        Command::Attached(a) => {
+            *attachments = a;
+            if let Err(e) = c.entry_attached() {
+                error!("programming the PROXY protocol VIPs after attaching failed: {e:#}");
+            }
+        }
         Command::Cookies(vip, on, why) => {
             if let Err(e) = c.set_cookies_engaged(&vip, on, &why) {
                 error!("vip {vip}: changing SYN-cookie mode failed: {e:#}");

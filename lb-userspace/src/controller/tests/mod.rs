@@ -594,4 +594,5 @@ fn a_refused_ipv6_backend_names_the_cookie_mode_as_the_config_spells_it() {
 }
 
 mod expiry_pass;
+mod proxy;
 mod shares;
