@@ -267,6 +267,41 @@ fn a_syn_with_data_is_refused_on_a_proxy_vip() {
 }
 
 #[test]
+fn a_re_numbered_syn_cannot_move_the_first_payload_byte() {
+    with_fixture("proxy_renumbered_syn", 1024, |fx| {
+        fx.set_tcp_vip_flags(VipMeta::PROXY_V2).unwrap();
+        let port = 40006;
+        let (b, sp) = open(fx, port);
+        // Another SYN from the port with another ISN before the node answered: refused, and the
+        // flow keeps the first ISN (its data at ISN + 1 gets the header).
+        let before = fx.reasons();
+        let again = tcp_seg(
+            client(port),
+            VIP_TCP,
+            &Seg {
+                flags: "S",
+                seq: ISN + 100_000,
+                ack: 0,
+                ..Seg::default()
+            },
+        );
+        assert_eq!(fx.run(fx.client_if, &again).unwrap().0, XDP_DROP);
+        assert_only(fx, &before, Reason::DropMalformed, 1);
+        assert_eq!(flow_of(fx, port).1.ack[1], ISN + 1);
+        // The same SYN again (a retransmission) still goes through.
+        assert_eq!(fx.run(fx.client_if, &syn(port)).unwrap().0, XDP_REDIRECT);
+        backend_answers(fx, b, sp);
+        client_acks(fx, port);
+        let (_, out) = fx
+            .run(fx.client_if, &client_seg(port, 0, "AP", b"hi"))
+            .unwrap();
+        let s = inspect(&out);
+        assert_eq!(s.seq, ISN + 1);
+        assert_eq!(&s.payload[..28], &v2_header(port)[..]);
+    });
+}
+
+#[test]
 fn a_vip_without_the_option_sends_its_bytes_unchanged() {
     with_fixture("proxy_off_unchanged", 1024, |fx| {
         let port = 40005;
