@@ -54,6 +54,11 @@ pub mod plain {
 
     /// Backend `b`'s SYN-ACK to SNAT port `sp`.
     pub fn synack(b: usize, sp: u16) -> Vec<u8> {
+        synack_with(b, sp, &[])
+    }
+
+    /// `synack` with raw TCP `options`.
+    pub fn synack_with(b: usize, sp: u16, options: &[u8]) -> Vec<u8> {
         tcp_seg(
             (BACKENDS[b], VIP_TCP_PORT),
             (SNAT, sp),
@@ -61,6 +66,7 @@ pub mod plain {
                 flags: "SA",
                 seq: BACKEND_ISN,
                 ack: ISN + 1,
+                options,
                 ..Seg::default()
             },
         )

@@ -204,17 +204,7 @@ fn the_mss_toward_the_client_leaves_room_for_the_header_and_sack_edges_come_back
         let port = 40003;
         let (b, sp) = open(fx, port);
         // The node offers 1460; the client is told 28 less (the edge's MTU allows 1460).
-        let synack = tcp_seg(
-            (BACKENDS[b], VIP_TCP_PORT),
-            (SNAT, sp),
-            &Seg {
-                flags: "SA",
-                seq: BACKEND_ISN,
-                ack: ISN + 1,
-                options: &[2, 4, 0x05, 0xb4],
-                ..Seg::default()
-            },
-        );
+        let synack = synack_with(b, sp, &[2, 4, 0x05, 0xb4]);
         let (act, out) = fx.run(fx.backend_if, &synack).unwrap();
         assert_eq!(act, XDP_REDIRECT);
         let s = inspect(&out);
