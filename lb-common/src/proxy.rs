@@ -183,19 +183,6 @@ pub fn build_v4(
     }
 }
 
-/// One's-complement sum of the first `2 * WORDS` bytes of `buf` as stored (native 16-bit
-/// loads), unfolded. No length check, so no branch: the bytes past what counts are zero.
-#[inline(always)]
-pub fn sum_words<const N: usize, const WORDS: usize>(buf: &[u8; N]) -> u64 {
-    let mut s = 0u64;
-    let mut i = 0;
-    while i < WORDS {
-        s += u16::from_ne_bytes([buf[(2 * i) % N], buf[(2 * i + 1) % N]]) as u64;
-        i += 1;
-    }
-    s
-}
-
 /// The IPv4 pseudo-header's sum for a TCP segment of `tcp_len` bytes (addresses as native
 /// words of their network-order bytes).
 #[inline(always)]
@@ -207,7 +194,7 @@ pub const fn pseudo_v4(src: u32, dst: u32, tcp_len: u16) -> u64 {
 }
 
 /// The TCP checksum of a segment after `h` header bytes (summing to `hdr_sum`, as
-/// `sum_bytes`) are inserted between its TCP header and its payload.
+/// its one's-complement sum over its bytes as stored) are inserted between its TCP header and its payload.
 ///
 /// `old`: the segment's checksum as stored; `tcp_len`: its TCP length before; `k`: for an odd
 /// `h` only, the pseudo-header (old length) plus the TCP header with its checksum field as zero.
@@ -301,17 +288,6 @@ pub const fn to_client(e: &FlowEntry, isn1: u32, n: u32) -> u32 {
         n.wrapping_sub(h)
     } else if o >= 0 {
         isn1
-    } else {
-        n
-    }
-}
-
-/// A number in the client's view of its own bytes (an acknowledgment of them it quotes in an
-/// ICMP error) in the node's.
-#[inline(always)]
-pub const fn to_node(e: &FlowEntry, n: u32) -> u32 {
-    if e.proxy & FlowEntry::PROXY_ACKED != 0 || n.wrapping_sub(e.ack[1]) as i32 > 0 {
-        n.wrapping_add(e.proxy_len as u32)
     } else {
         n
     }

@@ -144,20 +144,12 @@ fn a_flows_bits_and_length_follow_its_vip_and_node() {
     );
 }
 
-#[test]
-fn sum_words_is_the_sum_of_the_bytes() {
-    let mut rng = Rng(7);
-    for _ in 0..2000 {
-        let mut buf = [0u8; BUF];
-        for b in buf.iter_mut() {
-            *b = rng.next() as u8;
-        }
-        let mut want = 0u64;
-        for c in buf[..56].chunks(2) {
-            want += u16::from_ne_bytes([c[0], c[1]]) as u64;
-        }
-        assert_eq!(csum::fold(sum_words::<BUF, 28>(&buf)), csum::fold(want));
-    }
+/// One's-complement sum of the first `2 * WORDS` bytes of `buf` as stored (native 16-bit loads),
+/// unfolded: what the data path's `bpf_csum_diff` gives over the zero-padded header buffer.
+fn sum_words<const N: usize, const WORDS: usize>(buf: &[u8; N]) -> u64 {
+    (0..WORDS)
+        .map(|i| u16::from_ne_bytes([buf[2 * i], buf[2 * i + 1]]) as u64)
+        .sum()
 }
 
 /// Builds an IPv4 TCP segment (IP header onwards) with a valid checksum.
@@ -340,8 +332,6 @@ fn node_numbers_map_back_to_the_clients() {
         let mut a = e;
         a.proxy |= FlowEntry::PROXY_ACKED;
         assert_eq!(to_client(&a, isn1, at(128)), at(100));
-        assert_eq!(to_node(&a, at(100)), at(128));
-        assert_eq!(to_node(&e, isn1), isn1);
         // The node's acknowledgment of the header alone moves nothing yet.
         let mut m = e;
         m.ack[1] = to_client(&e, isn1, at(28));
