@@ -193,8 +193,8 @@ pub const fn pseudo_v4(src: u32, dst: u32, tcp_len: u16) -> u64 {
         + tcp_len.to_be() as u64
 }
 
-/// The TCP checksum of a segment after `h` header bytes (summing to `hdr_sum`, as
-/// its one's-complement sum over its bytes as stored) are inserted between its TCP header and its payload.
+/// The TCP checksum of a segment after `h` header bytes are inserted between its TCP header
+/// and its payload; `hdr_sum` is their one's-complement sum, over the bytes as stored.
 ///
 /// `old`: the segment's checksum as stored; `tcp_len`: its TCP length before; `k`: for an odd
 /// `h` only, the pseudo-header (old length) plus the TCP header with its checksum field as zero.
