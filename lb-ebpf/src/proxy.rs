@@ -21,7 +21,7 @@ use lb_common::{
 };
 
 use crate::{
-    cookie::translate::fix_checksum,
+    cookie::translate::{fix_checksum, option_set32},
     maps::tails,
     nat::TCP_CSUM,
     parse::{
@@ -165,9 +165,7 @@ pub fn insert_handed_over(ctx: &XdpContext) -> Verdict {
     };
     // SAFETY: bounds checked by ptr_at.
     let thl = unsafe { ((*tcp)[12] >> 4) as usize * 4 };
-    if !build(s) {
-        return Verdict::of(Reason::DropInternal);
-    }
+    build(s);
     let offsets = l3 as u32 | (l4 as u32) << 8 | (thl as u32) << 16;
     let h = copy_and_patch(ctx, offsets, ip_len as u32);
     // SAFETY: as above; nothing is left for a packet that was not handed over.
@@ -182,7 +180,7 @@ pub fn insert_handed_over(ctx: &XdpContext) -> Verdict {
 
 /// Builds the header `hand_over` described, and its sum, into the scratch buffer.
 #[inline(always)]
-fn build(s: *mut Scratch) -> bool {
+fn build(s: *mut Scratch) {
     // SAFETY: this CPU's scratch value.
     let (header, src, dst, ports, bits) =
         unsafe { (&mut (*s).header, (*s).src, (*s).dst, (*s).ports, (*s).bits) };
@@ -202,7 +200,6 @@ fn build(s: *mut Scratch) -> bool {
         (*s).len = h as u32;
         (*s).header_sum = sum;
     }
-    true
 }
 
 /// Copies the frame's headers (up to the end of TCP's: `offsets` holds L3, L4 and the TCP
@@ -411,12 +408,6 @@ fn sack_blocks(o: &Copied) -> (usize, usize) {
 
 #[inline(always)]
 fn map_edge(o: &mut Copied, at: usize, e: &FlowEntry, isn1: u32, d: CsumDelta) -> CsumDelta {
-    let old = o.get32(at);
-    let new = proxy::to_client(e, isn1, old);
-    o.set32(at, new);
-    let (ob, nb) = (old.to_be_bytes(), new.to_be_bytes());
-    let half = |b: [u8; 4], i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
-    // Options start at an even offset of the header, so `at` gives the field's parity.
-    d.replace16_at(at, half(ob, 0), half(nb, 0))
-        .replace16_at(at, half(ob, 2), half(nb, 2))
+    let new = proxy::to_client(e, isn1, o.get32(at));
+    option_set32(o, at, new, d)
 }

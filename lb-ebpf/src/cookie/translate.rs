@@ -157,8 +157,14 @@ fn ts_in_place(ctx: &XdpContext, p: &Packet, at: usize, v: u32, d: CsumDelta) ->
 /// Adds `v` to the big-endian word `at` bytes into the copied options.
 #[inline(always)]
 fn option_add32(o: &mut Copied, at: usize, v: u32, d: CsumDelta) -> CsumDelta {
+    let new = o.get32(at).wrapping_add(v);
+    option_set32(o, at, new, d)
+}
+
+/// Sets the big-endian word `at` bytes into the copied options, with the checksum's change.
+#[inline(always)]
+pub(crate) fn option_set32(o: &mut Copied, at: usize, new: u32, d: CsumDelta) -> CsumDelta {
     let old = o.get32(at);
-    let new = old.wrapping_add(v);
     o.set32(at, new);
     let (ob, nb) = (old.to_be_bytes(), new.to_be_bytes());
     let half = |b: [u8; 4], i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
