@@ -6,7 +6,11 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use wklb_tests::{e2e::*, topology::*};
+use wklb_tests::{
+    consumers::{self, Consumer},
+    e2e::*,
+    topology::*,
+};
 
 /// `config` with the TCP VIP's `proxy_protocol` set.
 fn with_proxy(config: &str, version: &str) -> String {
@@ -84,23 +88,46 @@ fn p01_every_data_node_reads_the_clients_own_address_with_v2_then_v1_after_a_rel
     );
 }
 
+/// SYN-cookie flows with the header: 64 KB echoes intact, and one full-sized client segment per
+/// connection dropped on its way into the node, so the node acknowledges what follows it with
+/// SACK blocks, which the edge maps back into the client's numbering.
 #[test]
 fn p02_syn_cookie_flows_carry_the_header_and_large_echoes_stay_whole() {
     let Some(mut t) = proxied_topology("p02_proxy_cookies") else {
         return;
     };
+    on_every_node(
+        &t,
+        "drop-one.nft",
+        &format!(
+            "table ip wksack {{\n set seen {{ type ipv4_addr . inet_service; flags dynamic; size 65536; }}\n\
+             \x20chain in {{ type filter hook prerouting priority -300; policy accept;\n\
+             \x20 tcp dport {TCP_PORT} ip length > 1200 ip saddr . tcp sport != @seen \
+             add @seen {{ ip saddr . tcp sport }} counter drop\n }}\n}}\n"
+        ),
+    );
     let base = t.config(&[(0, 100), (1, 100), (2, 100)], "");
     let cfg = t
         .write_config(&with_proxy(&Topology::with_cookies(&base, "always"), "v2"))
         .unwrap();
     t.start_daemon(&cfg).unwrap();
     in_table(&t, 3);
-    // Pings of 8 KB: every segment after the first shifted, every acknowledgment mapped back.
-    run_checked(&t, 100, 3, &["--message-bytes", "8192"]);
+    // Pings of 64 KB: every segment after the first shifted, every acknowledgment mapped back.
+    run_checked(&t, 100, 3, &["--message-bytes", "65536"]);
     let v = &t.stats().unwrap()["vips"][0];
     assert!(v["cookies_valid"].as_u64().unwrap() >= 100, "{v:#}");
     assert!(v["proxy_headers"].as_u64().unwrap() >= 100, "{v:#}");
     assert_eq!(v["proxy_refused"].as_u64(), Some(0), "{v:#}");
+    assert_eq!(
+        dropped(&t, "wksack"),
+        100,
+        "one segment dropped per connection"
+    );
+    assert!(v["proxy_sack_mapped"].as_u64().unwrap() > 0, "{v:#}");
+    eprintln!(
+        "SACK blocks mapped back: {} over 100 connections",
+        v["proxy_sack_mapped"]
+    );
 }
 
 #[test]
@@ -117,4 +144,121 @@ fn p03_a_vip_with_proxy_protocol_off_sends_no_header() {
     // The nodes find no header: every greeting names no address.
     assert_eq!(r["peer_mismatches"].as_u64(), Some(30), "{r:#}");
     assert_eq!(headers(&t), 0);
+}
+
+/// Every node's consumer: nginx stream on b1, HAProxy on b2, the WuKongIM-like server on b3.
+/// Each run of 1,000 connections (v2, then v1 by reload): every address nginx and HAProxy
+/// logged is the real client's of a connection the client made to that node, one line each,
+/// and every greeting (through nginx's and HAProxy's own headers for b1 and b2) names it too.
+#[test]
+fn p04_nginx_haproxy_and_the_wukongim_server_log_every_clients_own_address() {
+    let Some(mut t) = bare_topology("p04_proxy_consumers", 3) else {
+        return;
+    };
+    for i in 0..3 {
+        t.start_health(i).unwrap();
+    }
+    let nginx = consumers::start(&t, 0, Consumer::NginxStream).unwrap();
+    let haproxy = consumers::start(&t, 1, Consumer::Haproxy).unwrap();
+    t.start_backend_with(2, &["--proxy-protocol"]).unwrap();
+    let base = t.config(&[(0, 100), (1, 100), (2, 100)], "");
+    let cfg = t.write_config(&with_proxy(&base, "v2")).unwrap();
+    t.start_daemon(&cfg).unwrap();
+    in_table(&t, 3);
+    let mut want_nginx = Vec::new();
+    let mut want_haproxy = Vec::new();
+    for (round, version) in ["v2", "v1"].into_iter().enumerate() {
+        if round > 0 {
+            std::fs::write(&cfg, with_proxy(&base, version)).unwrap();
+            let out = t.wklb(&["reload"]).unwrap();
+            assert!(out.contains("proxy_protocol v2 -> v1"), "{out}");
+        }
+        let record = t.dir.path().join(format!("record-{version}"));
+        let before = headers(&t);
+        let r = run_checked(&t, 1000, 2, &["--record", record.to_str().unwrap()]);
+        assert_spread(&r, &[("b1", 1), ("b2", 1), ("b3", 1)], 1000, 0.5);
+        assert!(headers(&t) >= before + 1000, "{version}: {}", headers(&t));
+        want_nginx.extend(consumers::recorded(&record, "b1").unwrap());
+        want_haproxy.extend(consumers::recorded(&record, "b2").unwrap());
+        want_nginx.sort();
+        want_haproxy.sort();
+        for (c, want) in [(&nginx, &want_nginx), (&haproxy, &want_haproxy)] {
+            let got = c.logged(want.len()).unwrap();
+            assert_eq!(
+                got.len(),
+                want.len(),
+                "{version}: {:?} logged {} connections, the client made {}",
+                c.kind,
+                got.len(),
+                want.len()
+            );
+            assert_eq!(&got, want, "{version}: {:?} logged other addresses", c.kind);
+        }
+        eprintln!(
+            "{version}: nginx logged {} client addresses, HAProxy {}, all the clients' own",
+            want_nginx.len(),
+            want_haproxy.len()
+        );
+    }
+}
+
+/// Loads `rules` (an nftables script) into every data node's namespace.
+fn on_every_node(t: &Topology, name: &str, rules: &str) {
+    let path = t.dir.path().join(name);
+    std::fs::write(&path, rules).unwrap();
+    for ns in &t.backend_ns {
+        t.exec(ns, &["nft", "-f", path.to_str().unwrap()]).unwrap();
+    }
+}
+
+/// The packets a rule `on_every_node` loaded dropped, over every node.
+fn dropped(t: &Topology, table: &str) -> u64 {
+    t.backend_ns
+        .iter()
+        .map(|ns| {
+            let out = t.exec(ns, &["nft", "list", "table", "ip", table]).unwrap();
+            out.split("counter packets ")
+                .skip(1)
+                .map(|s| s.split(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// The first data segment of every connection is dropped once on its way into the node (the
+/// node's own nftables, keyed by the edge's SNAT address and port); the client retransmits it,
+/// the edge inserts the same header again, and the node reads exactly one header and the
+/// stream after it intact.
+#[test]
+fn p05_a_lost_first_segment_is_sent_again_behind_the_same_single_header() {
+    let Some(mut t) = proxied_topology("p05_proxy_first_lost") else {
+        return;
+    };
+    on_every_node(
+        &t,
+        "drop-first.nft",
+        &format!(
+            "table ip wkdrop {{\n set seen {{ type ipv4_addr . inet_service; flags dynamic; size 65536; }}\n\
+             \x20chain in {{ type filter hook prerouting priority -300; policy accept;\n\
+             \x20 tcp dport {TCP_PORT} tcp flags & (syn | fin | rst | psh) == psh ip saddr . tcp sport != @seen \
+             add @seen {{ ip saddr . tcp sport }} counter drop\n }}\n}}\n"
+        ),
+    );
+    let cfg = t
+        .write_config(&with_proxy(
+            &t.config(&[(0, 100), (1, 100), (2, 100)], ""),
+            "v2",
+        ))
+        .unwrap();
+    t.start_daemon(&cfg).unwrap();
+    in_table(&t, 3);
+    // Greetings checked, then 4 KB echoes: the stream after the header is whole.
+    run_checked(&t, 200, 2, &["--message-bytes", "4096"]);
+    assert_eq!(
+        dropped(&t, "wkdrop"),
+        200,
+        "one first segment dropped per connection"
+    );
+    // The header went out with the first segment and again with its retransmission.
+    assert!(headers(&t) >= 400, "{}", headers(&t));
 }

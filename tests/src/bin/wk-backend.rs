@@ -86,23 +86,31 @@ fn parse_proxy(b: &[u8]) -> Option<(std::net::SocketAddr, usize)> {
     }
 }
 
-/// `--proxy-protocol`: the first read (header, then the client's first line) decides the
-/// greeting; what followed the line is echoed.
+/// `--proxy-protocol`: the header and the client's first line (the first read, as WuKongIM
+/// reads it, or more when they came apart) decide the greeting; what followed the line is echoed.
 fn serve_proxied(mut s: TcpStream, name: String) {
     let _ = s.set_nodelay(true);
     let mut buf = [0u8; 4096];
-    let n = match s.read(&mut buf) {
-        Ok(0) | Err(_) => return,
-        Ok(n) => n,
+    // Reads until the client's first line is in: a proxy in front (HAProxy's `send-proxy`)
+    // may send its header in a segment of its own.
+    let mut n = 0;
+    let (who, after) = loop {
+        match s.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => return,
+            Ok(k) => n += k,
+        }
+        let (who, rest) = match parse_proxy(&buf[..n]) {
+            Some((src, len)) => (src.to_string(), len),
+            None => ("NOPROXY".to_string(), 0),
+        };
+        let line_end = buf[rest..n].iter().position(|&c| c == b'\n');
+        if let Some(i) = line_end {
+            break (who, rest + i + 1);
+        }
+        if n == buf.len() {
+            break (who, n);
+        }
     };
-    let (who, rest) = match parse_proxy(&buf[..n]) {
-        Some((src, len)) => (src.to_string(), len),
-        None => ("NOPROXY".to_string(), 0),
-    };
-    let after = buf[rest..n]
-        .iter()
-        .position(|&c| c == b'\n')
-        .map_or(n, |i| rest + i + 1);
     let mut out = format!("{name}@{who}\n").into_bytes();
     out.extend(
         buf[after..n]

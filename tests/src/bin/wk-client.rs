@@ -75,6 +75,10 @@ struct TcpArgs {
     /// address (`peer_checked`, `peer_mismatches` in the report).
     #[arg(long)]
     proxied: bool,
+    /// Write `NAME ADDR:PORT` for every connection that connected (its backend and its own
+    /// address), for checking what a consumer behind the edge logged.
+    #[arg(long)]
+    record: Option<std::path::PathBuf>,
 }
 
 /// `--proxied`, and what it found (set once, read by every connection).
@@ -268,6 +272,7 @@ async fn run_tcp(a: TcpArgs) -> TcpReport {
         reconnect,
         source,
         proxied,
+        record,
     } = a;
     PROXIED.store(proxied, Relaxed);
     let (duration, pong_timeout) = (
@@ -311,6 +316,15 @@ async fn run_tcp(a: TcpArgs) -> TcpReport {
         }
     }
     report.connected = live.len();
+    if let Some(path) = &record {
+        let lines: String = live
+            .iter()
+            .filter_map(|(c, r)| Some(format!("{} {}\n", c.name, r.get_ref().local_addr().ok()?)))
+            .collect();
+        if let Err(e) = std::fs::write(path, lines) {
+            eprintln!("wk-client: writing {}: {e}", path.display());
+        }
+    }
     eprintln!(
         "wk-client: {} of {conns} connected; holding for {}s",
         live.len(),

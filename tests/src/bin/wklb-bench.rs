@@ -49,6 +49,11 @@ const COOKIES: u32 = lb_common::VipMeta::COOKIES_ALLOWED | lb_common::VipMeta::C
 /// created a flow on it without a cookie (as on a VIP long into a flood; one whose SYNs
 /// created flows within `lb_common::PLAIN_SYN_WINDOW_NS` makes one flow lookup more per SYN).
 const ALWAYS_COOKIES_VIP: (u32, u16) = (10, 5110);
+/// The PROXY rows' VIP: `proxy_protocol = "v2"` (a 28-byte header for IPv4).
+const PROXY_VIP: (u32, u16) = (11, 5120);
+const PROXY_FORWARD: &str = "established forward, PROXY v2 flow (sequence shifted)";
+const PROXY_REVERSE: &str = "reverse, PROXY v2 flow (acknowledgment mapped)";
+const PROXY_FIRST: &str = "PROXY v2 first data segment (header inserted)";
 
 struct Case {
     name: &'static str,
@@ -365,6 +370,8 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
     fx.add_ipv6_vip_on(id, port, lb_common::PROTO_TCP, &[(B6_TCP, 1)]);
     let (id, port) = ALWAYS_COOKIES_VIP;
     fx.add_tcp_vip(id, port, COOKIES)?;
+    let (id, port) = PROXY_VIP;
+    fx.add_tcp_vip(id, port, lb_common::VipMeta::PROXY_V2)?;
     let verifier_instructions = fx
         .program
         .verified_instructions(lb_userspace::dataplane::kernel::PROGRAM)?;
@@ -514,6 +521,9 @@ fn datapath(repeat: u32, rounds: usize) -> Result<DataPath> {
             (COOKIE_FORWARD, Reason::Forwarded),
             (REVERSE_TS, Reason::Reversed),
             (COOKIE_REVERSE, Reason::Reversed),
+            (PROXY_FORWARD, Reason::Forwarded),
+            (PROXY_REVERSE, Reason::Reversed),
+            (PROXY_FIRST, Reason::Forwarded),
         ],
     );
     let only = std::env::var("WKLB_BENCH_ONLY").ok();
@@ -706,6 +716,7 @@ fn setup_flows(fx: &mut Fixture, cases: &mut [Case]) -> Result<()> {
     let cookie_fwd = data(port, 7001, sa.seq.wrapping_add(1), &ts_option(502, edge_ts));
     let cookie_rev = reply_of(&to_backend, 90_001, 7001, &ts_option(40_001, 502));
     let [v6_fwd, v6_rev, v6_node_fwd, v6_node_rev] = ipv6_flows(fx)?;
+    let [proxy_fwd, proxy_rev, proxy_first] = proxy_flows(fx)?;
     for c in cases.iter_mut() {
         c.frame = match c.name {
             V6_FORWARD => v6_fwd.clone(),
@@ -717,6 +728,9 @@ fn setup_flows(fx: &mut Fixture, cases: &mut [Case]) -> Result<()> {
             REVERSE_TS => plain_rev.clone(),
             COOKIE_FORWARD => cookie_fwd.clone(),
             COOKIE_REVERSE => cookie_rev.clone(),
+            PROXY_FORWARD => proxy_fwd.clone(),
+            PROXY_REVERSE => proxy_rev.clone(),
+            PROXY_FIRST => proxy_first.clone(),
             _ => continue,
         };
     }
@@ -739,6 +753,47 @@ fn insert_established(cases: &mut Vec<Case>, at: usize, rows: &[(&'static str, R
             },
         );
     }
+}
+
+/// Two flows on the PROXY v2 VIP: one whose header the node has acknowledged, and one that
+/// has sent nothing yet. Returns the first one's next data segment (shifted) and the node's
+/// acknowledgment of it (mapped back), and the second one's first data segment (every run
+/// inserts the header in front of it, as for a retransmission of that segment).
+fn proxy_flows(fx: &mut Fixture) -> Result<[Vec<u8>; 3]> {
+    use wklb_tests::packets::{Seg, inspect, tcp_seg};
+    let vip = (VIP, PROXY_VIP.1);
+    let data = |port: u16, rel: u32, flags| {
+        tcp_seg(
+            (CLIENT, port),
+            vip,
+            &Seg {
+                flags,
+                seq: 1001 + rel,
+                ack: 2,
+                payload: &[0x70; 10],
+                ..Seg::default()
+            },
+        )
+    };
+    let (_, seen) = handshake_on(fx, (CLIENT, 41010), vip)?;
+    let (act, out) = fx.run(fx.client_if, &data(41010, 0, "AP"))?;
+    let first = inspect(&out);
+    if act != 4 || first.payload.len() != 10 + 28 {
+        bail!("the PROXY flow's first segment went out without its header (action {act})");
+    }
+    let node_ack = pad(tcp_seg(
+        (seen.dst, seen.dst_port),
+        (seen.src, seen.src_port),
+        &Seg {
+            flags: "A",
+            seq: 2,
+            ack: 1001 + 28 + 10,
+            ..Seg::default()
+        },
+    ));
+    fx.run(fx.backend_if, &node_ack)?;
+    handshake_on(fx, (CLIENT, 41011), vip)?;
+    Ok([data(41010, 10, "A"), node_ack, data(41011, 0, "AP")])
 }
 
 /// Two established IPv6 clients, one of the IPv4 nodes' VIP and one of the IPv6 node's;
@@ -781,9 +836,16 @@ fn ipv6_flows(fx: &mut Fixture) -> Result<[Vec<u8>; 4]> {
 /// One established flow (SYN, SYN-ACK, ACK) for the forward and reverse cases; returns the
 /// SYN as the backend saw it.
 fn handshake(fx: &mut Fixture) -> Result<(Vec<u8>, wklb_tests::packets::Seen)> {
+    handshake_on(fx, (CLIENT, 40000), (VIP, VIP_TCP_PORT))
+}
+
+/// The same for `client` to `vip`.
+fn handshake_on(
+    fx: &mut Fixture,
+    client: (Ipv4Addr, u16),
+    vip: (Ipv4Addr, u16),
+) -> Result<(Vec<u8>, wklb_tests::packets::Seen)> {
     use wklb_tests::packets::{Seg, inspect, tcp_seg};
-    let client = (CLIENT, 40000);
-    let vip = (VIP, VIP_TCP_PORT);
     let (act, out) = fx.run(
         fx.client_if,
         &tcp_seg(
