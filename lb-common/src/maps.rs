@@ -1175,6 +1175,10 @@ pub struct BenchFrame {
     pub vary_source: u32,
     /// Redirect target of the `bench_floor_redirect` entry.
     pub redirect_ifindex: u32,
+    /// The whole frame's length: a run that moved the frame's head (a family change, a
+    /// PROXY header inserted) left it longer or shorter, and the next run moves it back.
+    pub len: u32,
+    pub _pad: u32,
 }
 
 impl BenchFrame {
@@ -1190,6 +1194,8 @@ impl BenchFrame {
             data,
             vary_source: vary_source as u32,
             redirect_ifindex,
+            len: frame.len() as u32,
+            _pad: 0,
         }
     }
 }

@@ -62,10 +62,10 @@ fn restore(ctx: &XdpContext) -> Option<&'static BenchFrame> {
 }
 
 /// Restore + the full wklb data path (the entry program, and the program it tail-calls, which
-/// then ends the run). A run that translated between IPv4 and IPv6 moved the head by the header
-/// difference: the next run moves it back first (the frame's EtherType against the template's
-/// tells), so the restore writes the template where the frame starts (one more helper call per
-/// run for those cases only).
+/// then ends the run). A run that moved the frame's head (a translation between IPv4 and IPv6,
+/// a PROXY header inserted) left the frame longer or shorter than the template: the next run
+/// moves it back first, so the restore writes the template where the frame starts (one more
+/// helper call per run for those cases only).
 #[xdp]
 #[inline(always)]
 pub fn bench_wklb(ctx: XdpContext) -> u32 {
@@ -77,17 +77,11 @@ pub fn bench_wklb(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn undo_head_move(ctx: &XdpContext) -> Option<()> {
-    let now = ptr_at::<[u8; 2]>(ctx, 12)?;
     let t = BENCH_FRAME.get(0)?;
-    let tb = t.data.as_ptr() as *const u8;
-    // SAFETY: bounds checked by ptr_at; the template holds at least 14 bytes.
-    let (now, was) = unsafe { ((*now)[0], *tb.add(12)) };
-    // EtherType 0x0800 or 0x86dd: the first byte tells them apart.
-    let moved = match (was, now) {
-        (0x86, 0x08) => -(GROWTH_V4_TO_V6 as i32),
-        (0x08, 0x86) => GROWTH_V4_TO_V6 as i32,
-        _ => return Some(()),
-    };
+    let moved = (ctx.data_end() - ctx.data()) as i32 - t.len as i32;
+    if moved == 0 {
+        return Some(());
+    }
     // SAFETY: plain helper call on our context.
     (unsafe { bpf_xdp_adjust_head(ctx.ctx, moved) } == 0).then_some(())
 }
