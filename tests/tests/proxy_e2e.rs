@@ -262,3 +262,83 @@ fn p05_a_lost_first_segment_is_sent_again_behind_the_same_single_header() {
     // The header went out with the first segment and again with its retransmission.
     assert!(headers(&t) >= 400, "{}", headers(&t));
 }
+
+/// A restart with PROXY flows open: the established flows keep their shift through it (their
+/// 2 KB pings go on, none breaks), and every connection opened while the daemon is away, while
+/// it starts again and just after carries its header.
+#[test]
+fn p06_a_daemon_restart_keeps_proxy_flows_shifted_and_new_ones_get_their_header() {
+    let Some(mut t) = proxied_topology("p06_proxy_restart") else {
+        return;
+    };
+    let cfg = t
+        .write_config(&with_proxy(
+            &t.config(&[(0, 100), (1, 100), (2, 100)], ""),
+            "v2",
+        ))
+        .unwrap();
+    t.start_daemon(&cfg).unwrap();
+    in_table(&t, 3);
+    let args = ["--proxied", "--parallel", "50", "--message-bytes", "2048"];
+    let long = tcp_client_with(&t, 300, 200, 8, &args);
+    wait_connected(&t, 300);
+    t.stop_daemon().unwrap();
+    // Batches of new connections, one after another, from the stop until a second after the
+    // daemon is back: some connect while it is away, some while it starts, some after.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let batches = {
+        let (ns, stop) = (t.client_ns.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let c = command_in(&ns, workspace_bin("wk-client"))
+                    .unwrap()
+                    .args(["tcp", "--target", &format!("{VIP}:{TCP_PORT}")])
+                    .args(["--conns", "20", "--parallel", "4", "--proxied"])
+                    .args(["--ping-interval-ms", "100", "--duration-s", "0"])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                out.push((
+                    std::time::Instant::now(),
+                    Topology::client_report(c).unwrap(),
+                ));
+            }
+            out
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let starting = std::time::Instant::now();
+    t.start_daemon(&cfg).unwrap();
+    let started = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let batches = batches.join().unwrap();
+    let during = batches
+        .iter()
+        .filter(|(at, _)| *at > starting && *at < started)
+        .count();
+    eprintln!(
+        "{} batches of 20 connections, {during} ended while the daemon started ({} ms)",
+        batches.len(),
+        (started - starting).as_millis()
+    );
+    assert!(during > 0, "no batch ran while the daemon started");
+    let mut reports: Vec<(&str, Value, u64)> = batches
+        .into_iter()
+        .map(|(_, r)| ("a batch across the restart", r, 20))
+        .collect();
+    reports.push((
+        "open through it",
+        Topology::client_report(long).unwrap(),
+        300,
+    ));
+    for (what, r, n) in reports {
+        assert_eq!(r["connected"].as_u64(), Some(n), "{what}: {r:#}");
+        assert_eq!(r["broken"].as_u64(), Some(0), "{what}: {r:#}");
+        assert_eq!(r["peer_checked"].as_u64(), Some(n), "{what}: {r:#}");
+        assert_eq!(r["peer_mismatches"].as_u64(), Some(0), "{what}: {r:#}");
+        assert_eq!(r["lost_pongs"].as_u64(), Some(0), "{what}: {r:#}");
+    }
+}

@@ -54,6 +54,14 @@ pub fn state(img: &Image, cfg: &Config) -> State {
             s.vips.push(v);
         }
     }
+    // PROXY bits are written only once an entry program that sends the header is attached,
+    // and a build without them clears them: pinned ones say the entry attached now sends it,
+    // so new flows keep their header while this daemon starts and attaches its own.
+    s.entry_attached = img
+        .vips
+        .values()
+        .chain(img.vips6.values())
+        .any(|m| m.flags & (VipMeta::PROXY_V1 | VipMeta::PROXY_V2) != 0);
     // Inactive slots that flows may still reference stay reserved until expiry frees them.
     for (id, b) in &img.backends {
         if b.flags & Backend::ACTIVE == 0 {
