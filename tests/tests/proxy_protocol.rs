@@ -305,3 +305,119 @@ fn a_vip_without_the_option_sends_its_bytes_unchanged() {
         assert_eq!(proxy_stats(fx).headers, 0);
     });
 }
+
+/// The largest IPv4 case: a tagged client with timestamps sends a first segment as large as the
+/// MSS wklb told it (the node's 1460, less 28 for the header, less 12 for timestamps). The
+/// header goes in, the packet to the node is untagged and exactly 1500 bytes of IP (the
+/// node-side MTU), its options intact, its checksums right; the node's acknowledgment comes
+/// back tagged and mapped.
+#[test]
+fn a_full_sized_first_segment_with_timestamps_from_a_vlan_fills_the_node_side_mtu_exactly() {
+    use wklb_tests::packets::{linux_syn_options, tcp_view, ts_option, with_vlan};
+    with_fixture("proxy_full_vlan", 1024, |fx| {
+        fx.set_tcp_vip_flags(VipMeta::PROXY_V2).unwrap();
+        let port = 40007;
+        let seg = |flags, seq, ack, options: &[u8], payload: &[u8]| {
+            with_vlan(
+                &tcp_seg(
+                    client(port),
+                    VIP_TCP,
+                    &Seg {
+                        flags,
+                        seq,
+                        ack,
+                        options,
+                        payload,
+                        ..Seg::default()
+                    },
+                ),
+                42,
+            )
+        };
+        let syn = seg("S", ISN, 0, &linux_syn_options(1460, 100, 0, 7), b"");
+        let (act, out) = fx.run(fx.client_if, &syn).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let s = inspect(&out);
+        let (b, sp) = (
+            BACKENDS.iter().position(|x| *x == s.dst).unwrap(),
+            s.src_port,
+        );
+        let (act, out) = fx
+            .run(
+                fx.backend_if,
+                &synack_with(b, sp, &linux_syn_options(1460, 9000, 100, 7)),
+            )
+            .unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let s = inspect(&out);
+        assert_eq!((s.vlan, s.mss), (Some(42), Some(1460 - 28)));
+        let ts = ts_option(101, 9000);
+        fx.run(fx.client_if, &seg("A", ISN + 1, BACKEND_ISN + 1, &ts, b""))
+            .unwrap();
+        let data: Vec<u8> = (0..1460 - 28 - 12).map(|i| i as u8).collect();
+        let first = seg("AP", ISN + 1, BACKEND_ISN + 1, &ts, &data);
+        assert_eq!(first.len() - 18, 1500 - 28, "the client's largest segment");
+        let (act, out) = fx.run(fx.client_if, &first).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let s = inspect(&out);
+        assert!(s.checksums_ok, "{s:?}");
+        assert_eq!(s.vlan, None);
+        assert_eq!(out.len() - 14, 1500, "exactly the node-side MTU");
+        let mut want = v2_header(port);
+        want.extend_from_slice(&data);
+        assert_eq!(s.payload, want);
+        assert_eq!(tcp_view(&out).ts, Some((101, 9000)), "timestamps kept");
+        // The node acknowledges all of it.
+        let node_ts = ts_option(9001, 101);
+        let (act, back) = fx
+            .run(
+                fx.backend_if,
+                &node_seg(b, sp, ISN + 1 + 28 + data.len() as u32, &node_ts),
+            )
+            .unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let s = inspect(&back);
+        assert!(s.checksums_ok);
+        assert_eq!((s.vlan, s.ack), (Some(42), ISN + 1 + data.len() as u32));
+        assert_eq!(proxy_stats(fx).headers, 1);
+    });
+}
+
+/// A client that ignores the MSS it was told: its first segment fits the node-side MTU only
+/// without the header. With DF it gets fragmentation-needed naming the MTU less the header
+/// (its own packet quoted, nothing sent on); without DF the kernel gets the packet translated,
+/// with the header in, to fragment it.
+#[test]
+fn a_first_segment_too_big_for_the_header_gets_fragmentation_needed_for_the_mtu_less_the_header() {
+    use wklb_tests::exchange::{XDP_PASS, XDP_TX};
+    use wklb_tests::packets::{inspect_icmp, quoted_tuple, with_ip_fields};
+    with_fixture("proxy_too_big", 1024, |fx| {
+        fx.set_tcp_vip_flags(VipMeta::PROXY_V2).unwrap();
+        let port = 40008;
+        let (b, sp) = establish(fx, port);
+        let big = |df| with_ip_fields(&client_seg(port, 0, "AP", &[9; 1460]), 0, 1, df);
+        let before = fx.reasons();
+        let (act, out) = fx.run(fx.client_if, &big(true)).unwrap();
+        assert_eq!(act, XDP_TX, "back to the client");
+        assert_only(fx, &before, Reason::IcmpFragNeededSent, 1);
+        let e = inspect_icmp(&out);
+        assert_eq!((e.icmp_type, e.code), (3, 4));
+        assert_eq!(u16::from_be_bytes([e.rest[2], e.rest[3]]), 1500 - 28);
+        assert!(e.checksums_ok, "{e:?}");
+        let (qs, qsp, qd, qdp, _) = quoted_tuple(&e.quote);
+        assert_eq!((qs, qsp, qd, qdp), (CLIENT, port, VIP, VIP_TCP_PORT));
+        assert_eq!(proxy_stats(fx).headers, 0);
+
+        let before = fx.reasons();
+        let (act, out) = fx.run(fx.client_if, &big(false)).unwrap();
+        assert_eq!(act, XDP_PASS);
+        assert_only(fx, &before, Reason::PassTooBig, 1);
+        let s = inspect(&out);
+        assert!(s.checksums_ok, "{s:?}");
+        assert_eq!((s.src, s.src_port, s.dst), (SNAT, sp, BACKENDS[b]));
+        let mut want = v2_header(port);
+        want.extend_from_slice(&[9; 1460]);
+        assert_eq!(s.payload, want, "the header in, for the kernel to fragment");
+        assert_eq!(proxy_stats(fx).headers, 1);
+    });
+}
