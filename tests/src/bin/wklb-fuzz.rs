@@ -6,8 +6,8 @@
 //! through the real object with BPF_PROG_TEST_RUN, in a private network namespace. Also the
 //! hostile cases of the hardening read: extension headers at and past the walked limit, RSTs
 //! and challenge ACKs from data nodes during the cookie handshake, our own addresses as the
-//! source, UDP flows whose backend went away, and the per-VIP shares and SYN budget switched
-//! on and off.
+//! source, UDP flows whose backend went away, and the per-VIP shares, SYN budget and PROXY
+//! protocol (headers inserted into client segments) switched on and off.
 //!
 //! Checked after every frame: the action is XDP_DROP, XDP_PASS, XDP_TX or XDP_REDIRECT (never
 //! XDP_ABORTED); a frame whose checksums verified leaves with checksums that verify (unless
@@ -585,8 +585,9 @@ impl Gen {
 }
 
 /// Another data-plane setting between expiry passes, so every policy branch sees traffic: the
-/// non-SYN and echo policies, SYN-cookie mode, source lists and rate, MSS clamping, the SNAT port range, and the third TCP backend
-/// healthy, without a neighbour entry, without a route, or inactive.
+/// non-SYN and echo policies, SYN-cookie mode, source lists and rate, PROXY protocol, MSS
+/// clamping, the SNAT port range, and the third TCP backend healthy, without a neighbour
+/// entry, without a route, or inactive.
 fn shuffle(fx: &mut Fixture, rng: &mut SmallRng) -> Result<()> {
     let mut c = fx.config();
     c.flags = rng.random_range(0..4);
@@ -636,7 +637,11 @@ fn shuffle(fx: &mut Fixture, rng: &mut SmallRng) -> Result<()> {
     ]
     .choose(rng)
     .unwrap();
-    fx.set_tcp_vip_flags(cookies | policy)?;
+    // PROXY protocol off, v1 or v2: segments of new flows get a header inserted or shifted.
+    let proxy = *[0, VipMeta::PROXY_V1, VipMeta::PROXY_V2]
+        .choose(rng)
+        .unwrap();
+    fx.set_tcp_vip_flags(cookies | policy | proxy)?;
     c.snat_port_max = *[65535u16, 1100, 1030].choose(rng).unwrap();
     fx.set_config(c)?;
     let (addr, active) = match rng.random_range(0..4) {
@@ -853,6 +858,14 @@ fn fuzz(cli: Cli, seed: u64) -> Result<()> {
         hit.len(),
         Reason::ALL.len(),
         hit.join(", ")
+    );
+    let proxy = {
+        use lb_userspace::dataplane::Counters as _;
+        fx.counters.proxy(TCP_VIP_ID)?
+    };
+    println!(
+        "PROXY protocol: {} headers inserted, {} segments refused, {} segments' SACK edges mapped",
+        proxy.headers, proxy.refused, proxy.sack_mapped
     );
     Ok(())
 }
