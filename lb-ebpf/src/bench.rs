@@ -78,12 +78,13 @@ pub fn bench_wklb(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn undo_head_move(ctx: &XdpContext) -> Option<()> {
     let t = BENCH_FRAME.get(0)?;
-    let moved = (ctx.data_end() - ctx.data()) as i32 - t.len as i32;
+    // In 64 bits: the verifier refuses 32-bit arithmetic on packet pointers.
+    let moved = (ctx.data_end() - ctx.data()) as i64 - t.len as i64;
     if moved == 0 {
         return Some(());
     }
     // SAFETY: plain helper call on our context.
-    (unsafe { bpf_xdp_adjust_head(ctx.ctx, moved) } == 0).then_some(())
+    (unsafe { bpf_xdp_adjust_head(ctx.ctx, moved as i32) } == 0).then_some(())
 }
 
 /// Restore + read the destination address + XDP_TX: the floor the data path is measured
