@@ -273,6 +273,15 @@ pub const fn forward(e: &FlowEntry, seq: u32, flags: u8, len: u32) -> u8 {
     }
 }
 
+/// What an established client segment's sequence number gets on a flow with `proxy` bits and
+/// header length `len`: the length once the node acknowledged the header (every segment is
+/// then past it: `forward` says SHIFT), else 0. Without a branch.
+#[inline(always)]
+pub const fn acked_shift(proxy: u8, len: u8) -> u32 {
+    let acked = (proxy & FlowEntry::PROXY_ACKED != 0) as u32;
+    len as u32 & 0u32.wrapping_sub(acked)
+}
+
 /// A number in the node's view of the client's bytes (its acknowledgments, SACK edges, the
 /// sequence numbers ICMP errors quote) in the client's: past the header, H less; inside the
 /// header, the first payload byte; below it, unchanged. `isn1` as read before the segment

@@ -189,10 +189,16 @@ pub(crate) fn send<const MODE: u8>(
     now: u64,
     cookie: bool,
 ) -> Verdict {
-    // A PROXY flow's client segments are `wklb_proxy`'s, tracked: the entry program keeps no
-    // verifier budget for their steps.
+    // A PROXY flow's client segments are `wklb_proxy`'s, tracked, until the node acknowledged
+    // the header: the entry program keeps no verifier budget for their steps. From then on
+    // every one is shifted by the header's length (`proxy::forward`'s SHIFT), here.
     // SAFETY: a live FLOW_TABLE value (`proxy` is a byte: read whole).
-    if MODE == mode::ESTABLISHED && unsafe { core::ptr::read_volatile(&e.proxy) } != 0 {
+    let bits = if MODE == mode::ESTABLISHED {
+        unsafe { core::ptr::read_volatile(&e.proxy) }
+    } else {
+        0
+    };
+    if MODE == mode::ESTABLISHED && bits != 0 && bits & FlowEntry::PROXY_ACKED == 0 {
         return proxy::defer(ctx, p, flow.accepted);
     }
     // Hidden from the verifier's value tracking: each step would otherwise take the rest of the
@@ -206,9 +212,12 @@ pub(crate) fn send<const MODE: u8>(
         return proxy::refuse(e);
     }
     let inserting = MODE == mode::INSERT && step == proxy_step::INSERT;
-    // Past the header: shifted by its length in the rewrite.
+    // Past the header: shifted by its length in the rewrite (in the entry, without a branch:
+    // the header's length on a flow whose node acknowledged it, else 0).
     let seq_add = if MODE == mode::INSERT && step == proxy_step::SHIFT {
         e.proxy_len as u32
+    } else if MODE == mode::ESTABLISHED {
+        lb_common::proxy::acked_shift(bits, e.proxy_len)
     } else {
         0
     };

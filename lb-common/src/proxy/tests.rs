@@ -469,3 +469,26 @@ fn slice(data: &[u8], off: i64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The entry program's shift (`acked_shift`, no step decided) is the one `forward` decides
+/// for every established non-SYN segment of a flow whose node acknowledged the header, and
+/// nothing on other flows (which the entry hands on or sends as they are).
+#[test]
+fn the_entrys_shift_is_forwards_on_acknowledged_flows_and_none_elsewhere() {
+    use crate::conntrack::tcp_flags::*;
+    let mut rng = Rng(24);
+    for _ in 0..10_000 {
+        let isn1 = rng.next() as u32;
+        let h = [28u8, 32, 56, 104][rng.below(4) as usize];
+        let mut e = flow(isn1, h);
+        e.proxy = FlowEntry::PROXY_V2;
+        let seq = rng.next() as u32;
+        let flags = [ACK, ACK | PSH, ACK | FIN, RST, ACK | RST][rng.below(5) as usize];
+        let len = [0u32, 1, 1400][rng.below(3) as usize];
+        assert_eq!(acked_shift(e.proxy, e.proxy_len), 0, "not acknowledged yet");
+        e.proxy |= FlowEntry::PROXY_ACKED;
+        assert_eq!(forward(&e, seq, flags, len), step::SHIFT);
+        assert_eq!(acked_shift(e.proxy, e.proxy_len), h as u32);
+    }
+    assert_eq!(acked_shift(0, 0), 0, "a flow without PROXY protocol");
+}
