@@ -359,7 +359,7 @@ pub fn after_tracking(e: &mut FlowEntry, isn1: u32) {
 
 /// Node → client, the packet's SACK edges in the client's numbering (the acknowledgment goes
 /// back in the NAT rewrite). Not in the entry program, which sends PROXY flows' segments only
-/// when they have no room for SACK blocks (`has_only_timestamps`).
+/// when they have no room for SACK blocks (`to_client::without_sack`).
 #[inline(always)]
 pub fn sack_to_client(ctx: &XdpContext, p: &Packet, e: &FlowEntry, isn1: u32) -> Option<()> {
     // SAFETY: a live FLOW_TABLE value; read again rather than kept in a register since the

@@ -37,10 +37,13 @@ pub fn established(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Option
         return Some(Verdict::of(Reason::DropTtlExpired));
     }
     let translated = e.flags & FlowEntry::TRANSLATE != 0;
-    // A PROXY flow's replies are the reply program's (acknowledgments and SACK edges mapped):
-    // the entry program keeps no verifier budget for them.
+    // A PROXY flow's replies are the reply program's (acknowledgments and SACK edges mapped)
+    // until the node acknowledged the header, and later those that may carry SACK blocks: the
+    // entry program keeps no verifier budget for them. The rest only have their
+    // acknowledgment moved back by the header's length (`send`).
     // SAFETY: a live FLOW_TABLE value (a byte: read whole).
-    if unsafe { core::ptr::read_volatile(&e.proxy) } != 0 {
+    let bits = unsafe { core::ptr::read_volatile(&e.proxy) };
+    if bits != 0 && (bits & FlowEntry::PROXY_ACKED == 0 || !without_sack(ctx, p)) {
         return None;
     }
     // A cookie flow's established replies are translated here; its handshake (the backend's
@@ -52,6 +55,19 @@ pub fn established(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Option
         cookie::translate::client_view(p, e);
     }
     Some(send::<true>(ctx, p, &flow, e, None, translated))
+}
+
+/// A TCP header whose options cannot hold a SACK block: none, or timestamps alone (NOP, NOP,
+/// timestamps: what Linux sends while it has nothing to report).
+#[inline(always)]
+fn without_sack(ctx: &XdpContext, p: &Packet) -> bool {
+    match p.tcp_len() {
+        20 => true,
+        // SAFETY: bounds checked by ptr_at.
+        32 => crate::parse::ptr_at::<[u8; 4]>(ctx, p.l4() + 20)
+            .is_some_and(|o| unsafe { *o } == [1, 1, 8, 10]),
+        _ => false,
+    }
 }
 
 /// Every reply (the reply program): SYN-ACKs, cookie flows.
@@ -94,10 +110,15 @@ fn send<const INLINE: bool>(
 ) -> Verdict {
     let (handshake, syn_at) = (e.state == State::SynSent as u8, e.last_seen_ns);
     // Tracked with the acknowledgment in the client's numbering (the same number but on a
-    // PROXY flow; the entry's `INLINE` sends have none). Without a branch on the flow's kind:
+    // PROXY flow). Without a branch on the flow's kind:
     // it would double the verifier's paths through the tracker and everything after it.
     let wire_ack = p.seg.ack;
     let isn1 = if INLINE {
+        // 0 but on a PROXY flow whose node acknowledged the header (`established`).
+        p.seg.ack = p
+            .seg
+            .ack
+            .wrapping_sub(lb_common::proxy::acked_shift(e.proxy, e.proxy_len));
         0
     } else {
         crate::proxy::client_view(p, e)
@@ -160,11 +181,7 @@ fn send<const INLINE: bool>(
             dst: e.client[0],
             ports,
             seq_add: 0,
-            ack_add: if INLINE {
-                0
-            } else {
-                p.seg.ack.wrapping_sub(wire_ack)
-            },
+            ack_add: p.seg.ack.wrapping_sub(wire_ack),
         };
         if nat::rewrite(ctx, p, &to).is_none() {
             return Verdict::of(Reason::DropInternal);

@@ -131,6 +131,32 @@ fn the_first_bytes_reach_the_node_behind_a_v2_header_and_later_ones_shifted() {
         assert!(s.checksums_ok);
         assert_eq!((s.seq, s.payload.as_slice()), (ISN + 1 + 28, &b"hello"[..]));
         assert_eq!(proxy_stats(fx).headers, 2);
+
+        // From here the entry program maps the node's acknowledgments back itself when they
+        // carry no options or timestamps alone; one with SACK blocks still has its edges
+        // mapped.
+        let ts = wklb_tests::packets::ts_option(500, 600);
+        let mut sack = vec![1, 1, 5, 10];
+        sack.extend_from_slice(&(ISN + 1 + 28 + 20).to_be_bytes());
+        sack.extend_from_slice(&(ISN + 1 + 28 + 30).to_be_bytes());
+        for (options, sack_mapped) in [(&[][..], 0), (&ts[..], 0), (&sack[..], 1)] {
+            let before = (fx.reasons(), proxy_stats(fx).sack_mapped);
+            let (act, back) = fx
+                .run(fx.backend_if, &node_seg(b, sp, ISN + 1 + 28 + 10, options))
+                .unwrap();
+            assert_eq!(act, XDP_REDIRECT);
+            assert_only(fx, &before.0, Reason::Reversed, 1);
+            let s = inspect(&back);
+            assert!(s.checksums_ok, "{options:?}: {s:?}");
+            assert_eq!((s.dst, s.ack), (CLIENT, ISN + 1 + 10), "{options:?}");
+            let view = wklb_tests::packets::tcp_view(&back);
+            if sack_mapped == 1 {
+                assert_eq!(view.sack, vec![(ISN + 1 + 20, ISN + 1 + 30)]);
+            } else {
+                assert_eq!(view.ts, (!options.is_empty()).then_some((500, 600)));
+            }
+            assert_eq!(proxy_stats(fx).sack_mapped, before.1 + sack_mapped);
+        }
     });
 }
 
