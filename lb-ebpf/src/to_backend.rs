@@ -198,7 +198,11 @@ pub(crate) fn send<const MODE: u8>(
     } else {
         0
     };
-    if MODE == mode::ESTABLISHED && bits != 0 && bits & FlowEntry::PROXY_ACKED == 0 {
+    // (ACKED implies a known length; checked all the same, a byte load on PROXY flows only.)
+    if MODE == mode::ESTABLISHED
+        && bits != 0
+        && (bits & FlowEntry::PROXY_ACKED == 0 || e.proxy_len == 0)
+    {
         return proxy::defer(ctx, p, flow.accepted);
     }
     // Hidden from the verifier's value tracking: each step would otherwise take the rest of the

@@ -43,7 +43,9 @@ pub fn established(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Option
     // acknowledgment moved back by the header's length (`send`).
     // SAFETY: a live FLOW_TABLE value (a byte: read whole).
     let bits = unsafe { core::ptr::read_volatile(&e.proxy) };
-    if bits != 0 && (bits & FlowEntry::PROXY_ACKED == 0 || !without_sack(ctx, p)) {
+    if bits != 0
+        && (bits & FlowEntry::PROXY_ACKED == 0 || e.proxy_len == 0 || !without_sack(ctx, p))
+    {
         return None;
     }
     // A cookie flow's established replies are translated here; its handshake (the backend's

@@ -482,6 +482,12 @@ fn the_entrys_shift_is_forwards_on_acknowledged_flows_and_none_elsewhere() {
         let h = [28u8, 32, 56, 104][rng.below(4) as usize];
         let mut e = flow(isn1, h);
         e.proxy = FlowEntry::PROXY_V2;
+        // Every state a flow past its handshake can be in, plain or a cookie flow.
+        use crate::conntrack::State::*;
+        e.state = [Established, Closing, Closed][rng.below(3) as usize] as u8;
+        if rng.below(2) == 0 {
+            e.flags |= FlowEntry::TRANSLATE;
+        }
         let seq = rng.next() as u32;
         let flags = [ACK, ACK | PSH, ACK | FIN, RST, ACK | RST][rng.below(5) as usize];
         let len = [0u32, 1, 1400][rng.below(3) as usize];
