@@ -65,7 +65,9 @@ fn restore(ctx: &XdpContext) -> Option<&'static BenchFrame> {
 /// then ends the run). A run that moved the frame's head (a translation between IPv4 and IPv6,
 /// a PROXY header inserted) left the frame longer or shorter than the template: the next run
 /// moves it back first, so the restore writes the template where the frame starts (one more
-/// helper call per run for those cases only).
+/// helper call per run for those cases only). A case whose runs changed the frame's tail
+/// instead (none does) would drift at the head until the move fails: its runs would then be
+/// drops, which the benchmark's reason check refuses loudly.
 #[xdp]
 #[inline(always)]
 pub fn bench_wklb(ctx: XdpContext) -> u32 {
