@@ -96,16 +96,7 @@ fn p02_syn_cookie_flows_carry_the_header_and_large_echoes_stay_whole() {
     let Some(mut t) = proxied_topology("p02_proxy_cookies") else {
         return;
     };
-    on_every_node(
-        &t,
-        "drop-one.nft",
-        &format!(
-            "table ip wksack {{\n set seen {{ type ipv4_addr . inet_service; flags dynamic; size 65536; }}\n\
-             \x20chain in {{ type filter hook prerouting priority -300; policy accept;\n\
-             \x20 tcp dport {TCP_PORT} ip length > 1200 ip saddr . tcp sport != @seen \
-             add @seen {{ ip saddr . tcp sport }} counter drop\n }}\n}}\n"
-        ),
-    );
+    drop_once_per_connection(&t, "wksack", "ip length > 1200");
     let base = t.config(&[(0, 100), (1, 100), (2, 100)], "");
     let cfg = t
         .write_config(&with_proxy(&Topology::with_cookies(&base, "always"), "v2"))
@@ -202,16 +193,24 @@ fn p04_nginx_haproxy_and_the_wukongim_server_log_every_clients_own_address() {
     }
 }
 
-/// Loads `rules` (an nftables script) into every data node's namespace.
-fn on_every_node(t: &Topology, name: &str, rules: &str) {
-    let path = t.dir.path().join(name);
+/// On every data node (its own nftables, table `table`): the first segment toward port 5100
+/// that `matching` selects is dropped once per connection (keyed by the edge's SNAT address
+/// and port), and lets its retransmission through.
+fn drop_once_per_connection(t: &Topology, table: &str, matching: &str) {
+    let rules = format!(
+        "table ip {table} {{\n set seen {{ type ipv4_addr . inet_service; flags dynamic; size 65536; }}\n\
+         \x20chain in {{ type filter hook prerouting priority -300; policy accept;\n\
+         \x20 tcp dport {TCP_PORT} {matching} ip saddr . tcp sport != @seen \
+         add @seen {{ ip saddr . tcp sport }} counter drop\n }}\n}}\n"
+    );
+    let path = t.dir.path().join(format!("{table}.nft"));
     std::fs::write(&path, rules).unwrap();
     for ns in &t.backend_ns {
         t.exec(ns, &["nft", "-f", path.to_str().unwrap()]).unwrap();
     }
 }
 
-/// The packets a rule `on_every_node` loaded dropped, over every node.
+/// The packets `drop_once_per_connection`'s table dropped, over every node.
 fn dropped(t: &Topology, table: &str) -> u64 {
     t.backend_ns
         .iter()
@@ -234,16 +233,7 @@ fn p05_a_lost_first_segment_is_sent_again_behind_the_same_single_header() {
     let Some(mut t) = proxied_topology("p05_proxy_first_lost") else {
         return;
     };
-    on_every_node(
-        &t,
-        "drop-first.nft",
-        &format!(
-            "table ip wkdrop {{\n set seen {{ type ipv4_addr . inet_service; flags dynamic; size 65536; }}\n\
-             \x20chain in {{ type filter hook prerouting priority -300; policy accept;\n\
-             \x20 tcp dport {TCP_PORT} tcp flags & (syn | fin | rst | psh) == psh ip saddr . tcp sport != @seen \
-             add @seen {{ ip saddr . tcp sport }} counter drop\n }}\n}}\n"
-        ),
-    );
+    drop_once_per_connection(&t, "wkdrop", "tcp flags & (syn | fin | rst | psh) == psh");
     let cfg = t
         .write_config(&with_proxy(
             &t.config(&[(0, 100), (1, 100), (2, 100)], ""),
