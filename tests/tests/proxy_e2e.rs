@@ -137,21 +137,29 @@ fn p03_a_vip_with_proxy_protocol_off_sends_no_header() {
     assert_eq!(headers(&t), 0);
 }
 
-/// Every node's consumer: nginx stream on b1, HAProxy on b2, the WuKongIM-like server on b3.
-/// Each run of 1,000 connections (v2, then v1 by reload): every address nginx and HAProxy
-/// logged is the real client's of a connection the client made to that node, one line each,
-/// and every greeting (through nginx's and HAProxy's own headers for b1 and b2) names it too.
-#[test]
-fn p04_nginx_haproxy_and_the_wukongim_server_log_every_clients_own_address() {
-    let Some(mut t) = bare_topology("p04_proxy_consumers", 3) else {
-        return;
-    };
+/// nginx stream on b1, HAProxy on b2, the WuKongIM-like server on b3, health endpoints up.
+fn behind_consumers(
+    test: &str,
+) -> Option<(Serial<Topology>, consumers::Consumed, consumers::Consumed)> {
+    let mut t = bare_topology(test, 3)?;
     for i in 0..3 {
         t.start_health(i).unwrap();
     }
     let nginx = consumers::start(&t, 0, Consumer::NginxStream).unwrap();
     let haproxy = consumers::start(&t, 1, Consumer::Haproxy).unwrap();
     t.start_backend_with(2, &["--proxy-protocol"]).unwrap();
+    Some((t, nginx, haproxy))
+}
+
+/// Every node's consumer: nginx stream on b1, HAProxy on b2, the WuKongIM-like server on b3.
+/// Each run of 1,000 connections (v2, then v1 by reload): every address nginx and HAProxy
+/// logged is the real client's of a connection the client made to that node, one line each,
+/// and every greeting (through nginx's and HAProxy's own headers for b1 and b2) names it too.
+#[test]
+fn p04_nginx_haproxy_and_the_wukongim_server_log_every_clients_own_address() {
+    let Some((mut t, nginx, haproxy)) = behind_consumers("p04_proxy_consumers") else {
+        return;
+    };
     let base = t.config(&[(0, 100), (1, 100), (2, 100)], "");
     let cfg = t.write_config(&with_proxy(&base, "v2")).unwrap();
     t.start_daemon(&cfg).unwrap();
@@ -330,5 +338,42 @@ fn p06_a_daemon_restart_keeps_proxy_flows_shifted_and_new_ones_get_their_header(
         assert_eq!(r["peer_checked"].as_u64(), Some(n), "{what}: {r:#}");
         assert_eq!(r["peer_mismatches"].as_u64(), Some(0), "{what}: {r:#}");
         assert_eq!(r["lost_pongs"].as_u64(), Some(0), "{what}: {r:#}");
+    }
+}
+
+/// Clients that send a PROXY line of their own first, claiming another address: wklb's header
+/// comes before it, so nginx, HAProxy and the WuKongIM-like server each take the real client's
+/// address, and the forged line reaches them as the client's first data.
+#[test]
+fn p07_a_client_sending_its_own_proxy_line_cannot_claim_another_address() {
+    let Some((mut t, nginx, haproxy)) = behind_consumers("p07_proxy_forged") else {
+        return;
+    };
+    let cfg = t
+        .write_config(&with_proxy(
+            &t.config(&[(0, 100), (1, 100), (2, 100)], ""),
+            "v1",
+        ))
+        .unwrap();
+    t.start_daemon(&cfg).unwrap();
+    in_table(&t, 3);
+    let record = t.dir.path().join("record-forged");
+    let forged = format!("PROXY TCP4 1.2.3.4 {VIP} 1111 {TCP_PORT}\r");
+    run_checked(
+        &t,
+        300,
+        1,
+        &[
+            "--first-line",
+            &forged,
+            "--record",
+            record.to_str().unwrap(),
+        ],
+    );
+    for (c, name) in [(&nginx, "b1"), (&haproxy, "b2")] {
+        let want = consumers::recorded(&record, name).unwrap();
+        assert!(!want.is_empty(), "no connection reached {name}");
+        let got = c.logged(want.len()).unwrap();
+        assert_eq!(got, want, "{:?} logged another address", c.kind);
     }
 }

@@ -75,6 +75,10 @@ struct TcpArgs {
     /// address (`peer_checked`, `peer_mismatches` in the report).
     #[arg(long)]
     proxied: bool,
+    /// With --proxied: the line sent first (a newline is added). A client that sends a PROXY
+    /// header of its own: `--first-line $'PROXY TCP4 1.2.3.4 ... \r'`.
+    #[arg(long, default_value = "HELLO")]
+    first_line: String,
     /// Write `NAME ADDR:PORT` for every connection that connected (its backend and its own
     /// address), for checking what a consumer behind the edge logged.
     #[arg(long)]
@@ -83,6 +87,7 @@ struct TcpArgs {
 
 /// `--proxied`, and what it found (set once, read by every connection).
 static PROXIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static FIRST_LINE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
 static PEER_CHECKED: AtomicU64 = AtomicU64::new(0);
 static PEER_MISMATCHES: AtomicU64 = AtomicU64::new(0);
 
@@ -176,7 +181,8 @@ async fn connect(
     let own = s.local_addr().ok()?;
     let mut r = BufReader::new(s);
     if proxied {
-        r.get_mut().write_all(b"HELLO\n").await.ok()?;
+        let line = FIRST_LINE.get().map_or(&b"HELLO\n"[..], |l| l.as_slice());
+        r.get_mut().write_all(line).await.ok()?;
     }
     let mut name = String::new();
     tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut name))
@@ -272,9 +278,11 @@ async fn run_tcp(a: TcpArgs) -> TcpReport {
         reconnect,
         source,
         proxied,
+        first_line,
         record,
     } = a;
     PROXIED.store(proxied, Relaxed);
+    let _ = FIRST_LINE.set(format!("{first_line}\n").into_bytes());
     let (duration, pong_timeout) = (
         Duration::from_secs(duration_s),
         Duration::from_millis(pong_timeout_ms),
