@@ -104,10 +104,12 @@ pub mod names {
     pub const VIP_PLAIN_SYN: &str = "VIP_PLAIN_SYN";
     /// Per VIP: PROXY protocol headers inserted, segments refused (`ProxyStats`).
     pub const PROXY_STATS: &str = "PROXY_STATS";
+    /// Per backend: what the data path sees of its health (`PassiveStats`).
+    pub const PASSIVE_STATS: &str = "PASSIVE_STATS";
     /// Benchmark template (not pinned: only the benchmark uses it).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map the program owns, in pin order.
-    pub const ALL: [&str; 42] = [
+    pub const ALL: [&str; 43] = [
         ADDR_FILTER,
         ADDRS4,
         VIPS4,
@@ -150,6 +152,7 @@ pub mod names {
         VIP_LIVE,
         VIP_PLAIN_SYN,
         PROXY_STATS,
+        PASSIVE_STATS,
     ];
 }
 
@@ -1094,6 +1097,26 @@ impl ProxyStats {
     }
 }
 
+/// PASSIVE_STATS value (per CPU), indexed by backend id: the backend's health as its traffic
+/// shows it, between health probes (a node that died refuses or ignores new connections at
+/// once; its probes fail only on their own schedule).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PassiveStats {
+    /// New connections it refused: a RST answering the SYN the edge sent it.
+    pub refused: u64,
+    /// SYNs a client sent again on a flow still waiting for its SYN-ACK (a silent backend, or
+    /// a lost SYN or SYN-ACK).
+    pub syn_retransmits: u64,
+}
+
+impl PassiveStats {
+    pub fn add(&mut self, o: &PassiveStats) {
+        self.refused += o.refused;
+        self.syn_retransmits += o.syn_retransmits;
+    }
+}
+
 /// VIP_STATS value (per CPU), indexed by vip id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -1222,6 +1245,7 @@ mod pod_impls {
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for ProxyStats {}
+    unsafe impl aya::Pod for PassiveStats {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for BenchFrame {}
     unsafe impl aya::Pod for crate::cookie::CookieKey {}

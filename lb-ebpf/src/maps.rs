@@ -13,8 +13,8 @@ use lb_common::{
     ADDR_FILTER_SIZE, ADDR_FILTER6_SIZE, AddrClass, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, Backend,
     BackendHop, BackendStats, DEFAULT_MAX_FLOWS, DataplaneConfig, FLOW_HINT_SLOTS, FilterBucket6,
     Flow4Key, Flow6Key, FlowEntry, FlowRef, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_FULL_SOURCES,
-    MAX_INTERFACES, MAX_SNAT_ADDRS, MAX_SOURCE_ENTRIES, MAX_VIP_ENTRIES, MAX_VIPS, PinStats,
-    PinTarget, Reason, SLOTS_PER_SNAT_ADDR, SOURCE_RATE_ENTRIES, SnatAddr, SourceKey4,
+    MAX_INTERFACES, MAX_SNAT_ADDRS, MAX_SOURCE_ENTRIES, MAX_VIP_ENTRIES, MAX_VIPS, PassiveStats,
+    PinStats, PinTarget, Reason, SLOTS_PER_SNAT_ADDR, SOURCE_RATE_ENTRIES, SnatAddr, SourceKey4,
     SourceRateKey, TABLES_PER_VIP, Vip4Key, Vip6Key, VipInfo, VipLimits, VipLive, VipMeta,
     VipStats,
     connlog::{CONN_OPENS_BYTES, FlowBytes, OpenEvent},
@@ -188,6 +188,10 @@ pub static VIP_STATS: PerCpuArray<VipStats, { MAX_VIPS as usize }> = PerCpuArray
 
 #[btf_map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+
+/// Per backend: refusals and SYN retransmissions (`PassiveStats`), the passive health signal.
+#[btf_map]
+pub static PASSIVE_STATS: PerCpuArray<PassiveStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
 
 /// (backend id, kind) → handshake round-trip histogram (lb_common::rtt). Shared by CPUs
 /// (atomic adds, handshakes only); memory-mapped read-only by the daemon.

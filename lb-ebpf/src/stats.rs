@@ -2,7 +2,7 @@
 
 use lb_common::Reason;
 
-use crate::maps::{BACKEND_STATS, REASONS, VIP_STATS};
+use crate::maps::{BACKEND_STATS, PASSIVE_STATS, REASONS, VIP_STATS};
 
 #[inline(always)]
 pub fn count(reason: Reason) {
@@ -52,6 +52,24 @@ pub fn backend_out(backend_id: u32, bytes: u64) {
             (*s).packets_out += 1;
             (*s).bytes_out += bytes;
         }
+    }
+}
+
+/// The backend refused a new connection: a RST answering the SYN the edge sent it.
+#[inline(always)]
+pub fn backend_refused(backend_id: u32) {
+    if let Some(s) = PASSIVE_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*s).refused += 1 };
+    }
+}
+
+/// A client sent its SYN again while the backend had not answered the first.
+#[inline(always)]
+pub fn backend_syn_retransmit(backend_id: u32) {
+    if let Some(s) = PASSIVE_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*s).syn_retransmits += 1 };
     }
 }
 

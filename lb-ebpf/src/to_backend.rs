@@ -156,6 +156,11 @@ pub fn handle(
         return Some(crate::proxy::refuse(e));
     }
     if !flow.new {
+        // The client's SYN again while the backend has not answered: the passive health
+        // signal (a silent backend shows only this way; IPv6 clients' in `v6::handle`).
+        if p.seg.flags & tcp_flags::SYN != 0 && e.state == State::SynSent as u8 {
+            stats::backend_syn_retransmit(e.backend_id as u32);
+        }
         track_client::<false>(ctx, p, &mut flow, e, now);
     }
     if e.flags & FlowEntry::BACKEND_V6 != 0 {

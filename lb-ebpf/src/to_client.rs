@@ -36,6 +36,11 @@ pub fn established(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Option
     if p.ttl <= 1 {
         return Some(Verdict::of(Reason::DropTtlExpired));
     }
+    // A reply before the handshake completed (a refusal, a challenge): the reply program's,
+    // which counts refusals (`send`).
+    if e.state == State::SynSent as u8 {
+        return None;
+    }
     let translated = e.flags & FlowEntry::TRANSLATE != 0;
     // A PROXY flow's replies are the reply program's (acknowledgments and SACK edges mapped)
     // until the node acknowledged the header, and later those that may carry SACK blocks: the
@@ -51,9 +56,6 @@ pub fn established(ctx: &XdpContext, p: &mut Packet, class: AddrClass) -> Option
     // A cookie flow's established replies are translated here; its handshake (the backend's
     // SYN-ACK, a refusal or challenge before it) is the reply program's.
     if translated {
-        if e.state == State::SynSent as u8 {
-            return None;
-        }
         cookie::translate::client_view(p, e);
     }
     Some(send::<true>(ctx, p, &flow, e, None, translated))
@@ -132,9 +134,13 @@ fn send<const INLINE: bool>(
     if handshake && e.state == State::Established as u8 {
         rtt::backend_answered(e, syn_at);
     }
-    // The data node refused the connection: its SYN is answered, the budget comes back.
-    if handshake && e.flags & FlowEntry::SYN_BUDGET != 0 && e.state == State::Closed as u8 {
-        crate::cookie::budget::refund(e);
+    // The data node refused the connection (the passive health signal); its SYN is answered,
+    // the budget comes back.
+    if !INLINE && handshake && e.state == State::Closed as u8 {
+        stats::backend_refused(e.backend_id as u32);
+        if e.flags & FlowEntry::SYN_BUDGET != 0 {
+            crate::cookie::budget::refund(e);
+        }
     }
     let Some(cfg) = maps::config() else {
         return Verdict::of(Reason::DropInternal);

@@ -27,6 +27,13 @@ pub struct BackendReport {
     pub packets_out: u64,
     pub bytes_out: u64,
     pub new_flows: u64,
+    /// New connections it refused (a RST answering the SYN): seen by the data path at once,
+    /// before any health probe fails.
+    #[serde(default)]
+    pub refused: u64,
+    /// SYNs clients sent again while it had not answered (a silent backend shows this way).
+    #[serde(default)]
+    pub syn_retransmits: u64,
     /// Flows toward it that still carry data (handshake, established, UDP).
     pub active_flows: u64,
     /// Flows toward it that are closing or reset, waiting for their short timeout.

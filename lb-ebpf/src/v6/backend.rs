@@ -368,6 +368,10 @@ fn reply(
     if handshake && e.state == State::Established as u8 {
         crate::rtt::backend_answered(e, syn_at);
     }
+    // The data node refused the connection: the passive health signal.
+    if handshake && e.state == State::Closed as u8 {
+        crate::stats::backend_refused(e.backend_id as u32);
+    }
     let Some(cfg) = maps::config() else {
         return Verdict::of(Reason::DropInternal);
     };

@@ -104,6 +104,15 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
     if p.is_tcp() && is_bad_syn(p.seg.flags) {
         return Verdict::of(Reason::DropBadTcpFlags);
     }
+    // The client's SYN again while the backend has not answered (`track_client` counts the
+    // IPv4 clients').
+    // SAFETY: a live FLOW_TABLE value pointer (`state` is a byte: read whole).
+    if !flow.new
+        && p.seg.flags & tcp_flags::SYN != 0
+        && unsafe { (*flow.entry).state } == lb_common::conntrack::State::SynSent as u8
+    {
+        stats::backend_syn_retransmit(unsafe { (*flow.entry).backend_id } as u32);
+    }
     forward(ctx, &p, &a, flow, opts)
 }
 

@@ -282,6 +282,7 @@ fn backend_report(
     fc: &FlowCounts,
 ) -> Result<BackendReport> {
     let s = counters.backend(b.id)?;
+    let passive = counters.passive(b.id)?;
     let (open, closing) = fc.per_backend.get(&b.id).copied().unwrap_or_default();
     Ok(BackendReport {
         vip: v.spec.name.clone(),
@@ -298,6 +299,8 @@ fn backend_report(
         packets_out: s.packets_out,
         bytes_out: s.bytes_out,
         new_flows: s.new_flows,
+        refused: passive.refused,
+        syn_retransmits: passive.syn_retransmits,
         active_flows: open,
         closing_flows: closing,
         probe_rtt_ms: b.probe_rtt_ms(),

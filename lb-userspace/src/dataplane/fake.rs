@@ -72,6 +72,7 @@ pub struct FakeCounters {
     pub vips: Mutex<HashMap<u32, VipStats>>,
     pub proxy: Mutex<HashMap<u32, lb_common::ProxyStats>>,
     pub backends: Mutex<HashMap<u32, BackendStats>>,
+    pub passive: Mutex<HashMap<u32, lb_common::PassiveStats>>,
     /// (backend id, kind) → histogram.
     pub rtt: Mutex<HashMap<(u32, u32), lb_common::rtt::RttRow>>,
 }
@@ -85,6 +86,15 @@ impl Counters for FakeCounters {
     fn vip(&self, id: u32) -> Result<VipStats> {
         Ok(self
             .vips
+            .lock()
+            .unwrap()
+            .get(&id)
+            .copied()
+            .unwrap_or_default())
+    }
+    fn passive(&self, id: u32) -> Result<lb_common::PassiveStats> {
+        Ok(self
+            .passive
             .lock()
             .unwrap()
             .get(&id)

@@ -299,6 +299,8 @@ pub trait Counters: Send + Sync {
     /// A VIP's PROXY protocol counters.
     fn proxy(&self, id: u32) -> Result<lb_common::ProxyStats>;
     fn backend(&self, id: u32) -> Result<BackendStats>;
+    /// A backend's passive health signal (refusals, SYN retransmissions).
+    fn passive(&self, id: u32) -> Result<lb_common::PassiveStats>;
     /// Connection-log records the data path lost to a full ring buffer.
     fn conn_log_lost(&self) -> Result<u64>;
     /// A pin's counters, by its table id.

@@ -57,7 +57,7 @@ struct ReasonLabels {
 type Field<T, V> = (&'static str, &'static str, fn(&T) -> V);
 
 /// Per-backend counters and gauges (labels `vip`, `backend`).
-const BACKEND_COUNTERS: [Field<BackendReport, u64>; 5] = [
+const BACKEND_COUNTERS: [Field<BackendReport, u64>; 7] = [
     (
         "wklb_backend_packets_in",
         "Packets client -> backend",
@@ -80,6 +80,16 @@ const BACKEND_COUNTERS: [Field<BackendReport, u64>; 5] = [
         "wklb_backend_new_flows",
         "Flows created toward the backend",
         |b| b.new_flows,
+    ),
+    (
+        "wklb_backend_refused",
+        "New connections the backend refused (a RST answering the SYN), seen by the data path",
+        |b| b.refused,
+    ),
+    (
+        "wklb_backend_syn_retransmits",
+        "SYNs clients sent again while the backend had not answered",
+        |b| b.syn_retransmits,
     ),
 ];
 const BACKEND_GAUGES: [Field<BackendReport, i64>; 5] = [

@@ -8,7 +8,7 @@ use aya::{
     Ebpf,
     maps::{Map, MapData, PerCpuArray},
 };
-use lb_common::{BackendStats, PinStats, ProxyStats, Reason, VipStats, names};
+use lb_common::{BackendStats, PassiveStats, PinStats, ProxyStats, Reason, VipStats, names};
 
 use super::take;
 use crate::{dataplane::Counters, sys::bpf::Mmap};
@@ -18,6 +18,7 @@ pub struct KernelCounters {
     reasons: PerCpuArray<MapData, u64>,
     vips: PerCpuArray<MapData, VipStats>,
     proxy: PerCpuArray<MapData, ProxyStats>,
+    passive: PerCpuArray<MapData, PassiveStats>,
     backends: PerCpuArray<MapData, BackendStats>,
     pins: PerCpuArray<MapData, PinStats>,
     conn_log_lost: PerCpuArray<MapData, u64>,
@@ -57,6 +58,7 @@ impl KernelCounters {
             reasons: typed!(ebpf, names::REASONS),
             vips: typed!(ebpf, names::VIP_STATS),
             proxy: typed!(ebpf, names::PROXY_STATS),
+            passive: typed!(ebpf, names::PASSIVE_STATS),
             backends: typed!(ebpf, names::BACKEND_STATS),
             pins: typed!(ebpf, names::PIN_STATS),
             conn_log_lost: typed!(ebpf, names::CONN_LOG_LOST),
@@ -109,6 +111,17 @@ impl Counters for KernelCounters {
                 t.packets_out += s.packets_out;
                 t.bytes_out += s.bytes_out;
                 t.new_flows += s.new_flows;
+                t
+            }))
+    }
+
+    fn passive(&self, id: u32) -> Result<PassiveStats> {
+        Ok(self
+            .passive
+            .get(&id, 0)?
+            .iter()
+            .fold(PassiveStats::default(), |mut t, s| {
+                t.add(s);
                 t
             }))
     }
