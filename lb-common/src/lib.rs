@@ -14,6 +14,7 @@ pub mod csum;
 pub mod hash;
 pub mod icmp;
 pub mod maps;
+pub mod passive;
 pub mod portmap;
 pub mod proxy;
 pub mod reason;

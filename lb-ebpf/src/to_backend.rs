@@ -158,7 +158,7 @@ pub fn handle(
     if !flow.new {
         // The client's SYN again while the backend has not answered: the passive health
         // signal (a silent backend shows only this way; IPv6 clients' in `v6::handle`).
-        if p.seg.flags & tcp_flags::SYN != 0 && e.state == State::SynSent as u8 {
+        if lb_common::passive::is_syn_retransmit(e, p.seg.seq, p.seg.flags) {
             stats::backend_syn_retransmit(e.backend_id as u32);
         }
         track_client::<false>(ctx, p, &mut flow, e, now);

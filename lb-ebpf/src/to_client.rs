@@ -137,7 +137,9 @@ fn send<const INLINE: bool>(
     // The data node refused the connection (the passive health signal); its SYN is answered,
     // the budget comes back.
     if !INLINE && handshake && e.state == State::Closed as u8 {
-        stats::backend_refused(e.backend_id as u32);
+        if lb_common::passive::is_refusal(handshake, p.seg.flags, accepted, e.state) {
+            stats::backend_refused(e.backend_id as u32);
+        }
         if e.flags & FlowEntry::SYN_BUDGET != 0 {
             crate::cookie::budget::refund(e);
         }

@@ -369,7 +369,7 @@ fn reply(
         crate::rtt::backend_answered(e, syn_at);
     }
     // The data node refused the connection: the passive health signal.
-    if handshake && e.state == State::Closed as u8 {
+    if lb_common::passive::is_refusal(handshake, p.seg.flags, accepted, e.state) {
         crate::stats::backend_refused(e.backend_id as u32);
     }
     let Some(cfg) = maps::config() else {

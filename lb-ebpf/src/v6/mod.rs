@@ -108,8 +108,7 @@ pub fn handle(ctx: &XdpContext, l3: usize, vlan: u16) -> Verdict {
     // IPv4 clients').
     // SAFETY: a live FLOW_TABLE value pointer (`state` is a byte: read whole).
     if !flow.new
-        && p.seg.flags & tcp_flags::SYN != 0
-        && unsafe { (*flow.entry).state } == lb_common::conntrack::State::SynSent as u8
+        && lb_common::passive::is_syn_retransmit(unsafe { &*flow.entry }, p.seg.seq, p.seg.flags)
     {
         stats::backend_syn_retransmit(unsafe { (*flow.entry).backend_id } as u32);
     }
