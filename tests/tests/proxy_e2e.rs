@@ -30,6 +30,20 @@ fn proxied_topology(test: &str) -> Option<Serial<Topology>> {
     Some(t)
 }
 
+/// Writes the config of three equal data nodes with the TCP VIP's `proxy_protocol` at
+/// `version`, starts the daemon and waits for the nodes in the table; the config's path.
+fn start_proxied(t: &mut Topology, version: &str) -> std::path::PathBuf {
+    let cfg = t
+        .write_config(&with_proxy(
+            &t.config(&[(0, 100), (1, 100), (2, 100)], ""),
+            version,
+        ))
+        .unwrap();
+    t.start_daemon(&cfg).unwrap();
+    in_table(t, 3);
+    cfg
+}
+
 fn in_table(t: &Topology, n: u64) {
     wait_stats(t, Duration::from_secs(10), "backends in the table", |s| {
         s["vips"][0]["backends_in_table"].as_u64() == Some(n)
@@ -242,14 +256,7 @@ fn p05_a_lost_first_segment_is_sent_again_behind_the_same_single_header() {
         return;
     };
     drop_once_per_connection(&t, "wkdrop", "tcp flags & (syn | fin | rst | psh) == psh");
-    let cfg = t
-        .write_config(&with_proxy(
-            &t.config(&[(0, 100), (1, 100), (2, 100)], ""),
-            "v2",
-        ))
-        .unwrap();
-    t.start_daemon(&cfg).unwrap();
-    in_table(&t, 3);
+    start_proxied(&mut t, "v2");
     // Greetings checked, then 4 KB echoes: the stream after the header is whole.
     run_checked(&t, 200, 2, &["--message-bytes", "4096"]);
     assert_eq!(
@@ -269,14 +276,7 @@ fn p06_a_daemon_restart_keeps_proxy_flows_shifted_and_new_ones_get_their_header(
     let Some(mut t) = proxied_topology("p06_proxy_restart") else {
         return;
     };
-    let cfg = t
-        .write_config(&with_proxy(
-            &t.config(&[(0, 100), (1, 100), (2, 100)], ""),
-            "v2",
-        ))
-        .unwrap();
-    t.start_daemon(&cfg).unwrap();
-    in_table(&t, 3);
+    let cfg = start_proxied(&mut t, "v2");
     let args = ["--proxied", "--parallel", "50", "--message-bytes", "2048"];
     let long = tcp_client_with(&t, 300, 200, 8, &args);
     wait_connected(&t, 300);
@@ -349,14 +349,7 @@ fn p07_a_client_sending_its_own_proxy_line_cannot_claim_another_address() {
     let Some((mut t, nginx, haproxy)) = behind_consumers("p07_proxy_forged") else {
         return;
     };
-    let cfg = t
-        .write_config(&with_proxy(
-            &t.config(&[(0, 100), (1, 100), (2, 100)], ""),
-            "v1",
-        ))
-        .unwrap();
-    t.start_daemon(&cfg).unwrap();
-    in_table(&t, 3);
+    start_proxied(&mut t, "v1");
     let record = t.dir.path().join("record-forged");
     let forged = format!("PROXY TCP4 1.2.3.4 {VIP} 1111 {TCP_PORT}\r");
     run_checked(
