@@ -55,15 +55,10 @@ pub fn start(t: &Topology, i: usize, kind: Consumer) -> Result<Consumed> {
     wait_port(ns, std::net::Ipv4Addr::LOCALHOST, INNER_PORT)?;
     let node = backend_addr(i);
     let log = dir.join("logs/proxy.log");
-    let (program, args, conf) = match kind {
+    let (program, conf_name, conf) = match kind {
         Consumer::NginxStream => (
             "nginx",
-            vec![
-                "-c".to_string(),
-                dir.join("nginx.conf").display().to_string(),
-                "-p".to_string(),
-                dir.display().to_string(),
-            ],
+            "nginx.conf",
             // realip makes the header's address the connection's, which is what nginx's own
             // outgoing header names.
             format!(
@@ -78,11 +73,7 @@ pub fn start(t: &Topology, i: usize, kind: Consumer) -> Result<Consumed> {
         ),
         Consumer::Haproxy => (
             "haproxy",
-            vec![
-                "-f".to_string(),
-                dir.join("haproxy.cfg").display().to_string(),
-                "-db".to_string(),
-            ],
+            "haproxy.cfg",
             format!(
                 "global\n  maxconn 8000\n  log stdout format raw local0\n\
                  defaults\n  mode tcp\n  log global\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
@@ -91,18 +82,24 @@ pub fn start(t: &Topology, i: usize, kind: Consumer) -> Result<Consumed> {
             ),
         ),
     };
-    let conf_path = dir.join(match kind {
-        Consumer::NginxStream => "nginx.conf",
-        Consumer::Haproxy => "haproxy.cfg",
-    });
+    let conf_path = dir.join(conf_name);
     std::fs::write(&conf_path, conf)?;
     let stderr = std::fs::File::create(dir.join("logs/stderr"))?;
     let mut cmd = command_in(ns, program)?;
-    cmd.args(&args).stdin(Stdio::null()).stderr(stderr);
-    // HAProxy logs to its standard output.
+    cmd.stdin(Stdio::null()).stderr(stderr);
     match kind {
-        Consumer::Haproxy => cmd.stdout(std::fs::File::create(&log)?),
-        Consumer::NginxStream => cmd.stdout(Stdio::null()),
+        Consumer::NginxStream => cmd
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(&dir)
+            .stdout(Stdio::null()),
+        // HAProxy logs to its standard output.
+        Consumer::Haproxy => cmd
+            .arg("-f")
+            .arg(&conf_path)
+            .arg("-db")
+            .stdout(std::fs::File::create(&log)?),
     };
     let outer = Proc {
         name: format!("{name}-{kind:?}"),

@@ -864,12 +864,7 @@ impl Topology {
 
     /// Starts the client driver in the client namespace with `args` (after the mode).
     pub fn client(&self, args: &[&str]) -> Result<Child> {
-        let mut cmd = command_in(&self.client_ns, workspace_bin("wk-client"))?;
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        Ok(cmd.spawn()?)
+        client_in(&self.client_ns, args)
     }
 
     /// Waits for a client started with `client` and parses its JSON report.
@@ -896,6 +891,17 @@ impl Topology {
         a.extend_from_slice(args);
         run("ip", &a)
     }
+}
+
+/// `wk-client args` in namespace `ns`, its report on a pipe (`Topology::client` without a
+/// borrow of the topology, for a thread that runs clients while the test restarts the daemon).
+pub fn client_in(ns: &str, args: &[&str]) -> Result<Child> {
+    let mut cmd = command_in(ns, workspace_bin("wk-client"))?;
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    Ok(cmd.spawn()?)
 }
 
 impl Drop for Topology {

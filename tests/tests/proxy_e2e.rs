@@ -289,15 +289,25 @@ fn p06_a_daemon_restart_keeps_proxy_flows_shifted_and_new_ones_get_their_header(
         std::thread::spawn(move || {
             let mut out = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let c = command_in(&ns, workspace_bin("wk-client"))
-                    .unwrap()
-                    .args(["tcp", "--target", &format!("{VIP}:{TCP_PORT}")])
-                    .args(["--conns", "20", "--parallel", "4", "--proxied"])
-                    .args(["--ping-interval-ms", "100", "--duration-s", "0"])
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap();
+                let target = format!("{VIP}:{TCP_PORT}");
+                let c = client_in(
+                    &ns,
+                    &[
+                        "tcp",
+                        "--target",
+                        &target,
+                        "--conns",
+                        "20",
+                        "--parallel",
+                        "4",
+                        "--proxied",
+                        "--ping-interval-ms",
+                        "100",
+                        "--duration-s",
+                        "0",
+                    ],
+                )
+                .unwrap();
                 out.push((
                     std::time::Instant::now(),
                     Topology::client_report(c).unwrap(),
